@@ -1,0 +1,1 @@
+"""Authorization: the closed permission vocabulary, relationships, the policy and the PDP."""

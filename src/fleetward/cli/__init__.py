@@ -1,0 +1,1 @@
+"""Thin Typer commands; each loads settings, builds what it needs and calls services."""

@@ -1,0 +1,57 @@
+"""``fleetward`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from fleetward.cli import catalog as catalog_cli
+from fleetward.cli.runtime import demo_setup, load_or_exit, migrate_store, serve_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fleetward platform")
+app.add_typer(catalog_cli.app, name="catalog")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the platform on the configured host and port (the store must be migrated)."""
+    serve_app(load_or_exit())
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema to the newest migration."""
+    settings = load_or_exit()
+    asyncio.run(migrate_store(settings))
+    typer.echo("store migrated")
+
+
+@app.command()
+def demo(
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="set up the demo world and exit")
+    ] = False,
+) -> None:
+    """First run: migrate, seed the demo world and write its logins; then serve."""
+    settings = load_or_exit()
+    credentials = asyncio.run(demo_setup(settings))
+    base = settings.base_url
+    typer.echo(
+        "\nFleetward demo\n"
+        f"  API:           {base}\n"
+        f"  readiness:     {base}/readyz\n"
+        f"  OpenAPI:       {base}/openapi.json\n"
+        f"  demo logins:   {credentials}  (mode 0600; one entry per demo person)\n"
+    )
+    if not no_serve:
+        serve_app(settings)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,76 @@
+"""Shared steps of the commands: settings, logging, migration, demo setup and serving."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from fleetward.app import build_app
+from fleetward.demo.credentials import write_credentials
+from fleetward.demo.world import reset_passwords, seed_demo_world
+from fleetward.observability.logging import configure_logging
+from fleetward.platform import Platform
+from fleetward.settings import Settings, SettingsError, load_settings
+from fleetward.store.migrate import upgrade
+
+
+def load_or_exit() -> Settings:
+    """Settings, or a readable message and exit status 2: invalid settings never start."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(f"fleetward: {exc}", err=True)
+        sys.exit(2)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+async def migrate_store(settings: Settings) -> None:
+    _prepare_data_dir(settings)
+    platform = Platform.build(settings)
+    try:
+        await upgrade(platform.engine)
+    finally:
+        await platform.close()
+
+
+async def demo_setup(settings: Settings) -> Path:
+    """Migrate and seed; (re)write the credentials file when the world is new or it is lost."""
+    await migrate_store(settings)
+    platform = Platform.build(settings)
+    path = settings.demo_credentials_path
+    try:
+        async with platform.services() as (uow, ctx):
+            result = await seed_demo_world(ctx, platform.passwords)
+            logins = result.logins
+            if not result.created and not path.exists():
+                logins = await reset_passwords(ctx, platform.passwords)
+            if logins:
+                # The file is written before the commit: a crash leaves old passwords valid
+                # rather than new ones nobody knows.
+                write_credentials(path, logins)
+            await uow.commit()
+    finally:
+        await platform.close()
+    return path
+
+
+def serve_app(settings: Settings) -> None:
+    _prepare_data_dir(settings)
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our structlog configuration (with redaction) handles uvicorn's logs
+        proxy_headers=False,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,1 @@
+"""Identities: tenants, people, memberships, applications, workloads, and the tokens they hold."""

@@ -1,0 +1,80 @@
+"""The platform's shared services, created once by the composition root.
+
+Nothing here is created at import time. Tests build a Platform with their own clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from fleetward.audit.recorder import AuditRecorder
+from fleetward.core.clock import Clock, SystemClock
+from fleetward.identity.passwords import PasswordHasher
+from fleetward.services import RelationshipLimits, ServiceContext
+from fleetward.settings import Settings
+from fleetward.store.engine import create_engine, session_factory
+from fleetward.store.migrate import current_revision, head_revision
+from fleetward.store.uow import UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: Clock
+    audit: AuditRecorder
+    passwords: PasswordHasher
+    limits: RelationshipLimits
+
+    @classmethod
+    def build(
+        cls, settings: Settings, *, clock: Clock | None = None, engine: AsyncEngine | None = None
+    ) -> Platform:
+        the_clock = clock or SystemClock()
+        the_engine = engine or create_engine(settings.resolved_database_url)
+        return cls(
+            settings=settings,
+            engine=the_engine,
+            sessions=session_factory(the_engine),
+            clock=the_clock,
+            audit=AuditRecorder(the_clock),
+            passwords=PasswordHasher(
+                memory_kib=settings.password_hash_memory_kib,
+                time_cost=settings.password_hash_time_cost,
+            ),
+            limits=RelationshipLimits(
+                max_delegation=timedelta(days=settings.max_delegation_days),
+                max_consent=timedelta(days=settings.max_consent_days),
+            ),
+        )
+
+    def unit_of_work(self) -> UnitOfWork:
+        return UnitOfWork(self.sessions)
+
+    @asynccontextmanager
+    async def services(self) -> AsyncIterator[tuple[UnitOfWork, ServiceContext]]:
+        """A unit of work and the context that domain services are built on."""
+        async with self.unit_of_work() as uow:
+            yield uow, ServiceContext(uow.session, self.clock, self.audit, self.limits)
+
+    async def store_ready(self) -> tuple[bool, str]:
+        """Whether the store answers and its schema is at the head migration."""
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            revision = await current_revision(self.engine)
+        except Exception as exc:  # any failure means "not ready", reported by type only
+            return False, f"store unreachable ({type(exc).__name__})"
+        if revision != head_revision():
+            return False, "store schema is not migrated"
+        return True, "ok"
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,146 @@
+"""The one settings object: ``FLEETWARD_*`` environment variables or a TOML file.
+
+Settings are validated once at start-up; invalid settings stop start-up with a message that
+names each bad field (:class:`SettingsError`). Secrets are ``SecretStr`` so that they never
+appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "FLEETWARD_CONFIG"
+
+_SQLITE_PREFIXES = ("sqlite+aiosqlite:///", "sqlite:///")
+_POSTGRES_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message lists every bad field."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETWARD_",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    public_url: str | None = None
+    data_dir: Path = Path("./var")
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # argon2id cost; the floor is OWASP's minimum recommendation (m=19 MiB, t=2).
+    password_hash_memory_kib: Annotated[int, Field(ge=19_456, le=4_194_304)] = 65_536
+    password_hash_time_cost: Annotated[int, Field(ge=2, le=20)] = 3
+
+    # Bounds for relationships created through the world model.
+    max_delegation_days: Annotated[int, Field(ge=1, le=366)] = 90
+    max_consent_days: Annotated[int, Field(ge=1, le=731)] = 365
+
+    # Lists are capped so that no request can ask for an unbounded page.
+    max_page_size: Annotated[int, Field(ge=1, le=1000)] = 100
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if not raw.startswith(_SQLITE_PREFIXES + _POSTGRES_PREFIXES):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: the configured one, or SQLite in the data directory."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'fleetward.db').resolve()}"
+        raw = self.database_url.get_secret_value()
+        for prefix in _SQLITE_PREFIXES:
+            if raw.startswith(prefix):
+                return "sqlite+aiosqlite:///" + raw[len(prefix) :]
+        for prefix in _POSTGRES_PREFIXES:
+            if raw.startswith(prefix):
+                return "postgresql+asyncpg://" + raw[len(prefix) :]
+        raise SettingsError("database_url: unsupported scheme")  # unreachable after validation
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def demo_credentials_path(self) -> Path:
+        return self.data_dir / "demo-credentials.json"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            # Environment variables win over the file, so one file can serve many replicas.
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings, turning every failure into one readable SettingsError."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise SettingsError(f"{CONFIG_FILE_ENV}: no such file: {config_file}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            lines.append(f"  {field} (FLEETWARD_{field.upper()}): {error['msg']}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    except ValueError as exc:  # malformed TOML
+        raise SettingsError(f"invalid settings file: {exc}") from None

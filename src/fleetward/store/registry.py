@@ -1,0 +1,10 @@
+"""Imports every model module so that ``metadata`` describes the whole schema."""
+
+from __future__ import annotations
+
+from fleetward.audit import models as _audit_models  # noqa: F401
+from fleetward.identity import models as _identity_models  # noqa: F401
+from fleetward.store.base import Base
+from fleetward.vehicles import models as _vehicle_models  # noqa: F401
+
+metadata = Base.metadata

@@ -1,0 +1,82 @@
+"""Partner consents: an owner lets one partner read chosen data kinds of one vehicle for a
+bounded window. Consents are read-only by construction (no command permission is consentable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from fleetward.audit.events import EventName
+from fleetward.audit.recorder import Actor, Target
+from fleetward.authz.permissions import CONSENTABLE_PERMISSIONS
+from fleetward.core.ids import new_id
+from fleetward.core.windows import check_window
+from fleetward.identity.models import Tenant, TenantKind, User
+from fleetward.services import ServiceContext
+from fleetward.vehicles.delegation import parse_permissions
+from fleetward.vehicles.errors import DelegationTooWide, NotCurrentOwner, RelationshipRefused
+from fleetward.vehicles.models import PartnerConsent, Vehicle
+from fleetward.vehicles.ownership import OwnershipService
+
+
+class ConsentService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def grant(
+        self,
+        partner: Tenant,
+        vehicle: Vehicle,
+        owner: User,
+        scopes: Iterable[str],
+        *,
+        valid_until: datetime,
+        actor: Actor,
+    ) -> PartnerConsent:
+        now = self._ctx.clock.now()
+        granted = parse_permissions(scopes)
+        if not granted or granted - CONSENTABLE_PERMISSIONS:
+            raise DelegationTooWide(
+                "partners may be consented read scopes only", reason="not-consentable"
+            )
+        if partner.kind is not TenantKind.PARTNER:
+            raise RelationshipRefused("consents are granted to partner tenants", reason="tenant")
+        check_window(now, valid_until, now=now, max_length=self._ctx.limits.max_consent)
+        ownership = await OwnershipService(self._ctx).current(vehicle)
+        if ownership is None or ownership.owner_user_id != owner.id:
+            raise NotCurrentOwner("only the current owner can consent for this vehicle")
+        consent = PartnerConsent(
+            id=new_id("cns"),
+            partner_tenant_id=partner.id,
+            vehicle_id=vehicle.id,
+            granted_by_user_id=owner.id,
+            scopes=sorted(p.value for p in granted),
+            valid_from=now,
+            valid_until=valid_until,
+            revoked_at=None,
+            revoked_reason=None,
+        )
+        self._ctx.session.add(consent)
+        self._ctx.audit.record(
+            self._ctx.session,
+            EventName.PARTNER_CONSENT_GRANTED,
+            actor=actor,
+            target=Target("vehicle", vehicle.id, vehicle.tenant_id),
+            details={"partner": partner.id, "scopes": list(consent.scopes)},
+        )
+        await self._ctx.session.flush()
+        return consent
+
+    async def revoke(self, consent: PartnerConsent, *, actor: Actor) -> None:
+        if consent.revoked_at is not None:
+            return
+        consent.revoked_at = self._ctx.clock.now()
+        consent.revoked_reason = "revoked"
+        self._ctx.audit.record(
+            self._ctx.session,
+            EventName.PARTNER_CONSENT_REVOKED,
+            actor=actor,
+            target=Target("partner_consent", consent.id, consent.partner_tenant_id),
+        )
+        await self._ctx.session.flush()

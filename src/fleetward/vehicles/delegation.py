@@ -1,0 +1,119 @@
+"""Driver delegation: an owner lends a subset of their rights for a bounded window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import select
+
+from fleetward.audit.events import EventName
+from fleetward.audit.recorder import Actor, Target
+from fleetward.authz.permissions import DELEGABLE_PERMISSIONS, Permission
+from fleetward.core.ids import new_id
+from fleetward.core.windows import OverlappingWindow, check_window, overlaps
+from fleetward.identity.models import User
+from fleetward.services import ServiceContext
+from fleetward.vehicles.errors import (
+    DelegationTooWide,
+    NotCurrentOwner,
+    RelationshipRefused,
+    UnknownPermission,
+)
+from fleetward.vehicles.models import DriverDelegation, Vehicle
+from fleetward.vehicles.ownership import OwnershipService
+
+
+def parse_permissions(values: Iterable[str]) -> frozenset[Permission]:
+    parsed: set[Permission] = set()
+    for value in values:
+        try:
+            parsed.add(Permission(value))
+        except ValueError:
+            raise UnknownPermission("unknown permission in the list", reason="permission") from None
+    return frozenset(parsed)
+
+
+class DelegationService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def delegate(
+        self,
+        vehicle: Vehicle,
+        owner: User,
+        driver: User,
+        permissions: Iterable[str],
+        *,
+        valid_until: datetime,
+        actor: Actor,
+        valid_from: datetime | None = None,
+    ) -> DriverDelegation:
+        now = self._ctx.clock.now()
+        start = valid_from or now
+        granted = parse_permissions(permissions)
+        if not granted:
+            raise DelegationTooWide("a delegation needs at least one permission", reason="empty")
+        wider = granted - DELEGABLE_PERMISSIONS
+        if wider:
+            raise DelegationTooWide(
+                "an owner cannot delegate: " + ", ".join(sorted(p.value for p in wider)),
+                reason="not-delegable",
+            )
+        check_window(start, valid_until, now=now, max_length=self._ctx.limits.max_delegation)
+        ownership = await OwnershipService(self._ctx).current(vehicle)
+        if ownership is None or ownership.owner_user_id != owner.id:
+            raise NotCurrentOwner("only the current owner can delegate this vehicle")
+        if driver.id == owner.id:
+            raise RelationshipRefused("the owner cannot delegate to themselves", reason="self")
+        session = self._ctx.session
+        existing = await session.scalars(
+            select(DriverDelegation).where(
+                DriverDelegation.vehicle_id == vehicle.id,
+                DriverDelegation.driver_user_id == driver.id,
+                DriverDelegation.revoked_at.is_(None),
+            )
+        )
+        for other in existing:
+            if overlaps(start, valid_until, other.valid_from, other.valid_until):
+                raise OverlappingWindow(
+                    "the driver already has a delegation in that period", reason="delegation"
+                )
+        delegation = DriverDelegation(
+            id=new_id("dlg"),
+            vehicle_id=vehicle.id,
+            granted_by_user_id=owner.id,
+            driver_user_id=driver.id,
+            permissions=sorted(p.value for p in granted),
+            valid_from=start,
+            valid_until=valid_until,
+            revoked_at=None,
+            revoked_reason=None,
+            created_at=now,
+        )
+        session.add(delegation)
+        self._ctx.audit.record(
+            session,
+            EventName.DRIVER_DELEGATED,
+            actor=actor,
+            target=Target("vehicle", vehicle.id, vehicle.tenant_id),
+            details={"driver": driver.id, "permissions": list(delegation.permissions)},
+        )
+        await session.flush()
+        return delegation
+
+    async def revoke(
+        self, delegation: DriverDelegation, *, actor: Actor, reason: str = "revoked"
+    ) -> None:
+        if delegation.revoked_at is not None:
+            return  # revoking twice is a no-op, never an error that leaks state
+        delegation.revoked_at = self._ctx.clock.now()
+        delegation.revoked_reason = reason
+        self._ctx.audit.record(
+            self._ctx.session,
+            EventName.DRIVER_REVOKED,
+            actor=actor,
+            target=Target("delegation", delegation.id),
+            reason=reason,
+        )
+        await self._ctx.session.flush()

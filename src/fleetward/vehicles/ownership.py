@@ -1,0 +1,105 @@
+"""Ownership: the first owner, transfers, and who owns a vehicle now.
+
+A transfer ends the seller's ownership and starts the buyer's at the same instant, and ends
+every delegation and partner consent the seller granted: a former owner keeps nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from fleetward.audit.events import EventName
+from fleetward.audit.recorder import Actor, Target
+from fleetward.core.ids import new_id
+from fleetward.identity.models import User
+from fleetward.services import ServiceContext
+from fleetward.vehicles.errors import AlreadyOwned, NotCurrentOwner, RelationshipRefused
+from fleetward.vehicles.models import DriverDelegation, Ownership, PartnerConsent, Vehicle
+
+TRANSFERRED = "transferred"
+
+
+class OwnershipService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def current(self, vehicle: Vehicle, at: datetime | None = None) -> Ownership | None:
+        when = at or self._ctx.clock.now()
+        return await self._ctx.session.scalar(
+            select(Ownership).where(
+                Ownership.vehicle_id == vehicle.id,
+                Ownership.valid_from <= when,
+                (Ownership.valid_until.is_(None)) | (Ownership.valid_until > when),
+            )
+        )
+
+    async def start(self, vehicle: Vehicle, owner: User, *, actor: Actor) -> Ownership:
+        """First registration of an owner; refused while anyone owns the vehicle."""
+        if await self._open(vehicle) is not None:
+            raise AlreadyOwned("the vehicle already has an owner; use a transfer")
+        return self._begin(vehicle, owner, actor, EventName.OWNERSHIP_STARTED)
+
+    async def transfer(
+        self, vehicle: Vehicle, seller: User, buyer: User, *, actor: Actor
+    ) -> Ownership:
+        current = await self._open(vehicle)
+        if current is None or current.owner_user_id != seller.id:
+            raise NotCurrentOwner("the seller does not own this vehicle")
+        if buyer.id == seller.id:
+            raise RelationshipRefused("a vehicle cannot be sold to its owner", reason="self")
+        now = self._ctx.clock.now()
+        session = self._ctx.session
+        current.valid_until = now
+        current.ended_reason = TRANSFERRED
+        await session.flush()  # the partial unique index needs the old row closed first
+        await session.execute(
+            update(DriverDelegation)
+            .where(
+                DriverDelegation.vehicle_id == vehicle.id,
+                DriverDelegation.granted_by_user_id == seller.id,
+                DriverDelegation.revoked_at.is_(None),
+                DriverDelegation.valid_until > now,
+            )
+            .values(revoked_at=now, revoked_reason=TRANSFERRED)
+        )
+        await session.execute(
+            update(PartnerConsent)
+            .where(
+                PartnerConsent.vehicle_id == vehicle.id,
+                PartnerConsent.granted_by_user_id == seller.id,
+                PartnerConsent.revoked_at.is_(None),
+                PartnerConsent.valid_until > now,
+            )
+            .values(revoked_at=now, revoked_reason=TRANSFERRED)
+        )
+        ownership = self._begin(vehicle, buyer, actor, EventName.OWNERSHIP_TRANSFERRED)
+        await session.flush()
+        return ownership
+
+    async def _open(self, vehicle: Vehicle) -> Ownership | None:
+        return await self._ctx.session.scalar(
+            select(Ownership).where(
+                Ownership.vehicle_id == vehicle.id, Ownership.valid_until.is_(None)
+            )
+        )
+
+    def _begin(self, vehicle: Vehicle, owner: User, actor: Actor, event: EventName) -> Ownership:
+        ownership = Ownership(
+            id=new_id("own"),
+            vehicle_id=vehicle.id,
+            owner_user_id=owner.id,
+            valid_from=self._ctx.clock.now(),
+            valid_until=None,
+            ended_reason=None,
+        )
+        self._ctx.session.add(ownership)
+        self._ctx.audit.record(
+            self._ctx.session,
+            event,
+            actor=actor,
+            target=Target("vehicle", vehicle.id, vehicle.tenant_id),
+            details={"owner": owner.id},
+        )
+        return ownership

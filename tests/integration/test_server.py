@@ -1,0 +1,43 @@
+"""The real server on loopback: readiness follows the store, logs are JSON and redacted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from support.server import fleetward_env, run_cli, running
+
+
+def test_readiness_follows_migration(tmp_path: Path, free_port: int) -> None:
+    env = fleetward_env(tmp_path / "var", free_port)
+    base = f"http://127.0.0.1:{free_port}"
+    with running("serve", env=env, port=free_port) as process:
+        before = httpx.get(f"{base}/readyz")
+        assert before.status_code == 503  # an unmigrated store is not ready
+        assert before.json()["store"] == "store schema is not migrated"
+        migrated = run_cli("migrate", env=env)
+        assert migrated.returncode == 0, migrated.stderr
+        after = httpx.get(
+            f"{base}/readyz", headers={"authorization": "Bearer eyJhbGciOi.eyJzdWIi.c2ln"}
+        )
+        assert after.status_code == 200
+        assert after.json() == {"status": "ready", "store": "ok"}
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        document = httpx.get(f"{base}/openapi.json").json()
+        assert document["paths"]["/readyz"]["get"]["x-fleetward-owner"] == "platform-team"
+        assert httpx.get(f"{base}/docs").status_code == 404  # uncatalogued framework routes are off
+        process.terminate()
+        _out, err = process.communicate(timeout=15)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines, "the server writes JSON log lines"
+    assert "eyJhbGciOi.eyJzdWIi.c2ln" not in err
+
+
+def test_invalid_settings_stop_the_command(tmp_path: Path, free_port: int) -> None:
+    env = fleetward_env(tmp_path / "var", free_port, {"FLEETWARD_PORT": "0"})
+    result = run_cli("serve", env=env, timeout=30)
+    assert result.returncode == 2
+    assert "FLEETWARD_PORT" in result.stderr
+    assert "Traceback" not in result.stderr

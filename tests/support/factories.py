@@ -1,0 +1,56 @@
+"""Factories that build world objects through the real services (never raw inserts)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from fleetward.audit.recorder import Actor
+from fleetward.core.vin import random_vin
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import ROLES_BY_TENANT_KIND, Role, Tenant, TenantKind, User
+from fleetward.services import ServiceContext
+from fleetward.vehicles.models import Vehicle
+from fleetward.vehicles.ownership import OwnershipService
+from fleetward.vehicles.registry import VehicleRegistry
+
+FACTORY = Actor.system("test-factory")
+_counter = itertools.count(1)
+_rng = random.Random(20261126)
+
+
+class WorldFactory:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.directory = Directory(ctx)
+
+    async def tenant(
+        self, kind: TenantKind = TenantKind.CONSUMER, slug: str | None = None
+    ) -> Tenant:
+        name = slug or f"{kind.value}-{next(_counter)}"
+        return await self.directory.create_tenant(name, name.title(), kind, actor=FACTORY)
+
+    async def user(self, tenant: Tenant | None = None, role: Role | None = None) -> User:
+        home = tenant or await self.tenant()
+        user = await self.directory.create_user(
+            f"user-{next(_counter)}", "Test User", home, password_hash=None, actor=FACTORY
+        )
+        the_role = role or sorted(ROLES_BY_TENANT_KIND[home.kind])[0]
+        await self.directory.grant_membership(user, home, the_role, actor=FACTORY)
+        return user
+
+    async def vehicle(self, tenant: Tenant, *, wmi: str = "1FW") -> Vehicle:
+        return await VehicleRegistry(self.ctx).register(
+            random_vin(_rng, wmi=wmi).value,
+            label=f"V-{next(_counter)}",
+            model="Test",
+            region="NA",
+            tenant=tenant,
+            actor=FACTORY,
+        )
+
+    async def owned_vehicle(self, owner: User) -> Vehicle:
+        tenant = await self.directory.tenant_by_id(owner.home_tenant_id)
+        vehicle = await self.vehicle(tenant)
+        await OwnershipService(self.ctx).start(vehicle, owner, actor=FACTORY)
+        return vehicle

@@ -1,0 +1,77 @@
+"""Runs the real ``fleetward`` command in a subprocess on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def fleetward_env(
+    data_dir: Path, port: int, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARD_")}
+    env.update(
+        {
+            "FLEETWARD_DATA_DIR": str(data_dir),
+            "FLEETWARD_PORT": str(port),
+            "FLEETWARD_HOST": "127.0.0.1",
+            "FLEETWARD_PASSWORD_HASH_MEMORY_KIB": "19456",
+            "FLEETWARD_PASSWORD_HASH_TIME_COST": "2",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "fleetward", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextmanager
+def running(
+    *args: str, env: Mapping[str, str], port: int, ready_path: str = "/healthz", timeout: float = 60
+) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "fleetward", *args],
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                _out, err = process.communicate()
+                raise RuntimeError(f"fleetward exited early: {err[-2000:]}")
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1.0)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("fleetward did not start in time") from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,103 @@
+"""Settings: environment, TOML file, validation that stops start-up, secrets kept secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetward.settings import Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FLEETWARD_") and name != "FLEETWARD_REQUIRE_SERVICES":
+            monkeypatch.delenv(name)
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.data_dir == Path("var")
+    assert settings.redis_url is None  # in-process caches
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path}/var/fleetward.db"
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLEETWARD_HOST", "0.0.0.0")  # noqa: S104 - a value, not a bind
+    monkeypatch.setenv("FLEETWARD_PORT", "9100")
+    monkeypatch.setenv("FLEETWARD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FLEETWARD_DATABASE_URL", "postgresql://fw:pw@db:5432/fleetward")
+    monkeypatch.setenv("FLEETWARD_REDIS_URL", "redis://:sesame@cache:6379/0")
+    settings = load_settings()
+    assert settings.port == 9100
+    assert settings.resolved_database_url == "postgresql+asyncpg://fw:pw@db:5432/fleetward"
+    # Secrets never show in reprs (and so never in logs of the settings object).
+    assert "pw@" not in repr(settings) and "sesame" not in repr(settings)
+
+
+def test_toml_file_with_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "fleetward.toml"
+    config.write_text('port = 9200\nhost = "127.0.0.2"\n', encoding="utf-8")
+    monkeypatch.setenv("FLEETWARD_CONFIG", str(config))
+    monkeypatch.setenv("FLEETWARD_PORT", "9300")
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.2", 9300)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"FLEETWARD_PORT": "70000"}, "FLEETWARD_PORT"),
+        ({"FLEETWARD_PORT": "eighty"}, "FLEETWARD_PORT"),
+        ({"FLEETWARD_DATABASE_URL": "mysql://x/y"}, "FLEETWARD_DATABASE_URL"),
+        ({"FLEETWARD_REDIS_URL": "http://cache"}, "FLEETWARD_REDIS_URL"),
+        # A weaker password hash than the floor is a misconfiguration, not a choice.
+        ({"FLEETWARD_PASSWORD_HASH_MEMORY_KIB": "1024"}, "PASSWORD_HASH_MEMORY_KIB"),
+        ({"FLEETWARD_LOG_LEVEL": "CHATTY"}, "FLEETWARD_LOG_LEVEL"),
+        ({"FLEETWARD_HOST": " "}, "FLEETWARD_HOST"),
+    ],
+)
+def test_invalid_settings_stop_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError, match=needle):
+        load_settings()
+
+
+def test_invalid_database_url_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARD_DATABASE_URL", "mysql://u:topsecret@h/d")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "topsecret" not in str(raised.value)
+
+
+def test_unknown_key_in_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "fleetward.toml"
+    config.write_text("prot = 1\n", encoding="utf-8")  # a typo must not be silently ignored
+    monkeypatch.setenv("FLEETWARD_CONFIG", str(config))
+    with pytest.raises(SettingsError, match="prot"):
+        load_settings()
+
+
+def test_missing_and_malformed_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLEETWARD_CONFIG", str(tmp_path / "absent.toml"))
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("port = = 1\n", encoding="utf-8")
+    monkeypatch.setenv("FLEETWARD_CONFIG", str(broken))
+    with pytest.raises(SettingsError, match="settings file"):
+        load_settings()
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
