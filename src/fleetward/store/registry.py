@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from fleetward.audit import models as _audit_models  # noqa: F401
+from fleetward.identity import credential_models as _credential_models  # noqa: F401
 from fleetward.identity import models as _identity_models  # noqa: F401
+from fleetward.identity import oauth_models as _oauth_models  # noqa: F401
 from fleetward.store.base import Base
 from fleetward.vehicles import models as _vehicle_models  # noqa: F401
 
