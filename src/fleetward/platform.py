@@ -1,6 +1,8 @@
 """The platform's shared services, created once by the composition root.
 
 Nothing here is created at import time. Tests build a Platform with their own clock.
+Building reads (or on first start creates) the data key and the signing keyring in the data
+directory; it does not connect to the store.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from fleetward.audit.recorder import AuditRecorder
 from fleetward.core.clock import Clock, SystemClock
 from fleetward.identity.passwords import PasswordHasher
+from fleetward.identity.runtime import IdentityRuntime
 from fleetward.services import RelationshipLimits, ServiceContext
 from fleetward.settings import Settings
 from fleetward.store.engine import create_engine, session_factory
@@ -32,6 +35,7 @@ class Platform:
     audit: AuditRecorder
     passwords: PasswordHasher
     limits: RelationshipLimits
+    identity: IdentityRuntime
 
     @classmethod
     def build(
@@ -53,6 +57,7 @@ class Platform:
                 max_delegation=timedelta(days=settings.max_delegation_days),
                 max_consent=timedelta(days=settings.max_consent_days),
             ),
+            identity=IdentityRuntime.build(settings, the_clock),
         )
 
     def unit_of_work(self) -> UnitOfWork:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
+    # base64 of 32 bytes; unset = generated once in <data dir>/secrets/data.key (mode 0600).
+    data_key: SecretStr | None = None
+    access_token_minutes: Annotated[int, Field(ge=1, le=15)] = 5
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -15,7 +15,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _NONCE = 12
 _VERSION = b"\x01"
@@ -32,6 +34,7 @@ class DataKey:
         if len(key) != 32:
             raise DataKeyError("the data key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
 
     @classmethod
     def from_base64(cls, text: str) -> DataKey:
@@ -52,6 +55,12 @@ class DataKey:
         with os.fdopen(fd, "wb") as handle:
             handle.write(key)
         return cls(key)
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte subkey for ``purpose`` (HKDF-SHA256), e.g. the signing-key passphrase."""
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()
+        ).derive(self._key)
 
     def encrypt(self, plaintext: bytes, *, purpose: str) -> bytes:
         nonce = secrets.token_bytes(_NONCE)

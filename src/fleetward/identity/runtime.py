@@ -1,0 +1,67 @@
+"""Identity services that live as long as the process: signing keys, token issue and
+validation, revocation and DPoP replay state. Built by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from fleetward.core.clock import Clock
+from fleetward.core.datakey import DataKey
+from fleetward.identity.tokens import (
+    AccessTokenIssuer,
+    AccessTokenValidator,
+    DpopVerifier,
+    InMemoryReplayCache,
+    InMemoryRevocations,
+    Keyring,
+)
+from fleetward.settings import Settings
+
+_KEYRING_PURPOSE = "fleetward:signing-keys:v1"
+
+
+def load_data_key(settings: Settings) -> DataKey:
+    if settings.data_key is not None:
+        return DataKey.from_base64(settings.data_key.get_secret_value())
+    return DataKey.load_or_create(settings.data_dir / "secrets" / "data.key")
+
+
+def load_keyring(directory: Path, data_key: DataKey, clock: Clock) -> Keyring:
+    """The signing keyring from disk, or a new one saved there on first start."""
+    passphrase = data_key.derive(_KEYRING_PURPOSE)
+    if (directory / "manifest.json").exists():
+        return Keyring.load(directory, passphrase)
+    keyring = Keyring.generate(clock)
+    keyring.save(directory, passphrase)
+    return keyring
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRuntime:
+    data_key: DataKey
+    keyring: Keyring
+    issuer: str
+    tokens: AccessTokenIssuer
+    validator: AccessTokenValidator
+    revocations: InMemoryRevocations
+    dpop: DpopVerifier
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock) -> IdentityRuntime:
+        data_key = load_data_key(settings)
+        keyring = load_keyring(settings.data_dir / "keys", data_key, clock)
+        issuer = settings.base_url
+        revocations = InMemoryRevocations()
+        return cls(
+            data_key=data_key,
+            keyring=keyring,
+            issuer=issuer,
+            tokens=AccessTokenIssuer(
+                keyring, issuer, clock, timedelta(minutes=settings.access_token_minutes)
+            ),
+            validator=AccessTokenValidator(keyring, issuer, clock, revocations),
+            revocations=revocations,
+            dpop=DpopVerifier(clock, InMemoryReplayCache(clock)),
+        )
