@@ -49,7 +49,7 @@ async def _fleetward_error(request: Request, exc: Exception) -> JSONResponse:
         return await _unexpected(request, exc)
     if exc.status >= 500:
         _log.error("request failed", problem=exc.code, path=request.url.path)
-    return problem_response(exc.to_problem(request.url.path), exc.status)
+    return problem_response(exc.to_problem(request.url.path), exc.status, exc.headers or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -46,12 +46,18 @@ class Lifecycle(StrEnum):
 
 
 class PublicMarker(StrEnum):
-    """The explicit marker for a route that needs no permission (health, discovery)."""
+    """Explicit markers for routes that need no object permission.
+
+    ``PUBLIC``: no credentials at all (health, discovery). ``AUTHENTICATED``: any valid token
+    for the route's surface, about the caller themselves (``/me``); never an object route.
+    """
 
     PUBLIC = "public"
+    AUTHENTICATED = "authenticated"
 
 
 PUBLIC: Final = PublicMarker.PUBLIC
+AUTHENTICATED: Final = PublicMarker.AUTHENTICATED
 
 # Where a route lives when it is not on one of the API surfaces.
 INFRASTRUCTURE = "infrastructure"

@@ -58,9 +58,9 @@ class DataKey:
 
     def derive(self, purpose: str) -> bytes:
         """A 32-byte subkey for ``purpose`` (HKDF-SHA256), e.g. the signing-key passphrase."""
-        return HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()
-        ).derive(self._key)
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+            self._key
+        )
 
     def encrypt(self, plaintext: bytes, *, purpose: str) -> bytes:
         nonce = secrets.token_bytes(_NONCE)

@@ -30,12 +30,15 @@ class FleetwardError(Exception):
         *,
         reason: str | None = None,
         extra: Mapping[str, JsonValue] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         # A stable machine-readable reason, e.g. "check-digit" for a bad VIN.
         self.reason = reason
         self.extra: dict[str, JsonValue] = dict(extra or {})
+        # Response headers the problem needs (WWW-Authenticate, Retry-After).
+        self.headers: dict[str, str] = dict(headers or {})
 
     @classmethod
     def problem_type(cls) -> str:

@@ -13,7 +13,13 @@ from fleetward.observability.logging import (
     configure_logging,
     get_logger,
 )
-from fleetward.observability.redaction import REDACTED, redact, redact_event_dict
+from fleetward.observability.redaction import (
+    REDACTED,
+    is_sensitive_name,
+    redact,
+    redact_event_dict,
+    scrub_text,
+)
 
 __all__ = [
     "REDACTED",
@@ -21,6 +27,8 @@ __all__ = [
     "clear_request_context",
     "configure_logging",
     "get_logger",
+    "is_sensitive_name",
     "redact",
     "redact_event_dict",
+    "scrub_text",
 ]

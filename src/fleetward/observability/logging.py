@@ -1,15 +1,15 @@
 """Structured logging: one pipeline for structlog and stdlib loggers, ending in redaction.
 
-This module owns how log lines are produced. :func:`configure_logging` is called once by the
-composition root (and may be called again, e.g. by tests); nothing is configured at import.
-Every line, whether it comes from a Fleetward structlog logger or a third-party stdlib logger
-(uvicorn, granian, SQLAlchemy, Alembic, httpx), goes through the same processors: context
-variables, level, logger name, formatted exception, then
-:func:`~fleetward.observability.redaction.redact_event_dict`, then an ISO UTC timestamp and
-the renderer. Redaction runs after exception formatting so tracebacks are scrubbed too.
+This module owns how log lines are produced. :func:`configure_logging` is called by the
+composition root (again by tests); importing this module configures nothing. Every line,
+from a Fleetward structlog logger or from a library's stdlib logger (uvicorn, granian,
+SQLAlchemy, Alembic, httpx), passes the same processors: context variables, level, logger
+name, formatted exception, :func:`~fleetward.observability.redaction.redact_event_dict`, an
+ISO UTC timestamp, then the JSON (or console) renderer. Redaction comes after exception
+formatting so that tracebacks are scrubbed too.
 
 Servers must not install their own handlers after this runs (start uvicorn with
-``log_config=None``); otherwise their lines bypass redaction.
+``log_config=None``); lines through such handlers would bypass redaction.
 """
 
 from __future__ import annotations
@@ -42,6 +42,17 @@ THIRD_PARTY_LOGGERS: Final = (
 
 class _RedactingHandler(logging.StreamHandler[TextIO]):
     """The root handler this module installs; its type is how reconfiguration finds it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - stdlib's name
+        # logging.Handler.handleError prints the record's raw message and arguments: exactly
+        # what redaction holds back. Report only where the faulty call was made.
+        if not (logging.raiseExceptions and sys.stderr):
+            return
+        error = sys.exc_info()[1]
+        sys.stderr.write(
+            f"--- Logging error: {type(error).__name__} in a call on logger {record.name!r}"
+            f" at {record.pathname}:{record.lineno}; record dropped ---\n"
+        )
 
 
 def configure_logging(
@@ -82,9 +93,9 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         logger_factory=structlog.stdlib.LoggerFactory(),
         context_class=dict,
-        # A logger cached before configure_logging ran would keep structlog's defaults (no
-        # redaction) for the life of the process.
-        cache_logger_on_first_use=False,
+        # Safe to cache: every call installs this same chain, and what does change (level,
+        # format, stream) lives in the stdlib handler, which is replaced below.
+        cache_logger_on_first_use=True,
     )
 
     formatter = structlog.stdlib.ProcessorFormatter(

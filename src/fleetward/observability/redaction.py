@@ -377,7 +377,9 @@ def _redact_mapping(
     redacted: dict[Any, object] = {}
     for key, item in mapping.items():
         if not isinstance(key, str):
-            redacted[key] = _redact(item, depth + 1)
+            # JSON only has string and number keys; any other key is printed as its repr.
+            plain = key is None or isinstance(key, int | float)
+            redacted[key if plain else scrub_text(_safe_repr(key))] = _redact(item, depth + 1)
         elif key in keep:
             redacted[key] = item
         else:

@@ -151,8 +151,10 @@ def test_identifier_key_is_kept(key: str) -> None:
         # A token request body: only the secret parameters go.
         (
             "grant_type=refresh_token&refresh_token=rt-9&client_secret=cs-1&client_id=app",
-            f"grant_type=refresh_token&refresh_token={REDACTED}"
-            f"&client_secret={REDACTED}&client_id=app",
+            (
+                f"grant_type=refresh_token&refresh_token={REDACTED}"
+                f"&client_secret={REDACTED}&client_id=app"
+            ),
         ),
         # A password in a form body.
         ("username=ana&password=hunter2", f"username=ana&password={REDACTED}"),
@@ -180,11 +182,14 @@ def test_identifier_key_is_kept(key: str) -> None:
         # A bytes value in a repr.
         ("{'api_key': b'k-1'}", f"{{'api_key': b'{REDACTED}'}}"),
         # A token in a URL fragment (implicit flow).
-        ("/cb#access_token=at-2&token_type=Bearer", f"/cb#access_token={REDACTED}&token_type=Bearer"),
+        (
+            "/cb#access_token=at-2&token_type=Bearer",
+            f"/cb#access_token={REDACTED}&token_type=Bearer",
+        ),
         # Identifiers, ids and times are left alone.
         (
-            "kid=fleet-1 jti=tok-1 sub=usr_1 status_code=500 at 2026-11-26T10:00:00Z on 10.0.0.7:443",
-            "kid=fleet-1 jti=tok-1 sub=usr_1 status_code=500 at 2026-11-26T10:00:00Z on 10.0.0.7:443",
+            "kid=k-1 jti=tok-1 sub=usr_1 status_code=500 at 2026-11-26T10:00:00Z from 10.0.0.7:443",
+            "kid=k-1 jti=tok-1 sub=usr_1 status_code=500 at 2026-11-26T10:00:00Z from 10.0.0.7:443",
         ),
         # A URL without a password keeps its user and port.
         ("https://ops@fleetward.example:8443/x", "https://ops@fleetward.example:8443/x"),
@@ -289,6 +294,16 @@ def test_self_referencing_structure_terminates() -> None:
 
     assert isinstance(result, list)
     assert result[0] == f"token={REDACTED}"
+
+
+def test_non_string_keys_are_printable_and_scrubbed() -> None:
+    # A tuple key would make the JSON renderer fail, and it can carry a secret of its own.
+    event = {("ana", "password=hunter2"): 1, 7: "seven", None: "none"}
+
+    result = redact(event)
+
+    assert result == {f"('ana', 'password={REDACTED}')": 1, 7: "seven", None: "none"}
+    json.dumps(result)
 
 
 def test_private_members_of_a_jwk_are_replaced() -> None:

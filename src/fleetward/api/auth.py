@@ -1,0 +1,169 @@
+"""Authentication of API callers on every surface: one dependency, used by every router.
+
+For a route of surface S it accepts exactly an access token for S: validated by the
+platform's AccessTokenValidator (signature, issuer, audience = S, ``at+jwt``, times,
+revocation), sender-constrained when the token is DPoP-bound (a bound token presented as a
+plain Bearer token is refused: no downgrade), bounded by scope (the route's permission must
+be among the token's scopes, which bound whatever a relationship could grant), and fresh and
+strong enough when the route demands step-up (RFC 9470).
+
+The route's permission comes from its catalog entry, so a route cannot forget to declare it;
+an endpoint without an entry is refused (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi import Request
+
+from fleetward.catalog.entry import AUTHENTICATED, PUBLIC, entry_of
+from fleetward.core.errors import FleetwardError, Forbidden, Unauthenticated
+from fleetward.core.surfaces import Surface
+from fleetward.identity.acr import Acr
+from fleetward.identity.tokens import AccessTokenClaims, InvalidDpopProof, InvalidToken
+from fleetward.platform import Platform
+
+_MAX_AUTHORIZATION_HEADER = 8192
+
+
+class AuthenticationRequired(Unauthenticated):
+    code = "authentication-required"
+    title = "Authentication required"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient-scope"
+    title = "Insufficient scope"
+
+
+class StepUpRequired(Unauthenticated):
+    code = "insufficient-user-authentication"
+    title = "Stronger or more recent authentication required"
+
+
+class RouteNotCatalogued(FleetwardError):
+    """An authenticated dependency on an endpoint the catalog does not know: refuse."""
+
+    code = "route-not-catalogued"
+
+
+@dataclass(frozen=True, slots=True)
+class StepUp:
+    """What a route or command demands of the person's authentication (RFC 9470)."""
+
+    acr: Acr = Acr.MFA
+    max_age: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated caller of one request (claims already verified)."""
+
+    claims: AccessTokenClaims
+    surface: Surface
+    dpop_jkt: str | None
+
+
+def _challenge(scheme: str, error: str, description: str, **params: str) -> dict[str, str]:
+    parts = [f'error="{error}"', f'error_description="{description}"']
+    parts += [f'{key}="{value}"' for key, value in params.items()]
+    return {"WWW-Authenticate": f"{scheme} " + ", ".join(parts)}
+
+
+def _refused(scheme: str, reason: str) -> AuthenticationRequired:
+    return AuthenticationRequired(
+        "a valid access token for this API is required",
+        reason=reason,
+        headers=_challenge(scheme, "invalid_token", "the access token is not valid"),
+    )
+
+
+def authenticate(
+    surface: Surface, *, step_up: StepUp | None = None
+) -> Callable[[Request], Awaitable[Caller]]:
+    """A FastAPI dependency that authenticates the caller of a ``surface`` route."""
+
+    async def dependency(request: Request) -> Caller:
+        entry = entry_of(request.scope.get("endpoint"))
+        if entry is None or entry.permission is PUBLIC:
+            # An authenticated route must be catalogued with a permission; anything else
+            # is a wiring error, refused rather than guessed.
+            raise RouteNotCatalogued("the route is not catalogued for authenticated callers")
+        platform: Platform = request.app.state.platform
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        scheme_lower = scheme.lower()
+        if not header or len(header) > _MAX_AUTHORIZATION_HEADER:
+            raise _refused("Bearer", "missing-token")
+        if scheme_lower not in ("bearer", "dpop") or not token or " " in token.strip():
+            raise _refused("Bearer", "malformed-authorization")
+        token = token.strip()
+        try:
+            claims = await platform.identity.validator.validate(token, surface=surface)
+        except InvalidToken as exc:
+            scheme_name = "DPoP" if scheme_lower == "dpop" else "Bearer"
+            raise _refused(scheme_name, exc.reason or "invalid") from None
+        jkt = await _sender_constraint(request, platform, scheme_lower, token, claims)
+        permission = entry.permission
+        if permission is not AUTHENTICATED and permission.value not in claims.scopes:
+            raise InsufficientScope(
+                "the token's scope does not cover this operation",
+                reason="scope",
+                headers=_challenge(
+                    "Bearer", "insufficient_scope", "scope too narrow", scope=permission.value
+                ),
+            )
+        if step_up is not None:
+            _check_step_up(claims, step_up, platform)
+        return Caller(claims=claims, surface=surface, dpop_jkt=jkt)
+
+    return dependency
+
+
+async def _sender_constraint(
+    request: Request, platform: Platform, scheme: str, token: str, claims: AccessTokenClaims
+) -> str | None:
+    if claims.cnf_jkt is None:
+        if scheme == "dpop":
+            # A DPoP scheme with an unbound token would let a client claim a binding it lacks.
+            raise _refused("DPoP", "not-dpop-bound")
+        return None
+    if scheme != "dpop":
+        raise _refused("DPoP", "dpop-downgrade")  # a bound token used as a plain Bearer token
+    proof = request.headers.get("dpop")
+    if not proof or "," in proof:
+        raise _refused("DPoP", "missing-dpop-proof")
+    try:
+        return await platform.identity.dpop.verify(
+            proof,
+            method=request.method,
+            url=str(request.url),
+            access_token=token,
+            expected_jkt=claims.cnf_jkt,
+        )
+    except InvalidDpopProof as exc:
+        raise _refused("DPoP", f"dpop-{exc.reason}") from None
+
+
+def _check_step_up(claims: AccessTokenClaims, step_up: StepUp, platform: Platform) -> None:
+    try:
+        strong_enough = Acr(claims.acr).satisfies(step_up.acr)
+    except ValueError:
+        strong_enough = False  # an acr we do not know is no acr at all
+    age = platform.clock.now() - claims.authenticated_at
+    if strong_enough and age <= step_up.max_age:
+        return
+    raise StepUpRequired(
+        "this operation needs a stronger or more recent sign-in",
+        reason="acr" if not strong_enough else "max-age",
+        headers=_challenge(
+            "Bearer",
+            "insufficient_user_authentication",
+            "a stronger or more recent authentication is required",
+            acr_values=step_up.acr.value,
+            max_age=str(int(step_up.max_age.total_seconds())),
+        ),
+    )
