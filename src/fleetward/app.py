@@ -12,9 +12,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fleetward import __version__
-from fleetward.api import admin, dealer, fleet, health, mobile, partner, problems, support
+from fleetward.api import (
+    admin,
+    dealer,
+    fleet,
+    health,
+    login,
+    mobile,
+    oauth,
+    partner,
+    problems,
+    support,
+)
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.catalog.inventory import inventory
+from fleetward.api.revocation_gate import RevocationGate
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 
@@ -23,11 +35,14 @@ _SURFACE_MODULES = (mobile, fleet, dealer, partner, support, admin)
 
 def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
     the_platform = platform or Platform.build(settings)
+    gate = RevocationGate(the_platform)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Routes may have been added after build_app: check again before serving anything.
         inventory(app.router.routes)
+        # Revocations outlive restarts; authentication stays closed until they are loaded.
+        await gate.try_load()
         try:
             yield
         finally:
@@ -44,9 +59,12 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.platform = the_platform
+    app.state.revocation_gate = gate
     problems.install(app)
     app.add_middleware(RequestIdentityMiddleware)
     app.include_router(health.router)
+    app.include_router(login.router)
+    app.include_router(oauth.router)
     for module in _SURFACE_MODULES:
         app.include_router(module.router)
     inventory(app.router.routes)

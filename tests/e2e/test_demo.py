@@ -27,6 +27,8 @@ def test_demo_first_run_and_rerun(tmp_path: Path, free_port: int) -> None:
     logins = json.loads(credentials.read_text(encoding="utf-8"))
     assert set(logins) == {name for name, _, _ in PEOPLE}
     assert all(len(entry["password"]) >= 20 for entry in logins.values())
+    # Everyone has a TOTP seed: base32, enough for a 160-bit secret.
+    assert all(len(entry["totp_secret"]) >= 32 for entry in logins.values())
     assert (data_dir / "fleetward.db").exists()
 
     # A second run reuses the world and keeps the logins it printed the first time.

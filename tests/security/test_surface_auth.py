@@ -8,7 +8,7 @@ audience to its own surface, refuses DPoP downgrades, and demands scope and step
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,14 +32,18 @@ from fleetward.identity.tokens.dpop_client import (
 )
 from fleetward.platform import Platform
 from fleetward.settings import Settings
+from fleetward.store.migrate import upgrade
 from support.http import client_for
 
 OTHER = {s: next(o for o in Surface if o is not s) for s in Surface}
 
 
 @pytest.fixture
-def platform_(settings: Settings, clock: FrozenClock) -> Platform:
-    return Platform.build(settings, clock=clock)
+async def platform_(settings: Settings, clock: FrozenClock) -> AsyncIterator[Platform]:
+    platform = Platform.build(settings, clock=clock)
+    await upgrade(platform.engine)
+    yield platform
+    await platform.close()
 
 
 @pytest.fixture

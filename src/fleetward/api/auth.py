@@ -93,6 +93,7 @@ def authenticate(
             # is a wiring error, refused rather than guessed.
             raise RouteNotCatalogued("the route is not catalogued for authenticated callers")
         platform: Platform = request.app.state.platform
+        await request.app.state.revocation_gate.ensure()
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         scheme_lower = scheme.lower()

@@ -57,6 +57,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     platform: Platform = request.app.state.platform
     ready, reason = await platform.store_ready()
+    if ready and not await request.app.state.revocation_gate.try_load():
+        ready, reason = False, "revocations not loaded"
     body = {"status": "ready" if ready else "not-ready", "store": reason}
     return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -29,6 +29,49 @@ class EventName(StrEnum):
     SUPPORT_CASE_CLOSED = "support:case:closed"
     PARTNER_CONSENT_GRANTED = "partner:consent:granted"
     PARTNER_CONSENT_REVOKED = "partner:consent:revoked"
+    # Every authorization decision (authz/).
+    AUTHZ_DECISION_MADE = "authz:decision:made"
+    # Interactive login (identity/login): reasons are stable codes, never a secret.
+    LOGIN_SUCCEEDED = "user:login:succeeded"
+    LOGIN_FAILED = "user:login:failed"
+    LOGIN_LOCKED_OUT = "user:login:locked_out"
+    LOGIN_SPRAYING_DETECTED = "user:login:spraying_detected"
+    LOGIN_ENDED = "user:login:ended"
+    MFA_ENROLLED = "user:mfa:enrolled"
+    RECOVERY_CODE_USED = "user:recovery_code:used"
+    RECOVERY_CODES_REGENERATED = "user:recovery_code:regenerated"
+    # The OAuth authorization server (identity/oauth).
+    OAUTH_CLIENT_REGISTERED = "oauth:client:registered"
+    OAUTH_CLIENT_KEYS_REPLACED = "oauth:client:keys_replaced"
+    OAUTH_CONSENT_GRANTED = "oauth:consent:granted"
+    OAUTH_CONSENT_DENIED = "oauth:consent:denied"
+    OAUTH_CODE_ISSUED = "oauth:code:issued"
+    OAUTH_CODE_REUSED = "oauth:code:reused"
+    OAUTH_TOKEN_ISSUED = "oauth:token:issued"  # noqa: S105 - an event name
+    OAUTH_TOKEN_REFUSED = "oauth:token:refused"  # noqa: S105 - an event name
+    OAUTH_REFRESH_TOKEN_REUSED = "oauth:refresh_token:reused"  # noqa: S105 - an event name
+    OAUTH_DEVICE_APPROVED = "oauth:device:approved"
+    OAUTH_DEVICE_DENIED = "oauth:device:denied"
+    OAUTH_TOKENS_REVOKED = "oauth:tokens:revoked"
+    # Device identity and the vehicle gateway (devices/, gateway/).
+    DEVICE_ENROLMENT_CREATED = "device:enrolment:created"
+    DEVICE_ENROLMENT_REFUSED = "device:enrolment:refused"
+    DEVICE_PROVISIONED = "device:identity:provisioned"
+    DEVICE_ROTATION_STARTED = "device:rotation:started"
+    DEVICE_ROTATION_COMPLETED = "device:rotation:completed"
+    DEVICE_SUSPENDED = "device:identity:suspended"
+    DEVICE_RESUMED = "device:identity:resumed"
+    DEVICE_REVOKED = "device:identity:revoked"
+    DEVICE_DECOMMISSIONED = "device:identity:decommissioned"
+    DEVICE_REENROLMENT_STARTED = "device:identity:reenrolment_started"
+    DEVICE_TCU_REPLACED = "device:tcu:replaced"
+    DEVICE_QUARANTINED = "device:identity:quarantined"
+    DEVICE_CLONE_DETECTED = "device:clone:detected"
+    DEVICE_OPERATION_DENIED = "device:operation:denied"
+    DEVICE_HANDSHAKE_FAILED = "device:handshake:failed"
+    DEVICE_SESSION_OPENED = "device:session:opened"
+    DEVICE_SESSION_SUPERSEDED = "device:session:superseded"
+    DEVICE_SESSION_CLOSED = "device:session:closed"
 
 
 class ActorType(StrEnum):

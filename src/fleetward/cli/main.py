@@ -10,10 +10,12 @@ import typer
 
 from fleetward.cli import bench as bench_cli
 from fleetward.cli import catalog as catalog_cli
+from fleetward.cli import token as token_cli
 from fleetward.cli.runtime import demo_setup, load_or_exit, migrate_store, serve_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fleetward platform")
 app.add_typer(catalog_cli.app, name="catalog")
+app.command(name="token")(token_cli.token)
 app.add_typer(bench_cli.app, name="bench")
 
 

@@ -9,6 +9,7 @@ import typer
 import uvicorn
 
 from fleetward.app import build_app
+from fleetward.demo.clients import seed_demo_clients
 from fleetward.demo.credentials import write_credentials
 from fleetward.demo.world import reset_passwords, seed_demo_world
 from fleetward.observability.logging import configure_logging
@@ -48,14 +49,19 @@ async def demo_setup(settings: Settings) -> Path:
     path = settings.demo_credentials_path
     try:
         async with platform.services() as (uow, ctx):
-            result = await seed_demo_world(ctx, platform.passwords)
+            result = await seed_demo_world(
+                ctx, platform.passwords, data_key=platform.identity.data_key
+            )
             logins = result.logins
             if not result.created and not path.exists():
-                logins = await reset_passwords(ctx, platform.passwords)
+                logins = await reset_passwords(
+                    ctx, platform.passwords, data_key=platform.identity.data_key
+                )
             if logins:
                 # The file is written before the commit: a crash leaves old passwords valid
                 # rather than new ones nobody knows.
                 write_credentials(path, logins)
+            await seed_demo_clients(ctx, settings.data_dir)
             await uow.commit()
     finally:
         await platform.close()

@@ -10,9 +10,11 @@ from sqlalchemy import select
 
 from fleetward.audit.recorder import Actor
 from fleetward.authz.permissions import Permission
+from fleetward.core.datakey import DataKey
 from fleetward.core.vin import random_vin
 from fleetward.demo.credentials import DemoLogin, generate_password
 from fleetward.identity.directory import Directory
+from fleetward.identity.login.totp import TotpFactors
 from fleetward.identity.models import Role, Tenant, TenantKind, User
 from fleetward.identity.passwords import PasswordHasher
 from fleetward.services import ServiceContext
@@ -83,20 +85,42 @@ async def is_seeded(ctx: ServiceContext) -> bool:
     )
 
 
-async def reset_passwords(ctx: ServiceContext, hasher: PasswordHasher) -> dict[str, DemoLogin]:
-    """New passwords for the demo people (used when the credentials file was lost)."""
+async def _enrol_totp(
+    ctx: ServiceContext, data_key: DataKey | None, user: User, login: DemoLogin
+) -> None:
+    # Every demo person gets TOTP, so the high-risk ones can sign in at all (they must use
+    # a second factor) and everyone can try the second step. The seed goes only into the
+    # 0600 credentials file, next to the password.
+    if data_key is not None:
+        login["totp_secret"] = await TotpFactors(ctx, data_key).enrol(user, actor=SEEDER)
+
+
+async def reset_passwords(
+    ctx: ServiceContext, hasher: PasswordHasher, *, data_key: DataKey | None = None
+) -> dict[str, DemoLogin]:
+    """New passwords (and TOTP seeds, given the data key) for the demo people.
+
+    Used when the credentials file was lost: the old seeds were only in that file.
+    """
     logins: dict[str, DemoLogin] = {}
     for username, tenant_slug, role in PEOPLE:
         user = await Directory(ctx).user(username)
         password = generate_password()
         user.password_hash = hasher.hash(password)
         logins[username] = {"password": password, "tenant": tenant_slug, "role": role.value}
+        await _enrol_totp(ctx, data_key, user, logins[username])
     await ctx.session.flush()
     return logins
 
 
-async def seed_demo_world(ctx: ServiceContext, hasher: PasswordHasher) -> SeedResult:
-    """Create the demo world once; a second call changes nothing and reports created=False."""
+async def seed_demo_world(
+    ctx: ServiceContext, hasher: PasswordHasher, *, data_key: DataKey | None = None
+) -> SeedResult:
+    """Create the demo world once; a second call changes nothing and reports created=False.
+
+    With ``data_key`` (the platform's), every demo person is enrolled in TOTP and the
+    returned logins carry ``totp_secret``.
+    """
     if await is_seeded(ctx):
         return SeedResult(created=False, logins={})
     directory = Directory(ctx)
@@ -119,6 +143,7 @@ async def seed_demo_world(ctx: ServiceContext, hasher: PasswordHasher) -> SeedRe
         await directory.grant_membership(user, tenant, role, actor=SEEDER)
         users[username] = user
         logins[username] = {"password": password, "tenant": tenant_slug, "role": role.value}
+        await _enrol_totp(ctx, data_key, user, logins[username])
 
     rng = random.SystemRandom()
     registry = VehicleRegistry(ctx)

@@ -7,11 +7,12 @@ recovery codes and session cookies are stored as hashes.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fleetward.store.base import Base, id_column
+from fleetward.store.base import Base, id_column, str_enum
 
 
 class TotpFactor(Base):
@@ -79,3 +80,48 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer)
     window_started_at: Mapped[datetime]
     blocked_until: Mapped[datetime | None]
+
+
+class PendingLogin(Base):
+    """Between a correct password and the second factor (cookie ``fw_pending``, 5 minutes).
+
+    Holding one proves only the password: it is never a session, and it is consumed
+    (``completed_at``) by the one second-factor step that succeeds.
+    """
+
+    __tablename__ = "pending_logins"
+
+    id: Mapped[str] = id_column()
+    # SHA-256 of the cookie value; the value itself exists only in the browser.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    return_to: Mapped[str] = mapped_column(String(2048))
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    # The acr the authorization endpoint asked for, if any (an Acr value).
+    required_acr: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
+class WebAuthnCeremony(StrEnum):
+    REGISTRATION = "registration"
+    AUTHENTICATION = "authentication"
+
+
+class WebAuthnChallenge(Base):
+    """A WebAuthn challenge, single use, bound to a pending login or a login session."""
+
+    __tablename__ = "webauthn_challenges"
+
+    id: Mapped[str] = id_column()
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    ceremony: Mapped[WebAuthnCeremony] = mapped_column(
+        str_enum(WebAuthnCeremony, "webauthn_ceremony")
+    )
+    # The PendingLogin (authentication) or LoginSession (registration) id it belongs to.
+    bound_to: Mapped[str] = mapped_column(String(40), index=True)
+    challenge: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

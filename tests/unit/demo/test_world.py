@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+import pyotp
 from sqlalchemy import func, select
 
 from fleetward.authz.permissions import Permission
 from fleetward.core.vin import parse_vin
-from fleetward.demo.world import PEOPLE, seed_demo_world
+from fleetward.demo.world import PEOPLE, reset_passwords, seed_demo_world
+from fleetward.identity.credential_models import TotpFactor
 from fleetward.identity.directory import Directory
+from fleetward.identity.login.totp import TotpFactors, TotpVerdict
 from fleetward.identity.models import Role, User
 from fleetward.platform import Platform
 from fleetward.vehicles.models import (
@@ -28,13 +33,28 @@ from fleetward.vehicles.registry import VehicleRegistry
 
 async def test_demo_world(platform: Platform) -> None:
     async with platform.services() as (uow, ctx):
-        result = await seed_demo_world(ctx, platform.passwords)
+        result = await seed_demo_world(ctx, platform.passwords, data_key=platform.identity.data_key)
         await uow.commit()
     assert result.created
     assert set(result.logins) == {name for name, _, _ in PEOPLE}
     # Passwords are generated, unique, and stored only as argon2id hashes.
     passwords = [login["password"] for login in result.logins.values()]
     assert len(set(passwords)) == len(passwords)
+    # Everyone is enrolled in TOTP (high-risk people could not sign in otherwise); the
+    # seeds are unique, and stored only encrypted.
+    secrets = [login["totp_secret"] for login in result.logins.values()]
+    assert len(set(secrets)) == len(PEOPLE)
+    assert all(re.fullmatch(r"[A-Z2-7]{32}", secret) for secret in secrets)
+    async with platform.services() as (uow, ctx):
+        stored = list(await ctx.session.scalars(select(TotpFactor)))
+        assert len(stored) == len(PEOPLE)
+        assert not any(
+            secret.encode() in row.encrypted_secret for secret in secrets for row in stored
+        )
+        alice = await Directory(ctx).user("alice")
+        totp = TotpFactors(ctx, platform.identity.data_key)
+        code = pyotp.TOTP(result.logins["alice"]["totp_secret"]).at(ctx.clock.now())
+        assert await totp.verify(alice.id, code) is TotpVerdict.ACCEPTED
 
     async with platform.services() as (_uow, ctx):
         directory = Directory(ctx)
@@ -133,3 +153,19 @@ async def test_seeding_twice_changes_nothing(platform: Platform) -> None:
         count = await ctx.session.scalar(select(func.count()).select_from(Vehicle))
     assert not again.created and again.logins == {}
     assert count == 10
+
+
+async def test_lost_credentials_renew_passwords_and_totp(platform: Platform) -> None:
+    # The old seeds were only in the lost file: new ones replace them, never add to them.
+    key = platform.identity.data_key
+    async with platform.services() as (uow, ctx):
+        first = await seed_demo_world(ctx, platform.passwords, data_key=key)
+        await uow.commit()
+    async with platform.services() as (uow, ctx):
+        renewed = await reset_passwords(ctx, platform.passwords, data_key=key)
+        await uow.commit()
+        count = await ctx.session.scalar(select(func.count()).select_from(TotpFactor))
+    assert count == len(PEOPLE)
+    for name, _, _ in PEOPLE:
+        assert renewed[name]["totp_secret"] != first.logins[name]["totp_secret"]
+        assert renewed[name]["password"] != first.logins[name]["password"]

@@ -1,0 +1,443 @@
+"""Device lifecycle routes: platform operations on the admin surface, TCU replacement on the
+dealer surface, and enrolment for the devices themselves.
+
+Authorization:
+
+* admin routes: an admin-surface token with ``admin:manage_clients`` (a device is a platform
+  client; the vocabulary has no device permission) held by a person who is a platform admin of
+  the operator tenant the token names, checked here for every request; mutations need a
+  recent multi-factor sign-in (step-up).
+* the dealer route: a dealer-surface token with ``dealer:manage_case``, and the policy decision
+  point's answer for that case (an open case of the caller's dealer, assigned to them); the
+  service checks the case again. Not-yours and not-found answer the same.
+* enrolment: a one-time enrolment token in the body, nothing else.
+
+Every decision is audited; after a change commits, the device's live sessions are closed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from fleetward.api.auth import Caller, StepUp, authenticate
+from fleetward.api.routing import CataloguedRoute
+from fleetward.audit.events import Decision, EventName
+from fleetward.audit.recorder import Actor, Target
+from fleetward.authz.decision import (
+    AuthzRequest,
+    PrincipalRef,
+    Reason,
+    RequestContext,
+    ResourceKind,
+    ResourceRef,
+    audit_decision,
+)
+from fleetward.authz.entities import Relations, RelationsRefused, SessionRelations
+from fleetward.authz.pdp import CedarPdp
+from fleetward.authz.permissions import Permission
+from fleetward.catalog.entry import (
+    AUTHENTICATED,
+    CallerType,
+    CatalogEntry,
+    DataClass,
+    Impact,
+    PublicMarker,
+    catalogued,
+)
+from fleetward.core.errors import FleetwardError
+from fleetward.core.surfaces import Surface
+from fleetward.devices.ca import load_device_ca
+from fleetward.devices.errors import CaseNotFound, NotPlatformAdmin
+from fleetward.devices.lifecycle import DeviceLifecycle
+from fleetward.devices.models import Device
+from fleetward.devices.provisioning import Provisioning
+from fleetward.devices.views import (
+    CertificateView,
+    CsrBody,
+    DeviceView,
+    EnrolBody,
+    EnrolmentBody,
+    EnrolmentView,
+    ReasonBody,
+    ReEnrolBody,
+    ReplacementView,
+    device_view,
+)
+from fleetward.gateway.registry import close_code_for
+from fleetward.gateway.websocket import GATEWAY_SURFACE, gateway_of
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import Role, Tenant, TenantKind, User
+from fleetward.platform import Platform
+from fleetward.services import ServiceContext
+from fleetward.vehicles.errors import VehicleNotFound
+from fleetward.vehicles.models import DealerCase, Vehicle
+
+OWNER = "devices-team"
+_ADMIN_PURPOSE = " (platform operation: devices are platform clients, so admin:manage_clients)"
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def _entry(
+    surface: Surface | str,
+    purpose: str,
+    permission: Permission | PublicMarker,
+    callers: frozenset[CallerType],
+    *,
+    objects: Sequence[str] = ("device",),
+    rate: int = 10,
+) -> CatalogEntry:
+    return CatalogEntry(
+        surface=surface,
+        owner=OWNER,
+        purpose=purpose,
+        callers=callers,
+        permission=permission,
+        data_class=DataClass.CREDENTIAL,
+        objects=tuple(objects),
+        impact=frozenset({Impact.SAFETY, Impact.OPERATIONAL}),
+        expected_rate_per_minute=rate,
+        tags=("devices",),
+    )
+
+
+def _admin_actor(caller: Caller) -> Actor:
+    return Actor.user(caller.claims.sub, caller.claims.tenant)
+
+
+async def _require_platform_admin(
+    platform: Platform, ctx: ServiceContext, caller: Caller, operation: str, target: str
+) -> None:
+    """A person who is a platform admin of the (operator) tenant the token names, now."""
+    claims = caller.claims
+    reason: str | None = None
+    if claims.sub_type != "user":
+        reason = "not-a-person"  # platform operations on devices are never automated
+    else:
+        user = await ctx.session.get(User, claims.sub)
+        tenant = await ctx.session.get(Tenant, claims.tenant)
+        if (
+            user is None
+            or tenant is None
+            or user.disabled_at is not None
+            or tenant.disabled_at is not None
+            or tenant.kind is not TenantKind.OPERATOR
+            or Role.PLATFORM_ADMIN not in await Directory(ctx).active_roles(user, tenant)
+        ):
+            reason = "role"
+    if reason is None:
+        return
+    # Recorded in a transaction of its own: the caller's is rolled back by the refusal.
+    async with platform.unit_of_work() as uow:
+        platform.audit.record(
+            uow.session,
+            EventName.DEVICE_OPERATION_DENIED,
+            actor=_admin_actor(caller),
+            target=Target("device", target),
+            decision=Decision.DENIED,
+            reason=reason,
+            details={"operation": operation, "surface": caller.surface.value},
+        )
+        await uow.commit()
+    raise NotPlatformAdmin("this operation is for platform administrators", reason=reason)
+
+
+async def _close_sessions(request: Request, device: Device) -> None:
+    gateway = gateway_of(request.app)
+    if gateway is not None:
+        await gateway.registry.close_device(device.id, close_code_for(device.status))
+
+
+async def _view(request: Request, ctx: ServiceContext, device: Device) -> DeviceView:
+    gateway = gateway_of(request.app)
+    live = len(gateway.registry.sessions(device.id)) if gateway else 0
+    return await device_view(ctx, device, live_sessions=live)
+
+
+class _Unbound:
+    """The relation source of the shared compiled policy: never consulted (every use binds a
+    request's own source); if it were, it would deny."""
+
+    async def relations(
+        self,
+        principal: PrincipalRef,
+        context: RequestContext,
+        resources: Sequence[ResourceRef],
+    ) -> Relations:
+        raise RelationsRefused(Reason.PDP_ERROR)
+
+
+@functools.cache
+def _policy() -> CedarPdp:
+    """The packaged policy, compiled once on first use (not at import)."""
+    return CedarPdp(_Unbound())
+
+
+# ----------------------------------------------------------------------------- admin
+
+admin_router = APIRouter(prefix="/admin/v1", tags=["admin"], route_class=CataloguedRoute)
+_ADMIN = frozenset({CallerType.ADMIN})
+AdminCaller = Annotated[Caller, Depends(authenticate(Surface.ADMIN))]
+SteppedUpAdmin = Annotated[Caller, Depends(authenticate(Surface.ADMIN, step_up=StepUp()))]
+
+
+@admin_router.post(
+    "/vehicles/{vehicle_id}/device-enrolments",
+    name="admin:devices:enrol",
+    status_code=201,
+    response_model=EnrolmentView,
+)
+@catalogued(
+    _entry(
+        Surface.ADMIN,
+        "creates a one-time enrolment token for a vehicle's first TCU" + _ADMIN_PURPOSE,
+        Permission.ADMIN_MANAGE_CLIENTS,
+        _ADMIN,
+        objects=("vehicle", "device"),
+    )
+)
+async def create_enrolment(
+    vehicle_id: str, body: EnrolmentBody, request: Request, caller: SteppedUpAdmin
+) -> EnrolmentView:
+    platform = _platform(request)
+    async with platform.services() as (uow, ctx):
+        await _require_platform_admin(platform, ctx, caller, "enrol", vehicle_id)
+        vehicle = await ctx.session.get(Vehicle, vehicle_id)
+        if vehicle is None:
+            raise VehicleNotFound("no such vehicle")
+        grant = await Provisioning(ctx).create_enrolment(
+            vehicle, actor=_admin_actor(caller), lifetime=timedelta(hours=body.hours)
+        )
+        await uow.commit()
+    return EnrolmentView.of(grant)
+
+
+@admin_router.get("/devices/{device_id}", name="admin:devices:show", response_model=DeviceView)
+@catalogued(
+    _entry(
+        Surface.ADMIN,
+        "a device identity: status, certificates, clone incidents" + _ADMIN_PURPOSE,
+        Permission.ADMIN_MANAGE_CLIENTS,
+        _ADMIN,
+        rate=30,
+    )
+)
+async def show_device(device_id: str, request: Request, caller: AdminCaller) -> DeviceView:
+    platform = _platform(request)
+    async with platform.services() as (_uow, ctx):
+        await _require_platform_admin(platform, ctx, caller, "show", device_id)
+        device = await DeviceLifecycle(ctx).get(device_id)
+        return await _view(request, ctx, device)
+
+
+@admin_router.post(
+    "/devices/{device_id}/rotate", name="admin:devices:rotate", response_model=CertificateView
+)
+@catalogued(
+    _entry(
+        Surface.ADMIN,
+        "certifies a device's new key; the old certificate is revoked when the new one is "
+        "first used" + _ADMIN_PURPOSE,
+        Permission.ADMIN_MANAGE_CLIENTS,
+        _ADMIN,
+    )
+)
+async def rotate_device(
+    device_id: str, body: CsrBody, request: Request, caller: SteppedUpAdmin
+) -> CertificateView:
+    platform = _platform(request)
+    async with platform.services() as (uow, ctx):
+        await _require_platform_admin(platform, ctx, caller, "rotate", device_id)
+        lifecycle = DeviceLifecycle(ctx)
+        device = await lifecycle.get(device_id)
+        ca = load_device_ca(platform.settings, platform.identity.data_key, platform.clock)
+        issued = await lifecycle.rotate(device, body.csr, ca, actor=_admin_actor(caller))
+        await uow.commit()
+    return CertificateView.of(issued)
+
+
+def _transition_route(operation: str, purpose: str) -> None:
+    @admin_router.post(
+        f"/devices/{{device_id}}/{operation}",
+        name=f"admin:devices:{operation}",
+        response_model=DeviceView,
+    )
+    @catalogued(
+        _entry(Surface.ADMIN, purpose + _ADMIN_PURPOSE, Permission.ADMIN_MANAGE_CLIENTS, _ADMIN)
+    )
+    async def transition(
+        device_id: str, body: ReasonBody, request: Request, caller: SteppedUpAdmin
+    ) -> DeviceView:
+        platform = _platform(request)
+        async with platform.services() as (uow, ctx):
+            await _require_platform_admin(platform, ctx, caller, operation, device_id)
+            lifecycle = DeviceLifecycle(ctx)
+            device = await lifecycle.get(device_id)
+            move = {
+                "suspend": lifecycle.suspend,
+                "resume": lifecycle.resume,
+                "revoke": lifecycle.revoke,
+                "decommission": lifecycle.decommission,
+            }[operation]
+            await move(device, reason=body.reason, actor=_admin_actor(caller))
+            await uow.commit()
+            await _close_sessions(request, device)
+            return await _view(request, ctx, device)
+
+
+_transition_route("suspend", "suspends a device: its sessions close and it cannot connect")
+_transition_route("resume", "resumes a suspended or quarantined device")
+_transition_route("revoke", "revokes a device identity and its certificates for good")
+_transition_route("decommission", "retires a device identity (end of life) for good")
+
+
+@admin_router.post(
+    "/devices/{device_id}/re-enrol",
+    name="admin:devices:re-enrol",
+    status_code=201,
+    response_model=EnrolmentView,
+)
+@catalogued(
+    _entry(
+        Surface.ADMIN,
+        "ends a device identity and creates an enrolment for fresh credentials" + _ADMIN_PURPOSE,
+        Permission.ADMIN_MANAGE_CLIENTS,
+        _ADMIN,
+        objects=("device", "vehicle"),
+    )
+)
+async def re_enrol_device(
+    device_id: str, body: ReEnrolBody, request: Request, caller: SteppedUpAdmin
+) -> EnrolmentView:
+    platform = _platform(request)
+    async with platform.services() as (uow, ctx):
+        await _require_platform_admin(platform, ctx, caller, "re-enrol", device_id)
+        lifecycle = DeviceLifecycle(ctx)
+        device = await lifecycle.get(device_id)
+        grant = await lifecycle.re_enrol(
+            device,
+            reason=body.reason,
+            actor=_admin_actor(caller),
+            lifetime=timedelta(hours=body.hours),
+        )
+        await uow.commit()
+    await _close_sessions(request, device)
+    return EnrolmentView.of(grant)
+
+
+# ----------------------------------------------------------------------------- dealer
+
+dealer_router = APIRouter(prefix="/dealer/v1", tags=["dealer"], route_class=CataloguedRoute)
+SteppedUpTechnician = Annotated[Caller, Depends(authenticate(Surface.DEALER, step_up=StepUp()))]
+
+
+@dealer_router.post(
+    "/cases/{case_id}/tcu-replacement",
+    name="dealer:cases:tcu-replacement",
+    status_code=201,
+    response_model=ReplacementView,
+)
+@catalogued(
+    _entry(
+        Surface.DEALER,
+        "replaces a vehicle's TCU under an open dealer case: revokes the old device and "
+        "creates the new one's enrolment in one transaction",
+        Permission.DEALER_MANAGE_CASE,
+        frozenset({CallerType.USER}),
+        objects=("dealer_case", "vehicle", "device"),
+        rate=2,
+    )
+)
+async def replace_tcu(
+    case_id: str, body: EnrolmentBody, request: Request, caller: SteppedUpTechnician
+) -> ReplacementView:
+    platform = _platform(request)
+    async with platform.services() as (uow, ctx):
+        authz = AuthzRequest.from_claims(
+            caller.claims,
+            Surface.DEALER,
+            Permission.DEALER_MANAGE_CASE,
+            ResourceRef(ResourceKind.DEALER_CASE, case_id),
+            now=ctx.clock.now(),
+        )
+        decision = await _policy().bind(SessionRelations(ctx.session)).decide(authz)
+        audit_decision(platform.audit, ctx.session, authz, decision)
+        if not decision.allowed:
+            await uow.commit()  # the denial's record
+            raise CaseNotFound("no such case")
+        case = await ctx.session.get(DealerCase, case_id)
+        technician = await ctx.session.get(User, caller.claims.sub)
+        if case is None or technician is None:  # the PDP saw both a moment ago
+            raise CaseNotFound("no such case")
+        replacement = await DeviceLifecycle(ctx).replace_tcu(
+            case,
+            technician,
+            actor=Actor.user(technician.id, caller.claims.tenant),
+            lifetime=timedelta(hours=body.hours),
+        )
+        await uow.commit()
+    if replacement.revoked_device_id is not None:
+        gateway = gateway_of(request.app)
+        if gateway is not None:
+            await gateway.registry.close_device(replacement.revoked_device_id, close_code_for(None))
+    grant = replacement.enrolment
+    return ReplacementView(
+        **EnrolmentView.of(grant).model_dump(), revoked_device_id=replacement.revoked_device_id
+    )
+
+
+# ----------------------------------------------------------------------------- device
+
+enrolment_router = APIRouter(
+    prefix="/gateway/v1", tags=[GATEWAY_SURFACE], route_class=CataloguedRoute
+)
+
+
+@enrolment_router.post("/enrol", name="gateway:enrol", response_model=CertificateView)
+@catalogued(
+    _entry(
+        GATEWAY_SURFACE,
+        "a TCU redeems a one-time enrolment token with its CSR for its device certificate "
+        "(authorized by the token in the body, no access token)",
+        AUTHENTICATED,
+        frozenset({CallerType.VEHICLE}),
+        rate=1,
+    )
+)
+async def enrol(body: EnrolBody, request: Request) -> CertificateView:
+    platform = _platform(request)
+    try:
+        async with platform.services() as (uow, ctx):
+            ca = load_device_ca(platform.settings, platform.identity.data_key, platform.clock)
+            issued = await Provisioning(ctx).enrol(body.token, body.csr, ca)
+            await uow.commit()
+    except FleetwardError as refused:
+        async with platform.unit_of_work() as uow:
+            platform.audit.record(
+                uow.session,
+                EventName.DEVICE_ENROLMENT_REFUSED,
+                actor=Actor.system("gateway:enrolment"),
+                target=Target("device", "unknown"),
+                decision=Decision.DENIED,
+                reason=refused.reason or refused.code,
+                details={"problem": refused.code},
+            )
+            await uow.commit()
+        raise
+    return CertificateView.of(issued)
+
+
+router = APIRouter()
+router.include_router(admin_router)
+router.include_router(dealer_router)
+router.include_router(enrolment_router)

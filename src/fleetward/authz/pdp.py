@@ -1,0 +1,398 @@
+"""The policy decision point: the :class:`PolicyDecisionPoint` seam and its Cedar adapter.
+
+This is the only module that touches ``cedarpy``. :class:`CedarPdp` loads the schema and the
+policies (``policy/``), validates them at construction and refuses to exist if they do not
+validate (so the platform refuses to start). Every answer is a :class:`Decision`; anything
+that is not a clean Allow or Deny from the engine (an exception, an evaluation error in any
+policy, a missing attribute, an unknown answer, a timeout) is a deny with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import cedarpy
+from cedarpy import pst
+
+from fleetward.authz.decision import (
+    AuthzRequest,
+    Decision,
+    Obligation,
+    PrincipalRef,
+    Reason,
+    RequestContext,
+)
+from fleetward.authz.entities import (
+    Relations,
+    RelationSource,
+    RelationsRefused,
+    action_uid,
+    cedar_context,
+    cedar_entities,
+    principal_uid,
+    resource_uid,
+)
+from fleetward.authz.permissions import Permission
+from fleetward.authz.scopes import in_scope
+from fleetward.observability.logging import get_logger
+
+logger = get_logger(__name__)
+
+SCHEMA_FILE: Final = "schema.cedarschema"
+_KEBAB: Final = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_REASONS: Final = frozenset(r.value for r in Reason)
+_OBLIGATIONS: Final = frozenset(o.value for o in Obligation)
+
+
+class PolicyDecisionPoint(Protocol):
+    """Answers "may this principal do this to this resource now?".
+
+    Implementations are safe to share between concurrent tasks and threads: they hold no
+    per-request state (the relation source they read may narrow that; see its docstring).
+    They fail closed: ``decide`` and ``decide_many`` never raise for a request they cannot
+    answer; they return a deny whose reason says why (``pdp-error``, ``pdp-timeout``, ...).
+    Every implementation checks the token's scope bound before anything else
+    (:func:`fleetward.authz.scopes.in_scope`).
+    """
+
+    @property
+    def policy_version(self) -> str: ...
+
+    async def decide(self, request: AuthzRequest) -> Decision: ...
+
+    async def decide_many(self, requests: Sequence[AuthzRequest]) -> list[Decision]:
+        """One decision per request, in order (list filtering: many resources at once)."""
+        ...
+
+
+class PolicyInvalid(Exception):
+    """The policies do not parse, do not validate against the schema, or break a rule of this
+    package (every policy has a unique @id that is a Reason; obligations are known)."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        super().__init__("the authorization policy is invalid:\n" + "\n".join(errors))
+        self.errors = tuple(errors)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyText:
+    """The schema and the policy files (name, text), in load order."""
+
+    schema: str
+    policies: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def packaged(cls) -> PolicyText:
+        return cls._read(resources.files("fleetward.authz") / "policy")
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> PolicyText:
+        return cls._read(directory)
+
+    @classmethod
+    def _read(cls, directory: Traversable) -> PolicyText:
+        files = sorted(
+            (entry.name, entry.read_text(encoding="utf-8"))
+            for entry in directory.iterdir()
+            if entry.name.endswith(".cedar")
+        )
+        return cls((directory / SCHEMA_FILE).read_text(encoding="utf-8"), tuple(files))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(text for _, text in self.policies)
+
+    @property
+    def version(self) -> str:
+        """SHA-256 over the schema and every policy file (names included)."""
+        digest = hashlib.sha256()
+        for name, text in ((SCHEMA_FILE, self.schema), *self.policies):
+            for part in (name, text):
+                encoded = part.encode("utf-8")
+                digest.update(len(encoded).to_bytes(8, "big"))
+                digest.update(encoded)
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PdpConfig:
+    # Regions where a permission is barred (vehicle market region or request region), e.g.
+    # {Permission.VEHICLE_REMOTE_START: frozenset({"EU"})}. Empty by default.
+    barred_regions: Mapping[Permission, frozenset[str]] = field(default_factory=dict)
+    # How long loading a batch's relations may take before the batch is denied.
+    timeout: timedelta = timedelta(seconds=2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    reason: Reason
+    permit: bool
+    order: int
+    obligations: frozenset[Obligation]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    version: str
+    schema: Any  # cedarpy.Schema
+    policies: Any  # cedarpy.PolicySet, every policy
+    permits: Any  # cedarpy.PolicySet, the permits only
+    meta: Mapping[str, _Meta]  # by Cedar policy id
+
+
+def compile_policy(policy: PolicyText) -> _Compiled:
+    """Parse and validate; raise :class:`PolicyInvalid` on any problem."""
+    try:
+        schema = cedarpy.Schema.from_str(policy.schema)
+        tree = cedarpy.policies_to_pst(policy.text)
+    except ValueError as exc:
+        raise PolicyInvalid([str(exc)]) from None
+    result = cedarpy.validate_policies(policy.text, schema)
+    errors = [str(e) for e in result.errors]
+    if not result.validation_passed:
+        raise PolicyInvalid(errors or ["validation failed"])
+    meta, problems = _read_annotations(tree)
+    if problems:
+        raise PolicyInvalid(problems)
+    permits = pst.PolicySet(
+        templates={},
+        static_policies={k: v for k, v in tree.static_policies.items() if meta[k].permit},
+        template_links=(),
+    )
+    return _Compiled(
+        version=policy.version,
+        schema=schema,
+        policies=cedarpy.PolicySet.from_str(policy.text),
+        permits=cedarpy.PolicySet.from_pst(permits),
+        meta=meta,
+    )
+
+
+def _read_annotations(tree: Any) -> tuple[dict[str, _Meta], list[str]]:
+    problems: list[str] = []
+    if tree.templates:
+        problems.append("templates are not used: every policy must be static")
+    meta: dict[str, _Meta] = {}
+    seen: set[str] = set()
+    for order, (policy_id, policy) in enumerate(tree.static_policies.items()):
+        annotations = dict(policy.annotations)
+        name = annotations.pop("id", "")
+        if not _KEBAB.fullmatch(name) or name not in _REASONS:
+            problems.append(f"{policy_id}: @id {name!r} is not a Reason value")
+            continue
+        if name in seen:
+            problems.append(f"{policy_id}: @id {name!r} is used twice")
+        seen.add(name)
+        obligations: set[Obligation] = set()
+        if "obligation" in annotations:
+            value = annotations.pop("obligation")
+            if value not in _OBLIGATIONS:
+                problems.append(f"{policy_id}: unknown @obligation {value!r}")
+            else:
+                obligations.add(Obligation(value))
+        if annotations:
+            problems.append(f"{policy_id}: unknown annotations {sorted(annotations)}")
+        meta[policy_id] = _Meta(
+            Reason(name), policy.effect == "permit", order, frozenset(obligations)
+        )
+    return meta, problems
+
+
+class CedarPdp:
+    """The Cedar PDP. Immutable after construction: share one across tasks and threads, and
+    :meth:`bind` a per-request relation source (it shares the compiled policy)."""
+
+    def __init__(
+        self,
+        source: RelationSource,
+        *,
+        policy: PolicyText | None = None,
+        config: PdpConfig | None = None,
+    ) -> None:
+        self._compiled = compile_policy(policy or PolicyText.packaged())
+        self._source = source
+        self._config = config or PdpConfig()
+
+    def bind(self, source: RelationSource) -> CedarPdp:
+        """The same policy and configuration, reading relations from ``source``."""
+        sibling = object.__new__(CedarPdp)
+        sibling._compiled = self._compiled
+        sibling._source = source
+        sibling._config = self._config
+        return sibling
+
+    @property
+    def policy_version(self) -> str:
+        return self._compiled.version
+
+    async def decide(self, request: AuthzRequest) -> Decision:
+        return (await self.decide_many([request]))[0]
+
+    async def decide_many(self, requests: Sequence[AuthzRequest]) -> list[Decision]:
+        answers: list[Decision | None] = [None] * len(requests)
+        batches: dict[tuple[PrincipalRef, RequestContext], list[int]] = {}
+        for index, request in enumerate(requests):
+            if not in_scope(request):
+                answers[index] = self._deny(Reason.SCOPE)
+            else:
+                batches.setdefault((request.principal, request.context), []).append(index)
+        for indices in batches.values():
+            batch = [requests[i] for i in indices]
+            for i, decision in zip(indices, await self._batch(batch), strict=True):
+                answers[i] = decision
+        return self._complete(answers)
+
+    def _complete(self, answers: list[Decision | None]) -> list[Decision]:
+        # Every slot is filled above; an unfilled one would be a bug, and a bug denies.
+        return [a if a is not None else self._deny(Reason.PDP_ERROR) for a in answers]
+
+    def _deny(self, reason: Reason, policy_ids: tuple[str, ...] = ()) -> Decision:
+        return Decision.deny(reason, self._compiled.version, policy_ids)
+
+    async def _batch(self, batch: list[AuthzRequest]) -> list[Decision]:
+        """One principal, one context, many resources."""
+        first = batch[0]
+        try:
+            async with asyncio.timeout(self._config.timeout.total_seconds()):
+                relations = await self._source.relations(
+                    first.principal, first.context, [r.resource for r in batch]
+                )
+        except RelationsRefused as refused:
+            return [self._deny(refused.reason)] * len(batch)
+        except TimeoutError:
+            logger.warning("authz.pdp_timeout", batch=len(batch))
+            return [self._deny(Reason.PDP_TIMEOUT)] * len(batch)
+        except Exception as exc:  # fail closed on anything the store throws
+            logger.warning("authz.pdp_error", stage="relations", error=type(exc).__name__)
+            return [self._deny(Reason.PDP_ERROR)] * len(batch)
+        try:
+            return self._evaluate(batch, relations)
+        except Exception as exc:  # fail closed on anything the engine throws
+            # By type only: engine messages quote entity data.
+            logger.warning("authz.pdp_error", stage="evaluate", error=type(exc).__name__)
+            return [self._deny(Reason.PDP_ERROR)] * len(batch)
+
+    def _evaluate(self, batch: list[AuthzRequest], relations: Relations) -> list[Decision]:
+        compiled = self._compiled
+        answers: list[Decision | None] = [None] * len(batch)
+        pending: list[int] = []
+        for index, request in enumerate(batch):
+            if not relations.exists(request.resource):
+                answers[index] = self._deny(Reason.UNKNOWN_RESOURCE)
+            else:
+                pending.append(index)
+        if not pending:
+            return self._complete(answers)
+        entities = cedarpy.Entities.from_json_str(_json(cedar_entities(relations)), compiled.schema)
+        cedar_requests = [self._cedar_request(batch[i]) for i in pending]
+        results = cedarpy.is_authorized_batch(
+            cedar_requests, compiled.policies, entities, schema=compiled.schema
+        )
+        forbidden: list[tuple[int, int, tuple[str, ...]]] = []
+        for position, (index, result) in enumerate(zip(pending, results, strict=True)):
+            decision, forbids = self._read(result)
+            if forbids:
+                forbidden.append((index, position, forbids))
+            elif decision is not None:
+                answers[index] = decision
+            else:
+                answers[index] = self._default_deny(batch[index], relations)
+        if forbidden:
+            # A forbid names the denial only when some permit would otherwise allow: a
+            # stranger is not told that a step-up would help, nor where a vehicle is barred.
+            again = cedarpy.is_authorized_batch(
+                [cedar_requests[p] for _, p, _ in forbidden],
+                compiled.permits,
+                entities,
+                schema=compiled.schema,
+            )
+            for (index, _, forbids), result in zip(forbidden, again, strict=True):
+                permitted, _ = self._read(result)
+                if permitted is None:
+                    answers[index] = self._default_deny(batch[index], relations)
+                elif permitted.allowed:
+                    answers[index] = self._deny(Reason(forbids[0]), forbids)
+                else:
+                    answers[index] = permitted  # the engine could not decide: pdp-error
+        return self._complete(answers)
+
+    def _cedar_request(self, request: AuthzRequest) -> dict[str, Any]:
+        barred = self._config.barred_regions.get(request.action, frozenset())
+        return {
+            "principal": principal_uid(request.principal),
+            "action": action_uid(request.action),
+            "resource": resource_uid(request.resource),
+            "context": cedar_context(request.context, request.action, barred),
+        }
+
+    def _read(self, result: Any) -> tuple[Decision | None, tuple[str, ...]]:
+        """(an allow or a pdp-error deny, or None for a plain deny; the forbids that denied)."""
+        compiled = self._compiled
+        if result.diagnostics.errors or result.decision not in (
+            cedarpy.Decision.Allow,
+            cedarpy.Decision.Deny,
+        ):
+            # An erroring policy is skipped by Cedar: an erroring forbid could let a permit
+            # through. Any error at all is therefore a deny.
+            logger.warning("authz.pdp_error", stage="policy", errors=len(result.diagnostics.errors))
+            return self._deny(Reason.PDP_ERROR), ()
+        determining = sorted(
+            (compiled.meta[pid] for pid in result.diagnostics.reasons),
+            key=lambda m: m.order,
+        )
+        ids = tuple(m.reason.value for m in determining)
+        if result.decision is cedarpy.Decision.Allow:
+            obligations = frozenset(o for m in determining for o in m.obligations)
+            return Decision(True, determining[0].reason, compiled.version, ids, obligations), ()
+        return None, ids
+
+    def _default_deny(self, request: AuthzRequest, relations: Relations) -> Decision:
+        return self._deny(relations.notes.get(request.resource, Reason.NO_RELATIONSHIP))
+
+
+def bare_evaluator(
+    policy: PolicyText, relations: Relations, request: AuthzRequest
+) -> Callable[[], bool]:
+    """The engine alone, everything parsed in advance: the ceiling benchmarks compare
+    :meth:`CedarPdp.decide` with. Not a PDP (no fail-closed handling)."""
+    compiled = compile_policy(policy)
+    entities = cedarpy.Entities.from_json_str(_json(cedar_entities(relations)), compiled.schema)
+    cedar_request = {
+        "principal": principal_uid(request.principal),
+        "action": action_uid(request.action),
+        "resource": resource_uid(request.resource),
+        "context": cedar_context(request.context, request.action, ()),
+    }
+
+    def evaluate() -> bool:
+        result = cedarpy.is_authorized(
+            cedar_request, compiled.policies, entities, schema=compiled.schema
+        )
+        return result.decision is cedarpy.Decision.Allow
+
+    return evaluate
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+__all__ = [
+    "CedarPdp",
+    "PdpConfig",
+    "PolicyDecisionPoint",
+    "PolicyInvalid",
+    "PolicyText",
+    "bare_evaluator",
+    "compile_policy",
+]

@@ -1,0 +1,137 @@
+"""Cloned-credential detection: one device identity in two places at once.
+
+Two rules, both judged when a new session of a device is admitted:
+
+* concurrent session: another session of the same device is live (it was heard from within
+  the liveness window). A genuine TCU holds one session; one that lost its link waits out the
+  liveness window after its last frame before reconnecting (``docs/vehicle-protocol.md``).
+* peer changed: the new session comes from another network identity than the device's last
+  one, and the device was heard from on the old one within the liveness window.
+
+A session that has been silent for longer than the window is not evidence of a clone: it is
+presumed dead and superseded by the new one. The rules never look at anything the device
+says about itself. On a finding, the incident is recorded (``device_incidents`` and the audit
+log) and the device is quarantined, in the transaction that admits the session. Quarantine
+does not disconnect: the sessions go on, the pipeline sets their frames apart and keeps them
+for investigation, and neither copy is told. An operator then decides: resume (a false
+positive), or revoke and re-enrol (the key was copied). A device already quarantined gets
+one more incident per finding, as evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from fleetward.audit.events import EventName
+from fleetward.audit.recorder import Actor, Target
+from fleetward.core.errors import JsonValue
+from fleetward.core.ids import new_id
+from fleetward.devices.lifecycle import QUARANTINABLE, DeviceLifecycle
+from fleetward.devices.models import Device, DeviceIncident, IncidentKind
+from fleetward.services import ServiceContext
+
+DEFAULT_LIVENESS_WINDOW: Final = timedelta(seconds=30)
+DETECTOR: Final = Actor.system("gateway:clone-detector")
+
+
+@dataclass(frozen=True, slots=True)
+class OtherSession:
+    """A session of the same device already known to the gateway."""
+
+    session_id: str
+    peer: str
+    last_activity: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Suspicion:
+    kind: IncidentKind
+    previous_peer: str | None
+    other_sessions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloneRules:
+    liveness_window: timedelta = DEFAULT_LIVENESS_WINDOW
+
+    def live(self, other: OtherSession, now: datetime) -> bool:
+        return now - other.last_activity < self.liveness_window
+
+    def assess(
+        self,
+        *,
+        peer: str,
+        now: datetime,
+        live_sessions: Sequence[OtherSession],
+        last_peer: str | None,
+        last_seen_at: datetime | None,
+    ) -> Suspicion | None:
+        if live_sessions:
+            return Suspicion(
+                IncidentKind.CONCURRENT_SESSION,
+                live_sessions[0].peer,
+                tuple(s.session_id for s in live_sessions),
+            )
+        if (
+            last_peer is not None
+            and last_seen_at is not None
+            and last_peer != peer
+            and now - last_seen_at < self.liveness_window
+        ):
+            return Suspicion(IncidentKind.PEER_CHANGED, last_peer, ())
+        return None
+
+
+class CloneResponse:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def quarantine(
+        self,
+        device: Device,
+        suspicion: Suspicion,
+        *,
+        peer: str,
+        certificate_serial: str,
+        session_id: str,
+        tenant_id: str,
+    ) -> DeviceIncident:
+        other: list[JsonValue] = list(suspicion.other_sessions)
+        details: dict[str, JsonValue] = {"session": session_id, "other_sessions": other}
+        incident = DeviceIncident(
+            id=new_id("din"),
+            device_id=device.id,
+            kind=suspicion.kind,
+            detected_at=self._ctx.clock.now(),
+            certificate_serial=certificate_serial,
+            peer=peer,
+            previous_peer=suspicion.previous_peer,
+            details=details,
+        )
+        self._ctx.session.add(incident)
+        self._ctx.audit.record(
+            self._ctx.session,
+            EventName.DEVICE_CLONE_DETECTED,
+            actor=DETECTOR,
+            target=Target("device", device.id, tenant_id),
+            reason=suspicion.kind.value,
+            details={
+                "incident": incident.id,
+                "peer": peer,
+                "previous_peer": suspicion.previous_peer,
+                "serial": certificate_serial,
+                **details,
+            },
+        )
+        if device.status in QUARANTINABLE:
+            await DeviceLifecycle(self._ctx).quarantine(
+                device,
+                reason=f"clone-{suspicion.kind.value}".replace("_", "-"),
+                actor=DETECTOR,
+                details={"incident": incident.id},
+            )
+        await self._ctx.session.flush()
+        return incident

@@ -1,0 +1,247 @@
+"""The live sessions of this gateway process, so that a credential change reaches them at once.
+
+Lifecycle changes made in this process are applied directly (:meth:`SessionRegistry.apply`):
+suspension and revocation close the device's sessions; a quarantine, or its release, keeps
+them and tells the :class:`SessionObserver` (the pipeline sets the device's frames apart).
+Changes made elsewhere (the CLI, another replica) are caught by a watcher that re-checks every
+live session's credential against the store each ``poll_interval`` while any session is live;
+it stops when the last session ends.
+
+All methods are for one event loop: :meth:`SessionRegistry.claim` and
+:meth:`SessionRegistry.release` are synchronous, so looking for another session of a device
+and registering a new one cannot interleave with a concurrent handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final, Protocol
+
+from fleetward.core.clock import Clock
+from fleetward.devices.admission import Credentials
+from fleetward.devices.clones import OtherSession
+from fleetward.devices.models import DeviceStatus
+from fleetward.gateway.handler import SessionObserver
+from fleetward.gateway.handshake import CloseCode
+from fleetward.gateway.session import DeviceSession
+from fleetward.observability.logging import get_logger
+
+logger = get_logger(__name__)
+
+# Consecutive failed credential checks after which every live session is closed.
+MAX_FAILED_CHECKS: Final = 5
+
+_CLOSE_FOR_STATUS: Final = {
+    DeviceStatus.SUSPENDED: CloseCode.SUSPENDED,
+    DeviceStatus.REVOKED: CloseCode.REVOKED,
+    DeviceStatus.DECOMMISSIONED: CloseCode.REVOKED,
+}
+
+
+def close_code_for(status: DeviceStatus | None) -> CloseCode | None:
+    """How a session ends when its device moves to ``status``; None: it goes on (active, or
+    quarantined, whose frames the pipeline sets apart). A device gone from the store ends."""
+    if status is None:
+        return CloseCode.REVOKED
+    return _CLOSE_FOR_STATUS.get(status)
+
+
+class CredentialCheck(Protocol):
+    """Reads the current credentials of live sessions. Safe for concurrent use."""
+
+    async def current(self, live: Sequence[tuple[str, str]]) -> Credentials:
+        """``live``: (device id, certificate serial) of each live session."""
+        ...
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """One established session. ``closer`` ends the transport; it is called at most once."""
+
+    session: DeviceSession
+    last_activity: datetime
+    closer: Callable[[CloseCode], Awaitable[None]] = field(repr=False)
+    closed_with: CloseCode | None = None
+
+    def touch(self, now: datetime) -> None:
+        self.last_activity = now
+
+    def other(self) -> OtherSession:
+        return OtherSession(self.session.session_id, self.session.peer, self.last_activity)
+
+    async def close(self, code: CloseCode) -> None:
+        if self.closed_with is not None:
+            return
+        self.closed_with = code
+        await self.closer(code)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of :meth:`SessionRegistry.claim` (the new session is registered).
+
+    ``live``: other sessions of the device heard from within the liveness window, still
+    registered (evidence for the clone rules). ``silent``: sessions presumed dead, and
+    ``handed_over``: sessions of a certificate the new one's rotation replaces; both were
+    removed from the registry and the caller closes them.
+    """
+
+    live: tuple[LiveSession, ...] = ()
+    silent: tuple[LiveSession, ...] = ()
+    handed_over: tuple[LiveSession, ...] = ()
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        clock: Clock,
+        check: CredentialCheck,
+        observer: SessionObserver,
+        *,
+        liveness_window: timedelta,
+        poll_interval: timedelta,
+    ) -> None:
+        self._clock = clock
+        self._check = check
+        self._observer = observer
+        self._window = liveness_window
+        self._poll = poll_interval.total_seconds()
+        self._by_device: dict[str, dict[str, LiveSession]] = {}
+        # The status the observer was last told about, per device with live sessions.
+        self._known: dict[str, DeviceStatus] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._failed_checks = 0
+
+    def __len__(self) -> int:
+        return sum(len(sessions) for sessions in self._by_device.values())
+
+    def sessions(self, device_id: str) -> list[LiveSession]:
+        return list(self._by_device.get(device_id, {}).values())
+
+    def claim(
+        self,
+        new: LiveSession,
+        *,
+        status: DeviceStatus,
+        handover_serials: frozenset[str] = frozenset(),
+    ) -> Claim:
+        """Register ``new`` (of a device admitted with ``status``) and sort the device's
+        other sessions into live, silent and handed over."""
+        now = self._clock.now()
+        device_id = new.session.device_id
+        existing = self.sessions(device_id)
+        handed_over = tuple(s for s in existing if s.session.certificate_serial in handover_serials)
+        rest = [s for s in existing if s not in handed_over]
+        silent = tuple(s for s in rest if now - s.last_activity >= self._window)
+        live = tuple(s for s in rest if s not in silent)
+        for old in handed_over + silent:
+            self.release(old)
+        self._by_device.setdefault(device_id, {})[new.session.session_id] = new
+        self.status_changed(device_id, status, "admitted")
+        self._ensure_watcher()
+        return Claim(live, silent, handed_over)
+
+    def release(self, live: LiveSession) -> None:
+        """Forget ``live`` (idempotent)."""
+        device_id = live.session.device_id
+        sessions = self._by_device.get(device_id)
+        if sessions is None or sessions.get(live.session.session_id) is not live:
+            return
+        del sessions[live.session.session_id]
+        if not sessions:
+            del self._by_device[device_id]
+            self._known.pop(device_id, None)
+        if not self._by_device:
+            self._wake.set()
+
+    def status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
+        """Tell the observer when a device with live sessions changed between active and
+        quarantined (a device first seen is taken to have been active)."""
+        if device_id not in self._by_device:
+            return
+        before = self._known.get(device_id, DeviceStatus.ACTIVE)
+        self._known[device_id] = status
+        if status is before:
+            return
+        try:
+            self._observer.device_status_changed(device_id, status, reason)
+        except Exception as exc:  # the observer's failure must not take the gateway down
+            logger.error("gateway.observer_failed", error=type(exc).__name__)
+
+    async def apply(self, device_id: str, status: DeviceStatus, reason: str) -> None:
+        """A lifecycle change committed in this process: close or inform the sessions."""
+        code = close_code_for(status)
+        if code is None:
+            self.status_changed(device_id, status, reason)
+        else:
+            await self.close_device(device_id, code)
+
+    async def close_device(self, device_id: str, code: CloseCode) -> int:
+        """Close every session of ``device_id``; returns how many were closed."""
+        sessions = self.sessions(device_id)
+        for live in sessions:
+            self.release(live)
+        for live in sessions:
+            await live.close(code)
+        return len(sessions)
+
+    async def idle(self) -> None:
+        """Wait until the watcher has stopped (no session is live)."""
+        if self._watcher is not None:
+            self._wake.set()
+            await self._watcher
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._wake.clear()
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(), name="gateway-credential-watcher"
+            )
+
+    async def _watch(self) -> None:
+        while self._by_device:
+            # Woken early when the last session ends; otherwise a sweep every poll interval.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            self._wake.clear()
+            if not self._by_device:
+                return
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        current = [live for sessions in self._by_device.values() for live in sessions.values()]
+        try:
+            credentials = await self._check.current(
+                [(s.session.device_id, s.session.certificate_serial) for s in current]
+            )
+        except Exception as exc:  # any failure of the check counts against the sessions
+            self._failed_checks += 1
+            logger.warning(
+                "gateway.credential_check_failed",
+                error=type(exc).__name__,
+                consecutive=self._failed_checks,
+            )
+            if self._failed_checks >= MAX_FAILED_CHECKS:
+                # Fail closed, after a grace that rides out a brief store hiccup: sessions
+                # whose credentials cannot be re-checked do not stay open indefinitely.
+                for live in current:
+                    self.release(live)
+                    await live.close(CloseCode.INTERNAL)
+            return
+        self._failed_checks = 0
+        for live in current:
+            device_id = live.session.device_id
+            status = credentials.statuses.get(device_id)
+            code = close_code_for(status)
+            if live.session.certificate_serial in credentials.withdrawn_serials:
+                code = CloseCode.REVOKED
+            if code is not None:
+                self.release(live)
+                await live.close(code)
+            elif status is not None:
+                self.status_changed(device_id, status, "changed-elsewhere")

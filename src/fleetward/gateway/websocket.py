@@ -1,0 +1,359 @@
+"""The WebSocket transport: ``/gateway/v1/ws``, the embedded default served by ``fleetward serve``.
+
+Per connection: send CHALLENGE, read RESPONSE within the handshake timeout, verify it
+(:class:`ServerHandshake`), admit the device against the store, judge clone rules and claim a
+place in the session registry, record the session, send WELCOME; then hand each binary frame
+to the :class:`FrameHandler` and send its reply. Identity comes only from this handshake:
+nothing a frame says can change who the session belongs to.
+
+Every refusal closes with a :class:`CloseCode` and is audited with its precise reason. No
+exception escapes to the server (whose log would carry its text): an unexpected one closes the
+connection with 1011 and is logged by type only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Final
+
+from cryptography import x509
+from fastapi import APIRouter, FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from fleetward.catalog.entry import (
+    AUTHENTICATED,
+    CallerType,
+    CatalogEntry,
+    DataClass,
+    Impact,
+    catalogued,
+)
+from fleetward.core.ids import new_id
+from fleetward.devices.admission import (
+    AdmissionRefused,
+    DeviceAdmission,
+    StoreCredentialCheck,
+    record_refusal,
+)
+from fleetward.devices.ca import load_device_ca
+from fleetward.devices.clones import DEFAULT_LIVENESS_WINDOW, CloneResponse, CloneRules
+from fleetward.gateway.handler import FrameHandler, UnavailableHandler
+from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ProvenDevice, ServerHandshake
+from fleetward.gateway.registry import Claim, LiveSession, SessionRegistry
+from fleetward.gateway.session import DeviceSession, Transport
+from fleetward.observability.logging import get_logger
+from fleetward.platform import Platform
+
+logger = get_logger(__name__)
+
+GATEWAY_SURFACE: Final = "gateway"
+WEBSOCKET_PATH: Final = "/gateway/v1/ws"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    handshake_timeout: timedelta = timedelta(seconds=10)
+    # How far the device's clock may be from the server's at the handshake.
+    clock_skew: timedelta = timedelta(minutes=2)
+    # A session heard from within this window is live (see devices.clones).
+    liveness_window: timedelta = DEFAULT_LIVENESS_WINDOW
+    # A session that sends nothing for this long is closed (4006).
+    idle_timeout: timedelta = timedelta(seconds=120)
+    max_frame_bytes: int = 64 * 1024
+    # How often live sessions are re-checked against the store (changes by other processes).
+    credential_poll: timedelta = timedelta(seconds=2)
+
+
+@dataclass(eq=False)
+class Gateway:
+    """The process-wide gateway state: one per app, on ``app.state.gateway``."""
+
+    platform: Platform
+    handler: FrameHandler
+    config: GatewayConfig
+    registry: SessionRegistry = field(init=False)
+    _ca_certificate: x509.Certificate | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = SessionRegistry(
+            self.platform.clock,
+            StoreCredentialCheck(self.platform.sessions, self.platform.clock),
+            liveness_window=self.config.liveness_window,
+            poll_interval=self.config.credential_poll,
+        )
+
+    @property
+    def server_id(self) -> str:
+        """What devices expect the server to call itself (signed into every handshake)."""
+        return self.platform.settings.base_url
+
+    def ca_certificate(self) -> x509.Certificate:
+        if self._ca_certificate is None:
+            platform = self.platform
+            self._ca_certificate = load_device_ca(
+                platform.settings, platform.identity.data_key, platform.clock
+            ).certificate
+        return self._ca_certificate
+
+    async def serve(self, websocket: WebSocket) -> None:
+        peer = websocket.client.host if websocket.client else "unknown"
+        await websocket.accept()
+        try:
+            live = await self._handshake(websocket, peer)
+        except HandshakeFailure as failure:
+            await self._refuse(websocket, peer, failure)
+            return
+        except Exception as exc:
+            logger.error("gateway.handshake_error", error=type(exc).__name__)
+            await _close(websocket, CloseCode.INTERNAL)
+            return
+        try:
+            await self._run(websocket, live)
+        except Exception as exc:
+            logger.error("gateway.session_error", error=type(exc).__name__)
+            await live.close(CloseCode.INTERNAL)
+        finally:
+            self.registry.release(live)
+            await self._record_close(live)
+
+    # ------------------------------------------------------------------ handshake
+
+    async def _handshake(self, websocket: WebSocket, peer: str) -> LiveSession:
+        config = self.config
+        handshake = ServerHandshake(
+            self.server_id, self.ca_certificate(), self.platform.clock, config.clock_skew
+        )
+        await websocket.send_bytes(handshake.challenge_message)
+        try:
+            async with asyncio.timeout(config.handshake_timeout.total_seconds()):
+                message = await websocket.receive()
+        except TimeoutError:
+            raise HandshakeFailure("timeout", CloseCode.TIMEOUT) from None
+        if message["type"] == "websocket.disconnect":
+            raise HandshakeFailure("disconnected", CloseCode.PROTOCOL)
+        data = message.get("bytes")
+        if not isinstance(data, bytes):
+            raise HandshakeFailure("not-binary", CloseCode.PROTOCOL)
+        proven = handshake.verify(data)
+        live = await self._admit(websocket, proven, peer)
+        welcome = handshake.welcome(
+            proven, live.session.session_id, config.idle_timeout, config.max_frame_bytes
+        )
+        await websocket.send_bytes(welcome)
+        return live
+
+    async def _admit(self, websocket: WebSocket, proven: ProvenDevice, peer: str) -> LiveSession:
+        rules = CloneRules(self.config.liveness_window)
+        async with self.platform.services() as (uow, ctx):
+            try:
+                admitted = await DeviceAdmission(ctx).check(
+                    device_id=proven.device_id,
+                    vehicle_id=proven.vehicle_id,
+                    fingerprint=proven.certificate_fingerprint,
+                )
+            except AdmissionRefused as refused:
+                raise HandshakeFailure(
+                    refused.reason, CloseCode.UNAUTHENTICATED, proven.device_id
+                ) from None
+            now = ctx.clock.now()
+            session = DeviceSession(
+                session_id=new_id("ses"),
+                device_id=proven.device_id,
+                vehicle_id=proven.vehicle_id,
+                tenant_id=admitted.tenant_id,
+                certificate_serial=proven.certificate_serial,
+                session_key=proven.keys.session_key,
+                transport=Transport.WEBSOCKET,
+                peer=peer,
+                software_version=proven.software_version,
+                vehicle_config=proven.vehicle_config,
+                established_at=now,
+            )
+            live = LiveSession(session, now, _closer(websocket))
+            # A pending certificate is the device's new one: sessions of the certificates it
+            # replaces are handed over, not counted as a second device.
+            handover = (
+                await DeviceAdmission(ctx).replaced_serials(admitted)
+                if admitted.first_use_of_rotation
+                else frozenset()
+            )
+            claim = self.registry.claim(live, handover_serials=handover)
+            device = admitted.device
+            suspicion = rules.assess(
+                peer=peer,
+                now=now,
+                live_sessions=[s.other() for s in claim.live],
+                last_peer=device.last_peer,
+                last_seen_at=device.last_seen_at,
+            )
+            if suspicion is not None:
+                self.registry.release(live)
+                await CloneResponse(ctx).quarantine(
+                    device,
+                    suspicion,
+                    peer=peer,
+                    certificate_serial=proven.certificate_serial,
+                    session_id=session.session_id,
+                    tenant_id=admitted.tenant_id,
+                )
+                await uow.commit()
+                await self._end_all(claim, device.id, CloseCode.QUARANTINED)
+                raise HandshakeFailure(suspicion.kind.value, CloseCode.QUARANTINED, device.id)
+            try:
+                await DeviceAdmission(ctx).opened(
+                    admitted,
+                    session_id=session.session_id,
+                    peer=peer,
+                    software_version=proven.software_version,
+                    details={
+                        "superseded": [s.session.session_id for s in claim.silent],
+                        "handed_over": [s.session.session_id for s in claim.handed_over],
+                    },
+                )
+                await uow.commit()
+            except BaseException:
+                self.registry.release(live)
+                raise
+        for old in claim.silent:
+            await old.close(CloseCode.SUPERSEDED)
+        for old in claim.handed_over:
+            await old.close(CloseCode.ROTATED)
+        return live
+
+    async def _end_all(self, claim: Claim, device_id: str, code: CloseCode) -> None:
+        for old in (*claim.live, *claim.silent, *claim.handed_over):
+            self.registry.release(old)
+            await old.close(code)
+        await self.registry.close_device(device_id, code)
+
+    async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
+        try:
+            async with self.platform.unit_of_work() as uow:
+                record_refusal(
+                    self.platform.audit,
+                    uow.session,
+                    reason=failure.reason,
+                    device_id=failure.device_id,
+                    peer=peer,
+                    close=failure.close.phrase,
+                )
+                await uow.commit()
+        except Exception as exc:  # the refusal stands even if its record cannot be written
+            logger.error("gateway.refusal_not_recorded", error=type(exc).__name__)
+        await _close(websocket, failure.close)
+
+    # ------------------------------------------------------------------ session
+
+    async def _run(self, websocket: WebSocket, live: LiveSession) -> None:
+        config = self.config
+        clock = self.platform.clock
+        while live.closed_with is None:
+            try:
+                async with asyncio.timeout(config.idle_timeout.total_seconds()):
+                    message = await websocket.receive()
+            except TimeoutError:
+                await live.close(CloseCode.IDLE)
+                return
+            if message["type"] == "websocket.disconnect" or live.closed_with is not None:
+                return
+            frame = message.get("bytes")
+            if not isinstance(frame, bytes):
+                await live.close(CloseCode.PROTOCOL)
+                return
+            if len(frame) > config.max_frame_bytes:
+                await live.close(CloseCode.TOO_LARGE)
+                return
+            live.touch(clock.now())
+            reply = await self.handler.handle(live.session, frame)
+            if live.closed_with is not None:
+                return  # closed (revoked, quarantined) while the frame was handled
+            try:
+                await websocket.send_bytes(reply)
+            except WebSocketDisconnect:
+                return
+
+    async def _record_close(self, live: LiveSession) -> None:
+        session = live.session
+        try:
+            async with self.platform.services() as (uow, ctx):
+                await DeviceAdmission(ctx).closed(
+                    device_id=session.device_id,
+                    tenant_id=session.tenant_id,
+                    session_id=session.session_id,
+                    last_activity=live.last_activity,
+                    code=live.closed_with.phrase if live.closed_with else "by-device",
+                )
+                await uow.commit()
+        except Exception as exc:
+            logger.error("gateway.close_not_recorded", error=type(exc).__name__)
+
+
+def _closer(websocket: WebSocket) -> Callable[[CloseCode], Awaitable[None]]:
+    async def close(code: CloseCode) -> None:
+        await _close(websocket, code)
+
+    return close
+
+
+async def _close(websocket: WebSocket, code: CloseCode) -> None:
+    if websocket.application_state is WebSocketState.DISCONNECTED:
+        return
+    try:
+        await websocket.close(code=int(code), reason=code.phrase)
+    except (RuntimeError, WebSocketDisconnect, OSError):
+        # The peer went away first; there is nothing left to close.
+        logger.debug("gateway.close_after_disconnect", code=int(code))
+
+
+# --------------------------------------------------------------------------- wiring
+
+router = APIRouter(prefix="/gateway/v1", tags=[GATEWAY_SURFACE])
+
+
+@router.websocket("/ws", name="gateway:websocket")
+@catalogued(
+    CatalogEntry(
+        surface=GATEWAY_SURFACE,
+        owner="gateway-team",
+        purpose=(
+            "vehicle session: the device proves possession of its platform-issued key "
+            "(challenge-response, no token), then sends telemetry frames"
+        ),
+        callers=frozenset({CallerType.VEHICLE}),
+        permission=AUTHENTICATED,
+        data_class=DataClass.VEHICLE_STATE,
+        objects=("device", "vehicle"),
+        impact=frozenset({Impact.SAFETY, Impact.PRIVACY}),
+        expected_rate_per_minute=2,
+        tags=("gateway",),
+    )
+)
+async def device_socket(websocket: WebSocket) -> None:
+    gateway = getattr(websocket.app.state, "gateway", None)
+    if not isinstance(gateway, Gateway):
+        # Served without a gateway installed: refuse rather than guess (fail closed).
+        await websocket.close(code=int(CloseCode.INTERNAL))
+        return
+    await gateway.serve(websocket)
+
+
+def install(
+    app: FastAPI,
+    platform: Platform,
+    *,
+    handler: FrameHandler | None = None,
+    config: GatewayConfig | None = None,
+) -> Gateway:
+    """Add the WebSocket route and the gateway state to ``app``; returns the gateway."""
+    gateway = Gateway(platform, handler or UnavailableHandler(), config or GatewayConfig())
+    app.state.gateway = gateway
+    app.include_router(router)
+    return gateway
+
+
+def gateway_of(app: FastAPI) -> Gateway | None:
+    found = getattr(app.state, "gateway", None)
+    return found if isinstance(found, Gateway) else None

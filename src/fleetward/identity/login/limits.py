@@ -1,0 +1,125 @@
+"""The lockout policy as data: which counters exist, their limits and the backoff.
+
+Every counter key is ``<factor>:<dimension>:<value>`` and never names a route, so the same
+counters apply whichever endpoint or API version checks a password or a code.
+
+Policy:
+
+* Each key allows ``limit`` failures per window (one hour). Reaching the limit blocks the
+  key for 1 minute, and every further failure while the streak lasts doubles the block, up
+  to 15 minutes. The streak ends after an hour without failures.
+* A block is bounded and expires on its own: an attacker can delay a victim's login by at
+  most 15 minutes per attempt they keep making, never lock the account permanently. The
+  trade-off: during a block even the right password (and MFA) is refused, because answering
+  it differently would turn the lockout into a password oracle.
+* Accounts are keyed by a hash of the submitted username, so unknown usernames are counted
+  and locked exactly like real ones (no enumeration through lockout behaviour).
+* IPv6 addresses are counted per /64: one subscriber usually holds a whole /64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+WINDOW = timedelta(hours=1)
+FIRST_BLOCK = timedelta(minutes=1)
+MAX_BLOCK = timedelta(minutes=15)
+# Distinct accounts failing from one network within the window before the network is blocked.
+SPRAY_ACCOUNTS = 10
+# A recovery-code login is allowed at most once per period and account.
+RECOVERY_COOLDOWN = timedelta(hours=24)
+
+
+class Factor(StrEnum):
+    PASSWORD = "password"  # noqa: S105 - a counter namespace, not a secret
+    TOTP = "totp"
+    RECOVERY = "recovery"
+    WEBAUTHN = "webauthn"
+
+
+class Dimension(StrEnum):
+    ACCOUNT = "account"
+    IP = "ip"
+    CLIENT = "client"
+
+
+# Per-account limits are low (a person mistypes a few times); per-network limits allow a
+# shared NAT some mistakes; per-client limits only catch stuffing through one application.
+LIMITS: dict[tuple[Factor, Dimension], int] = {
+    (Factor.PASSWORD, Dimension.ACCOUNT): 5,
+    (Factor.PASSWORD, Dimension.IP): 30,
+    (Factor.PASSWORD, Dimension.CLIENT): 500,
+    (Factor.TOTP, Dimension.ACCOUNT): 5,
+    (Factor.TOTP, Dimension.IP): 30,
+    (Factor.TOTP, Dimension.CLIENT): 500,
+    (Factor.RECOVERY, Dimension.ACCOUNT): 3,
+    (Factor.RECOVERY, Dimension.IP): 10,
+    (Factor.RECOVERY, Dimension.CLIENT): 100,
+    (Factor.WEBAUTHN, Dimension.ACCOUNT): 10,
+    (Factor.WEBAUTHN, Dimension.IP): 30,
+    (Factor.WEBAUTHN, Dimension.CLIENT): 500,
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ThrottleKey:
+    factor: Factor
+    dimension: Dimension
+    value: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.factor.value}:{self.dimension.value}:{self.value}"
+
+    @property
+    def limit(self) -> int:
+        return LIMITS[(self.factor, self.dimension)]
+
+
+def backoff(failures: int, limit: int) -> timedelta:
+    """How long a key stays blocked after its ``failures``-th failure (failures >= limit)."""
+    doublings = min(max(failures - limit, 0), 10)  # capped: no huge exponents
+    block: timedelta = FIRST_BLOCK * (1 << doublings)
+    return min(block, MAX_BLOCK)
+
+
+def network_of(address: str | None) -> str:
+    """The counted network of a client address: IPv4 as is, IPv6 as its /64."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        # No usable address (a test transport, a unix socket): one shared bucket, which
+        # fails closed (everyone without an address shares one limit).
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+def normalise_username(username: str) -> str:
+    # Usernames are lower-case ASCII (directory rule), so case variants name one account.
+    return username.strip().lower()
+
+
+def account_of(username: str) -> str:
+    """The counter value for a submitted username: a hash, so no username is stored."""
+    return hashlib.sha256(normalise_username(username).encode("utf-8")).hexdigest()[:32]
+
+
+def keys_for(
+    factor: Factor, *, account: str, network: str, client_id: str | None
+) -> tuple[ThrottleKey, ...]:
+    keys = [
+        ThrottleKey(factor, Dimension.ACCOUNT, account),
+        ThrottleKey(factor, Dimension.IP, network),
+    ]
+    if client_id is not None:
+        keys.append(ThrottleKey(factor, Dimension.CLIENT, client_id))
+    # Sorted, so concurrent requests lock rows in the same order (no deadlocks).
+    return tuple(sorted(keys, key=lambda k: k.key))

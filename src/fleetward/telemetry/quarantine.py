@@ -1,0 +1,195 @@
+"""Quarantine: a device that keeps sending malformed or suspicious frames is set apart.
+
+:class:`QuarantinePolicy` scores each device's refused frames over a sliding window (weights
+below); at the threshold the device is quarantined in this process at once and reported
+through :class:`DeviceStatusPort` (the devices capability owns the device's status flag and
+its audit event). From then on every authentic, fresh frame of the device goes to a
+:class:`QuarantineSink` with the verdict it would have had, never to ``telemetry_messages``.
+
+The device is not told: its replies are the ones an unquarantined device would get (``accepted``
+means "durably stored", which holds for the quarantine table too), so a compromised TCU gets
+no signal that it was noticed while its traffic is kept for investigation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Protocol
+
+from fleetward.core.ids import new_id
+from fleetward.observability.logging import get_logger
+from fleetward.telemetry.errors import Status
+from fleetward.telemetry.models import QuarantinedMessage
+from fleetward.telemetry.persist import BatchWriter, Target
+
+_log = get_logger("fleetward.telemetry.quarantine")
+
+Monotonic = Callable[[], float]
+
+# Stable reasons handed to the device status port.
+REASON_REPEATED = "telemetry-repeated-rejections"
+REASON_FOREIGN_IDENTITY = "telemetry-foreign-identity"
+
+DEFAULT_THRESHOLD = 10
+# A slow devices capability must not hold a frame's reply for long; the call is retried.
+STATUS_PORT_TIMEOUT_S = 2.0
+DEFAULT_WINDOW = timedelta(seconds=60)
+
+# How suspicious each refusal is. A payload naming another vehicle is an impersonation
+# attempt: one is enough. Forged tags and replays weigh more than sloppy data. Quota
+# refusals and store failures say nothing about the device and weigh nothing.
+WEIGHTS: Mapping[Status, int] = MappingProxyType(
+    {
+        Status.FOREIGN_IDENTITY: DEFAULT_THRESHOLD,
+        Status.BAD_MAC: 2,
+        Status.STALE_COUNTER: 2,
+        Status.TOO_LARGE: 1,
+        Status.MALFORMED_FRAME: 1,
+        Status.CLOCK_DRIFT: 1,
+        Status.OUT_OF_WINDOW: 1,
+        Status.MALFORMED_PAYLOAD: 1,
+        Status.UNKNOWN_SIGNAL: 1,
+        Status.WRONG_TYPE: 1,
+        Status.OUT_OF_RANGE: 1,
+    }
+)
+
+
+class DeviceStatusPort(Protocol):
+    """Implemented by the devices capability: flag the device as quarantined (with an audit
+    event). Must be idempotent; may be called again for a device already flagged if an
+    earlier call failed. Called from the event loop; must not block it."""
+
+    async def quarantine(self, device_id: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """One frame of a quarantined device, as kept for investigation."""
+
+    device_id: str
+    vehicle_id: str
+    tenant_id: str
+    session_id: str
+    certificate_serial: str
+    software_version: str
+    vehicle_config: str
+    received_at: datetime
+    device_time: datetime
+    sequence: int
+    store_and_forward: bool
+    verdict: Status
+    quarantine_reason: str
+    payload: bytes
+
+
+class QuarantineSink(Protocol):
+    """Where a quarantined device's frames go. ``put`` returns once the frame is durably
+    stored and raises :class:`~fleetward.telemetry.persist.StoreUnavailable` otherwise.
+    Safe to call concurrently from one event loop."""
+
+    async def put(self, message: Quarantined) -> None: ...
+
+
+QUARANTINE_TARGET = Target(QuarantinedMessage.__table__)  # type: ignore[arg-type]
+
+
+class StoreQuarantineSink:
+    """Writes ``quarantined_messages`` through the pipeline's batch writer."""
+
+    def __init__(self, writer: BatchWriter) -> None:
+        self._writer = writer
+
+    async def put(self, message: Quarantined) -> None:
+        row = {
+            "id": new_id("qtm"),
+            "device_id": message.device_id,
+            "vehicle_id": message.vehicle_id,
+            "tenant_id": message.tenant_id,
+            "session_id": message.session_id,
+            "certificate_serial": message.certificate_serial,
+            "software_version": message.software_version,
+            "vehicle_config": message.vehicle_config,
+            "received_at": message.received_at,
+            "device_time": message.device_time,
+            "sequence": message.sequence,
+            "store_and_forward": message.store_and_forward,
+            "verdict": message.verdict.slug,
+            "quarantine_reason": message.quarantine_reason,
+            "payload": message.payload,
+        }
+        await self._writer.submit(QUARANTINE_TARGET, row)
+
+
+class QuarantinePolicy:
+    """Not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        status: DeviceStatusPort,
+        *,
+        threshold: int = DEFAULT_THRESHOLD,
+        window: timedelta = DEFAULT_WINDOW,
+        already_quarantined: Iterable[str] = (),
+        monotonic: Monotonic = time.monotonic,
+    ) -> None:
+        if threshold < 1 or window <= timedelta(0):
+            raise ValueError("threshold and window must be positive")
+        self._status = status
+        self._threshold = threshold
+        self._window = window.total_seconds()
+        self._now = monotonic
+        self._scores: dict[str, deque[tuple[float, int]]] = {}
+        # Device id -> reason. Seeded by the composition root from the devices' status flags.
+        self._quarantined: dict[str, str] = dict.fromkeys(already_quarantined, REASON_REPEATED)
+        self._unreported: set[str] = set()
+
+    def reason(self, device_id: str) -> str | None:
+        """Why the device is quarantined, or None."""
+        return self._quarantined.get(device_id)
+
+    def release(self, device_id: str) -> None:
+        """Lift the quarantine (after an operator cleared the device's status flag)."""
+        self._quarantined.pop(device_id, None)
+        self._scores.pop(device_id, None)
+        self._unreported.discard(device_id)
+
+    async def record(self, device_id: str, status: Status) -> None:
+        """Count a refused frame; quarantine the device when its score reaches the threshold."""
+        weight = min(WEIGHTS.get(status, 0), self._threshold)
+        if weight and device_id not in self._quarantined:
+            now = self._now()
+            events = self._scores.setdefault(device_id, deque())
+            events.append((now, weight))
+            while events and events[0][0] <= now - self._window:
+                events.popleft()
+            if sum(w for _t, w in events) >= self._threshold:
+                reason = (
+                    REASON_FOREIGN_IDENTITY
+                    if status is Status.FOREIGN_IDENTITY
+                    else REASON_REPEATED
+                )
+                self._quarantined[device_id] = reason
+                self._scores.pop(device_id, None)
+                self._unreported.add(device_id)
+                _log.warning("device quarantined", device_id=device_id, reason=reason)
+        await self.report(device_id)
+
+    async def report(self, device_id: str) -> None:
+        """Tell the devices capability, retrying on the device's next frame if that failed
+        (the local quarantine holds meanwhile: failing to report never lets data through)."""
+        if device_id not in self._unreported:
+            return
+        try:
+            async with asyncio.timeout(STATUS_PORT_TIMEOUT_S):
+                await self._status.quarantine(device_id, self._quarantined[device_id])
+        except Exception as exc:  # reported by type; retried on the device's next frame
+            _log.error("device quarantine not reported", error=type(exc).__name__)
+            return
+        self._unreported.discard(device_id)

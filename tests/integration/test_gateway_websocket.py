@@ -1,0 +1,598 @@
+"""The WebSocket gateway against the real server: uvicorn on loopback, real device keys.
+
+Devices enrol over HTTP with a one-time token, open sessions with the handshake, and are
+refused, closed and quarantined by the running gateway. Each refusal is checked by its close
+code (what the device sees) and its audit record (what an investigator sees). Runs on SQLite
+and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+import httpx
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from fleetward.api import devices as devices_api
+from fleetward.app import build_app
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.core.clock import FrozenClock
+from fleetward.core.surfaces import Surface
+from fleetward.devices.ca import DeviceCa
+from fleetward.devices.lifecycle import DeviceLifecycle
+from fleetward.devices.models import (
+    CertificateStatus,
+    Device,
+    DeviceCertificate,
+    DeviceIncident,
+    DeviceStatus,
+    IncidentKind,
+    KeyAlgorithm,
+)
+from fleetward.devices.provisioning import Provisioning
+from fleetward.gateway.device_client import (
+    DeviceConnection,
+    DeviceCredentials,
+    DeviceHandshake,
+    HandshakeRefused,
+    SessionClosed,
+    build_csr,
+    connect,
+    enrol,
+    generate_key,
+    websocket_url,
+)
+from fleetward.gateway.handshake import CloseCode, Response
+from fleetward.gateway.session import DeviceSession, Transport
+from fleetward.gateway.websocket import Gateway, GatewayConfig, install
+from fleetward.identity.acr import Acr
+from fleetward.platform import Platform
+from support.factories import FACTORY
+from unit.devices.kit import DeviceWorld, build_device_world
+
+SOFTWARE = "tcu-4.2.0"
+CONFIG = "cfg-eu-2026a"
+
+
+class RecordingHandler:
+    """Answers each frame with ``ack:`` + frame and remembers which session sent it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[DeviceSession, bytes]] = []
+
+    async def handle(self, session: DeviceSession, frame: bytes) -> bytes:
+        self.seen.append((session, frame))
+        return b"ack:" + frame
+
+
+@dataclass
+class Server:
+    platform: Platform
+    clock: FrozenClock
+    gateway: Gateway
+    handler: RecordingHandler
+    base: str
+    world: DeviceWorld
+    sessions: list[DeviceConnection] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return websocket_url(self.base)
+
+    async def enrol(
+        self, vehicle_id: str | None = None, algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
+    ) -> DeviceCredentials:
+        """A device enrolled over HTTP: token from the service, CSR to /gateway/v1/enrol."""
+        async with self.platform.services() as (uow, ctx):
+            vehicle = await ctx.session.get(type(self.world.car), vehicle_id or self.world.car.id)
+            assert vehicle is not None
+            grant = await Provisioning(ctx).create_enrolment(vehicle, actor=FACTORY)
+            await uow.commit()
+        async with httpx.AsyncClient(base_url=self.base) as http:
+            return await enrol(
+                http,
+                grant.token,
+                generate_key(algorithm),
+                device_id=grant.device_id,
+                vehicle_id=grant.vehicle_id,
+            )
+
+    async def open(
+        self,
+        credentials: DeviceCredentials,
+        *,
+        skew: timedelta = timedelta(0),
+        local_address: tuple[str, int] | None = None,
+    ) -> DeviceConnection:
+        connection = await connect(
+            self.url,
+            credentials,
+            server_id=self.gateway.server_id,
+            software_version=SOFTWARE,
+            vehicle_config=CONFIG,
+            now=lambda: self.clock.now() + skew,
+            local_address=local_address,
+        )
+        self.sessions.append(connection)
+        return connection
+
+    async def change(
+        self, work: Callable[[DeviceLifecycle, Device], Awaitable[object]], device_id: str
+    ) -> None:
+        """A lifecycle change committed in the store (as the CLI or another replica would)."""
+        async with self.platform.services() as (uow, ctx):
+            lifecycle = DeviceLifecycle(ctx)
+            await work(lifecycle, await lifecycle.get(device_id))
+            await uow.commit()
+
+    async def audit(self, name: EventName) -> list[AuditRecord]:
+        async with self.platform.unit_of_work() as uow:
+            rows = await uow.session.scalars(
+                select(AuditRecord).where(AuditRecord.name == name.value).order_by(AuditRecord.seq)
+            )
+            return list(rows)
+
+    async def device(self, device_id: str) -> Device:
+        async with self.platform.unit_of_work() as uow:
+            device = await uow.session.get(Device, device_id)
+            assert device is not None
+            return device
+
+
+@asynccontextmanager
+async def serving(platform: Platform, port: int, config: GatewayConfig) -> AsyncIterator[Server]:
+    clock = platform.clock
+    assert isinstance(clock, FrozenClock)
+    async with platform.services() as (uow, ctx):
+        world = await build_device_world(platform, ctx)
+        await uow.commit()
+    app = build_app(platform.settings, platform=platform)
+    app.include_router(devices_api.router)
+    handler = RecordingHandler()
+    gateway = install(app, platform, handler=handler, config=config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the server stopped during start-up"
+        await asyncio.sleep(0.02)
+    running = Server(platform, clock, gateway, handler, f"http://127.0.0.1:{port}", world)
+    try:
+        yield running
+    finally:
+        for connection in running.sessions:
+            await connection.close()
+        server.should_exit = True
+        await task
+        await gateway.registry.idle()
+
+
+FAST = GatewayConfig(
+    handshake_timeout=timedelta(seconds=1), credential_poll=timedelta(milliseconds=200)
+)
+
+
+@pytest.fixture
+async def server(platform: Platform, free_port: int) -> AsyncIterator[Server]:
+    async with serving(platform, free_port, FAST) as running:
+        yield running
+
+
+async def _closed_with(connection: DeviceConnection, within: float = 3.0) -> int | None:
+    async with asyncio.timeout(within):
+        return await connection.wait_closed()
+
+
+# --------------------------------------------------------------------------- a valid session
+
+
+async def test_valid_handshake_opens_a_session_whose_identity_comes_from_it(
+    server: Server,
+) -> None:
+    credentials = await server.enrol(algorithm=KeyAlgorithm.P256)
+    connection = await server.open(credentials)
+    assert await connection.request(b"frame-1") == b"ack:frame-1"
+    # A payload naming another vehicle changes nothing about whose session this is.
+    assert (await connection.request(b'{"vehicle_id": "someone-else"}')).startswith(b"ack:")
+    [(session, frame), (same, _)] = server.handler.seen
+    assert frame == b"frame-1" and same is session
+    world = server.world
+    assert (session.device_id, session.vehicle_id, session.tenant_id) == (
+        credentials.device_id,
+        world.car.id,
+        world.car.tenant_id,
+    )
+    assert session.certificate_serial == format(credentials.certificate.serial_number, "x")
+    assert session.session_key == connection.session_key and len(session.session_key) == 32
+    assert (session.transport, session.peer) == (Transport.WEBSOCKET, "127.0.0.1")
+    assert (session.software_version, session.vehicle_config) == (SOFTWARE, CONFIG)
+    assert session.session_id == connection.session_id
+    assert len(server.gateway.registry.sessions(credentials.device_id)) == 1
+    [opened] = await server.audit(EventName.DEVICE_SESSION_OPENED)
+    assert opened.object_id == credentials.device_id and opened.details["peer"] == "127.0.0.1"
+    await connection.close()
+    for _ in range(60):  # the close is recorded after the socket closed
+        if await server.audit(EventName.DEVICE_SESSION_CLOSED):
+            break
+        await asyncio.sleep(0.05)
+    [closed] = await server.audit(EventName.DEVICE_SESSION_CLOSED)
+    assert closed.details["close"] == "by-device"
+    assert server.gateway.registry.sessions(credentials.device_id) == []
+    assert (await server.device(credentials.device_id)).last_peer == "127.0.0.1"
+
+
+async def test_each_session_gets_a_fresh_key(server: Server) -> None:
+    credentials = await server.enrol()
+    first = await server.open(credentials)
+    await first.close()
+    await _closed_with(first)
+    # The device reconnects after its link drops, from the same network.
+    server.clock.advance(timedelta(seconds=31))
+    second = await server.open(credentials)
+    assert second.session_key != first.session_key
+    assert await second.request(b"x") == b"ack:x"
+
+
+# --------------------------------------------------------------------------- refused handshakes
+
+
+Setup = Callable[[Server], Awaitable[DeviceCredentials]]
+
+
+async def _foreign_ca(s: Server) -> DeviceCredentials:
+    genuine = await s.enrol()
+    # Another deployment's CA, certifying the same names: a perfect look-alike.
+    foreign = DeviceCa.generate(s.clock)
+    certificate = foreign.issue(
+        genuine.key.public_key(),
+        device_id=genuine.device_id,
+        vehicle_id=genuine.vehicle_id,
+        now=s.clock.now(),
+    )
+    return replace(genuine, certificate=certificate, ca_certificate=foreign.certificate)
+
+
+async def _unknown_to_the_store(s: Server) -> DeviceCredentials:
+    # Signed by the platform CA but never recorded: what a leaked CA key would mint.
+    genuine = await s.enrol()
+    key = generate_key()
+    certificate = s.world.ca.issue(
+        key.public_key(),
+        device_id=genuine.device_id,
+        vehicle_id=genuine.vehicle_id,
+        now=s.clock.now(),
+    )
+    return replace(genuine, key=key, certificate=certificate)
+
+
+async def _expired(s: Server) -> DeviceCredentials:
+    credentials = await s.enrol()
+    s.clock.advance(timedelta(days=366))
+    return credentials
+
+
+def _after(change: Callable[[DeviceLifecycle, Device], Awaitable[object]]) -> Setup:
+    async def setup(s: Server) -> DeviceCredentials:
+        credentials = await s.enrol()
+        await s.change(change, credentials.device_id)
+        return credentials
+
+    return setup
+
+
+async def _rotated_away(s: Server) -> DeviceCredentials:
+    # The old certificate after its rotation completed: revoked, though the device is active.
+    credentials = await s.enrol()
+    key = generate_key()
+    async with s.platform.services() as (uow, ctx):
+        lifecycle = DeviceLifecycle(ctx)
+        device = await lifecycle.get(credentials.device_id)
+        csr = build_csr(key, device_id=device.id, vehicle_id=device.vehicle_id)
+        issued = await lifecycle.rotate(device, csr, s.world.ca, actor=FACTORY)
+        await uow.commit()
+    rotated = credentials.with_certificate(key, issued.certificate_pem)
+    connection = await s.open(rotated)
+    await connection.close()
+    return credentials
+
+
+REFUSED: list[tuple[str, Setup, CloseCode, str]] = [
+    # Chain: a certificate from any other CA, however well it imitates ours.
+    ("foreign-ca", _foreign_ca, CloseCode.UNAUTHENTICATED, "unknown-ca"),
+    # The store is the list of what we issued: a certificate we never recorded is refused.
+    (
+        "unknown-certificate",
+        _unknown_to_the_store,
+        CloseCode.UNAUTHENTICATED,
+        "unknown-certificate",
+    ),
+    # Validity is judged by the server's clock.
+    ("expired", _expired, CloseCode.UNAUTHENTICATED, "certificate-expired"),
+    # Lifecycle: revoked, suspended, quarantined, decommissioned devices never connect.
+    (
+        "revoked",
+        _after(lambda lc, d: lc.revoke(d, reason="lost", actor=FACTORY)),
+        CloseCode.UNAUTHENTICATED,
+        "device-revoked",
+    ),
+    (
+        "suspended",
+        _after(lambda lc, d: lc.suspend(d, reason="check", actor=FACTORY)),
+        CloseCode.UNAUTHENTICATED,
+        "device-suspended",
+    ),
+    (
+        "quarantined",
+        _after(lambda lc, d: lc.quarantine(d, reason="clone", actor=FACTORY, details={})),
+        CloseCode.UNAUTHENTICATED,
+        "device-quarantined",
+    ),
+    (
+        "decommissioned",
+        _after(lambda lc, d: lc.decommission(d, reason="eol", actor=FACTORY)),
+        CloseCode.UNAUTHENTICATED,
+        "device-decommissioned",
+    ),
+    ("rotated-away", _rotated_away, CloseCode.UNAUTHENTICATED, "certificate-revoked"),
+]
+
+
+@pytest.mark.parametrize(("case", "setup", "code", "reason"), REFUSED, ids=[r[0] for r in REFUSED])
+async def test_refused_handshake_is_closed_and_audited(
+    server: Server, case: str, setup: Setup, code: CloseCode, reason: str
+) -> None:
+    credentials = await setup(server)
+    with pytest.raises(HandshakeRefused) as raised:
+        await server.open(credentials)
+    assert raised.value.code == code
+    assert raised.value.reason == code.phrase  # the device learns the class, not the check
+    failures = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert [f.reason for f in failures] == [reason]
+    assert failures[0].details == {"peer": "127.0.0.1", "close": code.phrase}
+    assert server.handler.seen == []
+    assert server.gateway.registry.sessions(credentials.device_id) == []
+
+
+Answer = Callable[[Server, DeviceCredentials, bytes], Awaitable[bytes | str | None]]
+
+
+async def _raw_handshake(s: Server, credentials: DeviceCredentials, answer: Answer) -> int | None:
+    """Connect, receive the challenge, send whatever ``answer`` makes of it; the close code."""
+    async with ws_connect(s.url, compression=None) as websocket:
+        challenge = await websocket.recv()
+        assert isinstance(challenge, bytes)
+        message = await answer(s, credentials, challenge)
+        if message is not None:
+            await websocket.send(message)
+        with pytest.raises(ConnectionClosed) as closed:
+            await websocket.recv()
+    received = closed.value.rcvd
+    return received.code if received else None
+
+
+def _device(credentials: DeviceCredentials, server: Server) -> DeviceHandshake:
+    return DeviceHandshake(
+        credentials,
+        server_id=server.gateway.server_id,
+        software_version=SOFTWARE,
+        vehicle_config=CONFIG,
+    )
+
+
+async def _bad_signature(s: Server, c: DeviceCredentials, challenge: bytes) -> bytes:
+    response = Response.decode(_device(c, s).respond(challenge, s.clock.now()))
+    forged = bytes([response.signature[0] ^ 1]) + response.signature[1:]
+    return replace(response, signature=forged).encode()
+
+
+async def _skewed(s: Server, c: DeviceCredentials, challenge: bytes) -> bytes:
+    return _device(c, s).respond(challenge, s.clock.now() + timedelta(minutes=10))
+
+
+async def _text(s: Server, c: DeviceCredentials, challenge: bytes) -> str:
+    return '{"device_id": "' + c.device_id + '"}'
+
+
+async def _silence(s: Server, c: DeviceCredentials, challenge: bytes) -> None:
+    return None  # say nothing: the handshake times out
+
+
+RAW: list[tuple[str, Answer, CloseCode, str]] = [
+    # Proof of possession: a certificate without its key's signature is worthless.
+    ("bad-signature", _bad_signature, CloseCode.UNAUTHENTICATED, "signature"),
+    # The server's clock decides; a device far off is told so it can fix its clock.
+    ("clock-skew", _skewed, CloseCode.CLOCK_SKEW, "clock-skew"),
+    # Identity never comes from a payload: a JSON hello naming a device is not a handshake.
+    ("text-hello", _text, CloseCode.PROTOCOL, "not-binary"),
+    # An unauthenticated connection does not get to hold a socket open.
+    ("silence", _silence, CloseCode.TIMEOUT, "timeout"),
+]
+
+
+@pytest.mark.parametrize(("case", "answer", "code", "reason"), RAW, ids=[r[0] for r in RAW])
+async def test_refused_answer_is_closed_and_audited(
+    server: Server, case: str, answer: Answer, code: CloseCode, reason: str
+) -> None:
+    credentials = await server.enrol()
+    assert await _raw_handshake(server, credentials, answer) == code
+    failures = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert [f.reason for f in failures] == [reason]
+    assert server.handler.seen == []
+
+
+async def test_replayed_handshake_is_refused(server: Server) -> None:
+    credentials = await server.enrol()
+    recorded: list[bytes] = []
+
+    async def genuine(s: Server, c: DeviceCredentials, challenge: bytes) -> bytes:
+        recorded.append(_device(c, s).respond(challenge, s.clock.now()))
+        return recorded[0]
+
+    async with ws_connect(server.url, compression=None) as websocket:
+        challenge = await websocket.recv()
+        assert isinstance(challenge, bytes)
+        await websocket.send(await genuine(server, credentials, challenge))
+        assert isinstance(await websocket.recv(), bytes)  # WELCOME: the genuine session
+    server.clock.advance(timedelta(seconds=31))
+
+    async def replay(s: Server, c: DeviceCredentials, challenge: bytes) -> bytes:
+        return recorded[0]  # an eavesdropper's copy of the genuine answer
+
+    assert await _raw_handshake(server, credentials, replay) == CloseCode.UNAUTHENTICATED
+    failures = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert [f.reason for f in failures] == ["challenge-mismatch"]
+
+
+# --------------------------------------------------------------------------- revocation
+
+
+def _admin_token(server: Server) -> str:
+    world = server.world
+    return server.platform.identity.tokens.issue(
+        subject=world.admin.id,
+        client_id="cli_admin_console",
+        tenant=world.operator.id,
+        surface=Surface.ADMIN,
+        scopes=["admin:manage_clients"],
+        auth_time=server.clock.now(),
+        acr=Acr.MFA.value,
+        amr=["pwd", "otp"],
+        token_family=None,
+        subject_type="user",
+    ).token
+
+
+@pytest.mark.parametrize(
+    ("operation", "code"),
+    [("revoke", CloseCode.REVOKED), ("suspend", CloseCode.SUSPENDED)],
+)
+async def test_revoking_through_the_api_closes_the_live_session_at_once(
+    server: Server, operation: str, code: CloseCode
+) -> None:
+    credentials = await server.enrol()
+    connection = await server.open(credentials)
+    assert await connection.request(b"before") == b"ack:before"
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        response = await http.post(
+            f"/admin/v1/devices/{credentials.device_id}/{operation}",
+            json={"reason": "compromised"},
+            headers={"authorization": f"Bearer {_admin_token(server)}"},
+        )
+    assert response.status_code == 200, response.text
+    # Closed by the registry before the API answered: no poll interval involved.
+    assert connection.close_code == code or await _closed_with(connection, 0.5) == code
+    with pytest.raises(SessionClosed):
+        await connection.request(b"after")
+    assert [frame for _, frame in server.handler.seen] == [b"before"]
+
+
+async def test_a_change_made_by_another_process_closes_the_session(server: Server) -> None:
+    credentials = await server.enrol()
+    connection = await server.open(credentials)
+    # Committed straight to the store, as the CLI or another replica would.
+    await server.change(
+        lambda lc, d: lc.revoke(d, reason="lost", actor=FACTORY), credentials.device_id
+    )
+    assert await _closed_with(connection) == CloseCode.REVOKED
+
+
+# --------------------------------------------------------------------------- cloned credentials
+
+
+async def test_two_concurrent_sessions_quarantine_the_device(server: Server) -> None:
+    credentials = await server.enrol()
+    genuine = await server.open(credentials)
+    with pytest.raises(HandshakeRefused) as clone:
+        await server.open(credentials)  # the same identity, a second time, at once
+    assert clone.value.code == CloseCode.QUARANTINED
+    assert await _closed_with(genuine) == CloseCode.QUARANTINED
+    device = await server.device(credentials.device_id)
+    assert device.status is DeviceStatus.QUARANTINED
+    async with server.platform.unit_of_work() as uow:
+        [incident] = await uow.session.scalars(select(DeviceIncident))
+    assert incident.device_id == credentials.device_id
+    assert incident.kind is IncidentKind.CONCURRENT_SESSION
+    assert incident.details["other_sessions"] == [genuine.session_id]
+    [detected] = await server.audit(EventName.DEVICE_CLONE_DETECTED)
+    assert detected.reason == "concurrent_session"
+    assert await server.audit(EventName.DEVICE_QUARANTINED)
+    # Quarantined means no more sessions until an operator acts.
+    with pytest.raises(HandshakeRefused) as again:
+        await server.open(credentials)
+    assert again.value.code == CloseCode.UNAUTHENTICATED
+
+
+async def test_a_new_network_identity_right_after_the_last_quarantines(server: Server) -> None:
+    credentials = await server.enrol()
+    first = await server.open(credentials)
+    await first.close()
+    await _closed_with(first)
+    server.clock.advance(timedelta(seconds=5))
+    with pytest.raises(HandshakeRefused) as clone:
+        await server.open(credentials, local_address=("127.0.0.2", 0))
+    assert clone.value.code == CloseCode.QUARANTINED
+    async with server.platform.unit_of_work() as uow:
+        [incident] = await uow.session.scalars(select(DeviceIncident))
+    assert (incident.kind, incident.peer, incident.previous_peer) == (
+        IncidentKind.PEER_CHANGED,
+        "127.0.0.2",
+        "127.0.0.1",
+    )
+
+
+async def test_a_silent_session_is_superseded_not_taken_for_a_clone(server: Server) -> None:
+    credentials = await server.enrol()
+    stale = await server.open(credentials)
+    server.clock.advance(timedelta(seconds=31))  # silent for longer than the liveness window
+    fresh = await server.open(credentials, local_address=("127.0.0.2", 0))
+    assert await _closed_with(stale) == CloseCode.SUPERSEDED
+    assert await fresh.request(b"x") == b"ack:x"
+    assert (await server.device(credentials.device_id)).status is DeviceStatus.ACTIVE
+    assert await server.audit(EventName.DEVICE_CLONE_DETECTED) == []
+
+
+async def test_rotation_hands_the_session_over_and_revokes_the_old_certificate(
+    server: Server,
+) -> None:
+    credentials = await server.enrol()
+    old = await server.open(credentials)
+    key = generate_key(KeyAlgorithm.P256)
+    async with server.platform.services() as (uow, ctx):
+        lifecycle = DeviceLifecycle(ctx)
+        device = await lifecycle.get(credentials.device_id)
+        csr = build_csr(key, device_id=device.id, vehicle_id=device.vehicle_id)
+        issued = await lifecycle.rotate(device, csr, server.world.ca, actor=FACTORY)
+        await uow.commit()
+    rotated = credentials.with_certificate(key, issued.certificate_pem)
+    new = await server.open(rotated)  # while the old session is still live: not a clone
+    assert await _closed_with(old) == CloseCode.ROTATED
+    assert await new.request(b"x") == b"ack:x"
+    async with server.platform.unit_of_work() as uow:
+        statuses = {
+            c.serial: c.status
+            for c in await uow.session.scalars(
+                select(DeviceCertificate).where(
+                    DeviceCertificate.device_id == credentials.device_id
+                )
+            )
+        }
+    old_serial = format(credentials.certificate.serial_number, "x")
+    assert statuses == {
+        old_serial: CertificateStatus.REVOKED,
+        issued.serial: CertificateStatus.ACTIVE,
+    }
+    assert await server.audit(EventName.DEVICE_ROTATION_COMPLETED)
+    assert rotated.certificate.public_bytes(serialization.Encoding.DER) != (
+        credentials.certificate_der
+    )

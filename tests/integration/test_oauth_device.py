@@ -1,0 +1,186 @@
+"""The device authorization grant (RFC 8628) for the first-party CLI (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import timedelta
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from fleetward.core.clock import FrozenClock
+from fleetward.core.surfaces import Surface
+from fleetward.identity.acr import Acr, Amr
+from fleetward.identity.oauth.policy import DEVICE_CODE
+from fleetward.identity.tokens import InvalidToken
+from fleetward.platform import Platform
+from unit.identity.oauth.kit import (
+    CLI,
+    CONSOLE,
+    LOCATION,
+    MOBILE,
+    READ,
+    OAuthWorld,
+    build_world,
+    login,
+)
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+async def world(platform: Platform) -> OAuthWorld:
+    return await build_world(platform)
+
+
+def _clock(world: OAuthWorld) -> FrozenClock:
+    clock = world.platform.clock
+    assert isinstance(clock, FrozenClock)
+    return clock
+
+
+async def _start(world: OAuthWorld, **extra: str) -> dict[str, object]:
+    data = {"client_id": CLI, "scope": f"{READ} {LOCATION}", "resource": Surface.MOBILE.audience}
+    data.update(extra)
+    response = await world.http.post("/oauth/device_authorization", data=data)
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def _poll(world: OAuthWorld, device_code: object) -> httpx.Response:
+    return await world.token(
+        {"grant_type": DEVICE_CODE, "device_code": str(device_code), "client_id": CLI}
+    )
+
+
+async def _decide(
+    world: OAuthWorld, cookie: dict[str, str], user_code: str, decision: str
+) -> httpx.Response:
+    page = await world.http.get(
+        f"/oauth/device?{urlencode({'user_code': user_code})}", headers=cookie
+    )
+    assert page.status_code == 200, page.text
+    token = re.search(r'name="csrf_token" value="([^"]*)"', page.text)
+    assert token is not None
+    body = {
+        "user_code": user_code,
+        "csrf_token": html.unescape(token.group(1)),
+        "decision": decision,
+    }
+    return await world.http.post(
+        "/oauth/device", content=urlencode(body), headers={**cookie, **FORM}
+    )
+
+
+async def test_pending_slow_down_approval_then_token(world: OAuthWorld) -> None:
+    started = await _start(world)
+    assert started["verification_uri"] == world.urls.device
+    assert started["interval"] == 5
+    first = await _poll(world, started["device_code"])
+    assert first.json()["error"] == "authorization_pending"
+    # Polling again at once: slow down, and the interval grows for every later poll.
+    assert (await _poll(world, started["device_code"])).json()["error"] == "slow_down"
+    _clock(world).advance(timedelta(seconds=6))  # interval is 10 now: still too soon
+    assert (await _poll(world, started["device_code"])).json()["error"] == "slow_down"
+    _clock(world).advance(timedelta(seconds=16))  # interval is 15 now: this one is fine
+    assert (await _poll(world, started["device_code"])).json()["error"] == "authorization_pending"
+
+    cookie = await login(world, "alice")
+    done = await _decide(world, cookie, str(started["user_code"]), "approve")
+    assert done.status_code == 200 and "return to your device" in done.text
+    _clock(world).advance(timedelta(seconds=20))
+    granted = await _poll(world, started["device_code"])
+    assert granted.status_code == 200, granted.text
+    claims = await world.claims(granted.json()["access_token"], Surface.MOBILE)
+    assert claims.sub == world.users["alice"].id
+    assert claims.tenant == world.tenants["consumer"].id
+    assert claims.scopes == {READ, LOCATION}
+    assert claims.acr == Acr.MFA.value
+    # A device code works once; a second use revokes what the first issued.
+    assert (await _poll(world, started["device_code"])).json()["error"] == "invalid_grant"
+    with pytest.raises(InvalidToken):
+        await world.claims(granted.json()["access_token"], Surface.MOBILE)
+
+
+async def test_denial_is_access_denied(world: OAuthWorld) -> None:
+    started = await _start(world)
+    cookie = await login(world, "alice")
+    await _decide(world, cookie, str(started["user_code"]), "deny")
+    assert (await _poll(world, started["device_code"])).json()["error"] == "access_denied"
+
+
+async def test_device_page_needs_a_login_session(world: OAuthWorld) -> None:
+    started = await _start(world)
+    response = await world.http.get(f"/oauth/device?user_code={started['user_code']}")
+    assert response.status_code == 303
+    target = urlsplit(response.headers["location"])
+    assert target.path == "/login"
+    assert parse_qs(target.query)["return_to"][0].startswith("/oauth/device?user_code=")
+
+
+async def test_device_approval_for_an_operator_surface_needs_mfa(world: OAuthWorld) -> None:
+    started = await _start(world, resource=Surface.SUPPORT.audience)
+    cookie = await login(world, "judy", acr=Acr.PASSWORD, amr=(Amr.PASSWORD,))
+    response = await world.http.get(
+        f"/oauth/device?user_code={started['user_code']}", headers=cookie
+    )
+    assert response.status_code == 303
+    assert parse_qs(urlsplit(response.headers["location"]).query)["acr"] == [Acr.MFA.value]
+
+
+async def test_expired_device_code(world: OAuthWorld) -> None:
+    started = await _start(world)
+    _clock(world).advance(timedelta(minutes=11))
+    assert (await _poll(world, started["device_code"])).json()["error"] == "expired_token"
+    cookie = await login(world, "alice")
+    page = await world.http.get(f"/oauth/device?user_code={started['user_code']}", headers=cookie)
+    assert page.status_code == 400  # unknown or expired code: nothing to approve
+
+
+async def test_forged_device_decision_is_refused(world: OAuthWorld) -> None:
+    started = await _start(world)
+    cookie = await login(world, "alice")
+    body = {"user_code": str(started["user_code"]), "csrf_token": "1.forged", "decision": "approve"}
+    response = await world.http.post(
+        "/oauth/device", content=urlencode(body), headers={**cookie, **FORM}
+    )
+    assert response.status_code == 403
+    assert (await _poll(world, started["device_code"])).json()["error"] == "authorization_pending"
+
+
+START_REFUSALS = [
+    # Only clients registered for the device grant (the CLI) may start it.
+    ({"client_id": MOBILE}, "unauthorized_client"),
+    # Confidential clients never use it, and cannot authenticate with "none".
+    ({"client_id": CONSOLE}, "invalid_client"),
+    # A surface the CLI may not use.
+    ({"client_id": CLI, "resource": Surface.PARTNER.audience}, "invalid_target"),
+    # Unknown client ids get nothing.
+    ({"client_id": "nobody-here"}, "invalid_client"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"), START_REFUSALS, ids=["mobile", "confidential", "partner", "unknown"]
+)
+async def test_device_authorization_refused(
+    world: OAuthWorld, data: dict[str, str], error: str
+) -> None:
+    body = {"scope": READ, "resource": Surface.MOBILE.audience, **data}
+    response = await world.http.post("/oauth/device_authorization", data=body)
+    assert response.status_code in (400, 401), response.text
+    assert response.json()["error"] == error
+
+
+async def test_another_client_cannot_poll_the_device_code(world: OAuthWorld) -> None:
+    started = await _start(world)
+    data = {
+        "grant_type": DEVICE_CODE,
+        "device_code": str(started["device_code"]),
+        "client_id": MOBILE,
+    }
+    response = await world.token(data)
+    assert response.json()["error"] in ("unauthorized_client", "invalid_dpop_proof")

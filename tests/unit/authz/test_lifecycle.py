@@ -1,0 +1,174 @@
+"""Access ends when the relationship ends: the same question, asked before and after.
+
+Each test first proves the access exists (so the "after" denial is caused by the change, not
+by a broken setup), changes the world through the real services, and asks again. Runs on
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from fleetward.authz.decision import Reason
+from fleetward.authz.entities import SessionRelations
+from fleetward.authz.pdp import CedarPdp, PdpConfig
+from fleetward.authz.permissions import Permission
+from fleetward.identity.acr import Acr
+from fleetward.vehicles.cases import CaseService
+from fleetward.vehicles.consents import ConsentService
+from fleetward.vehicles.delegation import DelegationService
+from fleetward.vehicles.fleets import FleetService
+from fleetward.vehicles.models import DriverDelegation, OperatorAssignment, PartnerConsent
+from fleetward.vehicles.ownership import OwnershipService
+from unit.authz.kit import PARTNER_APP, SEEDER, World
+
+STATUS = Permission.VEHICLE_READ_STATUS
+LOCK = Permission.VEHICLE_LOCK
+
+
+async def test_transfer_ends_everything_the_seller_had_and_granted(world: World) -> None:
+    # The seeded sale: carol sold DAVE-1 and keeps nothing, history included.
+    for permission in (STATUS, Permission.VEHICLE_READ_TRIPS, Permission.VEHICLE_UNLOCK):
+        decision = await world.ask("carol", permission, "DAVE-1")
+        assert (decision.allowed, decision.reason) == (False, Reason.FORMER_OWNER)
+    # A sale now: alice sells ALICE-1 to carol.
+    assert (await world.ask("alice", STATUS, "ALICE-1")).allowed
+    assert (await world.ask("bob", LOCK, "ALICE-1")).allowed
+    assert (await world.ask(PARTNER_APP, STATUS, "ALICE-1")).allowed
+    await OwnershipService(world.ctx).transfer(
+        world.vehicles["ALICE-1"], world.users["alice"], world.users["carol"], actor=SEEDER
+    )
+    seller = await world.ask("alice", STATUS, "ALICE-1")
+    driver = await world.ask("bob", LOCK, "ALICE-1")
+    partner = await world.ask(PARTNER_APP, STATUS, "ALICE-1")
+    buyer = await world.ask("carol", Permission.VEHICLE_UNLOCK, "ALICE-1")
+    assert (seller.allowed, seller.reason) == (False, Reason.FORMER_OWNER)
+    # Every delegation and consent the seller granted ends with the sale.
+    assert (driver.allowed, driver.reason) == (False, Reason.REVOKED)
+    assert (partner.allowed, partner.reason) == (False, Reason.REVOKED)
+    assert (buyer.allowed, buyer.reason) == (True, Reason.OWNER)
+
+
+async def test_delegation_expiry(world: World) -> None:
+    # bob's delegation lasts exactly 7 days from the seed.
+    world.clock.advance(timedelta(days=7) - timedelta(seconds=1))
+    assert (await world.ask("bob", LOCK, "ALICE-1")).allowed
+    world.clock.advance(timedelta(seconds=1))
+    decision = await world.ask("bob", LOCK, "ALICE-1")
+    assert (decision.allowed, decision.reason) == (False, Reason.WINDOW_EXPIRED)
+    # The owner is not affected.
+    assert (await world.ask("alice", LOCK, "ALICE-1")).allowed
+
+
+async def test_delegation_revocation(world: World) -> None:
+    assert (await world.ask("bob", STATUS, "ALICE-1")).allowed
+    delegation = await world.ctx.session.scalar(select(DriverDelegation))
+    assert delegation is not None
+    await DelegationService(world.ctx).revoke(delegation, actor=SEEDER)
+    decision = await world.ask("bob", STATUS, "ALICE-1")
+    assert (decision.allowed, decision.reason) == (False, Reason.REVOKED)
+
+
+async def test_operator_unassignment(world: World) -> None:
+    north = "group:acme-logistics/north"
+    assert (await world.ask("frank", STATUS, "ACME-N1")).allowed
+    assert (await world.ask("frank", Permission.FLEET_BULK_COMMAND, north, command=LOCK)).allowed
+    assignment = await world.ctx.session.scalar(select(OperatorAssignment))
+    assert assignment is not None
+    await FleetService(world.ctx).unassign_operator(assignment, actor=SEEDER)
+    vehicle = await world.ask("frank", STATUS, "ACME-N1")
+    bulk = await world.ask("frank", Permission.FLEET_BULK_COMMAND, north, command=LOCK)
+    assert (vehicle.allowed, vehicle.reason) == (False, Reason.UNASSIGNED)
+    assert (bulk.allowed, bulk.reason) == (False, Reason.UNASSIGNED)
+    # The fleet admin keeps the fleet.
+    assert (await world.ask("erin", STATUS, "ACME-N1")).allowed
+
+
+async def test_dealer_case_closure(world: World) -> None:
+    # harry's case was closed at seed time.
+    closed = await world.ask("harry", Permission.VEHICLE_DIAGNOSTICS_READ, "DAVE-1")
+    assert (closed.allowed, closed.reason) == (False, Reason.CASE_CLOSED)
+    assert (await world.ask("grace", Permission.VEHICLE_DIAGNOSTICS_READ, "ALICE-1")).allowed
+    await CaseService(world.ctx).close_dealer_case(world.dealer_cases["ALICE-1"], actor=SEEDER)
+    for permission, target in (
+        (Permission.VEHICLE_DIAGNOSTICS_READ, "ALICE-1"),
+        (STATUS, "ALICE-1"),
+        (Permission.DEALER_MANAGE_CASE, "case:ALICE-1"),
+    ):
+        decision = await world.ask("grace", permission, target)
+        assert (decision.allowed, decision.reason) == (False, Reason.CASE_CLOSED), permission
+
+
+async def test_support_case_closure(world: World) -> None:
+    assert (await world.ask("heidi", Permission.SUPPORT_READ_ACCOUNT, "account:alice")).allowed
+    await CaseService(world.ctx).close_support_case(world.support_cases["heidi"], actor=SEEDER)
+    account = await world.ask("heidi", Permission.SUPPORT_READ_ACCOUNT, "account:alice")
+    vehicle = await world.ask("heidi", Permission.SUPPORT_READ_VEHICLE, "ALICE-1")
+    assert (account.allowed, account.reason) == (False, Reason.CASE_CLOSED)
+    assert (vehicle.allowed, vehicle.reason) == (False, Reason.CASE_CLOSED)
+
+
+async def test_consent_revocation(world: World) -> None:
+    assert (await world.ask(PARTNER_APP, STATUS, "ALICE-1")).allowed
+    consent = await world.ctx.session.scalar(select(PartnerConsent))
+    assert consent is not None
+    await ConsentService(world.ctx).revoke(consent, actor=SEEDER)
+    decision = await world.ask(PARTNER_APP, STATUS, "ALICE-1")
+    assert (decision.allowed, decision.reason) == (False, Reason.REVOKED)
+
+
+async def test_consent_expiry(world: World) -> None:
+    world.clock.advance(timedelta(days=30))
+    decision = await world.ask(PARTNER_APP, STATUS, "ALICE-1")
+    assert (decision.allowed, decision.reason) == (False, Reason.WINDOW_EXPIRED)
+
+
+async def test_tenant_mismatch(world: World) -> None:
+    # erin administers acme: globex's cars are out of reach, whichever way she asks.
+    assert (await world.ask("erin", STATUS, "ACME-N1")).allowed
+    decision = await world.ask("erin", STATUS, "GLOBEX-1")
+    assert (decision.allowed, decision.reason) == (False, Reason.TENANT_MISMATCH)
+    # A token naming globex, where erin holds no membership, is refused outright.
+    forged = await world.ask("erin", STATUS, "GLOBEX-1", tenant_slug="globex")
+    assert (forged.allowed, forged.reason) == (False, Reason.TOKEN_TENANT_MISMATCH)
+
+
+async def test_step_up_missing_or_stale_for_unlock(world: World) -> None:
+    fresh = await world.ask("alice", Permission.VEHICLE_UNLOCK, "ALICE-1")
+    assert (fresh.allowed, fresh.reason) == (True, Reason.OWNER)
+    for acr, age in (
+        (Acr.PASSWORD.value, timedelta(seconds=30)),  # no second factor
+        (Acr.MFA.value, timedelta(seconds=301)),  # a second factor, too long ago
+        (Acr.MFA.value, timedelta(seconds=-60)),  # a sign-in "from the future"
+    ):
+        decision = await world.ask(
+            "alice", Permission.VEHICLE_UNLOCK, "ALICE-1", acr=acr, auth_age=age
+        )
+        assert (decision.allowed, decision.reason) == (False, Reason.STEP_UP_REQUIRED), (acr, age)
+        assert decision.policy_ids == (Reason.STEP_UP_REQUIRED.value,)
+    exactly = await world.ask(
+        "alice", Permission.VEHICLE_UNLOCK, "ALICE-1", auth_age=timedelta(seconds=300)
+    )
+    assert exactly.allowed
+
+
+async def test_region_bar(world: World) -> None:
+    barred = CedarPdp(
+        SessionRelations(world.ctx.session),
+        config=PdpConfig(barred_regions={Permission.VEHICLE_REMOTE_START: frozenset({"EU"})}),
+    )
+    start = Permission.VEHICLE_REMOTE_START
+    # MALLORY-1 is an EU car: remote start is barred there, for its own owner too.
+    assert (await world.ask("mallory", start, "MALLORY-1")).allowed
+    eu = await world.ask("mallory", start, "MALLORY-1", pdp=barred)
+    assert (eu.allowed, eu.reason) == (False, Reason.REGION_BARRED)
+    assert (await world.ask("mallory", LOCK, "MALLORY-1", pdp=barred)).allowed
+    # ALICE-1 is in NA; a request coming from the EU is barred as well.
+    assert (await world.ask("alice", start, "ALICE-1", pdp=barred)).allowed
+    away = await world.ask("alice", start, "ALICE-1", pdp=barred, region="EU")
+    assert (away.allowed, away.reason) == (False, Reason.REGION_BARRED)
+    # No oracle: a stranger is not told that the car is in a barred region.
+    stranger = await world.ask("alice", start, "MALLORY-1", pdp=barred)
+    assert (stranger.allowed, stranger.reason) == (False, Reason.NO_RELATIONSHIP)
