@@ -25,8 +25,8 @@ from fleetward.api import (
     support,
 )
 from fleetward.api.middleware import RequestIdentityMiddleware
-from fleetward.catalog.inventory import inventory
 from fleetward.api.revocation_gate import RevocationGate
+from fleetward.catalog.inventory import inventory
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 
