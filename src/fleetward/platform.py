@@ -82,4 +82,5 @@ class Platform:
         return True, "ok"
 
     async def close(self) -> None:
+        await self.identity.close()
         await self.engine.dispose()

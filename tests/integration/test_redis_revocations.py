@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from conftest import require_service
 from fleetward.core.clock import SystemClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.redis_revocations import RedisRevocations
+from fleetward.identity.runtime import IdentityRuntime
 from fleetward.identity.tokens import AccessTokenIssuer, AccessTokenValidator, InvalidToken, Keyring
+from fleetward.settings import Settings
 
 REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -135,3 +138,32 @@ async def test_revoke_to_first_refusal_time(redis_pair: tuple[Redis, Redis, str]
         await replica.validate(token, surface=Surface.FLEET)
     elapsed_ms = (time.perf_counter() - started) * 1000
     print(f"revoke-to-first-refusal: {elapsed_ms:.2f} ms")
+
+
+async def test_runtime_uses_redis_when_configured(tmp_path: Path) -> None:
+    require_service("Redis", REDIS_URL)
+    clock = SystemClock()
+    settings = Settings(data_dir=tmp_path, redis_url=REDIS_URL)
+    replica_a = IdentityRuntime.build(settings, clock)
+    replica_b = IdentityRuntime.build(settings, clock)  # same keys, its own process state
+    assert isinstance(replica_a.revocations, RedisRevocations)
+    token = replica_a.tokens.issue(
+        subject=f"usr_{secrets.token_hex(4)}",
+        client_id="cli_r",
+        tenant="ten_r",
+        surface=Surface.MOBILE,
+        scopes=["vehicle:read_status"],
+        auth_time=clock.now(),
+        acr="x",
+        amr=["pwd"],
+        token_family=None,
+        subject_type="user",
+    )
+    await replica_b.validator.validate(token.token, surface=Surface.MOBILE)
+    await replica_a.revocations.revoke_user(token.claims.sub, clock.now())
+    try:
+        with pytest.raises(InvalidToken):
+            await replica_b.validator.validate(token.token, surface=Surface.MOBILE)
+    finally:
+        await replica_a.close()
+        await replica_b.close()

@@ -77,6 +77,9 @@ class RedisRevocations:
         ttl = max(1, math.ceil(until.timestamp() - datetime.now(until.tzinfo).timestamp()) + 1)
         await self._redis.set(self._key("jti", jti), 1, ex=ttl)
 
+    async def close(self) -> None:
+        await self._redis.aclose()
+
     async def revoked_reason(self, claims: AccessTokenClaims) -> str | None:
         keys = [
             self._key("user", claims.sub),

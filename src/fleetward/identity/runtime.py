@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from fleetward.core.clock import Clock
 from fleetward.core.datakey import DataKey
+from fleetward.identity.redis_revocations import RedisRevocations
 from fleetward.identity.tokens import (
     AccessTokenIssuer,
     AccessTokenValidator,
@@ -45,7 +48,8 @@ class IdentityRuntime:
     issuer: str
     tokens: AccessTokenIssuer
     validator: AccessTokenValidator
-    revocations: InMemoryRevocations
+    # In-process on the embedded default; Redis (shared by every replica) when configured.
+    revocations: InMemoryRevocations | RedisRevocations
     dpop: DpopVerifier
 
     @classmethod
@@ -53,7 +57,14 @@ class IdentityRuntime:
         data_key = load_data_key(settings)
         keyring = load_keyring(settings.data_dir / "keys", data_key, clock)
         issuer = settings.base_url
-        revocations = InMemoryRevocations()
+        revocations: InMemoryRevocations | RedisRevocations
+        if settings.redis_url is None:
+            revocations = InMemoryRevocations()
+        else:
+            # Connections are made on first use, not here (nothing connects at build time).
+            revocations = RedisRevocations(
+                Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=1.0)
+            )
         return cls(
             data_key=data_key,
             keyring=keyring,
@@ -65,3 +76,8 @@ class IdentityRuntime:
             revocations=revocations,
             dpop=DpopVerifier(clock, InMemoryReplayCache(clock)),
         )
+
+    async def close(self) -> None:
+        """Release connections (the Redis revocation store's pool, when configured)."""
+        if isinstance(self.revocations, RedisRevocations):
+            await self.revocations.close()
