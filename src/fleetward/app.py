@@ -6,6 +6,7 @@ Nothing connects here: the engine connects lazily on first use. The app refuses 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,8 +28,11 @@ from fleetward.api import (
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.revocation_gate import RevocationGate
 from fleetward.catalog.inventory import inventory
+from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.settings import Settings
+
+_log = get_logger("fleetward.app")
 
 _SURFACE_MODULES = (mobile, fleet, dealer, partner, support, admin)
 
@@ -43,9 +47,11 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         inventory(app.router.routes)
         # Revocations outlive restarts; authentication stays closed until they are loaded.
         await gate.try_load()
+        watcher = asyncio.create_task(_watch_keys(the_platform))
         try:
             yield
         finally:
+            watcher.cancel()
             await the_platform.close()
 
     app = FastAPI(
@@ -69,3 +75,16 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         app.include_router(module.router)
     inventory(app.router.routes)
     return app
+
+
+KEY_RELOAD_INTERVAL_SECONDS = 15.0
+
+
+async def _watch_keys(platform: Platform) -> None:
+    """Pick up key rotations done on disk by `fleetward keys rotate` or another replica."""
+    while True:
+        await asyncio.sleep(KEY_RELOAD_INTERVAL_SECONDS)
+        try:
+            platform.identity.keys_watcher.refresh()
+        except Exception as exc:  # keep serving with the keys we have; say why
+            _log.error("signing keys not reloaded", error_type=type(exc).__name__)

@@ -31,6 +31,47 @@ def load_data_key(settings: Settings) -> DataKey:
     return DataKey.load_or_create(settings.data_dir / "secrets" / "data.key")
 
 
+def rotate_keyring(settings: Settings, clock: Clock) -> str:
+    """Rotate the signing keys on disk: a new active key, the old one kept for verification
+    until its tokens have expired, keys past that pruned. Running servers pick the change up
+    through :class:`KeyringWatcher`. Returns the new key's kid."""
+    directory = settings.data_dir / "keys"
+    data_key = load_data_key(settings)
+    keyring = load_keyring(directory, data_key, clock)
+    fresh = keyring.rotate(clock.now())
+    keyring.prune(clock.now())
+    keyring.save(directory, data_key.derive(_KEYRING_PURPOSE))
+    return fresh.kid
+
+
+class KeyringWatcher:
+    """Reloads the keyring when its manifest changes on disk (a rotation by the CLI or
+    another replica sharing the directory). Keys only ever come from this local, encrypted
+    directory, never from anything a caller sends."""
+
+    def __init__(self, directory: Path, data_key: DataKey, keyring: Keyring) -> None:
+        self._directory = directory
+        self._data_key = data_key
+        self._keyring = keyring
+        self._seen = self._stamp()
+
+    def _stamp(self) -> int | None:
+        try:
+            return (self._directory / "manifest.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def refresh(self) -> bool:
+        """Adopt the keys on disk if they changed; True when it did."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        loaded = Keyring.load(self._directory, self._data_key.derive(_KEYRING_PURPOSE))
+        self._keyring.adopt(loaded)
+        self._seen = stamp
+        return True
+
+
 def load_keyring(directory: Path, data_key: DataKey, clock: Clock) -> Keyring:
     """The signing keyring from disk, or a new one saved there on first start."""
     passphrase = data_key.derive(_KEYRING_PURPOSE)
@@ -51,6 +92,7 @@ class IdentityRuntime:
     # In-process on the embedded default; Redis (shared by every replica) when configured.
     revocations: InMemoryRevocations | RedisRevocations
     dpop: DpopVerifier
+    keys_watcher: KeyringWatcher
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> IdentityRuntime:
@@ -75,6 +117,7 @@ class IdentityRuntime:
             validator=AccessTokenValidator(keyring, issuer, clock, revocations),
             revocations=revocations,
             dpop=DpopVerifier(clock, InMemoryReplayCache(clock)),
+            keys_watcher=KeyringWatcher(settings.data_dir / "keys", data_key, keyring),
         )
 
     async def close(self) -> None:

@@ -128,6 +128,12 @@ class Keyring:
                 return key
         raise KeyringError("keyring has no active key")  # unreachable: _replace guarantees one
 
+    def adopt(self, other: Keyring) -> None:
+        """Take over ``other``'s keys in place (a keyring reloaded from disk after a rotation
+        by another process), so every issuer and validator holding this object sees them."""
+        with self._lock:
+            self._replace(other.keys)
+
     def rotate(self, now: datetime) -> SigningKey:
         """Create a new active key; the old one is retired at ``now`` and kept for verifying."""
         with self._lock:
