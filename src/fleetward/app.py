@@ -16,6 +16,7 @@ from fleetward import __version__
 from fleetward.api import (
     admin,
     dealer,
+    devices,
     fleet,
     health,
     login,
@@ -24,10 +25,13 @@ from fleetward.api import (
     partner,
     problems,
     support,
+    vehicles,
 )
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.revocation_gate import RevocationGate
 from fleetward.catalog.inventory import inventory
+from fleetward.gateway import websocket as gateway_websocket
+from fleetward.gateway.telemetry_link import TelemetryLink
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.settings import Settings
@@ -40,6 +44,7 @@ _SURFACE_MODULES = (mobile, fleet, dealer, partner, support, admin)
 def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
     the_platform = platform or Platform.build(settings)
     gate = RevocationGate(the_platform)
+    telemetry = TelemetryLink(the_platform)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,10 +53,17 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         # Revocations outlive restarts; authentication stays closed until they are loaded.
         await gate.try_load()
         watcher = asyncio.create_task(_watch_keys(the_platform))
+        telemetry_started = False
+        if (await the_platform.store_ready())[0]:
+            # Vehicles are served only on a migrated store: telemetry needs its tables.
+            await telemetry.start()
+            telemetry_started = True
         try:
             yield
         finally:
             watcher.cancel()
+            if telemetry_started:
+                await telemetry.stop()
             await the_platform.close()
 
     app = FastAPI(
@@ -73,6 +85,11 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     app.include_router(oauth.router)
     for module in _SURFACE_MODULES:
         app.include_router(module.router)
+    app.include_router(vehicles.router)
+    app.include_router(devices.router)
+    gateway_websocket.install(
+        app, the_platform, handler=telemetry.pipeline, observer=telemetry.observer
+    )
     inventory(app.router.routes)
     return app
 

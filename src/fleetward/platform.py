@@ -16,6 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fleetward.audit.recorder import AuditRecorder
+from fleetward.authz.entities import StoreRelations
+from fleetward.authz.pdp import CedarPdp, PdpConfig, PolicyText
+from fleetward.authz.permissions import Permission
 from fleetward.core.clock import Clock, SystemClock
 from fleetward.identity.passwords import PasswordHasher
 from fleetward.identity.runtime import IdentityRuntime
@@ -36,17 +39,30 @@ class Platform:
     passwords: PasswordHasher
     limits: RelationshipLimits
     identity: IdentityRuntime
+    # The policy decision point. Routes bind it to their own session (CedarPdp.bind) so that a
+    # decision sees the request's transaction; unbound, it reads in short sessions of its own.
+    pdp: CedarPdp
 
     @classmethod
     def build(
-        cls, settings: Settings, *, clock: Clock | None = None, engine: AsyncEngine | None = None
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        engine: AsyncEngine | None = None,
+        policy: PolicyText | None = None,
     ) -> Platform:
+        """Raises :class:`fleetward.authz.pdp.PolicyInvalid` when the policy (the packaged one
+        unless ``policy`` is given) does not validate: the platform refuses to start."""
         the_clock = clock or SystemClock()
         the_engine = engine or create_engine(settings.resolved_database_url)
+        sessions = session_factory(the_engine)
+        # Compiled before anything else is built: an invalid policy stops start-up here.
+        pdp = CedarPdp(StoreRelations(sessions), policy=policy, config=_pdp_config(settings))
         return cls(
             settings=settings,
             engine=the_engine,
-            sessions=session_factory(the_engine),
+            sessions=sessions,
             clock=the_clock,
             audit=AuditRecorder(the_clock),
             passwords=PasswordHasher(
@@ -58,6 +74,7 @@ class Platform:
                 max_consent=timedelta(days=settings.max_consent_days),
             ),
             identity=IdentityRuntime.build(settings, the_clock),
+            pdp=pdp,
         )
 
     def unit_of_work(self) -> UnitOfWork:
@@ -84,3 +101,10 @@ class Platform:
     async def close(self) -> None:
         await self.identity.close()
         await self.engine.dispose()
+
+
+def _pdp_config(settings: Settings) -> PdpConfig:
+    barred: dict[Permission, frozenset[str]] = {}
+    if settings.remote_start_barred_regions:
+        barred[Permission.VEHICLE_REMOTE_START] = frozenset(settings.remote_start_barred_regions)
+    return PdpConfig(barred_regions=barred)

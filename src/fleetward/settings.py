@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # Lists are capped so that no request can ask for an unbounded page.
     max_page_size: Annotated[int, Field(ge=1, le=1000)] = 100
 
+    # Market regions where remote start is barred (vehicle region or request region), e.g.
+    # ["EU"]. Empty: barred nowhere.
+    remote_start_barred_regions: list[str] = []
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: SecretStr | None) -> SecretStr | None:

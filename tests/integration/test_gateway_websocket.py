@@ -22,7 +22,6 @@ from sqlalchemy import select
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from fleetward.api import devices as devices_api
 from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
@@ -65,14 +64,23 @@ CONFIG = "cfg-eu-2026a"
 
 
 class RecordingHandler:
-    """Answers each frame with ``ack:`` + frame and remembers which session sent it."""
+    """A stand-in pipeline: answers each frame with ``ack:`` + frame, and remembers which
+    session sent it, which sessions ended and what it was told about devices."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[DeviceSession, bytes]] = []
+        self.ended: list[str] = []
+        self.statuses: list[tuple[str, DeviceStatus, str]] = []
 
     async def handle(self, session: DeviceSession, frame: bytes) -> bytes:
         self.seen.append((session, frame))
         return b"ack:" + frame
+
+    def end_session(self, session_id: str) -> None:
+        self.ended.append(session_id)
+
+    def device_status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
+        self.statuses.append((device_id, status, reason))
 
 
 @dataclass
@@ -157,9 +165,8 @@ async def serving(platform: Platform, port: int, config: GatewayConfig) -> Async
         world = await build_device_world(platform, ctx)
         await uow.commit()
     app = build_app(platform.settings, platform=platform)
-    app.include_router(devices_api.router)
     handler = RecordingHandler()
-    gateway = install(app, platform, handler=handler, config=config)
+    gateway = install(app, platform, handler=handler, observer=handler, config=config)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     )
@@ -228,6 +235,8 @@ async def test_valid_handshake_opens_a_session_whose_identity_comes_from_it(
         await asyncio.sleep(0.05)
     [closed] = await server.audit(EventName.DEVICE_SESSION_CLOSED)
     assert closed.details["close"] == "by-device"
+    assert server.handler.ended == [connection.session_id]  # the pipeline forgets its keys
+    assert server.handler.statuses == []  # an active device: nothing to report
     assert server.gateway.registry.sessions(credentials.device_id) == []
     assert (await server.device(credentials.device_id)).last_peer == "127.0.0.1"
 
@@ -319,7 +328,8 @@ REFUSED: list[tuple[str, Setup, CloseCode, str]] = [
     ),
     # Validity is judged by the server's clock.
     ("expired", _expired, CloseCode.UNAUTHENTICATED, "certificate-expired"),
-    # Lifecycle: revoked, suspended, quarantined, decommissioned devices never connect.
+    # Lifecycle: revoked, suspended, decommissioned devices never connect (a quarantined one
+    # does: see test_a_quarantined_device_connects_and_is_reported).
     (
         "revoked",
         _after(lambda lc, d: lc.revoke(d, reason="lost", actor=FACTORY)),
@@ -331,12 +341,6 @@ REFUSED: list[tuple[str, Setup, CloseCode, str]] = [
         _after(lambda lc, d: lc.suspend(d, reason="check", actor=FACTORY)),
         CloseCode.UNAUTHENTICATED,
         "device-suspended",
-    ),
-    (
-        "quarantined",
-        _after(lambda lc, d: lc.quarantine(d, reason="clone", actor=FACTORY, details={})),
-        CloseCode.UNAUTHENTICATED,
-        "device-quarantined",
     ),
     (
         "decommissioned",
@@ -510,27 +514,71 @@ async def test_a_change_made_by_another_process_closes_the_session(server: Serve
 # --------------------------------------------------------------------------- cloned credentials
 
 
+async def _incidents(server: Server) -> list[DeviceIncident]:
+    async with server.platform.unit_of_work() as uow:
+        return list(await uow.session.scalars(select(DeviceIncident)))
+
+
 async def test_two_concurrent_sessions_quarantine_the_device(server: Server) -> None:
     credentials = await server.enrol()
     genuine = await server.open(credentials)
-    with pytest.raises(HandshakeRefused) as clone:
-        await server.open(credentials)  # the same identity, a second time, at once
-    assert clone.value.code == CloseCode.QUARANTINED
-    assert await _closed_with(genuine) == CloseCode.QUARANTINED
+    clone = await server.open(credentials)  # the same identity, a second time, at once
     device = await server.device(credentials.device_id)
     assert device.status is DeviceStatus.QUARANTINED
-    async with server.platform.unit_of_work() as uow:
-        [incident] = await uow.session.scalars(select(DeviceIncident))
+    [incident] = await _incidents(server)
     assert incident.device_id == credentials.device_id
     assert incident.kind is IncidentKind.CONCURRENT_SESSION
-    assert incident.details["other_sessions"] == [genuine.session_id]
+    assert incident.details == {
+        "session": clone.session_id,
+        "other_sessions": [genuine.session_id],
+    }
     [detected] = await server.audit(EventName.DEVICE_CLONE_DETECTED)
     assert detected.reason == "concurrent_session"
-    assert await server.audit(EventName.DEVICE_QUARANTINED)
-    # Quarantined means no more sessions until an operator acts.
-    with pytest.raises(HandshakeRefused) as again:
-        await server.open(credentials)
-    assert again.value.code == CloseCode.UNAUTHENTICATED
+    [quarantined] = await server.audit(EventName.DEVICE_QUARANTINED)
+    assert quarantined.reason == "clone-concurrent-session"
+    # Neither copy is told: both sessions go on, and the pipeline sets their frames apart.
+    assert server.handler.statuses == [
+        (credentials.device_id, DeviceStatus.QUARANTINED, "clone-concurrent-session")
+    ]
+    assert await genuine.request(b"a") == b"ack:a" and await clone.request(b"b") == b"ack:b"
+    assert genuine.close_code is None and clone.close_code is None
+    # An operator decides: revoking ends every session of the identity at once.
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        response = await http.post(
+            f"/admin/v1/devices/{credentials.device_id}/revoke",
+            json={"reason": "cloned"},
+            headers={"authorization": f"Bearer {_admin_token(server)}"},
+        )
+    assert response.status_code == 200, response.text
+    assert await _closed_with(genuine) == CloseCode.REVOKED
+    assert await _closed_with(clone) == CloseCode.REVOKED
+
+
+async def test_a_quarantined_device_connects_and_is_reported(server: Server) -> None:
+    credentials = await server.enrol()
+    await server.change(
+        lambda lc, d: lc.quarantine(d, reason="telemetry", actor=FACTORY, details={}),
+        credentials.device_id,
+    )
+    connection = await server.open(credentials)
+    assert await connection.request(b"x") == b"ack:x"
+    assert server.handler.statuses == [
+        (credentials.device_id, DeviceStatus.QUARANTINED, "admitted")
+    ]
+    # Released by an operator: the session goes on and the pipeline is told at once.
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        response = await http.post(
+            f"/admin/v1/devices/{credentials.device_id}/resume",
+            json={"reason": "false-positive"},
+            headers={"authorization": f"Bearer {_admin_token(server)}"},
+        )
+    assert response.status_code == 200, response.text
+    assert server.handler.statuses[-1] == (
+        credentials.device_id,
+        DeviceStatus.ACTIVE,
+        "false-positive",
+    )
+    assert await connection.request(b"y") == b"ack:y"
 
 
 async def test_a_new_network_identity_right_after_the_last_quarantines(server: Server) -> None:
@@ -539,16 +587,15 @@ async def test_a_new_network_identity_right_after_the_last_quarantines(server: S
     await first.close()
     await _closed_with(first)
     server.clock.advance(timedelta(seconds=5))
-    with pytest.raises(HandshakeRefused) as clone:
-        await server.open(credentials, local_address=("127.0.0.2", 0))
-    assert clone.value.code == CloseCode.QUARANTINED
-    async with server.platform.unit_of_work() as uow:
-        [incident] = await uow.session.scalars(select(DeviceIncident))
+    moved = await server.open(credentials, local_address=("127.0.0.2", 0))
+    [incident] = await _incidents(server)
     assert (incident.kind, incident.peer, incident.previous_peer) == (
         IncidentKind.PEER_CHANGED,
         "127.0.0.2",
         "127.0.0.1",
     )
+    assert (await server.device(credentials.device_id)).status is DeviceStatus.QUARANTINED
+    assert await moved.request(b"x") == b"ack:x"
 
 
 async def test_a_silent_session_is_superseded_not_taken_for_a_clone(server: Server) -> None:
@@ -560,6 +607,7 @@ async def test_a_silent_session_is_superseded_not_taken_for_a_clone(server: Serv
     assert await fresh.request(b"x") == b"ack:x"
     assert (await server.device(credentials.device_id)).status is DeviceStatus.ACTIVE
     assert await server.audit(EventName.DEVICE_CLONE_DETECTED) == []
+    assert await _incidents(server) == []
 
 
 async def test_rotation_hands_the_session_over_and_revokes_the_old_certificate(

@@ -17,7 +17,6 @@ Every decision is audited; after a change commits, the device's live sessions ar
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated
@@ -30,15 +29,11 @@ from fleetward.audit.events import Decision, EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.authz.decision import (
     AuthzRequest,
-    PrincipalRef,
-    Reason,
-    RequestContext,
     ResourceKind,
     ResourceRef,
     audit_decision,
 )
-from fleetward.authz.entities import Relations, RelationsRefused, SessionRelations
-from fleetward.authz.pdp import CedarPdp
+from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import (
     AUTHENTICATED,
@@ -54,7 +49,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.errors import CaseNotFound, NotPlatformAdmin
 from fleetward.devices.lifecycle import DeviceLifecycle
-from fleetward.devices.models import Device
+from fleetward.devices.models import Device, DeviceStatus
 from fleetward.devices.provisioning import Provisioning
 from fleetward.devices.views import (
     CertificateView,
@@ -68,7 +63,6 @@ from fleetward.devices.views import (
     ReplacementView,
     device_view,
 )
-from fleetward.gateway.registry import close_code_for
 from fleetward.gateway.websocket import GATEWAY_SURFACE, gateway_of
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, Tenant, TenantKind, User
@@ -152,35 +146,17 @@ async def _require_platform_admin(
     raise NotPlatformAdmin("this operation is for platform administrators", reason=reason)
 
 
-async def _close_sessions(request: Request, device: Device) -> None:
+async def _apply(request: Request, device_id: str, status: DeviceStatus, reason: str) -> None:
+    """After the change committed: close the device's sessions, or tell the pipeline."""
     gateway = gateway_of(request.app)
     if gateway is not None:
-        await gateway.registry.close_device(device.id, close_code_for(device.status))
+        await gateway.registry.apply(device_id, status, reason)
 
 
 async def _view(request: Request, ctx: ServiceContext, device: Device) -> DeviceView:
     gateway = gateway_of(request.app)
     live = len(gateway.registry.sessions(device.id)) if gateway else 0
     return await device_view(ctx, device, live_sessions=live)
-
-
-class _Unbound:
-    """The relation source of the shared compiled policy: never consulted (every use binds a
-    request's own source); if it were, it would deny."""
-
-    async def relations(
-        self,
-        principal: PrincipalRef,
-        context: RequestContext,
-        resources: Sequence[ResourceRef],
-    ) -> Relations:
-        raise RelationsRefused(Reason.PDP_ERROR)
-
-
-@functools.cache
-def _policy() -> CedarPdp:
-    """The packaged policy, compiled once on first use (not at import)."""
-    return CedarPdp(_Unbound())
 
 
 # ----------------------------------------------------------------------------- admin
@@ -291,7 +267,7 @@ def _transition_route(operation: str, purpose: str) -> None:
             }[operation]
             await move(device, reason=body.reason, actor=_admin_actor(caller))
             await uow.commit()
-            await _close_sessions(request, device)
+            await _apply(request, device.id, device.status, body.reason)
             return await _view(request, ctx, device)
 
 
@@ -331,7 +307,7 @@ async def re_enrol_device(
             lifetime=timedelta(hours=body.hours),
         )
         await uow.commit()
-    await _close_sessions(request, device)
+    await _apply(request, device.id, device.status, body.reason)
     return EnrolmentView.of(grant)
 
 
@@ -370,7 +346,8 @@ async def replace_tcu(
             ResourceRef(ResourceKind.DEALER_CASE, case_id),
             now=ctx.clock.now(),
         )
-        decision = await _policy().bind(SessionRelations(ctx.session)).decide(authz)
+        # The platform's one policy, validated at start-up, reading this transaction.
+        decision = await platform.pdp.bind(SessionRelations(ctx.session)).decide(authz)
         audit_decision(platform.audit, ctx.session, authz, decision)
         if not decision.allowed:
             await uow.commit()  # the denial's record
@@ -387,9 +364,7 @@ async def replace_tcu(
         )
         await uow.commit()
     if replacement.revoked_device_id is not None:
-        gateway = gateway_of(request.app)
-        if gateway is not None:
-            await gateway.registry.close_device(replacement.revoked_device_id, close_code_for(None))
+        await _apply(request, replacement.revoked_device_id, DeviceStatus.REVOKED, "tcu-replaced")
     grant = replacement.enrolment
     return ReplacementView(
         **EnrolmentView.of(grant).model_dump(), revoked_device_id=replacement.revoked_device_id

@@ -10,6 +10,7 @@ import typer
 
 from fleetward.cli import bench as bench_cli
 from fleetward.cli import catalog as catalog_cli
+from fleetward.cli import devices as devices_cli
 from fleetward.cli import keys as keys_cli
 from fleetward.cli import token as token_cli
 from fleetward.cli.runtime import demo_setup, load_or_exit, migrate_store, serve_app
@@ -19,6 +20,7 @@ app.add_typer(catalog_cli.app, name="catalog")
 app.command(name="token")(token_cli.token)
 app.add_typer(bench_cli.app, name="bench")
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(devices_cli.app, name="devices")
 
 
 @app.command()

@@ -78,5 +78,7 @@ def serve_app(settings: Settings) -> None:
         log_config=None,  # our structlog configuration (with redaction) handles uvicorn's logs
         proxy_headers=False,
         server_header=False,
+        # Before the handshake a peer is anonymous: cap what it may send in one message.
+        ws_max_size=256 * 1024,
     )
     uvicorn.Server(config).run()

@@ -52,6 +52,11 @@ class Suspicion:
     previous_peer: str | None
     other_sessions: tuple[str, ...]
 
+    @property
+    def reason(self) -> str:
+        """The quarantine's reason code, e.g. ``clone-concurrent-session``."""
+        return "clone-" + self.kind.value.replace("_", "-")
+
 
 @dataclass(frozen=True, slots=True)
 class CloneRules:
@@ -129,7 +134,7 @@ class CloneResponse:
         if device.status in QUARANTINABLE:
             await DeviceLifecycle(self._ctx).quarantine(
                 device,
-                reason=f"clone-{suspicion.kind.value}".replace("_", "-"),
+                reason=suspicion.reason,
                 actor=DETECTOR,
                 details={"incident": incident.id},
             )

@@ -44,7 +44,11 @@ class StoreDeviceStatus:
 
     async def status(self, device_id: str) -> DeviceStatus | None:
         async with self._platform.unit_of_work() as uow:
-            device = await uow.session.get(Device, device_id) if is_id(device_id, "dev") else None
+            device = (
+                await uow.session.get(Device, device_id)
+                if is_id(device_id, DEVICE_ID_PREFIX)
+                else None
+            )
             return device.status if device else None
 
     async def quarantined_devices(self) -> list[str]:

@@ -70,7 +70,6 @@ class CloseCode(IntEnum):
 
     REVOKED = 4001  # the device or certificate was revoked, decommissioned or expired
     SUSPENDED = 4002
-    QUARANTINED = 4003  # cloned credentials suspected; an operator must act
     SUPERSEDED = 4004  # a new session of the same device replaced a silent one
     ROTATED = 4005  # the device's new certificate was used: the old session ends
     IDLE = 4006  # nothing received within the idle timeout

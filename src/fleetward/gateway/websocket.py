@@ -1,9 +1,10 @@
 """The WebSocket transport: ``/gateway/v1/ws``, the embedded default served by ``fleetward serve``.
 
 Per connection: send CHALLENGE, read RESPONSE within the handshake timeout, verify it
-(:class:`ServerHandshake`), admit the device against the store, judge clone rules and claim a
-place in the session registry, record the session, send WELCOME; then hand each binary frame
-to the :class:`FrameHandler` and send its reply. Identity comes only from this handshake:
+(:class:`ServerHandshake`), admit the device against the store, take a place in the session
+registry, judge the clone rules (a finding quarantines the device: recorded, flagged, the
+pipeline told; the sessions go on), record the session, send WELCOME; then hand each binary
+frame to the :class:`FrameHandler` and send its reply. Identity comes only from this handshake:
 nothing a frame says can change who the session belongs to.
 
 Every refusal closes with a :class:`CloseCode` and is audited with its precise reason. No
@@ -40,9 +41,15 @@ from fleetward.devices.admission import (
 )
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.clones import DEFAULT_LIVENESS_WINDOW, CloneResponse, CloneRules
-from fleetward.gateway.handler import FrameHandler, UnavailableHandler
+from fleetward.devices.models import DeviceStatus
+from fleetward.gateway.handler import (
+    FrameHandler,
+    NoObserver,
+    SessionObserver,
+    UnavailableHandler,
+)
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ProvenDevice, ServerHandshake
-from fleetward.gateway.registry import Claim, LiveSession, SessionRegistry
+from fleetward.gateway.registry import LiveSession, SessionRegistry
 from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
@@ -73,6 +80,7 @@ class Gateway:
 
     platform: Platform
     handler: FrameHandler
+    observer: SessionObserver
     config: GatewayConfig
     registry: SessionRegistry = field(init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
@@ -81,6 +89,7 @@ class Gateway:
         self.registry = SessionRegistry(
             self.platform.clock,
             StoreCredentialCheck(self.platform.sessions, self.platform.clock),
+            self.observer,
             liveness_window=self.config.liveness_window,
             poll_interval=self.config.credential_poll,
         )
@@ -117,6 +126,10 @@ class Gateway:
             await live.close(CloseCode.INTERNAL)
         finally:
             self.registry.release(live)
+            try:
+                self.observer.end_session(live.session.session_id)
+            except Exception as exc:  # the observer's failure must not skip the record
+                logger.error("gateway.observer_failed", error=type(exc).__name__)
             await self._record_close(live)
 
     # ------------------------------------------------------------------ handshake
@@ -180,8 +193,8 @@ class Gateway:
                 if admitted.first_use_of_rotation
                 else frozenset()
             )
-            claim = self.registry.claim(live, handover_serials=handover)
             device = admitted.device
+            claim = self.registry.claim(live, status=device.status, handover_serials=handover)
             suspicion = rules.assess(
                 peer=peer,
                 now=now,
@@ -189,20 +202,17 @@ class Gateway:
                 last_peer=device.last_peer,
                 last_seen_at=device.last_seen_at,
             )
-            if suspicion is not None:
-                self.registry.release(live)
-                await CloneResponse(ctx).quarantine(
-                    device,
-                    suspicion,
-                    peer=peer,
-                    certificate_serial=proven.certificate_serial,
-                    session_id=session.session_id,
-                    tenant_id=admitted.tenant_id,
-                )
-                await uow.commit()
-                await self._end_all(claim, device.id, CloseCode.QUARANTINED)
-                raise HandshakeFailure(suspicion.kind.value, CloseCode.QUARANTINED, device.id)
             try:
+                if suspicion is not None:
+                    # Recorded and flagged; the sessions go on with their frames set apart.
+                    await CloneResponse(ctx).quarantine(
+                        device,
+                        suspicion,
+                        peer=peer,
+                        certificate_serial=proven.certificate_serial,
+                        session_id=session.session_id,
+                        tenant_id=admitted.tenant_id,
+                    )
                 await DeviceAdmission(ctx).opened(
                     admitted,
                     session_id=session.session_id,
@@ -217,17 +227,13 @@ class Gateway:
             except BaseException:
                 self.registry.release(live)
                 raise
+        if suspicion is not None:
+            self.registry.status_changed(device.id, DeviceStatus.QUARANTINED, suspicion.reason)
         for old in claim.silent:
             await old.close(CloseCode.SUPERSEDED)
         for old in claim.handed_over:
             await old.close(CloseCode.ROTATED)
         return live
-
-    async def _end_all(self, claim: Claim, device_id: str, code: CloseCode) -> None:
-        for old in (*claim.live, *claim.silent, *claim.handed_over):
-            self.registry.release(old)
-            await old.close(code)
-        await self.registry.close_device(device_id, code)
 
     async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
         try:
@@ -345,10 +351,19 @@ def install(
     platform: Platform,
     *,
     handler: FrameHandler | None = None,
+    observer: SessionObserver | None = None,
     config: GatewayConfig | None = None,
 ) -> Gateway:
-    """Add the WebSocket route and the gateway state to ``app``; returns the gateway."""
-    gateway = Gateway(platform, handler or UnavailableHandler(), config or GatewayConfig())
+    """Add the WebSocket route and the gateway state to ``app``; returns the gateway.
+
+    ``handler`` and ``observer`` are the telemetry pipeline once it is wired in; without one,
+    every frame is answered ``unavailable`` and nothing is kept."""
+    gateway = Gateway(
+        platform,
+        handler or UnavailableHandler(),
+        observer or NoObserver(),
+        config or GatewayConfig(),
+    )
     app.state.gateway = gateway
     app.include_router(router)
     return gateway

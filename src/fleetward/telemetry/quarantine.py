@@ -154,6 +154,11 @@ class QuarantinePolicy:
         """Why the device is quarantined, or None."""
         return self._quarantined.get(device_id)
 
+    def mark(self, device_id: str, reason: str) -> None:
+        """Set the device's frames apart from now on (the devices side quarantined it, e.g.
+        after a cloned-credential finding); its status flag is already set there."""
+        self._quarantined.setdefault(device_id, reason)
+
     def release(self, device_id: str) -> None:
         """Lift the quarantine (after an operator cleared the device's status flag)."""
         self._quarantined.pop(device_id, None)

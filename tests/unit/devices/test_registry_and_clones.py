@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleetward.core.clock import FrozenClock
-from fleetward.devices.admission import Withdrawal
+from fleetward.devices.admission import Credentials
 from fleetward.devices.clones import CloneRules, OtherSession
 from fleetward.devices.models import DeviceStatus, IncidentKind
 from fleetward.gateway.handshake import CloseCode
@@ -22,7 +22,6 @@ from fleetward.gateway.registry import (
     MAX_FAILED_CHECKS,
     LiveSession,
     SessionRegistry,
-    close_code_for,
 )
 from fleetward.gateway.session import DeviceSession, Transport
 
@@ -31,17 +30,36 @@ WINDOW = timedelta(seconds=30)
 
 
 class FakeCheck:
+    """The store as the watcher sees it: every device active unless told otherwise."""
+
     def __init__(self) -> None:
-        self.withdraw: dict[str, DeviceStatus | None] = {}
+        self.statuses: dict[str, DeviceStatus | None] = {}
+        self.withdrawn: set[str] = set()
         self.failures = 0
         self.calls = 0
 
-    async def withdrawn(self, live: Sequence[tuple[str, str, str]]) -> list[Withdrawal]:
+    async def current(self, live: Sequence[tuple[str, str]]) -> Credentials:
         self.calls += 1
         if self.failures:
             self.failures -= 1
             raise ConnectionError("store unreachable")
-        return [Withdrawal(sid, self.withdraw[sid]) for sid, _, _ in live if sid in self.withdraw]
+        statuses = {
+            device: status
+            for device, _ in live
+            if (status := self.statuses.get(device, DeviceStatus.ACTIVE)) is not None
+        }
+        return Credentials(statuses, frozenset(self.withdrawn))
+
+
+class FakeObserver:
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, DeviceStatus]] = []
+
+    def end_session(self, session_id: str) -> None:
+        return None
+
+    def device_status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
+        self.changes.append((device_id, status))
 
 
 class Closed:
@@ -83,24 +101,33 @@ def check() -> FakeCheck:
 
 
 @pytest.fixture
-def registry(clock: FrozenClock, check: FakeCheck) -> SessionRegistry:
+def observer() -> FakeObserver:
+    return FakeObserver()
+
+
+@pytest.fixture
+def registry(clock: FrozenClock, check: FakeCheck, observer: FakeObserver) -> SessionRegistry:
     return SessionRegistry(
-        clock, check, liveness_window=WINDOW, poll_interval=timedelta(milliseconds=20)
+        clock, check, observer, liveness_window=WINDOW, poll_interval=timedelta(milliseconds=20)
     )
 
 
-async def test_a_second_live_session_of_a_device_is_not_registered(
+ACTIVE = DeviceStatus.ACTIVE
+
+
+async def test_a_second_live_session_of_a_device_is_reported(
     registry: SessionRegistry, clock: FrozenClock
 ) -> None:
     first, _ = _live(clock, "ses_1")
     second, _ = _live(clock, "ses_2")
     other_device, _ = _live(clock, "ses_3", device="dev_b")
-    assert registry.claim(first).registered
-    assert registry.claim(other_device).registered  # another device is no conflict
+    assert registry.claim(first, status=ACTIVE).live == ()
+    assert registry.claim(other_device, status=ACTIVE).live == ()  # another device: no clash
     clock.advance(WINDOW - timedelta(seconds=1))
-    claim = registry.claim(second)
-    assert (claim.registered, claim.live) == (False, (first,))
-    assert registry.sessions("dev_a") == [first]
+    claim = registry.claim(second, status=ACTIVE)
+    assert (claim.live, claim.silent) == ((first,), ())
+    # Both stay: the clone rules judge, quarantine keeps the sessions, the pipeline sets apart.
+    assert registry.sessions("dev_a") == [first, second]
     await registry.close_device("dev_a", CloseCode.REVOKED)
     await registry.close_device("dev_b", CloseCode.REVOKED)
     await registry.idle()
@@ -110,12 +137,12 @@ async def test_a_silent_session_is_superseded(
     registry: SessionRegistry, clock: FrozenClock
 ) -> None:
     first, _ = _live(clock, "ses_1")
-    registry.claim(first)
+    registry.claim(first, status=ACTIVE)
     first.touch(clock.now() + timedelta(seconds=5))  # heard from, then silent
     clock.advance(WINDOW + timedelta(seconds=5))
     second, _ = _live(clock, "ses_2")
-    claim = registry.claim(second)
-    assert (claim.registered, claim.silent, claim.live) == (True, (first,), ())
+    claim = registry.claim(second, status=ACTIVE)
+    assert (claim.silent, claim.live) == ((first,), ())
     assert registry.sessions("dev_a") == [second]
     registry.release(first)  # the superseded session ending later removes nothing
     assert registry.sessions("dev_a") == [second]
@@ -128,9 +155,10 @@ async def test_rotation_hands_over_instead_of_conflicting(
 ) -> None:
     old, _ = _live(clock, "ses_1", serial="old")
     new, _ = _live(clock, "ses_2", serial="new")
-    registry.claim(old)
-    claim = registry.claim(new, handover_serials=frozenset({"old"}))
-    assert (claim.registered, claim.handed_over) == (True, (old,))
+    registry.claim(old, status=ACTIVE)
+    claim = registry.claim(new, status=ACTIVE, handover_serials=frozenset({"old"}))
+    assert (claim.handed_over, claim.live) == ((old,), ())
+    assert registry.sessions("dev_a") == [new]
     registry.release(new)
     await registry.idle()
 
@@ -139,7 +167,7 @@ async def test_close_device_closes_every_session_once(
     registry: SessionRegistry, clock: FrozenClock
 ) -> None:
     live, closed = _live(clock, "ses_1")
-    registry.claim(live)
+    registry.claim(live, status=ACTIVE)
     assert await registry.close_device("dev_a", CloseCode.SUSPENDED) == 1
     assert await registry.close_device("dev_a", CloseCode.REVOKED) == 0
     await live.close(CloseCode.REVOKED)
@@ -148,34 +176,63 @@ async def test_close_device_closes_every_session_once(
     await registry.idle()
 
 
+WATCHED: list[tuple[str, DeviceStatus | None, bool, CloseCode | None]] = [
+    # Changes made by another process reach the sessions within a poll interval.
+    ("revoked", DeviceStatus.REVOKED, False, CloseCode.REVOKED),
+    ("decommissioned", DeviceStatus.DECOMMISSIONED, False, CloseCode.REVOKED),
+    ("suspended", DeviceStatus.SUSPENDED, False, CloseCode.SUSPENDED),
+    ("device-gone", None, False, CloseCode.REVOKED),
+    ("certificate-revoked", ACTIVE, True, CloseCode.REVOKED),
+    # Quarantine keeps the session (the pipeline sets its frames apart) and is reported.
+    ("quarantined", DeviceStatus.QUARANTINED, False, None),
+]
+
+
 @pytest.mark.parametrize(
-    ("status", "code"),
-    [
-        (DeviceStatus.REVOKED, CloseCode.REVOKED),
-        (DeviceStatus.DECOMMISSIONED, CloseCode.REVOKED),
-        (DeviceStatus.SUSPENDED, CloseCode.SUSPENDED),
-        (DeviceStatus.QUARANTINED, CloseCode.QUARANTINED),
-        (None, CloseCode.REVOKED),  # the certificate was revoked or expired
-    ],
+    ("case", "status", "withdrawn", "code"), WATCHED, ids=[w[0] for w in WATCHED]
 )
-async def test_watcher_closes_sessions_whose_credential_was_withdrawn(
+async def test_watcher_applies_changes_made_elsewhere(
     registry: SessionRegistry,
     clock: FrozenClock,
     check: FakeCheck,
+    observer: FakeObserver,
+    case: str,
     status: DeviceStatus | None,
-    code: CloseCode,
+    withdrawn: bool,
+    code: CloseCode | None,
 ) -> None:
-    kept, kept_closed = _live(clock, "ses_1", device="dev_keep")
-    withdrawn, closed = _live(clock, "ses_2", device="dev_gone")
-    registry.claim(kept)
-    registry.claim(withdrawn)
-    check.withdraw["ses_2"] = status
+    kept, kept_closed = _live(clock, "ses_1", device="dev_keep", serial="s-keep")
+    changed, closed = _live(clock, "ses_2", device="dev_changed", serial="s-changed")
+    registry.claim(kept, status=ACTIVE)
+    registry.claim(changed, status=ACTIVE)
+    check.statuses["dev_changed"] = status
+    if withdrawn:
+        check.withdrawn.add("s-changed")
+    calls = check.calls
     async with asyncio.timeout(2):
-        while not closed.codes:  # noqa: ASYNC110 - polling the fake's effect
+        while check.calls < calls + 2:  # noqa: ASYNC110 - polling the fake's effect
             await asyncio.sleep(0.01)
-    assert closed.codes == [code] and close_code_for(status) == code
+    assert closed.codes == ([code] if code else [])
+    assert registry.sessions("dev_changed") == ([] if code else [changed])
+    expected = [("dev_changed", DeviceStatus.QUARANTINED)] if case == "quarantined" else []
+    assert observer.changes == expected
     assert kept_closed.codes == [] and registry.sessions("dev_keep") == [kept]
-    registry.release(kept)
+    await registry.close_device("dev_keep", CloseCode.REVOKED)
+    await registry.close_device("dev_changed", CloseCode.REVOKED)
+    await registry.idle()
+
+
+async def test_apply_closes_or_informs(
+    registry: SessionRegistry, clock: FrozenClock, observer: FakeObserver
+) -> None:
+    live, closed = _live(clock, "ses_1")
+    registry.claim(live, status=DeviceStatus.QUARANTINED)
+    # The first session of an already quarantined device is reported as such.
+    assert observer.changes == [("dev_a", DeviceStatus.QUARANTINED)]
+    await registry.apply("dev_a", ACTIVE, "false-positive")  # an operator's release
+    assert observer.changes[-1] == ("dev_a", ACTIVE) and closed.codes == []
+    await registry.apply("dev_a", DeviceStatus.SUSPENDED, "check")
+    assert closed.codes == [CloseCode.SUSPENDED] and registry.sessions("dev_a") == []
     await registry.idle()
 
 
@@ -184,7 +241,7 @@ async def test_watcher_fails_closed_only_after_repeated_failures(
 ) -> None:
     live, closed = _live(clock, "ses_1")
     check.failures = MAX_FAILED_CHECKS - 1
-    registry.claim(live)
+    registry.claim(live, status=ACTIVE)
     async with asyncio.timeout(2):
         while check.calls <= MAX_FAILED_CHECKS:  # noqa: ASYNC110 - polling the fake's effect
             await asyncio.sleep(0.01)

@@ -1,0 +1,147 @@
+"""One authorization helper for routes: ask the PDP, audit the answer, turn a deny into the
+right problem.
+
+* object routes: every denial is the same 404 as a missing object (not-yours and not-found
+  answer the same; the body carries no reason);
+* function routes (``object_route=False``): a denial is 403;
+* ``step-up-required`` (reported by the PDP only when a permit would otherwise allow) is the
+  RFC 9470 ``insufficient_user_authentication`` challenge (401).
+
+Fail closed: any error while deciding or recording is a deny (``pdp-error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from fastapi import Request
+
+from fleetward.api.auth import Caller, StepUp, StepUpRequired, _challenge
+from fleetward.authz.decision import (
+    AuthzRequest,
+    Decision,
+    Reason,
+    ResourceRef,
+    audit_decision,
+)
+from fleetward.authz.entities import SessionRelations
+from fleetward.authz.permissions import Permission
+from fleetward.core.errors import Forbidden, NotFound
+from fleetward.observability.logging import get_logger
+from fleetward.platform import Platform
+from fleetward.services import ServiceContext
+
+logger = get_logger(__name__)
+
+_STEP_UP: Final = StepUp()
+
+
+class ObjectNotFound(NotFound):
+    """Not found and not authorized, indistinguishable by construction."""
+
+    code = "not-found"
+    title = "Not found"
+
+
+class NotPermitted(Forbidden):
+    code = "forbidden"
+    title = "Forbidden"
+
+
+def not_found() -> ObjectNotFound:
+    """The one body every object route answers for a missing or not-permitted object."""
+    return ObjectNotFound("no such object")
+
+
+def _refusal(decision: Decision, *, object_route: bool) -> Exception:
+    if decision.reason is Reason.STEP_UP_REQUIRED:
+        return StepUpRequired(
+            "this operation needs a stronger or more recent sign-in",
+            reason="step-up",
+            headers=_challenge(
+                "Bearer",
+                "insufficient_user_authentication",
+                "a stronger or more recent authentication is required",
+                acr_values=_STEP_UP.acr.value,
+                max_age=str(int(_STEP_UP.max_age.total_seconds())),
+            ),
+        )
+    if object_route:
+        return not_found()
+    return NotPermitted("this operation is not permitted to the caller")
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def build_request(
+    platform: Platform, caller: Caller, action: Permission, resource: ResourceRef
+) -> AuthzRequest:
+    return AuthzRequest.from_claims(
+        caller.claims, caller.surface, action, resource, now=platform.clock.now()
+    )
+
+
+async def decide_many(
+    request: Request,
+    caller: Caller,
+    action: Permission,
+    resources: Sequence[ResourceRef],
+    *,
+    ctx: ServiceContext,
+) -> list[Decision]:
+    """Decisions for many resources (list filtering), each recorded in ``ctx``'s transaction
+    (the route commits it). Never raises for a decision the PDP cannot make: it denies."""
+    platform = _platform(request)
+    asks = [build_request(platform, caller, action, r) for r in resources]
+    if not asks:
+        return []
+    try:
+        decisions = await platform.pdp.bind(SessionRelations(ctx.session)).decide_many(asks)
+    except Exception as exc:  # fail closed; the PDP should never raise, but a bug denies
+        logger.warning("authz.route_error", error=type(exc).__name__)
+        decisions = [Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version) for _ in asks]
+    for ask, decision in zip(asks, decisions, strict=True):
+        audit_decision(platform.audit, ctx.session, ask, decision)
+    return decisions
+
+
+async def authorize(
+    request: Request,
+    caller: Caller,
+    action: Permission,
+    resource: ResourceRef,
+    *,
+    object_route: bool = True,
+    ctx: ServiceContext | None = None,
+) -> Decision:
+    """Decide, audit, and raise on deny. With ``ctx`` the relations are read in the route's
+    transaction and an allow is recorded there (the route commits it); a denial is always
+    recorded in a transaction of its own, because the route's is rolled back by the refusal.
+    Returns the allowed decision (its obligations are the route's to apply)."""
+    platform = _platform(request)
+    ask = build_request(platform, caller, action, resource)
+    try:
+        pdp = platform.pdp if ctx is None else platform.pdp.bind(SessionRelations(ctx.session))
+        decision = await pdp.decide(ask)
+    except Exception as exc:  # fail closed
+        logger.warning("authz.route_error", error=type(exc).__name__)
+        decision = Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version)
+    if decision.allowed:
+        if ctx is not None:
+            audit_decision(platform.audit, ctx.session, ask, decision)
+        else:
+            async with platform.unit_of_work() as uow:
+                audit_decision(platform.audit, uow.session, ask, decision)
+                await uow.commit()
+        return decision
+    async with platform.unit_of_work() as uow:
+        audit_decision(platform.audit, uow.session, ask, decision)
+        await uow.commit()
+    raise _refusal(decision, object_route=object_route)
+
+
+__all__ = ["NotPermitted", "ObjectNotFound", "authorize", "decide_many", "not_found"]

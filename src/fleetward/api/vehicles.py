@@ -1,0 +1,413 @@
+"""Vehicle object routes on the mobile, fleet, dealer and partner surfaces.
+
+Every route authenticates for its surface (the catalog permission must be in scope) and asks
+the PDP about the vehicle (:func:`fleetward.api.authorize.authorize`); an unknown vehicle and
+a vehicle the caller may not see answer the same 404. Lists are filtered in the query to the
+vehicles the caller has a relationship with, and each row is decided again by the PDP. Fields
+follow permissions: location only with ``vehicle:read_location``; partners get minimised
+fields (``Obligation.MINIMISE_FIELDS``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetward.api.auth import Caller, authenticate
+from fleetward.api.authorize import authorize, decide_many, not_found
+from fleetward.api.routing import surface_router
+from fleetward.authz.decision import ResourceRef
+from fleetward.authz.permissions import Permission
+from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
+from fleetward.core.errors import InvalidInput
+from fleetward.core.surfaces import Surface
+from fleetward.platform import Platform
+from fleetward.telemetry.models import TelemetryMessage
+from fleetward.vehicles.models import (
+    DriverDelegation,
+    FleetVehicle,
+    Ownership,
+    Vehicle,
+)
+
+OWNER: Final = "authz-team"
+_LOCATION_PREFIX: Final = "Vehicle.CurrentLocation."
+_MAX_CURSOR: Final = 128
+
+
+class VehicleView(BaseModel):
+    id: str
+    vin: str
+    label: str
+    model: str
+    region: str
+
+
+class LocationView(BaseModel):
+    latitude: float | None
+    longitude: float | None
+    heading: float | None
+    recorded_at: str | None
+
+
+class VehicleDetail(VehicleView):
+    # Present only when the caller may read the location (vehicle:read_location).
+    location: LocationView | None = None
+
+
+class VehiclePage(BaseModel):
+    items: list[VehicleView]
+    next_cursor: str | None
+
+
+class StateView(BaseModel):
+    recorded_at: str
+    signals: dict[str, Any]
+
+
+class StatusView(BaseModel):
+    id: str
+    label: str
+    model: str
+    region: str
+    state: StateView | None
+
+
+class MinimisedStatusView(BaseModel):
+    """What a partner sees: the vehicle id and non-location signals, nothing about people."""
+
+    id: str
+    state: StateView | None
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def _entry(
+    surface: Surface,
+    purpose: str,
+    permission: Permission,
+    data_class: DataClass,
+    *,
+    caller: CallerType = CallerType.USER,
+    rate: int = 60,
+) -> CatalogEntry:
+    return CatalogEntry(
+        surface=surface,
+        owner=OWNER,
+        purpose=purpose,
+        callers=frozenset({caller}),
+        permission=permission,
+        data_class=data_class,
+        objects=("vehicle",),
+        impact=frozenset({Impact.PRIVACY}),
+        expected_rate_per_minute=rate,
+        tags=("vehicles",),
+    )
+
+
+def _encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    if len(cursor) > _MAX_CURSOR:
+        raise InvalidInput("the cursor is not valid", reason="cursor")
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        last_id = raw.decode("ascii")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidInput("the cursor is not valid", reason="cursor") from None
+    if not last_id or not last_id.isprintable():
+        raise InvalidInput("the cursor is not valid", reason="cursor")
+    return last_id
+
+
+async def _latest(session: AsyncSession, vehicle_id: str) -> TelemetryMessage | None:
+    found: TelemetryMessage | None = await session.scalar(
+        select(TelemetryMessage)
+        .where(TelemetryMessage.vehicle_id == vehicle_id)
+        .order_by(TelemetryMessage.device_time.desc())
+        .limit(1)
+    )
+    return found
+
+
+def _state(message: TelemetryMessage | None) -> StateView | None:
+    if message is None:
+        return None
+    signals = {k: v for k, v in message.signals.items() if not k.startswith(_LOCATION_PREFIX)}
+    return StateView(recorded_at=message.device_time.isoformat(), signals=signals)
+
+
+def _location(message: TelemetryMessage | None) -> LocationView:
+    signals = message.signals if message is not None else {}
+
+    def number(name: str) -> float | None:
+        value = signals.get(_LOCATION_PREFIX + name)
+        return float(value) if isinstance(value, int | float) else None
+
+    return LocationView(
+        latitude=number("Latitude"),
+        longitude=number("Longitude"),
+        heading=number("Heading"),
+        recorded_at=message.device_time.isoformat() if message is not None else None,
+    )
+
+
+def _view(vehicle: Vehicle) -> VehicleView:
+    return VehicleView(
+        id=vehicle.id,
+        vin=vehicle.vin,
+        label=vehicle.label,
+        model=vehicle.model,
+        region=vehicle.region,
+    )
+
+
+def _related(caller: Caller, now: Any) -> Any:
+    """Vehicles this person has some relationship with now, as a WHERE clause. A superset
+    of what they may read (the PDP decides each row); never another person's list."""
+    sub = caller.claims.sub
+    owned = select(Ownership.vehicle_id).where(
+        Ownership.owner_user_id == sub,
+        Ownership.valid_from <= now,
+        or_(Ownership.valid_until.is_(None), Ownership.valid_until > now),
+    )
+    driven = select(DriverDelegation.vehicle_id).where(
+        DriverDelegation.driver_user_id == sub,
+        DriverDelegation.revoked_at.is_(None),
+        DriverDelegation.valid_from <= now,
+        DriverDelegation.valid_until > now,
+    )
+    fleet = select(FleetVehicle.vehicle_id).where(
+        FleetVehicle.tenant_id == caller.claims.tenant,
+        FleetVehicle.valid_from <= now,
+        or_(FleetVehicle.valid_until.is_(None), FleetVehicle.valid_until > now),
+    )
+    return or_(Vehicle.id.in_(owned), Vehicle.id.in_(driven), Vehicle.id.in_(fleet))
+
+
+def _object_routes(surface: Surface) -> APIRouter:
+    """List, read, status and location for a person's own vehicles (mobile, fleet)."""
+    router = surface_router(surface)
+    authenticated = Depends(authenticate(surface))
+
+    @router.get("/vehicles", name=f"{surface.value}:vehicles:list", response_model=VehiclePage)
+    @catalogued(
+        _entry(
+            surface,
+            "the vehicles the caller may read, a page at a time",
+            Permission.VEHICLE_READ_STATUS,
+            DataClass.PERSONAL,
+        )
+    )
+    async def list_vehicles(
+        request: Request,
+        caller: Caller = authenticated,
+        limit: Annotated[int, Query(ge=1)] = 50,
+        cursor: Annotated[str | None, Query(max_length=_MAX_CURSOR)] = None,
+    ) -> VehiclePage:
+        platform = _platform(request)
+        size = min(limit, platform.settings.max_page_size)
+        after = _decode_cursor(cursor)
+        if caller.claims.sub_type != "user":
+            return VehiclePage(items=[], next_cursor=None)
+        async with platform.services() as (uow, ctx):
+            query = select(Vehicle).where(_related(caller, ctx.clock.now()))
+            if after is not None:
+                query = query.where(Vehicle.id > after)
+            rows = list(await ctx.session.scalars(query.order_by(Vehicle.id).limit(size + 1)))
+            page, more = rows[:size], len(rows) > size
+            decisions = await decide_many(
+                request,
+                caller,
+                Permission.VEHICLE_READ_STATUS,
+                [ResourceRef.vehicle(v.id) for v in page],
+                ctx=ctx,
+            )
+            await uow.commit()  # the decisions' audit records
+        items = [_view(v) for v, d in zip(page, decisions, strict=True) if d.allowed]
+        return VehiclePage(items=items, next_cursor=_encode_cursor(page[-1].id) if more else None)
+
+    @router.get(
+        "/vehicles/{vehicle_id}",
+        name=f"{surface.value}:vehicles:read",
+        response_model=VehicleDetail,
+        response_model_exclude_none=True,
+    )
+    @catalogued(
+        _entry(
+            surface,
+            "one vehicle; its location only when the caller may read it",
+            Permission.VEHICLE_READ_STATUS,
+            DataClass.PERSONAL,
+        )
+    )
+    async def read_vehicle(
+        vehicle_id: str, request: Request, caller: Caller = authenticated
+    ) -> VehicleDetail:
+        platform = _platform(request)
+        async with platform.services() as (uow, ctx):
+            resource = ResourceRef.vehicle(vehicle_id)
+            await authorize(request, caller, Permission.VEHICLE_READ_STATUS, resource, ctx=ctx)
+            vehicle = await ctx.session.get(Vehicle, vehicle_id)
+            if vehicle is None:  # the PDP saw it a moment ago
+                raise not_found()
+            (location,) = await decide_many(
+                request, caller, Permission.VEHICLE_READ_LOCATION, [resource], ctx=ctx
+            )
+            where = _location(await _latest(ctx.session, vehicle.id)) if location.allowed else None
+            await uow.commit()
+        return VehicleDetail(**_view(vehicle).model_dump(), location=where)
+
+    @router.get(
+        "/vehicles/{vehicle_id}/status",
+        name=f"{surface.value}:vehicles:status",
+        response_model=StatusView,
+    )
+    @catalogued(
+        _entry(
+            surface,
+            "a vehicle's registry fields and latest reported state (no location)",
+            Permission.VEHICLE_READ_STATUS,
+            DataClass.VEHICLE_STATE,
+        )
+    )
+    async def read_status(
+        vehicle_id: str, request: Request, caller: Caller = authenticated
+    ) -> StatusView:
+        return await _status(request, caller, vehicle_id)
+
+    @router.get(
+        "/vehicles/{vehicle_id}/location",
+        name=f"{surface.value}:vehicles:location",
+        response_model=LocationView,
+    )
+    @catalogued(
+        _entry(
+            surface,
+            "a vehicle's current location",
+            Permission.VEHICLE_READ_LOCATION,
+            DataClass.LOCATION,
+            rate=30,
+        )
+    )
+    async def read_location(
+        vehicle_id: str, request: Request, caller: Caller = authenticated
+    ) -> LocationView:
+        platform = _platform(request)
+        async with platform.services() as (uow, ctx):
+            await authorize(
+                request,
+                caller,
+                Permission.VEHICLE_READ_LOCATION,
+                ResourceRef.vehicle(vehicle_id),
+                ctx=ctx,
+            )
+            view = _location(await _latest(ctx.session, vehicle_id))
+            await uow.commit()
+        return view
+
+    return router
+
+
+async def _status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
+    platform = _platform(request)
+    async with platform.services() as (uow, ctx):
+        await authorize(
+            request,
+            caller,
+            Permission.VEHICLE_READ_STATUS,
+            ResourceRef.vehicle(vehicle_id),
+            ctx=ctx,
+        )
+        vehicle = await ctx.session.get(Vehicle, vehicle_id)
+        if vehicle is None:
+            raise not_found()
+        state = _state(await _latest(ctx.session, vehicle.id))
+        await uow.commit()
+    return StatusView(
+        id=vehicle.id, label=vehicle.label, model=vehicle.model, region=vehicle.region, state=state
+    )
+
+
+# ----------------------------------------------------------------------------- dealer
+
+dealer_router = surface_router(Surface.DEALER)
+_DEALER = Depends(authenticate(Surface.DEALER))
+
+
+@dealer_router.get("/vehicles/{vehicle_id}", name="dealer:vehicles:read", response_model=StatusView)
+@catalogued(
+    _entry(
+        Surface.DEALER,
+        "a vehicle under an open case assigned to the technician: registry fields and state",
+        Permission.VEHICLE_READ_STATUS,
+        DataClass.VEHICLE_STATE,
+        rate=30,
+    )
+)
+async def dealer_read_vehicle(
+    vehicle_id: str, request: Request, caller: Caller = _DEALER
+) -> StatusView:
+    return await _status(request, caller, vehicle_id)
+
+
+# ----------------------------------------------------------------------------- partner
+
+partner_router = surface_router(Surface.PARTNER)
+_PARTNER = Depends(authenticate(Surface.PARTNER))
+
+
+@partner_router.get(
+    "/vehicles/{vehicle_id}/status",
+    name="partner:vehicles:status",
+    response_model=MinimisedStatusView,
+)
+@catalogued(
+    _entry(
+        Surface.PARTNER,
+        "a consented vehicle's latest state, minimised (no registry or personal fields)",
+        Permission.VEHICLE_READ_STATUS,
+        DataClass.VEHICLE_STATE,
+        caller=CallerType.PARTNER,
+        rate=30,
+    )
+)
+async def partner_read_status(
+    vehicle_id: str, request: Request, caller: Caller = _PARTNER
+) -> MinimisedStatusView:
+    platform = _platform(request)
+    async with platform.services() as (uow, ctx):
+        await authorize(
+            request,
+            caller,
+            Permission.VEHICLE_READ_STATUS,
+            ResourceRef.vehicle(vehicle_id),
+            ctx=ctx,
+        )
+        state = _state(await _latest(ctx.session, vehicle_id))
+        await uow.commit()
+    # Partners are granted with Obligation.MINIMISE_FIELDS; this view is minimised whatever
+    # the decision says, so a policy change can never widen what a partner receives.
+    return MinimisedStatusView(id=vehicle_id, state=state)
+
+
+router = APIRouter()
+router.include_router(_object_routes(Surface.MOBILE))
+router.include_router(_object_routes(Surface.FLEET))
+router.include_router(dealer_router)
+router.include_router(partner_router)
+
+__all__ = ["router"]

@@ -1,0 +1,193 @@
+"""Vehicle object routes over the seeded demo world, through HTTP with real tokens.
+
+Each case is one row of the policy table (docs/authorization.md), asked both ways; a comment
+says which threat it covers. Not-found and not-authorized must answer the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fleetward.app import build_app
+from fleetward.core.clock import FrozenClock
+from fleetward.core.surfaces import Surface
+from fleetward.identity.acr import Acr
+from fleetward.platform import Platform
+from fleetward.services import ServiceContext
+from fleetward.settings import Settings
+from support.http import client_for
+from unit.authz.kit import ALL_SCOPES, HOME, PARTNER_APP, World, build_world
+
+UNKNOWN = "veh_aaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+@dataclass
+class Api:
+    world: World
+    platform: Platform
+    client: httpx.AsyncClient
+
+    def token(
+        self,
+        who: str,
+        surface: Surface,
+        *,
+        acr: Acr = Acr.MFA,
+        auth_age: timedelta = timedelta(seconds=30),
+    ) -> str:
+        now = self.platform.clock.now()
+        if who == PARTNER_APP:
+            subject, subject_type = PARTNER_APP, "workload"
+        else:
+            subject, subject_type = self.world.users[who].id, "user"
+        return self.platform.identity.tokens.issue(
+            subject=subject,
+            client_id=PARTNER_APP if who == PARTNER_APP else f"cli_{surface.value}",
+            tenant=self.world.tenants[HOME[who]].id,
+            surface=surface,
+            scopes=sorted(ALL_SCOPES),
+            auth_time=now - auth_age,
+            acr=acr.value,
+            amr=["pwd", "otp"],
+            token_family=None,
+            subject_type=subject_type,  # type: ignore[arg-type]
+        ).token
+
+    def vehicle_id(self, label: str) -> str:
+        return UNKNOWN if label == "unknown" else self.world.vehicles[label].id
+
+    async def get(self, who: str, surface: Surface, path: str) -> httpx.Response:
+        return await self.client.get(
+            f"/{surface.value}/v1{path}",
+            headers={"authorization": f"Bearer {self.token(who, surface)}"},
+        )
+
+
+@pytest.fixture
+async def api(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock, settings: Settings
+) -> AsyncIterator[Api]:
+    world = await build_world(platform, ctx, clock)
+    await ctx.session.commit()
+    app: FastAPI = build_app(settings, platform=platform)
+    async with client_for(app) as client:
+        yield Api(world, platform, client)
+
+
+M, F, D, P = Surface.MOBILE, Surface.FLEET, Surface.DEALER, Surface.PARTNER
+
+# (who, surface, path template, vehicle, expected status, why)
+CASES = [
+    ("alice", M, "/vehicles/{id}", "ALICE-1", 200, "owner reads her vehicle"),
+    ("alice", M, "/vehicles/{id}/status", "ALICE-1", 200, "owner reads status"),
+    ("alice", M, "/vehicles/{id}/location", "ALICE-1", 200, "owner reads location"),
+    ("alice", M, "/vehicles/{id}", "MALLORY-1", 404, "BOLA: owner of one car, another's id"),
+    ("mallory", M, "/vehicles/{id}", "ALICE-1", 404, "BOLA: attacker with a known id"),
+    ("mallory", M, "/vehicles/{id}/status", "ALICE-1", 404, "BOLA on status"),
+    ("mallory", M, "/vehicles/{id}/location", "ALICE-1", 404, "BOLA on location (stalking)"),
+    ("bob", M, "/vehicles/{id}/status", "ALICE-1", 200, "driver: delegated status"),
+    ("bob", M, "/vehicles/{id}/location", "ALICE-1", 404, "driver: location not delegated"),
+    ("carol", M, "/vehicles/{id}", "DAVE-1", 404, "former owner keeps nothing after sale"),
+    ("carol", M, "/vehicles/{id}/status", "DAVE-1", 404, "former owner: no status"),
+    ("dave", M, "/vehicles/{id}/status", "DAVE-1", 200, "buyer reads his vehicle"),
+    ("erin", F, "/vehicles/{id}", "ACME-N1", 200, "fleet admin: own fleet"),
+    ("erin", F, "/vehicles/{id}/status", "ACME-S1", 200, "fleet admin: any group"),
+    ("erin", F, "/vehicles/{id}", "GLOBEX-1", 404, "cross-tenant fleet isolation"),
+    ("erin", F, "/vehicles/{id}/status", "GLOBEX-1", 404, "cross-tenant status"),
+    ("frank", F, "/vehicles/{id}/status", "ACME-N1", 200, "operator: assigned group"),
+    ("frank", F, "/vehicles/{id}/status", "ACME-S1", 404, "operator: unassigned group"),
+    ("grace", D, "/vehicles/{id}", "ALICE-1", 200, "technician with an open assigned case"),
+    ("harry", D, "/vehicles/{id}", "ALICE-1", 404, "technician without a case on it"),
+    ("harry", D, "/vehicles/{id}", "DAVE-1", 404, "technician after the case closed"),
+    ("judy", M, "/vehicles/{id}", "ALICE-1", 404, "platform admin: no vehicle data (SoD)"),
+    ("judy", F, "/vehicles/{id}/location", "ACME-N1", 404, "platform admin: no location"),
+    (PARTNER_APP, P, "/vehicles/{id}/status", "ALICE-1", 200, "partner: consented vehicle"),
+    (PARTNER_APP, P, "/vehicles/{id}/status", "MALLORY-1", 404, "partner: no consent"),
+    ("alice", M, "/vehicles/{id}", "unknown", 404, "unknown id"),
+]
+
+
+async def test_policy_table(api: Api) -> None:
+    # One world for the whole table (seeding is the slow part); every failing row is named.
+    wrong = []
+    for who, surface, path, vehicle, status, why in CASES:
+        response = await api.get(who, surface, path.format(id=api.vehicle_id(vehicle)))
+        if response.status_code != status:
+            wrong.append(f"{who} {surface.value} {path} {vehicle}: {response.status_code} ({why})")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_not_found_and_not_authorized_are_identical(api: Api) -> None:
+    # Enumeration: a caller must not learn that an id exists by the shape of the refusal.
+    mine = await api.get("mallory", M, f"/vehicles/{api.vehicle_id('ALICE-1')}")
+    none = await api.get("mallory", M, f"/vehicles/{UNKNOWN}")
+    assert mine.status_code == none.status_code == 404
+    strip = {"instance"}
+    body_a = {k: v for k, v in mine.json().items() if k not in strip}
+    body_b = {k: v for k, v in none.json().items() if k not in strip}
+    assert body_a == body_b
+    assert "reason" not in body_a
+
+
+async def test_detail_fields_follow_permissions(api: Api) -> None:
+    # Data minimisation: a driver without read_location gets no location block at all.
+    owner = await api.get("alice", M, f"/vehicles/{api.vehicle_id('ALICE-1')}")
+    driver = await api.get("bob", M, f"/vehicles/{api.vehicle_id('ALICE-1')}")
+    assert owner.status_code == driver.status_code == 200
+    assert "location" in owner.json()
+    assert "location" not in driver.json()
+
+
+async def test_partner_fields_are_minimised(api: Api) -> None:
+    # Partners get the consented data only: no VIN, label, model or people.
+    response = await api.get(PARTNER_APP, P, f"/vehicles/{api.vehicle_id('ALICE-1')}/status")
+    assert response.status_code == 200
+    assert set(response.json()) == {"id", "state"}
+
+
+@pytest.mark.parametrize(
+    ("who", "surface", "expected"),
+    [
+        ("alice", M, {"ALICE-1"}),  # owner: her car only
+        ("bob", M, {"ALICE-1"}),  # driver: the delegated car only
+        ("carol", M, set()),  # former owner: nothing
+        ("mallory", M, {"MALLORY-1"}),  # attacker: never anyone else's
+        ("erin", F, {"ACME-N1", "ACME-N2", "ACME-N3", "ACME-S1", "ACME-S2"}),
+        ("frank", F, {"ACME-N1", "ACME-N2", "ACME-N3"}),  # operator: assigned group only
+        ("gina", F, {"GLOBEX-1", "GLOBEX-2"}),  # other tenant: its own fleet only
+    ],
+)
+async def test_lists_never_include_others_vehicles(
+    api: Api, who: str, surface: Surface, expected: set[str]
+) -> None:
+    response = await api.get(who, surface, "/vehicles")
+    assert response.status_code == 200
+    labels = {item["label"] for item in response.json()["items"]}
+    assert labels == expected
+
+
+async def test_list_pages_with_an_opaque_cursor(api: Api) -> None:
+    # Pagination is capped and complete: every page is the caller's, none repeats.
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        query = "/vehicles?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.get("erin", F, query)).json()
+        seen += [item["label"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == ["ACME-N1", "ACME-N2", "ACME-N3", "ACME-S1", "ACME-S2"]
+
+
+async def test_a_bad_cursor_is_refused(api: Api) -> None:
+    # Hostile input: a forged, oversized or look-alike cursor is a 422, never a 500.
+    for cursor in ["%25%25%25", "x" * 200, "\u0430bc", "AA", "null"]:
+        response = await api.get("alice", M, f"/vehicles?cursor={cursor}")
+        assert response.status_code == 422, cursor

@@ -1,0 +1,76 @@
+"""The status port the telemetry pipeline quarantines devices through (own transactions)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.devices.lifecycle import DeviceLifecycle
+from fleetward.devices.models import DeviceStatus
+from fleetward.devices.status import StoreDeviceStatus
+from fleetward.platform import Platform
+from support.factories import FACTORY
+from unit.devices.kit import build_device_world
+
+
+@pytest.fixture
+async def devices(platform: Platform) -> tuple[str, str]:
+    """(an active device, a revoked device), committed."""
+    async with platform.services() as (uow, ctx):
+        world = await build_device_world(platform, ctx)
+        _c, active = await world.enrol(world.car)
+        _c, revoked = await world.enrol(world.other_car)
+        await DeviceLifecycle(ctx).revoke(revoked, reason="lost", actor=FACTORY)
+        await uow.commit()
+    return active.id, revoked.id
+
+
+async def _quarantine_events(platform: Platform) -> list[AuditRecord]:
+    async with platform.unit_of_work() as uow:
+        rows = await uow.session.scalars(
+            select(AuditRecord).where(AuditRecord.name == EventName.DEVICE_QUARANTINED.value)
+        )
+        return list(rows)
+
+
+async def test_quarantine_is_recorded_once(platform: Platform, devices: tuple[str, str]) -> None:
+    active, _revoked = devices
+    port = StoreDeviceStatus(platform)
+    await port.quarantine(active, "telemetry-repeated-rejections")
+    await port.quarantine(active, "telemetry-repeated-rejections")  # a retry: idempotent
+    assert await port.status(active) is DeviceStatus.QUARANTINED
+    [event] = await _quarantine_events(platform)
+    assert (event.actor_id, event.reason) == ("telemetry", "telemetry-repeated-rejections")
+    assert await port.quarantined_devices() == [active]
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        # An ended identity stays ended: a quarantine never revives or relabels it.
+        ("revoked", "telemetry-repeated-rejections"),
+        # Ids that are not ours are ignored, not errors the pipeline would retry forever.
+        ("dev_" + "z" * 26, "telemetry"),
+        ("'; drop table devices; --", "telemetry"),
+    ],
+)
+async def test_nothing_to_quarantine_changes_nothing(
+    platform: Platform, devices: tuple[str, str], target: str, reason: str
+) -> None:
+    active, revoked = devices
+    port = StoreDeviceStatus(platform)
+    await port.quarantine(revoked if target == "revoked" else target, reason)
+    assert await port.status(revoked) is DeviceStatus.REVOKED
+    assert await port.status(active) is DeviceStatus.ACTIVE
+    assert await _quarantine_events(platform) == []
+
+
+async def test_free_text_reason_is_replaced_by_a_code(
+    platform: Platform, devices: tuple[str, str]
+) -> None:
+    active, _revoked = devices
+    await StoreDeviceStatus(platform).quarantine(active, "Frames from\nsomewhere odd")
+    [event] = await _quarantine_events(platform)
+    assert event.reason == "telemetry"
