@@ -27,10 +27,10 @@ from fleetward.identity.oauth.exchange import AuditNote, Exchange
 from fleetward.identity.oauth.grant_checks import (
     parse_dpop_jkt,
     parse_max_age,
+    person_principal,
     require_dpop_binding,
     required_acr,
     reuse_detected,
-    still_entitled,
 )
 from fleetward.identity.oauth.pkce import S256
 from fleetward.identity.oauth.policy import AUTH_NONE, CODE_LIFETIME, PRIVATE_KEY_JWT
@@ -155,27 +155,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]  # authlib is unt
 
     def authenticate_user(self, record: CodeRecord) -> Principal | None:
         row = record.row
-        surface = Surface(row.surface)
-        if not still_entitled(
-            self.exchange.session,
-            user_id=row.user_id,
-            tenant_id=row.tenant_id,
-            surface=surface,
-            client=self.request.client,
-            now=self.exchange.now,
-        ):
-            return None
-        return Principal(
-            subject=row.user_id,
-            subject_type="user",
-            tenant_id=row.tenant_id,
-            surface=surface,
-            auth_time=row.auth_time,
-            acr=row.acr,
-            amr=tuple(row.amr),
-            family_id=row.id,
-            granted_scopes=tuple(row.scope.split()),
-        )
+        return person_principal(self.exchange, self.request.client, row, family_id=row.id)
 
     def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
         # Kept, spent: a replay must still be recognised so that it revokes the family.

@@ -22,8 +22,9 @@ from fleetward.identity.oauth.adapters import OAuthClient
 from fleetward.identity.oauth.errors import InvalidDpopProofError
 from fleetward.identity.oauth.exchange import AuditNote, Exchange, RevocationRequest
 from fleetward.identity.oauth.policy import SURFACE_MIN_ACR
+from fleetward.identity.oauth.principal import Principal
 from fleetward.identity.oauth.targets import person_tenant
-from fleetward.identity.oauth_models import RevocationKind
+from fleetward.identity.oauth_models import AuthorizationCode, RefreshToken, RevocationKind
 
 _MAX_AGE_DIGITS = 9
 _MAX_AGE_LIMIT = 31 * 24 * 3600
@@ -91,6 +92,38 @@ def still_entitled(
     since the grant ends what the grant can still mint)."""
     tenant = person_tenant(session, user_id, surface, client, now)
     return tenant is not None and tenant.id == tenant_id
+
+
+def person_principal(
+    exchange: Exchange,
+    client: OAuthClient,
+    row: AuthorizationCode | RefreshToken,
+    *,
+    family_id: str,
+) -> Principal | None:
+    """The person a code or refresh token speaks for, or None when they no longer act in the
+    grant's tenant on its surface (what both grants mint from)."""
+    surface = Surface(row.surface)
+    if not still_entitled(
+        exchange.session,
+        user_id=row.user_id,
+        tenant_id=row.tenant_id,
+        surface=surface,
+        client=client,
+        now=exchange.now,
+    ):
+        return None
+    return Principal(
+        subject=row.user_id,
+        subject_type="user",
+        tenant_id=row.tenant_id,
+        surface=surface,
+        auth_time=row.auth_time,
+        acr=row.acr,
+        amr=tuple(row.amr),
+        family_id=family_id,
+        granted_scopes=tuple(row.scope.split()),
+    )
 
 
 def reuse_detected(

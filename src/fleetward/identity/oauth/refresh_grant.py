@@ -24,9 +24,9 @@ from fleetward.identity.oauth import hashing
 from fleetward.identity.oauth.adapters import RefreshRecord
 from fleetward.identity.oauth.exchange import Exchange
 from fleetward.identity.oauth.grant_checks import (
+    person_principal,
     require_dpop_binding,
     reuse_detected,
-    still_entitled,
 )
 from fleetward.identity.oauth.policy import AUTH_NONE, PRIVATE_KEY_JWT
 from fleetward.identity.oauth.principal import Principal
@@ -86,27 +86,7 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]  # authlib is untyp
 
     def authenticate_user(self, record: RefreshRecord) -> Principal | None:
         row = record.row
-        surface = Surface(row.surface)
-        if not still_entitled(
-            self.exchange.session,
-            user_id=row.user_id,
-            tenant_id=row.tenant_id,
-            surface=surface,
-            client=self.request.client,
-            now=self.exchange.now,
-        ):
-            return None
-        return Principal(
-            subject=row.user_id,
-            subject_type="user",
-            tenant_id=row.tenant_id,
-            surface=surface,
-            auth_time=row.auth_time,
-            acr=row.acr,
-            amr=tuple(row.amr),
-            family_id=row.family_id,
-            granted_scopes=tuple(row.scope.split()),
-        )
+        return person_principal(self.exchange, self.request.client, row, family_id=row.family_id)
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
         # Already spent atomically in create_token_response, before the new token was minted.
