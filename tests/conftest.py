@@ -25,6 +25,7 @@ from fleetward.settings import Settings
 from fleetward.store.engine import create_engine
 from fleetward.store.migrate import upgrade
 from fleetward.store.uow import UnitOfWork
+from support.api import Api, running_api
 
 POSTGRES_URL = os.environ.get(
     "FLEETWARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -120,3 +121,12 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@pytest.fixture
+async def api(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock, settings: Settings
+) -> AsyncIterator[Api]:
+    """The seeded demo world behind the real app (see support/api.py)."""
+    async with running_api(platform, ctx, clock, settings) as running:
+        yield running

@@ -6,78 +6,12 @@ says which threat it covers. Not-found and not-authorized must answer the same b
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import timedelta
-
-import httpx
 import pytest
-from fastapi import FastAPI
 
-from fleetward.app import build_app
-from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
-from fleetward.identity.acr import Acr
-from fleetward.platform import Platform
-from fleetward.services import ServiceContext
-from fleetward.settings import Settings
-from support.http import client_for
-from unit.authz.kit import ALL_SCOPES, HOME, PARTNER_APP, World, build_world
+from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
 
-UNKNOWN = "veh_aaaaaaaaaaaaaaaaaaaaaaaaaa"
-
-
-@dataclass
-class Api:
-    world: World
-    platform: Platform
-    client: httpx.AsyncClient
-
-    def token(
-        self,
-        who: str,
-        surface: Surface,
-        *,
-        acr: Acr = Acr.MFA,
-        auth_age: timedelta = timedelta(seconds=30),
-    ) -> str:
-        now = self.platform.clock.now()
-        if who == PARTNER_APP:
-            subject, subject_type = PARTNER_APP, "workload"
-        else:
-            subject, subject_type = self.world.users[who].id, "user"
-        return self.platform.identity.tokens.issue(
-            subject=subject,
-            client_id=PARTNER_APP if who == PARTNER_APP else f"cli_{surface.value}",
-            tenant=self.world.tenants[HOME[who]].id,
-            surface=surface,
-            scopes=sorted(ALL_SCOPES),
-            auth_time=now - auth_age,
-            acr=acr.value,
-            amr=["pwd", "otp"],
-            token_family=None,
-            subject_type=subject_type,  # type: ignore[arg-type]
-        ).token
-
-    def vehicle_id(self, label: str) -> str:
-        return UNKNOWN if label == "unknown" else self.world.vehicles[label].id
-
-    async def get(self, who: str, surface: Surface, path: str) -> httpx.Response:
-        return await self.client.get(
-            f"/{surface.value}/v1{path}",
-            headers={"authorization": f"Bearer {self.token(who, surface)}"},
-        )
-
-
-@pytest.fixture
-async def api(
-    platform: Platform, ctx: ServiceContext, clock: FrozenClock, settings: Settings
-) -> AsyncIterator[Api]:
-    world = await build_world(platform, ctx, clock)
-    await ctx.session.commit()
-    app: FastAPI = build_app(settings, platform=platform)
-    async with client_for(app) as client:
-        yield Api(world, platform, client)
+UNKNOWN = UNKNOWN_VEHICLE
 
 
 M, F, D, P = Surface.MOBILE, Surface.FLEET, Surface.DEALER, Surface.PARTNER

@@ -10,8 +10,6 @@ fields (``Obligation.MINIMISE_FIELDS``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -21,13 +19,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
+from fleetward.api.objects import (
+    MAX_CURSOR,
+    decode_cursor,
+    encode_cursor,
+    object_entry,
+    page_size,
+    platform_of,
+)
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import ResourceRef
 from fleetward.authz.permissions import Permission
-from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
-from fleetward.core.errors import InvalidInput
+from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, catalogued
 from fleetward.core.surfaces import Surface
-from fleetward.platform import Platform
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.models import (
     DriverDelegation,
@@ -38,7 +42,6 @@ from fleetward.vehicles.models import (
 
 OWNER: Final = "authz-team"
 _LOCATION_PREFIX: Final = "Vehicle.CurrentLocation."
-_MAX_CURSOR: Final = 128
 
 
 class VehicleView(BaseModel):
@@ -86,11 +89,6 @@ class MinimisedStatusView(BaseModel):
     state: StateView | None
 
 
-def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
 def _entry(
     surface: Surface,
     purpose: str,
@@ -100,37 +98,17 @@ def _entry(
     caller: CallerType = CallerType.USER,
     rate: int = 60,
 ) -> CatalogEntry:
-    return CatalogEntry(
-        surface=surface,
+    return object_entry(
+        surface,
+        purpose,
+        permission,
+        data_class,
         owner=OWNER,
-        purpose=purpose,
-        callers=frozenset({caller}),
-        permission=permission,
-        data_class=data_class,
         objects=("vehicle",),
-        impact=frozenset({Impact.PRIVACY}),
-        expected_rate_per_minute=rate,
         tags=("vehicles",),
+        caller=caller,
+        rate=rate,
     )
-
-
-def _encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    if len(cursor) > _MAX_CURSOR:
-        raise InvalidInput("the cursor is not valid", reason="cursor")
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        last_id = raw.decode("ascii")
-    except (binascii.Error, UnicodeError, ValueError):
-        raise InvalidInput("the cursor is not valid", reason="cursor") from None
-    if not last_id or not last_id.isprintable():
-        raise InvalidInput("the cursor is not valid", reason="cursor")
-    return last_id
 
 
 async def _latest(session: AsyncSession, vehicle_id: str) -> TelemetryMessage | None:
@@ -175,7 +153,7 @@ def _view(vehicle: Vehicle) -> VehicleView:
     )
 
 
-def _related(caller: Caller, now: Any) -> Any:
+def related_vehicles(caller: Caller, now: Any) -> Any:
     """Vehicles this person has some relationship with now, as a WHERE clause. A superset
     of what they may read (the PDP decides each row); never another person's list."""
     sub = caller.claims.sub
@@ -216,15 +194,15 @@ def _object_routes(surface: Surface) -> APIRouter:
         request: Request,
         caller: Caller = authenticated,
         limit: Annotated[int, Query(ge=1)] = 50,
-        cursor: Annotated[str | None, Query(max_length=_MAX_CURSOR)] = None,
+        cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
     ) -> VehiclePage:
-        platform = _platform(request)
-        size = min(limit, platform.settings.max_page_size)
-        after = _decode_cursor(cursor)
+        platform = platform_of(request)
+        size = page_size(platform, limit)
+        after = decode_cursor(cursor)
         if caller.claims.sub_type != "user":
             return VehiclePage(items=[], next_cursor=None)
         async with platform.services() as (uow, ctx):
-            query = select(Vehicle).where(_related(caller, ctx.clock.now()))
+            query = select(Vehicle).where(related_vehicles(caller, ctx.clock.now()))
             if after is not None:
                 query = query.where(Vehicle.id > after)
             rows = list(await ctx.session.scalars(query.order_by(Vehicle.id).limit(size + 1)))
@@ -238,7 +216,7 @@ def _object_routes(surface: Surface) -> APIRouter:
             )
             await uow.commit()  # the decisions' audit records
         items = [_view(v) for v, d in zip(page, decisions, strict=True) if d.allowed]
-        return VehiclePage(items=items, next_cursor=_encode_cursor(page[-1].id) if more else None)
+        return VehiclePage(items=items, next_cursor=encode_cursor(page[-1].id) if more else None)
 
     @router.get(
         "/vehicles/{vehicle_id}",
@@ -257,7 +235,7 @@ def _object_routes(surface: Surface) -> APIRouter:
     async def read_vehicle(
         vehicle_id: str, request: Request, caller: Caller = authenticated
     ) -> VehicleDetail:
-        platform = _platform(request)
+        platform = platform_of(request)
         async with platform.services() as (uow, ctx):
             resource = ResourceRef.vehicle(vehicle_id)
             await authorize(request, caller, Permission.VEHICLE_READ_STATUS, resource, ctx=ctx)
@@ -306,7 +284,7 @@ def _object_routes(surface: Surface) -> APIRouter:
     async def read_location(
         vehicle_id: str, request: Request, caller: Caller = authenticated
     ) -> LocationView:
-        platform = _platform(request)
+        platform = platform_of(request)
         async with platform.services() as (uow, ctx):
             await authorize(
                 request,
@@ -323,7 +301,7 @@ def _object_routes(surface: Surface) -> APIRouter:
 
 
 async def _status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
-    platform = _platform(request)
+    platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         await authorize(
             request,
@@ -388,7 +366,7 @@ _PARTNER = Depends(authenticate(Surface.PARTNER))
 async def partner_read_status(
     vehicle_id: str, request: Request, caller: Caller = _PARTNER
 ) -> MinimisedStatusView:
-    platform = _platform(request)
+    platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         await authorize(
             request,

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     FLEET_OPERATOR_BULK = "fleet-operator-bulk"
     DEALER_CASE = "dealer-case"
     DEALER_CASE_MANAGE = "dealer-case-manage"
+    DEALER_APPOINTMENTS = "dealer-appointments"
     SUPPORT_CASE = "support-case"
     PARTNER_CONSENT = "partner-consent"
     PLATFORM_ADMIN = "platform-admin"

@@ -25,6 +25,8 @@ class Permission(StrEnum):
     VEHICLE_IMMOBILIZE = "vehicle:immobilize"
     VEHICLE_MANAGE_DRIVERS = "vehicle:manage_drivers"
     VEHICLE_TRANSFER = "vehicle:transfer"
+    VEHICLE_MANAGE_CONSENTS = "vehicle:manage_consents"
+    VEHICLE_BOOK_SERVICE = "vehicle:book_service"
     FLEET_MANAGE_GROUPS = "fleet:manage_groups"
     FLEET_MANAGE_MEMBERS = "fleet:manage_members"
     FLEET_BULK_COMMAND = "fleet:bulk_command"
@@ -41,10 +43,11 @@ OWNER_PERMISSIONS: frozenset[Permission] = frozenset(
     p for p in Permission if p.value.startswith("vehicle:")
 )
 
-# What an owner may hand to a driver: never the power to manage drivers or sell the car,
-# so a delegation can never be used to widen or extend itself.
+# What an owner may hand to a driver: never the power to manage drivers, share the car's
+# data with partners or sell it, so a delegation can never be used to widen or extend itself.
 DELEGABLE_PERMISSIONS: frozenset[Permission] = OWNER_PERMISSIONS - {
     Permission.VEHICLE_MANAGE_DRIVERS,
+    Permission.VEHICLE_MANAGE_CONSENTS,
     Permission.VEHICLE_TRANSFER,
 }
 

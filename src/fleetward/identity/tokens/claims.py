@@ -29,6 +29,8 @@ SUBJECT_TYPES: Final = frozenset(get_args(SubjectType))
 # RFC 6749 section 3.3 scope-token characters.
 SCOPE_TOKEN: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _MAX_TEXT = 512
+# Every permission is a scope: room for the whole vocabulary several times over.
+_MAX_SCOPE = 4096
 
 
 class ClaimError(ValueError):
@@ -111,7 +113,7 @@ class AccessTokenClaims:
         """Type-check a signature-verified payload. Issuer and audience VALUES are not checked
         here (the validator owns those); only presence and types."""
         iat = _numeric_date(verified, "iat")
-        scope = _text(verified, "scope", allow_empty=True)
+        scope = _text(verified, "scope", allow_empty=True, limit=_MAX_SCOPE)
         scopes = scope.split(" ") if scope else []
         if any(SCOPE_TOKEN.fullmatch(item) is None for item in scopes):
             raise ClaimError("invalid-claim", "scope")
@@ -154,9 +156,11 @@ class AccessTokenClaims:
 _MISSING: Final = object()
 
 
-def _text(source: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str:
+def _text(
+    source: Mapping[str, Any], name: str, *, allow_empty: bool = False, limit: int = _MAX_TEXT
+) -> str:
     value = source.get(name, _MISSING)
-    if type(value) is str and (value or allow_empty) and len(value) <= _MAX_TEXT:
+    if type(value) is str and (value or allow_empty) and len(value) <= limit:
         return value
     raise ClaimError("missing-claim" if value is _MISSING else "invalid-claim", name)
 

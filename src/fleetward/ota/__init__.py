@@ -1,0 +1,1 @@
+"""Over-the-air update campaigns: engineering's object, with no personal data in it."""
