@@ -18,9 +18,9 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/fleetward demo
 
-## test: the whole suite (unit, integration, e2e, security)
+## test: the whole suite (unit, integration, e2e, security), one worker per CPU (pytest-xdist)
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 ## lint: ruff and mypy (strict on src/)
 lint: $(STAMP)

@@ -3,21 +3,28 @@
 Store tests run on SQLite and on PostgreSQL. PostgreSQL is required when
 FLEETWARD_REQUIRE_SERVICES is set (CI sets it): then an unreachable server fails the run.
 Without it, a developer without PostgreSQL sees those cases skipped, loudly.
+
+Each test gets a private store (a SQLite file in its tmp_path, or its own PostgreSQL
+database) copied from a template the session migrated once (see support/stores.py); tests
+marked ``fresh_migrations`` run the migrations on an empty store instead. Tests that seed the
+demo world first thing (``api``, and the authorization tests' ``world``) get a copy of a
+template in which the real seed already ran. Nothing is shared between tests, so the suite
+runs in parallel (``make test`` uses pytest-xdist).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import text
 
+from fleetward.authz import pdp
 from fleetward.core.clock import FrozenClock
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
@@ -26,12 +33,14 @@ from fleetward.store.engine import create_engine
 from fleetward.store.migrate import upgrade
 from fleetward.store.uow import UnitOfWork
 from support.api import Api, running_api
+from support.stores import DemoSeed, StoreTemplates, sqlite_url
 
 POSTGRES_URL = os.environ.get(
     "FLEETWARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_SERVICES = bool(os.environ.get("FLEETWARD_REQUIRE_SERVICES"))
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+AUTHZ_TESTS = Path(__file__).parent / "unit" / "authz"
 
 
 def _reachable(url: str) -> bool:
@@ -74,32 +83,72 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _policy_compiled_once() -> Iterator[None]:
+    """Every Platform compiles the packaged Cedar policy (~0.35 s, often twice a test). The
+    compiled policy is immutable (CedarPdp shares it between instances), so the session
+    compiles each distinct policy text once; an invalid one still raises every time (errors
+    are not cached), and tests calling ``compile_policy`` themselves get the real one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pdp, "compile_policy", functools.lru_cache(maxsize=16)(pdp.compile_policy))
+        yield
+
+
+@pytest.fixture(scope="session")
+def store_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreTemplates]:
+    templates = StoreTemplates(tmp_path_factory.mktemp("store-templates"), POSTGRES_URL)
+    try:
+        yield templates
+    finally:
+        templates.close()
+
+
+def _demo_seed(
+    request: pytest.FixtureRequest, settings: Settings, clock: FrozenClock
+) -> DemoSeed | None:
+    """The seed to start from: the demo world, for the tests that seed it before anything
+    else (``api``; ``world`` in the authorization tests: build_world then finds it seeded,
+    and adds only its clients). None for every other test: an empty migrated store."""
+    names = request.fixturenames
+    seeded = "api" in names or ("world" in names and AUTHZ_TESTS in request.node.path.parents)
+    if not seeded or not isinstance(clock, FrozenClock):
+        return None
+    return DemoSeed.of(settings, clock.now())
+
+
 @pytest.fixture
 async def platform(
-    backend: str, settings: Settings, clock: FrozenClock, tmp_path: Path
+    request: pytest.FixtureRequest,
+    backend: str,
+    settings: Settings,
+    clock: FrozenClock,
+    tmp_path: Path,
+    store_templates: StoreTemplates,
 ) -> AsyncIterator[Platform]:
-    """A platform on a freshly migrated store of the requested backend."""
+    """A platform on a private, freshly migrated store of the requested backend."""
+    fresh = request.node.get_closest_marker("fresh_migrations") is not None
+    seed = None if fresh else _demo_seed(request, settings, clock)
+    database = None
     if backend == "sqlite":
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
-        schema = None
+        path = tmp_path / "store.db"
+        if not fresh:
+            await store_templates.sqlite_store(path, seed, settings)
+        engine = create_engine(sqlite_url(path))
     else:
-        schema = f"t_{secrets.token_hex(6)}"
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as connection:
-            await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        await admin.dispose()
-        engine = create_engine(POSTGRES_URL, schema=schema)
-    await upgrade(engine)
-    the_platform = Platform.build(settings, clock=clock, engine=engine)
+        database = await store_templates.postgres_store(seed, settings, migrated=not fresh)
+        engine = create_engine(store_templates.postgres_url(database))
     try:
-        yield the_platform
+        if fresh:
+            await upgrade(engine)
+        the_platform = Platform.build(settings, clock=clock, engine=engine)
+        try:
+            yield the_platform
+        finally:
+            await the_platform.close()
     finally:
-        await the_platform.close()
-        if schema is not None:
-            admin = create_engine(POSTGRES_URL)
-            async with admin.begin() as connection:
-                await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            await admin.dispose()
+        await engine.dispose()
+        if database is not None:
+            store_templates.drop_postgres(database)
 
 
 @pytest.fixture

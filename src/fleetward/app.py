@@ -15,23 +15,34 @@ from fastapi import FastAPI
 from fleetward import __version__
 from fleetward.api import (
     admin,
+    appointments,
+    cases,
+    consents,
     dealer,
     devices,
     fleet,
+    fleet_groups,
+    handovers,
     health,
+    history,
     login,
     mobile,
     oauth,
+    ota,
     partner,
     problems,
     support,
+    tenancy,
     vehicles,
 )
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.revocation_gate import RevocationGate
 from fleetward.catalog.inventory import inventory
 from fleetward.gateway import websocket as gateway_websocket
+from fleetward.gateway.mqtt.config import MqttGatewayConfig
+from fleetward.gateway.mqtt.runtime import MqttTransport
 from fleetward.gateway.telemetry_link import TelemetryLink
+from fleetward.gateway.websocket import Gateway
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.settings import Settings
@@ -39,12 +50,15 @@ from fleetward.settings import Settings
 _log = get_logger("fleetward.app")
 
 _SURFACE_MODULES = (mobile, fleet, dealer, partner, support, admin)
+# Object routes beyond the vehicles themselves (authorization issue), one module per kind.
+_OBJECT_MODULES = (history, appointments, handovers, consents, fleet_groups, cases, ota, tenancy)
 
 
 def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
     the_platform = platform or Platform.build(settings)
     gate = RevocationGate(the_platform)
     telemetry = TelemetryLink(the_platform)
+    mqtt: list[MqttTransport] = []  # filled below when a broker is configured
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,11 +72,15 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
             # Vehicles are served only on a migrated store: telemetry needs its tables.
             await telemetry.start()
             telemetry_started = True
+            for transport in mqtt:
+                await transport.start()
         try:
             yield
         finally:
             watcher.cancel()
             if telemetry_started:
+                for transport in mqtt:
+                    await transport.stop()
                 await telemetry.stop()
             await the_platform.close()
 
@@ -86,12 +104,38 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     for module in _SURFACE_MODULES:
         app.include_router(module.router)
     app.include_router(vehicles.router)
+    for objects in _OBJECT_MODULES:
+        app.include_router(objects.router)
     app.include_router(devices.router)
-    gateway_websocket.install(
+    gateway = gateway_websocket.install(
         app, the_platform, handler=telemetry.pipeline, observer=telemetry.observer
     )
+    mqtt.extend(_mqtt_transport(settings, gateway))
     inventory(app.router.routes)
     return app
+
+
+def _mqtt_transport(settings: Settings, gateway: Gateway) -> list[MqttTransport]:
+    """The MQTT transport when a broker is configured (settings validate the rest)."""
+    host = settings.mqtt_broker_host
+    ca, cert, key = (
+        settings.mqtt_server_ca,
+        settings.mqtt_client_certificate,
+        settings.mqtt_client_key,
+    )
+    if host is None or ca is None or cert is None or key is None:
+        return []
+    config = MqttGatewayConfig(
+        host=host,
+        port=settings.mqtt_broker_port,
+        server_ca=ca,
+        certificate=cert,
+        key=key,
+        client_id=settings.mqtt_client_id,
+        crl_file=settings.mqtt_crl_file,
+        broker_pid_file=settings.mqtt_broker_pid_file,
+    )
+    return [MqttTransport(gateway, config)]
 
 
 KEY_RELOAD_INTERVAL_SECONDS = 15.0

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,6 +70,30 @@ class Settings(BaseSettings):
     # Market regions where remote start is barred (vehicle region or request region), e.g.
     # ["EU"]. Empty: barred nowhere.
     remote_start_barred_regions: list[str] = []
+
+    # The MQTT transport of the vehicle gateway (docs/mqtt.md). Off unless a broker host is
+    # set; then the broker's CA and the gateway's own service identity are required (TLS with
+    # client certificates is not optional).
+    mqtt_broker_host: str | None = None
+    mqtt_broker_port: Annotated[int, Field(ge=1, le=65535)] = 8884
+    mqtt_server_ca: Path | None = None
+    mqtt_client_certificate: Path | None = None
+    mqtt_client_key: Path | None = None
+    mqtt_client_id: Annotated[str, Field(min_length=1, max_length=64)] = "fleetward-gateway"
+    mqtt_crl_file: Path | None = None
+    mqtt_broker_pid_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _mqtt_complete(self) -> Settings:
+        if self.mqtt_broker_host is not None and None in (
+            self.mqtt_server_ca,
+            self.mqtt_client_certificate,
+            self.mqtt_client_key,
+        ):
+            raise ValueError(
+                "mqtt_broker_host needs mqtt_server_ca, mqtt_client_certificate and mqtt_client_key"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -23,7 +23,9 @@ def test_readiness_follows_migration(tmp_path: Path, free_port: int) -> None:
             f"{base}/readyz", headers={"authorization": "Bearer eyJhbGciOi.eyJzdWIi.c2ln"}
         )
         assert after.status_code == 200
-        assert after.json() == {"status": "ready", "store": "ok"}
+        ready = after.json()
+        assert {k: ready[k] for k in ("status", "store")} == {"status": "ready", "store": "ok"}
+        assert len(ready["policy_version"]) == 64  # the SHA-256 of the policy set
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
         document = httpx.get(f"{base}/openapi.json").json()
         assert document["paths"]["/readyz"]["get"]["x-fleetward-owner"] == "platform-team"

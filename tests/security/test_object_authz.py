@@ -6,9 +6,15 @@ says which threat it covers. Not-found and not-authorized must answer the same b
 
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
+import pytest
+from sqlalchemy import select
+
+from fleetward.audit.recorder import Actor
 from fleetward.core.surfaces import Surface
+from fleetward.vehicles.delegation import DelegationService
+from fleetward.vehicles.models import DriverDelegation
 from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
 
 UNKNOWN = UNKNOWN_VEHICLE
@@ -125,3 +131,31 @@ async def test_a_bad_cursor_is_refused(api: Api) -> None:
     for cursor in ["%25%25%25", "x" * 200, "\u0430bc", "AA", "null"]:
         response = await api.get("alice", M, f"/vehicles?cursor={cursor}")
         assert response.status_code == 422, cursor
+
+
+async def test_a_driver_loses_the_vehicle_when_the_window_ends(api: Api) -> None:
+    # Lifecycle: an expired delegation grants nothing, on the next request.
+    path = f"/vehicles/{api.vehicle_id('ALICE-1')}/status"
+    assert (await api.get("bob", M, path)).status_code == 200
+    api.platform.clock.advance(timedelta(days=7, seconds=1))  # type: ignore[attr-defined]
+    assert (await api.get("bob", M, path)).status_code == 404
+    assert (await api.get("alice", M, path)).status_code == 200
+
+
+async def test_a_driver_loses_the_vehicle_when_revoked(api: Api) -> None:
+    # Lifecycle: revocation takes effect at once, whatever the window said.
+    path = f"/vehicles/{api.vehicle_id('ALICE-1')}/status"
+    async with api.platform.services() as (uow, ctx):
+        delegation = await ctx.session.scalar(
+            select(DriverDelegation).where(
+                DriverDelegation.driver_user_id == api.world.users["bob"].id
+            )
+        )
+        assert delegation is not None
+        await DelegationService(ctx).revoke(
+            delegation, actor=Actor.user(delegation.granted_by_user_id)
+        )
+        await uow.commit()
+    assert (await api.get("bob", M, path)).status_code == 404
+    listed = (await api.get("bob", M, "/vehicles")).json()["items"]
+    assert listed == []

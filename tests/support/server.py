@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,17 +45,38 @@ def run_cli(
     )
 
 
+class LoggedProcess(subprocess.Popen[str]):
+    """A server process whose output goes to files, not pipes: a pipe nobody reads fills up
+    with access-log lines and stalls the server. ``communicate`` waits for the process and
+    returns what it wrote, like ``Popen.communicate`` with pipes."""
+
+    def __init__(self, args: list[str], *, env: Mapping[str, str]) -> None:
+        self._logs = Path(tempfile.mkdtemp(prefix="fleetward-server-"))
+        self._out = (self._logs / "stdout.log").open("w", encoding="utf-8")
+        self._err = (self._logs / "stderr.log").open("w", encoding="utf-8")
+        self._output: tuple[str, str] | None = None
+        super().__init__(args, env=dict(env), stdout=self._out, stderr=self._err, text=True)
+
+    def communicate(
+        self, input: str | None = None, timeout: float | None = None
+    ) -> tuple[str, str]:
+        self.wait(timeout=timeout)
+        if self._output is None:
+            self._out.close()
+            self._err.close()
+            self._output = (
+                (self._logs / "stdout.log").read_text(encoding="utf-8"),
+                (self._logs / "stderr.log").read_text(encoding="utf-8"),
+            )
+            shutil.rmtree(self._logs, ignore_errors=True)
+        return self._output
+
+
 @contextmanager
 def running(
     *args: str, env: Mapping[str, str], port: int, ready_path: str = "/healthz", timeout: float = 60
-) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "fleetward", *args],
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+) -> Iterator[LoggedProcess]:
+    process = LoggedProcess([sys.executable, "-m", "fleetward", *args], env=env)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -71,7 +94,7 @@ def running(
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.communicate()

@@ -60,6 +60,8 @@ def test_toml_file_with_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         ({"FLEETWARD_PASSWORD_HASH_MEMORY_KIB": "1024"}, "PASSWORD_HASH_MEMORY_KIB"),
         ({"FLEETWARD_LOG_LEVEL": "CHATTY"}, "FLEETWARD_LOG_LEVEL"),
         ({"FLEETWARD_HOST": " "}, "FLEETWARD_HOST"),
+        # MQTT is TLS with client certificates or nothing: a broker host alone is refused.
+        ({"FLEETWARD_MQTT_BROKER_HOST": "127.0.0.1"}, "mqtt_client_certificate"),
     ],
 )
 def test_invalid_settings_stop_start(

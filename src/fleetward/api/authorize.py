@@ -133,15 +133,38 @@ async def authorize(
     if decision.allowed:
         if ctx is not None:
             audit_decision(platform.audit, ctx.session, ask, decision)
+            _allowed_in_transaction(request, ctx).append((ask, decision))
         else:
             async with platform.unit_of_work() as uow:
                 audit_decision(platform.audit, uow.session, ask, decision)
                 await uow.commit()
         return decision
+    earlier: list[tuple[AuthzRequest, Decision]] = []
+    if ctx is not None:
+        # The route's transaction is about to be rolled back by the refusal. End it now: on
+        # SQLite it may hold the write lock (an earlier allow's audit record), and the
+        # denial's own transaction below would wait for it. The earlier allows of this
+        # request lose their records with it, so they are recorded again with the denial.
+        earlier = list(_allowed_in_transaction(request, ctx))
+        await ctx.session.rollback()
     async with platform.unit_of_work() as uow:
+        for earlier_ask, earlier_decision in earlier:
+            audit_decision(platform.audit, uow.session, earlier_ask, earlier_decision)
         audit_decision(platform.audit, uow.session, ask, decision)
         await uow.commit()
     raise _refusal(decision, object_route=object_route)
 
 
-__all__ = ["NotPermitted", "ObjectNotFound", "authorize", "decide_many", "not_found"]
+def _allowed_in_transaction(
+    request: Request, ctx: ServiceContext
+) -> list[tuple[AuthzRequest, Decision]]:
+    """The allowed decisions recorded in the route's CURRENT transaction (one committed
+    earlier in the request is not repeated)."""
+    transaction = ctx.session.sync_session.get_transaction()
+    held: tuple[object, list[tuple[AuthzRequest, Decision]]] | None = getattr(
+        request.state, "authz_allowed", None
+    )
+    if held is None or held[0] is not transaction:
+        held = (transaction, [])
+        request.state.authz_allowed = held
+    return held[1]

@@ -131,7 +131,9 @@ async def _require_platform_admin(
             reason = "role"
     if reason is None:
         return
-    # Recorded in a transaction of its own: the caller's is rolled back by the refusal.
+    # Recorded in a transaction of its own: the caller's is rolled back by the refusal, and
+    # is ended first (on SQLite it holds the write lock the record's transaction needs).
+    await ctx.session.rollback()
     async with platform.unit_of_work() as uow:
         platform.audit.record(
             uow.session,

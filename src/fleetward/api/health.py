@@ -59,7 +59,13 @@ async def readyz(request: Request) -> JSONResponse:
     ready, reason = await platform.store_ready()
     if ready and not await request.app.state.revocation_gate.try_load():
         ready, reason = False, "revocations not loaded"
-    body = {"status": "ready" if ready else "not-ready", "store": reason}
+    # The policy version is a hash of the policy text (public in the repository): probes and
+    # audits record which policy a deployment enforced when they tested it.
+    body = {
+        "status": "ready" if ready else "not-ready",
+        "store": reason,
+        "policy_version": platform.pdp.policy_version,
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

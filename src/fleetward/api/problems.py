@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetward.core.errors import (
@@ -21,6 +23,7 @@ from fleetward.core.errors import (
     JsonValue,
 )
 from fleetward.observability.logging import get_logger
+from fleetward.store.busy import StoreBusy, is_store_busy
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -90,6 +93,13 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return unexpected_problem(exc, request.url.path)
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """A busy store is a 503 the client may retry; any other store error is a 500."""
+    if is_store_busy(exc):
+        return await _fleetward_error(request, StoreBusy())
+    return unexpected_problem(exc, request.url.path)
+
+
 def unexpected_problem(exc: BaseException, path: str) -> JSONResponse:
     """A 500 problem for an error nobody anticipated.
 
@@ -106,6 +116,8 @@ def install(app: FastAPI) -> None:
         (FleetwardError, _fleetward_error),
         (RequestValidationError, _validation_error),
         (StarletteHTTPException, _http_error),
+        (DBAPIError, _store_error),
+        (PoolTimeout, _store_error),
     ]
     for exc_class, handler in handlers:
         app.add_exception_handler(exc_class, handler)

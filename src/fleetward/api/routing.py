@@ -26,6 +26,10 @@ class CataloguedRoute(APIRoute):
             extra.update(entry.as_extensions())
             kwargs["openapi_extra"] = extra
         super().__init__(path, endpoint, **kwargs)
+        if entry is not None and self.openapi_extra is not None:
+            # The route's stable name (``surface:object:operation``): what probes and the
+            # TARA evidence cite, independent of FastAPI's generated operationId.
+            self.openapi_extra["x-fleetward-route"] = self.name
 
 
 def surface_router(surface: Surface) -> APIRouter:

@@ -265,7 +265,7 @@ def _object_routes(surface: Surface) -> APIRouter:
     async def read_status(
         vehicle_id: str, request: Request, caller: Caller = authenticated
     ) -> StatusView:
-        return await _status(request, caller, vehicle_id)
+        return await vehicle_status(request, caller, vehicle_id)
 
     @router.get(
         "/vehicles/{vehicle_id}/location",
@@ -300,7 +300,7 @@ def _object_routes(surface: Surface) -> APIRouter:
     return router
 
 
-async def _status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
+async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         await authorize(
@@ -339,7 +339,7 @@ _DEALER = Depends(authenticate(Surface.DEALER))
 async def dealer_read_vehicle(
     vehicle_id: str, request: Request, caller: Caller = _DEALER
 ) -> StatusView:
-    return await _status(request, caller, vehicle_id)
+    return await vehicle_status(request, caller, vehicle_id)
 
 
 # ----------------------------------------------------------------------------- partner
@@ -388,4 +388,4 @@ router.include_router(_object_routes(Surface.FLEET))
 router.include_router(dealer_router)
 router.include_router(partner_router)
 
-__all__ = ["router"]
+__all__ = ["StatusView", "VehicleView", "router", "vehicle_status"]

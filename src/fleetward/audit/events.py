@@ -29,6 +29,17 @@ class EventName(StrEnum):
     SUPPORT_CASE_CLOSED = "support:case:closed"
     PARTNER_CONSENT_GRANTED = "partner:consent:granted"
     PARTNER_CONSENT_REVOKED = "partner:consent:revoked"
+    DRIVER_INVITED = "vehicle:driver:invited"
+    DRIVER_INVITATION_ACCEPTED = "vehicle:driver:invitation_accepted"
+    DRIVER_INVITATION_REVOKED = "vehicle:driver:invitation_revoked"
+    OWNERSHIP_TRANSFER_STARTED = "vehicle:ownership:transfer_started"
+    OWNERSHIP_TRANSFER_CANCELLED = "vehicle:ownership:transfer_cancelled"
+    OWNERSHIP_TRANSFER_REFUSED = "vehicle:ownership:transfer_refused"
+    APPOINTMENT_BOOKED = "vehicle:appointment:booked"
+    APPOINTMENT_CANCELLED = "vehicle:appointment:cancelled"
+    APPOINTMENT_CONFIRMED = "vehicle:appointment:confirmed"
+    OTA_CAMPAIGN_CREATED = "ota:campaign:created"
+    OTA_CAMPAIGN_STATUS_CHANGED = "ota:campaign:status_changed"
     # Every authorization decision (authz/).
     AUTHZ_DECISION_MADE = "authz:decision:made"
     # Interactive login (identity/login): reasons are stable codes, never a secret.

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     FLEET_ADMIN_MANAGE = "fleet-admin-manage"
     FLEET_ADMIN_GROUP = "fleet-admin-group"
     FLEET_OPERATOR = "fleet-operator"
+    FLEET_OPERATOR_GROUP = "fleet-operator-group"
     FLEET_OPERATOR_BULK = "fleet-operator-bulk"
     DEALER_CASE = "dealer-case"
     DEALER_CASE_MANAGE = "dealer-case-manage"

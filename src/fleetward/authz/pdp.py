@@ -1,15 +1,22 @@
 """The policy decision point: the :class:`PolicyDecisionPoint` seam and its Cedar adapter.
 
-This is the only module that touches ``cedarpy``. :class:`CedarPdp` loads the schema and the
-policies (``policy/``), validates them at construction and refuses to exist if they do not
-validate (so the platform refuses to start). Every answer is a :class:`Decision`; anything
-that is not a clean Allow or Deny from the engine (an exception, an evaluation error in any
-policy, a missing attribute, an unknown answer, a timeout) is a deny with its reason.
+This module and :mod:`fleetward.authz.slicing` (what is worked out once at start) are the only
+ones that touch ``cedarpy``. :class:`CedarPdp` loads the schema and the policies
+(``policy/``), validates them at construction and refuses to exist if they do not validate
+(so the platform refuses to start). Every answer is a :class:`Decision`; anything that is not
+a clean Allow or Deny from the engine (an exception, an evaluation error in any policy, a
+missing attribute, a request outside the schema, an unknown answer, a timeout) is a deny with
+its reason.
+
+Per batch: the relations are read from the store (never cached), the entities built and
+parsed with the schema, and each request evaluated ONCE against its action's slice of the
+policies (see :mod:`fleetward.authz.slicing` for why that gives Cedar's answers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
@@ -22,7 +29,6 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import cedarpy
-from cedarpy import pst
 
 from fleetward.authz.decision import (
     AuthzRequest,
@@ -32,7 +38,8 @@ from fleetward.authz.decision import (
     Reason,
     RequestContext,
 )
-from fleetward.authz.entities import (
+from fleetward.authz.permissions import Permission
+from fleetward.authz.relations import (
     Relations,
     RelationSource,
     RelationsRefused,
@@ -42,8 +49,8 @@ from fleetward.authz.entities import (
     principal_uid,
     resource_uid,
 )
-from fleetward.authz.permissions import Permission
 from fleetward.authz.scopes import in_scope
+from fleetward.authz.slicing import action_ancestors, admitted, fits, slices, unschematised
 from fleetward.observability.logging import get_logger
 
 logger = get_logger(__name__)
@@ -52,6 +59,8 @@ SCHEMA_FILE: Final = "schema.cedarschema"
 _KEBAB: Final = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _REASONS: Final = frozenset(r.value for r in Reason)
 _OBLIGATIONS: Final = frozenset(o.value for o in Obligation)
+# Parsed entity sets kept, by their exact JSON text (~17 KiB each): see CedarPdp._parse.
+ENTITY_PARSE_CACHE: Final = 512
 
 
 class PolicyDecisionPoint(Protocol):
@@ -146,8 +155,12 @@ class _Compiled:
     version: str
     schema: Any  # cedarpy.Schema
     policies: Any  # cedarpy.PolicySet, every policy
-    permits: Any  # cedarpy.PolicySet, the permits only
     meta: Mapping[str, _Meta]  # by Cedar policy id
+    # Per action: every policy whose action scope can match it, all turned into permits (same
+    # ids), so one evaluation names every satisfied permit AND forbid (see _evaluate).
+    sliced: Mapping[Permission, Any]
+    # (action, principal type, resource type) triples the schema admits (probed at start).
+    applies_to: frozenset[tuple[str, str, str]]
 
 
 def compile_policy(policy: PolicyText) -> _Compiled:
@@ -164,17 +177,16 @@ def compile_policy(policy: PolicyText) -> _Compiled:
     meta, problems = _read_annotations(tree)
     if problems:
         raise PolicyInvalid(problems)
-    permits = pst.PolicySet(
-        templates={},
-        static_policies={k: v for k, v in tree.static_policies.items() if meta[k].permit},
-        template_links=(),
-    )
+    applies_to, problems = admitted(schema)
+    if problems:
+        raise PolicyInvalid(problems)
     return _Compiled(
         version=policy.version,
         schema=schema,
         policies=cedarpy.PolicySet.from_str(policy.text),
-        permits=cedarpy.PolicySet.from_pst(permits),
         meta=meta,
+        sliced=slices(tree, action_ancestors(schema)),
+        applies_to=applies_to,
     )
 
 
@@ -222,6 +234,15 @@ class CedarPdp:
         self._compiled = compile_policy(policy or PolicyText.packaged())
         self._source = source
         self._config = config or PdpConfig()
+        # Parsing the entity JSON is the engine's largest cost per decision. Its result
+        # depends on the text and the schema only, so identical text is parsed once: the key
+        # is the complete entity set, built from relations read from the store on EVERY
+        # request (nothing about relations is cached: a revoked or lapsed relation changes
+        # the text, so the next request parses the new set). An invalid text raises and is
+        # not kept.
+        self._parse: Callable[[str], Any] = functools.lru_cache(maxsize=ENTITY_PARSE_CACHE)(
+            functools.partial(cedarpy.Entities.from_json_str, schema=self._compiled.schema)
+        )
 
     def bind(self, source: RelationSource) -> CedarPdp:
         """The same policy and configuration, reading relations from ``source``."""
@@ -229,6 +250,7 @@ class CedarPdp:
         sibling._compiled = self._compiled
         sibling._source = source
         sibling._config = self._config
+        sibling._parse = self._parse
         return sibling
 
     @property
@@ -285,45 +307,30 @@ class CedarPdp:
     def _evaluate(self, batch: list[AuthzRequest], relations: Relations) -> list[Decision]:
         compiled = self._compiled
         answers: list[Decision | None] = [None] * len(batch)
-        pending: list[int] = []
+        pending: dict[Permission, list[tuple[int, dict[str, Any]]]] = {}
         for index, request in enumerate(batch):
             if not relations.exists(request.resource):
                 answers[index] = self._deny(Reason.UNKNOWN_RESOURCE)
-            else:
-                pending.append(index)
+                continue
+            cedar_request = self._cedar_request(request)
+            if not fits(cedar_request, compiled.applies_to):
+                # What the engine answers for a request outside the schema: no decision.
+                logger.warning("authz.pdp_error", stage="request", action=request.action.value)
+                answers[index] = self._deny(Reason.PDP_ERROR)
+                continue
+            pending.setdefault(request.action, []).append((index, cedar_request))
         if not pending:
             return self._complete(answers)
-        entities = cedarpy.Entities.from_json_str(_json(cedar_entities(relations)), compiled.schema)
-        cedar_requests = [self._cedar_request(batch[i]) for i in pending]
-        results = cedarpy.is_authorized_batch(
-            cedar_requests, compiled.policies, entities, schema=compiled.schema
-        )
-        forbidden: list[tuple[int, int, tuple[str, ...]]] = []
-        for position, (index, result) in enumerate(zip(pending, results, strict=True)):
-            decision, forbids = self._read(result)
-            if forbids:
-                forbidden.append((index, position, forbids))
-            elif decision is not None:
+        entities = self._parse(_json(cedar_entities(relations)))
+        for action, asks in pending.items():
+            wire = [{**ask, "context": _json(unschematised(ask["context"]))} for _, ask in asks]
+            # No schema here: fits() above stands for the request validation (slicing.py).
+            results = cedarpy.is_authorized_batch(wire, compiled.sliced[action], entities)
+            for (index, _), result in zip(asks, results, strict=True):
+                decision = self._read(result)
+                if decision is None:
+                    decision = self._default_deny(batch[index], relations)
                 answers[index] = decision
-            else:
-                answers[index] = self._default_deny(batch[index], relations)
-        if forbidden:
-            # A forbid names the denial only when some permit would otherwise allow: a
-            # stranger is not told that a step-up would help, nor where a vehicle is barred.
-            again = cedarpy.is_authorized_batch(
-                [cedar_requests[p] for _, p, _ in forbidden],
-                compiled.permits,
-                entities,
-                schema=compiled.schema,
-            )
-            for (index, _, forbids), result in zip(forbidden, again, strict=True):
-                permitted, _ = self._read(result)
-                if permitted is None:
-                    answers[index] = self._default_deny(batch[index], relations)
-                elif permitted.allowed:
-                    answers[index] = self._deny(Reason(forbids[0]), forbids)
-                else:
-                    answers[index] = permitted  # the engine could not decide: pdp-error
         return self._complete(answers)
 
     def _cedar_request(self, request: AuthzRequest) -> dict[str, Any]:
@@ -335,8 +342,12 @@ class CedarPdp:
             "context": cedar_context(request.context, request.action, barred),
         }
 
-    def _read(self, result: Any) -> tuple[Decision | None, tuple[str, ...]]:
-        """(an allow or a pdp-error deny, or None for a plain deny; the forbids that denied)."""
+    def _read(self, result: Any) -> Decision | None:
+        """The decision of one evaluation of a slice (every policy a permit; see slicing.py),
+        or None for a plain deny (no permit satisfied): Cedar's rule, read from the effects
+        kept in the annotations. A forbid names the denial only when some permit would
+        otherwise allow: a stranger is not told that a step-up would help, nor where a
+        vehicle is barred."""
         compiled = self._compiled
         if result.diagnostics.errors or result.decision not in (
             cedarpy.Decision.Allow,
@@ -345,16 +356,19 @@ class CedarPdp:
             # An erroring policy is skipped by Cedar: an erroring forbid could let a permit
             # through. Any error at all is therefore a deny.
             logger.warning("authz.pdp_error", stage="policy", errors=len(result.diagnostics.errors))
-            return self._deny(Reason.PDP_ERROR), ()
-        determining = sorted(
-            (compiled.meta[pid] for pid in result.diagnostics.reasons),
-            key=lambda m: m.order,
+            return self._deny(Reason.PDP_ERROR)
+        satisfied = sorted(
+            (compiled.meta[pid] for pid in result.diagnostics.reasons), key=lambda m: m.order
         )
-        ids = tuple(m.reason.value for m in determining)
-        if result.decision is cedarpy.Decision.Allow:
-            obligations = frozenset(o for m in determining for o in m.obligations)
-            return Decision(True, determining[0].reason, compiled.version, ids, obligations), ()
-        return None, ids
+        permits = [m for m in satisfied if m.permit]
+        if not permits:
+            return None
+        forbids = tuple(m.reason.value for m in satisfied if not m.permit)
+        if forbids:
+            return self._deny(Reason(forbids[0]), forbids)
+        ids = tuple(m.reason.value for m in permits)
+        obligations = frozenset(o for m in permits for o in m.obligations)
+        return Decision(True, permits[0].reason, compiled.version, ids, obligations)
 
     def _default_deny(self, request: AuthzRequest, relations: Relations) -> Decision:
         return self._deny(relations.notes.get(request.resource, Reason.NO_RELATIONSHIP))

@@ -27,6 +27,7 @@ class Permission(StrEnum):
     VEHICLE_TRANSFER = "vehicle:transfer"
     VEHICLE_MANAGE_CONSENTS = "vehicle:manage_consents"
     VEHICLE_BOOK_SERVICE = "vehicle:book_service"
+    FLEET_READ_GROUPS = "fleet:read_groups"
     FLEET_MANAGE_GROUPS = "fleet:manage_groups"
     FLEET_MANAGE_MEMBERS = "fleet:manage_members"
     FLEET_BULK_COMMAND = "fleet:bulk_command"

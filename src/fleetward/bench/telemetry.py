@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fleetward.core.clock import SystemClock
 from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.identity.models import Tenant, TenantKind
-from fleetward.store.engine import create_engine
+from fleetward.store.engine import create_engine, sqlite_pragma
 from fleetward.store.migrate import upgrade
 from fleetward.telemetry.envelope import FRAME_LABEL, HEADER, TAG_BYTES, seal
 from fleetward.telemetry.errors import Status
@@ -180,8 +180,7 @@ async def _bare(
     work.sort(key=lambda item: HEADER.unpack_from(item[2])[2])
     count = 0
     async with engine.connect() as connection:
-        await connection.exec_driver_sql("PRAGMA synchronous=FULL")
-        await connection.commit()
+        await sqlite_pragma(connection, "PRAGMA synchronous=FULL")
         start, cpu_start = time.perf_counter(), time.process_time()
         deadline = start + seconds
         for offset in range(0, len(work), _BARE_BATCH):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fleetward.bench import authz, telemetry, tokens
+from fleetward.bench import authz, gateway_load, http_read, telemetry, tokens
 
 app = typer.Typer(no_args_is_help=True, help="benchmarks (never part of make test)")
 
@@ -34,3 +34,25 @@ def telemetry_command(
 ) -> None:
     """The ingest pipeline vs the bare ceiling (MAC + decode + batched insert)."""
     typer.echo(json.dumps(telemetry.run(seconds), indent=2, sort_keys=True, default=str))
+
+
+@app.command("http-read")
+def http_read_command(
+    requests: Annotated[int, typer.Option(min=10, max=100_000, help="requests per round")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="requests in flight")] = 16,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="rounds per server")] = 3,
+) -> None:
+    """An authorized object read over HTTP vs a bare FastAPI route (one uvicorn worker each)."""
+    result = http_read.run(requests, concurrency=concurrency, rounds=rounds)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+@app.command("gateway-load")
+def gateway_load_command(
+    vehicles: Annotated[int, typer.Option(min=1, max=10_000, help="simulated vehicles")] = 2000,
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="seconds of traffic")] = 30.0,
+) -> None:
+    """Many simulated vehicles connected to one gateway process: sessions, acks, errors."""
+    typer.echo(
+        json.dumps(gateway_load.run(vehicles, seconds), indent=2, sort_keys=True, default=str)
+    )

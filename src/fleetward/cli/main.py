@@ -12,8 +12,10 @@ from fleetward.cli import bench as bench_cli
 from fleetward.cli import catalog as catalog_cli
 from fleetward.cli import devices as devices_cli
 from fleetward.cli import keys as keys_cli
+from fleetward.cli import probe as probe_cli
+from fleetward.cli import sim as sim_cli
 from fleetward.cli import token as token_cli
-from fleetward.cli.runtime import demo_setup, load_or_exit, migrate_store, serve_app
+from fleetward.cli.runtime import demo_setup, load_or_exit, migrate_store, serve_app, serve_demo
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fleetward platform")
 app.add_typer(catalog_cli.app, name="catalog")
@@ -21,6 +23,8 @@ app.command(name="token")(token_cli.token)
 app.add_typer(bench_cli.app, name="bench")
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(devices_cli.app, name="devices")
+app.command(name="sim")(sim_cli.sim)
+app.add_typer(probe_cli.app, name="probe")
 
 
 @app.command()
@@ -42,6 +46,10 @@ def demo(
     no_serve: Annotated[
         bool, typer.Option("--no-serve", help="set up the demo world and exit")
     ] = False,
+    sim: Annotated[
+        bool,
+        typer.Option("--sim/--no-sim", help="run a simulated fleet of the demo world's vehicles"),
+    ] = True,
 ) -> None:
     """First run: migrate, seed the demo world and write its logins; then serve."""
     settings = load_or_exit()
@@ -55,7 +63,7 @@ def demo(
         f"  demo logins:   {credentials}  (mode 0600; one entry per demo person)\n"
     )
     if not no_serve:
-        serve_app(settings)
+        serve_demo(settings, sim=sim)
 
 
 def main() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
 import typer
 import uvicorn
+from starlette.types import ASGIApp
 
 from fleetward.app import build_app
 from fleetward.demo.clients import seed_demo_clients
@@ -15,6 +17,7 @@ from fleetward.demo.world import reset_passwords, seed_demo_world
 from fleetward.observability.logging import configure_logging
 from fleetward.platform import Platform
 from fleetward.settings import Settings, SettingsError, load_settings
+from fleetward.sim.demo import serve_with_fleet
 from fleetward.store.migrate import upgrade
 
 
@@ -70,8 +73,23 @@ async def demo_setup(settings: Settings) -> Path:
 
 def serve_app(settings: Settings) -> None:
     _prepare_data_dir(settings)
-    app = build_app(settings)
-    config = uvicorn.Config(
+    uvicorn.Server(_server_config(build_app(settings), settings)).run()
+
+
+def serve_demo(settings: Settings, *, sim: bool) -> None:
+    """Serve; with ``sim``, the demo world's vehicles report from a simulated fleet run in
+    this process once the server is up (``fleetward.sim.demo``)."""
+    if not sim:
+        serve_app(settings)
+        return
+    _prepare_data_dir(settings)
+    platform = Platform.build(settings)
+    app = build_app(settings, platform=platform)
+    asyncio.run(serve_with_fleet(uvicorn.Server(_server_config(app, settings)), platform))
+
+
+def _server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -81,4 +99,3 @@ def serve_app(settings: Settings) -> None:
         # Before the handshake a peer is anonymous: cap what it may send in one message.
         ws_max_size=256 * 1024,
     )
-    uvicorn.Server(config).run()

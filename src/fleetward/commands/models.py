@@ -54,9 +54,7 @@ class JobTransition(Base):
 
     id: Mapped[str] = id_column()
     job_id: Mapped[str] = mapped_column(ForeignKey("command_jobs.id"), index=True)
-    from_state: Mapped[JobState | None] = mapped_column(
-        str_enum(JobState, "job_transition_from")
-    )
+    from_state: Mapped[JobState | None] = mapped_column(str_enum(JobState, "job_transition_from"))
     to_state: Mapped[JobState] = mapped_column(str_enum(JobState, "job_transition_to"))
     at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(String(64))

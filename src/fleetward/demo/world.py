@@ -13,6 +13,7 @@ from fleetward.authz.permissions import Permission
 from fleetward.core.datakey import DataKey
 from fleetward.core.vin import random_vin
 from fleetward.demo.credentials import DemoLogin, generate_password
+from fleetward.demo.history import seed_history
 from fleetward.identity.directory import Directory
 from fleetward.identity.login.totp import TotpFactors
 from fleetward.identity.models import Role, Tenant, TenantKind, User
@@ -159,6 +160,7 @@ async def seed_demo_world(
         )
 
     await _relationships(ctx, tenants, users, vehicles)
+    await seed_history(ctx, vehicles)
     return SeedResult(created=True, logins=logins)
 
 

@@ -9,9 +9,14 @@ closing, and answers the session registry's periodic "is this still allowed?" qu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import asyncio
+import contextvars
+import random
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.recorder import Actor, AuditRecorder, Target
 from fleetward.core.clock import Clock
+from fleetward.core.context import RequestContext, current_request
 from fleetward.core.errors import JsonValue
 from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import (
@@ -27,8 +33,13 @@ from fleetward.devices.models import (
     DeviceCertificate,
     DeviceStatus,
 )
+from fleetward.observability.logging import get_logger
 from fleetward.services import ServiceContext
+from fleetward.store.busy import StoreBusy, is_store_busy
+from fleetward.store.uow import UnitOfWork
 from fleetward.vehicles.models import Vehicle
+
+_log = get_logger(__name__)
 
 _REFUSAL_BY_STATUS = {
     DeviceStatus.SUSPENDED: "device-suspended",
@@ -222,3 +233,199 @@ class StoreCredentialCheck:
             )
             valid = {serial for (serial,) in certificate_rows}
         return Credentials(statuses, frozenset(serials) - valid)
+
+
+# --------------------------------------------------------------------------- ledger
+
+Services = Callable[[], AbstractAsyncContextManager[tuple[UnitOfWork, ServiceContext]]]
+
+LEDGER_MAX_ENTRIES: Final = 500
+LEDGER_MAX_WAIT_S: Final = 0.005
+LEDGER_ATTEMPTS: Final = 4
+LEDGER_BACKOFF_S: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """An admitted session (no rotation to complete, no clone finding: those are recorded in
+    the handshake's own transaction)."""
+
+    device_id: str
+    certificate_id: str
+    serial: str
+    vehicle_id: str
+    tenant_id: str
+    status: DeviceStatus
+    session_id: str
+    peer: str
+    software_version: str
+    at: datetime
+    details: Mapping[str, JsonValue] = field(default_factory=dict)
+    request: RequestContext | None = field(default_factory=current_request)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    device_id: str
+    tenant_id: str
+    session_id: str
+    last_activity: datetime
+    code: str
+    at: datetime
+    request: RequestContext | None = field(default_factory=current_request)
+
+
+LedgerEntry = SessionOpened | SessionClosed
+
+
+class SessionLedger:
+    """Records session openings and closings in batches: one short transaction for
+    everything that arrived within ``max_wait`` seconds, instead of one per handshake.
+
+    On SQLite every write transaction takes the one database write lock; thousands of
+    handshakes each taking it (and holding it across several event-loop round trips) starve
+    each other and the telemetry writer beyond the busy timeout. Batched, the gateway's
+    bookkeeping takes the lock a few times a second however many devices connect.
+
+    :meth:`record` returns a future that resolves once the entry committed (with its audit
+    event, in the same transaction) or fails with :class:`StoreBusy` after bounded retries
+    with jitter; a handshake waits for it before its WELCOME, so a session is never served
+    unrecorded. For one event loop; the writing task runs only while entries are pending.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        max_entries: int = LEDGER_MAX_ENTRIES,
+        max_wait: float = LEDGER_MAX_WAIT_S,
+        attempts: int = LEDGER_ATTEMPTS,
+        backoff: float = LEDGER_BACKOFF_S,
+    ) -> None:
+        if not (max_entries >= 1 and 0 <= max_wait <= 1 and attempts >= 1 and backoff >= 0):
+            raise ValueError("need max_entries >= 1, 0 <= max_wait <= 1 s, attempts >= 1")
+        self._services = services
+        self._max_entries = max_entries
+        self._max_wait = max_wait
+        self._attempts = attempts
+        self._backoff = backoff
+        self._pending: list[tuple[LedgerEntry, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, entry: LedgerEntry) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, waiter))
+        if self._task is None or self._task.done():
+            # A context of its own: not the request context of whichever handshake came first.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="gateway-session-ledger", context=contextvars.Context()
+            )
+        return waiter
+
+    async def _run(self) -> None:
+        while self._pending:
+            if len(self._pending) < self._max_entries:
+                await asyncio.sleep(self._max_wait)  # let a batch gather
+            batch = self._pending[: self._max_entries]
+            del self._pending[: self._max_entries]
+            try:
+                await self._write_with_retry(batch)
+            except Exception as exc:  # nothing in the batch committed: every waiter hears it
+                _log.error("gateway.ledger_not_written", error=type(exc).__name__, n=len(batch))
+                busy = is_store_busy(exc)
+                for _entry, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(StoreBusy() if busy else exc)
+                continue
+            for _entry, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _write_with_retry(self, batch: Sequence[tuple[LedgerEntry, object]]) -> None:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                await self._write([entry for entry, _waiter in batch])
+                return
+            except Exception as exc:
+                if not is_store_busy(exc) or attempt == self._attempts:
+                    raise
+            # Jittered back-off so that retries do not meet the same writer again in step.
+            await asyncio.sleep(self._backoff * attempt * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+
+    async def _write(self, entries: Sequence[LedgerEntry]) -> None:
+        async with self._services() as (uow, ctx):
+            session = ctx.session
+            # Reads first (no lock on SQLite), then every change, then one flush and commit:
+            # the write lock is held only for those few statements.
+            device_ids = sorted({entry.device_id for entry in entries})
+            devices = {
+                device.id: device
+                for device in await session.scalars(select(Device).where(Device.id.in_(device_ids)))
+            }
+            certificate_ids = sorted(
+                {entry.certificate_id for entry in entries if isinstance(entry, SessionOpened)}
+            )
+            unused = (
+                {
+                    certificate.id: certificate
+                    for certificate in await session.scalars(
+                        select(DeviceCertificate).where(
+                            DeviceCertificate.id.in_(certificate_ids),
+                            DeviceCertificate.first_used_at.is_(None),
+                        )
+                    )
+                }
+                if certificate_ids
+                else {}
+            )
+            with session.no_autoflush:
+                for entry in entries:
+                    _apply(ctx, entry, devices.get(entry.device_id), unused)
+            await uow.commit()
+
+
+def _apply(
+    ctx: ServiceContext,
+    entry: LedgerEntry,
+    device: Device | None,
+    unused: Mapping[str, DeviceCertificate],
+) -> None:
+    seen = entry.at if isinstance(entry, SessionOpened) else entry.last_activity
+    if device is not None and (device.last_seen_at is None or device.last_seen_at < seen):
+        device.last_seen_at = seen
+    actor = device_actor(entry.device_id, entry.tenant_id)
+    target = Target("device", entry.device_id, entry.tenant_id)
+    if isinstance(entry, SessionOpened):
+        certificate = unused.get(entry.certificate_id)
+        if certificate is not None and certificate.first_used_at is None:
+            certificate.first_used_at = entry.at
+        if device is not None:
+            device.last_peer = entry.peer
+        record = ctx.audit.record(
+            ctx.session,
+            EventName.DEVICE_SESSION_OPENED,
+            actor=actor,
+            target=target,
+            details={
+                "session": entry.session_id,
+                "vehicle": entry.vehicle_id,
+                "serial": entry.serial,
+                "peer": entry.peer,
+                "software_version": entry.software_version,
+                "status": entry.status.value,
+                **entry.details,
+            },
+        )
+    else:
+        record = ctx.audit.record(
+            ctx.session,
+            EventName.DEVICE_SESSION_CLOSED,
+            actor=actor,
+            target=target,
+            details={"session": entry.session_id, "close": entry.code},
+        )
+    # The event is the handshake's (or the close's), not the batch's: its time and request.
+    record.occurred_at = entry.at
+    request = entry.request
+    record.request_id = request.request_id if request else None
+    record.trace_id = request.trace_id if request else None

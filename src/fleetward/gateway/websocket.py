@@ -32,10 +32,14 @@ from fleetward.catalog.entry import (
     Impact,
     catalogued,
 )
+from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
 from fleetward.devices.admission import (
     AdmissionRefused,
     DeviceAdmission,
+    SessionClosed,
+    SessionLedger,
+    SessionOpened,
     StoreCredentialCheck,
     record_refusal,
 )
@@ -53,6 +57,7 @@ from fleetward.gateway.registry import LiveSession, SessionRegistry
 from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
+from fleetward.store.busy import is_store_busy
 
 logger = get_logger(__name__)
 
@@ -83,9 +88,13 @@ class Gateway:
     observer: SessionObserver
     config: GatewayConfig
     registry: SessionRegistry = field(init=False)
+    ledger: SessionLedger = field(init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        # Session openings and closings are recorded in batches (see SessionLedger): one
+        # short write transaction for many handshakes instead of one each.
+        self.ledger = SessionLedger(self.platform.services)
         self.registry = SessionRegistry(
             self.platform.clock,
             StoreCredentialCheck(self.platform.sessions, self.platform.clock),
@@ -130,7 +139,7 @@ class Gateway:
                 self.observer.end_session(live.session.session_id)
             except Exception as exc:  # the observer's failure must not skip the record
                 logger.error("gateway.observer_failed", error=type(exc).__name__)
-            await self._record_close(live)
+            await self.record_close(live)
 
     # ------------------------------------------------------------------ handshake
 
@@ -151,15 +160,48 @@ class Gateway:
         if not isinstance(data, bytes):
             raise HandshakeFailure("not-binary", CloseCode.PROTOCOL)
         proven = handshake.verify(data)
-        live = await self._admit(websocket, proven, peer)
+        live = await self.admit(
+            proven, peer=peer, transport=Transport.WEBSOCKET, closer=_closer(websocket)
+        )
         welcome = handshake.welcome(
             proven, live.session.session_id, config.idle_timeout, config.max_frame_bytes
         )
         await websocket.send_bytes(welcome)
         return live
 
-    async def _admit(self, websocket: WebSocket, proven: ProvenDevice, peer: str) -> LiveSession:
+    async def admit(
+        self,
+        proven: ProvenDevice,
+        *,
+        peer: str,
+        transport: Transport,
+        closer: Callable[[CloseCode], Awaitable[None]],
+    ) -> LiveSession:
+        """Admit a proven device against the store, register its session, judge the clone
+        rules and record the opening (shared by every transport; raises HandshakeFailure)."""
+        try:
+            return await self._admit(proven, peer=peer, transport=transport, closer=closer)
+        except HandshakeFailure:
+            raise
+        except Exception as exc:
+            if not is_store_busy(exc):
+                raise
+            # The store could not take the handshake's bookkeeping now (after the ledger's
+            # bounded retries): nothing was recorded, the device may try again shortly.
+            raise HandshakeFailure(
+                "store-busy", CloseCode.TRY_AGAIN_LATER, proven.device_id
+            ) from None
+
+    async def _admit(
+        self,
+        proven: ProvenDevice,
+        *,
+        peer: str,
+        transport: Transport,
+        closer: Callable[[CloseCode], Awaitable[None]],
+    ) -> LiveSession:
         rules = CloneRules(self.config.liveness_window)
+        ledgered: asyncio.Future[None] | None = None
         async with self.platform.services() as (uow, ctx):
             try:
                 admitted = await DeviceAdmission(ctx).check(
@@ -179,13 +221,13 @@ class Gateway:
                 tenant_id=admitted.tenant_id,
                 certificate_serial=proven.certificate_serial,
                 session_key=proven.keys.session_key,
-                transport=Transport.WEBSOCKET,
+                transport=transport,
                 peer=peer,
                 software_version=proven.software_version,
                 vehicle_config=proven.vehicle_config,
                 established_at=now,
             )
-            live = LiveSession(session, now, _closer(websocket))
+            live = LiveSession(session, now, closer)
             # A pending certificate is the device's new one: sessions of the certificates it
             # replaces are handed over, not counted as a second device.
             handover = (
@@ -202,28 +244,55 @@ class Gateway:
                 last_peer=device.last_peer,
                 last_seen_at=device.last_seen_at,
             )
+            details: dict[str, JsonValue] = {
+                "superseded": [s.session.session_id for s in claim.silent],
+                "handed_over": [s.session.session_id for s in claim.handed_over],
+            }
             try:
-                if suspicion is not None:
-                    # Recorded and flagged; the sessions go on with their frames set apart.
-                    await CloneResponse(ctx).quarantine(
-                        device,
-                        suspicion,
-                        peer=peer,
-                        certificate_serial=proven.certificate_serial,
-                        session_id=session.session_id,
-                        tenant_id=admitted.tenant_id,
+                if suspicion is None and not admitted.first_use_of_rotation:
+                    # The common case writes nothing but its record: batched with other
+                    # handshakes' (the read-only transaction here ends without a write).
+                    ledgered = self.ledger.record(
+                        SessionOpened(
+                            device_id=device.id,
+                            certificate_id=admitted.certificate.id,
+                            serial=admitted.certificate.serial,
+                            vehicle_id=device.vehicle_id,
+                            tenant_id=admitted.tenant_id,
+                            status=device.status,
+                            session_id=session.session_id,
+                            peer=peer,
+                            software_version=proven.software_version,
+                            at=now,
+                            details=details,
+                        )
                     )
-                await DeviceAdmission(ctx).opened(
-                    admitted,
-                    session_id=session.session_id,
-                    peer=peer,
-                    software_version=proven.software_version,
-                    details={
-                        "superseded": [s.session.session_id for s in claim.silent],
-                        "handed_over": [s.session.session_id for s in claim.handed_over],
-                    },
-                )
-                await uow.commit()
+                else:
+                    if suspicion is not None:
+                        # Recorded and flagged; the sessions go on with their frames set apart.
+                        await CloneResponse(ctx).quarantine(
+                            device,
+                            suspicion,
+                            peer=peer,
+                            certificate_serial=proven.certificate_serial,
+                            session_id=session.session_id,
+                            tenant_id=admitted.tenant_id,
+                        )
+                    await DeviceAdmission(ctx).opened(
+                        admitted,
+                        session_id=session.session_id,
+                        peer=peer,
+                        software_version=proven.software_version,
+                        details=details,
+                    )
+                    await uow.commit()
+            except BaseException:
+                self.registry.release(live)
+                raise
+        if ledgered is not None:
+            try:
+                # Recorded (with its audit event) before the session may proceed.
+                await ledgered
             except BaseException:
                 self.registry.release(live)
                 raise
@@ -281,18 +350,19 @@ class Gateway:
             except WebSocketDisconnect:
                 return
 
-    async def _record_close(self, live: LiveSession) -> None:
+    async def record_close(self, live: LiveSession) -> None:
         session = live.session
         try:
-            async with self.platform.services() as (uow, ctx):
-                await DeviceAdmission(ctx).closed(
+            await self.ledger.record(
+                SessionClosed(
                     device_id=session.device_id,
                     tenant_id=session.tenant_id,
                     session_id=session.session_id,
                     last_activity=live.last_activity,
                     code=live.closed_with.phrase if live.closed_with else "by-device",
+                    at=self.platform.clock.now(),
                 )
-                await uow.commit()
+            )
         except Exception as exc:
             logger.error("gateway.close_not_recorded", error=type(exc).__name__)
 

@@ -309,6 +309,9 @@ def scrub_text(text: str) -> str:
     """Return *text* with every secret recognised by shape or by name replaced."""
     if not _may_hold_secret(text):
         return text
+    # Whole key blocks first: a name-triggered match ("password": "-----BEGIN ...") would
+    # otherwise end at the first space and leave the key's body in the text.
+    text = _PEM_RE.sub(REDACTED, text)
     triggers = [(found.start(), found.group()) for found in _SEPARATOR_RE.finditer(text)]
     for literal in _LITERALS:
         at = text.find(literal)

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleetward.observability.logging import get_logger
 from fleetward.store.base import UtcDateTime
+from fleetward.store.engine import sqlite_pragma
 
 _log = get_logger("fleetward.telemetry.persist")
 
@@ -188,8 +189,7 @@ class BatchWriter:
         if self._connection is None:
             connection = await self._engine.connect()
             if connection.dialect.name == "sqlite":
-                await connection.exec_driver_sql("PRAGMA synchronous=FULL")
-                await connection.commit()
+                await sqlite_pragma(connection, "PRAGMA synchronous=FULL")
             self._connection = connection
         return self._connection
 

@@ -147,3 +147,22 @@ class FleetService:
             target=Target("operator_assignment", assignment.id),
         )
         await self._ctx.session.flush()
+
+    async def remove_from_group(
+        self, group: FleetGroup, link: GroupVehicle, *, actor: Actor
+    ) -> None:
+        """End a vehicle's membership of a group (the link stays, closed, as history)."""
+        if link.group_id != group.id:
+            # A link reached through another group is a caller's bug, never a removal.
+            raise RelationshipRefused("the vehicle is not in this group", reason="group")
+        if link.valid_until is not None:
+            return
+        link.valid_until = self._ctx.clock.now()
+        self._ctx.audit.record(
+            self._ctx.session,
+            EventName.FLEET_GROUP_VEHICLE_REMOVED,
+            actor=actor,
+            target=Target("fleet_group", group.id, group.tenant_id),
+            details={"vehicle": link.vehicle_id},
+        )
+        await self._ctx.session.flush()

@@ -64,9 +64,7 @@ class OwnershipTransfer(Base):
     seller_user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime]
-    status: Mapped[HandoverStatus] = mapped_column(
-        str_enum(HandoverStatus, "transfer_status")
-    )
+    status: Mapped[HandoverStatus] = mapped_column(str_enum(HandoverStatus, "transfer_status"))
     created_at: Mapped[datetime]
     buyer_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
     closed_at: Mapped[datetime | None]

@@ -40,9 +40,7 @@ class ChargerKind(StrEnum):
 
 class ChargingSession(Base):
     __tablename__ = "charging_sessions"
-    __table_args__ = (
-        Index("ix_charging_sessions_vehicle_started", "vehicle_id", "started_at"),
-    )
+    __table_args__ = (Index("ix_charging_sessions_vehicle_started", "vehicle_id", "started_at"),)
 
     id: Mapped[str] = id_column()
     vehicle_id: Mapped[str] = mapped_column(ForeignKey("vehicles.id"))
@@ -62,9 +60,7 @@ class DiagnosticSource(StrEnum):
 
 class DiagnosticReport(Base):
     __tablename__ = "diagnostic_reports"
-    __table_args__ = (
-        Index("ix_diagnostic_reports_vehicle_created", "vehicle_id", "created_at"),
-    )
+    __table_args__ = (Index("ix_diagnostic_reports_vehicle_created", "vehicle_id", "created_at"),)
 
     id: Mapped[str] = id_column()
     vehicle_id: Mapped[str] = mapped_column(ForeignKey("vehicles.id"))

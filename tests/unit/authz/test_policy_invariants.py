@@ -204,6 +204,12 @@ NEVER: list[tuple[str, Relations, AuthzRequest, Reason]] = [
         Reason.STEP_UP_REQUIRED,
     ),
     (
+        "transfer-password-only",
+        relations(ALICE_FACTS, owned_car()),
+        _ask(ALICE_FACTS, P.VEHICLE_TRANSFER, acr=Acr.PASSWORD.value),
+        Reason.STEP_UP_REQUIRED,
+    ),
+    (
         "bulk-stale",
         relations(ERIN, objects=[ObjectFacts(NORTH, FLEET)]),
         _ask(

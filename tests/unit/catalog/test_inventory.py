@@ -99,6 +99,7 @@ def test_export_and_openapi_carry_the_entries(app: FastAPI) -> None:
             assert operation["x-fleetward-owner"], path
             assert operation["x-fleetward-permission"], path
             assert "x-fleetward-data-class" in operation
+            assert operation.get("x-fleetward-route"), path
 
 
 @pytest.mark.parametrize(

@@ -352,3 +352,12 @@ def test_hostile_text_is_scanned_in_linear_time(text: str) -> None:
     scrub_text(text)
 
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_key_block_named_by_a_secret_field_is_removed_whole() -> None:
+    # The name-triggered rule alone stopped at the first space: the key body survived.
+    body = "MHcCAQEEIBodyOfTheKeyThatMustNotSurvive"
+    text = f'"password": "-----BEGIN EC PRIVATE KEY-----\\n{body}\\n-----END EC PRIVATE KEY-----"'
+    scrubbed = scrub_text(text)
+    assert body not in scrubbed
+    assert "PRIVATE KEY" not in scrubbed

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
 from fleetward.platform import Platform
 from fleetward.store.registry import metadata
+
+# A store built by the migrations themselves, not a copy of the session's template.
+pytestmark = pytest.mark.fresh_migrations
 
 
 async def test_migrations_match_models(platform: Platform) -> None:

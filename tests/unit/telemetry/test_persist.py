@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, Numeric, String, Table, event, text
+from sqlalchemy import Column, MetaData, Numeric, String, Table, event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleetward.platform import Platform
 from fleetward.store.engine import create_engine
 from fleetward.telemetry.errors import Status
+from fleetward.telemetry.models import TelemetryMessage
 from fleetward.telemetry.persist import BatchWriter, RowCodec, StoreUnavailable, Target
 from fleetward.telemetry.pipeline import TELEMETRY_TARGET, TelemetryConfig
 from fleetward.telemetry.quotas import Rate
@@ -32,13 +33,33 @@ async def write_lock(platform: Platform) -> AsyncIterator[None]:
     """Hold the telemetry table's write lock from another connection (readers still read)."""
     async with platform.engine.connect() as connection:
         if connection.dialect.name == "sqlite":
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # A write statement takes the database's write lock (it touches no row), whether
+            # the engine begins transactions deferred or immediate.
+            await connection.begin()
+            await connection.exec_driver_sql("DELETE FROM telemetry_messages WHERE 0")
         else:
             await connection.exec_driver_sql("LOCK TABLE telemetry_messages IN EXCLUSIVE MODE")
         try:
             yield
         finally:
             await connection.rollback()
+
+
+async def visible_rows(platform: Platform) -> int:
+    """Telemetry rows a reader sees now, read without waiting for the write lock (on SQLite a
+    transaction of this engine takes the lock when it begins: read on the driver directly,
+    outside any transaction, as WAL allows)."""
+    async with platform.engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            count = await connection.scalar(select(func.count()).select_from(TelemetryMessage))
+            return int(count or 0)
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        cursor = await driver.execute("SELECT count(*) FROM telemetry_messages")
+        row = await cursor.fetchone()
+        await cursor.close()
+        return int(row[0])
 
 
 @pytest.fixture
@@ -83,7 +104,7 @@ async def test_ack_waits_for_the_commit(rig: Rig) -> None:
         await asyncio.sleep(0.3)
         # The write is blocked: no ack yet, and nothing is visible in the store.
         assert not pending.done()
-        assert await rig.stored() == []
+        assert await visible_rows(rig.platform) == 0
     reply = await pending
     assert reply.status is Status.ACCEPTED
     assert len(await rig.stored()) == 1

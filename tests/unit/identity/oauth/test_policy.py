@@ -126,7 +126,17 @@ def test_subject_guard_accepts_what_it_should() -> None:
     check_subject(_principal("telemetry", "workload"), _client(ClientType.WORKLOAD, "telemetry"))
 
 
-@pytest.mark.parametrize("value", ["dev_x", "DEV_x", "veh_abc", new_id("dev"), new_id("veh")])
+# Fresh ids get fixed test ids: parallel workers (pytest-xdist) must collect the same names.
+@pytest.mark.parametrize(
+    "value",
+    [
+        "dev_x",
+        "DEV_x",
+        "veh_abc",
+        pytest.param(new_id("dev"), id="new-device-id"),
+        pytest.param(new_id("veh"), id="new-vehicle-id"),
+    ],
+)
 def test_device_and_vehicle_ids_are_recognised(value: str) -> None:
     assert is_non_subject_id(value)
 

@@ -1,0 +1,211 @@
+"""The device side of the MQTT transport: what the simulator and the tests use to be a
+vehicle over MQTT, and a reference for TCU teams next to ``docs/mqtt.md``.
+
+The device connects to the broker's device listener with its platform certificate (client id
+= its device id), subscribes to its own downward topics, and opens a session with the same
+handshake as on a WebSocket (:class:`~fleetward.gateway.device_client.DeviceHandshake`):
+HELLO, CHALLENGE, RESPONSE, WELCOME. Frames then go to ``telemetry`` and each reply comes back
+on ``replies``; a CLOSED naming its session ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+from cryptography.hazmat.primitives import serialization
+
+from fleetward.gateway.device_client import (
+    DeviceCredentials,
+    DeviceHandshake,
+    HandshakeRefused,
+    SessionClosed,
+)
+from fleetward.gateway.handshake import MessageType, Welcome
+from fleetward.gateway.mqtt import control
+from fleetward.gateway.mqtt.control import Closed, ControlType
+from fleetward.gateway.mqtt.pki import pem, write_pem
+from fleetward.gateway.mqtt.topics import DEVICE_READS, Channel, device_topic
+
+QOS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTls:
+    """The files a TCU keeps: its certificate and key, and the CA that signs the broker's
+    certificate (the broker is authenticated too)."""
+
+    certificate: Path
+    key: Path
+    broker_ca: Path
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.broker_ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.certificate), str(self.key))
+        return context
+
+
+def write_credentials(
+    credentials: DeviceCredentials, directory: Path, broker_ca: Path
+) -> DeviceTls:
+    """Store a device's certificate and key as PEM files (key mode 0600) for its TLS client."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    certificate = directory / f"{credentials.device_id}.pem"
+    key = directory / f"{credentials.device_id}.key"
+    write_pem(certificate, pem(credentials.certificate), 0o644)
+    key_pem = credentials.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_pem(key, key_pem, 0o600)
+    return DeviceTls(certificate, key, broker_ca)
+
+
+class MqttDeviceConnection:
+    """A device's broker connection and (once opened) its session. One request at a time."""
+
+    def __init__(self, client: aiomqtt.Client, device_id: str) -> None:
+        self._client = client
+        self.device_id = device_id
+        self._down: asyncio.Queue[bytes] = asyncio.Queue()
+        self._replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.commands: asyncio.Queue[bytes] = asyncio.Queue()
+        self.session_id = ""
+        self.session_key = b""
+        self.welcome: Welcome | None = None
+        self.closed: Closed | None = None
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish anywhere (what a misbehaving device would try; the broker decides)."""
+        await self._client.publish(topic, payload, qos=QOS)
+
+    async def subscribe(self, topic: str) -> None:
+        """Subscribe anywhere (the broker's ACL decides what is ever delivered)."""
+        await self._client.subscribe(topic, qos=QOS)
+
+    async def open_session(
+        self,
+        credentials: DeviceCredentials,
+        *,
+        server_id: str,
+        software_version: str,
+        vehicle_config: str,
+        now: Callable[[], datetime],
+    ) -> None:
+        handshake = DeviceHandshake(
+            credentials,
+            server_id=server_id,
+            software_version=software_version,
+            vehicle_config=vehicle_config,
+        )
+        up = device_topic(self.device_id, Channel.SESSION_UP)
+        await self.publish(up, control.HELLO)
+        challenge = await self._handshake_message(MessageType.CHALLENGE)
+        await self.publish(up, handshake.respond(challenge, now()))
+        welcome, keys = handshake.finish(await self._handshake_message(MessageType.WELCOME))
+        self.welcome, self.session_id = welcome, welcome.session_id
+        self.session_key = keys.session_key
+        self.closed = None
+
+    async def send(self, frame: bytes) -> None:
+        await self.publish(device_topic(self.device_id, Channel.TELEMETRY), frame)
+
+    async def request(self, frame: bytes) -> bytes:
+        """Send a frame and wait for its reply; SessionClosed when the gateway ends the
+        session first."""
+        await self.send(frame)
+        return await self.receive()
+
+    async def receive(self) -> bytes:
+        reply = asyncio.ensure_future(self._replies.get())
+        closed = asyncio.ensure_future(self.wait_closed())
+        done, pending = await asyncio.wait({reply, closed}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if reply in done:
+            return reply.result()
+        code = closed.result()
+        raise SessionClosed(code, "closed")
+
+    async def wait_closed(self) -> int:
+        """Wait for a CLOSED naming this session; its close code."""
+        while self.closed is None:
+            message = await self._down.get()
+            if control.kind(message) != ControlType.CLOSED:
+                continue
+            notice = Closed.decode(message)
+            if notice.session_id == self.session_id:
+                self.closed = notice
+        return self.closed.code
+
+    async def bye(self) -> None:
+        if self.session_id:
+            await self.publish(
+                device_topic(self.device_id, Channel.SESSION_UP), control.bye(self.session_id)
+            )
+            self.session_id = ""
+
+    async def _handshake_message(self, expected: MessageType) -> bytes:
+        while True:
+            message = await self._down.get()
+            kind = control.kind(message)
+            if kind == expected:
+                return message
+            if kind == ControlType.CLOSED:
+                notice = Closed.decode(message)
+                if not notice.session_id:
+                    raise HandshakeRefused("refused", notice.code)
+
+    async def _route(self) -> None:
+        for_down = device_topic(self.device_id, Channel.SESSION_DOWN)
+        for_replies = device_topic(self.device_id, Channel.REPLIES)
+        async for message in self._client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes):
+                continue
+            topic = str(message.topic)
+            if topic == for_down:
+                self._down.put_nowait(payload)
+            elif topic == for_replies:
+                self._replies.put_nowait(payload)
+            else:
+                self.commands.put_nowait(payload)
+
+
+@asynccontextmanager
+async def connect(
+    host: str, port: int, device_id: str, tls: DeviceTls, *, connect_timeout: float = 10.0
+) -> AsyncIterator[MqttDeviceConnection]:
+    """A broker connection as ``device_id`` (its client id), subscribed to its own downward
+    topics. The session is opened with :meth:`MqttDeviceConnection.open_session`."""
+    async with aiomqtt.Client(
+        host,
+        port,
+        identifier=device_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=tls.context(),
+        timeout=connect_timeout,
+    ) as client:
+        connection = MqttDeviceConnection(client, device_id)
+        for channel in DEVICE_READS:
+            await client.subscribe(device_topic(device_id, channel), qos=QOS)
+        router = asyncio.get_running_loop().create_task(connection._route())
+        try:
+            yield connection
+            await connection.bye()
+        finally:
+            router.cancel()
+            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await router
+
+
+def device_clock() -> datetime:
+    return datetime.now(UTC)

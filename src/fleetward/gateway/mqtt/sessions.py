@@ -1,0 +1,109 @@
+"""One MQTT device session: its frames, judged one at a time in arrival order, its replies,
+and its end.
+
+A session is registered in the gateway's :class:`~fleetward.gateway.registry.SessionRegistry`
+like a WebSocket session, so a revocation, suspension, rotation or supersession closes it at
+once through :meth:`MqttSession.close` (the registry's closer): the worker stops taking
+frames, the device is told with a CLOSED on its ``session/down`` topic, and the pipeline
+forgets the session's key. Frames still queued are dropped unjudged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from fleetward.gateway.handshake import CloseCode
+from fleetward.gateway.mqtt import control
+from fleetward.gateway.mqtt.topics import Channel, device_topic
+from fleetward.gateway.registry import LiveSession
+from fleetward.gateway.websocket import Gateway
+from fleetward.observability.logging import get_logger
+
+logger = get_logger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class _Stop:
+    """The queue's end marker (a BYE, or a close)."""
+
+
+_STOP: Final = _Stop()
+
+
+class MqttSession:
+    """Not shared between event loops. ``live`` is set once the handshake admitted it."""
+
+    def __init__(self, gateway: Gateway, device_id: str, publish: Publish, depth: int) -> None:
+        self._gateway = gateway
+        self.device_id = device_id
+        self._publish = publish
+        self._depth = depth
+        self._queue: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
+        self.live: LiveSession | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self.live.session.session_id if self.live else ""
+
+    async def close(self, code: CloseCode) -> None:
+        """The registry's closer (called at most once, after ``closed_with`` was set)."""
+        self._queue.put_nowait(_STOP)
+        if self.live is not None:
+            await self._publish(
+                device_topic(self.device_id, Channel.SESSION_DOWN),
+                control.closed(code, self.session_id),
+            )
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame; False when the session is closed or its queue is full (dropped:
+        the device gets no reply and retransmits with the same sequence)."""
+        if self.live is None or self.live.closed_with is not None:
+            return False
+        if self._queue.qsize() >= self._depth:
+            return False
+        self._queue.put_nowait(frame)
+        return True
+
+    def end_by_device(self) -> None:
+        """A BYE: the device ends the session (recorded as closed by the device)."""
+        self._queue.put_nowait(_STOP)
+
+    async def run(self) -> None:
+        """Judge frames until the session ends; then release it everywhere."""
+        live = self.live
+        if live is None:
+            raise RuntimeError("an MQTT session runs only once admitted")
+        gateway = self._gateway
+        config = gateway.config
+        replies = device_topic(self.device_id, Channel.REPLIES)
+        try:
+            while live.closed_with is None:
+                try:
+                    async with asyncio.timeout(config.idle_timeout.total_seconds()):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    await live.close(CloseCode.IDLE)
+                    return
+                if isinstance(item, _Stop) or live.closed_with is not None:
+                    return
+                if len(item) > config.max_frame_bytes:
+                    await live.close(CloseCode.TOO_LARGE)
+                    return
+                live.touch(gateway.platform.clock.now())
+                reply = await gateway.handler.handle(live.session, item)
+                if live.closed_with is not None:
+                    return  # closed (revoked, suspended) while the frame was judged
+                await self._publish(replies, reply)
+        except Exception as exc:
+            logger.error("gateway.mqtt.session_error", error=type(exc).__name__)
+            await live.close(CloseCode.INTERNAL)
+        finally:
+            gateway.registry.release(live)
+            try:
+                gateway.observer.end_session(live.session.session_id)
+            except Exception as exc:  # the observer's failure must not skip the record
+                logger.error("gateway.observer_failed", error=type(exc).__name__)
+            await gateway.record_close(live)

@@ -1,0 +1,1 @@
+"""The probe spec: models, the TOML loader and the shipped demo spec."""

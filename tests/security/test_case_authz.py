@@ -1,0 +1,443 @@
+"""Dealer and support case routes over the seeded demo world, through HTTP with real tokens.
+
+Each row asks one question both ways and names the threat it covers. The cast: grace has an
+open case on ALICE-1, harry a closed one on DAVE-1 (both at downtown-motors), "tom" is a
+technician of the same dealer on no case, heidi has an open support case on alice's account,
+ivan has none; alice, judy and ken have no business here at all. Not-found and
+not-authorized answer the same 404; a refused write changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from fastapi.routing import iter_route_contexts
+from sqlalchemy import select
+
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.audit.recorder import Actor
+from fleetward.core.clock import FrozenClock
+from fleetward.core.ids import new_id
+from fleetward.core.surfaces import Surface
+from fleetward.identity.acr import Acr
+from fleetward.identity.models import Role, TenantKind
+from fleetward.telemetry.models import TelemetryMessage
+from fleetward.vehicles.cases import CaseService
+from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, SupportCase
+from support.api import UNKNOWN_VEHICLE, Api
+from support.factories import WorldFactory
+from support.snapshot import snapshot
+
+D, S, M = Surface.DEALER, Surface.SUPPORT, Surface.MOBILE
+UNKNOWN_CASE = "dcs_aaaaaaaaaaaaaaaaaaaaaaaaaa"
+SEED = Actor.system("case-authz-test")
+LOCATION = "Vehicle.CurrentLocation."
+
+
+@dataclass(frozen=True)
+class Extra:
+    """What the tests add to the demo world: ids by name."""
+
+    ids: dict[str, str]
+
+
+async def _seed(api: Api) -> Extra:
+    """tom (same dealer, no case), another dealer's case on MALLORY-1 (with a forged link of
+    grace's to it), heidi's second case on mallory's account, and telemetry with a location
+    on ALICE-1 (so a leak would show)."""
+    world = api.world
+    async with api.platform.services() as (uow, ctx):
+        factory = WorldFactory(ctx)
+        dealer = world.tenants["downtown-motors"]
+        tom = await factory.user(dealer, Role.DEALER_TECHNICIAN)
+        other = await factory.tenant(TenantKind.DEALER, slug="uptown-motors")
+        uma = await factory.user(other, Role.DEALER_TECHNICIAN)
+        cases = CaseService(ctx)
+        foreign = await cases.open_dealer_case(
+            other, world.vehicles["MALLORY-1"], "other dealer", actor=SEED
+        )
+        await cases.assign_technician(foreign, uma, actor=SEED)
+        # A link no service would write (grace is not uptown's technician): the dealer
+        # tenant filter must hold on its own.
+        ctx.session.add(
+            CaseTechnician(
+                id=new_id("dct"),
+                case_id=foreign.id,
+                user_id=world.users["grace"].id,
+                valid_from=ctx.clock.now(),
+                valid_until=None,
+            )
+        )
+        second = await cases.open_support_case(
+            world.users["heidi"], world.users["mallory"], "second case", actor=SEED
+        )
+        ctx.session.add(
+            TelemetryMessage(
+                device_id="dev_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                sequence=1,
+                vehicle_id=world.vehicles["ALICE-1"].id,
+                tenant_id=world.vehicles["ALICE-1"].tenant_id,
+                session_id="ses_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                certificate_serial="01",
+                software_version="1.0.0",
+                vehicle_config="base",
+                received_at=ctx.clock.now(),
+                device_time=ctx.clock.now(),
+                store_and_forward=False,
+                late=False,
+                signals={
+                    "Vehicle.Speed": 0,
+                    f"{LOCATION}Latitude": 48.1,
+                    f"{LOCATION}Longitude": 11.5,
+                },
+            )
+        )
+        await uow.commit()
+    world.users["tom"] = tom
+    world.tenants["uptown-motors"] = other
+    return Extra(
+        {
+            "grace-case": world.dealer_cases["ALICE-1"].id,
+            "harry-case": world.dealer_cases["DAVE-1"].id,
+            "foreign-case": foreign.id,
+            "heidi-case": world.support_cases["heidi"].id,
+            "heidi-mallory-case": second.id,
+            "unknown-case": UNKNOWN_CASE,
+            **{label: v.id for label, v in world.vehicles.items()},
+            "unknown": UNKNOWN_VEHICLE,
+        }
+    )
+
+
+def _token(who: str) -> dict[str, Any]:
+    return {"tenant": "downtown-motors"} if who == "tom" else {}
+
+
+async def _ask(api: Api, who: str, surface: Surface, method: str, path: str) -> httpx.Response:
+    if method == "POST":
+        return await api.post(who, surface, path, {}, **_token(who))
+    return await api.get(who, surface, path, **_token(who))
+
+
+def _fill(extra: Extra, template: str) -> str:
+    return template.format(**{k.replace("-", "_"): v for k, v in extra.ids.items()})
+
+
+# (who, surface, method, path, expected status, why)
+G, A = "GET", "POST"
+DEALER_TABLE = [
+    ("grace", D, G, "/cases/{grace_case}", 200, "technician reads her open assigned case"),
+    ("grace", D, G, "/cases/{grace_case}/vehicle", 200, "technician reads her case's vehicle"),
+    ("grace", D, G, "/vehicles/{ALICE_1}", 200, "control: the vehicle route agrees"),
+    ("harry", D, G, "/cases/{harry_case}", 404, "case closed: the technician keeps nothing"),
+    ("harry", D, G, "/cases/{harry_case}/vehicle", 404, "closed case: no vehicle either"),
+    ("harry", D, G, "/cases/{grace_case}", 404, "BOLA: same dealer, another's case"),
+    ("harry", D, G, "/cases/{grace_case}/vehicle", 404, "BOLA: vehicle via another's case"),
+    ("tom", D, G, "/cases/{grace_case}", 404, "same dealer, never assigned"),
+    ("tom", D, G, "/cases/{grace_case}/vehicle", 404, "same dealer, never assigned: vehicle"),
+    ("grace", D, G, "/cases/{harry_case}", 404, "a colleague's closed case"),
+    ("grace", D, G, "/cases/{foreign_case}", 404, "another dealer's case, forged link"),
+    ("grace", D, G, "/cases/{foreign_case}/vehicle", 404, "cross-dealer: vehicle of its case"),
+    ("grace", D, G, "/cases/{heidi_case}", 404, "a support case id on the dealer surface"),
+    ("grace", D, G, "/cases/{unknown_case}", 404, "unknown case"),
+    ("grace", D, G, "/cases/{unknown_case}/vehicle", 404, "unknown case: vehicle"),
+    ("alice", D, G, "/cases/{grace_case}", 404, "consumer holding a dealer token"),
+    ("alice", D, G, "/cases/{grace_case}/vehicle", 404, "owner is not a technician here"),
+    ("heidi", D, G, "/cases/{grace_case}", 404, "support agent on the dealer surface"),
+    ("ivan", D, G, "/cases/{grace_case}/vehicle", 404, "support agent without a case"),
+    ("judy", D, G, "/cases/{grace_case}", 404, "platform admin: no case data (SoD)"),
+    ("ken", D, G, "/cases/{grace_case}/vehicle", 404, "engineer: no vehicle status"),
+    ("harry", D, A, "/cases/{grace_case}/close", 404, "BFLA/BOLA: closing another's case"),
+    ("tom", D, A, "/cases/{grace_case}/close", 404, "closing a case one is not on"),
+    ("grace", D, A, "/cases/{foreign_case}/close", 404, "closing another dealer's case"),
+    ("grace", D, A, "/cases/{harry_case}/close", 404, "re-closing a closed case"),
+    ("alice", D, A, "/cases/{grace_case}/close", 404, "the owner cannot close the case"),
+]
+
+SUPPORT_TABLE = [
+    ("heidi", S, G, "/cases/{heidi_case}", 200, "agent reads her open case"),
+    ("heidi", S, G, "/cases/{heidi_case}/account", 200, "agent reads the case's account"),
+    ("heidi", S, G, "/cases/{heidi_case}/vehicles", 200, "agent lists the account's vehicles"),
+    ("heidi", S, G, "/cases/{heidi_case}/vehicles/{ALICE_1}/status", 200, "covered vehicle"),
+    ("heidi", S, G, "/cases/{heidi_case}/vehicles/{MALLORY_1}/status", 404, "wrong parent"),
+    ("heidi", S, G, "/cases/{heidi_mallory_case}/vehicles/{ALICE_1}/status", 404, "swapped"),
+    ("heidi", S, G, "/cases/{heidi_case}/vehicles/{DAVE_1}/status", 404, "outside any case"),
+    ("heidi", S, G, "/cases/{heidi_case}/vehicles/{unknown}/status", 404, "unknown vehicle"),
+    ("heidi", S, G, "/cases/{grace_case}", 404, "a dealer case id on the support surface"),
+    ("heidi", S, G, "/cases/{unknown_case}/account", 404, "unknown case"),
+    ("ivan", S, G, "/cases/{heidi_case}", 404, "BOLA: another agent's case"),
+    ("ivan", S, G, "/cases/{heidi_case}/account", 404, "BOLA: account via another's case"),
+    ("ivan", S, G, "/cases/{heidi_case}/vehicles", 404, "BOLA: vehicles via another's case"),
+    ("ivan", S, G, "/cases/{heidi_case}/vehicles/{ALICE_1}/status", 404, "BOLA: status"),
+    ("ivan", S, A, "/cases/{heidi_case}/close", 404, "closing another agent's case"),
+    ("judy", S, G, "/cases/{heidi_case}/account", 404, "platform admin is no support agent"),
+    ("ken", S, G, "/cases/{heidi_case}/vehicles", 404, "engineer is no support agent"),
+    ("alice", S, G, "/cases/{heidi_case}", 404, "the customer holding a support token"),
+    ("grace", S, G, "/cases/{heidi_case}/account", 404, "technician on the support surface"),
+    ("harry", S, G, "/cases/{heidi_case}/vehicles", 404, "technician on the support surface"),
+    ("heidi", M, G, "/vehicles/{ALICE_1}/location", 404, "support never sees location"),
+]
+
+
+async def _run(api: Api, extra: Extra, table: list[tuple[Any, ...]]) -> list[str]:
+    wrong = []
+    for who, surface, method, template, status, why in table:
+        response = await _ask(api, who, surface, method, _fill(extra, template))
+        if response.status_code != status:
+            wrong.append(
+                f"{who} {method} {surface.value} {template}: {response.status_code} ({why})"
+            )
+    return wrong
+
+
+async def test_policy_table(api: Api) -> None:
+    extra = await _seed(api)
+    async with api.platform.services() as (_, ctx):
+        before = await snapshot(ctx.session)
+    wrong = await _run(api, extra, DEALER_TABLE) + await _run(api, extra, SUPPORT_TABLE)
+    assert not wrong, "\n".join(wrong)
+    async with api.platform.services() as (_, ctx):
+        after = await snapshot(ctx.session)
+    # Reads and refused closes leave everything but the decisions' audit trail as it was.
+    changed = sorted(t for t in before if before[t] != after[t] and t != "audit_events")
+    assert not changed
+
+
+async def test_lists_are_the_callers_open_cases(api: Api) -> None:
+    extra = await _seed(api)
+    expected = {
+        ("grace", D): {extra.ids["grace-case"]},  # not harry's, not the forged foreign link
+        ("harry", D): set(),  # his only case is closed
+        ("tom", D): set(),
+        ("alice", D): set(),
+        ("heidi", D): set(),
+        ("heidi", S): {extra.ids["heidi-case"], extra.ids["heidi-mallory-case"]},
+        ("ivan", S): set(),
+        ("judy", S): set(),
+        ("ken", S): set(),
+        ("grace", S): set(),
+    }
+    for (who, surface), ids in expected.items():
+        response = await api.get(who, surface, "/cases", **_token(who))
+        assert response.status_code == 200, (who, surface)
+        assert {c["id"] for c in response.json()["items"]} == ids, (who, surface)
+
+
+async def test_lists_are_paginated(api: Api) -> None:
+    extra = await _seed(api)
+    first = await api.get("heidi", S, "/cases?limit=1")
+    assert first.status_code == 200
+    page = first.json()
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    second = await api.get("heidi", S, f"/cases?limit=1&cursor={page['next_cursor']}")
+    rest = second.json()
+    assert rest["next_cursor"] is None
+    seen = {page["items"][0]["id"], rest["items"][0]["id"]}
+    assert seen == {extra.ids["heidi-case"], extra.ids["heidi-mallory-case"]}
+    # A forged cursor is a problem, not a guess.
+    forged = await api.get("grace", D, "/cases?cursor=%%%")
+    assert forged.status_code == 422
+
+
+async def test_views_carry_no_location_and_no_secrets(api: Api) -> None:
+    extra = await _seed(api)
+    dealer = await api.get("grace", D, _fill(extra, "/cases/{grace_case}/vehicle"))
+    status = await api.get(
+        "heidi", S, _fill(extra, "/cases/{heidi_case}/vehicles/{ALICE_1}/status")
+    )
+    for response in (dealer, status):
+        assert response.status_code == 200
+        body = response.json()
+        assert body["id"] == extra.ids["ALICE-1"]
+        assert body["state"]["signals"] == {"Vehicle.Speed": 0}
+        assert "location" not in body and "latitude" not in response.text.lower()
+    account = await api.get("heidi", S, _fill(extra, "/cases/{heidi_case}/account"))
+    assert account.status_code == 200
+    alice = api.world.users["alice"]
+    assert account.json() == {
+        "id": alice.id,
+        "display_name": alice.display_name,
+        "tenant_id": alice.home_tenant_id,
+        "mfa_enrolled": False,
+        "vehicles_owned": 1,
+    }
+    vehicles = await api.get("heidi", S, _fill(extra, "/cases/{heidi_case}/vehicles"))
+    assert [v["id"] for v in vehicles.json()["items"]] == [extra.ids["ALICE-1"]]
+
+
+async def test_closing_a_dealer_case_ends_the_technicians_access(api: Api) -> None:
+    extra = await _seed(api)
+    case = extra.ids["grace-case"]
+    closed = await api.post("grace", D, f"/cases/{case}/close", {})
+    assert closed.status_code == 200
+    assert closed.json()["status"] == "closed"
+    for path in (
+        f"/cases/{case}",
+        f"/cases/{case}/vehicle",
+        f"/vehicles/{extra.ids['ALICE-1']}",
+    ):
+        response = await api.get("grace", D, path)
+        assert response.status_code == 404, path  # stale access after the case closes
+    assert (await api.get("grace", D, "/cases")).json()["items"] == []
+    again = await api.post("grace", D, f"/cases/{case}/close", {})
+    assert again.status_code == 404  # no second close, no oracle
+    async with api.platform.services() as (_, ctx):
+        stored = await ctx.session.get(DealerCase, case)
+        assert stored is not None and stored.status is CaseStatus.CLOSED
+        events = list(
+            await ctx.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name == EventName.DEALER_CASE_CLOSED.value,
+                    AuditRecord.object_id == case,
+                )
+            )
+        )
+    assert [e.actor_id for e in events] == [api.world.users["grace"].id]
+
+
+async def test_closing_a_support_case_ends_the_agents_access(api: Api) -> None:
+    extra = await _seed(api)
+    case = extra.ids["heidi-case"]
+    closed = await api.post("heidi", S, f"/cases/{case}/close", {})
+    assert closed.status_code == 200
+    assert closed.json()["status"] == "closed"
+    for path in (
+        f"/cases/{case}",
+        f"/cases/{case}/account",
+        f"/cases/{case}/vehicles",
+        f"/cases/{case}/vehicles/{extra.ids['ALICE-1']}/status",
+    ):
+        response = await api.get("heidi", S, path)
+        assert response.status_code == 404, path  # stale access after the case closes
+    listed = (await api.get("heidi", S, "/cases")).json()["items"]
+    assert [c["id"] for c in listed] == [extra.ids["heidi-mallory-case"]]
+    async with api.platform.services() as (_, ctx):
+        stored = await ctx.session.get(SupportCase, case)
+        assert stored is not None and stored.status is CaseStatus.CLOSED
+        events = list(
+            await ctx.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name == EventName.SUPPORT_CASE_CLOSED.value,
+                    AuditRecord.object_id == case,
+                )
+            )
+        )
+    assert [e.actor_id for e in events] == [api.world.users["heidi"].id]
+
+
+async def test_access_ends_when_the_assignment_ends(api: Api, clock: FrozenClock) -> None:
+    # An unassigned technician loses the case even while it stays open.
+    extra = await _seed(api)
+    case = extra.ids["grace-case"]
+    async with api.platform.services() as (uow, ctx):
+        link = await ctx.session.scalar(
+            select(CaseTechnician).where(
+                CaseTechnician.case_id == case,
+                CaseTechnician.user_id == api.world.users["grace"].id,
+            )
+        )
+        assert link is not None
+        link.valid_until = ctx.clock.now() + timedelta(minutes=1)
+        await uow.commit()
+    assert (await api.get("grace", D, f"/cases/{case}")).status_code == 200
+    clock.advance(timedelta(minutes=2))
+    assert (await api.get("grace", D, f"/cases/{case}")).status_code == 404
+    assert (await api.get("grace", D, f"/cases/{case}/vehicle")).status_code == 404
+    assert (await api.get("grace", D, "/cases")).json()["items"] == []
+
+
+# (who, surface, path, raw body, why)
+HOSTILE_BODIES = [
+    ("grace", D, "/cases/{grace_case}/close", b'{"status": "open"}', "server-owned status"),
+    ("grace", D, "/cases/{grace_case}/close", b'{"closed_at": "2000-01-01T00:00:00Z"}', "date"),
+    ("grace", D, "/cases/{grace_case}/close", b'{"technician": "x"}', "unknown field"),
+    ("grace", D, "/cases/{grace_case}/close", b"[]", "not an object"),
+    ("grace", D, "/cases/{grace_case}/close", b"null", "null body"),
+    ("heidi", S, "/cases/{heidi_case}/close", b'{"agent_user_id": "usr_x"}', "reassignment"),
+    ("heidi", S, "/cases/{heidi_case}/close", b'{"status": "closed"}', "server-owned status"),
+    ("heidi", S, "/cases/{heidi_case}/close", b'"closed"', "a bare string"),
+]
+
+
+async def test_unknown_fields_in_bodies_are_refused(api: Api) -> None:
+    extra = await _seed(api)
+    async with api.platform.services() as (_, ctx):
+        before = await snapshot(ctx.session)
+    for who, surface, template, raw, why in HOSTILE_BODIES:
+        response = await api.client.post(
+            f"/{surface.value}/v1{_fill(extra, template)}",
+            content=raw,
+            headers={**api.headers(who, surface), "content-type": "application/json"},
+        )
+        assert response.status_code == 422, why
+        assert response.headers["content-type"] == "application/problem+json", why
+    async with api.platform.services() as (_, ctx):
+        after = await snapshot(ctx.session)
+    assert before == after  # nothing changed, not even a case's status
+
+
+async def test_support_tokens_need_mfa(api: Api) -> None:
+    extra = await _seed(api)
+    paths = [
+        "/cases",
+        "/cases/{heidi_case}",
+        "/cases/{heidi_case}/account",
+        "/cases/{heidi_case}/vehicles",
+        "/cases/{heidi_case}/vehicles/{ALICE_1}/status",
+    ]
+    for template in paths:
+        path = _fill(extra, template)
+        weak = await api.get("heidi", S, path, acr=Acr.PASSWORD)
+        assert weak.status_code == 401, path  # a stolen password alone opens no account
+        assert "insufficient_user_authentication" in weak.headers["www-authenticate"]
+        stale = await api.get("heidi", S, path, auth_age=timedelta(hours=13))
+        assert stale.status_code == 401, path  # older than any operator session may live
+        strong = await api.get("heidi", S, path)
+        assert strong.status_code == 200, path
+    close = _fill(extra, "/cases/{heidi_case}/close")
+    weak_close = await api.post("heidi", S, close, {}, acr=Acr.PASSWORD)
+    assert weak_close.status_code == 401
+    async with api.platform.services() as (_, ctx):
+        stored = await ctx.session.get(SupportCase, extra.ids["heidi-case"])
+        assert stored is not None and stored.status is CaseStatus.OPEN
+
+
+async def test_not_found_and_not_authorized_are_identical(api: Api) -> None:
+    # Enumeration: another agent's case and an unknown id answer the same bytes.
+    extra = await _seed(api)
+    for who, surface, real, unknown in (
+        ("ivan", S, "/cases/{heidi_case}/account", "/cases/{unknown_case}/account"),
+        ("harry", D, "/cases/{grace_case}", "/cases/{unknown_case}"),
+        ("grace", D, "/cases/{foreign_case}/vehicle", "/cases/{unknown_case}/vehicle"),
+    ):
+        a = await api.get(who, surface, _fill(extra, real))
+        b = await api.get(who, surface, _fill(extra, unknown))
+        assert a.status_code == b.status_code == 404
+        strip = {"instance"}
+        assert {k: v for k, v in a.json().items() if k not in strip} == {
+            k: v for k, v in b.json().items() if k not in strip
+        }
+
+
+def test_support_has_no_search(api: Api) -> None:
+    # An agent reaches customer data only through a case: no route of the support surface
+    # takes an account or a vehicle except under /cases/{case_id}, and nothing takes a
+    # query beyond paging.
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    prefix = "/support/v1"
+    checked = 0
+    for context in iter_route_contexts(app.router.routes):
+        path = context.path or ""
+        if not path.startswith(prefix) or path in {prefix, f"{prefix}/me"}:
+            continue
+        # The one exception: the agent's own case list.
+        assert path == f"{prefix}/cases" or path.startswith(f"{prefix}/cases/{{case_id}}"), path
+        route = context.original_route
+        queries = {p.name for p in route.dependant.query_params}  # type: ignore[attr-defined]
+        assert queries <= {"limit", "cursor"}, path
+        checked += 1
+    assert checked >= 5

@@ -1,0 +1,349 @@
+"""The probe runner's verdicts, against a small scripted server (no platform involved).
+
+Each row is one way a deployment can answer wrongly (or rightly); the runner must call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from joserfc.jwk import ECKey
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fleetward.core.surfaces import Surface
+from fleetward.probe.auth import Credential, TokenBook, TokenError, expired_of, login_of
+from fleetward.probe.manifest import LoginClient, Manifest, ManifestActor, PartnerKey
+from fleetward.probe.model import Case, Expect, Family, Request, Result, Verdict
+from fleetward.probe.runner import EXCERPT_LIMIT, excerpt, phases, run
+
+CANARY = "canary-7f3a9c"
+HIDDEN = {"type": "about:blank#not-found", "title": "Not found", "status": 404}
+TARGET = "http://probe.test"
+
+
+class Scripted:
+    """A server whose answers the test chooses; it records what it was sent."""
+
+    def __init__(self) -> None:
+        self.label = "original"
+        self.applied = 0
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/readyz", self.ready),
+                Route("/mobile/v1/{name}", self.answer, methods=["GET", "POST", "PATCH"]),
+            ]
+        )
+
+    async def ready(self, request: HttpRequest) -> Response:
+        return JSONResponse({"status": "ready", "policy_version": "pv-123"})
+
+    async def answer(self, request: HttpRequest) -> Response:
+        name = request.path_params["name"]
+        self.seen.append((request.method, name, dict(request.headers)))
+        hidden = {**HIDDEN, "instance": request.url.path}
+        answers: dict[str, Response] = {
+            "ok": JSONResponse({"id": "veh_1", "label": CANARY}),
+            "ok-extra": JSONResponse({"items": [{"id": "veh_1", "vin": "SECRETVIN"}]}),
+            "forbidden": JSONResponse({"title": "Forbidden"}, status_code=403),
+            "leaky": JSONResponse({"title": "Forbidden", "label": CANARY}, status_code=403),
+            "leaky-header": JSONResponse({}, status_code=403, headers={"x-label": CANARY}),
+            "hidden": JSONResponse(hidden, status_code=404),
+            "hidden-different": JSONResponse(
+                {**hidden, "detail": "vehicle exists but not yours"}, status_code=404
+            ),
+            "unknown": JSONResponse(hidden, status_code=404),
+            "challenge": JSONResponse(
+                {}, status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            ),
+            "no-challenge": JSONResponse({}, status_code=401),
+            "boom": JSONResponse({"title": "oops"}, status_code=500),
+            "secret": Response(
+                'token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl code=abc123 "x"' * 20
+            ),
+            "state": JSONResponse({"label": self.label}),
+        }
+        if name == "write-refused-but-applied" and request.method == "PATCH":
+            self.applied += 1  # not idempotent: every refused write changes the object again
+            self.label = f"changed-{self.applied}"
+            return JSONResponse({"title": "Forbidden"}, status_code=403)
+        if name == "write-refused-but-set" and request.method == "PATCH":
+            self.label = "set"  # idempotent: sent again alone, it changes nothing more
+            return JSONResponse({"title": "Forbidden"}, status_code=403)
+        if name == "write-refused" and request.method == "PATCH":
+            return JSONResponse({"title": "Forbidden"}, status_code=403)
+        if name == "write-allowed" and request.method == "PATCH":
+            self.label = "allowed-change"
+            return JSONResponse({"label": self.label})
+        return answers[name]
+
+
+def _tokens(dpop: ECKey | None = None) -> TokenBook:
+    return TokenBook(
+        {("alice", Surface.MOBILE): Credential("alice-token", dpop)},
+        {"alice": Surface.MOBILE},
+        expired={Surface.MOBILE: "expired-token"},
+    )
+
+
+def _case(
+    name: str,
+    expect: Expect,
+    *,
+    method: str = "GET",
+    actor: str | None = "alice",
+    credential: str | None = None,
+    fields: frozenset[str] | None = None,
+    read_back: bool = False,
+    reference: bool = False,
+) -> Case:
+    return Case(
+        id=f"test/{name}/{expect.value}/{method}",
+        family=Family.MATRIX,
+        route_id=f"mobile:test:{name}",
+        request=Request(method, f"/mobile/v1/{name}", actor, credential=credential),
+        expect=expect,
+        why="test",
+        canaries=(CANARY,),
+        read_back=Request("GET", "/mobile/v1/state", "alice") if read_back else None,
+        allowed_fields=fields,
+        hidden_reference=Request("GET", "/mobile/v1/unknown", actor) if reference else None,
+    )
+
+
+async def _run(server: Scripted, cases: list[Case], tokens: TokenBook | None = None) -> Any:
+    transport = httpx.ASGITransport(app=server.app())
+    return await run(cases, target=TARGET, tokens=tokens or _tokens(), transport=transport)
+
+
+# (case name, expect, options, verdict, why the runner must say so)
+VERDICTS: list[tuple[str, Expect, dict[str, Any], Verdict, str]] = [
+    ("ok", Expect.ALLOW, {}, Verdict.PASS, "allowed and served"),
+    ("forbidden", Expect.ALLOW, {}, Verdict.FAIL, "allowed but refused: broken access"),
+    (
+        "ok-extra",
+        Expect.ALLOW,
+        {"fields": frozenset({"id"})},
+        Verdict.FAIL,
+        "a field outside the role's allow-list (excessive data exposure)",
+    ),
+    ("ok", Expect.ALLOW, {"fields": frozenset({"id", "label"})}, Verdict.PASS, "fields allowed"),
+    ("forbidden", Expect.DENY, {}, Verdict.PASS, "refused without data"),
+    ("ok", Expect.DENY, {}, Verdict.FAIL, "denied but served: broken object level authz"),
+    ("leaky", Expect.DENY, {}, Verdict.FAIL, "refusal body discloses the object's data"),
+    ("leaky-header", Expect.DENY, {}, Verdict.FAIL, "a header discloses the object's data"),
+    ("hidden", Expect.DENY_HIDDEN, {"reference": True}, Verdict.PASS, "same 404 as unknown"),
+    (
+        "hidden-different",
+        Expect.DENY_HIDDEN,
+        {"reference": True},
+        Verdict.FAIL,
+        "the 404 differs from an unknown id's: existence oracle",
+    ),
+    ("forbidden", Expect.DENY_HIDDEN, {}, Verdict.FAIL, "403 reveals that the object exists"),
+    ("challenge", Expect.UNAUTHENTICATED, {"actor": None}, Verdict.PASS, "401 + challenge"),
+    (
+        "no-challenge",
+        Expect.UNAUTHENTICATED,
+        {"credential": "garbage"},
+        Verdict.FAIL,
+        "401 without WWW-Authenticate",
+    ),
+    ("forbidden", Expect.UNAUTHENTICATED, {"credential": "expired"}, Verdict.FAIL, "not a 401"),
+    ("forbidden", Expect.FILTERED, {}, Verdict.FAIL, "a filtered list must still answer"),
+    ("ok", Expect.FILTERED, {}, Verdict.FAIL, "the list carries an object the actor may not see"),
+    ("state", Expect.FILTERED, {}, Verdict.PASS, "a 2xx without the object"),
+    ("boom", Expect.DENY, {}, Verdict.FAIL, "a 5xx is never a correct refusal"),
+    ("boom", Expect.ALLOW, {}, Verdict.FAIL, "a 5xx is never a success"),
+    ("ok", Expect.ALLOW, {"actor": "nobody"}, Verdict.ERROR, "no token for the actor"),
+]
+
+
+@pytest.mark.parametrize(("name", "expect", "options", "verdict", "why"), VERDICTS)
+async def test_verdicts(
+    name: str, expect: Expect, options: dict[str, Any], verdict: Verdict, why: str
+) -> None:
+    [result] = await _run(Scripted(), [_case(name, expect, **options)])
+    assert result.verdict is verdict, (why, result.reason)
+    assert (result.reason == "") is (verdict is Verdict.PASS), why
+    assert result.policy_version == "pv-123"
+
+
+async def test_a_refused_write_that_changed_the_object_fails() -> None:
+    server = Scripted()
+    cases = [
+        _case("write-refused", Expect.DENY, method="PATCH", read_back=True),
+        _case("write-refused-but-applied", Expect.DENY, method="PATCH", read_back=True),
+    ]
+    first, second = await _run(server, cases)
+    # The object changed during the phase: each write is sent again alone to name the culprit.
+    assert first.verdict is Verdict.PASS, first.reason
+    assert second.verdict is Verdict.FAIL
+    assert "read-back differs" in second.reason
+
+
+async def test_a_change_no_single_write_reproduces_fails_the_whole_group() -> None:
+    server = Scripted()
+    cases = [
+        _case("write-refused", Expect.DENY, method="PATCH", read_back=True),
+        _case("write-refused-but-set", Expect.DENY, method="PATCH", read_back=True),
+    ]
+    results = await _run(server, cases)
+    assert all(r.verdict is Verdict.FAIL for r in results)
+    assert all("changed while its refused writes ran" in r.reason for r in results)
+
+
+async def test_refused_writes_are_read_back_once_per_object() -> None:
+    server = Scripted()
+    cases = [
+        _case("write-refused", Expect.DENY, method="PATCH", read_back=True),
+        _case("forbidden", Expect.DENY, method="PATCH", read_back=True),
+    ]
+    results = await _run(server, cases)
+    assert all(r.verdict is Verdict.PASS for r in results), [r.reason for r in results]
+    reads = [name for method, name, _h in server.seen if method == "GET" and name == "state"]
+    assert len(reads) == 2  # one snapshot before the phase, one after
+
+
+async def test_phases_run_reads_then_refused_then_allowed_writes() -> None:
+    server = Scripted()
+    cases = [
+        _case("write-allowed", Expect.ALLOW, method="PATCH"),
+        _case("write-refused", Expect.DENY, method="PATCH", read_back=True),
+        _case("state", Expect.ALLOW),
+    ]
+    assert phases(cases) == [[2], [1], [0]]
+    results = await _run(server, cases)
+    # Results come back in the cases' order, each with its own case.
+    assert [r.case for r in results] == cases
+    assert all(r.verdict is Verdict.PASS for r in results), [r.reason for r in results]
+    # The read ran before the allowed write changed the state.
+    assert results[2].response_excerpt == '{"label":"original"}'
+    order = [(method, name) for method, name, _headers in server.seen]
+    assert order.index(("PATCH", "write-refused")) < order.index(("PATCH", "write-allowed"))
+
+
+async def test_credentials_sent_for_each_kind() -> None:
+    server = Scripted()
+    cases = [
+        _case("forbidden", Expect.DENY),
+        _case("forbidden", Expect.DENY, actor=None),
+        _case("forbidden", Expect.DENY, credential="expired"),
+        _case("forbidden", Expect.DENY, credential="garbage"),
+    ]
+    await _run(server, cases)
+    sent = [headers.get("authorization") for _m, _n, headers in server.seen]
+    assert sent[0] == "Bearer alice-token"
+    assert sent[1] is None
+    assert sent[2] == "Bearer expired-token"
+    assert sent[3] is not None and sent[3].startswith("Bearer eyJ")
+
+
+async def test_a_dpop_bound_token_is_sent_with_a_fresh_proof() -> None:
+    server = Scripted()
+    key = ECKey.generate_key("P-256")
+    await _run(server, [_case("ok", Expect.ALLOW)] * 2, _tokens(dpop=key))
+    proofs = [headers["dpop"] for _m, _n, headers in server.seen]
+    assert all(h["authorization"] == "DPoP alice-token" for _m, _n, h in server.seen)
+    assert len(set(proofs)) == 2  # a proof is never reused
+
+
+async def test_excerpts_are_short_and_redacted() -> None:
+    [result] = await _run(Scripted(), [_case("secret", Expect.ALLOW)])
+    assert len(result.response_excerpt) <= EXCERPT_LIMIT
+    assert "eyJ" not in result.response_excerpt
+    assert "abc123" not in result.response_excerpt
+    assert "[redacted]" in result.response_excerpt
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
+        ('{"access_token": "tok-value-1", "x": 1}', "tok-value-1"),
+        ("https://client/callback?code=the-code&state=s", "the-code"),
+        ('{"refresh_token":"rt-secret"}', "rt-secret"),
+    ],
+)
+def test_excerpt_redacts(text: str, secret: str) -> None:
+    assert secret not in excerpt(text)
+
+
+def test_unknown_credential_kinds_are_refused() -> None:
+    tokens = _tokens()
+    with pytest.raises(TokenError):
+        tokens.resolve("alice", "other-surface:nowhere", "/mobile/v1/x")
+    with pytest.raises(TokenError):
+        tokens.resolve("alice", "forged", "/mobile/v1/x")
+    with pytest.raises(TokenError):
+        tokens.resolve("alice", "expired", "/fleet/v1/x")  # no expired fleet token
+
+
+async def test_progress_sees_every_result() -> None:
+    seen: list[Result] = []
+    transport = httpx.ASGITransport(app=Scripted().app())
+    cases = [_case("ok", Expect.ALLOW), _case("forbidden", Expect.DENY)]
+    await run(cases, target=TARGET, tokens=_tokens(), transport=transport, progress=seen.append)
+    assert sorted(r.case.id for r in seen) == sorted(c.id for c in cases)
+
+
+def test_manifest_actors_sign_in_as_their_kind() -> None:
+    key = ECKey.generate_key("P-256")
+    common: dict[str, Any] = {"state": "active", "side": "home", "tenant_id": "ten_x"}
+    person = ManifestActor(
+        name="owner:active:home",
+        role="owner",
+        kind="user",
+        tenant_slug="probe",
+        surfaces=["mobile", "fleet"],
+        username="probe-owner",
+        password="pw",
+        totp_secret="JBSWY3DPEHPK3PXP",
+        **common,
+    )
+    partner = ManifestActor(
+        name="partner:active:home",
+        role="partner",
+        kind="partner",
+        tenant_slug="probe-partner",
+        surfaces=["partner"],
+        client=PartnerKey(
+            client_id="probe-partner",
+            private_jwk=dict(key.as_dict(private=True)),
+            kid=key.thumbprint(),
+            scopes=["vehicle:read_status"],
+        ),
+        **common,
+    )
+    manifest = Manifest(
+        run_id="r",
+        created_at="2026-01-01T00:00:00Z",
+        spec_name="test",
+        login_client=LoginClient(
+            client_id="probe-login", redirect_uri="http://127.0.0.1/cb", surfaces=["mobile"]
+        ),
+        actors=[person, partner],
+        objects=[],
+        expired_tokens={"mobile": "old", "nowhere": "ignored"},
+    )
+    login = login_of(person, manifest)
+    assert (login.client_id, login.surface, login.extra_surfaces) == (
+        "probe-login",
+        Surface.MOBILE,
+        (Surface.FLEET,),
+    )
+    assert login.is_person and login.redirect_uri == "http://127.0.0.1/cb"
+    machine = login_of(partner, manifest)
+    assert not machine.is_person
+    assert machine.client_id == "probe-partner" and machine.scope == "vehicle:read_status"
+    assert machine.client_key is not None and machine.client_key.thumbprint() == key.thumbprint()
+    assert expired_of(manifest) == {Surface.MOBILE: "old"}
+    # Secrets stay out of reprs (and so out of logs and reports).
+    assert "pw" not in repr(login) and "JBSWY3DPEHPK3PXP" not in repr(login)

@@ -1,0 +1,285 @@
+"""The spec format: clear errors for bad specs, and a shipped demo spec that states the whole
+policy table over every object the platform serves."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fleetward.app import build_app
+from fleetward.catalog.inventory import inventory
+from fleetward.probe.oracle import Oracle
+from fleetward.probe.spec.load import SpecError, json_schema_text, load, load_demo, loads
+from fleetward.probe.spec.models import SIDES, Spec
+from fleetward.probe.spec.render import render_body, render_path
+from fleetward.settings import Settings
+
+MINIMAL = """
+surfaces = ["mobile"]
+
+[probe]
+name = "tiny"
+
+[[roles]]
+name = "owner"
+surfaces = ["mobile"]
+states = ["active"]
+anchor = "home"
+
+[[objects]]
+name = "vehicle"
+anchors = ["home"]
+
+[[objects.routes]]
+name = "mobile:vehicles:read"
+surface = "mobile"
+method = "GET"
+path = "/v/{vehicle_id}"
+operation = "read"
+
+[[rules]]
+roles = ["owner"]
+expect = "allow"
+why = "owners read their vehicles"
+"""
+
+# Every role and relationship state of the policy table (authorization issue).
+POLICY_TABLE = {
+    "owner": {"active"},
+    "driver": {"active", "expired", "revoked"},
+    "former_owner": {"transferred"},
+    "fleet_admin": {"active"},
+    "fleet_operator": {"assigned", "reassigned"},
+    "dealer_technician": {"case-open", "case-closed"},
+    "support_agent": {"case-assigned", "case-closed", "none"},
+    "partner": {"consented", "consent-revoked", "none"},
+    "platform_admin": {"active"},
+    "engineer": {"active"},
+}
+OBJECTS = {
+    "vehicle", "status", "location", "trip", "charging_session", "diagnostic_report",
+    "appointment", "command_job", "driver_invitation", "driver", "transfer", "consent",
+    "fleet_group", "group_vehicle", "operator", "dealer_case", "support_case",
+    "support_account", "ota_campaign", "tenant", "client",
+}  # fmt: skip
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(SpecError) as refused:
+        loads(text, source="test.toml")
+    assert refused.value.status == 422
+    assert str(refused.value).startswith("test.toml: ")
+    return refused.value.problems
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_a_minimal_spec_loads() -> None:
+    spec = loads(MINIMAL)
+    assert [a.name for a in spec.actors()] == ["owner:active:home", "owner:active:away"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # (what is replaced -> by what, the message that must name it)
+        (('name = "tiny"', 'name = "tiny"\ncolour = "red"'), "probe.colour: unknown field"),
+        (('anchor = "home"\n', 'anchor = "home"\nlevel = 3\n'), "roles[0].level: unknown field"),
+        (('roles = ["owner"]', 'roles = ["owenr"]'), "unknown role 'owenr'"),
+        (('expect = "allow"', 'expect = "maybe"'), "rules[0].expect"),
+        (('expect = "allow"\n', ""), "rules[0].expect: required field is missing"),
+        (('roles = ["owner"]', 'roles = ["owner"]\nstates = ["sold"]'), "unknown state 'sold'"),
+        (('roles = ["owner"]', 'roles = ["owner", "*"]'), "mix '*' with names"),
+        (('roles = ["owner"]', 'roles = ["owner"]\nobjects = ["car"]'), "unknown object 'car'"),
+        (('roles = ["owner"]', 'roles = ["owner"]\nroutes = ["x:y"]'), "unknown route 'x:y'"),
+        (('operation = "read"', 'operation = "delete"'), "operation"),
+        (('path = "/v/{vehicle_id}"', 'path = "v/{vehicle_id}"'), "absolute path template"),
+        (('path = "/v/{vehicle_id}"', 'path = "/v/{vehicle id}"'), "malformed {param}"),
+        (('surfaces = ["mobile"]\n\n', 'surfaces = ["mobile"]\nextra = 1\n\n'), "extra: unknown"),
+        (('states = ["active"]', "states = []"), "roles[0].states"),
+        (('why = "owners read their vehicles"', 'why = ""'), "rules[0].why"),
+        (('name = "owner"', 'name = "Owner"'), "not a lowercase identifier"),
+        (
+            ('surfaces = ["mobile"]\nstates', 'surfaces = ["fleet"]\nstates'),
+            "role 'owner': unknown surface 'fleet'",
+        ),
+    ],
+)
+def test_a_bad_spec_is_refused_with_a_message_that_says_where(
+    change: tuple[str, str], expected: str
+) -> None:
+    old, new = change
+    assert old in MINIMAL
+    problems = _problems(MINIMAL.replace(old, new, 1))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_duplicate_names_are_refused() -> None:
+    route = MINIMAL[MINIMAL.index("[[objects.routes]]") : MINIMAL.index("[[rules]]")]
+    doubled = MINIMAL.replace(route, route + route)
+    assert any("duplicate route 'mobile:vehicles:read'" in p for p in _problems(doubled))
+
+
+def test_toml_that_does_not_parse_is_refused() -> None:
+    assert "not valid TOML" in _problems("[probe\nname=")[0]
+
+
+def test_a_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot be read"):
+        load(tmp_path / "absent.toml")
+
+
+def test_a_spec_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text(MINIMAL, encoding="utf-8")
+    assert load(path).probe.name == "tiny"
+
+
+def test_the_json_schema_describes_the_format() -> None:
+    schema = json.loads(json_schema_text())
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert {"probe", "surfaces", "roles", "objects", "rules"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    rule = schema["$defs"]["Rule"]
+    assert set(rule["properties"]["expect"]["enum"]) == {
+        "allow",
+        "deny",
+        "hidden",
+        "forbidden",
+        "filtered",
+    }
+
+
+# ------------------------------------------------------------------------ templates
+
+
+def test_paths_are_filled_one_encoded_segment_per_id() -> None:
+    path = render_path("/v/{vehicle_id}/trips/{trip_id}", {"vehicle_id": "a/b", "trip_id": "t"})
+    assert path == "/v/a%2Fb/trips/t"
+    with pytest.raises(KeyError):
+        render_path("/v/{vehicle_id}", {})
+
+
+def test_bodies_are_filled_from_ids_and_builtins() -> None:
+    body = render_body(
+        {"ids": ["{vehicle_id}"], "note": "probe {unique}", "until": "{future}", "n": 3},
+        {"vehicle_id": "veh_1"},
+    )
+    assert body is not None
+    assert body["ids"] == ["veh_1"] and body["n"] == 3
+    assert re.fullmatch(r"probe [0-9a-f]{8}", body["note"])
+    assert body["until"].endswith("Z")
+    assert render_body(None, {}) is None
+    with pytest.raises(KeyError):
+        render_body({"x": "{nothing}"}, {})
+
+
+# ------------------------------------------------------------------------ demo spec
+
+
+@pytest.fixture(scope="module")
+def demo() -> Spec:
+    return load_demo()
+
+
+def test_the_demo_spec_covers_every_role_and_state_of_the_policy_table(demo: Spec) -> None:
+    assert {role.name: set(role.states) for role in demo.roles} == POLICY_TABLE
+
+
+def test_the_demo_spec_covers_every_object_type_and_operation(demo: Spec) -> None:
+    assert {obj.name for obj in demo.objects} == OBJECTS
+    operations = {route.operation for _obj, route in demo.routes()}
+    assert {"list", "read", "write"} <= operations
+    for obj in demo.objects:
+        if obj.name != "transfer":  # a transfer is only ever started or cancelled
+            assert any(r.operation in {"read", "list"} for r in obj.routes), obj.name
+
+
+def test_the_demo_matrix_reaches_five_thousand_cases(demo: Spec) -> None:
+    oracle = Oracle(demo)
+    count = 0
+    same_surface = 0
+    for actor in demo.actors():
+        role = demo.role(actor.role)
+        for obj, route in demo.routes():
+            for target in demo.targets(actor, obj):
+                oracle.decide(
+                    role=actor.role,
+                    state=actor.state,
+                    tenant=target.tenant,
+                    obj=obj.name,
+                    route=route.name,
+                )
+                count += 1
+                same_surface += route.surface in role.surfaces
+    assert count >= 5_000
+    assert same_surface >= 1_500  # decided by the policy, not refused for the audience
+
+
+def test_every_actor_of_the_demo_spec_has_an_allowed_case(demo: Spec) -> None:
+    # A role whose every case is a deny proves nothing: the active states must be able to act.
+    oracle = Oracle(demo)
+    active = {"owner", "driver", "fleet_admin", "fleet_operator", "dealer_technician"}
+    active |= {"support_agent", "partner", "platform_admin", "engineer"}
+    for role in active:
+        state = demo.role(role).states[0]
+        assert any(
+            oracle.decide(
+                role=role, state=state, tenant="same", obj=obj.name, route=route.name
+            ).expect.value
+            == "allow"
+            for obj, route in demo.routes()
+        ), role
+
+
+def test_the_demo_routes_are_the_apps_routes(tmp_path: Path) -> None:
+    """Each route of the demo spec is served by the app under that catalog name, method and
+    path (parameter names aside: the spec names the ids it fills in)."""
+    app = build_app(Settings(data_dir=tmp_path / "var"))
+    served = {
+        item.name: (item.methods, re.sub(r"\{[^}]+\}", "{}", item.path))
+        for item in inventory(app.router.routes)
+    }
+    for _obj, route in load_demo().routes():
+        assert route.name in served, route.name
+        methods, path = served[route.name]
+        assert route.method in methods, route.name
+        assert re.sub(r"\{[^}]+\}", "{}", route.path) == path, route.name
+
+
+def test_each_demo_role_has_both_sides(demo: Spec) -> None:
+    sides = {(a.role, a.state): set() for a in demo.actors()}  # type: dict[tuple[str, str], set[str]]
+    for actor in demo.actors():
+        sides[(actor.role, actor.state)].add(actor.side)
+    assert all(found == set(SIDES) for found in sides.values())
+
+
+def test_the_worked_example_of_the_docs_loads_and_means_what_it_says() -> None:
+    docs = Path(__file__).parents[3] / "docs" / "probe.md"
+    found = re.search(r"### A worked example.*?```toml\n(.*?)```", docs.read_text(), re.S)
+    assert found is not None
+    spec = loads(found.group(1), source="docs/probe.md")
+    oracle = Oracle(spec)
+    assert len(spec.actors()) == 6
+
+    def expect(role: str, state: str, tenant: str, obj: str, route: str) -> str:
+        decision = oracle.decide(
+            role=role,
+            state=state,
+            tenant=tenant,  # type: ignore[arg-type]
+            obj=obj,
+            route=route,
+        )
+        return decision.expect.value
+
+    assert expect("driver", "active", "same", "car", "cars:read") == "allow"
+    assert expect("driver", "active", "same", "car", "cars:rename") == "deny-hidden"
+    assert expect("driver", "active", "same", "location", "cars:location") == "deny-hidden"
+    assert expect("driver", "expired", "same", "car", "cars:list") == "filtered"
+    assert expect("driver", "active", "other", "car", "cars:list") == "filtered"
+    assert expect("owner", "active", "same", "location", "cars:location") == "allow"
+    assert expect("owner", "active", "other", "car", "cars:read") == "deny-hidden"

@@ -1,0 +1,211 @@
+"""Driver invitations: the owner fixes everything, the code is single use and stored hashed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.authz.permissions import Permission
+from fleetward.core.clock import FrozenClock
+from fleetward.core.errors import FleetwardError
+from fleetward.core.windows import InvalidWindow
+from fleetward.identity.models import TenantKind, User
+from fleetward.platform import Platform
+from fleetward.services import ServiceContext
+from fleetward.vehicles.errors import (
+    DelegationTooWide,
+    NotCurrentOwner,
+    RelationshipRefused,
+    UnknownPermission,
+)
+from fleetward.vehicles.handover_models import DriverInvitation, HandoverStatus
+from fleetward.vehicles.invitations import (
+    InvalidCode,
+    InvitationService,
+    IssuedInvitation,
+    code_digest,
+)
+from fleetward.vehicles.models import Vehicle
+from fleetward.vehicles.ownership import OwnershipService
+from support.factories import FACTORY, WorldFactory
+
+STATUS = Permission.VEHICLE_READ_STATUS
+
+
+async def _cast(ctx: ServiceContext) -> tuple[User, User, User, Vehicle]:
+    world = WorldFactory(ctx)
+    consumers = await world.tenant(TenantKind.CONSUMER)
+    owner, invitee, other = [await world.user(consumers) for _ in range(3)]
+    return owner, invitee, other, await world.owned_vehicle(owner)
+
+
+async def _invite(
+    ctx: ServiceContext, clock: FrozenClock, car: Vehicle, owner: User, days: int = 2
+) -> IssuedInvitation:
+    return await InvitationService(ctx).invite(
+        car, owner, [STATUS], valid_until=clock.now() + timedelta(days=days), actor=FACTORY
+    )
+
+
+async def test_accept_grants_exactly_the_invitation(
+    ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    owner, invitee, _other, car = await _cast(ctx)
+    start, end = clock.now() + timedelta(hours=1), clock.now() + timedelta(days=3)
+    issued = await InvitationService(ctx).invite(
+        car,
+        owner,
+        [STATUS, Permission.VEHICLE_LOCK],
+        valid_from=start,
+        valid_until=end,
+        actor=FACTORY,
+    )
+    # Only the hash is stored; the code is nowhere in the row.
+    row = issued.invitation
+    assert row.code_hash == code_digest(issued.code) and issued.code not in row.code_hash
+    assert row.expires_at == clock.now() + timedelta(hours=72)
+    assert len(issued.code) >= 43  # 256 bits, url-safe
+
+    delegation = await InvitationService(ctx).accept(issued.code, invitee, actor=FACTORY)
+    assert delegation.driver_user_id == invitee.id
+    assert sorted(delegation.permissions) == sorted([STATUS.value, Permission.VEHICLE_LOCK.value])
+    assert (delegation.valid_from, delegation.valid_until) == (start, end)
+    await ctx.session.refresh(row)
+    assert row.status is HandoverStatus.ACCEPTED and row.delegation_id == delegation.id
+    names = set(await ctx.session.scalars(select(AuditRecord.name)))
+    assert {EventName.DRIVER_INVITED.value, EventName.DRIVER_INVITATION_ACCEPTED.value} <= names
+
+
+async def test_a_started_window_is_cut_to_now_never_extended(
+    ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    owner, invitee, _other, car = await _cast(ctx)
+    issued = await _invite(ctx, clock, car, owner, days=2)
+    clock.advance(timedelta(hours=10))
+    delegation = await InvitationService(ctx).accept(issued.code, invitee, actor=FACTORY)
+    assert delegation.valid_from == clock.now()
+    assert delegation.valid_until == issued.invitation.valid_until
+
+
+@pytest.mark.parametrize(
+    ("permissions", "error"),
+    [
+        ([Permission.VEHICLE_TRANSFER.value], DelegationTooWide),  # a driver who sells
+        ([Permission.VEHICLE_MANAGE_DRIVERS.value], DelegationTooWide),  # self-widening
+        ([Permission.VEHICLE_MANAGE_CONSENTS.value], DelegationTooWide),  # data sharing
+        ([Permission.ADMIN_MANAGE_TENANTS.value], DelegationTooWide),  # not even a vehicle one
+        (["vehicle:fly"], UnknownPermission),  # unknown string
+        ([], DelegationTooWide),  # empty
+    ],
+)
+async def test_invitations_never_exceed_what_an_owner_may_lend(
+    ctx: ServiceContext, clock: FrozenClock, permissions: list[str], error: type[Exception]
+) -> None:
+    owner, _invitee, _other, car = await _cast(ctx)
+    with pytest.raises(error):
+        await InvitationService(ctx).invite(
+            car, owner, permissions, valid_until=clock.now() + timedelta(days=1), actor=FACTORY
+        )
+    assert list(await ctx.session.scalars(select(DriverInvitation))) == []
+
+
+async def test_window_and_ownership_are_checked(ctx: ServiceContext, clock: FrozenClock) -> None:
+    owner, _invitee, other, car = await _cast(ctx)
+    service = InvitationService(ctx)
+    with pytest.raises(InvalidWindow):  # longer than the maximum delegation
+        await service.invite(
+            car, owner, [STATUS], valid_until=clock.now() + timedelta(days=400), actor=FACTORY
+        )
+    with pytest.raises(InvalidWindow):  # back-dated
+        await service.invite(
+            car,
+            owner,
+            [STATUS],
+            valid_from=clock.now() - timedelta(days=1),
+            valid_until=clock.now() + timedelta(days=1),
+            actor=FACTORY,
+        )
+    with pytest.raises(NotCurrentOwner):  # not the owner
+        await _invite(ctx, clock, car, other)
+
+
+async def test_single_use_expiry_revocation_and_self(
+    ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    owner, invitee, other, car = await _cast(ctx)
+    service = InvitationService(ctx)
+    used = await _invite(ctx, clock, car, owner)
+    revoked = await _invite(ctx, clock, car, owner)
+    expiring = await _invite(ctx, clock, car, owner, days=5)
+    own = await _invite(ctx, clock, car, owner)
+    await service.accept(used.code, invitee, actor=FACTORY)
+    assert await service.revoke(revoked.invitation, actor=FACTORY)
+    assert not await service.revoke(revoked.invitation, actor=FACTORY)  # nothing left
+    with pytest.raises(RelationshipRefused):
+        await service.accept(own.code, owner, actor=FACTORY)
+    clock.advance(timedelta(hours=72))
+    for code in (used.code, revoked.code, expiring.code, "not-a-code"):
+        with pytest.raises(InvalidCode):
+            await service.accept(code, other, actor=FACTORY)
+
+
+async def test_a_transfer_voids_the_invitation(ctx: ServiceContext, clock: FrozenClock) -> None:
+    owner, invitee, buyer, car = await _cast(ctx)
+    issued = await _invite(ctx, clock, car, owner)
+    await OwnershipService(ctx).transfer(car, owner, buyer, actor=FACTORY)
+    with pytest.raises(InvalidCode):
+        await InvitationService(ctx).accept(issued.code, invitee, actor=FACTORY)
+
+
+async def test_invitee_of_another_tenant_is_a_wrong_code(
+    ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    owner, _invitee, _other, car = await _cast(ctx)
+    world = WorldFactory(ctx)
+    outsider = await world.user(await world.tenant(TenantKind.CONSUMER))
+    issued = await _invite(ctx, clock, car, owner)
+    with pytest.raises(InvalidCode):
+        await InvitationService(ctx).accept(issued.code, outsider, actor=FACTORY)
+
+
+async def test_concurrent_accepts_have_one_winner(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock, backend: str
+) -> None:
+    owner, first, second, car = await _cast(ctx)
+    issued = await _invite(ctx, clock, car, owner)
+    await ctx.session.commit()
+    if backend == "sqlite":
+        # SQLite transactions take the write lock when they begin (store/engine.py): a stale
+        # read cannot happen there, two racing accepts queue on the lock instead.
+        async def accept(user: User) -> bool:
+            async with platform.services() as (uow, racer):
+                try:
+                    await InvitationService(racer).accept(issued.code, user, actor=FACTORY)
+                except InvalidCode:
+                    return False
+                await uow.commit()
+                return True
+
+        assert sorted(await asyncio.gather(accept(first), accept(second))) == [False, True]
+        return
+    async with platform.services() as (late_uow, late):
+        # The late request has already read the invitation as pending...
+        stale = await late.session.get(DriverInvitation, issued.invitation.id)
+        assert stale is not None and stale.status is HandoverStatus.PENDING
+        async with platform.services() as (uow, early):
+            await InvitationService(early).accept(issued.code, first, actor=FACTORY)
+            await uow.commit()
+        # ...but its conditional UPDATE matches nothing: one invitation, one driver.
+        with pytest.raises(InvalidCode):
+            await InvitationService(late).accept(issued.code, second, actor=FACTORY)
+        await late_uow.commit()
+
+
+def test_invalid_code_is_a_plain_404() -> None:
+    error = InvalidCode("the code is not valid")
+    assert isinstance(error, FleetwardError) and error.status == 404
