@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.api.auth import Caller, authenticate
@@ -300,6 +300,30 @@ def _object_routes(surface: Surface) -> APIRouter:
     return router
 
 
+def _status_query(vehicle_id: str) -> Any:
+    """The vehicle's registry fields and its latest message in one statement (one store
+    round trip fewer on the hottest read): the vehicle LEFT JOIN its latest message."""
+    latest = (
+        select(TelemetryMessage.device_time, TelemetryMessage.signals)
+        .where(TelemetryMessage.vehicle_id == vehicle_id)
+        .order_by(TelemetryMessage.device_time.desc())
+        .limit(1)
+        .subquery()
+    )
+    return (
+        select(
+            Vehicle.id,
+            Vehicle.label,
+            Vehicle.model,
+            Vehicle.region,
+            latest.c.device_time,
+            latest.c.signals,
+        )
+        .outerjoin(latest, true())
+        .where(Vehicle.id == vehicle_id)
+    )
+
+
 async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
@@ -310,14 +334,16 @@ async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> S
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
-        vehicle = await ctx.session.get(Vehicle, vehicle_id)
-        if vehicle is None:
+        row = (await ctx.session.execute(_status_query(vehicle_id))).first()
+        if row is None:  # the PDP saw it a moment ago
             raise not_found()
-        state = _state(await _latest(ctx.session, vehicle.id))
         await uow.commit()
-    return StatusView(
-        id=vehicle.id, label=vehicle.label, model=vehicle.model, region=vehicle.region, state=state
-    )
+    vid, label, model, region, recorded_at, signals = row
+    state = None
+    if recorded_at is not None:
+        shown = {k: v for k, v in signals.items() if not k.startswith(_LOCATION_PREFIX)}
+        state = StateView(recorded_at=recorded_at.isoformat(), signals=shown)
+    return StatusView(id=vid, label=label, model=model, region=region, state=state)
 
 
 # ----------------------------------------------------------------------------- dealer

@@ -5,10 +5,15 @@ machine has more than one (the client runs on the others):
 
 a. ``bare``: a FastAPI app with one route, ``GET /mobile/v1/vehicles/{id}/status``, returning
    the JSON the real route answered (no authentication, no store): the ceiling;
-b. ``app``: :func:`fleetward.app.build_app` over a seeded demo world (SQLite in a temporary
-   directory), asked as alice for ALICE-1 with a real access token: token validation (the
-   verified-token cache on, revocation checked), the PDP reading relationships from the store,
-   the decision's audit record, the status read, the commit.
+b. ``app``: :func:`fleetward.app.build_app` over a seeded demo world, asked as alice for
+   ALICE-1 with a real access token: token validation (the verified-token cache on,
+   revocation checked), the PDP reading relationships from the store, the decision's audit
+   record, the status read, the commit.
+
+The store is SQLite in a temporary directory, or with ``database_url`` (a PostgreSQL URL, as
+``FLEETWARD_DATABASE_URL`` takes it) a fresh database created on that server for the run
+(``CREATE DATABASE``) and dropped after it, whatever happens; the database the URL names is
+only used to create and drop it. Either way the store is migrated and the demo world seeded.
 
 An async httpx client sends ``requests`` requests per round with ``concurrency`` in flight,
 alternating bare and app rounds (b a b a ...) so that load drifting during the run hits both.
@@ -16,7 +21,7 @@ Figures: requests per second (wall clock), p50/p99 latency seen by the client, a
 per CPU-second of the server process (from ``/proc``; independent of how fast the client is:
 an httpx client on a shared machine can be the limit for the bare route). The ratios
 ``app / bare`` are the figures to compare across machines.
-Run: ``python -m fleetward.bench.http_read [requests]``.
+Run: ``python -m fleetward.bench.http_read [requests [database_url]]``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -37,7 +43,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import make_url, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fleetward.authz.permissions import Permission
 from fleetward.core.surfaces import Surface
@@ -46,15 +53,22 @@ from fleetward.identity.models import Tenant, User
 from fleetward.settings import Settings
 
 _HOST: Final = "127.0.0.1"
+# How the parent hands the store to the servers: in the environment, never on a command line
+# (``ps`` shows arguments; a URL may carry a password).
+_STORE_ENV: Final = "FLEETWARD_DATABASE_URL"
+_POSTGRES_SCHEMES: Final = ("postgresql://", "postgresql+asyncpg://", "postgres://")
 _PATH: Final = "/mobile/v1/vehicles/{}/status"
 _WARMUP: Final = 200
 _START_TIMEOUT: Final = 60.0
 
 
-def _settings(directory: Path, port: int) -> Settings:
-    # The port is part of the token issuer (the base URL): the same on both sides.
+def _settings(directory: Path, port: int, database_url: str | None = None) -> Settings:
+    # The port is part of the token issuer (the base URL): the same on both sides. The store
+    # is always given (None: SQLite in ``directory``), so a FLEETWARD_DATABASE_URL in the
+    # caller's environment can never point the benchmark at a real database.
     return Settings(
         data_dir=directory / "var",
+        database_url=database_url,
         host=_HOST,
         port=port,
         password_hash_memory_kib=19_456,
@@ -62,14 +76,47 @@ def _settings(directory: Path, port: int) -> Settings:
     )
 
 
-async def _prepare(directory: Path, port: int) -> tuple[str, str]:
+def postgres_server(database_url: str) -> str:
+    """The asyncpg URL of the server ``database_url`` names; anything but PostgreSQL is
+    refused (SQLite is the default: the benchmark never writes into a given SQLite file)."""
+    if not database_url.startswith(_POSTGRES_SCHEMES):
+        raise ValueError("database_url must be a postgresql:// URL (omit it for SQLite)")
+    return Settings(database_url=database_url).resolved_database_url
+
+
+async def _admin(server: str, statement: str) -> None:
+    engine = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+
+
+@contextmanager
+def _store(database_url: str | None) -> Iterator[str | None]:
+    """The store of one run: None (SQLite in the run's directory), or the URL of a fresh
+    PostgreSQL database on ``database_url``'s server, dropped when the run ends."""
+    if database_url is None:
+        yield None
+        return
+    server = postgres_server(database_url)
+    name = f"fleetward_bench_{secrets.token_hex(6)}"  # [a-z0-9_]: safe to quote as is
+    asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _prepare(directory: Path, port: int, database_url: str | None = None) -> tuple[str, str]:
     """Migrate and seed the demo world; (ALICE-1's id, an access token for alice)."""
     from fleetward.cli.runtime import migrate_store
     from fleetward.demo.world import seed_demo_world
     from fleetward.platform import Platform
     from fleetward.vehicles.models import Vehicle
 
-    settings = _settings(directory, port)
+    settings = _settings(directory, port, database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     await migrate_store(settings)
     platform = Platform.build(settings)
@@ -109,12 +156,20 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(kind: str, directory: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def _server(
+    kind: str, directory: Path, port: int, database_url: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "fleetward.bench.http_read", "--serve", kind]
     log = directory / f"{kind}.log"  # a file, not a pipe: a full pipe would stall the server
+    environment = {k: v for k, v in os.environ.items() if k != _STORE_ENV}
+    if database_url is not None:
+        environment[_STORE_ENV] = database_url
     with log.open("wb") as errors:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [*command, str(directory), str(port)], stdout=subprocess.DEVNULL, stderr=errors
+            [*command, str(directory), str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            env=environment,
         )
     try:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -220,16 +275,27 @@ async def _drive(
     return result
 
 
-def run(requests: int = 2000, *, concurrency: int = 16, rounds: int = 3) -> dict[str, float]:
+def run(
+    requests: int = 2000,
+    *,
+    concurrency: int = 16,
+    rounds: int = 3,
+    database_url: str | None = None,
+) -> dict[str, float]:
     """Measure (a) and (b); rates per second, p50/p99 in milliseconds. The app's answers must
-    all be 200 (``app_failures`` counts the others; a benchmark of refusals is worthless)."""
-    with tempfile.TemporaryDirectory(prefix="fleetward-http-read-") as name:
+    all be 200 (``app_failures`` counts the others; a benchmark of refusals is worthless).
+    ``database_url``: a PostgreSQL server to run the app's store on (a fresh database, dropped
+    after the run); None: SQLite in a temporary directory."""
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetward-http-read-") as name,
+        _store(database_url) as store,
+    ):
         directory = Path(name)
         app_port, bare_port = _free_port(), _free_port()
-        vehicle_id, token = asyncio.run(_prepare(directory, app_port))
+        vehicle_id, token = asyncio.run(_prepare(directory, app_port, store))
         path = _PATH.format(vehicle_id)
         auth = {"authorization": f"Bearer {token}"}
-        with _server("app", directory, app_port) as app_server:
+        with _server("app", directory, app_port, store) as app_server:
             answer = httpx.get(f"http://{_HOST}:{app_port}{path}", headers=auth, timeout=30.0)
             if answer.status_code != 200:
                 raise RuntimeError(f"the authorized read answered {answer.status_code}")
@@ -271,7 +337,7 @@ def serve(kind: str, directory: Path, port: int) -> None:
 
     _pin_to_one_core()
     if kind == "app":
-        app = build_app(_settings(directory, port))
+        app = build_app(_settings(directory, port, os.environ.get(_STORE_ENV)))
     else:
         app = _bare_app(json.loads((directory / "body.json").read_text()))
     config = uvicorn.Config(
@@ -292,7 +358,8 @@ def main(argv: list[str]) -> None:
         serve(argv[2], Path(argv[3]), int(argv[4]))
         return
     requests = int(argv[1]) if len(argv) > 1 else 2000
-    for key, value in run(requests).items():
+    database_url = argv[2] if len(argv) > 2 else None
+    for key, value in run(requests, database_url=database_url).items():
         print(f"{key:24} {value:14.4f}")
 
 

@@ -41,10 +41,27 @@ def http_read_command(
     requests: Annotated[int, typer.Option(min=10, max=100_000, help="requests per round")] = 2000,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="requests in flight")] = 16,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="rounds per server")] = 3,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="a PostgreSQL server (postgresql://user@host:port/db, as FLEETWARD_DATABASE_URL):"
+            " the app's store is a fresh database there, dropped after the run;"
+            " default: SQLite in a temporary directory",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """An authorized object read over HTTP vs a bare FastAPI route (one uvicorn worker each)."""
-    result = http_read.run(requests, concurrency=concurrency, rounds=rounds)
-    typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+    if database_url is not None:
+        try:
+            http_read.postgres_server(database_url)
+        except ValueError as exc:  # not a PostgreSQL URL
+            raise typer.BadParameter(str(exc), param_hint="--database-url") from None
+    result = http_read.run(
+        requests, concurrency=concurrency, rounds=rounds, database_url=database_url
+    )
+    store = "sqlite" if database_url is None else "postgresql"
+    typer.echo(json.dumps({**result, "store": store}, indent=2, sort_keys=True, default=str))
 
 
 @app.command("gateway-load")

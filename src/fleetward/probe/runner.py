@@ -4,6 +4,10 @@ One shared ``httpx.AsyncClient`` (keep-alive, bounded connections), a fixed pool
 (``concurrency``), a timeout per request. Verdicts (a 5xx always fails):
 
 * ALLOW: a 2xx; when the case names the fields allowed to the actor, no other field.
+* A filtered list asked for pages (``limit=`` in its query) is walked page after page
+  (``next_cursor``, at most MAX_PAGES): every page is judged together, so an object cut
+  into the pages before the filter ran shows in a cursor (the case's canaries carry the
+  object's ids in cursor form).
 * DENY: no 2xx, and no canary of the object in the body or the headers.
 * FILTERED: a 2xx (a list) that carries none of the object's canaries.
 * DENY_HIDDEN: a 404 whose body equals the body of the same request for an object that does
@@ -26,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlsplit
 
 import httpx
 
@@ -36,6 +40,7 @@ from fleetward.probe.model import Case, Expect, Request, Result, Verdict
 ProgressHook = Callable[[Result], None]
 
 EXCERPT_LIMIT: Final = 500
+MAX_PAGES: Final = 200
 WRITE_CONCURRENCY: Final = 4
 _READ_RETRIES: Final = (0.05, 0.25)
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -195,6 +200,25 @@ class _Session:
             answer = await self.send(request)
         return answer
 
+    async def _walk(self, case: Case, first: Answer) -> Answer:
+        """Every page of a list, from ``first`` on, as one answer (the pages' bodies one per
+        line), up to the first page that names a canary; a page that is not a 2xx ends the
+        walk and is the answer judged."""
+        request = case.request
+        texts = [first.text]
+        answer = first
+        for _ in range(MAX_PAGES):
+            cursor = _next_cursor(answer)
+            if cursor is None or _leaked(case, answer) is not None:
+                break
+            answer = await self.send(replace(request, path=_with_cursor(request.path, cursor)))
+            if not 200 <= answer.status < 300:
+                return answer
+            texts.append(answer.text)
+        if len(texts) == 1:
+            return first
+        return Answer(first.status, first.headers, "\n".join(texts))
+
     def reference(self, request: Request) -> Awaitable[Answer]:
         """The hidden-object reference, fetched once per distinct request."""
         key = (request.method, request.path, request.actor, request.credential)
@@ -216,6 +240,8 @@ class _Session:
             before = await self.read(case.read_back) if checks_writes and case.read_back else None
             started = time.perf_counter()
             answer = await self.send(case.request)
+            if _walks(case):
+                answer = await self._walk(case, answer)
             elapsed = (time.perf_counter() - started) * 1000
             reference = None
             if case.expect is Expect.DENY_HIDDEN and case.hidden_reference is not None:
@@ -249,6 +275,27 @@ class _Session:
             policy_version=self.policy_version,
             response_excerpt="" if answer is None else excerpt(answer.text),
         )
+
+
+def _walks(case: Case) -> bool:
+    """A filtered list asked for pages: walked to its last page."""
+    query = urlsplit(case.request.path).query
+    return case.expect is Expect.FILTERED and "limit" in parse_qs(query)
+
+
+def _next_cursor(answer: Answer) -> str | None:
+    if not 200 <= answer.status < 300:
+        return None
+    body = answer.json()
+    cursor = body.get("next_cursor") if isinstance(body, dict) else None
+    return cursor if isinstance(cursor, str) and cursor else None
+
+
+def _with_cursor(path: str, cursor: str) -> str:
+    parts = urlsplit(path)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "cursor"]
+    query.append(("cursor", cursor))
+    return f"{parts.path}?{urlencode(query)}"
 
 
 def _side_effect(before: Answer, after: Answer) -> str:

@@ -220,6 +220,18 @@ class World:
         wanted = shape(path)
         return {m for m, template, _op in self.operations() if shape(template) == wanted}
 
+    def query_params(self, method: str, path: str) -> set[str]:
+        """The query parameters the OpenAPI document declares for a route (any param names)."""
+        wanted = shape(path)
+        found: set[str] = set()
+        for m, template, operation in self.operations():
+            if m != method or shape(template) != wanted:
+                continue
+            for param in operation.get("parameters", ()):
+                if isinstance(param, Mapping) and param.get("in") == "query":
+                    found.add(str(param.get("name")))
+        return found
+
     def spec_route(self, method: str, path: str) -> tuple[ObjectType, Route] | None:
         wanted = shape(path)
         for obj, route in self.spec.routes():

@@ -5,19 +5,38 @@ scenario's object on both sides, and the object's other scenarios). The oracle s
 happen; a refused write is read back by an actor allowed to read the object. A route that
 consumes its target (``spare``) is sent to the spare twin, and only the first write the
 oracle allows on a spare is sent (a consumed object cannot prove a second allowance).
+
+A list filtered to what the actor may see, probed about another tenant's object, is also
+asked one item per page (``limit=1``, when the route takes a ``limit``) and walked to its
+last page by the runner, with the object's ids in cursor form among the canaries: a list
+cut into pages before it is filtered names the object in a ``next_cursor`` (the cursor is
+the last row of the unfiltered page), even when the filter keeps it out of every page.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
-from fleetward.probe.generate.common import World
+from fleetward.probe.generate.common import World, tenant_of
 from fleetward.probe.manifest import Manifest
 from fleetward.probe.model import Case, Expect, Family, Request
 from fleetward.probe.spec.models import Spec
 
 _READS = frozenset({"read", "list"})
+PAGE_OF_ONE = "limit=1"
+
+
+def paged(path: str) -> str:
+    """The list path asking for pages of one item."""
+    return f"{path}{'&' if '?' in path else '?'}{PAGE_OF_ONE}"
+
+
+def cursor_form(value: str) -> str:
+    """An id as the deployment's keyset cursors carry it (URL-safe base64, unpadded)."""
+    return base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii").rstrip("=")
 
 
 def cases(world: World) -> Iterator[Case]:
@@ -42,7 +61,7 @@ def cases(world: World) -> Iterator[Case]:
                         consumed.add(spare)
                     refused = expect is not Expect.ALLOW
                     writes = route.method != "GET"
-                    yield Case(
+                    case = Case(
                         id=f"matrix/{route.name}/{actor.name}/{record.anchor}-{record.side}",
                         family=Family.MATRIX,
                         route_id=route.name,
@@ -64,6 +83,22 @@ def cases(world: World) -> Iterator[Case]:
                             else None
                         ),
                     )
+                    yield case
+                    if (
+                        expect is Expect.FILTERED
+                        and not writes
+                        and tenant_of(world.spec, actor, obj, record) == "other"
+                        and "limit" in world.query_params(route.method, route.path)
+                    ):
+                        ids = tuple(cursor_form(value) for value in record.ids.values())
+                        yield replace(
+                            case,
+                            id=f"{case.id}/limit-1",
+                            request=replace(case.request, path=paged(path)),
+                            why=f"{decision.why}; walked a page at a time: the list is "
+                            "filtered before it is cut into pages",
+                            canaries=(*case.canaries, *ids),
+                        )
 
 
 def generate(spec: Spec, manifest: Manifest, openapi: Mapping[str, Any]) -> Iterator[Case]:

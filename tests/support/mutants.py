@@ -1,0 +1,426 @@
+"""Deliberately broken variants of the platform, for proving the probe (issue #5).
+
+Each mutant removes or weakens ONE check and is applied in test code only, with a
+``pytest.MonkeyPatch`` (undone at the end of the test): a route module's ``authorize`` that
+skips one route, a relation loader that keeps what it should drop, a token validator that
+ignores the audience, a route whose body is swapped for a broken copy. ``src/`` is never
+edited. Each mutant names the probe families and the routes whose cases exercise it (so a
+run takes seconds) and the routes the probe must flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import pytest
+from fastapi import Request
+from fastapi.routing import APIRoute
+from pydantic import ConfigDict
+from sqlalchemy import select, true
+
+import fleetward.api.authorize as authorize_module
+import fleetward.api.ota as ota_routes
+import fleetward.api.support_cases as support_routes
+import fleetward.api.tenancy as tenancy_routes
+import fleetward.api.vehicles as vehicle_routes
+from fleetward.api.auth import Caller
+from fleetward.api.objects import Page, cut_page, decode_cursor, encode_cursor, page_size
+from fleetward.api.support_cases import SupportCaseView, _view
+from fleetward.authz.decision import Decision, ResourceKind
+from fleetward.authz.permissions import Permission
+from fleetward.authz.relations.facts import Grant
+from fleetward.authz.relations.loader import Loader
+from fleetward.core.surfaces import Surface
+from fleetward.identity.tokens.access import AccessTokenValidator
+from fleetward.identity.tokens.claims import AccessTokenClaims
+from fleetward.ota.models import CampaignStatus, OtaCampaign
+from fleetward.probe.model import Family
+from fleetward.vehicles.models import CaseStatus, PartnerConsent, SupportCase
+
+Apply = Callable[[pytest.MonkeyPatch], None]
+
+FAR_FUTURE: Final = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    breaks: str  # the one check the mutant removes, and what that lets through
+    apply: Apply
+    families: frozenset[Family]
+    routes: frozenset[str]  # the routes whose cases the probe runs against the mutant
+    flagged: frozenset[str]  # the routes the probe must name in its failures
+
+
+def _route_name(request: Request) -> str:
+    return str(getattr(request.scope.get("route"), "name", ""))
+
+
+def skip_authorize(module: Any, route: str) -> Apply:
+    """``module``'s routes no longer ask the PDP on ``route``: the check is simply gone."""
+
+    def apply(patch: pytest.MonkeyPatch) -> None:
+        real = module.authorize
+
+        async def authorize(request: Request, *args: Any, **kwargs: Any) -> Any:
+            if _route_name(request) == route:
+                return None  # the decision is never asked for
+            return await real(request, *args, **kwargs)
+
+        patch.setattr(module, "authorize", authorize)
+
+    return apply
+
+
+def driver_window_ignored(patch: pytest.MonkeyPatch) -> None:
+    """The loader reads a delegation's start and revocation but not its end: an expired
+    delegation is kept, with an open window (the policy sees a delegation in force)."""
+    real = Loader._delegations
+
+    def delegations(
+        self: Loader, rows: Iterable[tuple[str, list[str], datetime, datetime, datetime | None]]
+    ) -> None:
+        later = self.now + FAR_FUTURE
+        real(self, [(vid, perms, start, later, revoked) for vid, perms, start, _, revoked in rows])
+
+    patch.setattr(Loader, "_delegations", delegations)
+
+
+def former_owner_kept(patch: pytest.MonkeyPatch) -> None:
+    """The end of an ownership is not read: the seller still counts as the owner."""
+    real = Loader._vehicles
+
+    async def vehicles(self: Loader, *, with_delegations: bool = False) -> None:
+        await real(self, with_delegations=with_delegations)
+        me = self.principal.ref.id
+        for ref, reason in list(self.notes.items()):
+            if ref.kind is ResourceKind.VEHICLE and reason.value == "former-owner":
+                self._set(ref.id, owner_id=me)
+                del self.notes[ref]
+
+    patch.setattr(Loader, "_vehicles", vehicles)
+
+
+def partner_scope_widened(patch: pytest.MonkeyPatch) -> None:
+    """A consent's actions are not read: a consented partner may do everything."""
+    real = Loader._consents
+
+    async def consents(self: Loader) -> None:
+        await real(self)
+        for vid, facts in list(self.vehicles.items()):
+            if facts.consent is not None:
+                widened = replace(facts.consent, permissions=frozenset(Permission))
+                self._set(vid, consent=widened)
+
+    patch.setattr(Loader, "_consents", consents)
+
+
+def consent_revocation_ignored(patch: pytest.MonkeyPatch) -> None:
+    """A revoked consent stays in force: its window is read, ``revoked_at`` is not."""
+
+    async def consents(self: Loader) -> None:
+        ids = list(self.vehicles)
+        if not ids:
+            return
+        partner = self.principal.tenant_id
+        rows = await self.session.scalars(
+            select(PartnerConsent).where(
+                PartnerConsent.vehicle_id.in_(ids), PartnerConsent.partner_tenant_id == partner
+            )
+        )
+        known = {p.value for p in Permission}
+        for consent in rows:
+            if not consent.valid_from <= self.now < consent.valid_until:
+                continue
+            granted = frozenset(Permission(s) for s in consent.scopes if s in known)
+            grant = Grant(partner, granted, consent.valid_from, consent.valid_until)
+            self._set(consent.vehicle_id, consent=grant)
+
+    patch.setattr(Loader, "_consents", consents)
+
+
+def operator_group_ignored(patch: pytest.MonkeyPatch) -> None:
+    """The vehicle's group is not compared with the operator's: an operator assigned to any
+    group of the fleet reaches every vehicle of the fleet."""
+    real = Loader._fleet
+
+    async def fleet(self: Loader) -> None:
+        await real(self)
+        groups = self.principal.operator_groups
+        if not groups:
+            return
+        for vid, facts in list(self.vehicles.items()):
+            if facts.fleet_id is not None and not facts.groups:
+                self._set(vid, groups=groups)
+
+    patch.setattr(Loader, "_fleet", fleet)
+
+
+def audience_ignored(patch: pytest.MonkeyPatch) -> None:
+    """The validator checks a token against the surface the token names, not the route's."""
+    real = AccessTokenValidator._check_per_call
+    surfaces = {surface.audience: surface for surface in Surface}
+
+    def check(
+        self: AccessTokenValidator, claims: AccessTokenClaims, surface: Surface, now: float
+    ) -> None:
+        real(self, claims, surfaces.get(claims.aud, surface), now)
+
+    patch.setattr(AccessTokenValidator, "_check_per_call", check)
+
+
+def refusal_names_its_reason(patch: pytest.MonkeyPatch) -> None:
+    """Object-route refusals say why (``tenant-mismatch``, ``former-owner``): the 404 of an
+    object that exists differs from the 404 of one that does not."""
+    real = authorize_module._refusal
+
+    def refusal(decision: Decision, *, object_route: bool) -> Exception:
+        found = real(decision, object_route=object_route)
+        if isinstance(found, authorize_module.ObjectNotFound):
+            return authorize_module.ObjectNotFound(f"no such object ({decision.reason})")
+        return found
+
+    patch.setattr(authorize_module, "_refusal", refusal)
+
+
+def support_list_unfiltered(patch: pytest.MonkeyPatch) -> None:
+    """The agent's case list is the whole case table: no ``agent = caller``, no ``open``,
+    and (trusting its query) no decision per row."""
+
+    async def list_cases(
+        request: Request, caller: Caller, limit: int = 50, cursor: str | None = None
+    ) -> Page[SupportCaseView]:
+        platform = request.app.state.platform
+        size = page_size(platform, limit)
+        after = decode_cursor(cursor)
+        async with platform.services() as (_uow, ctx):
+            query = select(SupportCase)
+            if after is not None:
+                query = query.where(SupportCase.id > after)
+            rows = await ctx.session.scalars(query.order_by(SupportCase.id).limit(size + 1))
+            page, more = cut_page(list(rows), size)
+        items = [_view(case) for case in page]
+        cursor_out = encode_cursor(page[-1].id) if more else None
+        return Page[SupportCaseView](items=items, next_cursor=cursor_out)
+
+    patch.setattr(support_routes.list_cases, "__code__", list_cases.__code__)
+
+
+def _m(
+    name: str,
+    breaks: str,
+    apply: Apply,
+    families: Iterable[Family],
+    routes: Iterable[str],
+    flagged: Iterable[str],
+) -> Mutant:
+    return Mutant(name, breaks, apply, frozenset(families), frozenset(routes), frozenset(flagged))
+
+
+MATRIX: Final = (Family.MATRIX,)
+VEHICLE_READS: Final = (
+    "mobile:vehicles:read",
+    "mobile:vehicles:status",
+    "mobile:vehicles:list",
+    "fleet:vehicles:read",
+    "fleet:vehicles:status",
+    "fleet:vehicles:list",
+)
+PARTNER_READS: Final = (
+    "partner:vehicles:status",
+    "partner:trips:list",
+    "partner:charging:list",
+    "partner:consents:list",
+)
+
+
+class LooseCampaignBody(ota_routes.CampaignBody):
+    """The campaign body with its guard down: unknown fields are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def status_mass_assigned(patch: pytest.MonkeyPatch) -> None:
+    """POST /admin/v1/ota/campaigns takes any field, and applies ``status`` when sent."""
+    router = ota_routes.router
+    index, route = next(
+        (i, r)
+        for i, r in enumerate(router.routes)
+        if getattr(r, "name", "") == "admin:ota:campaigns:create"
+    )
+    assert isinstance(route, APIRoute)
+    original = route.endpoint
+
+    async def create_campaign(
+        body: LooseCampaignBody, request: Request, caller: Caller = ota_routes.stepped_up_engineer
+    ) -> Any:
+        view = await original(body=body, request=request, caller=caller)
+        status = (body.model_extra or {}).get("status")
+        if status is not None:
+            platform = request.app.state.platform
+            async with platform.services() as (uow, ctx):
+                campaign = await ctx.session.get(OtaCampaign, view.id)
+                assert campaign is not None
+                campaign.status = CampaignStatus(status)
+                await uow.commit()
+            view = view.model_copy(update={"status": CampaignStatus(status)})
+        return view
+
+    create_campaign.__dict__.update(original.__dict__)  # its catalog entry
+    mutated = type(route)(
+        route.path,
+        create_campaign,
+        methods=list(route.methods),
+        name=route.name,
+        status_code=route.status_code,
+        response_model=route.response_model,
+        dependencies=list(route.dependencies),
+    )
+    routes = list(router.routes)
+    routes[index] = mutated
+    patch.setattr(router, "routes", routes)
+    patch.setattr(router, "_routes_version", router._routes_version + 1)
+
+
+def vehicles_filtered_after_paging(patch: pytest.MonkeyPatch) -> None:
+    """The vehicle lists drop their SQL filter: a page of the whole table is cut first, and
+    the per-row decision filters it afterwards (short pages, holes, others' ids in cursors)."""
+
+    def related_vehicles(caller: Caller, now: datetime) -> Any:
+        return true()
+
+    patch.setattr(vehicle_routes, "related_vehicles", related_vehicles)
+
+
+def closed_case_kept(patch: pytest.MonkeyPatch) -> None:
+    """A dealer case's status is not read: a technician keeps access after the case closed."""
+    real = Loader._dealer_cases
+
+    class Reopened:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        async def execute(self, statement: Any) -> list[tuple[Any, ...]]:
+            rows = await self.session.execute(statement)
+            return [(case, vid, CaseStatus.OPEN, start, end) for case, vid, _, start, end in rows]
+
+    async def dealer_cases(self: Loader) -> None:
+        session = self.session
+        self.session = Reopened(session)  # type: ignore[assignment]
+        try:
+            await real(self)
+        finally:
+            self.session = session
+
+    patch.setattr(Loader, "_dealer_cases", dealer_cases)
+
+
+MUTANTS: Final[tuple[Mutant, ...]] = (
+    _m(
+        "object-check-missing",
+        "GET /fleet/v1/vehicles/{id} never asks the PDP about the vehicle",
+        skip_authorize(vehicle_routes, "fleet:vehicles:read"),
+        MATRIX,
+        ("fleet:vehicles:read", "fleet:vehicles:status"),
+        ("fleet:vehicles:read",),
+    ),
+    _m(
+        "driver-window-unchecked",
+        "an expired driver delegation is kept, its end never read",
+        driver_window_ignored,
+        MATRIX,
+        VEHICLE_READS,
+        ("mobile:vehicles:read", "mobile:vehicles:status"),
+    ),
+    _m(
+        "former-owner-not-revoked",
+        "the end of an ownership is ignored: the seller still owns the sold vehicle",
+        former_owner_kept,
+        MATRIX,
+        VEHICLE_READS,
+        ("mobile:vehicles:read", "mobile:vehicles:status"),
+    ),
+    _m(
+        "partner-scope-ignored",
+        "a consent's actions are ignored: the partner gets every permission",
+        partner_scope_widened,
+        MATRIX,
+        PARTNER_READS,
+        ("partner:trips:list",),
+    ),
+    _m(
+        "consent-revocation-ignored",
+        "a revoked consent stays in force",
+        consent_revocation_ignored,
+        MATRIX,
+        PARTNER_READS,
+        ("partner:vehicles:status", "partner:charging:list"),
+    ),
+    _m(
+        "operator-other-group",
+        "an operator reaches the vehicles of every group of the fleet, not just their own",
+        operator_group_ignored,
+        MATRIX,
+        VEHICLE_READS,
+        ("fleet:vehicles:read", "fleet:vehicles:status"),
+    ),
+    _m(
+        "support-list-unfiltered",
+        "the support case list has no case filter: every case of every agent",
+        support_list_unfiltered,
+        MATRIX,
+        ("support:cases:list", "support:cases:read"),
+        ("support:cases:list",),
+    ),
+    _m(
+        "admin-role-check-missing",
+        "GET /admin/v1/tenants never asks whether the caller administers tenants",
+        skip_authorize(tenancy_routes, "admin:tenants:list"),
+        (Family.MATRIX, Family.FUNCTION),
+        ("admin:tenants:list", "admin:clients:list"),
+        ("admin:tenants:list",),
+    ),
+    _m(
+        "not-found-oracle",
+        "an object route's refusal names its reason: existing ids answer another 404",
+        refusal_names_its_reason,
+        MATRIX,
+        ("mobile:vehicles:read", "fleet:vehicles:read"),
+        ("mobile:vehicles:read", "fleet:vehicles:read"),
+    ),
+    _m(
+        "closed-case-kept",
+        "a dealer technician keeps the vehicle after their case closed",
+        closed_case_kept,
+        MATRIX,
+        ("dealer:vehicles:read", "dealer:diagnostics:list", "dealer:cases:list"),
+        ("dealer:vehicles:read", "dealer:diagnostics:list"),
+    ),
+    _m(
+        "status-mass-assignment",
+        "the OTA campaign body accepts unknown fields and applies the status it is sent",
+        status_mass_assigned,
+        (Family.PROPERTY,),
+        ("admin:ota:campaigns:create",),
+        ("admin:ota:campaigns:create",),
+    ),
+    _m(
+        "list-filtered-after-paging",
+        "the vehicle list pages the whole table, then filters the page in Python",
+        vehicles_filtered_after_paging,
+        MATRIX,
+        ("mobile:vehicles:list", "fleet:vehicles:list"),
+        ("mobile:vehicles:list", "fleet:vehicles:list"),
+    ),
+    _m(
+        "audience-unchecked",
+        "a token for any surface is accepted on every surface (audience not compared)",
+        audience_ignored,
+        (Family.REPLAY,),
+        ("mobile:vehicles:list", "fleet:vehicles:list", "admin:tenants:list"),
+        ("mobile:vehicles:list", "fleet:vehicles:list", "admin:tenants:list"),
+    ),
+)
