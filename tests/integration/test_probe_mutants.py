@@ -101,12 +101,9 @@ async def test_every_mutant_is_flagged_and_the_real_platform_is_not(
         wrong = _wrong(broken)
         failed = {r.case.route_id for r in wrong}
         print(f"{mutant.name}: {len(cases)} cases, flagged {sorted(failed)}")
-        # Caught: on the route it broke, never elsewhere, and by what the route let through
-        # (a mutant that only crashes the platform would prove nothing).
-        crashed = [r.case.id for r in wrong if r.status is None or r.status >= 500]
-        print([(r.status, r.response_excerpt[:200]) for r in wrong if r.status is None or r.status >= 500][:3])
-        if not failed & mutant.flagged or not failed <= mutant.routes or crashed:
-            missed.append(
-                f"{mutant.name} ({mutant.breaks}): flagged {sorted(failed)}, crashed {crashed[:5]}"
-            )
+        # Caught: on the route it broke, never elsewhere, and at least once by what the
+        # route let through (a mutant that only crashed the platform would prove nothing).
+        through = {r.case.route_id for r in wrong if r.status is not None and r.status < 500}
+        if not through & mutant.flagged or not failed <= mutant.routes:
+            missed.append(f"{mutant.name} ({mutant.breaks}): flagged {sorted(failed)}")
     assert not missed, "\n".join(missed)

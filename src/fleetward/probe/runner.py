@@ -13,6 +13,8 @@ One shared ``httpx.AsyncClient`` (keep-alive, bounded connections), a fixed pool
 * DENY_HIDDEN: a 404 whose body equals the body of the same request for an object that does
   not exist (``Case.hidden_reference``), ``instance`` aside; and no canary.
 * UNAUTHENTICATED: a 401 with a ``WWW-Authenticate`` challenge.
+* A ``store-busy`` 503 (the deployment's "nothing written, retry") is sent again, at most
+  BUSY_RETRIES times; any other 5xx is judged at once.
 * A refused write with a ``read_back``: the read answers the same before and after.
 
 Cases run in three phases so that no write the oracle allows can change what another case
@@ -41,6 +43,8 @@ ProgressHook = Callable[[Result], None]
 
 EXCERPT_LIMIT: Final = 500
 MAX_PAGES: Final = 200
+BUSY_RETRIES: Final = 2
+MAX_RETRY_AFTER: Final = 1.0
 WRITE_CONCURRENCY: Final = 4
 _READ_RETRIES: Final = (0.05, 0.25)
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -200,6 +204,18 @@ class _Session:
             answer = await self.send(request)
         return answer
 
+    async def answer(self, request: Request) -> Answer:
+        """The case's own answer. Sent again only after a ``store-busy`` 503 (the platform's
+        promise: nothing was written, retry after ``Retry-After``), at most BUSY_RETRIES
+        times: load on the deployment is not a finding, a store that stays busy is."""
+        answer = await self.send(request)
+        for _ in range(BUSY_RETRIES):
+            if not _store_busy(answer):
+                break
+            await asyncio.sleep(_retry_after(answer))
+            answer = await self.send(request)
+        return answer
+
     async def _walk(self, case: Case, first: Answer) -> Answer:
         """Every page of a list, from ``first`` on, as one answer (the pages' bodies one per
         line), up to the first page that names a canary; a page that is not a 2xx ends the
@@ -211,7 +227,7 @@ class _Session:
             cursor = _next_cursor(answer)
             if cursor is None or _leaked(case, answer) is not None:
                 break
-            answer = await self.send(replace(request, path=_with_cursor(request.path, cursor)))
+            answer = await self.answer(replace(request, path=_with_cursor(request.path, cursor)))
             if not 200 <= answer.status < 300:
                 return answer
             texts.append(answer.text)
@@ -239,7 +255,7 @@ class _Session:
             )
             before = await self.read(case.read_back) if checks_writes and case.read_back else None
             started = time.perf_counter()
-            answer = await self.send(case.request)
+            answer = await self.answer(case.request)
             if _walks(case):
                 answer = await self._walk(case, answer)
             elapsed = (time.perf_counter() - started) * 1000
@@ -275,6 +291,19 @@ class _Session:
             policy_version=self.policy_version,
             response_excerpt="" if answer is None else excerpt(answer.text),
         )
+
+
+def _store_busy(answer: Answer) -> bool:
+    if answer.status != 503:
+        return False
+    body = answer.json()
+    return isinstance(body, dict) and body.get("reason") == "store-busy"
+
+
+def _retry_after(answer: Answer) -> float:
+    value = answer.headers.get("retry-after", "")
+    seconds = float(value) if value.isdigit() else 1.0
+    return min(max(seconds, 0.05), MAX_RETRY_AFTER)
 
 
 def _walks(case: Case) -> bool:

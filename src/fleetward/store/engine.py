@@ -26,25 +26,13 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_begin(connection: Any) -> None:
-    """Every transaction takes SQLite's write lock when it starts (BEGIN IMMEDIATE).
-
-    Nearly every request writes (an audit record at least). A deferred transaction that
-    reads first and writes later cannot wait for the lock: if another connection committed
-    in between, SQLite answers "database is locked" at once (the WAL snapshot is stale) and
-    the busy timeout never applies. Taking the lock up front makes writers queue on the busy
-    timeout instead of failing; WAL readers outside transactions are unaffected."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 async def sqlite_pragma(connection: AsyncConnection, statement: str) -> None:
-    """Run a PRAGMA outside any transaction (some, like ``synchronous`` or a WAL
-    checkpoint, refuse to run inside one, and every SQLAlchemy transaction here is
-    BEGIN IMMEDIATE). ``connection`` must not be in a transaction yet."""
+    """Run a PRAGMA on the driver connection, outside any SQLAlchemy transaction (some, like
+    ``synchronous`` or a WAL checkpoint, refuse to run inside one). ``connection`` must not
+    be in a transaction yet."""
     if connection.in_transaction():
         raise RuntimeError("a PRAGMA must run before the connection's first statement")
     raw = await connection.get_raw_connection()
@@ -55,8 +43,6 @@ async def sqlite_pragma(connection: AsyncConnection, statement: str) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # The driver's own implicit transactions are off: _sqlite_begin starts every one.
-    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets readers proceed during a write; foreign keys are off by default in SQLite.

@@ -27,12 +27,6 @@ class UnitOfWork:
 
     async def __aenter__(self) -> Self:
         self._session = self._sessions()
-        bind = self._session.bind
-        if bind is not None and bind.dialect.name == "sqlite":
-            # Take SQLite's write lock now (every transaction is BEGIN IMMEDIATE, see
-            # store/engine.py): the wait for it belongs to the unit of work, not to the
-            # first timed step inside it, such as a PDP decision with its own deadline.
-            await self._session.connection()
         return self
 
     async def __aexit__(

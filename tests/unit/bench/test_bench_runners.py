@@ -5,12 +5,17 @@ Smoke tests only: no figure is compared with a threshold (timings belong to
 
 from __future__ import annotations
 
+import asyncio
 import math
 
+import pytest
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from fleetward.bench import authz, http_read
 from fleetward.cli.bench import app as bench_cli
+from support.stores import StoreTemplates
 
 AUTHZ_FIGURES = {
     f"{name}_{stat}"
@@ -45,8 +50,30 @@ def test_authz_bench_runs_without_the_store() -> None:
     )
 
 
-def test_http_read_bench_serves_real_authorized_reads() -> None:
-    result = http_read.run(12, concurrency=2, rounds=1)
+def _server_url(backend: str, store_templates: StoreTemplates) -> str | None:
+    """None (SQLite, the default) or the test PostgreSQL server, named by its maintenance
+    database: the benchmark creates a database of its own there."""
+    return None if backend == "sqlite" else store_templates.postgres_url("postgres")
+
+
+async def _database_exists(server: str, name: str) -> bool:
+    engine = create_async_engine(http_read.postgres_server(server))
+    try:
+        async with engine.connect() as connection:
+            found = await connection.scalar(
+                text("SELECT count(*) FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+    finally:
+        await engine.dispose()
+    return bool(found)
+
+
+def test_http_read_bench_serves_real_authorized_reads(
+    backend: str, store_templates: StoreTemplates
+) -> None:
+    result = http_read.run(
+        12, concurrency=2, rounds=1, database_url=_server_url(backend, store_templates)
+    )
     assert result.keys() >= HTTP_FIGURES
     _finite_and_positive(result, HTTP_FIGURES)
     # Every read was allowed: a benchmark of refusals would measure the wrong path.
@@ -55,7 +82,46 @@ def test_http_read_bench_serves_real_authorized_reads() -> None:
     assert result["requests_per_round"] == 12
 
 
+def _failing_run(server: str, seen: list[str]) -> None:
+    """A run that fails once its database exists (the database's name goes to ``seen``)."""
+    with http_read._store(server) as store:
+        assert store is not None
+        name = make_url(store).database
+        assert name is not None and name.startswith("fleetward_bench_")
+        assert asyncio.run(_database_exists(server, name))
+        seen.append(name)
+        raise RuntimeError("the run failed")
+
+
+def test_http_read_store_is_a_fresh_database_dropped_after_the_run(
+    backend: str, store_templates: StoreTemplates
+) -> None:
+    server = _server_url(backend, store_templates)
+    if server is None:  # SQLite: the run's temporary directory holds the store
+        with http_read._store(None) as store:
+            assert store is None
+        return
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="the run failed"):
+        _failing_run(server, seen)
+    # Dropped even though the run failed: a benchmark leaves no database behind.
+    assert len(seen) == 1 and not asyncio.run(_database_exists(server, seen[0]))
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///fleetward.db", "sqlite+aiosqlite:///x.db", "mysql://root@localhost/db"]
+)
+def test_http_read_refuses_a_store_url_that_is_not_postgresql(url: str) -> None:
+    # SQLite is the default; the benchmark never migrates and seeds a file it was given.
+    with pytest.raises(ValueError, match="postgresql"):
+        http_read.run(12, concurrency=1, rounds=1, database_url=url)
+    outcome = CliRunner().invoke(bench_cli, ["http-read", "--database-url", url])
+    assert outcome.exit_code == 2
+    assert "--database-url" in outcome.output
+
+
 def test_cli_offers_the_http_read_benchmark() -> None:
     outcome = CliRunner().invoke(bench_cli, ["http-read", "--help"])
     assert outcome.exit_code == 0
     assert "--requests" in outcome.output and "--concurrency" in outcome.output
+    assert "--database-url" in outcome.output

@@ -180,8 +180,8 @@ async def test_concurrent_accepts_have_one_winner(
     issued = await _invite(ctx, clock, car, owner)
     await ctx.session.commit()
     if backend == "sqlite":
-        # SQLite transactions take the write lock when they begin (store/engine.py): a stale
-        # read cannot happen there, two racing accepts queue on the lock instead.
+        # SQLite has one writer: two sessions cannot interleave as below (the inner one would
+        # wait for the outer's lock); two racing accepts queue on the lock instead.
         async def accept(user: User) -> bool:
             async with platform.services() as (uow, racer):
                 try:

@@ -23,6 +23,11 @@ FAMILIES: Final[dict[Family, Callable[[World], Iterator[Case]]]] = {
     Family.PROPERTY: property.cases,
     Family.INVENTORY: inventory.cases,
 }
+# Cases a family adds to its own (FAMILIES[f] alone is the family's core, one case per
+# combination): the matrix's filtered lists walked a page of one at a time.
+SUPPLEMENTS: Final[dict[Family, tuple[Callable[[World], Iterator[Case]], ...]]] = {
+    Family.MATRIX: (matrix.paged_cases,),
+}
 
 
 def generate(
@@ -36,6 +41,7 @@ def generate(
     chosen = list(FAMILIES) if families is None else list(dict.fromkeys(families))
     found: dict[str, Case] = {}
     for family in chosen:
-        for case in FAMILIES[family](world):
-            found.setdefault(case.id, case)
+        for produce in (FAMILIES[family], *SUPPLEMENTS.get(family, ())):
+            for case in produce(world):
+                found.setdefault(case.id, case)
     return list(found.values())

@@ -6,11 +6,12 @@ happen; a refused write is read back by an actor allowed to read the object. A r
 consumes its target (``spare``) is sent to the spare twin, and only the first write the
 oracle allows on a spare is sent (a consumed object cannot prove a second allowance).
 
-A list filtered to what the actor may see, probed about another tenant's object, is also
-asked one item per page (``limit=1``, when the route takes a ``limit``) and walked to its
-last page by the runner, with the object's ids in cursor form among the canaries: a list
-cut into pages before it is filtered names the object in a ``next_cursor`` (the cursor is
-the last row of the unfiltered page), even when the filter keeps it out of every page.
+A supplement (``paged_cases``, run with the matrix by ``generate``): a list filtered to
+what the actor may see, probed about another tenant's object, is also asked one item per
+page (``limit=1``, when the route takes a ``limit``) and walked to its last page by the
+runner, with the object's ids in cursor form among the canaries: a list cut into pages
+before it is filtered names the object in a ``next_cursor`` (the cursor is the last row of
+the unfiltered page), even when the filter keeps it out of every page.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from dataclasses import replace
 from typing import Any
 
 from fleetward.probe.generate.common import World, tenant_of
-from fleetward.probe.manifest import Manifest
+from fleetward.probe.manifest import Manifest, ManifestActor, ObjectRecord
 from fleetward.probe.model import Case, Expect, Family, Request
-from fleetward.probe.spec.models import Spec
+from fleetward.probe.oracle import Decision
+from fleetward.probe.spec.models import ObjectType, Route, Spec
 
 _READS = frozenset({"read", "list"})
 PAGE_OF_ONE = "limit=1"
@@ -39,6 +41,41 @@ def cursor_form(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii").rstrip("=")
 
 
+def _case(
+    world: World,
+    actor: ManifestActor,
+    obj: ObjectType,
+    route: Route,
+    record: ObjectRecord,
+    parts: tuple[str, Any],
+    decision: Decision,
+) -> Case:
+    path, body = parts
+    expect = decision.expect
+    refused = expect is not Expect.ALLOW
+    writes = route.method != "GET"
+    return Case(
+        id=f"matrix/{route.name}/{actor.name}/{record.anchor}-{record.side}",
+        family=Family.MATRIX,
+        route_id=route.name,
+        request=Request(route.method, path, actor.name, body=body),
+        expect=expect,
+        why=decision.why,
+        canaries=tuple(record.canaries),
+        read_back=world.read_back(obj, route, record) if refused and writes else None,
+        allowed_fields=(
+            world.allowed_fields(obj, actor.role)
+            if not refused and route.operation in _READS
+            else None
+        ),
+        hidden_reference=(
+            world.hidden_reference(route, record, actor.name)
+            if expect is Expect.DENY_HIDDEN
+            else None
+        ),
+    )
+
+
 def cases(world: World) -> Iterator[Case]:
     # A spare is consumed by the first write allowed on it: a second allowed write (another
     # actor, or another route on the same object) would meet a used object, not a decision.
@@ -51,54 +88,44 @@ def cases(world: World) -> Iterator[Case]:
                     parts = None if record is None else world.request_parts(route, record)
                     if record is None or parts is None:
                         continue  # the seed made no instance with these ids
-                    path, body = parts
                     decision = world.decide(actor, obj, route, record)
-                    expect = decision.expect
-                    if route.spare and expect is Expect.ALLOW:
+                    if route.spare and decision.expect is Expect.ALLOW:
                         spare = (record.type, record.anchor, record.side, str(record.actor))
                         if spare in consumed:
                             continue
                         consumed.add(spare)
-                    refused = expect is not Expect.ALLOW
-                    writes = route.method != "GET"
-                    case = Case(
-                        id=f"matrix/{route.name}/{actor.name}/{record.anchor}-{record.side}",
-                        family=Family.MATRIX,
-                        route_id=route.name,
-                        request=Request(route.method, path, actor.name, body=body),
-                        expect=expect,
-                        why=decision.why,
-                        canaries=tuple(record.canaries),
-                        read_back=world.read_back(obj, route, record)
-                        if refused and writes
-                        else None,
-                        allowed_fields=(
-                            world.allowed_fields(obj, actor.role)
-                            if not refused and route.operation in _READS
-                            else None
-                        ),
-                        hidden_reference=(
-                            world.hidden_reference(route, record, actor.name)
-                            if expect is Expect.DENY_HIDDEN
-                            else None
+                    yield _case(world, actor, obj, route, record, parts, decision)
+
+
+def paged_cases(world: World) -> Iterator[Case]:
+    """The matrix's filtered lists about another tenant's object, asked a page of one at a
+    time and walked to the end, the object's ids in cursor form among the canaries."""
+    for actor in world.manifest.actors:
+        for obj in world.spec.objects:
+            for record in world.targets(actor, obj):
+                for route in obj.routes:
+                    if route.method != "GET" or route.operation != "list" or route.spare:
+                        continue
+                    if tenant_of(world.spec, actor, obj, record) != "other":
+                        continue
+                    if "limit" not in world.query_params(route.method, route.path):
+                        continue
+                    parts = world.request_parts(route, record)
+                    decision = world.decide(actor, obj, route, record)
+                    if parts is None or decision.expect is not Expect.FILTERED:
+                        continue
+                    case = _case(world, actor, obj, route, record, parts, decision)
+                    yield replace(
+                        case,
+                        id=f"{case.id}/limit-1",
+                        request=replace(case.request, path=paged(parts[0])),
+                        why=f"{decision.why}; walked a page at a time: the list is filtered "
+                        "before it is cut into pages",
+                        canaries=(
+                            *case.canaries,
+                            *(cursor_form(value) for value in record.ids.values()),
                         ),
                     )
-                    yield case
-                    if (
-                        expect is Expect.FILTERED
-                        and not writes
-                        and tenant_of(world.spec, actor, obj, record) == "other"
-                        and "limit" in world.query_params(route.method, route.path)
-                    ):
-                        ids = tuple(cursor_form(value) for value in record.ids.values())
-                        yield replace(
-                            case,
-                            id=f"{case.id}/limit-1",
-                            request=replace(case.request, path=paged(path)),
-                            why=f"{decision.why}; walked a page at a time: the list is "
-                            "filtered before it is cut into pages",
-                            canaries=(*case.canaries, *ids),
-                        )
 
 
 def generate(spec: Spec, manifest: Manifest, openapi: Mapping[str, Any]) -> Iterator[Case]:
