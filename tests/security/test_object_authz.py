@@ -6,6 +6,7 @@ says which threat it covers. Not-found and not-authorized must answer the same b
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -159,3 +160,22 @@ async def test_a_driver_loses_the_vehicle_when_revoked(api: Api) -> None:
     assert (await api.get("bob", M, path)).status_code == 404
     listed = (await api.get("bob", M, "/vehicles")).json()["items"]
     assert listed == []
+
+
+async def test_an_operators_pages_and_cursors_hold_only_their_groups(api: Api) -> None:
+    # A list cut into pages before it is filtered would name another group's vehicle in a
+    # cursor (or hand out empty pages): the query itself holds only the operator's groups.
+    north = {api.vehicle_id(label) for label in ("ACME-N1", "ACME-N2", "ACME-N3")}
+    cursor: str | None = None
+    seen: list[str] = []
+    for _ in range(10):
+        query = "/vehicles?limit=1" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.get("frank", F, query)).json()
+        assert len(page["items"]) == 1  # never an empty page filtered after the cut
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        last = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        assert last in north
+    assert set(seen) == north

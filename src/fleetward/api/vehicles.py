@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import or_, select, true
+from sqlalchemy import and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.api.auth import Caller, authenticate
@@ -32,10 +32,14 @@ from fleetward.authz.decision import ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, catalogued
 from fleetward.core.surfaces import Surface
+from fleetward.identity.models import Membership, Role
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.models import (
     DriverDelegation,
+    FleetGroup,
     FleetVehicle,
+    GroupVehicle,
+    OperatorAssignment,
     Ownership,
     Vehicle,
 )
@@ -153,6 +157,11 @@ def _view(vehicle: Vehicle) -> VehicleView:
     )
 
 
+def _in_force(model: Any, now: Any) -> Any:
+    """A relation row in force at ``now`` (half-open window, open end allowed)."""
+    return and_(model.valid_from <= now, or_(model.valid_until.is_(None), model.valid_until > now))
+
+
 def related_vehicles(caller: Caller, now: Any) -> Any:
     """Vehicles this person has some relationship with now, as a WHERE clause. A superset
     of what they may read (the PDP decides each row); never another person's list."""
@@ -168,10 +177,35 @@ def related_vehicles(caller: Caller, now: Any) -> Any:
         DriverDelegation.valid_from <= now,
         DriverDelegation.valid_until > now,
     )
+    # A fleet admin's fleet is every vehicle of it; an operator's, the vehicles of the groups
+    # they are assigned to now. Cut here, in the query, so that a page (and its cursor) never
+    # holds another group's vehicle for the per-row decision to drop.
+    tenant = caller.claims.tenant
+    fleet_admin = (
+        select(Membership.id)
+        .where(
+            Membership.user_id == sub,
+            Membership.tenant_id == tenant,
+            Membership.role == Role.FLEET_ADMIN,
+            _in_force(Membership, now),
+        )
+        .exists()
+    )
+    assigned = (
+        select(GroupVehicle.vehicle_id)
+        .join(OperatorAssignment, OperatorAssignment.group_id == GroupVehicle.group_id)
+        .join(FleetGroup, FleetGroup.id == GroupVehicle.group_id)
+        .where(
+            OperatorAssignment.user_id == sub,
+            FleetGroup.tenant_id == tenant,
+            _in_force(OperatorAssignment, now),
+            _in_force(GroupVehicle, now),
+        )
+    )
     fleet = select(FleetVehicle.vehicle_id).where(
-        FleetVehicle.tenant_id == caller.claims.tenant,
-        FleetVehicle.valid_from <= now,
-        or_(FleetVehicle.valid_until.is_(None), FleetVehicle.valid_until > now),
+        FleetVehicle.tenant_id == tenant,
+        _in_force(FleetVehicle, now),
+        or_(fleet_admin, FleetVehicle.vehicle_id.in_(assigned)),
     )
     return or_(Vehicle.id.in_(owned), Vehicle.id.in_(driven), Vehicle.id.in_(fleet))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -96,7 +97,10 @@ class CampaignService:
             target=Target("ota_campaign", campaign.id),
             details={"target_model": spec.target_model, "to_version": spec.to_version},
         )
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:  # a concurrent create took the name after the check above
+            raise DuplicateCampaign("a campaign of that name exists", reason="name") from None
         return campaign
 
     async def get(self, campaign_id: str) -> OtaCampaign:
