@@ -283,3 +283,12 @@ def test_the_worked_example_of_the_docs_loads_and_means_what_it_says() -> None:
     assert expect("driver", "active", "other", "car", "cars:list") == "filtered"
     assert expect("owner", "active", "same", "location", "cars:location") == "allow"
     assert expect("owner", "active", "other", "car", "cars:read") == "deny-hidden"
+
+
+def test_the_demo_spec_holds_responses_to_a_per_role_allow_list() -> None:
+    # Property level: an allowed read must not carry fields the role may not see (a driver
+    # without read_location gets no location; a partner only the id and the state).
+    objects = {obj.name: obj for obj in load_demo().objects}
+    assert "location" not in objects["vehicle"].fields["driver"]
+    assert "vin" not in objects["vehicle"].fields["dealer_technician"]
+    assert set(objects["status"].fields["partner"]) == {"id", "state"}
