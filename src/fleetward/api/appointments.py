@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import AwareDatetime, BaseModel, StringConstraints
 from sqlalchemy import select
 
@@ -23,7 +23,8 @@ from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import NotPermitted, authorize, not_found
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -48,8 +49,6 @@ OWNER: Final = "vehicles-team"
 BOOK: Final = Permission.VEHICLE_BOOK_SERVICE
 DEALER: Final = Permission.DEALER_MANAGE_CASE
 
-Limit = Annotated[int, Query(ge=1)]
-Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 # Shaped like the ids in paths; whether it names a dealer is the service's question.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -25,7 +25,8 @@ from fleetward.api.authorize import NotPermitted, not_found
 from fleetward.api.bodies import StrictBody
 from fleetward.api.handover_access import owner_of
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -58,8 +59,6 @@ from fleetward.vehicles.models import PartnerConsent, Vehicle
 
 OWNER: Final = "partners-team"
 _TAGS: Final = ("consents",)
-_Limit = Annotated[int, Query(ge=1)]
-_Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 
 
 class UnknownPartner(InvalidInput):
@@ -188,8 +187,8 @@ async def list_consents(
     vehicle_id: str,
     request: Request,
     caller: Caller = _MOBILE,
-    limit: _Limit = 50,
-    cursor: _Cursor = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[ConsentView]:
     platform = platform_of(request)
     size = page_size(platform, limit)
@@ -287,7 +286,7 @@ async def _calling_partner(ctx: ServiceContext, caller: Caller) -> Tenant:
     )
 )
 async def partner_consents(
-    request: Request, caller: Caller = _PARTNER, limit: _Limit = 50, cursor: _Cursor = None
+    request: Request, caller: Caller = _PARTNER, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[PartnerConsentView]:
     platform = platform_of(request)
     size = page_size(platform, limit)

@@ -11,9 +11,9 @@ to its vehicle in the same transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,8 @@ from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -134,8 +135,8 @@ _DEALER = Depends(authenticate(Surface.DEALER))
 async def list_cases(
     request: Request,
     caller: Caller = _DEALER,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[DealerCaseView]:
     platform = platform_of(request)
     size = page_size(platform, limit)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import and_, func, or_, select
 
@@ -26,7 +26,8 @@ from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import NotPermitted, authorize, decide_many, not_found
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -69,8 +70,6 @@ GroupName = Annotated[
 
 router = surface_router(Surface.FLEET)
 authenticated = Depends(authenticate(Surface.FLEET))
-Limit = Annotated[int, Query(ge=1)]
-Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 
 
 # ----------------------------------------------------------------------------- views, bodies

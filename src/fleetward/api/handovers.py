@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -34,7 +34,7 @@ from fleetward.api.handover_access import (
     owner_of,
     page_of,
 )
-from fleetward.api.objects import MAX_CURSOR, Page, page_size, platform_of
+from fleetward.api.objects import Cursor, Limit, Page, page_size, platform_of
 from fleetward.api.routing import surface_router
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import AUTHENTICATED, catalogued
@@ -46,8 +46,6 @@ from fleetward.vehicles.models import DriverDelegation
 
 _routes = surface_router(SURFACE)
 _authenticated = Depends(authenticate(SURFACE))
-_Limit = Annotated[int, Query(ge=1)]
-_Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 _PERMISSION = Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -139,8 +137,8 @@ async def list_invitations(
     vehicle_id: str,
     request: Request,
     caller: Caller = _authenticated,
-    limit: _Limit = 50,
-    cursor: _Cursor = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[InvitationView]:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
@@ -244,8 +242,8 @@ async def list_drivers(
     vehicle_id: str,
     request: Request,
     caller: Caller = _authenticated,
-    limit: _Limit = 50,
-    cursor: _Cursor = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[DriverView]:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
@@ -317,7 +315,7 @@ async def revoke_driver(
     )
 )
 async def my_delegations(
-    request: Request, caller: Caller = _authenticated, limit: _Limit = 50, cursor: _Cursor = None
+    request: Request, caller: Caller = _authenticated, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[DelegationView]:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):

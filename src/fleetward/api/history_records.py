@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
-from fastapi import Query, Request
+from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute
@@ -22,7 +22,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 from fleetward.api.auth import Caller
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -44,8 +45,6 @@ NONE: Final[frozenset[Obligation]] = frozenset()
 MINIMISED: Final = frozenset({Obligation.MINIMISE_FIELDS})
 PSEUDONYMISED: Final = frozenset({Obligation.PSEUDONYMISE})
 
-Limit = Annotated[int, Query(ge=1)]
-Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 V = TypeVar("V", bound=BaseModel)
 
 

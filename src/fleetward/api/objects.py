@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Final, Generic, TypeVar
+from typing import Annotated, Final, Generic, TypeVar
 
-from fastapi import Request
+from fastapi import Query, Request
 from pydantic import BaseModel
 
 from fleetward.authz.permissions import Permission
@@ -25,6 +25,11 @@ MAX_CURSOR: Final = 128
 DEFAULT_PAGE: Final = 50
 
 T = TypeVar("T")
+
+# The query parameters of every list route: a page size (capped by ``page_size``) and the
+# opaque cursor of the previous page.
+Limit = Annotated[int, Query(ge=1)]
+Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -97,6 +102,8 @@ def cut_page(rows: Sequence[T], size: int) -> tuple[list[T], bool]:
 __all__ = [
     "DEFAULT_PAGE",
     "MAX_CURSOR",
+    "Cursor",
+    "Limit",
     "Page",
     "cut_page",
     "decode_cursor",

@@ -12,14 +12,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Final
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, StringConstraints
 
 from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import authorize
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -126,8 +127,8 @@ async def _views(service: CampaignService, campaigns: list[OtaCampaign]) -> list
 async def list_campaigns(
     request: Request,
     caller: Caller = engineer,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[CampaignView]:
     platform = platform_of(request)
     size = page_size(platform, limit)

@@ -13,9 +13,9 @@ Tokens must come from a multi-factor sign-in.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +24,8 @@ from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.dealer_cases import CloseCase
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -180,8 +181,8 @@ _AGENT = Depends(authenticate(Surface.SUPPORT, step_up=SUPPORT_SIGN_IN))
 async def list_cases(
     request: Request,
     caller: Caller = _AGENT,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[SupportCaseView]:
     platform = platform_of(request)
     size = page_size(platform, limit)
@@ -257,8 +258,8 @@ async def list_case_vehicles(
     case_id: str,
     request: Request,
     caller: Caller = _AGENT,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[VehicleView]:
     platform = platform_of(request)
     size = page_size(platform, limit)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, StringConstraints
 from sqlalchemy import func, select
 
@@ -25,7 +25,8 @@ from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     Page,
     cut_page,
     decode_cursor,
@@ -56,8 +57,6 @@ Slug = Annotated[
 DisplayName = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
-Limit = Annotated[int, Query(ge=1)]
-Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 
 router = surface_router(Surface.ADMIN)
 admin = Depends(authenticate(Surface.ADMIN))

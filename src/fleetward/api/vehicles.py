@@ -10,9 +10,9 @@ fields (``Obligation.MINIMISE_FIELDS``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from sqlalchemy import and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.objects import (
-    MAX_CURSOR,
+    Cursor,
+    Limit,
     decode_cursor,
     encode_cursor,
     object_entry,
@@ -227,8 +228,8 @@ def _object_routes(surface: Surface) -> APIRouter:
     async def list_vehicles(
         request: Request,
         caller: Caller = authenticated,
-        limit: Annotated[int, Query(ge=1)] = 50,
-        cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
     ) -> VehiclePage:
         platform = platform_of(request)
         size = page_size(platform, limit)
