@@ -83,6 +83,25 @@ class EventName(StrEnum):
     DEVICE_SESSION_OPENED = "device:session:opened"
     DEVICE_SESSION_SUPERSEDED = "device:session:superseded"
     DEVICE_SESSION_CLOSED = "device:session:closed"
+    # Remote commands (commands/): one event per job transition, named by the state entered.
+    COMMAND_REQUESTED = "vehicle:command:requested"
+    COMMAND_AUTHORIZED = "vehicle:command:authorized"
+    COMMAND_REJECTED = "vehicle:command:rejected"
+    COMMAND_QUEUED = "vehicle:command:queued"
+    COMMAND_DELIVERED = "vehicle:command:delivered"
+    COMMAND_EXECUTED = "vehicle:command:executed"
+    COMMAND_FAILED = "vehicle:command:failed"
+    COMMAND_REJECTED_BY_VEHICLE = "vehicle:command:rejected_by_vehicle"
+    COMMAND_CONFIRMED = "vehicle:command:confirmed"
+    COMMAND_EXPIRED = "vehicle:command:expired"
+    COMMAND_OUTCOME_UNKNOWN = "vehicle:command:outcome_unknown"
+    COMMAND_CANCELLED = "vehicle:command:cancelled"
+    # A signed answer the platform refused (bad signature, unknown job, another vehicle's).
+    COMMAND_RESULT_REFUSED = "vehicle:command:result_refused"
+    BULK_COMMAND_REQUESTED = "fleet:bulk_command:requested"
+    BULK_COMMAND_APPROVED = "fleet:bulk_command:approved"
+    BULK_COMMAND_REJECTED = "fleet:bulk_command:rejected"
+    BULK_COMMAND_DISPATCHED = "fleet:bulk_command:dispatched"
 
 
 class ActorType(StrEnum):

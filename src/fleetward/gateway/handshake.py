@@ -349,6 +349,9 @@ class ProvenDevice:
     device_time: datetime
     transcript: bytes
     keys: SessionKeys
+    # The certificate's public key (DER SubjectPublicKeyInfo): it verifies the device's
+    # signed command results for the whole session.
+    public_key_der: bytes = b""
 
 
 class ServerHandshake:
@@ -414,6 +417,9 @@ class ServerHandshake:
             device_time=device_time,
             transcript=transcript,
             keys=derive_keys(shared, transcript),
+            public_key_der=certificate.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
         )
 
     def welcome(

@@ -60,15 +60,29 @@ class CredentialCheck(Protocol):
 
 @dataclass(eq=False)
 class LiveSession:
-    """One established session. ``closer`` ends the transport; it is called at most once."""
+    """One established session. ``closer`` ends the transport; it is called at most once.
+    ``sender`` (set by a transport that carries commands down) sends one binary message;
+    :meth:`send` serialises it with the session's replies."""
 
     session: DeviceSession
     last_activity: datetime
     closer: Callable[[CloseCode], Awaitable[None]] = field(repr=False)
     closed_with: CloseCode | None = None
+    sender: Callable[[bytes], Awaitable[None]] | None = field(default=None, repr=False)
+    _sending: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def touch(self, now: datetime) -> None:
         self.last_activity = now
+
+    async def send(self, message: bytes) -> bool:
+        """Send ``message`` down the session; False when it is closed or cannot send."""
+        if self.sender is None or self.closed_with is not None:
+            return False
+        async with self._sending:
+            if self.closed_with is not None:
+                return False
+            await self.sender(message)
+        return True
 
     def other(self) -> OtherSession:
         return OtherSession(self.session.session_id, self.session.peer, self.last_activity)
@@ -111,6 +125,8 @@ class SessionRegistry:
         self._window = liveness_window
         self._poll = poll_interval.total_seconds()
         self._by_device: dict[str, dict[str, LiveSession]] = {}
+        # vehicle id -> device id of its sessions (a vehicle has one live device identity).
+        self._device_of: dict[str, str] = {}
         # The status the observer was last told about, per device with live sessions.
         self._known: dict[str, DeviceStatus] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -122,6 +138,26 @@ class SessionRegistry:
 
     def sessions(self, device_id: str) -> list[LiveSession]:
         return list(self._by_device.get(device_id, {}).values())
+
+    def commandable(self, vehicle_id: str) -> LiveSession | None:
+        """The session a command for ``vehicle_id`` may go down: open, able to send, of a
+        device last known ACTIVE (never a quarantined one: its credentials may be a clone's),
+        the one heard from most recently. None: the vehicle is not reachable here."""
+        device_id = self._device_of.get(vehicle_id)
+        if device_id is None or self._known.get(device_id, DeviceStatus.ACTIVE) is not (
+            DeviceStatus.ACTIVE
+        ):
+            return None
+        candidates = [
+            s
+            for s in self._by_device.get(device_id, {}).values()
+            if s.closed_with is None and s.sender is not None
+        ]
+        return max(candidates, key=lambda s: s.last_activity, default=None)
+
+    def vehicles(self) -> set[str]:
+        """Vehicles with a live session here."""
+        return set(self._device_of)
 
     def claim(
         self,
@@ -142,6 +178,7 @@ class SessionRegistry:
         for old in handed_over + silent:
             self.release(old)
         self._by_device.setdefault(device_id, {})[new.session.session_id] = new
+        self._device_of[new.session.vehicle_id] = device_id
         self.status_changed(device_id, status, "admitted")
         self._ensure_watcher()
         return Claim(live, silent, handed_over)
@@ -156,6 +193,8 @@ class SessionRegistry:
         if not sessions:
             del self._by_device[device_id]
             self._known.pop(device_id, None)
+            if self._device_of.get(live.session.vehicle_id) == device_id:
+                del self._device_of[live.session.vehicle_id]
         if not self._by_device:
             self._wake.set()
 

@@ -33,3 +33,6 @@ class DeviceSession:
     software_version: str
     vehicle_config: str
     established_at: datetime
+    # DER SubjectPublicKeyInfo of the certificate the handshake proved: the key that signs
+    # this device's command results (empty where a session carries no commands).
+    public_key_der: bytes = field(default=b"", repr=False)

@@ -46,6 +46,7 @@ from fleetward.devices.admission import (
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.clones import DEFAULT_LIVENESS_WINDOW, CloneResponse, CloneRules
 from fleetward.devices.models import DeviceStatus
+from fleetward.gateway.command_port import RESULT_FIRST_BYTE, CommandPort, NoCommands
 from fleetward.gateway.handler import (
     FrameHandler,
     NoObserver,
@@ -89,6 +90,8 @@ class Gateway:
     config: GatewayConfig
     registry: SessionRegistry = field(init=False)
     ledger: SessionLedger = field(init=False)
+    # The command service, once the composition root wires it in.
+    commands: CommandPort = field(default_factory=NoCommands, init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +132,8 @@ class Gateway:
             await _close(websocket, CloseCode.INTERNAL)
             return
         try:
+            live.sender = _sender(websocket)
+            self.commands.session_ready(live)
             await self._run(websocket, live)
         except Exception as exc:
             logger.error("gateway.session_error", error=type(exc).__name__)
@@ -226,6 +231,7 @@ class Gateway:
                 software_version=proven.software_version,
                 vehicle_config=proven.vehicle_config,
                 established_at=now,
+                public_key_der=proven.public_key_der,
             )
             live = LiveSession(session, now, closer)
             # A pending certificate is the device's new one: sessions of the certificates it
@@ -342,11 +348,15 @@ class Gateway:
                 await live.close(CloseCode.TOO_LARGE)
                 return
             live.touch(clock.now())
+            if frame[:1] == _RESULT_PREFIX:
+                # A signed command result: the command service's, never the pipeline's.
+                await self.commands.on_result(live, frame)
+                continue
             reply = await self.handler.handle(live.session, frame)
             if live.closed_with is not None:
                 return  # closed (revoked, quarantined) while the frame was handled
             try:
-                await websocket.send_bytes(reply)
+                await live.send(reply)
             except WebSocketDisconnect:
                 return
 
@@ -365,6 +375,16 @@ class Gateway:
             )
         except Exception as exc:
             logger.error("gateway.close_not_recorded", error=type(exc).__name__)
+
+
+_RESULT_PREFIX: Final = bytes([RESULT_FIRST_BYTE])
+
+
+def _sender(websocket: WebSocket) -> Callable[[bytes], Awaitable[None]]:
+    async def send(message: bytes) -> None:
+        await websocket.send_bytes(message)
+
+    return send
 
 
 def _closer(websocket: WebSocket) -> Callable[[CloseCode], Awaitable[None]]:

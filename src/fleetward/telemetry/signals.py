@@ -65,6 +65,7 @@ CATALOGUE: Mapping[str, SignalSpec] = _catalogue(
     SignalSpec("Vehicle.CurrentLocation.Heading", _D, "degrees", 0, 360),
     SignalSpec("Vehicle.Powertrain.TractionBattery.StateOfCharge.Current", _F, "percent", 0, 100),
     SignalSpec("Vehicle.Powertrain.TractionBattery.Charging.IsCharging", _B, ""),
+    SignalSpec("Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected", _B, ""),
     SignalSpec("Vehicle.Powertrain.Range", Datatype.UINT32, "m", 0, 2_000_000),
     SignalSpec("Vehicle.Powertrain.Transmission.CurrentGear", Datatype.INT8, "", -1, 15),
     SignalSpec("Vehicle.Cabin.Door.Row1.DriverSide.IsLocked", _B, ""),

@@ -1,0 +1,300 @@
+"""Creating and cancelling command jobs: idempotency, the authorization chain, preconditions,
+conflicts, quotas and deadlines. HTTP-free: routes hand in the verified token's claims and a
+``decide`` function (the PDP, audited by the route).
+
+The caller commits. A job that passes the chain leaves here ``queued`` (after ``requested``
+and ``authorized``), one that fails it ``rejected`` with the failing link named; both are
+stored. Only an accepted job binds the Idempotency-Key, so a retry after a rejection (say,
+after the step-up the rejection asked for) is judged afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import select
+
+from fleetward.authz.decision import Decision, Reason
+from fleetward.authz.permissions import Permission
+from fleetward.commands import jobs
+from fleetward.commands.chain import PDP_LINKS, Chain, Link, link_of
+from fleetward.commands.errors import IdempotencyKeyReused
+from fleetward.commands.families import CommandSpec, ParameterValue
+from fleetward.commands.models import CommandJob, JobState
+from fleetward.commands.preconditions import Outcome, judge, latest_state
+from fleetward.commands.states import IN_FLIGHT
+from fleetward.core.ids import new_id
+from fleetward.core.surfaces import Surface
+from fleetward.identity.oauth_models import Client
+from fleetward.identity.tokens import AccessTokenClaims
+from fleetward.services import ServiceContext
+
+Decide = Callable[[Permission, str], Awaitable[Decision]]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAnswer:
+    allowed: bool
+    reason: str = "ok"
+    retry_after_s: int = 0
+
+
+class CommandQuotas(Protocol):
+    """Charges a command against the quotas (per user, client, vehicle, tenant, command type,
+    global), one unit per targeted vehicle, all or nothing. Must not raise: an unreachable
+    quota store is a refusal (commands fail closed)."""
+
+    async def charge(
+        self, claims: AccessTokenClaims, spec: CommandSpec, vehicle_ids: list[str]
+    ) -> QuotaAnswer: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandConfig:
+    # Older reported state is not trusted for a precondition (the vehicle checks instead).
+    state_max_age: timedelta = timedelta(seconds=120)
+    # How long after its deadline a delivered, unanswered job becomes outcome_unknown.
+    answer_grace: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class NewCommand:
+    vehicle_id: str
+    spec: CommandSpec
+    parameters: Mapping[str, ParameterValue]
+    idempotency_key: str | None
+    request_hash: str
+    ttl: timedelta | None = None
+    bulk_id: str | None = None
+
+
+def request_hash(vehicle_id: str, spec: CommandSpec, parameters: Mapping[str, object]) -> str:
+    """SHA-256 of the canonical request: what "the same body" means for idempotency."""
+    canonical = json.dumps(
+        {"vehicle": vehicle_id, "command": spec.name, "parameters": parameters},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def replay(
+    ctx: ServiceContext, claims: AccessTokenClaims, key: str, digest: str
+) -> CommandJob | None:
+    """The job this caller's key already created, if any; the key with another body: 409."""
+    job = await ctx.session.scalar(
+        select(CommandJob).where(
+            CommandJob.requested_by == claims.sub, CommandJob.idempotency_key == key
+        )
+    )
+    if job is None:
+        return None
+    if job.request_hash != digest or job.client_id != claims.client_id:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used for a different request", reason="different-body"
+        )
+    return job
+
+
+async def settle_overdue(ctx: ServiceContext, config: CommandConfig, vehicle_id: str) -> None:
+    """Expire the vehicle's in-flight jobs past their deadline (delivered ones become
+    outcome_unknown after the grace), so that a dead job never holds the vehicle's slot."""
+    now = ctx.clock.now()
+    overdue = await ctx.session.scalars(
+        select(CommandJob).where(
+            CommandJob.vehicle_id == vehicle_id,
+            CommandJob.state.in_(list(IN_FLIGHT)),
+            CommandJob.expires_at <= now,
+        )
+    )
+    for job in overdue:
+        settle(ctx, config, job, now)
+
+
+def settle(ctx: ServiceContext, config: CommandConfig, job: CommandJob, now: datetime) -> bool:
+    """Move one overdue in-flight job to where its deadline leaves it; True when moved."""
+    if job.state is JobState.DELIVERED:
+        if now < job.expires_at + config.answer_grace:
+            return False
+        jobs.move(ctx.session, ctx.audit, job, JobState.OUTCOME_UNKNOWN, reason="no-answer", at=now)
+        job.finished_at = now
+        return True
+    if job.expires_at > now:
+        return False
+    if job.state is JobState.REQUESTED:
+        jobs.move(ctx.session, ctx.audit, job, JobState.REJECTED, reason="expired", at=now)
+    elif job.state is JobState.AUTHORIZED:
+        jobs.move(ctx.session, ctx.audit, job, JobState.CANCELLED, reason="expired", at=now)
+    else:
+        jobs.move(ctx.session, ctx.audit, job, JobState.EXPIRED, reason="deadline", at=now)
+    job.finished_at = now
+    return True
+
+
+class CommandService:
+    """One request's command creation, in the route's transaction."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        decide: Decide,
+        quotas: CommandQuotas,
+        config: CommandConfig,
+    ) -> None:
+        self._ctx = ctx
+        self._decide = decide
+        self._quotas = quotas
+        self._config = config
+
+    async def create(
+        self,
+        claims: AccessTokenClaims,
+        surface: Surface,
+        new: NewCommand,
+        *,
+        tenant_id: str,
+        quota_charged: bool = False,
+    ) -> tuple[CommandJob, Chain]:
+        """Create the job and judge it link by link. ``quota_charged``: the caller (a bulk
+        request) already charged every target. The caller commits."""
+        ctx = self._ctx
+        now = ctx.clock.now()
+        spec = new.spec
+        lifetime = min(spec.lifetime, new.ttl) if new.ttl is not None else spec.lifetime
+        job = CommandJob(
+            id=new_id("job"),
+            vehicle_id=new.vehicle_id,
+            tenant_id=tenant_id,
+            command=spec.permission.value,
+            parameters=dict(new.parameters),
+            state=JobState.REQUESTED,
+            requested_by=claims.sub,
+            client_id=claims.client_id,
+            created_at=now,
+            expires_at=now + lifetime,
+            updated_at=now,
+            idempotency_key=None,
+            request_hash=new.request_hash,
+            surface=surface.value,
+            subject_type=claims.sub_type,
+            token_id=claims.jti,
+            token_tenant_id=claims.tenant,
+            token_scopes=sorted(claims.scopes),
+            acr=claims.acr,
+            auth_time=claims.authenticated_at,
+            bulk_id=new.bulk_id,
+        )
+        jobs.start(ctx.session, ctx.audit, job, at=now, actor=jobs.requester(job))
+        chain = await self._judge(claims, surface, new, now, quota_charged=quota_charged)
+        job.chain = list(chain.links)
+        actor = jobs.requester(job)
+        if not chain.held:
+            job.rejected_link = chain.failed.value if chain.failed else None
+            jobs.move(
+                ctx.session,
+                ctx.audit,
+                job,
+                JobState.REJECTED,
+                reason=chain.reason or "rejected",
+                at=now,
+                actor=actor,
+                details={"link": job.rejected_link},
+            )
+            job.finished_at = now
+            return job, chain
+        job.idempotency_key = new.idempotency_key
+        if spec.exclusive:
+            job.exclusive_vehicle = new.vehicle_id
+        jobs.move(ctx.session, ctx.audit, job, JobState.AUTHORIZED, reason="chain-held", at=now)
+        jobs.move(ctx.session, ctx.audit, job, JobState.QUEUED, reason="awaiting-delivery", at=now)
+        return job, chain
+
+    async def _judge(
+        self,
+        claims: AccessTokenClaims,
+        surface: Surface,
+        new: NewCommand,
+        now: datetime,
+        *,
+        quota_charged: bool,
+    ) -> Chain:
+        chain = Chain()
+        spec = new.spec
+        await self._client_link(chain, claims, surface, spec.permission)
+        if not chain.held:
+            return chain
+        if claims.sub_type != "user":
+            chain.fail(Link.USER, "not-a-person")
+            return chain
+        decision = await self._decide(spec.permission, new.vehicle_id)
+        self._pdp_links(chain, decision)
+        if not chain.held:
+            return chain
+        needs = spec.needs_for(new.parameters)
+        if needs is None:
+            chain.ok(Link.VEHICLE_STATE, "no precondition")
+        else:
+            state = await latest_state(self._ctx.session, new.vehicle_id)
+            checked = judge(needs, state, now, self._config.state_max_age)
+            if checked.outcome is Outcome.NOT_MET:
+                chain.fail(Link.VEHICLE_STATE, checked.detail)
+                return chain
+            chain.ok(
+                Link.VEHICLE_STATE, f"{needs.value}: {checked.outcome.value} ({checked.detail})"
+            )
+        if spec.exclusive:
+            await settle_overdue(self._ctx, self._config, new.vehicle_id)
+            busy = await self._ctx.session.scalar(
+                select(CommandJob.id).where(CommandJob.exclusive_vehicle == new.vehicle_id)
+            )
+            if busy is not None:
+                chain.fail(Link.CONFLICT, "security-command-in-flight")
+                return chain
+            chain.ok(Link.CONFLICT, "no security command in flight")
+        if quota_charged:
+            chain.ok(Link.QUOTA, "charged by the bulk request")
+            return chain
+        answer = await self._quotas.charge(claims, spec, [new.vehicle_id])
+        if answer.allowed:
+            chain.ok(Link.QUOTA, answer.reason)
+        else:
+            chain.fail(Link.QUOTA, answer.reason)
+        return chain
+
+    async def _client_link(
+        self, chain: Chain, claims: AccessTokenClaims, surface: Surface, permission: Permission
+    ) -> None:
+        client = await self._ctx.session.get(Client, claims.client_id)
+        if client is None:
+            chain.fail(Link.CLIENT, "unregistered-client")
+        elif client.disabled_at is not None:
+            chain.fail(Link.CLIENT, "client-disabled")
+        elif surface.value not in client.surfaces:
+            chain.fail(Link.CLIENT, "client-not-for-surface")
+        elif permission.value not in client.scopes:
+            chain.fail(Link.CLIENT, "client-not-approved-for-command")
+        else:
+            chain.ok(Link.CLIENT, client.id)
+
+    @staticmethod
+    def _pdp_links(chain: Chain, decision: Decision) -> None:
+        if decision.allowed:
+            for link in PDP_LINKS:
+                chain.ok(link, decision.reason.value)
+            return
+        failed = link_of(decision.reason)
+        if failed is Link.RELATIONSHIP and decision.reason is Reason.NO_RELATIONSHIP:
+            # The caller sees the vehicle (the route checked), so a relationship exists; it
+            # just does not carry this command (a driver without the family delegated).
+            failed = Link.PERMISSION
+        for link in PDP_LINKS:
+            if link is failed:
+                chain.fail(link, decision.reason.value)
+                return
+            chain.ok(link, "held")
