@@ -12,7 +12,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +42,20 @@ class Environment(StrEnum):
 
 class SettingsError(Exception):
     """Settings could not be loaded; the message lists every bad field."""
+
+
+class RaisedQuotaSetting(BaseModel):
+    """An approved raised quota (``[[quota_raised]]`` in the TOML file); see
+    ``fleetward.abuse.raised`` and docs/operations.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: Annotated[str, Field(min_length=1, max_length=200)]
+    limit: Annotated[str, Field(min_length=1, max_length=64)]
+    capacity: Annotated[int, Field(ge=1, le=10_000_000)]
+    owner: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    expires_at: AwareDatetime
 
 
 class Settings(BaseSettings):
@@ -82,6 +105,34 @@ class Settings(BaseSettings):
     mqtt_client_id: Annotated[str, Field(min_length=1, max_length=64)] = "fleetward-gateway"
     mqtt_crl_file: Path | None = None
     mqtt_broker_pid_file: Path | None = None
+
+    # Quotas (fleetward.abuse, docs/operations.md "Quotas"): object-operations per minute,
+    # where a request costs the number of objects it targets. Per-command-type and
+    # sensitive-flow limits are in fleetward.abuse.policy. A tenant with a legitimate need
+    # gets an approved raise (quota_raised, with owner, reason and expiry), not a higher
+    # default for everyone.
+    quota_user_per_minute: Annotated[int, Field(ge=1, le=10_000_000)] = 600
+    quota_client_per_minute: Annotated[int, Field(ge=1, le=10_000_000)] = 120_000
+    quota_tenant_per_minute: Annotated[int, Field(ge=1, le=10_000_000)] = 120_000
+    quota_global_per_minute: Annotated[int, Field(ge=1, le=10_000_000)] = 1_200_000
+    quota_vehicle_commands_per_minute: Annotated[int, Field(ge=1, le=1000)] = 10
+    quota_max_targets: Annotated[int, Field(ge=1, le=10_000)] = 10_000
+    quota_raised: list[RaisedQuotaSetting] = []
+
+    @model_validator(mode="after")
+    def _quotas_nest(self) -> Settings:
+        # A narrower scope never allows more than the scope that contains it.
+        if not (
+            self.quota_user_per_minute
+            <= self.quota_tenant_per_minute
+            <= self.quota_global_per_minute
+        ):
+            raise ValueError(
+                "need quota_user_per_minute <= quota_tenant_per_minute <= quota_global_per_minute"
+            )
+        if self.quota_client_per_minute > self.quota_global_per_minute:
+            raise ValueError("quota_client_per_minute must not exceed quota_global_per_minute")
+        return self
 
     @model_validator(mode="after")
     def _mqtt_complete(self) -> Settings:
