@@ -1,0 +1,310 @@
+"""Quotas shared through the real Redis: many concurrent clients on three separate connection
+pools ("replicas") get exactly the capacity, never more, all or nothing; losing Redis (a
+closed port, a connection cut mid-run, a closed store) is never an allowance, and
+GuardedQuotas fails closed or degrades as each call asks.
+
+Needs Redis at FLEETWARD_TEST_REDIS_URL (default 127.0.0.1:6379/15): fails when
+FLEETWARD_REQUIRE_SERVICES is set and Redis is unreachable, is skipped otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import Redis
+
+from conftest import require_service
+from fleetward.abuse.errors import QuotaStoreDown
+from fleetward.abuse.guard import GuardedQuotas
+from fleetward.abuse.policy import Degrade, QuotaPolicy
+from fleetward.abuse.quotas import Charge, Dimension, Limit
+from fleetward.abuse.redis_store import RedisQuotaStore
+from fleetward.abuse.runtime import QuotaRuntime
+from fleetward.abuse.store import QuotaUnavailable
+from fleetward.authz.permissions import Permission
+from fleetward.core.clock import SystemClock
+from fleetward.settings import Settings
+
+REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REPLICAS = 3
+CLIENTS = 50
+DAY = timedelta(days=1)  # long windows: no refill while a test runs
+
+
+def _client(url: str = REDIS_URL) -> Redis:
+    return Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+@dataclass
+class Replicas:
+    prefix: str
+    admin: Redis
+    clients: list[Redis] = field(default_factory=list)
+
+    def stores(self) -> list[RedisQuotaStore]:
+        return [RedisQuotaStore(client, prefix=self.prefix) for client in self.clients]
+
+    async def spent(self, charge: Charge) -> int:
+        """Whole units drawn from a bucket, read straight from Redis (now fixed: no refill)."""
+        credit = await self.admin.hget(self.prefix + charge.key, "c")
+        full = charge.limit.full_credit
+        return (full - int(credit)) // charge.limit.window_ms if credit is not None else 0
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[Replicas]:
+    require_service("Redis", REDIS_URL)
+    prefix = f"fw:test:quota:{secrets.token_hex(4)}:"
+    shared = Replicas(prefix, _client(), [_client() for _ in range(REPLICAS)])
+    try:
+        yield shared
+    finally:
+        keys = [key async for key in shared.admin.scan_iter(match=prefix + "*")]
+        if keys:
+            await shared.admin.delete(*keys)
+        for client in [shared.admin, *shared.clients]:
+            await client.aclose()
+
+
+async def test_concurrent_replicas_get_exactly_the_capacity(replicas: Replicas) -> None:
+    stores = replicas.stores()
+    now = SystemClock().now()
+    tenant = Charge(Dimension.TENANT, "ten_shared", Limit("tenant-objects", 100, DAY))
+    users = [Charge(Dimension.USER, f"usr_{n}", Limit("user-objects", 4, DAY)) for n in range(50)]
+
+    async def client(n: int) -> int:
+        store = stores[n % REPLICAS]
+        passed = 0
+        for _ in range(6):  # 50 x 6 = 300 attempts; the users alone would allow 200
+            verdict = await store.consume([users[n], tenant], 1, now=now)
+            passed += verdict.allowed
+        return passed
+
+    per_client = await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    assert sum(per_client) == 100  # the tenant bucket binds: exactly its capacity
+    assert await replicas.spent(tenant) == 100
+    # All or nothing: every user bucket was drawn exactly as often as that user passed, so
+    # no refused request took a unit from the user bucket that still had room.
+    for n, passed in enumerate(per_client):
+        assert await replicas.spent(users[n]) == passed <= 4
+
+
+async def test_concurrent_mixed_costs_never_overdraw(replicas: Replicas) -> None:
+    stores = replicas.stores()
+    now = SystemClock().now()
+    shared = Charge(Dimension.GLOBAL, "platform", Limit("global-objects", 1_000, DAY))
+    rng = random.Random(8)
+    costs = [[rng.randint(1, 9) for _ in range(8)] for _ in range(CLIENTS)]  # ~2,000 asked
+
+    async def client(n: int) -> int:
+        drawn = 0
+        for cost in costs[n]:
+            verdict = await stores[n % REPLICAS].consume([shared], cost, now=now)
+            drawn += cost if verdict.allowed else 0
+        return drawn
+
+    drawn = sum(await asyncio.gather(*(client(n) for n in range(CLIENTS))))
+    assert drawn == await replicas.spent(shared)
+    assert 1_000 - 8 <= drawn <= 1_000  # never more; what is left is smaller than a cost
+
+
+async def test_script_reloads_after_noscript(replicas: Replicas) -> None:
+    """A restarted or failed-over Redis has no scripts: EVALSHA falls back to loading it."""
+    store = replicas.stores()[0]
+    charge = [Charge(Dimension.USER, "usr_ns", Limit("user-objects", 5, DAY))]
+    now = SystemClock().now()
+    assert (await store.consume(charge, 1, now=now)).allowed
+    await replicas.admin.script_flush()
+    assert (await store.consume(charge, 1, now=now)).remaining == 3
+
+
+async def test_keys_expire_when_their_bucket_is_full_again(replicas: Replicas) -> None:
+    store = replicas.stores()[0]
+    charge = Charge(Dimension.USER, "usr_ttl", Limit("user-objects", 60, timedelta(minutes=1)))
+    await store.consume([charge], 3, now=SystemClock().now())
+    ttl_ms = await replicas.admin.pttl(replicas.prefix + charge.key)
+    assert 0 < ttl_ms <= 3_000  # 3 units at one per second
+
+
+async def test_closed_port_is_unavailable_and_guarded_quotas_follow_the_mode() -> None:
+    dead = RedisQuotaStore(_client("redis://127.0.0.1:1/0"))
+    now = SystemClock().now()
+    charge = [Charge(Dimension.USER, "usr_x", Limit("user-objects", 5, DAY))]
+    with pytest.raises(QuotaUnavailable):
+        await dead.consume(charge, 1, now=now)
+    policy = QuotaPolicy()
+    read = policy.plan(tenant="ten", client="cli", user="usr", objects=1, now=now)
+    command = policy.plan(
+        tenant="ten",
+        client="cli",
+        user="usr",
+        vehicles=["veh_1"],
+        command=Permission.VEHICLE_UNLOCK,
+        now=now,
+    )
+    guarded = GuardedQuotas(dead)
+    with pytest.raises(QuotaStoreDown):
+        await guarded.enforce(read, now=now, degrade=Degrade.FAIL_CLOSED)
+    assert (await guarded.enforce(read, now=now, degrade=Degrade.LOCAL_LIMIT)).degraded
+    with pytest.raises(QuotaStoreDown):
+        await guarded.enforce(command, now=now, degrade=Degrade.LOCAL_LIMIT)
+    await dead.close()
+
+
+class Proxy:
+    """A TCP relay in front of Redis that can be cut: Redis lost mid-run, as a network
+    partition or a crashed server would make it."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 6379
+        self._path = parts.path
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}{self._path}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(self._host, self._port)
+        self._writers += [writer, upstream_writer]
+        pipes = (
+            asyncio.ensure_future(self._pipe(reader, upstream_writer)),
+            asyncio.ensure_future(self._pipe(upstream_reader, writer)),
+        )
+        self._tasks.update(pipes)
+        await asyncio.gather(*pipes)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_redis_lost_mid_run_is_never_an_allowance(replicas: Replicas) -> None:
+    proxy = Proxy(REDIS_URL)
+    url = await proxy.start()
+    proxied = [_client(url) for _ in range(REPLICAS)]
+    stores = [RedisQuotaStore(client, prefix=replicas.prefix) for client in proxied]
+    limit = Limit("user-objects", 10_000, DAY)
+    now = SystemClock().now()
+    cut = asyncio.Event()
+    after_cut: list[str] = []
+    before_cut = 0
+
+    async def client(n: int) -> None:
+        nonlocal before_cut
+        store = stores[n % REPLICAS]
+        charge = [Charge(Dimension.USER, f"usr_{n}", limit)]
+        for _ in range(40):
+            started_after_cut = cut.is_set()
+            try:
+                outcome = "allowed" if (await store.consume(charge, 1, now=now)).allowed else "no"
+            except QuotaUnavailable:
+                outcome = "unavailable"
+            if started_after_cut:
+                after_cut.append(outcome)
+                if len(after_cut) >= 3 * CLIENTS:
+                    return
+            elif outcome == "allowed":
+                before_cut += 1
+            await asyncio.sleep(0.002)
+
+    async def cutter() -> None:
+        await asyncio.sleep(0.05)
+        await proxy.cut()
+        cut.set()
+
+    try:
+        await asyncio.gather(cutter(), *(client(n) for n in range(CLIENTS)))
+        assert before_cut > 0  # Redis answered before the cut
+        assert after_cut and set(after_cut) == {"unavailable"}
+        # GuardedQuotas over the lost store: commands fail closed, reads degrade if asked.
+        guarded = GuardedQuotas(stores[0])
+        policy = QuotaPolicy()
+        command = policy.plan(
+            tenant="t",
+            client="c",
+            user="u",
+            vehicles=["v"],
+            command=Permission.VEHICLE_LOCK,
+            now=now,
+        )
+        with pytest.raises(QuotaStoreDown):
+            await guarded.enforce(command, now=now, degrade=Degrade.LOCAL_LIMIT)
+        read = policy.plan(tenant="t", client="c", user="u", objects=2, now=now)
+        assert (await guarded.enforce(read, now=now, degrade=Degrade.LOCAL_LIMIT)).degraded
+    finally:
+        for client_ in proxied:
+            await client_.aclose()
+
+
+async def test_a_store_closed_mid_run_answers_nothing(replicas: Replicas) -> None:
+    store = replicas.stores()[0]
+    charge = [Charge(Dimension.USER, "usr_c", Limit("user-objects", 1_000, DAY))]
+    now = SystemClock().now()
+    results: list[str] = []
+
+    async def client() -> None:
+        for _ in range(20):
+            try:
+                results.append(str((await store.consume(charge, 1, now=now)).allowed))
+            except QuotaUnavailable:
+                results.append("unavailable")
+            await asyncio.sleep(0.001)
+
+    async def closer() -> None:
+        await asyncio.sleep(0.01)
+        await store.close()
+
+    await asyncio.gather(closer(), *(client() for _ in range(10)))
+    assert "True" in results and results[-1] == "unavailable"
+    # redis-py would reconnect on its own; the closed store refuses instead.
+    with pytest.raises(QuotaUnavailable):
+        await store.consume(charge, 1, now=now)
+    replicas.clients[0] = _client()  # the fixture closes a fresh client instead
+
+
+async def test_runtime_uses_redis_when_configured(tmp_path: Path, replicas: Replicas) -> None:
+    runtime = QuotaRuntime.build(Settings(data_dir=tmp_path, redis_url=REDIS_URL))
+    user = f"usr_{secrets.token_hex(4)}"
+    try:
+        assert runtime.redis_store is not None
+        now: datetime = SystemClock().now()
+        plan = runtime.policy.plan(tenant="ten_rt", client="cli_rt", user=user, now=now)
+        verdict = await runtime.quotas.enforce(plan, now=now, degrade=Degrade.FAIL_CLOSED)
+        assert verdict.allowed and not verdict.degraded
+        assert await replicas.admin.exists(f"fw:quota:user|user-objects|600|60000|{user}")
+    finally:
+        await runtime.close()
+        keys = [k async for k in replicas.admin.scan_iter(match="fw:quota:*|ten_rt")]
+        keys += [k async for k in replicas.admin.scan_iter(match="fw:quota:*|cli_rt")]
+        keys += [k async for k in replicas.admin.scan_iter(match=f"fw:quota:*|{user}")]
+        keys += [k async for k in replicas.admin.scan_iter(match="fw:quota:global|*")]
+        if keys:
+            await replicas.admin.delete(*keys)
