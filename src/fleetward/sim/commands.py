@@ -1,14 +1,16 @@
 """The seam where commands reach a simulated vehicle.
 
-The vehicle protocol carries no command frames yet (a session carries telemetry up and
-replies down; ``docs/telemetry-format.md``). The commands issue adds the transport: decode and
-authenticate a command frame on the device session, hand the decoded command to a
-:class:`CommandReceiver`, and send its :class:`CommandOutcome` back. That transport part is
-deliberately absent here; what exists is the interface and the simulated vehicle's side of
-it (:class:`SimCommandExecutor`), which changes the vehicle's state so that the effect shows
-in its next telemetry (a lock shows as ``IsLocked``).
+:class:`fleetward.sim.command_guard.CommandGuard` authenticates each COMMAND frame of the
+device session (signature, vehicle, counter, time; ``docs/vehicle-protocol.md`` section 6),
+hands the decoded command to a :class:`CommandReceiver` and signs its :class:`CommandOutcome`
+into a RESULT frame. :class:`SimCommandExecutor` is the simulated vehicle's receiver: it
+changes the vehicle's state so that the effect shows in its next telemetry (a lock shows as
+``IsLocked``), or refuses with a reason and changes nothing.
 
-Command families are the ``vehicle:*`` permission values, as in ``CommandJob.command``.
+Command families are the ``vehicle:*`` permission values, as in ``CommandJob.command``. Each
+family accepts exactly the parameters in :data:`PARAMETERS`; any other parameter refuses the
+command (``parameter-unknown``): a parameter the vehicle would ignore might be one the
+platform's authorization relied on.
 """
 
 from __future__ import annotations
@@ -20,10 +22,24 @@ from types import MappingProxyType
 from typing import Protocol
 
 from fleetward.authz.permissions import Permission
-from fleetward.sim.vehicle import SimVehicle
+from fleetward.sim.vehicle import Mode, SimVehicle
 
 ParameterValue = float | int | bool | str
 CABIN_TARGET_RANGE = (16.0, 30.0)
+WALKING_SPEED_KMH = 6.0  # the fastest a vehicle may be going when it is immobilized
+
+PARAMETERS: Mapping[Permission, frozenset[str]] = MappingProxyType(
+    {
+        Permission.VEHICLE_LOCK: frozenset(),
+        Permission.VEHICLE_UNLOCK: frozenset(),
+        Permission.VEHICLE_REMOTE_START: frozenset(),
+        Permission.VEHICLE_CLIMATE: frozenset({"cabin_celsius"}),
+        Permission.VEHICLE_HORN_LIGHTS: frozenset(),
+        Permission.VEHICLE_CHARGING_CONTROL: frozenset({"charging"}),
+        Permission.VEHICLE_DIAGNOSTICS_RUN: frozenset(),
+        Permission.VEHICLE_IMMOBILIZE: frozenset({"immobilized"}),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +90,41 @@ class SimCommandExecutor:
         def refused(reason: str) -> CommandOutcome:
             return CommandOutcome(command.command_id, Verdict.REJECTED_BY_VEHICLE, reason)
 
+        accepted = PARAMETERS.get(command.family)
+        if accepted is None:
+            return refused("unsupported")
+        if not command.parameters.keys() <= accepted:
+            return refused("parameter-unknown")
+        state = vehicle.state
         match command.family:
             case Permission.VEHICLE_LOCK:
                 vehicle.set_locked(True)
                 return done()
             case Permission.VEHICLE_UNLOCK:
-                if vehicle.state.speed_kmh > 0:
+                if state.speed_kmh > 0:
                     return refused("moving")
                 vehicle.set_locked(False)
+                return done()
+            case Permission.VEHICLE_REMOTE_START:
+                if state.speed_kmh > 0 or state.mode is Mode.DRIVING:
+                    return refused("moving")
+                if state.immobilized:
+                    return refused("immobilized")
+                vehicle.start_remotely()
+                return done()
+            case Permission.VEHICLE_HORN_LIGHTS:
+                vehicle.flash_horn_and_lights()
+                return done()
+            case Permission.VEHICLE_DIAGNOSTICS_RUN:
+                vehicle.run_diagnostics()
+                return done()
+            case Permission.VEHICLE_IMMOBILIZE:
+                engage = command.parameters.get("immobilized", True)
+                if not isinstance(engage, bool):
+                    return refused("parameter-immobilized")
+                if engage and state.speed_kmh > WALKING_SPEED_KMH:
+                    return refused("moving")
+                vehicle.set_immobilized(engage)
                 return done()
             case Permission.VEHICLE_CHARGING_CONTROL:
                 wanted = command.parameters.get("charging")
@@ -97,5 +140,5 @@ class SimCommandExecutor:
                     return refused("out-of-range")
                 vehicle.set_cabin_target(float(target))
                 return done()
-            case _:
+            case _:  # fail closed: a family listed in PARAMETERS but not handled here
                 return refused("unsupported")

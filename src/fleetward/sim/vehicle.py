@@ -11,6 +11,10 @@ A vehicle falls asleep when its driver says so (``sleep``: it stops where it is,
 locked) and stays asleep, whatever time passes, until woken (``wake``); then it is parked and
 departs after the usual rest.
 
+An immobilized vehicle never departs (it stays parked, or parks when its charge is done) until
+the immobilizer is released. A remote start keeps the cabin conditioned while the vehicle
+stands; it ends when the vehicle departs, sleeps or is immobilized.
+
 Every value it reports is inside the range the signal catalogue accepts
 (``fleetward.telemetry.signals``); the faults that break that rule live in ``faults``.
 """
@@ -73,6 +77,11 @@ class VehicleState:
     leg: int = 0  # index of the waypoint the vehicle heads to
     since_stop_km: float = 0.0
     parked_s: float = 0.0
+    immobilized: bool = False
+    remote_started: bool = False
+    # What the commands without a lasting effect did, so a test can see that they acted.
+    horn_lights_count: int = 0
+    diagnostics_runs: int = 0
 
     @property
     def charging(self) -> bool:
@@ -146,8 +155,9 @@ class SimVehicle:
             state.parked_s += seconds
             if state.parked_s >= PARK_SECONDS:
                 self._depart()
-        # The cabin drifts toward its target while driving or charging, outside otherwise.
-        resting = state.mode in (Mode.PARKED, Mode.ASLEEP)
+        # The cabin drifts toward its target while driving, charging or remotely started,
+        # toward the outside air otherwise.
+        resting = state.mode in (Mode.PARKED, Mode.ASLEEP) and not state.remote_started
         goal = state.exterior_c if resting else state.cabin_target_c
         state.cabin_c += (goal - state.cabin_c) * min(1.0, seconds / 300)
 
@@ -194,9 +204,13 @@ class SimVehicle:
 
     def _depart(self) -> None:
         state = self.state
+        state.parked_s = 0.0
+        if state.immobilized:
+            state.mode = Mode.PARKED  # stays where it is (a charge that is done ends)
+            return
         state.mode = Mode.DRIVING
         state.locked = False
-        state.parked_s = 0.0
+        state.remote_started = False  # the driver took over
 
     @property
     def asleep(self) -> bool:
@@ -206,6 +220,7 @@ class SimVehicle:
         """Stop where it is and fall asleep: parked, locked, doors shut."""
         self._stop()
         self.state.mode = Mode.ASLEEP
+        self.state.remote_started = False
 
     def wake(self) -> None:
         """Wake up parked (a vehicle asleep only); it departs after the usual rest."""
@@ -230,6 +245,28 @@ class SimVehicle:
 
     def set_cabin_target(self, celsius: float) -> None:
         self.state.cabin_target_c = celsius
+
+    def set_immobilized(self, immobilized: bool) -> None:
+        """Engage or release the immobilizer. Engaging stops the vehicle where it is (the
+        commands seam allows it only at walking speed or below)."""
+        state = self.state
+        state.immobilized = immobilized
+        if immobilized:
+            state.remote_started = False
+            if state.mode is Mode.DRIVING:
+                state.mode = Mode.PARKED
+                state.parked_s = 0.0
+            state.speed_kmh = 0.0
+
+    def start_remotely(self) -> None:
+        """Remote start of a standing vehicle: climate runs toward the cabin target."""
+        self.state.remote_started = True
+
+    def flash_horn_and_lights(self) -> None:
+        self.state.horn_lights_count += 1
+
+    def run_diagnostics(self) -> None:
+        self.state.diagnostics_runs += 1
 
     # -- telemetry --
 
