@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final
@@ -65,6 +65,10 @@ class Limit:
     name: str
     capacity: int
     window: timedelta
+    # Derived once (checked on every charge of every request): the window in whole
+    # milliseconds and the credit of a full bucket, ``capacity * window_ms`` (< 2**53).
+    window_ms: int = field(init=False, repr=False, compare=False)
+    full_credit: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -74,15 +78,9 @@ class Limit:
         seconds = self.window.total_seconds()
         if not (1 <= seconds <= MAX_WINDOW.total_seconds() and seconds == int(seconds)):
             raise ValueError("limit window must be whole seconds, between 1 second and 1 day")
-
-    @property
-    def window_ms(self) -> int:
-        return self.window // _MS
-
-    @property
-    def full_credit(self) -> int:
-        """Credit of a full bucket: ``capacity * window_ms`` (< 2**53 by the bounds)."""
-        return self.capacity * self.window_ms
+        window_ms = self.window // _MS
+        object.__setattr__(self, "window_ms", window_ms)
+        object.__setattr__(self, "full_credit", self.capacity * window_ms)
 
     def with_capacity(self, capacity: int) -> Limit:
         return Limit(self.name, capacity, self.window)
@@ -101,6 +99,10 @@ class Charge:
     subject: str
     limit: Limit
     fixed_cost: int | None = None
+    # The stable store key. The limit's parameters are part of it, so changing a limit (or
+    # using a raised one) counts in a fresh bucket rather than misreading old credit. The
+    # subject comes last and no earlier part may contain "|": the key is unambiguous.
+    key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.subject) <= MAX_SUBJECT_LENGTH or not self.subject.isprintable():
@@ -109,14 +111,9 @@ class Charge:
             type(self.fixed_cost) is not int or not 1 <= self.fixed_cost <= MAX_COST
         ):
             raise ValueError(f"a fixed cost must be an integer in 1..{MAX_COST}")
-
-    @property
-    def key(self) -> str:
-        """Stable store key. The limit's parameters are part of it, so changing a limit (or
-        using a raised one) counts in a fresh bucket rather than misreading old credit. The
-        subject comes last and no earlier part may contain "|": the key is unambiguous."""
         limit = self.limit
-        return f"{self.dimension}|{limit.name}|{limit.capacity}|{limit.window_ms}|{self.subject}"
+        key = f"{self.dimension}|{limit.name}|{limit.capacity}|{limit.window_ms}|{self.subject}"
+        object.__setattr__(self, "key", key)
 
     def cost_for(self, request_cost: int) -> int:
         return request_cost if self.fixed_cost is None else self.fixed_cost

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fleetward.bench import authz, gateway_load, http_read, telemetry, tokens
+from fleetward.bench import authz, gateway_load, http_read, quotas, telemetry, tokens
 
 app = typer.Typer(no_args_is_help=True, help="benchmarks (never part of make test)")
 
@@ -73,3 +73,17 @@ def gateway_load_command(
     typer.echo(
         json.dumps(gateway_load.run(vehicles, seconds), indent=2, sort_keys=True, default=str)
     )
+
+
+@app.command("quotas")
+def quotas_command(
+    seconds: Annotated[float, typer.Option(min=0.2, max=60, help="seconds per measurement")] = 2.0,
+    redis_url: Annotated[
+        str,
+        typer.Option(help="the Redis to measure against (a fresh key prefix, deleted after)"),
+    ] = quotas.DEFAULT_REDIS_URL,
+    redis: Annotated[bool, typer.Option(help="measure with Redis too")] = True,
+) -> None:
+    """Quota check per request (plan + enforce) in process vs a dict, and on Redis vs PING."""
+    result = quotas.run(seconds, redis_url if redis else None)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
