@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fleetward import __version__
+from fleetward.abuse.runtime import QuotaRuntime
 from fleetward.api import (
     admin,
     appointments,
     cases,
+    commands,
     consents,
     dealer,
     devices,
@@ -39,6 +41,11 @@ from fleetward.api import (
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.revocation_gate import RevocationGate
 from fleetward.catalog.inventory import inventory
+from fleetward.commands.dispatch import Dispatcher
+from fleetward.commands.quotas import AbuseCommandQuotas
+from fleetward.commands.runtime import CommandRuntime
+from fleetward.commands.service import CommandConfig
+from fleetward.commands.signing import CommandSigner
 from fleetward.gateway import websocket as gateway_websocket
 from fleetward.gateway.mqtt.config import MqttGatewayConfig
 from fleetward.gateway.mqtt.runtime import MqttTransport
@@ -52,7 +59,17 @@ _log = get_logger("fleetward.app")
 
 _SURFACE_MODULES = (mobile, fleet, dealer, partner, support, admin)
 # Object routes beyond the vehicles themselves (authorization issue), one module per kind.
-_OBJECT_MODULES = (history, appointments, handovers, consents, fleet_groups, cases, ota, tenancy)
+_OBJECT_MODULES = (
+    history,
+    appointments,
+    handovers,
+    consents,
+    fleet_groups,
+    cases,
+    ota,
+    tenancy,
+    commands,
+)
 
 
 def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
@@ -60,6 +77,8 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     gate = RevocationGate(the_platform)
     telemetry = TelemetryLink(the_platform)
     mqtt: list[MqttTransport] = []  # filled below when a broker is configured
+    quota_runtime = QuotaRuntime.build(settings)
+    command_runtime: list[CommandRuntime] = []  # filled below once the gateway exists
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,15 +94,20 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
             telemetry_started = True
             for transport in mqtt:
                 await transport.start()
+            for runtime in command_runtime:
+                await runtime.dispatcher.start()
         _freeze_start_up_objects()
         try:
             yield
         finally:
             watcher.cancel()
             if telemetry_started:
+                for runtime in command_runtime:
+                    await runtime.dispatcher.stop()
                 for transport in mqtt:
                     await transport.stop()
                 await telemetry.stop()
+            await quota_runtime.close()
             await the_platform.close()
 
     app = FastAPI(
@@ -113,8 +137,24 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         app, the_platform, handler=telemetry.pipeline, observer=telemetry.observer
     )
     mqtt.extend(_mqtt_transport(settings, gateway))
+    command_runtime.append(_command_runtime(the_platform, gateway, quota_runtime))
+    gateway.commands = command_runtime[0].dispatcher
+    app.state.commands = command_runtime[0]
     inventory(app.router.routes)
     return app
+
+
+def _command_runtime(platform: Platform, gateway: Gateway, quotas: QuotaRuntime) -> CommandRuntime:
+    """The command service: its signing key (created on first start), the dispatcher that
+    delivers through this gateway, and the quotas commands are charged against."""
+    signer = CommandSigner.load_or_create(platform.settings, platform.identity.data_key)
+    config = CommandConfig()
+    return CommandRuntime(
+        dispatcher=Dispatcher(platform, gateway.registry, signer, config=config),
+        quotas=AbuseCommandQuotas(quotas, platform.clock),
+        config=config,
+        signer=signer,
+    )
 
 
 def _freeze_start_up_objects() -> None:

@@ -44,6 +44,7 @@ from fleetward.catalog.entry import (
     PublicMarker,
     catalogued,
 )
+from fleetward.commands.runtime import commands_of
 from fleetward.core.errors import FleetwardError
 from fleetward.core.surfaces import Surface
 from fleetward.devices.ca import load_device_ca
@@ -411,7 +412,8 @@ async def enrol(body: EnrolBody, request: Request) -> CertificateView:
             )
             await uow.commit()
         raise
-    return CertificateView.of(issued)
+    signer = commands_of(request.app).signer
+    return CertificateView.of(issued, (signer.key_id, signer.public_key_pem))
 
 
 router = APIRouter()

@@ -31,6 +31,7 @@ from fleetward.api.objects import (
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import DataClass, catalogued
 from fleetward.commands.models import CommandJob, JobTransition
+from fleetward.commands.states import RANK
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
 
@@ -102,12 +103,9 @@ async def read_job(request: Request, caller: Caller, vehicle_id: str, job_id: st
         if not await may(request, caller, family, vehicle_id, ctx):
             await uow.commit()  # the denial's audit record
             raise not_found()
-        transitions = list(
-            await ctx.session.scalars(
-                select(JobTransition)
-                .where(JobTransition.job_id == job.id)
-                .order_by(JobTransition.at, JobTransition.id)
-            )
+        transitions = sorted(
+            await ctx.session.scalars(select(JobTransition).where(JobTransition.job_id == job.id)),
+            key=lambda t: (t.at, RANK[t.to_state]),
         )
         await uow.commit()
     return job_detail(job, caller.claims.sub, transitions)

@@ -99,10 +99,23 @@ class JobView(BaseModel):
     updated_at: datetime
     # Whether the caller asked for it: never who else did.
     requested_by_me: bool
+    # The link of the authorization chain that rejected the job, if one did.
+    rejected_link: str | None = None
+
+
+class ChainLinkView(BaseModel):
+    link: str
+    ok: bool
+    detail: str
 
 
 class JobDetail(JobView):
     transitions: list[TransitionView]
+    chain: list[ChainLinkView] = []
+    delivered_at: datetime | None = None
+    # The vehicle's own word (signed): "ok", or why it refused or failed.
+    result_reason: str | None = None
+    finished_at: datetime | None = None
 
 
 def trip_view(trip: Trip, with_places: bool) -> TripView:
@@ -205,6 +218,7 @@ def job_view(job: CommandJob, caller_sub: str) -> JobView:
         expires_at=job.expires_at,
         updated_at=job.updated_at,
         requested_by_me=job.requested_by == caller_sub,
+        rejected_link=job.rejected_link,
     )
 
 
@@ -212,4 +226,11 @@ def job_detail(job: CommandJob, caller_sub: str, transitions: list[JobTransition
     return JobDetail(
         **job_view(job, caller_sub).model_dump(),
         transitions=[transition_view(t) for t in transitions],
+        chain=[
+            ChainLinkView(link=str(c["link"]), ok=bool(c["ok"]), detail=str(c["detail"]))
+            for c in job.chain or []
+        ],
+        delivered_at=job.delivered_at,
+        result_reason=job.result_reason,
+        finished_at=job.finished_at,
     )

@@ -82,6 +82,8 @@ class Chain:
     links: list[dict[str, Any]] = field(default_factory=list)
     failed: Link | None = None
     reason: str | None = None
+    # When the quota link failed: seconds until a retry may pass.
+    retry_after_s: int = 0
 
     def ok(self, link: Link, detail: str) -> None:
         self.links.append({"link": link.value, "ok": True, "detail": detail})

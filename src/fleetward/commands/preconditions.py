@@ -39,7 +39,7 @@ async def latest_state(
         await session.execute(
             select(TelemetryMessage.device_time, TelemetryMessage.signals)
             .where(TelemetryMessage.vehicle_id == vehicle_id)
-            .order_by(TelemetryMessage.device_time.desc())
+            .order_by(TelemetryMessage.device_time.desc(), TelemetryMessage.sequence.desc())
             .limit(1)
         )
     ).first()

@@ -265,6 +265,7 @@ class CommandService:
             chain.ok(Link.QUOTA, answer.reason)
         else:
             chain.fail(Link.QUOTA, answer.reason)
+            chain.retry_after_s = answer.retry_after_s
         return chain
 
     async def _client_link(

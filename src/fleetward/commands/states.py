@@ -51,6 +51,26 @@ FINAL: Final = frozenset(state for state, nexts in TRANSITIONS.items() if not ne
 SETTLED: Final = FINAL | {S.EXECUTED, S.OUTCOME_UNKNOWN}
 
 
+# A topological order of the machine: every transition goes to a higher rank, so transitions
+# recorded at the same instant sort into the order they happened in.
+RANK: Final[Mapping[JobState, int]] = MappingProxyType(
+    {
+        S.REQUESTED: 0,
+        S.AUTHORIZED: 1,
+        S.QUEUED: 2,
+        S.DELIVERED: 3,
+        S.OUTCOME_UNKNOWN: 4,
+        S.EXECUTED: 5,
+        S.CONFIRMED: 6,
+        S.REJECTED: 7,
+        S.CANCELLED: 7,
+        S.EXPIRED: 7,
+        S.FAILED: 7,
+        S.REJECTED_BY_VEHICLE: 7,
+    }
+)
+
+
 class IllegalTransition(Exception):
     """A transition the state machine does not have: a bug or a race, never applied."""
 

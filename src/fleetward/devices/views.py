@@ -74,10 +74,20 @@ class CertificateView(BaseModel):
     ca_certificate: str
     not_before: datetime
     not_after: datetime
+    # The command service's public key (PEM, Ed25519) and its id: the TCU verifies every
+    # command envelope with it (docs/vehicle-protocol.md 6). Given at enrolment, over the
+    # same channel as the certificate, never inside a device session.
+    command_key: str | None = None
+    command_key_id: str | None = None
 
     @classmethod
-    def of(cls, issued: IssuedCertificate) -> CertificateView:
+    def of(
+        cls, issued: IssuedCertificate, command_key: tuple[str, str] | None = None
+    ) -> CertificateView:
+        """``command_key``: (key id, public key PEM) for an enrolment answer."""
         return cls(
+            command_key_id=command_key[0] if command_key else None,
+            command_key=command_key[1] if command_key else None,
             device_id=issued.device_id,
             vehicle_id=issued.vehicle_id,
             serial=issued.serial,

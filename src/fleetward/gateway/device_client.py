@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final
@@ -69,6 +69,13 @@ class EnrolmentFailed(Exception):
         self.problem = problem
 
 
+def _command_key(key_id: str, pem: str) -> tuple[str, ed25519.Ed25519PublicKey]:
+    key = serialization.load_pem_public_key(pem.encode("ascii"))
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError("the command service key is Ed25519")
+    return key_id, key
+
+
 def generate_key(algorithm: KeyAlgorithm = KeyAlgorithm.ED25519) -> DevicePrivateKey:
     if algorithm is KeyAlgorithm.P256:
         return ec.generate_private_key(ec.SECP256R1())
@@ -101,6 +108,8 @@ class DeviceCredentials:
     key: DevicePrivateKey = field(repr=False)
     certificate: x509.Certificate
     ca_certificate: x509.Certificate | None = None
+    # The command service keys this TCU trusts, by key id (given at enrolment).
+    command_keys: Mapping[str, ed25519.Ed25519PublicKey] = field(default_factory=dict)
 
     @classmethod
     def from_pem(
@@ -111,7 +120,9 @@ class DeviceCredentials:
         *,
         device_id: str,
         vehicle_id: str,
+        command_key: tuple[str, str] | None = None,
     ) -> DeviceCredentials:
+        """``command_key``: (key id, PEM of the command service's Ed25519 public key)."""
         return cls(
             device_id,
             vehicle_id,
@@ -120,7 +131,17 @@ class DeviceCredentials:
             x509.load_pem_x509_certificate(ca_certificate_pem.encode("ascii"))
             if ca_certificate_pem
             else None,
+            command_keys=dict([_command_key(*command_key)]) if command_key else {},
         )
+
+    @property
+    def command_key_pems(self) -> dict[str, str]:
+        return {
+            key_id: key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode("ascii")
+            for key_id, key in self.command_keys.items()
+        }
 
     def with_certificate(self, key: DevicePrivateKey, certificate_pem: str) -> DeviceCredentials:
         """The same device with a rotated key and certificate."""
@@ -154,12 +175,15 @@ async def enrol(
         problem = response.json().get("type", "") if response.content else ""
         raise EnrolmentFailed(response.status_code, str(problem))
     body = response.json()
+    command_key = body.get("command_key")
+    command_key_id = body.get("command_key_id")
     return DeviceCredentials.from_pem(
         key,
         body["certificate"],
         body["ca_certificate"],
         device_id=body["device_id"],
         vehicle_id=body["vehicle_id"],
+        command_key=(command_key_id, command_key) if command_key and command_key_id else None,
     )
 
 

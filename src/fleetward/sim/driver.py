@@ -16,6 +16,7 @@ driver does not know which.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,8 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from fleetward.commands.envelope import COMMAND_TYPE
 from fleetward.gateway.device_client import DeviceCredentials, HandshakeRefused, SessionClosed
 from fleetward.gateway.handshake import epoch_ms
+from fleetward.sim.command_guard import CommandGuard, GuardAction, GuardOutcome
+from fleetward.sim.commands import SimCommandExecutor
 from fleetward.sim.faults import DEFAULT_DRIFT_MS, DEFAULT_FLOOD_MAX, EXPECTED, Fault
 from fleetward.sim.frames import encode_payload, faulty_frame
 from fleetward.sim.outbox import Outbox, Pending
@@ -39,6 +43,7 @@ __all__ = ["DriveConfig", "Endpoint", "VehicleDriver"]
 MAX_ATTEMPTS: Final = 5
 # The clone's copy of the device numbers its messages far from the original's.
 CLONE_SEQUENCE_OFFSET: Final = 1 << 40
+_COMMAND_PREFIX: Final = bytes([COMMAND_TYPE])
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +72,71 @@ class DriveConfig:
 
 
 class _Link:
-    """One session with its counter; the counter starts at 1 on every new session."""
+    """One session with its counter; the counter starts at 1 on every new session.
 
-    def __init__(self, connection: SimLink) -> None:
+    With a command guard, a reader task takes every message the server sends: command
+    envelopes go to the guard (and its signed answer goes back up at once), replies to
+    telemetry are queued for :meth:`receive` in order. Sends are serialised."""
+
+    def __init__(
+        self,
+        connection: SimLink,
+        guard: CommandGuard | None = None,
+        on_command: Callable[[GuardOutcome], None] | None = None,
+    ) -> None:
         self.connection = connection
         self.counter = 0
         self.last_frame: bytes | None = None
+        self._guard = guard
+        self._on_command = on_command
+        self._replies: asyncio.Queue[bytes | SessionClosed] = asyncio.Queue()
+        self._sending = asyncio.Lock()
+        self._reader = asyncio.create_task(self._read()) if guard is not None else None
 
     def next_counter(self) -> int:
         self.counter += 1
         return self.counter
+
+    async def send(self, frame: bytes) -> None:
+        async with self._sending:
+            await self.connection.send(frame)
+
+    async def receive(self) -> bytes:
+        if self._reader is None:
+            return await self.connection.receive()
+        item = await self._replies.get()
+        if isinstance(item, SessionClosed):
+            self._replies.put_nowait(item)  # every later receive fails the same way
+            raise item
+        return item
+
+    async def _read(self) -> None:
+        guard = self._guard
+        while guard is not None:
+            try:
+                message = await self.connection.receive()
+            except SessionClosed as closed:
+                self._replies.put_nowait(closed)
+                return
+            if message[:1] != _COMMAND_PREFIX:
+                self._replies.put_nowait(message)
+                continue
+            answer, outcome = await guard.handle(message)
+            if answer is not None:
+                try:
+                    await self.send(answer)
+                except SessionClosed as closed:
+                    self._replies.put_nowait(closed)
+                    return
+            if self._on_command is not None:
+                self._on_command(outcome)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self.connection.close()
 
 
 class VehicleDriver:
@@ -114,6 +174,21 @@ class VehicleDriver:
         self._clone: _Link | None = None
         self._offline_left = 0
         self._quiet_left = 0
+        # Commands: one guard per vehicle (its counter window outlives sessions), answered
+        # on whichever session they arrive; an executed one makes the vehicle report at once.
+        self._report = asyncio.Event()
+        self.guard = (
+            CommandGuard(
+                vehicle_id=credentials.vehicle_id,
+                device_id=credentials.device_id,
+                device_key=credentials.key,
+                trusted_keys=credentials.command_keys,
+                clock=clock,
+                receiver=SimCommandExecutor(vehicle),
+            )
+            if credentials.command_keys
+            else None
+        )
 
     async def run(self, stop: asyncio.Event) -> Tally:
         """Drive until ``messages`` ticks are done, ``stop`` is set, or the server ends it."""
@@ -124,11 +199,15 @@ class VehicleDriver:
                 self._config.messages is None or tick < self._config.messages
             ):
                 tick += 1
-                self.vehicle.step(self._config.step_s)
+                if self._report.is_set():
+                    # A command changed the vehicle: report its state now (no time passes).
+                    self._report.clear()
+                else:
+                    self.vehicle.step(self._config.step_s)
                 fault_tick = self.fault is not None and tick % self._config.fault_every == 0
                 await self._tick(fault_tick)
                 if self._config.interval_s > 0:
-                    await _pause(stop, self._config.interval_s)
+                    await _pause(stop, self._config.interval_s, self._report)
             if self._offline_left and not stop.is_set():
                 await self._come_back()
         except HandshakeRefused as refused:
@@ -234,8 +313,8 @@ class VehicleDriver:
 
     async def _request(self, link: _Link, frame: bytes) -> Reply:
         started = time.perf_counter()
-        await link.connection.send(frame)
-        return self._judge(link, await link.connection.receive(), started)
+        await link.send(frame)
+        return self._judge(link, await link.receive(), started)
 
     def _judge(self, link: _Link, raw: bytes, started: float) -> Reply:
         """Authenticate a reply and count it (``started``: when its frame was sent)."""
@@ -270,9 +349,9 @@ class VehicleDriver:
                     device_time_ms=epoch_ms(self._clock()),
                 )
                 in_flight.append(time.perf_counter())
-                await link.connection.send(frame)
+                await link.send(frame)
                 sent += 1
-            reply = self._judge(link, await link.connection.receive(), in_flight.popleft())
+            reply = self._judge(link, await link.receive(), in_flight.popleft())
             if reply.status is Status.QUOTA_EXCEEDED:
                 refused = True
                 documented = documented and reply.retry_after_ms > 0
@@ -288,7 +367,7 @@ class VehicleDriver:
         # (docs/vehicle-protocol.md 4.8); a dropped link would have to wait 30 s.
         link = self._require_link()
         self._link = None
-        await link.connection.close()
+        await link.close()
 
     async def _come_back(self) -> None:
         """Reconnect and send the outbox, oldest first, flagged store-and-forward."""
@@ -348,7 +427,12 @@ class VehicleDriver:
                 now=self._clock,
             )
             self.tally.handshake(time.perf_counter() - started)
-        return _Link(connection)
+        return _Link(connection, self.guard, self._commanded)
+
+    def _commanded(self, outcome: GuardOutcome) -> None:
+        self.tally.commands[f"{outcome.action.value}:{outcome.reason}"] += 1
+        if outcome.action is GuardAction.ACTED:
+            self._report.set()
 
     def _require_link(self) -> _Link:
         if self._link is None:
@@ -362,14 +446,16 @@ class VehicleDriver:
     async def _close_all(self) -> None:
         for link in (self._link, self._clone):
             if link is not None:
-                await link.connection.close()
+                await link.close()
         self._link = self._clone = None
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+async def _pause(stop: asyncio.Event, seconds: float, wake: asyncio.Event) -> None:
+    """Sleep ``seconds``, or less if ``stop`` or ``wake`` is set meanwhile."""
+    stopped = asyncio.ensure_future(stop.wait())
+    woken = asyncio.ensure_future(wake.wait())
     try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        return
+        await asyncio.wait({stopped, woken}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (stopped, woken):
+            waiter.cancel()

@@ -92,12 +92,15 @@ class DeviceFile:
         found: dict[str, SimDevice] = {}
         for vehicle_id, entry in raw.items():
             key = serialization.load_pem_private_key(entry["key"].encode("ascii"), None)
+            command_keys = entry.get("command_keys") or {}
             credentials = DeviceCredentials.from_pem(
                 key,  # type: ignore[arg-type]  # written by save(): Ed25519 or P-256 only
                 entry["certificate"],
                 entry["ca_certificate"],
                 device_id=entry["device_id"],
                 vehicle_id=vehicle_id,
+                # Devices enrolled before commands existed trust no command key.
+                command_key=next(iter(command_keys.items()), None),
             )
             found[vehicle_id] = SimDevice(entry["label"], credentials)
         return found
@@ -123,6 +126,7 @@ class DeviceFile:
                     if device.credentials.ca_certificate
                     else ""
                 ),
+                "command_keys": device.credentials.command_key_pems,
             }
             for vehicle_id, device in devices.items()
         }

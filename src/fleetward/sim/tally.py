@@ -29,6 +29,8 @@ class Tally:
     # "handshake:<code>" and "closed:<code>": how sessions were refused or ended by the server.
     ends: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    # Command envelopes received: "<action>:<reason>" (acted:ok, refused:expired, ...).
+    commands: Counter[str] = field(default_factory=Counter)
     handshakes_s: list[float] = field(default_factory=list)
     # perf_counter() of the first and last reply: the window in which messages flowed.
     first_reply_at: float = math.inf
@@ -50,6 +52,7 @@ class Tally:
 
     def merge(self, other: Tally) -> None:
         self.replies.update(other.replies)
+        self.commands.update(other.commands)
         for fault, (good, bad) in other.faults.items():
             seen = self.faults.setdefault(fault, [0, 0])
             seen[0] += good

@@ -1,0 +1,391 @@
+"""Remote command routes on the mobile, fleet and dealer surfaces: create (one catalogued route
+per command, each with its own permission), cancel and follow. The read side (list, read)
+is ``history_jobs``; bulk commands are ``bulk_commands``.
+
+Creating a command:
+
+1. the token must carry the command's scope (authentication), and an ``Idempotency-Key``;
+2. the same key from the same caller returns the job it created (the same body) or 409
+   (another body) before anything else happens: a retry never acts twice;
+3. a vehicle the caller cannot see at all is the object routes' 404 (no job);
+4. otherwise a job is created and judged link by link (``commands.service``): accepted, it
+   is ``queued`` and answered 202 with the job; rejected, it is stored ``rejected`` and
+   answered with a problem that names the job and the failing link (401 step-up with the
+   RFC 9470 challenge, 409 vehicle state or conflict, 429 quota, 403 otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from fleetward.api.auth import Caller, StepUp, _challenge, authenticate
+from fleetward.api.authorize import authorize, decide_many, not_found
+from fleetward.api.history_jobs import read_job
+from fleetward.api.history_views import JobDetail, job_detail
+from fleetward.api.objects import object_entry, platform_of
+from fleetward.api.routing import surface_router
+from fleetward.authz.decision import Decision, ResourceRef
+from fleetward.authz.permissions import Permission
+from fleetward.catalog.entry import DataClass, Impact, catalogued
+from fleetward.commands import jobs
+from fleetward.commands.chain import Link
+from fleetward.commands.errors import (
+    BadCommandParameters,
+    IdempotencyKeyRequired,
+    JobNotCancellable,
+    rejection,
+)
+from fleetward.commands.families import (
+    BY_PERMISSION,
+    COMMANDS,
+    BadParameters,
+    CommandSpec,
+    validate_parameters,
+)
+from fleetward.commands.models import CommandJob, JobState
+from fleetward.commands.runtime import commands_of
+from fleetward.commands.service import (
+    CommandService,
+    NewCommand,
+    replay,
+    request_hash,
+)
+from fleetward.commands.states import FINAL
+from fleetward.core.surfaces import Surface
+from fleetward.services import ServiceContext
+from fleetward.vehicles.models import Vehicle
+
+OWNER: Final = "commands-team"
+MAX_IDEMPOTENCY_KEY: Final = 128
+# How long one follow request stays open at most (the client reconnects to go on).
+FOLLOW_MAX: Final = timedelta(seconds=60)
+_STEP_UP: Final = StepUp()
+# Where each command is offered: owners, drivers and fleets; technicians run diagnostics.
+_SURFACES: Final = {
+    Surface.MOBILE: tuple(COMMANDS),
+    Surface.FLEET: tuple(COMMANDS),
+    Surface.DEALER: ("diagnostics_run",),
+}
+
+
+class CommandBody(BaseModel):
+    """What a client may say about a command. Everything else about the job is the server's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    parameters: dict[str, bool | int | float | str] = Field(default_factory=dict, max_length=8)
+    # A shorter deadline than the command's own lifetime (never a longer one).
+    ttl_seconds: int | None = Field(default=None, ge=1, le=86_400)
+
+
+def idempotency_key(value: str | None) -> str:
+    if value is None or not value:
+        raise IdempotencyKeyRequired(
+            "commands need an Idempotency-Key header", reason="missing-idempotency-key"
+        )
+    if len(value) > MAX_IDEMPOTENCY_KEY or not all(0x21 <= ord(c) <= 0x7E for c in value):
+        raise IdempotencyKeyRequired(
+            "the Idempotency-Key must be 1 to 128 visible ASCII characters",
+            reason="malformed-idempotency-key",
+        )
+    return value
+
+
+async def create_command(
+    request: Request,
+    caller: Caller,
+    vehicle_id: str,
+    spec: CommandSpec,
+    body: CommandBody,
+    key: str,
+) -> tuple[CommandJob, bool]:
+    """The job for this request (created now, or replayed); raises the rejection problem."""
+    try:
+        parameters = validate_parameters(spec, body.parameters)
+    except BadParameters as bad:
+        raise BadCommandParameters(
+            f"parameter {bad.field}: {bad.problem}", reason="parameters", extra={"field": bad.field}
+        ) from None
+    digest = request_hash(vehicle_id, spec, {**parameters, "ttl": body.ttl_seconds})
+    args = (request, caller, vehicle_id, spec, parameters, body, key, digest)
+    try:
+        return await _create_once(*args)
+    except IntegrityError:
+        # A concurrent request committed first: the same key (replayed now) or the vehicle's
+        # security slot (a conflict now). Judged once more, from the top.
+        return await _create_once(*args)
+
+
+async def _create_once(
+    request: Request,
+    caller: Caller,
+    vehicle_id: str,
+    spec: CommandSpec,
+    parameters: dict[str, Any],
+    body: CommandBody,
+    key: str,
+    digest: str,
+) -> tuple[CommandJob, bool]:
+    platform = platform_of(request)
+    runtime = commands_of(request.app)
+    async with platform.services() as (uow, ctx):
+        existing = await replay(ctx, caller.claims, key, digest)
+        if existing is not None:
+            return existing, True
+        # Knowing a vehicle id grants nothing: one the caller cannot see is not found.
+        await authorize(
+            request,
+            caller,
+            Permission.VEHICLE_READ_STATUS,
+            ResourceRef.vehicle(vehicle_id),
+            ctx=ctx,
+        )
+        vehicle = await ctx.session.get(Vehicle, vehicle_id)
+        if vehicle is None:
+            raise not_found()
+
+        async def decide(permission: Permission, target: str) -> Decision:
+            (decision,) = await decide_many(
+                request, caller, permission, [ResourceRef.vehicle(target)], ctx=ctx
+            )
+            return decision
+
+        service = CommandService(ctx, decide=decide, quotas=runtime.quotas, config=runtime.config)
+        job, chain = await service.create(
+            caller.claims,
+            caller.surface,
+            NewCommand(
+                vehicle_id=vehicle_id,
+                spec=spec,
+                parameters=parameters,
+                idempotency_key=key,
+                request_hash=digest,
+                ttl=timedelta(seconds=body.ttl_seconds) if body.ttl_seconds else None,
+            ),
+            tenant_id=vehicle.tenant_id,
+        )
+        await uow.commit()
+    if job.state is JobState.QUEUED:
+        runtime.dispatcher.notify(vehicle_id)
+        return job, False
+    link = Link(job.rejected_link) if job.rejected_link else Link.PERMISSION
+    headers: dict[str, str] = {}
+    if link is Link.STEP_UP:
+        headers = _challenge(
+            "Bearer",
+            "insufficient_user_authentication",
+            "a stronger or more recent authentication is required",
+            acr_values=_STEP_UP.acr.value,
+            max_age=str(int(_STEP_UP.max_age.total_seconds())),
+        )
+    elif link is Link.QUOTA:
+        headers = {"Retry-After": str(max(1, chain.retry_after_s))}
+    raise rejection(job.id, link, chain.reason or "rejected", headers=headers)
+
+
+def _entry_for(surface: Surface, spec: CommandSpec) -> Any:
+    return object_entry(
+        surface,
+        f"ask the vehicle to {spec.name.replace('_', ' ')}: a signed, expiring job",
+        spec.permission,
+        DataClass.VEHICLE_STATE,
+        owner=OWNER,
+        objects=("vehicle", "command_job"),
+        tags=("commands",),
+        impact=frozenset({Impact.SAFETY, Impact.PRIVACY}),
+        rate=10,
+    )
+
+
+def _create_route(router: APIRouter, surface: Surface, spec: CommandSpec) -> None:
+    authenticated = Depends(authenticate(surface))
+
+    @router.post(
+        f"/vehicles/{{vehicle_id}}/commands/{spec.name}",
+        name=f"{surface.value}:commands:{spec.name}",
+        status_code=202,
+        response_model=JobDetail,
+    )
+    @catalogued(_entry_for(surface, spec))
+    async def create(
+        vehicle_id: str,
+        body: CommandBody,
+        request: Request,
+        response: Response,
+        caller: Caller = authenticated,
+        idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> JobDetail:
+        key = idempotency_key(idempotency)
+        job, replayed = await create_command(request, caller, vehicle_id, spec, body, key)
+        response.headers["Location"] = (
+            f"{surface.prefix}/v1/vehicles/{vehicle_id}/commands/{job.id}"
+        )
+        if replayed:
+            response.headers["Idempotency-Replayed"] = "true"
+        # Its transitions: GET the job (or follow it).
+        return job_detail(job, caller.claims.sub, [])
+
+
+async def cancel_job(request: Request, caller: Caller, vehicle_id: str, job_id: str) -> CommandJob:
+    """Cancel a job not yet delivered: only its requester, while still allowed its command."""
+    platform = platform_of(request)
+    async with platform.services() as (uow, ctx):
+        job = await _own_job(request, caller, vehicle_id, job_id, ctx)
+        if job.state not in (JobState.QUEUED, JobState.AUTHORIZED):
+            await uow.commit()
+            raise JobNotCancellable(f"the job is {job.state.value}", reason=job.state.value)
+        jobs.move(
+            ctx.session,
+            ctx.audit,
+            job,
+            JobState.CANCELLED,
+            reason="cancelled-by-requester",
+            at=ctx.clock.now(),
+            actor=jobs.requester(job),
+        )
+        job.finished_at = ctx.clock.now()
+        await uow.commit()
+    commands_of(request.app).dispatcher.changed(job.id).set()
+    return job
+
+
+async def _own_job(
+    request: Request, caller: Caller, vehicle_id: str, job_id: str, ctx: ServiceContext
+) -> CommandJob:
+    job = await ctx.session.scalar(
+        select(CommandJob).where(CommandJob.id == job_id, CommandJob.vehicle_id == vehicle_id)
+    )
+    if job is None or job.requested_by != caller.claims.sub:
+        # Another vehicle's job, someone else's job, no job: the same 404.
+        await authorize(
+            request,
+            caller,
+            Permission.VEHICLE_READ_STATUS,
+            ResourceRef.vehicle(vehicle_id),
+            ctx=ctx,
+        )
+        raise not_found()
+    await authorize(
+        request, caller, Permission(job.command), ResourceRef.vehicle(vehicle_id), ctx=ctx
+    )
+    return job
+
+
+async def follow(
+    request: Request, caller: Caller, vehicle_id: str, job_id: str
+) -> AsyncIterator[bytes]:
+    """Server-sent events: the job now, then at every change, until it is final (an executed
+    job with nothing to confirm ends it too) or FOLLOW_MAX passed."""
+    runtime = commands_of(request.app)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FOLLOW_MAX.total_seconds()
+    last: tuple[str, str] | None = None
+    while True:
+        changed = runtime.dispatcher.changed(job_id)
+        detail = await read_job(request, caller, vehicle_id, job_id)
+        current = (detail.state, detail.updated_at.isoformat())
+        if current != last:
+            last = current
+            yield f"event: job\ndata: {json.dumps(detail.model_dump(mode='json'))}\n\n".encode()
+        if detail.state in {s.value for s in FINAL} or _nothing_to_confirm(detail):
+            return
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            # Woken by this process's changes; another replica's show within a second.
+            async with asyncio.timeout(min(remaining, 1.0)):
+                await changed.wait()
+        except TimeoutError:
+            continue
+
+
+def _nothing_to_confirm(detail: JobDetail) -> bool:
+    if detail.state != JobState.EXECUTED.value:
+        return False
+    spec = BY_PERMISSION.get(detail.command)
+    return spec is None or spec.expected(detail.parameters) is None
+
+
+def _job_routes(router: APIRouter, surface: Surface) -> None:
+    authenticated = Depends(authenticate(surface))
+    s = surface.value
+
+    @router.post(
+        "/vehicles/{vehicle_id}/commands/{job_id}/cancel",
+        name=f"{s}:commands:cancel",
+        response_model=JobDetail,
+    )
+    @catalogued(
+        object_entry(
+            surface,
+            "cancel a command job not yet delivered (its requester only)",
+            Permission.VEHICLE_READ_STATUS,
+            DataClass.VEHICLE_STATE,
+            owner=OWNER,
+            objects=("command_job",),
+            tags=("commands",),
+            impact=frozenset({Impact.SAFETY}),
+            rate=10,
+        )
+    )
+    async def cancel(
+        vehicle_id: str, job_id: str, request: Request, caller: Caller = authenticated
+    ) -> JobDetail:
+        await cancel_job(request, caller, vehicle_id, job_id)
+        return await read_job(request, caller, vehicle_id, job_id)
+
+    @router.get(
+        "/vehicles/{vehicle_id}/commands/{job_id}/events",
+        name=f"{s}:commands:follow",
+        response_class=StreamingResponse,
+    )
+    @catalogued(
+        object_entry(
+            surface,
+            "follow a command job: server-sent events at every state change until it ends",
+            Permission.VEHICLE_READ_STATUS,
+            DataClass.VEHICLE_STATE,
+            owner=OWNER,
+            objects=("command_job",),
+            tags=("commands",),
+            rate=10,
+        )
+    )
+    async def follow_job(
+        vehicle_id: str, job_id: str, request: Request, caller: Caller = authenticated
+    ) -> StreamingResponse:
+        # Authorized (and found) before the stream starts, so a refusal is a plain 404.
+        await read_job(request, caller, vehicle_id, job_id)
+        return StreamingResponse(
+            follow(request, caller, vehicle_id, job_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _router() -> APIRouter:
+    router = APIRouter()
+    for surface, names in _SURFACES.items():
+        sub = surface_router(surface)
+        for name in names:
+            _create_route(sub, surface, COMMANDS[name])
+        if surface is not Surface.DEALER:
+            _job_routes(sub, surface)
+        router.include_router(sub)
+    return router
+
+
+router = _router()
+
+__all__ = ["router"]

@@ -1,0 +1,511 @@
+"""Delivery: queued jobs go down the vehicle's live session as signed envelopes, signed
+results come back, and executed jobs are confirmed from telemetry.
+
+One :class:`Dispatcher` per gateway process (it implements the gateway's ``CommandPort``).
+
+* A job is delivered when its vehicle has a commandable session HERE (an active device, never
+  a quarantined one): at once when it is queued (``notify``), when the vehicle connects
+  (``session_ready``), and by a sweep every ``sweep_interval`` (jobs queued by another
+  replica, retries after a busy store).
+* Delivery is one transaction: claim the job (compare-and-set on its state and update time,
+  so a concurrent cancel or another dispatcher cannot deliver it too), re-check the grant
+  with the PDP (a delegation revoked while the job waited stops it here), check its deadline,
+  take the vehicle's next envelope counter, sign the envelope, mark it ``delivered``; commit;
+  only then send it. A send that fails leaves the job delivered: the vehicle may have got it,
+  so without an answer it ends ``outcome_unknown``, never a guess.
+* A result is verified with the session's device key, then bound to the envelope (job,
+  vehicle, device, counter, digest) before anything is recorded; anything else is refused
+  and audited.
+* The sweep also settles overdue jobs and confirms executed ones whose effect shows in
+  telemetry reported after the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+from sqlalchemy import select, update
+
+from fleetward.audit.events import ActorType, EventName
+from fleetward.audit.events import Decision as AuditVerdict
+from fleetward.audit.recorder import Actor, Target
+from fleetward.authz.decision import (
+    AuthzRequest,
+    PrincipalKind,
+    PrincipalRef,
+    RequestContext,
+    ResourceRef,
+    audit_decision,
+)
+from fleetward.authz.entities import SessionRelations
+from fleetward.authz.permissions import Permission
+from fleetward.commands import jobs
+from fleetward.commands.chain import Link
+from fleetward.commands.envelope import (
+    CommandEnvelope,
+    ResultRefused,
+    ResultVerdict,
+    check_result_binding,
+    envelope_digest,
+    open_result,
+    seal_command,
+    unverified_result_ids,
+)
+from fleetward.commands.families import BY_PERMISSION
+from fleetward.commands.models import CommandJob, JobState, VehicleCommandCounter
+from fleetward.commands.service import CommandConfig, settle
+from fleetward.commands.signing import CommandSigner
+from fleetward.devices.ca import DevicePublicKey
+from fleetward.gateway.handshake import epoch_ms
+from fleetward.gateway.registry import LiveSession, SessionRegistry
+from fleetward.observability.logging import get_logger
+from fleetward.platform import Platform
+from fleetward.services import ServiceContext
+from fleetward.telemetry.models import TelemetryMessage
+
+logger = get_logger(__name__)
+
+_VERDICT_STATE: Final = {
+    ResultVerdict.EXECUTED: JobState.EXECUTED,
+    ResultVerdict.REJECTED_BY_VEHICLE: JobState.REJECTED_BY_VEHICLE,
+    ResultVerdict.FAILED: JobState.FAILED,
+}
+_ANSWERABLE: Final = (JobState.DELIVERED, JobState.OUTCOME_UNKNOWN)
+# Refusals that mean "already used", not "refused": they never prove the job did not act.
+_SPENT: Final = frozenset({"replayed", "stale-counter"})
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    sweep_interval: timedelta = timedelta(milliseconds=500)
+    # Executed jobs are watched for their effect in telemetry this long.
+    confirm_window: timedelta = timedelta(minutes=5)
+    # Jobs looked at per sweep (oldest first).
+    batch: int = 500
+
+
+def _append(job: CommandJob, link: Link, ok: bool, detail: str) -> None:
+    job.chain = [*(job.chain or []), {"link": link.value, "ok": ok, "detail": detail}]
+
+
+class Dispatcher:
+    """Runs on the gateway's event loop. ``start``/``stop`` from the app's lifespan."""
+
+    def __init__(
+        self,
+        platform: Platform,
+        registry: SessionRegistry,
+        signer: CommandSigner,
+        *,
+        config: CommandConfig | None = None,
+        dispatch: DispatchConfig | None = None,
+    ) -> None:
+        self._platform = platform
+        self._registry = registry
+        self._signer = signer
+        self._config = config or CommandConfig()
+        self._dispatch = dispatch or DispatchConfig()
+        # One delivery at a time per vehicle (kept per vehicle seen: a few hundred bytes each).
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[int]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        # Job id -> event set whenever the job changed in this process (followers wait on it).
+        self._changed: dict[str, asyncio.Event] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="command-sweeper")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._sweeper, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._sweeper = None
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ followers
+
+    def changed(self, job_id: str) -> asyncio.Event:
+        """An event set the next time this process changes ``job_id`` (for followers)."""
+        event = self._changed.get(job_id)
+        if event is None:
+            event = self._changed[job_id] = asyncio.Event()
+        return event
+
+    def _touched(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    # ------------------------------------------------------------------ CommandPort
+
+    def notify(self, vehicle_id: str) -> None:
+        """A job for ``vehicle_id`` was queued (committed): deliver it now if reachable."""
+        if self._registry.commandable(vehicle_id) is not None:
+            self._spawn(self.deliver_pending(vehicle_id))
+
+    def session_ready(self, live: LiveSession) -> None:
+        self._spawn(self.deliver_pending(live.session.vehicle_id))
+
+    async def on_result(self, live: LiveSession, frame: bytes) -> None:
+        try:
+            await self._record_result(live, frame)
+        except Exception as exc:  # never take the session down for a result
+            logger.error("commands.result_error", error=type(exc).__name__)
+
+    def _spawn(self, work: Coroutine[Any, Any, int]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ delivery
+
+    async def deliver_pending(self, vehicle_id: str) -> int:
+        """Deliver the vehicle's queued jobs, oldest first; returns how many were sent."""
+        lock = self._locks.setdefault(vehicle_id, asyncio.Lock())
+        sent = 0
+        try:
+            async with lock:
+                while True:
+                    live = self._registry.commandable(vehicle_id)
+                    if live is None:
+                        break
+                    job_id = await self._next_queued(vehicle_id)
+                    if job_id is None:
+                        break
+                    frame = await self._deliver(job_id, live)
+                    self._touched(job_id)
+                    if frame is not None and await self._send(live, frame):
+                        sent += 1
+        except Exception as exc:  # a busy store: the sweep tries again
+            logger.warning("commands.delivery_failed", error=type(exc).__name__)
+        return sent
+
+    async def _next_queued(self, vehicle_id: str) -> str | None:
+        async with self._platform.sessions() as session:
+            found: str | None = await session.scalar(
+                select(CommandJob.id)
+                .where(CommandJob.vehicle_id == vehicle_id, CommandJob.state == JobState.QUEUED)
+                .order_by(CommandJob.created_at, CommandJob.id)
+                .limit(1)
+            )
+            return found
+
+    async def _send(self, live: LiveSession, frame: bytes) -> bool:
+        try:
+            return await live.send(frame)
+        except Exception as exc:  # the job stays delivered: its outcome is now unknown
+            logger.warning("commands.send_failed", error=type(exc).__name__)
+            return False
+
+    async def _deliver(self, job_id: str, live: LiveSession) -> bytes | None:
+        """One job's delivery transaction; the signed frame, or None if it must not go."""
+        platform = self._platform
+        async with platform.services() as (uow, ctx):
+            job = await ctx.session.get(CommandJob, job_id)
+            if job is None or job.state is not JobState.QUEUED:
+                return None
+            now = ctx.clock.now()
+            claimed = await ctx.session.execute(
+                update(CommandJob)
+                .where(
+                    CommandJob.id == job.id,
+                    CommandJob.state == JobState.QUEUED,
+                    CommandJob.updated_at == job.updated_at,
+                )
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None  # cancelled or delivered by someone else meanwhile
+            if epoch_ms(job.expires_at) <= epoch_ms(now):
+                settle(ctx, self._config, job, now)
+                await uow.commit()
+                return None
+            if not await self._recheck(ctx, job, now):
+                await uow.commit()
+                return None
+            counter = await _next_counter(ctx, job.vehicle_id)
+            envelope = CommandEnvelope(
+                vehicle_id=job.vehicle_id,
+                job_id=job.id,
+                command=job.command,
+                parameters=dict(job.parameters),
+                issued_at_ms=epoch_ms(now),
+                expires_at_ms=epoch_ms(job.expires_at),
+                counter=counter,
+                key_id=self._signer.key_id,
+            )
+            frame = seal_command(envelope, self._signer)
+            job.counter = counter
+            job.envelope_digest = envelope_digest(frame).hex()
+            job.delivered_at = now
+            job.delivered_device_id = live.session.device_id
+            _append(job, Link.COMMAND_SERVICE, True, self._signer.key_id)
+            jobs.move(
+                ctx.session,
+                ctx.audit,
+                job,
+                JobState.DELIVERED,
+                reason="sent",
+                at=now,
+                details={"counter": counter, "session_id": live.session.session_id},
+            )
+            await uow.commit()
+        return frame
+
+    async def _recheck(self, ctx: ServiceContext, job: CommandJob, now: datetime) -> bool:
+        """Does the grant still hold? The same question as at creation, asked now, with the
+        token's scopes and tenant. Step-up was the request's link: it is not asked again."""
+        try:
+            action = Permission(job.command)
+        except ValueError:
+            action = None
+        allowed = False
+        reason = "unknown-command"
+        if action is not None:
+            ask = AuthzRequest(
+                PrincipalRef(PrincipalKind.USER, job.requested_by),
+                action,
+                ResourceRef.vehicle(job.vehicle_id),
+                RequestContext(
+                    now=now,
+                    tenant_id=job.token_tenant_id or "",
+                    scopes=frozenset(job.token_scopes or ()),
+                    acr=job.acr or "",
+                    auth_time=now,
+                ),
+            )
+            pdp = self._platform.pdp.bind(SessionRelations(ctx.session))
+            try:
+                decision = await pdp.decide(ask)
+            except Exception as exc:  # fail closed
+                logger.warning("commands.recheck_error", error=type(exc).__name__)
+                decision = None
+            if decision is not None:
+                audit_decision(ctx.audit, ctx.session, ask, decision)
+                allowed, reason = decision.allowed, decision.reason.value
+            else:
+                reason = "pdp-error"
+        if allowed:
+            _append(job, Link.DELIVERY_RECHECK, True, reason)
+            return True
+        _append(job, Link.DELIVERY_RECHECK, False, reason)
+        job.rejected_link = Link.DELIVERY_RECHECK.value
+        jobs.move(
+            ctx.session,
+            ctx.audit,
+            job,
+            JobState.REJECTED,
+            reason="grant-ended-before-delivery",
+            at=now,
+            details={"link": Link.DELIVERY_RECHECK.value, "pdp_reason": reason},
+        )
+        job.finished_at = now
+        return False
+
+    # ------------------------------------------------------------------ results
+
+    async def _record_result(self, live: LiveSession, frame: bytes) -> None:
+        session = live.session
+        ids = unverified_result_ids(frame)
+        async with self._platform.services() as (uow, ctx):
+            job = await ctx.session.get(CommandJob, ids[0]) if ids is not None else None
+            refusal = self._result_refusal(live, job, ids)
+            result = None
+            if refusal is None and job is not None:
+                try:
+                    result = open_result(frame, _public_key(session.public_key_der))
+                    check_result_binding(
+                        result,
+                        job_id=job.id,
+                        vehicle_id=session.vehicle_id,
+                        device_id=session.device_id,
+                        counter=job.counter or 0,
+                        digest=bytes.fromhex(job.envelope_digest or ""),
+                    )
+                except ResultRefused as refused:
+                    refusal = refused.reason
+                except ValueError:
+                    refusal = "no-device-key"
+            if refusal is not None or result is None or job is None:
+                ctx.audit.record(
+                    ctx.session,
+                    EventName.COMMAND_RESULT_REFUSED,
+                    actor=Actor.system("command-service"),
+                    target=Target("device", session.device_id, session.tenant_id),
+                    decision=AuditVerdict.DENIED,
+                    reason=refusal or "refused",
+                    details={"session_id": session.session_id, "job_id": ids[0] if ids else None},
+                )
+                await uow.commit()
+                return
+            now = ctx.clock.now()
+            to = _VERDICT_STATE[result.verdict]
+            if to is JobState.REJECTED_BY_VEHICLE and result.reason in _SPENT:
+                # The vehicle saw this counter or job before: an earlier delivery may have
+                # acted. That is not a refusal of the job; its outcome is unknown.
+                if job.state is not JobState.DELIVERED:
+                    await uow.commit()
+                    return
+                to = JobState.OUTCOME_UNKNOWN
+            job.result_reason = result.reason
+            job.result_at = now
+            job.finished_at = now
+            _append(job, Link.VEHICLE, True, f"signed by {session.device_id}")
+            jobs.move(
+                ctx.session,
+                ctx.audit,
+                job,
+                to,
+                reason=result.reason,
+                at=now,
+                actor=Actor(ActorType.DEVICE, session.device_id, session.tenant_id),
+            )
+            await uow.commit()
+        self._touched(job.id)
+
+    @staticmethod
+    def _result_refusal(
+        live: LiveSession, job: CommandJob | None, ids: tuple[str, str] | None
+    ) -> str | None:
+        session = live.session
+        if ids is None:
+            return "malformed"
+        if job is None or job.vehicle_id != session.vehicle_id:
+            return "unknown-job"  # another vehicle's job is as unknown as a made-up one
+        if ids[1] != session.device_id or job.delivered_device_id != session.device_id:
+            return "not-delivered-to-this-device"
+        if job.state not in _ANSWERABLE:
+            return "not-awaiting-an-answer"
+        return None
+
+    # ------------------------------------------------------------------ sweep
+
+    async def _sweep_forever(self) -> None:
+        interval = self._dispatch.sweep_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                logger.warning("commands.sweep_failed", error=type(exc).__name__)
+
+    async def sweep(self) -> None:
+        """One pass: deliver what is reachable here, settle overdue jobs, confirm effects."""
+        reachable = self._registry.vehicles()
+        async with self._platform.services() as (uow, ctx):
+            now = ctx.clock.now()
+            queued = set(
+                await ctx.session.scalars(
+                    select(CommandJob.vehicle_id)
+                    .where(CommandJob.state == JobState.QUEUED)
+                    .limit(self._dispatch.batch)
+                )
+            )
+            overdue = list(
+                await ctx.session.scalars(
+                    select(CommandJob)
+                    .where(
+                        CommandJob.state.in_(
+                            [JobState.REQUESTED, JobState.AUTHORIZED, JobState.QUEUED]
+                        ),
+                        CommandJob.expires_at <= now,
+                    )
+                    .limit(self._dispatch.batch)
+                )
+            )
+            overdue += list(
+                await ctx.session.scalars(
+                    select(CommandJob)
+                    .where(
+                        CommandJob.state == JobState.DELIVERED,
+                        CommandJob.expires_at <= now - self._config.answer_grace,
+                    )
+                    .limit(self._dispatch.batch)
+                )
+            )
+            moved = [job.id for job in overdue if settle(ctx, self._config, job, now)]
+            confirmed = await self._confirm(ctx, now)
+            if moved or confirmed:
+                await uow.commit()
+        for job_id in (*moved, *confirmed):
+            self._touched(job_id)
+        for vehicle_id in queued & reachable:
+            await self.deliver_pending(vehicle_id)
+
+    async def _confirm(self, ctx: ServiceContext, now: datetime) -> list[str]:
+        executed = list(
+            await ctx.session.scalars(
+                select(CommandJob)
+                .where(
+                    CommandJob.state == JobState.EXECUTED,
+                    CommandJob.result_at >= now - self._dispatch.confirm_window,
+                )
+                .limit(self._dispatch.batch)
+            )
+        )
+        confirmed: list[str] = []
+        for job in executed:
+            spec = BY_PERMISSION.get(job.command)
+            expected = spec.expected(job.parameters) if spec is not None else None
+            if expected is None or job.result_at is None:
+                continue
+            signal, value = expected
+            latest = await ctx.session.scalar(
+                select(TelemetryMessage.signals)
+                .where(
+                    TelemetryMessage.vehicle_id == job.vehicle_id,
+                    TelemetryMessage.received_at >= job.result_at,
+                )
+                .order_by(TelemetryMessage.device_time.desc(), TelemetryMessage.sequence.desc())
+                .limit(1)
+            )
+            if latest is not None and latest.get(signal) is value:
+                jobs.move(
+                    ctx.session,
+                    ctx.audit,
+                    job,
+                    JobState.CONFIRMED,
+                    reason=f"telemetry:{signal.rsplit('.', 1)[-1]}",
+                    at=now,
+                )
+                confirmed.append(job.id)
+        return confirmed
+
+
+async def _next_counter(ctx: ServiceContext, vehicle_id: str) -> int:
+    """The vehicle's next envelope counter, in the delivering transaction."""
+    bumped = await ctx.session.execute(
+        update(VehicleCommandCounter)
+        .where(VehicleCommandCounter.vehicle_id == vehicle_id)
+        .values(counter=VehicleCommandCounter.counter + 1)
+        .returning(VehicleCommandCounter.counter)
+    )
+    value = bumped.scalar_one_or_none()
+    if value is not None:
+        return int(value)
+    ctx.session.add(VehicleCommandCounter(vehicle_id=vehicle_id, counter=1))
+    await ctx.session.flush()
+    return 1
+
+
+def _public_key(der: bytes) -> DevicePublicKey:
+    if not der:
+        raise ValueError("the session carries no device key")
+    key = load_der_public_key(der)
+    if isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        return key
+    raise ValueError("not a device key")

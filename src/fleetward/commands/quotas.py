@@ -1,0 +1,59 @@
+"""Commands against the abuse quotas (``fleetward.abuse``): per user, client, tenant, command
+type, vehicle and global, one unit per targeted vehicle, all or nothing. Commands never
+degrade to a local limit: an unreachable shared store refuses them (fail closed)."""
+
+from __future__ import annotations
+
+import math
+
+from fleetward.abuse.errors import QuotaStoreDown, TooManyTargets
+from fleetward.abuse.policy import Degrade
+from fleetward.abuse.runtime import QuotaRuntime
+from fleetward.commands.families import CommandSpec
+from fleetward.commands.service import QuotaAnswer
+from fleetward.core.clock import Clock
+from fleetward.identity.tokens import AccessTokenClaims
+from fleetward.observability.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+class AbuseCommandQuotas:
+    """The :class:`~fleetward.commands.service.CommandQuotas` of the platform."""
+
+    def __init__(self, runtime: QuotaRuntime, clock: Clock) -> None:
+        self._runtime = runtime
+        self._clock = clock
+
+    async def charge(
+        self, claims: AccessTokenClaims, spec: CommandSpec, vehicle_ids: list[str]
+    ) -> QuotaAnswer:
+        now = self._clock.now()
+        try:
+            plan = self._runtime.policy.plan(
+                tenant=claims.tenant,
+                client=claims.client_id,
+                now=now,
+                user=claims.sub if claims.sub_type == "user" else None,
+                vehicles=vehicle_ids,
+                command=spec.permission,
+            )
+            verdict = await self._runtime.quotas.consume(
+                plan.charges, plan.cost, now=now, degrade=Degrade.FAIL_CLOSED
+            )
+        except TooManyTargets:
+            return QuotaAnswer(False, "too-many-targets")
+        except QuotaStoreDown as down:
+            return QuotaAnswer(False, "quota-store-unavailable", _seconds(down.headers))
+        except Exception as exc:  # fail closed, never allow by accident
+            logger.warning("commands.quota_error", error=type(exc).__name__)
+            return QuotaAnswer(False, "quota-error", 1)
+        if verdict.allowed:
+            return QuotaAnswer(True, f"within {verdict.limit_name}")
+        retry = max(1, math.ceil(verdict.retry_after.total_seconds()))
+        return QuotaAnswer(False, verdict.limit_name, retry)
+
+
+def _seconds(headers: dict[str, str]) -> int:
+    value = headers.get("Retry-After", "1")
+    return int(value) if value.isdigit() else 1
