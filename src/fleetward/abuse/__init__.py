@@ -6,8 +6,9 @@ This package owns the quota domain (:mod:`.quotas`: limits, charges, the cost ru
 verdict), the store seam and its two implementations (:mod:`.store`, :mod:`.memory` for the
 embedded single process, :mod:`.redis_store` shared by every replica), the configured
 limits and how a request becomes charges (:mod:`.policy`), approved raised quotas
-(:mod:`.raised`), what happens when the shared store is unreachable (:mod:`.guard`) and the
-caller-visible refusals with their ``Retry-After`` and RateLimit headers (:mod:`.errors`).
+(:mod:`.raised`), what happens when the shared store is unreachable (:mod:`.guard`), the
+caller-visible refusals with their ``Retry-After`` and RateLimit headers (:mod:`.errors`),
+and the wiring from settings (:mod:`.runtime`). Operators' guide: docs/operations.md.
 
 It does not decide who may act on what (that is ``authz``), and it does not wire itself into
 routes: callers build a plan with :meth:`QuotaPolicy.plan` and pass it to

@@ -211,6 +211,10 @@ class QuotaPolicy:
         ``flow`` a sensitive flow, counted for ``flow_subject`` when no one is signed in
         yet (a hashed username, a network) and for the actor otherwise.
 
+        Ids must be the validated ids of the request (route parameters, body fields already
+        parsed); a subject over 256 characters or with control characters is a
+        ``ValueError``, not something to pass through.
+
         Raises :class:`~fleetward.abuse.errors.TooManyTargets` above ``max_targets``.
         """
         if type(objects) is not int or objects < 0:
