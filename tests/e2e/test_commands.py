@@ -7,12 +7,20 @@ Cases are one comment each on the threat or behaviour they cover.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from conftest import T0
+from fleetward.audit.recorder import Actor
+from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
+from fleetward.sim.vehicle import Mode
+from fleetward.vehicles.delegation import DelegationService
+from fleetward.vehicles.models import DriverDelegation
 from support.commands import CommandWorld, RunningClock, command_world
 
 
@@ -91,3 +99,252 @@ async def test_bob_cannot_unlock_alices_car(world: CommandWorld) -> None:
     await world.sweep()
     assert car.vehicle.state.locked is True
     assert car.acted() == 0
+
+
+async def test_the_same_key_returns_the_same_job_and_acts_once(world: CommandWorld) -> None:
+    # A network retry (same key, same body) returns the original job; the same key with
+    # another body is a conflict. The car acts once.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    first = await world.command("alice", "ALICE-1", "climate", {"cabin_celsius": 21}, key="c-1")
+    again = await world.command("alice", "ALICE-1", "climate", {"cabin_celsius": 21}, key="c-1")
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotency-replayed"] == "true"
+    other = await world.command("alice", "ALICE-1", "climate", {"cabin_celsius": 25}, key="c-1")
+    assert other.status_code == 409 and other.json()["reason"] == "different-body"
+    final = await world.settle("alice", "ALICE-1", first.json()["id"], until={"executed"})
+    assert final["state"] == "executed"
+    await asyncio.sleep(0.3)
+    assert car.acted() == 1
+    assert car.vehicle.state.cabin_target_c == 21
+
+
+async def test_without_a_key_nothing_is_created(world: CommandWorld) -> None:
+    # Idempotency is not optional for physical actions: no key, no job.
+    response = await world.command("alice", "ALICE-1", "lock", key=None)
+    assert response.status_code == 400
+    assert response.json()["reason"] == "missing-idempotency-key"
+    listed = await world.http.get(
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands",
+        headers={"authorization": f"Bearer {world.token('alice')}"},
+    )
+    assert listed.json()["items"] == []
+
+
+async def test_concurrent_identical_requests_create_one_job(world: CommandWorld) -> None:
+    # 100 copies of one request at once (a client retrying hard): one job, one execution.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+
+    async def one() -> str:
+        while True:
+            response = await world.command("alice", "ALICE-1", "lock", key="burst-1")
+            if response.status_code != 503:  # a busy store says "try again": a client does
+                assert response.status_code == 202, response.text
+                return str(response.json()["id"])
+            await asyncio.sleep(0.05)
+
+    ids = await asyncio.gather(*(one() for _ in range(100)))
+    assert len(set(ids)) == 1
+    final = await world.settle("alice", "ALICE-1", ids[0])
+    assert final["state"] == "confirmed"
+    await asyncio.sleep(0.3)
+    assert car.acted() == 1
+
+
+async def test_one_security_command_in_flight_per_vehicle(world: CommandWorld) -> None:
+    # A lock and an unlock racing for the same car: exactly one is accepted, the other is
+    # rejected at the conflict link, and the car does only the accepted one.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()  # both stay in flight while the car is away
+    lock, unlock = await asyncio.gather(
+        world.command("alice", "ALICE-1", "lock", key="race-lock"),
+        world.command("alice", "ALICE-1", "unlock", key="race-unlock"),
+    )
+    statuses = sorted([lock.status_code, unlock.status_code])
+    assert statuses == [202, 409], (lock.text, unlock.text)
+    winner, loser = (lock, unlock) if lock.status_code == 202 else (unlock, lock)
+    assert loser.json()["link"] == "conflict"
+    car.online()
+    final = await world.settle("alice", "ALICE-1", winner.json()["id"])
+    assert final["state"] in {"confirmed", "executed"}
+    assert car.acted() == 1
+    assert car.vehicle.state.locked is (winner is lock)
+
+
+async def test_fresh_state_decides_and_stale_state_is_asked_of_the_vehicle(
+    world: CommandWorld,
+) -> None:
+    # Unlock only when parked. Fresh state showing motion: refused by the platform. Stale
+    # state: never assumed; the vehicle applies the rule to its own state and refuses.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    car.vehicle.state.mode = Mode.DRIVING
+    car.vehicle.state.speed_kmh = 40.0
+    await asyncio.sleep(0.4)  # a report showing the speed
+    moving = await world.command("alice", "ALICE-1", "unlock", key="u-moving")
+    assert moving.status_code == 409 and moving.json()["link"] == "vehicle_state"
+    assert moving.json()["reason"] == "moving"
+
+    await car.offline()
+    world.clock.advance(timedelta(minutes=3))  # the last report is now stale
+    stale = await world.command("alice", "ALICE-1", "unlock", key="u-stale")
+    assert stale.status_code == 202, stale.text
+    state_link = next(c for c in stale.json()["chain"] if c["link"] == "vehicle_state")
+    assert "deferred-to-vehicle" in state_link["detail"]
+    car.online()
+    final = await world.settle("alice", "ALICE-1", stale.json()["id"])
+    assert final["state"] == "rejected_by_vehicle" and final["result_reason"] == "moving"
+    assert car.vehicle.state.locked is True
+
+
+async def test_a_grant_revoked_while_the_job_waits_never_reaches_the_vehicle(
+    world: CommandWorld,
+) -> None:
+    # bob may lock; the car is offline; bob's delegation is revoked before it reconnects:
+    # the job is checked again at delivery and never sent.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("bob", "ALICE-1", "lock", key="bob-lock")
+    assert response.status_code == 202, response.text
+    await revoke_bob(world)
+    car.online()
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    assert final["state"] == "rejected"
+    assert final["rejected_link"] == "delivery_recheck"
+    await asyncio.sleep(0.3)
+    assert car.acted() == 0
+
+
+async def test_a_revocation_racing_a_command_never_lets_it_act_after(
+    world: CommandWorld,
+) -> None:
+    # The command and the revocation race. Whatever wins, the car never acts on a grant
+    # that had ended when the job was delivered.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    response, revoked_at = await asyncio.gather(
+        world.command("bob", "ALICE-1", "lock", key="bob-race"), revoke_bob(world)
+    )
+    if response.status_code != 202:
+        # Revoked first: bob no longer sees the car at all (404), or no longer may lock.
+        assert response.status_code in {403, 404}, response.text
+        assert car.acted() == 0
+        return
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    if final["state"] == "rejected":
+        assert final["rejected_link"] == "delivery_recheck"
+        assert car.acted() == 0
+    else:
+        assert final["delivered_at"] is not None
+        assert datetime.fromisoformat(final["delivered_at"]) <= revoked_at
+
+
+async def test_a_job_past_its_deadline_is_never_delivered(world: CommandWorld) -> None:
+    # The car is offline past the lock's lifetime: the job expires, and reconnecting
+    # later delivers nothing.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "lock", key="late-lock")
+    assert response.status_code == 202
+    world.clock.advance(timedelta(seconds=61))
+    await world.sweep()
+    car.online()
+    await reported(world, "ALICE-1")
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    assert final["state"] == "expired"
+    assert car.acted() == 0
+
+
+async def test_a_queued_job_can_be_cancelled_by_its_requester(world: CommandWorld) -> None:
+    # Cancelling before delivery: the car never gets it; after that, cancel is refused.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "lock", key="cancel-me")
+    job_id = response.json()["id"]
+    path = f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/{job_id}/cancel"
+    bobs = await world.http.post(path, headers={"authorization": f"Bearer {world.token('bob')}"})
+    assert bobs.status_code == 404  # not his job: indistinguishable from no job
+    cancelled = await world.http.post(
+        path, headers={"authorization": f"Bearer {world.token('alice')}"}
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    again = await world.http.post(path, headers={"authorization": f"Bearer {world.token('alice')}"})
+    assert again.status_code == 409
+    car.online()
+    await reported(world, "ALICE-1")
+    await world.sweep()
+    assert car.acted() == 0
+
+
+async def test_missing_step_up_is_rejected_and_the_retry_after_it_passes(
+    world: CommandWorld,
+) -> None:
+    # Unlock needs a recent multi-factor sign-in: an old one gets the RFC 9470 challenge and
+    # a rejected job; the same key after stepping up is judged afresh and goes through.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    old = await world.command(
+        "alice", "ALICE-1", "unlock", key="su-1", auth_age=timedelta(minutes=10)
+    )
+    assert old.status_code == 401, old.text
+    assert "insufficient_user_authentication" in old.headers["www-authenticate"]
+    assert old.json()["link"] == "step_up"
+    password_only = await world.command("alice", "ALICE-1", "unlock", key="su-1", acr=Acr.PASSWORD)
+    assert password_only.status_code == 401
+    assert car.acted() == 0
+    fresh = await world.command("alice", "ALICE-1", "unlock", key="su-1")
+    assert fresh.status_code == 202, fresh.text
+    final = await world.settle("alice", "ALICE-1", fresh.json()["id"])
+    assert final["state"] == "confirmed"
+    assert car.acted() == 1
+
+
+async def test_a_stranger_gets_not_found_and_no_job(world: CommandWorld) -> None:
+    # mallory knows ALICE-1's id: knowing an id grants nothing, and not even a job exists.
+    response = await world.command("mallory", "ALICE-1", "unlock")
+    assert response.status_code == 404
+    assert response.json()["type"] == "urn:fleetward:problem:not-found"
+    listed = await world.http.get(
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands",
+        headers={"authorization": f"Bearer {world.token('alice')}"},
+    )
+    assert listed.json()["items"] == []
+
+
+async def test_following_a_job_streams_its_states(world: CommandWorld) -> None:
+    # Server-sent events from queued to confirmed: the state, never a bare "ok".
+    await reported(world, "ALICE-1")
+    response = await world.command("alice", "ALICE-1", "lock", key="follow-1")
+    job_id = response.json()["id"]
+    states: list[str] = []
+    async with world.http.stream(
+        "GET",
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/{job_id}/events",
+        headers={"authorization": f"Bearer {world.token('alice')}"},
+    ) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                states.append(json.loads(line.removeprefix("data: "))["state"])
+    assert states[-1] == "confirmed"
+    assert states == sorted(set(states), key=states.index)  # each state once, in order
+
+
+async def revoke_bob(world: CommandWorld) -> datetime:
+    async with world.platform.services() as (uow, ctx):
+        delegation = await ctx.session.scalar(
+            select(DriverDelegation).where(
+                DriverDelegation.driver_user_id == world.users["bob"].id,
+                DriverDelegation.vehicle_id == world.vehicles["ALICE-1"].id,
+            )
+        )
+        assert delegation is not None
+        await DelegationService(ctx).revoke(delegation, actor=Actor.user(world.users["alice"].id))
+        await uow.commit()
+        return ctx.clock.now()

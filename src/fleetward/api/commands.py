@@ -57,6 +57,7 @@ from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import (
     CommandService,
     NewCommand,
+    Replayed,
     replay,
     request_hash,
 )
@@ -118,12 +119,13 @@ async def create_command(
         ) from None
     digest = request_hash(vehicle_id, spec, {**parameters, "ttl": body.ttl_seconds})
     args = (request, caller, vehicle_id, spec, parameters, body, key, digest)
-    try:
-        return await _create_once(*args)
-    except IntegrityError:
-        # A concurrent request committed first: the same key (replayed now) or the vehicle's
-        # security slot (a conflict now). Judged once more, from the top.
-        return await _create_once(*args)
+    async with commands_of(request.app).in_progress.hold((caller.claims.sub, key)):
+        try:
+            return await _create_once(*args)
+        except (IntegrityError, Replayed):
+            # A concurrent request committed first: the same key (replayed now) or the
+            # vehicle's security slot (a conflict now). Judged once more, from the top.
+            return await _create_once(*args)
 
 
 async def _create_once(

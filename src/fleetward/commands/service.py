@@ -37,6 +37,15 @@ from fleetward.services import ServiceContext
 Decide = Callable[[Permission, str], Awaitable[Decision]]
 
 
+class Replayed(Exception):
+    """A concurrent copy of this very request (same caller, same key) committed first: the
+    caller rolls back and answers with that job (:func:`replay`)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaAnswer:
     allowed: bool
@@ -251,9 +260,16 @@ class CommandService:
         if spec.exclusive:
             await settle_overdue(self._ctx, self._config, new.vehicle_id)
             busy = await self._ctx.session.scalar(
-                select(CommandJob.id).where(CommandJob.exclusive_vehicle == new.vehicle_id)
+                select(CommandJob).where(CommandJob.exclusive_vehicle == new.vehicle_id)
             )
             if busy is not None:
+                if (
+                    new.idempotency_key is not None
+                    and busy.requested_by == claims.sub
+                    and busy.idempotency_key == new.idempotency_key
+                ):
+                    # This request's own copy, committed by a concurrent twin meanwhile.
+                    raise Replayed(busy.id)
                 chain.fail(Link.CONFLICT, "security-command-in-flight")
                 return chain
             chain.ok(Link.CONFLICT, "no security command in flight")
