@@ -10,9 +10,16 @@ Two things MQTT changes for a simulated vehicle:
 
 * a frame the gateway drops unjudged (no session, or its queue full) gets no reply: a reply
   not received within ``reply_timeout_s`` ends the session (``SessionClosed``, code None), as
-  docs/mqtt.md tells a TCU to start again;
+  docs/mqtt.md tells a TCU to start again. The clock runs only while a frame awaits its reply:
+  a link with nothing in flight (the driver's command reader waiting between ticks) waits for
+  the next command or reply as long as the session lasts;
 * the broker allows one connection per client id, so one device cannot hold two live sessions
   (``concurrent_sessions`` is False): the clone fault is refused over MQTT.
+
+Commands arrive through :meth:`MqttLink.receive` with the replies (COMMAND frames, first byte
+0x02, from the device's ``commands`` topic), as on a WebSocket, so the driver's reader hands
+them to the vehicle's guard unchanged; the guard's RESULT goes up through :meth:`MqttLink.send`
+on ``telemetry`` and awaits no reply.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 import aiomqtt
 
+from fleetward.commands.envelope import COMMAND_TYPE, RESULT_TYPE
 from fleetward.gateway.device_client import DeviceCredentials, HandshakeRefused, SessionClosed
 from fleetward.gateway.mqtt.device import (
     DeviceTls,
@@ -33,6 +42,9 @@ from fleetward.gateway.mqtt.device import (
     write_credentials,
 )
 from fleetward.sim.transport import SimLink, TransportKind
+
+_COMMAND_PREFIX: Final = bytes([COMMAND_TYPE])
+_RESULT_PREFIX: Final = bytes([RESULT_TYPE])
 
 
 class MqttLink:
@@ -44,6 +56,10 @@ class MqttLink:
         self._connection = connection
         self._stack = stack
         self._reply_timeout = reply_timeout_s
+        # Frames sent and not answered yet; the instant by which the next reply is due.
+        self._unanswered = 0
+        self._due = 0.0
+        self._sent = asyncio.Event()
 
     @property
     def session_key(self) -> bytes:
@@ -54,17 +70,45 @@ class MqttLink:
         return self._connection.session_id
 
     async def send(self, frame: bytes) -> None:
+        if frame[:1] != _RESULT_PREFIX:  # a result gets no reply
+            if not self._unanswered:
+                self._due = asyncio.get_running_loop().time() + self._reply_timeout
+            self._unanswered += 1
+            self._sent.set()
         try:
             await self._connection.send(frame)
         except aiomqtt.MqttError:
             raise SessionClosed(None, "broker connection lost") from None
 
     async def receive(self) -> bytes:
-        try:
-            async with asyncio.timeout(self._reply_timeout):
-                return await self._connection.receive()
-        except TimeoutError:
-            raise SessionClosed(None, "no reply") from None
+        """The next reply or command. SessionClosed when the session ended, or when a frame
+        awaits its reply and none came within ``reply_timeout_s`` (of the frame, or of the
+        previous reply)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._sent.clear()
+            timeout = None
+            if self._unanswered:
+                timeout = self._due - loop.time()
+                if timeout <= 0:
+                    raise SessionClosed(None, "no reply")
+            message = asyncio.ensure_future(self._connection.receive())
+            sent = asyncio.ensure_future(self._sent.wait())
+            try:
+                await asyncio.wait(
+                    {message, sent}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                sent.cancel()
+                if not message.done():
+                    message.cancel()  # safe: a queued message stays queued
+            if not message.done() or message.cancelled():
+                continue  # a frame was sent (its reply is now due), or the time ran out
+            received = message.result()  # raises SessionClosed when the session ended
+            if received[:1] != _COMMAND_PREFIX and self._unanswered:
+                self._unanswered -= 1
+                self._due = loop.time() + self._reply_timeout
+            return received
 
     async def close(self) -> None:
         try:

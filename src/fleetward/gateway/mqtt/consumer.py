@@ -115,14 +115,18 @@ class MqttGateway:
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         """Best effort: a device that misses a message times out and starts again."""
-        client = self._client
-        if client is None:
-            logger.warning("gateway.mqtt.publish_while_disconnected")
-            return
         try:
-            await client.publish(topic, payload, qos=QOS)
+            await self._deliver(topic, payload)
         except aiomqtt.MqttError as exc:
             logger.warning("gateway.mqtt.publish_failed", error=type(exc).__name__)
+
+    async def _deliver(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1, or raise ``aiomqtt.MqttError``: what a command's sender uses, so
+        the command service knows a send failed (the job's outcome is then unknown)."""
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("not connected to the broker")
+        await client.publish(topic, payload, qos=QOS)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -133,6 +137,8 @@ class MqttGateway:
         device_id, channel = parsed
         self.received[(device_id, channel)] += 1
         if channel is Channel.TELEMETRY:
+            # Telemetry frames and command results (first byte 0x03), in the order the device
+            # published them: the session's worker tells them apart, as on a WebSocket.
             session = self._sessions.get(device_id)
             if session is None or not session.offer(payload):
                 self.dropped_frames += 1
@@ -158,7 +164,13 @@ class MqttGateway:
             session.end_by_device()
 
     async def _respond(self, device_id: str, message: bytes) -> None:
-        session = MqttSession(self._gateway, device_id, self._publish, self._config.session_queue)
+        session = MqttSession(
+            self._gateway,
+            device_id,
+            self._publish,
+            self._config.session_queue,
+            deliver=self._deliver,
+        )
         if not await self._handshakes.response(device_id, message, session):
             return
         self._sessions[device_id] = session

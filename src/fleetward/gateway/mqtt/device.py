@@ -6,6 +6,11 @@ The device connects to the broker's device listener with its platform certificat
 handshake as on a WebSocket (:class:`~fleetward.gateway.device_client.DeviceHandshake`):
 HELLO, CHALLENGE, RESPONSE, WELCOME. Frames then go to ``telemetry`` and each reply comes back
 on ``replies``; a CLOSED naming its session ends it.
+
+Commands: COMMAND frames (first byte 0x02) arrive on the device's ``commands`` topic and are
+returned by :meth:`MqttDeviceConnection.receive` together with the replies, in arrival order,
+as a WebSocket's ``receive`` returns both; the device answers with a RESULT frame (0x03) sent
+like a frame (:meth:`MqttDeviceConnection.send`, on ``telemetry``), which gets no reply.
 """
 
 from __future__ import annotations
@@ -76,8 +81,12 @@ class MqttDeviceConnection:
         self._client = client
         self.device_id = device_id
         self._down: asyncio.Queue[bytes] = asyncio.Queue()
-        self._replies: asyncio.Queue[bytes] = asyncio.Queue()
-        self.commands: asyncio.Queue[bytes] = asyncio.Queue()
+        # What the session receives (replies and commands, in arrival order), then the
+        # session's end (its CLOSED, or the broker connection lost).
+        self._inbound: asyncio.Queue[bytes | SessionClosed] = asyncio.Queue()
+        # Messages on any topic other than this device's own downward ones: the broker's ACL
+        # delivers none (tests assert it stays empty). Never handed to the session.
+        self.unexpected: asyncio.Queue[bytes] = asyncio.Queue()
         self.session_id = ""
         self.session_key = b""
         self.welcome: Welcome | None = None
@@ -107,6 +116,7 @@ class MqttDeviceConnection:
             vehicle_config=vehicle_config,
         )
         up = device_topic(self.device_id, Channel.SESSION_UP)
+        self._inbound = asyncio.Queue()  # nothing of an earlier session reaches this one
         await self.publish(up, control.HELLO)
         challenge = await self._handshake_message(MessageType.CHALLENGE)
         await self.publish(up, handshake.respond(challenge, now()))
@@ -115,7 +125,13 @@ class MqttDeviceConnection:
         self.session_key = keys.session_key
         self.closed = None
 
+    @property
+    def commands(self) -> asyncio.Queue[bytes]:
+        """Former name of :attr:`unexpected` (commands now come through :meth:`receive`)."""
+        return self.unexpected
+
     async def send(self, frame: bytes) -> None:
+        """A telemetry frame, or a command RESULT: both go on ``telemetry``."""
         await self.publish(device_topic(self.device_id, Channel.TELEMETRY), frame)
 
     async def request(self, frame: bytes) -> bytes:
@@ -125,15 +141,14 @@ class MqttDeviceConnection:
         return await self.receive()
 
     async def receive(self) -> bytes:
-        reply = asyncio.ensure_future(self._replies.get())
-        closed = asyncio.ensure_future(self.wait_closed())
-        done, pending = await asyncio.wait({reply, closed}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if reply in done:
-            return reply.result()
-        code = closed.result()
-        raise SessionClosed(code, "closed")
+        """The next reply or COMMAND frame, in arrival order; SessionClosed once the session
+        ended (a CLOSED naming it, or the broker connection lost). Safe to cancel: nothing
+        is lost."""
+        item = await self._inbound.get()
+        if isinstance(item, SessionClosed):
+            self._inbound.put_nowait(item)  # every later receive fails the same way
+            raise item
+        return item
 
     async def wait_closed(self) -> int:
         """Wait for a CLOSED naming this session; its close code."""
@@ -166,18 +181,37 @@ class MqttDeviceConnection:
 
     async def _route(self) -> None:
         for_down = device_topic(self.device_id, Channel.SESSION_DOWN)
-        for_replies = device_topic(self.device_id, Channel.REPLIES)
-        async for message in self._client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes):
-                continue
-            topic = str(message.topic)
-            if topic == for_down:
-                self._down.put_nowait(payload)
-            elif topic == for_replies:
-                self._replies.put_nowait(payload)
-            else:
-                self.commands.put_nowait(payload)
+        for_session = {
+            device_topic(self.device_id, Channel.REPLIES),
+            device_topic(self.device_id, Channel.COMMANDS),
+        }
+        try:
+            async for message in self._client.messages:
+                payload = message.payload
+                if not isinstance(payload, bytes):
+                    continue
+                topic = str(message.topic)
+                if topic == for_down:
+                    self._down.put_nowait(payload)
+                    self._session_notice(payload)
+                elif topic in for_session:
+                    self._inbound.put_nowait(payload)
+                else:
+                    self.unexpected.put_nowait(payload)
+        except aiomqtt.MqttError:
+            self._inbound.put_nowait(SessionClosed(None, "broker connection lost"))
+
+    def _session_notice(self, message: bytes) -> None:
+        """A CLOSED naming the current session ends what :meth:`receive` returns."""
+        if not self.session_id or control.kind(message) != ControlType.CLOSED:
+            return
+        try:
+            notice = Closed.decode(message)
+        except ValueError:
+            return
+        if notice.session_id == self.session_id:
+            self.closed = notice
+            self._inbound.put_nowait(SessionClosed(notice.code, "closed"))
 
 
 @asynccontextmanager

@@ -1,5 +1,13 @@
 """One MQTT device session: its frames, judged one at a time in arrival order, its replies,
-and its end.
+its commands, and its end.
+
+Commands (docs/mqtt.md section 4): once admitted, the session's ``sender`` publishes COMMAND
+frames on the device's ``commands`` topic, and the command service is told the session is
+ready. Results come up on the device's ``telemetry`` topic, in order with its frames; the
+worker hands a message whose first byte is 0x03 to the command service (``on_result``) and
+never to the telemetry pipeline, exactly as the WebSocket transport does. Results have a small
+allowance of their own in the session's queue, so a backlog of telemetry never crowds out the
+answer to a command (and results cannot grow the queue beyond that allowance).
 
 A session is registered in the gateway's :class:`~fleetward.gateway.registry.SessionRegistry`
 like a WebSocket session, so a revocation, suspension, rotation or supersession closes it at
@@ -14,6 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from fleetward.gateway.command_port import RESULT_FIRST_BYTE
 from fleetward.gateway.handshake import CloseCode
 from fleetward.gateway.mqtt import control
 from fleetward.gateway.mqtt.topics import Channel, device_topic
@@ -24,6 +33,11 @@ from fleetward.observability.logging import get_logger
 logger = get_logger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+
+# Results queued per session (beside ``session_queue`` telemetry frames) before newer ones are
+# dropped: the dispatcher then sees no answer and the job ends ``outcome_unknown``.
+RESULT_QUEUE: Final = 8
+_RESULT_PREFIX: Final = bytes([RESULT_FIRST_BYTE])
 
 
 class _Stop:
@@ -36,12 +50,25 @@ _STOP: Final = _Stop()
 class MqttSession:
     """Not shared between event loops. ``live`` is set once the handshake admitted it."""
 
-    def __init__(self, gateway: Gateway, device_id: str, publish: Publish, depth: int) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        device_id: str,
+        publish: Publish,
+        depth: int,
+        *,
+        deliver: Publish | None = None,
+    ) -> None:
+        """``publish``: best effort (session notices, replies). ``deliver``: publishes or
+        raises, for commands; None: the session carries no commands."""
         self._gateway = gateway
         self.device_id = device_id
         self._publish = publish
+        self._deliver = deliver
         self._depth = depth
         self._queue: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
+        self._frames = 0  # telemetry frames queued
+        self._results = 0  # results queued
         self.live: LiveSession | None = None
 
     @property
@@ -62,8 +89,14 @@ class MqttSession:
         the device gets no reply and retransmits with the same sequence)."""
         if self.live is None or self.live.closed_with is not None:
             return False
-        if self._queue.qsize() >= self._depth:
-            return False
+        if frame[:1] == _RESULT_PREFIX:
+            if self._results >= RESULT_QUEUE:
+                return False
+            self._results += 1
+        else:
+            if self._frames >= self._depth:
+                return False
+            self._frames += 1
         self._queue.put_nowait(frame)
         return True
 
@@ -80,6 +113,9 @@ class MqttSession:
         config = gateway.config
         replies = device_topic(self.device_id, Channel.REPLIES)
         try:
+            if self._deliver is not None:
+                live.sender = self._command_sender(self._deliver)
+                gateway.commands.session_ready(live)
             while live.closed_with is None:
                 try:
                     async with asyncio.timeout(config.idle_timeout.total_seconds()):
@@ -89,10 +125,19 @@ class MqttSession:
                     return
                 if isinstance(item, _Stop) or live.closed_with is not None:
                     return
+                result = item[:1] == _RESULT_PREFIX
+                if result:
+                    self._results -= 1
+                else:
+                    self._frames -= 1
                 if len(item) > config.max_frame_bytes:
                     await live.close(CloseCode.TOO_LARGE)
                     return
                 live.touch(gateway.platform.clock.now())
+                if result:
+                    # A signed command result: the command service's, never the pipeline's.
+                    await gateway.commands.on_result(live, item)
+                    continue
                 reply = await gateway.handler.handle(live.session, item)
                 if live.closed_with is not None:
                     return  # closed (revoked, suspended) while the frame was judged
@@ -107,3 +152,13 @@ class MqttSession:
             except Exception as exc:  # the observer's failure must not skip the record
                 logger.error("gateway.observer_failed", error=type(exc).__name__)
             await gateway.record_close(live)
+
+    def _command_sender(self, deliver: Publish) -> Callable[[bytes], Awaitable[None]]:
+        """Commands go to this device's own ``commands`` topic (the session's proven device,
+        which is also the topic it came on), at QoS 1; a failed publish raises."""
+        topic = device_topic(self.device_id, Channel.COMMANDS)
+
+        async def send(envelope: bytes) -> None:
+            await deliver(topic, envelope)
+
+        return send

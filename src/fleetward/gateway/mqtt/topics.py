@@ -3,9 +3,12 @@
 
     fleetward/v1/devices/<device id>/session/up     device -> gateway  HELLO, RESPONSE, BYE
     fleetward/v1/devices/<device id>/session/down   gateway -> device  CHALLENGE, WELCOME, CLOSED
-    fleetward/v1/devices/<device id>/telemetry      device -> gateway  telemetry frames
+    fleetward/v1/devices/<device id>/telemetry      device -> gateway  telemetry frames, RESULTs
     fleetward/v1/devices/<device id>/replies        gateway -> device  one reply per frame
-    fleetward/v1/devices/<device id>/commands       gateway -> device  (the commands protocol)
+    fleetward/v1/devices/<device id>/commands       gateway -> device  COMMAND frames
+
+A command RESULT (first byte 0x03) travels on ``telemetry``, in order with the session's
+frames, exactly as on a WebSocket; a device can publish no ``commands`` topic, not even its own.
 
 The gateway trusts the device id of a topic only because the broker enforces the ACL, and
 then only as far as the handshake proves it (the proven certificate must name that device).
