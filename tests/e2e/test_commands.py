@@ -21,7 +21,7 @@ from fleetward.platform import Platform
 from fleetward.sim.vehicle import Mode
 from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.models import DriverDelegation
-from support.commands import CommandWorld, RunningClock, command_world
+from support.commands import CommandWorld, RunningClock, command_world, reported
 
 
 @pytest.fixture
@@ -35,16 +35,6 @@ async def world(
 ) -> AsyncIterator[CommandWorld]:
     async with command_world(platform, clock, free_port) as running:
         yield running
-
-
-async def reported(world: CommandWorld, label: str) -> None:
-    """Wait until the car's state is in the store (its first message was accepted)."""
-    car = world.cars[label]
-    for _ in range(200):
-        if car.driver.tally.replies.get("accepted", 0) >= 1:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the simulated car never reported")
 
 
 async def test_alice_unlocks_her_car_and_watches_it_confirmed(world: CommandWorld) -> None:

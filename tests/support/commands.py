@@ -244,3 +244,13 @@ async def command_world(
                 await car.offline()
         server.should_exit = True
         await serving
+
+
+async def reported(world: CommandWorld, label: str) -> None:
+    """Wait until the car's state is in the store (its first message was accepted)."""
+    car = world.cars[label]
+    for _ in range(200):
+        if car.driver.tally.replies.get("accepted", 0) >= 1:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the simulated car never reported")

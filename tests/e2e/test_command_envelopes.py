@@ -1,0 +1,223 @@
+"""What reaches the vehicle is verified by the vehicle: envelopes replayed, tampered with,
+expired, meant for another vehicle or forged without the command key do nothing, and a
+replayed answer changes nothing on the platform. The envelopes here are the real ones the
+platform signed (captured on their way into the simulated car) or signed by its real key.
+
+Each case: one comment on the threat it covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import select
+
+from conftest import T0
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.commands.envelope import CommandEnvelope, seal_command
+from fleetward.commands.runtime import commands_of
+from fleetward.commands.signing import CommandSigner
+from fleetward.gateway.handshake import epoch_ms
+from fleetward.gateway.websocket import gateway_of
+from fleetward.platform import Platform
+from fleetward.sim.command_guard import CommandGuard, GuardAction
+from support.commands import CommandWorld, RunningClock, command_world, reported
+
+
+@pytest.fixture
+def clock() -> RunningClock:
+    return RunningClock(T0)
+
+
+@pytest.fixture
+async def world(
+    platform: Platform, clock: RunningClock, free_port: int
+) -> AsyncIterator[CommandWorld]:
+    async with command_world(platform, clock, free_port) as running:
+        yield running
+
+
+class Recorder:
+    """Keeps every envelope the car's guard is handed, and every answer it gives."""
+
+    def __init__(self, guard: CommandGuard, *, swallow: bool = False) -> None:
+        """``swallow``: the answers never leave the car (a link lost on the way back)."""
+        self.frames: list[bytes] = []
+        self.answers: list[bytes] = []
+        original = guard.handle
+
+        async def handle(frame: bytes) -> Any:
+            self.frames.append(frame)
+            answer, outcome = await original(frame)
+            if answer is not None:
+                self.answers.append(answer)
+            return (None if swallow else answer), outcome
+
+        guard.handle = handle  # type: ignore[method-assign]
+
+
+async def unlocked(world: CommandWorld) -> tuple[CommandGuard, Recorder, str]:
+    """alice unlocks ALICE-1 (confirmed); the envelope and the answer were recorded."""
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    recorder = Recorder(guard)
+    await reported(world, "ALICE-1")
+    response = await world.command("alice", "ALICE-1", "unlock", key="env-1")
+    job_id = response.json()["id"]
+    final = await world.settle("alice", "ALICE-1", job_id)
+    assert final["state"] == "confirmed"
+    assert len(recorder.frames) == 1 and len(recorder.answers) == 1
+    return guard, recorder, job_id
+
+
+def envelope(world: CommandWorld, label: str, *, counter: int, expired: bool = False) -> bytes:
+    signer = commands_of(world.app).signer
+    now = epoch_ms(world.clock.now())
+    return seal_command(
+        CommandEnvelope(
+            vehicle_id=world.vehicles[label].id,
+            job_id="job_" + "a" * 26,
+            command="vehicle:unlock",
+            parameters={},
+            issued_at_ms=now - 60_000 if expired else now,
+            expires_at_ms=now - 30_000 if expired else now + 30_000,
+            counter=counter,
+            key_id=signer.key_id,
+        ),
+        signer,
+    )
+
+
+async def test_a_replayed_envelope_does_nothing(world: CommandWorld) -> None:
+    # Someone on the path (a broker, a gateway) sends the unlock again after the owner
+    # locked the car: the car answers with its first answer and stays locked.
+    guard, recorder, _job = await unlocked(world)
+    car = world.cars["ALICE-1"]
+    car.vehicle.set_locked(True)
+    answer, outcome = await guard.handle(recorder.frames[0])
+    assert outcome.action is GuardAction.RESENT
+    assert answer == recorder.answers[0]
+    assert car.vehicle.state.locked is True
+    assert guard.stats.acted == 1
+
+
+async def test_a_tampered_envelope_is_refused_unanswered(world: CommandWorld) -> None:
+    # A byte changed anywhere (here: the command name region) breaks the signature; the car
+    # neither acts nor signs anything about it.
+    guard, recorder, _job = await unlocked(world)
+    car = world.cars["ALICE-1"]
+    car.vehicle.set_locked(True)
+    frame = bytearray(recorder.frames[0])
+    frame[60] ^= 0x01
+    answer, outcome = await guard.handle(bytes(frame))
+    assert answer is None and outcome.action is GuardAction.REFUSED
+    assert car.vehicle.state.locked is True and guard.stats.acted == 1
+
+
+async def test_an_expired_envelope_is_refused(world: CommandWorld) -> None:
+    # A validly signed envelope held back past its deadline (a delayed or stored frame).
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    await reported(world, "ALICE-1")
+    answer, outcome = await guard.handle(envelope(world, "ALICE-1", counter=10**6, expired=True))
+    assert outcome.action is GuardAction.REFUSED and outcome.reason == "expired"
+    assert answer is not None  # a signed refusal: the platform may record it
+    assert world.cars["ALICE-1"].vehicle.state.locked is True and guard.stats.acted == 0
+
+
+async def test_an_envelope_for_another_vehicle_is_refused(world: CommandWorld) -> None:
+    # A validly signed envelope for MALLORY-1 routed to ALICE-1 (a routing fault or attack).
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    await reported(world, "ALICE-1")
+    answer, outcome = await guard.handle(envelope(world, "MALLORY-1", counter=10**6))
+    assert answer is None and outcome.reason == "wrong-vehicle"
+    assert world.cars["ALICE-1"].vehicle.state.locked is True and guard.stats.acted == 0
+
+
+async def test_an_envelope_without_the_command_key_is_refused(world: CommandWorld) -> None:
+    # A compromised broker forges an envelope under the platform's key id with its own key.
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    await reported(world, "ALICE-1")
+    real = commands_of(world.app).signer
+    forger = CommandSigner(ed25519.Ed25519PrivateKey.generate())
+    forger._key_id = real.key_id  # claims to be the platform's key
+    now = epoch_ms(world.clock.now())
+    unsigned = CommandEnvelope(
+        vehicle_id=world.vehicles["ALICE-1"].id,
+        job_id="job_" + "b" * 26,
+        command="vehicle:unlock",
+        parameters={},
+        issued_at_ms=now,
+        expires_at_ms=now + 30_000,
+        counter=10**6,
+        key_id=forger.key_id,
+    )
+    answer, outcome = await guard.handle(seal_command(unsigned, forger))
+    assert answer is None and outcome.action is GuardAction.REFUSED
+    assert outcome.reason == "bad-signature"
+    assert world.cars["ALICE-1"].vehicle.state.locked is True and guard.stats.acted == 0
+
+
+async def test_a_replayed_answer_changes_nothing_on_the_platform(world: CommandWorld) -> None:
+    # The car's signed answer sent again (by the car or anyone on the path): the job is
+    # already settled, so the platform refuses it and records the refusal.
+    _guard, recorder, job_id = await unlocked(world)
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
+    assert live is not None
+    await commands_of(world.app).dispatcher.on_result(live, recorder.answers[0])
+    final = await world.job("alice", "ALICE-1", job_id)
+    assert final["state"] == "confirmed"
+    async with world.platform.unit_of_work() as uow:
+        refused = list(
+            await uow.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
+                )
+            )
+        )
+    assert [r.reason for r in refused] == ["not-awaiting-an-answer"]
+
+
+async def test_a_forged_answer_is_refused(world: CommandWorld) -> None:
+    # An answer not signed by the device's key (a verdict changed on the way): refused while
+    # the job awaits its answer, which then still counts when it arrives intact.
+    await reported(world, "ALICE-1")
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    recorder = Recorder(guard, swallow=True)
+    response = await world.command("alice", "ALICE-1", "lock", key="forge-1")
+    job_id = response.json()["id"]
+    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
+    for _ in range(100):
+        if recorder.answers:
+            break
+        await asyncio.sleep(0.02)
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
+    assert live is not None
+    dispatcher = commands_of(world.app).dispatcher
+    forged = bytearray(recorder.answers[0])
+    forged[-10] ^= 0x01  # inside the signature
+    await dispatcher.on_result(live, bytes(forged))
+    assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
+    await dispatcher.on_result(live, recorder.answers[0])
+    assert (await world.job("alice", "ALICE-1", job_id))["state"] == "executed"
+    async with world.platform.unit_of_work() as uow:
+        reasons = list(
+            await uow.session.scalars(
+                select(AuditRecord.reason).where(
+                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
+                )
+            )
+        )
+    assert reasons == ["bad-signature"]
