@@ -41,10 +41,22 @@ from fleetward.gateway.session import Transport
 from fleetward.platform import Platform
 from fleetward.sim.command_guard import CommandGuard
 from fleetward.sim.commands import SimCommandExecutor
+from fleetward.sim.frames import encode_payload
+from fleetward.sim.mqtt import MqttSimTransport
 from fleetward.sim.vehicle import SimVehicle
+from fleetward.telemetry.envelope import open_reply, seal
+from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import TelemetryMessage
 from support.commands import RunningClock
-from support.mqtt_commands import WAIT_S, MqttCommandWorld, mqtt_command_world, publish_reason
+from support.mosquitto import HOST
+from support.mqtt_commands import (
+    CONFIG,
+    SOFTWARE,
+    WAIT_S,
+    MqttCommandWorld,
+    mqtt_command_world,
+    publish_reason,
+)
 
 NOT_AUTHORIZED = "Not authorized"
 REFUSED = EventName.COMMAND_RESULT_REFUSED
@@ -264,3 +276,64 @@ async def test_a_tampered_result_is_refused_and_the_job_waits_for_the_genuine_on
     # The envelope the device answered is the one the platform recorded as delivered.
     job = await delivered_job(running, job_id)
     assert job.envelope_digest == envelope_digest(envelope).hex()
+
+
+async def test_an_idle_simulator_link_waits_for_commands_past_its_reply_timeout(
+    world: MqttCommandWorld, tmp_path: Path
+) -> None:
+    # The simulator's reader waits on its link between ticks: with no frame in flight the
+    # reply timeout does not run, so a quiet vehicle still gets its commands; a frame sent
+    # afterwards gets its reply as before, and the result in between expects none.
+    running = world
+    label = "DAVE-1"
+    credentials = running.credentials[label]
+    reply_timeout = 0.2
+    transport = MqttSimTransport(
+        HOST,
+        running.broker.layout.device_port,
+        server_id=running.gateway.server_id,
+        broker_ca=running.broker.broker_ca,
+        credentials_dir=tmp_path / "idle-tcu",
+        reply_timeout_s=reply_timeout,
+    )
+    link = await transport.open(
+        credentials, software_version=SOFTWARE, vehicle_config=CONFIG, now=running.world.clock.now
+    )
+    try:
+        waiting = asyncio.ensure_future(link.receive())
+        await asyncio.sleep(reply_timeout * 5)
+        assert not waiting.done()  # idle, not timed out
+        response = await running.world.command("dave", label, "horn_lights")
+        assert response.status_code == 202, response.text
+        async with asyncio.timeout(WAIT_S):
+            envelope = await waiting
+        assert envelope[:1] == bytes([COMMAND_TYPE])
+        guard = CommandGuard(
+            vehicle_id=credentials.vehicle_id,
+            device_id=credentials.device_id,
+            device_key=credentials.key,
+            trusted_keys=credentials.command_keys,
+            clock=running.world.clock.now,
+            receiver=SimCommandExecutor(SimVehicle(seed=3)),
+        )
+        answer, _outcome = await guard.handle(envelope)
+        assert answer is not None
+        await link.send(answer)
+        final = await running.world.settle(
+            "dave", label, response.json()["id"], until={"executed", "confirmed", "failed"}
+        )
+        assert final["state"] in {"executed", "confirmed"}, final
+        await asyncio.sleep(reply_timeout * 2)  # the result awaits no reply
+        now_ms = int(running.world.clock.now().timestamp() * 1000)
+        frame = seal(
+            link.session_key,
+            encode_payload(SimVehicle(seed=3).signals()),
+            counter=1,
+            sequence=1,
+            device_time_ms=now_ms,
+        )
+        await link.send(frame)
+        reply = open_reply(link.session_key, await link.receive())
+        assert reply.status is Status.ACCEPTED
+    finally:
+        await link.close()
