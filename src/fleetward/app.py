@@ -18,6 +18,7 @@ from fleetward.abuse.runtime import QuotaRuntime
 from fleetward.api import (
     admin,
     appointments,
+    bulk_commands,
     cases,
     commands,
     consents,
@@ -69,6 +70,7 @@ _OBJECT_MODULES = (
     ota,
     tenancy,
     commands,
+    bulk_commands,
 )
 
 

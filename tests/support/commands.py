@@ -122,7 +122,7 @@ class CommandWorld:
         return self.platform.identity.tokens.issue(
             subject=user.id,
             client_id=client_id or CLIENT_OF[surface],
-            tenant=self.tenants[HOME[who]].id,
+            tenant=user.home_tenant_id,
             surface=surface,
             scopes=sorted(scopes) if scopes is not None else _all_scopes(),
             auth_time=now - auth_age,
@@ -153,8 +153,9 @@ class CommandWorld:
         )
 
     async def job(
-        self, who: str, label: str, job_id: str, surface: Surface = Surface.MOBILE
+        self, who: str, label: str, job_id: str, surface: Surface | None = None
     ) -> dict[str, Any]:
+        surface = surface or _surface_of(who)
         response = await self.http.get(
             f"/{surface.value}/v1/vehicles/{self.vehicles[label].id}/commands/{job_id}",
             headers={"authorization": f"Bearer {self.token(who, surface)}"},
@@ -171,18 +172,27 @@ class CommandWorld:
         *,
         until: set[str] | None = None,
         within: float = 10,
+        surface: Surface | None = None,
     ) -> dict[str, Any]:
         """The job once it reaches one of ``until`` (terminal states by default)."""
         wanted = until or TERMINAL
         deadline = time.monotonic() + within
         while True:
-            body = await self.job(who, label, job_id)
+            body = await self.job(who, label, job_id, surface)
             if body["state"] in wanted or time.monotonic() > deadline:
                 return body
             await asyncio.sleep(0.05)
 
     async def sweep(self) -> None:
         await commands_of(self.app).dispatcher.sweep()
+
+
+def _surface_of(who: str) -> Surface:
+    return (
+        Surface.FLEET
+        if HOME.get(who, "acme-logistics") in {"acme-logistics", "globex"}
+        else Surface.MOBILE
+    )
 
 
 def _all_scopes() -> list[str]:

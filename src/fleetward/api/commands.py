@@ -56,6 +56,7 @@ from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import (
     CommandService,
+    Grant,
     NewCommand,
     Replayed,
     replay,
@@ -164,8 +165,7 @@ async def _create_once(
 
         service = CommandService(ctx, decide=decide, quotas=runtime.quotas, config=runtime.config)
         job, chain = await service.create(
-            caller.claims,
-            caller.surface,
+            Grant.of(caller.claims, caller.surface),
             NewCommand(
                 vehicle_id=vehicle_id,
                 spec=spec,

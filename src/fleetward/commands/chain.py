@@ -28,6 +28,8 @@ class Link(StrEnum):
     VEHICLE_STATE = "vehicle_state"
     CONFLICT = "conflict"
     QUOTA = "quota"
+    # A bulk request above the approval threshold: a second fleet admin's approval.
+    APPROVAL = "approval"
     COMMAND_SERVICE = "command_service"
     VEHICLE = "vehicle"
     # Checked again when the job is about to be delivered.

@@ -10,9 +10,8 @@ from fleetward.abuse.errors import QuotaStoreDown, TooManyTargets
 from fleetward.abuse.policy import Degrade
 from fleetward.abuse.runtime import QuotaRuntime
 from fleetward.commands.families import CommandSpec
-from fleetward.commands.service import QuotaAnswer
+from fleetward.commands.service import Grant, QuotaAnswer
 from fleetward.core.clock import Clock
-from fleetward.identity.tokens import AccessTokenClaims
 from fleetward.observability.logging import get_logger
 
 logger = get_logger(__name__)
@@ -25,16 +24,14 @@ class AbuseCommandQuotas:
         self._runtime = runtime
         self._clock = clock
 
-    async def charge(
-        self, claims: AccessTokenClaims, spec: CommandSpec, vehicle_ids: list[str]
-    ) -> QuotaAnswer:
+    async def charge(self, grant: Grant, spec: CommandSpec, vehicle_ids: list[str]) -> QuotaAnswer:
         now = self._clock.now()
         try:
             plan = self._runtime.policy.plan(
-                tenant=claims.tenant,
-                client=claims.client_id,
+                tenant=grant.tenant,
+                client=grant.client_id,
                 now=now,
-                user=claims.sub if claims.sub_type == "user" else None,
+                user=grant.sub if grant.sub_type == "user" else None,
                 vehicles=vehicle_ids,
                 command=spec.permission,
             )

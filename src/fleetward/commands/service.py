@@ -47,6 +47,36 @@ class Replayed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Grant:
+    """Who asks and under what token: as the verified token said it, or as a bulk request
+    stored it for the jobs it creates later (after a second approval)."""
+
+    sub: str
+    sub_type: str
+    client_id: str
+    token_id: str | None
+    tenant: str
+    scopes: frozenset[str]
+    acr: str
+    auth_time: datetime
+    surface: Surface
+
+    @classmethod
+    def of(cls, claims: AccessTokenClaims, surface: Surface) -> Grant:
+        return cls(
+            sub=claims.sub,
+            sub_type=claims.sub_type,
+            client_id=claims.client_id,
+            token_id=claims.jti,
+            tenant=claims.tenant,
+            scopes=claims.scopes,
+            acr=claims.acr,
+            auth_time=claims.authenticated_at,
+            surface=surface,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaAnswer:
     allowed: bool
     reason: str = "ok"
@@ -59,7 +89,7 @@ class CommandQuotas(Protocol):
     quota store is a refusal (commands fail closed)."""
 
     async def charge(
-        self, claims: AccessTokenClaims, spec: CommandSpec, vehicle_ids: list[str]
+        self, grant: Grant, spec: CommandSpec, vehicle_ids: list[str]
     ) -> QuotaAnswer: ...
 
 
@@ -69,6 +99,11 @@ class CommandConfig:
     state_max_age: timedelta = timedelta(seconds=120)
     # How long after its deadline a delivered, unanswered job becomes outcome_unknown.
     answer_grace: timedelta = timedelta(seconds=5)
+    # Bulk: the most vehicles one request may target, how many it may target before a second
+    # fleet admin must approve it, and how long a request waits for that approval.
+    max_bulk: int = 500
+    approval_threshold: int = 25
+    approval_window: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +198,16 @@ class CommandService:
 
     async def create(
         self,
-        claims: AccessTokenClaims,
-        surface: Surface,
+        grant: Grant,
         new: NewCommand,
         *,
         tenant_id: str,
-        quota_charged: bool = False,
+        prejudged: Chain | None = None,
     ) -> tuple[CommandJob, Chain]:
-        """Create the job and judge it link by link. ``quota_charged``: the caller (a bulk
-        request) already charged every target. The caller commits."""
+        """Create the job and judge it link by link. ``prejudged``: a bulk request's links up
+        to the region (decided for every vehicle when it was asked for, and its quota charged
+        for all of them); the state and conflict links are still this job's. The caller
+        commits."""
         ctx = self._ctx
         now = ctx.clock.now()
         spec = new.spec
@@ -183,24 +219,24 @@ class CommandService:
             command=spec.permission.value,
             parameters=dict(new.parameters),
             state=JobState.REQUESTED,
-            requested_by=claims.sub,
-            client_id=claims.client_id,
+            requested_by=grant.sub,
+            client_id=grant.client_id,
             created_at=now,
             expires_at=now + lifetime,
             updated_at=now,
             idempotency_key=None,
             request_hash=new.request_hash,
-            surface=surface.value,
-            subject_type=claims.sub_type,
-            token_id=claims.jti,
-            token_tenant_id=claims.tenant,
-            token_scopes=sorted(claims.scopes),
-            acr=claims.acr,
-            auth_time=claims.authenticated_at,
+            surface=grant.surface.value,
+            subject_type=grant.sub_type,
+            token_id=grant.token_id,
+            token_tenant_id=grant.tenant,
+            token_scopes=sorted(grant.scopes),
+            acr=grant.acr,
+            auth_time=grant.auth_time,
             bulk_id=new.bulk_id,
         )
         jobs.start(ctx.session, ctx.audit, job, at=now, actor=jobs.requester(job))
-        chain = await self._judge(claims, surface, new, now, quota_charged=quota_charged)
+        chain = await self._judge(grant, new, now, prejudged)
         job.chain = list(chain.links)
         actor = jobs.requester(job)
         if not chain.held:
@@ -225,26 +261,23 @@ class CommandService:
         return job, chain
 
     async def _judge(
-        self,
-        claims: AccessTokenClaims,
-        surface: Surface,
-        new: NewCommand,
-        now: datetime,
-        *,
-        quota_charged: bool,
+        self, grant: Grant, new: NewCommand, now: datetime, prejudged: Chain | None
     ) -> Chain:
-        chain = Chain()
         spec = new.spec
-        await self._client_link(chain, claims, surface, spec.permission)
-        if not chain.held:
-            return chain
-        if claims.sub_type != "user":
-            chain.fail(Link.USER, "not-a-person")
-            return chain
-        decision = await self._decide(spec.permission, new.vehicle_id)
-        self._pdp_links(chain, decision)
-        if not chain.held:
-            return chain
+        if prejudged is not None:
+            chain = Chain(list(prejudged.links))
+        else:
+            chain = Chain()
+            await self._client_link(chain, grant, spec.permission)
+            if not chain.held:
+                return chain
+            if grant.sub_type != "user":
+                chain.fail(Link.USER, "not-a-person")
+                return chain
+            decision = await self._decide(spec.permission, new.vehicle_id)
+            self._pdp_links(chain, decision)
+            if not chain.held:
+                return chain
         needs = spec.needs_for(new.parameters)
         if needs is None:
             chain.ok(Link.VEHICLE_STATE, "no precondition")
@@ -265,7 +298,7 @@ class CommandService:
             if busy is not None:
                 if (
                     new.idempotency_key is not None
-                    and busy.requested_by == claims.sub
+                    and busy.requested_by == grant.sub
                     and busy.idempotency_key == new.idempotency_key
                 ):
                     # This request's own copy, committed by a concurrent twin meanwhile.
@@ -273,10 +306,10 @@ class CommandService:
                 chain.fail(Link.CONFLICT, "security-command-in-flight")
                 return chain
             chain.ok(Link.CONFLICT, "no security command in flight")
-        if quota_charged:
+        if prejudged is not None:
             chain.ok(Link.QUOTA, "charged by the bulk request")
             return chain
-        answer = await self._quotas.charge(claims, spec, [new.vehicle_id])
+        answer = await self._quotas.charge(grant, spec, [new.vehicle_id])
         if answer.allowed:
             chain.ok(Link.QUOTA, answer.reason)
         else:
@@ -284,34 +317,44 @@ class CommandService:
             chain.retry_after_s = answer.retry_after_s
         return chain
 
-    async def _client_link(
-        self, chain: Chain, claims: AccessTokenClaims, surface: Surface, permission: Permission
-    ) -> None:
-        client = await self._ctx.session.get(Client, claims.client_id)
-        if client is None:
-            chain.fail(Link.CLIENT, "unregistered-client")
-        elif client.disabled_at is not None:
-            chain.fail(Link.CLIENT, "client-disabled")
-        elif surface.value not in client.surfaces:
-            chain.fail(Link.CLIENT, "client-not-for-surface")
-        elif permission.value not in client.scopes:
-            chain.fail(Link.CLIENT, "client-not-approved-for-command")
-        else:
-            chain.ok(Link.CLIENT, client.id)
+    async def _client_link(self, chain: Chain, grant: Grant, permission: Permission) -> None:
+        await client_link(self._ctx, chain, grant, permission)
 
     @staticmethod
     def _pdp_links(chain: Chain, decision: Decision) -> None:
-        if decision.allowed:
-            for link in PDP_LINKS:
-                chain.ok(link, decision.reason.value)
-            return
-        failed = link_of(decision.reason)
-        if failed is Link.RELATIONSHIP and decision.reason is Reason.NO_RELATIONSHIP:
-            # The caller sees the vehicle (the route checked), so a relationship exists; it
-            # just does not carry this command (a driver without the family delegated).
-            failed = Link.PERMISSION
+        pdp_links(chain, decision)
+
+
+async def client_link(
+    ctx: ServiceContext, chain: Chain, grant: Grant, permission: Permission
+) -> None:
+    """The approved-client link: registered, enabled, for this surface and this command."""
+    client = await ctx.session.get(Client, grant.client_id)
+    if client is None:
+        chain.fail(Link.CLIENT, "unregistered-client")
+    elif client.disabled_at is not None:
+        chain.fail(Link.CLIENT, "client-disabled")
+    elif grant.surface.value not in client.surfaces:
+        chain.fail(Link.CLIENT, "client-not-for-surface")
+    elif permission.value not in client.scopes:
+        chain.fail(Link.CLIENT, "client-not-approved-for-command")
+    else:
+        chain.ok(Link.CLIENT, client.id)
+
+
+def pdp_links(chain: Chain, decision: Decision) -> None:
+    """The links a PDP decision establishes, or the one it breaks."""
+    if decision.allowed:
         for link in PDP_LINKS:
-            if link is failed:
-                chain.fail(link, decision.reason.value)
-                return
-            chain.ok(link, "held")
+            chain.ok(link, decision.reason.value)
+        return
+    failed = link_of(decision.reason)
+    if failed is Link.RELATIONSHIP and decision.reason is Reason.NO_RELATIONSHIP:
+        # The caller sees the vehicle (the route checked), so a relationship exists; it
+        # just does not carry this command (a driver without the family delegated).
+        failed = Link.PERMISSION
+    for link in PDP_LINKS:
+        if link is failed:
+            chain.fail(link, decision.reason.value)
+            return
+        chain.ok(link, "held")

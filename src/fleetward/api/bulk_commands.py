@@ -1,0 +1,404 @@
+"""Bulk commands on the fleet surface (``commands.bulk``): ask, read, approve, reject.
+
+Every vehicle id in the body is checked like a path id: one the caller may not command
+refuses the whole request, as the same 404 an unknown id gets, and nothing is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Final
+
+from fastapi import Depends, Header, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from fleetward.api.auth import Caller, StepUp, _challenge, authenticate
+from fleetward.api.authorize import NotPermitted, not_found
+from fleetward.api.commands import OWNER, CommandBody, idempotency_key
+from fleetward.api.objects import object_entry, platform_of
+from fleetward.api.routing import surface_router
+from fleetward.authz.decision import (
+    AuthzRequest,
+    Decision,
+    Reason,
+    ResourceKind,
+    ResourceRef,
+    audit_decision,
+)
+from fleetward.authz.entities import SessionRelations
+from fleetward.authz.permissions import Permission
+from fleetward.catalog.entry import CatalogEntry, DataClass, Impact, catalogued
+from fleetward.commands import bulk as bulks
+from fleetward.commands.chain import Chain, Link, link_of
+from fleetward.commands.errors import (
+    BadCommandParameters,
+    BulkRejected,
+    CommandRejectedQuota,
+    IdempotencyKeyReused,
+)
+from fleetward.commands.families import COMMANDS, BadParameters, validate_parameters
+from fleetward.commands.models import BulkState, CommandBulk, CommandJob, JobState
+from fleetward.commands.runtime import CommandRuntime, commands_of
+from fleetward.commands.service import CommandService, Grant, client_link
+from fleetward.core.errors import Unauthenticated
+from fleetward.core.surfaces import Surface
+from fleetward.services import ServiceContext
+from fleetward.vehicles.models import FleetGroup, GroupVehicle, Vehicle
+
+_STEP_UP: Final = StepUp()
+_HARD_CAP: Final = 10_000  # what the body may hold at all; the configured cap is lower
+_BULK: Final = Permission.FLEET_BULK_COMMAND
+
+
+class BulkBody(CommandBody):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    command: str = Field(min_length=1, max_length=32)
+    vehicle_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=_HARD_CAP
+    )
+    # An operator's bulk request names the group it is for (their permission is per group).
+    group_id: str | None = Field(default=None, max_length=64)
+
+
+class BulkJobView(BaseModel):
+    vehicle_id: str
+    job_id: str
+    state: str
+    rejected_link: str | None
+
+
+class BulkView(BaseModel):
+    id: str
+    command: str
+    state: str
+    vehicles: int
+    requested_by_me: bool
+    approved: bool
+    approval_expires_at: datetime
+    jobs: list[BulkJobView]
+
+
+class BulkStepUp(Unauthenticated):
+    code = "insufficient-user-authentication"
+    title = "Stronger or more recent authentication required"
+
+
+def _entry(purpose: str, rate: int = 5) -> CatalogEntry:
+    return object_entry(
+        Surface.FLEET,
+        purpose,
+        _BULK,
+        DataClass.VEHICLE_STATE,
+        owner=OWNER,
+        objects=("bulk_command", "vehicle", "command_job"),
+        tags=("commands",),
+        impact=frozenset({Impact.SAFETY, Impact.PRIVACY}),
+        rate=rate,
+    )
+
+
+async def _decide(
+    request: Request,
+    caller: Caller,
+    ctx: ServiceContext,
+    action: Permission,
+    resources: Sequence[ResourceRef],
+    command: Permission | None,
+) -> list[Decision]:
+    """Decisions (audited in ``ctx``'s transaction); any PDP failure denies."""
+    platform = platform_of(request)
+    now = platform.clock.now()
+    asks = [
+        AuthzRequest.from_claims(
+            caller.claims, caller.surface, action, resource, now=now, command=command
+        )
+        for resource in resources
+    ]
+    try:
+        decisions = await platform.pdp.bind(SessionRelations(ctx.session)).decide_many(asks)
+    except Exception:  # fail closed
+        decisions = [Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version) for _ in asks]
+    for ask, decision in zip(asks, decisions, strict=True):
+        audit_decision(platform.audit, ctx.session, ask, decision)
+    return decisions
+
+
+def _refusal(decisions: Sequence[Decision], *, on_vehicles: bool) -> Exception:
+    reasons = [d.reason for d in decisions if not d.allowed]
+    if Reason.STEP_UP_REQUIRED in reasons:
+        return BulkStepUp(
+            "bulk commands need a recent multi-factor sign-in",
+            reason="step-up",
+            headers=_challenge(
+                "Bearer",
+                "insufficient_user_authentication",
+                "a stronger or more recent authentication is required",
+                acr_values=_STEP_UP.acr.value,
+                max_age=str(int(_STEP_UP.max_age.total_seconds())),
+            ),
+        )
+    if on_vehicles and any(link_of(r) is Link.RELATIONSHIP for r in reasons):
+        return not_found()  # a vehicle not theirs: the same answer as an unknown id
+    return NotPermitted("this bulk command is not permitted to the caller", reason=reasons[0])
+
+
+async def _bulk_target(ctx: ServiceContext, caller: Caller, group_id: str | None) -> ResourceRef:
+    if group_id is None:
+        return ResourceRef(ResourceKind.TENANT, caller.claims.tenant)
+    group = await ctx.session.get(FleetGroup, group_id)
+    if group is None:
+        raise not_found()
+    return ResourceRef(ResourceKind.FLEET_GROUP, group.id)
+
+
+async def _in_group(ctx: ServiceContext, group_id: str, vehicle_ids: Sequence[str]) -> bool:
+    now = ctx.clock.now()
+    members = set(
+        await ctx.session.scalars(
+            select(GroupVehicle.vehicle_id).where(
+                GroupVehicle.group_id == group_id,
+                GroupVehicle.vehicle_id.in_(list(vehicle_ids)),
+                GroupVehicle.valid_from <= now,
+                (GroupVehicle.valid_until.is_(None)) | (GroupVehicle.valid_until > now),
+            )
+        )
+    )
+    return members == set(vehicle_ids)
+
+
+async def _view(ctx: ServiceContext, bulk: CommandBulk, caller: Caller) -> BulkView:
+    rows = await ctx.session.scalars(
+        select(CommandJob).where(CommandJob.bulk_id == bulk.id).order_by(CommandJob.vehicle_id)
+    )
+    return BulkView(
+        id=bulk.id,
+        command=bulk.command,
+        state=bulk.state.value,
+        vehicles=len(bulk.vehicle_ids),
+        requested_by_me=bulk.requested_by == caller.claims.sub,
+        approved=bulk.approved_by is not None,
+        approval_expires_at=bulk.approval_expires_at,
+        jobs=[
+            BulkJobView(
+                vehicle_id=j.vehicle_id,
+                job_id=j.id,
+                state=j.state.value,
+                rejected_link=j.rejected_link,
+            )
+            for j in rows
+        ],
+    )
+
+
+def _service(ctx: ServiceContext, runtime: CommandRuntime) -> CommandService:
+    async def no_decide(permission: Permission, vehicle_id: str) -> Decision:
+        raise RuntimeError("bulk jobs are prejudged")  # never called: prejudged chains
+
+    return CommandService(ctx, decide=no_decide, quotas=runtime.quotas, config=runtime.config)
+
+
+def _notify(runtime: CommandRuntime, jobs: Sequence[CommandJob]) -> None:
+    for job in jobs:
+        if job.state is JobState.QUEUED:
+            runtime.dispatcher.notify(job.vehicle_id)
+
+
+async def _tenants(ctx: ServiceContext, vehicle_ids: Sequence[str]) -> dict[str, str]:
+    rows = await ctx.session.execute(
+        select(Vehicle.id, Vehicle.tenant_id).where(Vehicle.id.in_(list(vehicle_ids)))
+    )
+    return {vid: tenant for vid, tenant in rows}
+
+
+router = surface_router(Surface.FLEET)
+_FLEET = Depends(authenticate(Surface.FLEET))
+
+
+@router.post("/bulk-commands", name="fleet:bulk-commands:create", status_code=202)
+@catalogued(_entry("one command to many vehicles of the fleet: a job per vehicle"))
+async def create_bulk(
+    body: BulkBody,
+    request: Request,
+    response: Response,
+    caller: Caller = _FLEET,
+    idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> BulkView:
+    key = idempotency_key(idempotency)
+    runtime = commands_of(request.app)
+    config = runtime.config
+    spec = COMMANDS.get(body.command)
+    if spec is None:
+        raise BadCommandParameters("unknown command", reason="command")
+    try:
+        parameters = validate_parameters(spec, body.parameters)
+    except BadParameters as bad:
+        raise BadCommandParameters(
+            f"parameter {bad.field}: {bad.problem}", reason="parameters", extra={"field": bad.field}
+        ) from None
+    ids = tuple(body.vehicle_ids)
+    if len(ids) > config.max_bulk:
+        raise BulkRejected(
+            f"at most {config.max_bulk} vehicles per bulk command",
+            reason="over-cap",
+            extra={"max": config.max_bulk},
+        )
+    if len(set(ids)) != len(ids):
+        raise BulkRejected("a vehicle is named twice", reason="duplicate-vehicle")
+    if caller.claims.sub_type != "user":
+        raise NotPermitted("bulk commands are asked for by people", reason="not-a-person")
+    ask = bulks.BulkAsk(spec, parameters, ids, body.group_id, key, body.ttl_seconds)
+    grant = Grant.of(caller.claims, caller.surface)
+    platform = platform_of(request)
+    async with platform.services() as (uow, ctx):
+        existing = await ctx.session.scalar(
+            select(CommandBulk).where(
+                CommandBulk.requested_by == grant.sub, CommandBulk.idempotency_key == key
+            )
+        )
+        if existing is not None:
+            if existing.request_hash != bulks.bulk_hash(ask):
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for a different request", reason="different-body"
+                )
+            response.headers["Idempotency-Replayed"] = "true"
+            return await _view(ctx, existing, caller)
+        chain = Chain()
+        await client_link(ctx, chain, grant, _BULK)
+        await client_link(ctx, chain, grant, spec.permission)
+        if not chain.held:
+            raise NotPermitted("the client may not send this bulk command", reason=chain.reason)
+        target = await _bulk_target(ctx, caller, body.group_id)
+        (on_fleet,) = await _decide(request, caller, ctx, _BULK, [target], spec.permission)
+        tenants = await _tenants(ctx, ids)
+        in_group = body.group_id is None or await _in_group(ctx, body.group_id, ids)
+        each = await _decide(
+            request, caller, ctx, spec.permission, [ResourceRef.vehicle(v) for v in ids], None
+        )
+        refused = [d for d in (on_fleet, *each) if not d.allowed]
+        if len(tenants) != len(ids) or not in_group or refused:
+            await uow.commit()  # the decisions' audit records
+            if refused:
+                raise _refusal(refused, on_vehicles=on_fleet.allowed)
+            raise not_found()
+        answer = await runtime.quotas.charge(grant, spec, list(ids))
+        if not answer.allowed:
+            await uow.commit()
+            raise CommandRejectedQuota(
+                "the bulk command is over quota",
+                reason=answer.reason,
+                headers={"Retry-After": str(max(1, answer.retry_after_s))},
+            )
+        needs_approval = len(ids) > config.approval_threshold
+        bulk = bulks.new_bulk(ctx, grant, ask, config, needs_approval=needs_approval)
+        created: list[CommandJob] = []
+        if not needs_approval:
+            created = await bulks.dispatch(
+                ctx,
+                bulk,
+                spec,
+                _service(ctx, runtime),
+                tenants=tenants,
+                reason=on_fleet.reason.value,
+                ttl_seconds=body.ttl_seconds,
+            )
+        await uow.commit()
+        view = await _view(ctx, bulk, caller)
+    _notify(runtime, created)
+    response.headers["Location"] = f"/fleet/v1/bulk-commands/{bulk.id}"
+    return view
+
+
+async def _visible_bulk(
+    request: Request, caller: Caller, ctx: ServiceContext, bulk_id: str
+) -> CommandBulk:
+    bulk = await ctx.session.get(CommandBulk, bulk_id)
+    if bulk is None or bulk.tenant_id != caller.claims.tenant:
+        raise not_found()
+    return bulk
+
+
+@router.get("/bulk-commands/{bulk_id}", name="fleet:bulk-commands:read")
+@catalogued(_entry("a bulk command and the state of each of its jobs", rate=60))
+async def read_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
+    platform = platform_of(request)
+    async with platform.services() as (uow, ctx):
+        bulk = await _visible_bulk(request, caller, ctx, bulk_id)
+        if bulk.requested_by != caller.claims.sub:
+            target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
+            (decision,) = await _decide(
+                request, caller, ctx, _BULK, [target], Permission(bulk.command)
+            )
+            await uow.commit()
+            if not decision.allowed and decision.reason is not Reason.STEP_UP_REQUIRED:
+                raise not_found()
+        view = await _view(ctx, bulk, caller)
+    return view
+
+
+@router.post("/bulk-commands/{bulk_id}/approve", name="fleet:bulk-commands:approve")
+@catalogued(_entry("a second fleet admin approves a large bulk command: its jobs are created"))
+async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
+    platform = platform_of(request)
+    runtime = commands_of(request.app)
+    created: list[CommandJob] = []
+    async with platform.services() as (uow, ctx):
+        bulk = await _visible_bulk(request, caller, ctx, bulk_id)
+        target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
+        spec_permission = Permission(bulk.command)
+        (decision,) = await _decide(request, caller, ctx, _BULK, [target], spec_permission)
+        if not decision.allowed:
+            await uow.commit()
+            raise _refusal([decision], on_vehicles=False)
+        if bulk.requested_by == caller.claims.sub:
+            raise NotPermitted(
+                "a second fleet admin must approve it", reason="second-approver-required"
+            )
+        if bulk.state is not BulkState.AWAITING_APPROVAL:
+            raise BulkRejected(f"the bulk command is {bulk.state.value}", reason=bulk.state.value)
+        now = ctx.clock.now()
+        if now >= bulk.approval_expires_at:
+            bulks.reject(ctx, bulk, caller.claims.sub, "approval-expired")
+            await uow.commit()
+            raise BulkRejected("the approval window has passed", reason="approval-expired")
+        bulks.approve(ctx, bulk, caller.claims.sub, now)
+        spec = next(s for s in COMMANDS.values() if s.permission is spec_permission)
+        created = await bulks.dispatch(
+            ctx,
+            bulk,
+            spec,
+            _service(ctx, runtime),
+            tenants=await _tenants(ctx, bulk.vehicle_ids),
+            reason=decision.reason.value,
+        )
+        await uow.commit()
+        view = await _view(ctx, bulk, caller)
+    _notify(runtime, created)
+    return view
+
+
+@router.post("/bulk-commands/{bulk_id}/reject", name="fleet:bulk-commands:reject")
+@catalogued(_entry("the requester or another fleet admin turns a waiting bulk command down"))
+async def reject_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
+    platform = platform_of(request)
+    async with platform.services() as (uow, ctx):
+        bulk = await _visible_bulk(request, caller, ctx, bulk_id)
+        if bulk.requested_by != caller.claims.sub:
+            target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
+            (decision,) = await _decide(
+                request, caller, ctx, _BULK, [target], Permission(bulk.command)
+            )
+            if not decision.allowed:
+                await uow.commit()
+                raise _refusal([decision], on_vehicles=False)
+        if bulk.state is not BulkState.AWAITING_APPROVAL:
+            raise BulkRejected(f"the bulk command is {bulk.state.value}", reason=bulk.state.value)
+        bulks.reject(ctx, bulk, caller.claims.sub, "turned-down")
+        await uow.commit()
+        view = await _view(ctx, bulk, caller)
+    return view
+
+
+__all__ = ["router"]

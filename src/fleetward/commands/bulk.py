@@ -1,0 +1,188 @@
+"""Bulk commands: one fleet request, one job per vehicle.
+
+A bulk request needs ``fleet:bulk_command`` for the command it sends (on the fleet, or on
+one group for an operator), the command's own permission on every vehicle, and step-up; it
+names at most ``max_bulk`` vehicles, every one of which must be the caller's to command (one
+that is not refuses the whole request: nothing is created); it is charged against the quotas
+for every vehicle at once. Above ``approval_threshold`` vehicles it waits, without any job,
+for a second fleet admin (another person, in the same fleet, allowed the same bulk command,
+with a fresh step-up) to approve it within ``approval_window``; then, or at once below the
+threshold, one job per vehicle is created with the requester's grant and a chain whose links
+up to the region are the bulk decision's. Each job then meets its own vehicle-state and
+conflict links, and the delivery re-check like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from fleetward.audit.events import Decision as AuditVerdict
+from fleetward.audit.events import EventName
+from fleetward.audit.recorder import Actor, Target
+from fleetward.commands.chain import PDP_LINKS, Chain, Link
+from fleetward.commands.families import CommandSpec, ParameterValue
+from fleetward.commands.models import BulkState, CommandBulk, CommandJob
+from fleetward.commands.service import (
+    CommandConfig,
+    CommandService,
+    Grant,
+    NewCommand,
+    request_hash,
+)
+from fleetward.core.errors import JsonValue
+from fleetward.core.ids import new_id
+from fleetward.core.surfaces import Surface
+from fleetward.services import ServiceContext
+
+
+@dataclass(frozen=True, slots=True)
+class BulkAsk:
+    spec: CommandSpec
+    parameters: dict[str, ParameterValue]
+    vehicle_ids: tuple[str, ...]
+    group_id: str | None
+    idempotency_key: str
+    ttl_seconds: int | None
+
+
+def bulk_hash(ask: BulkAsk) -> str:
+    return request_hash(
+        ",".join(ask.vehicle_ids),
+        ask.spec,
+        {**ask.parameters, "ttl": ask.ttl_seconds, "group": ask.group_id},
+    )
+
+
+def new_bulk(
+    ctx: ServiceContext, grant: Grant, ask: BulkAsk, config: CommandConfig, *, needs_approval: bool
+) -> CommandBulk:
+    now = ctx.clock.now()
+    bulk = CommandBulk(
+        id=new_id("blk"),
+        tenant_id=grant.tenant,
+        command=ask.spec.permission.value,
+        parameters=dict(ask.parameters),
+        vehicle_ids=list(ask.vehicle_ids),
+        state=BulkState.AWAITING_APPROVAL if needs_approval else BulkState.DISPATCHED,
+        requested_by=grant.sub,
+        client_id=grant.client_id,
+        idempotency_key=ask.idempotency_key,
+        request_hash=bulk_hash(ask),
+        token_id=grant.token_id,
+        token_scopes=sorted(grant.scopes),
+        acr=grant.acr,
+        auth_time=grant.auth_time,
+        created_at=now,
+        approval_expires_at=now + config.approval_window,
+    )
+    ctx.session.add(bulk)
+    _record(ctx, bulk, EventName.BULK_COMMAND_REQUESTED, Actor.user(grant.sub, grant.tenant))
+    return bulk
+
+
+def grant_of(bulk: CommandBulk) -> Grant:
+    """The requester's grant, as the bulk request stored it."""
+    return Grant(
+        sub=bulk.requested_by,
+        sub_type="user",
+        client_id=bulk.client_id,
+        token_id=bulk.token_id,
+        tenant=bulk.tenant_id,
+        scopes=frozenset(bulk.token_scopes),
+        acr=bulk.acr,
+        auth_time=bulk.auth_time,
+        surface=Surface.FLEET,
+    )
+
+
+def prejudged(reason: str, approved_by: str | None) -> Chain:
+    """The links a bulk decision establishes for each of its jobs."""
+    chain = Chain()
+    chain.ok(Link.CLIENT, "bulk request")
+    for link in PDP_LINKS:
+        chain.ok(link, f"bulk:{reason}")
+    if approved_by is not None:
+        chain.ok(Link.APPROVAL, approved_by)
+    return chain
+
+
+async def dispatch(
+    ctx: ServiceContext,
+    bulk: CommandBulk,
+    spec: CommandSpec,
+    service: CommandService,
+    *,
+    tenants: dict[str, str],
+    reason: str,
+    ttl_seconds: int | None = None,
+) -> list[CommandJob]:
+    """One job per vehicle (``tenants``: vehicle id -> its tenant). The caller commits."""
+    grant = grant_of(bulk)
+    links = prejudged(reason, bulk.approved_by)
+    created: list[CommandJob] = []
+    for vehicle_id in bulk.vehicle_ids:
+        job, _chain = await service.create(
+            grant,
+            NewCommand(
+                vehicle_id=vehicle_id,
+                spec=spec,
+                parameters=dict(bulk.parameters),
+                idempotency_key=None,
+                request_hash=bulk.request_hash,
+                ttl=timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+                bulk_id=bulk.id,
+            ),
+            tenant_id=tenants[vehicle_id],
+            prejudged=links,
+        )
+        created.append(job)
+    bulk.state = BulkState.DISPATCHED
+    _record(
+        ctx,
+        bulk,
+        EventName.BULK_COMMAND_DISPATCHED,
+        Actor.system("command-service"),
+        {"jobs": len(created)},
+    )
+    return created
+
+
+def approve(ctx: ServiceContext, bulk: CommandBulk, approver: str, now: datetime) -> None:
+    bulk.approved_by = approver
+    bulk.approved_at = now
+    _record(ctx, bulk, EventName.BULK_COMMAND_APPROVED, Actor.user(approver, bulk.tenant_id))
+
+
+def reject(ctx: ServiceContext, bulk: CommandBulk, by: str, reason: str) -> None:
+    bulk.state = BulkState.REJECTED if reason != "approval-expired" else BulkState.EXPIRED
+    bulk.decided_reason = reason
+    _record(ctx, bulk, EventName.BULK_COMMAND_REJECTED, Actor.user(by, bulk.tenant_id), denied=True)
+
+
+def _record(
+    ctx: ServiceContext,
+    bulk: CommandBulk,
+    name: EventName,
+    actor: Actor,
+    extra: dict[str, JsonValue] | None = None,
+    *,
+    denied: bool = False,
+) -> None:
+    vehicles: Sequence[str] = bulk.vehicle_ids
+    ctx.audit.record(
+        ctx.session,
+        name,
+        actor=actor,
+        target=Target("bulk_command", bulk.id, bulk.tenant_id),
+        decision=AuditVerdict.DENIED if denied else AuditVerdict.ALLOWED,
+        reason=bulk.decided_reason,
+        details={
+            "command": bulk.command,
+            "vehicles": len(vehicles),
+            "requested_by": bulk.requested_by,
+            "approved_by": bulk.approved_by,
+            **(extra or {}),
+        },
+    )

@@ -1,0 +1,203 @@
+"""Bulk commands end to end: the fleet's simulated cars, real tokens, the real server.
+
+Each case: one comment on the threat or rule it covers; each asserts what the jobs ended as
+and what the cars did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from conftest import T0
+from fleetward.audit.recorder import Actor
+from fleetward.commands.models import CommandBulk
+from fleetward.commands.runtime import commands_of
+from fleetward.core.surfaces import Surface
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import Role
+from fleetward.platform import Platform
+from fleetward.vehicles.models import FleetGroup
+from support.commands import CommandWorld, RunningClock, command_world, reported
+
+CARS = ("ACME-N1", "ACME-N2")
+
+
+@pytest.fixture
+def clock() -> RunningClock:
+    return RunningClock(T0)
+
+
+@pytest.fixture
+async def world(
+    platform: Platform, clock: RunningClock, free_port: int
+) -> AsyncIterator[CommandWorld]:
+    async with command_world(platform, clock, free_port, cars=CARS) as running:
+        for label in CARS:
+            await reported(running, label)
+        yield running
+
+
+async def bulk(
+    world: CommandWorld,
+    who: str,
+    command: str,
+    labels: list[str] | None = None,
+    *,
+    ids: list[str] | None = None,
+    key: str = "b-1",
+    group: str | None = None,
+    **token: Any,
+) -> httpx.Response:
+    body: dict[str, Any] = {
+        "command": command,
+        "vehicle_ids": ids if ids is not None else [world.vehicles[x].id for x in labels or []],
+    }
+    if group is not None:
+        body["group_id"] = group
+    return await world.http.post(
+        "/fleet/v1/bulk-commands",
+        json=body,
+        headers={
+            "authorization": f"Bearer {world.token(who, Surface.FLEET, **token)}",
+            "idempotency-key": key,
+        },
+    )
+
+
+async def bulks(world: CommandWorld) -> int:
+    async with world.platform.unit_of_work() as uow:
+        count = await uow.session.scalar(select(func.count()).select_from(CommandBulk))
+    return int(count or 0)
+
+
+async def test_a_fleet_admin_unlocks_two_cars_in_one_request(world: CommandWorld) -> None:
+    # One request, one job per vehicle, each through the whole chain and each car acting.
+    response = await bulk(world, "erin", "unlock", list(CARS))
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert view["state"] == "dispatched" and len(view["jobs"]) == 2
+    for job in view["jobs"]:
+        label = next(x for x in CARS if world.vehicles[x].id == job["vehicle_id"])
+        final = await world.settle("erin", label, job["job_id"], surface=Surface.FLEET)
+        assert final["state"] == "confirmed", final
+        assert {c["link"] for c in final["chain"]} >= {"quota", "vehicle_state", "vehicle"}
+    for label in CARS:
+        assert world.cars[label].vehicle.state.locked is False
+        assert world.cars[label].acted() == 1
+
+
+async def test_over_the_cap_nothing_is_created(world: CommandWorld) -> None:
+    # A request aimed at more vehicles than one bulk command may carry is refused whole.
+    cap = commands_of(world.app).config.max_bulk
+    ids = [f"veh_{n:026d}" for n in range(cap + 1)]
+    response = await bulk(world, "erin", "lock", ids=ids)
+    assert response.status_code == 422 and response.json()["reason"] == "over-cap"
+    assert await bulks(world) == 0
+
+
+async def test_without_step_up_nothing_is_created(world: CommandWorld) -> None:
+    # Bulk commands need a recent multi-factor sign-in.
+    response = await bulk(world, "erin", "lock", list(CARS), auth_age=timedelta(minutes=10))
+    assert response.status_code == 401
+    assert "insufficient_user_authentication" in response.headers["www-authenticate"]
+    assert await bulks(world) == 0
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+
+
+async def test_a_vehicle_of_another_fleet_refuses_the_whole_request(world: CommandWorld) -> None:
+    # An id from another tenant slipped into the array: the same 404 as an unknown id.
+    response = await bulk(world, "erin", "lock", ["ACME-N1", "GLOBEX-1"])
+    assert response.status_code == 404
+    assert await bulks(world) == 0
+    assert world.cars["ACME-N1"].acted() == 0
+
+
+async def test_an_operator_commands_only_their_group(world: CommandWorld) -> None:
+    # frank is assigned to group north: a bulk lock there goes; a car of south does not.
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    outside = await bulk(world, "frank", "lock", ["ACME-N1", "ACME-S1"], group=north, key="f-1")
+    assert outside.status_code == 404
+    inside = await bulk(world, "frank", "lock", ["ACME-N1"], group=north, key="f-2")
+    assert inside.status_code == 202, inside.text
+    assert await bulks(world) == 1
+
+
+async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWorld) -> None:
+    # A large bulk unlock waits: no job, no car acts, the requester cannot approve it
+    # herself, an operator cannot; a second fleet admin with step-up can.
+    runtime = commands_of(world.app)
+    world.app.state.commands = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
+    )
+    response = await bulk(world, "erin", "unlock", list(CARS))
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert view["state"] == "awaiting_approval" and view["jobs"] == []
+    path = f"/fleet/v1/bulk-commands/{view['id']}/approve"
+    own = await world.http.post(path, headers=fleet_auth(world, "erin"))
+    assert own.status_code == 403 and own.json()["reason"] == "second-approver-required"
+    operator = await world.http.post(path, headers=fleet_auth(world, "frank"))
+    assert operator.status_code == 403
+    await second_admin(world)
+    stale = await world.http.post(
+        path, headers=fleet_auth(world, "olga", auth_age=timedelta(minutes=10))
+    )
+    assert stale.status_code == 401
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["state"] == "dispatched" and len(approved.json()["jobs"]) == 2
+    for job in approved.json()["jobs"]:
+        label = next(x for x in CARS if world.vehicles[x].id == job["vehicle_id"])
+        final = await world.settle("erin", label, job["job_id"], surface=Surface.FLEET)
+        assert final["state"] == "confirmed"
+        assert any(c["link"] == "approval" for c in final["chain"])
+    assert all(world.cars[x].vehicle.state.locked is False for x in CARS)
+    again = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert again.status_code == 422 and again.json()["reason"] == "dispatched"
+
+
+async def test_an_approval_after_its_window_is_refused(world: CommandWorld) -> None:
+    # A stale approval request cannot be approved a day later.
+    runtime = commands_of(world.app)
+    world.app.state.commands = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
+    )
+    response = await bulk(world, "erin", "lock", list(CARS))
+    await second_admin(world)
+    world.clock.advance(timedelta(hours=2))
+    late = await world.http.post(
+        f"/fleet/v1/bulk-commands/{response.json()['id']}/approve",
+        headers=fleet_auth(world, "olga"),
+    )
+    assert late.status_code == 422 and late.json()["reason"] == "approval-expired"
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+
+
+def fleet_auth(world: CommandWorld, who: str, **token: Any) -> dict[str, str]:
+    return {"authorization": f"Bearer {world.token(who, Surface.FLEET, **token)}"}
+
+
+async def second_admin(world: CommandWorld) -> None:
+    async with world.platform.services() as (uow, ctx):
+        directory = Directory(ctx)
+        acme = world.tenants["acme-logistics"]
+        olga = await directory.create_user(
+            "olga", "Olga", acme, password_hash=None, actor=Actor.system("test")
+        )
+        await directory.grant_membership(olga, acme, Role.FLEET_ADMIN, actor=Actor.system("t"))
+        await uow.commit()
+    world.users["olga"] = olga
+
+
+async def groups(world: CommandWorld) -> list[tuple[str, str]]:
+    async with world.platform.unit_of_work() as uow:
+        rows = await uow.session.execute(select(FleetGroup.id, FleetGroup.name))
+        return [(gid, name) for gid, name in rows]
