@@ -26,6 +26,7 @@ from fleetward.sim.transport import Endpoint, WebSocketTransport
 _log = get_logger("fleetward.sim")
 
 DEMO_CONFIG: Final = DriveConfig(messages=None, interval_s=2.0, step_s=2.0)
+GARAGED: Final = "ALICE-1"
 # A demo is stopped by its user; the fleet also stops by itself after this long.
 DEMO_MAX_DURATION_S: Final = 12 * 3600.0
 PROGRESS_EVERY_S: Final = 30.0
@@ -60,7 +61,12 @@ async def _run_fleet(platform: Platform) -> None:
     except Exception as exc:  # the platform keeps serving without a fleet
         _log.error("sim.provisioning_failed", error=type(exc).__name__)
         return
-    members = [FleetMember(device.label, device.credentials) for device in provisioned.devices]
+    # ALICE-1 is parked at home (so that alice can unlock it, warm it up, charge it); the
+    # rest of the fleet drives its loop.
+    members = [
+        FleetMember(device.label, device.credentials, garaged=device.label == GARAGED)
+        for device in provisioned.devices
+    ]
     if not members:
         _log.warning("sim.no_vehicles", skipped=len(provisioned.skipped))
         return

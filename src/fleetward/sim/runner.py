@@ -29,6 +29,8 @@ class FleetMember:
     label: str
     credentials: DeviceCredentials
     fault: Fault | None = None
+    # Parked at home and staying there (the demo's commandable car).
+    garaged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,7 @@ class FleetRunner:
         # The foreign fault names the next vehicle of the fleet: a real, other vehicle.
         other = self._members[(n + 1) % len(self._members)]
         return VehicleDriver(
-            SimVehicle(seed=self._seed * 1_000_003 + n),
+            SimVehicle(seed=self._seed * 1_000_003 + n, garaged=member.garaged),
             member.credentials,
             self._transport,
             self._config,

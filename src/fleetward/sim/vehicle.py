@@ -77,6 +77,8 @@ class VehicleState:
     leg: int = 0  # index of the waypoint the vehicle heads to
     since_stop_km: float = 0.0
     parked_s: float = 0.0
+    # The charging cable is connected (at home); a vehicle charging at a stop is plugged in too.
+    plugged_in: bool = False
     immobilized: bool = False
     remote_started: bool = False
     # What the commands without a lasting effect did, so a test can see that they acted.
@@ -112,9 +114,13 @@ class SimVehicle:
         seed: int,
         software_version: str = "tcu-4.2.0",
         route: Sequence[tuple[float, float]] = DEFAULT_ROUTE,
+        garaged: bool = False,
     ) -> None:
+        """``garaged``: the vehicle starts parked, locked and plugged in at home, and stays
+        there (the one an owner commands in the demo: unlock, climate, charging)."""
         if len(route) < 2:
             raise ValueError("a route needs at least two waypoints")
+        self._garaged = garaged
         self._rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
         self._route = tuple(route)
         start = self._rng.randrange(len(self._route))
@@ -135,6 +141,10 @@ class SimVehicle:
             software_version=software_version,
             leg=(start + 1) % len(self._route),
         )
+        if garaged:
+            self._stop()
+            self.state.mode = Mode.PARKED
+            self.state.plugged_in = True
 
     def step(self, seconds: float) -> None:
         """Advance the simulation by ``seconds`` of vehicle time."""
@@ -153,7 +163,7 @@ class SimVehicle:
         else:
             state.speed_kmh = 0.0
             state.parked_s += seconds
-            if state.parked_s >= PARK_SECONDS:
+            if state.parked_s >= PARK_SECONDS and not self._garaged:
                 self._depart()
         # The cabin drifts toward its target while driving, charging or remotely started,
         # toward the outside air otherwise.
@@ -205,7 +215,7 @@ class SimVehicle:
     def _depart(self) -> None:
         state = self.state
         state.parked_s = 0.0
-        if state.immobilized:
+        if state.immobilized or self._garaged:
             state.mode = Mode.PARKED  # stays where it is (a charge that is done ends)
             return
         state.mode = Mode.DRIVING
@@ -283,6 +293,9 @@ class SimVehicle:
             "Vehicle.CurrentLocation.Heading": round(state.heading, 1) % 360.0,
             "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": round(state.soc, 2),
             "Vehicle.Powertrain.TractionBattery.Charging.IsCharging": state.charging,
+            "Vehicle.Powertrain.TractionBattery.Charging.IsChargingCableConnected": (
+                state.plugged_in or state.charging
+            ),
             "Vehicle.Powertrain.Range": range_m,
             "Vehicle.Powertrain.Transmission.CurrentGear": 1 if moving else 0,
             "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked": state.locked,
