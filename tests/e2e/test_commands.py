@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import T0
+from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
 from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
@@ -338,3 +339,36 @@ async def revoke_bob(world: CommandWorld) -> datetime:
         await DelegationService(ctx).revoke(delegation, actor=Actor.user(world.users["alice"].id))
         await uow.commit()
         return ctx.clock.now()
+
+
+async def test_a_vehicle_can_only_be_commanded_so_often(world: CommandWorld) -> None:
+    # Quotas by business meaning: one vehicle takes at most 10 commands a minute, whoever
+    # sends them; the 11th is a rejected job at the quota link, answered 429 + Retry-After.
+    await reported(world, "ALICE-1")
+    for n in range(10):
+        ok = await world.command("alice", "ALICE-1", "horn_lights", key=f"h-{n}")
+        assert ok.status_code == 202, ok.text
+    refused = await world.command("alice", "ALICE-1", "horn_lights", key="h-10")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["link"] == "quota"
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_every_transition_is_an_audit_event(world: CommandWorld) -> None:
+    # Investigators get the job's whole life from the audit log: one event per transition,
+    # each naming the job, the client and the token (never the token itself).
+    await reported(world, "ALICE-1")
+    response = await world.command("alice", "ALICE-1", "lock", key="audit-1")
+    job = await world.settle("alice", "ALICE-1", response.json()["id"])
+    async with world.platform.unit_of_work() as uow:
+        events = list(
+            await uow.session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.name.like("vehicle:command:%"))
+                .order_by(AuditRecord.seq)
+            )
+        )
+    mine = [e for e in events if e.details.get("job_id") == job["id"]]
+    assert [e.name.rsplit(":", 1)[-1] for e in mine] == [t["to_state"] for t in job["transitions"]]
+    assert all(e.details["client_id"] == "fleetward-mobile" for e in mine)
+    assert all(e.details["token_id"] for e in mine)
