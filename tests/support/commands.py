@@ -224,16 +224,18 @@ async def command_world(
                 tenants = {t.slug: t for t in await uow.session.scalars(select(Tenant))}
                 vehicles = {v.label: v for v in await uow.session.scalars(select(Vehicle))}
             order = [label for label, *_rest in VEHICLES]
-            fleet = await provision_fleet(
-                platform,
-                http,
-                max(order.index(label) for label in cars) + 1,
-                path=platform.settings.data_dir / "sim-devices.json",
-            )
+            by_label = {}
+            if cars:
+                fleet = await provision_fleet(
+                    platform,
+                    http,
+                    max(order.index(label) for label in cars) + 1,
+                    path=platform.settings.data_dir / "sim-devices.json",
+                )
+                by_label = {d.label: d for d in fleet.devices}
             gateway = gateway_of(app)
             assert gateway is not None
             transport = WebSocketTransport(Endpoint(base, gateway.server_id))
-            by_label = {d.label: d for d in fleet.devices}
             simulated: dict[str, SimCar] = {}
             for label in cars:
                 device = by_label[label]
