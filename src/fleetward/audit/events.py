@@ -102,6 +102,17 @@ class EventName(StrEnum):
     BULK_COMMAND_APPROVED = "fleet:bulk_command:approved"
     BULK_COMMAND_REJECTED = "fleet:bulk_command:rejected"
     BULK_COMMAND_DISPATCHED = "fleet:bulk_command:dispatched"
+    # Abuse limits (abuse/): a refusal for quota, an enumeration pattern, a raised quota used.
+    QUOTA_EXCEEDED = "abuse:quota:exceeded"
+    QUOTA_STORE_DOWN = "abuse:quota:store_down"
+    RAISED_QUOTA_USED = "abuse:raised_quota:used"
+    ENUMERATION_SUSPECTED = "abuse:enumeration:suspected"
+    ENUMERATION_STOPPED = "abuse:enumeration:stopped"
+    # Detection and investigation (detection/, audit/).
+    ALERT_RAISED = "audit:alert:raised"
+    ALERT_ACKNOWLEDGED = "audit:alert:acknowledged"
+    INVESTIGATION_RUN = "audit:investigation:run"
+    AUDIT_EXPORTED = "audit:log:exported"
 
 
 class ActorType(StrEnum):
