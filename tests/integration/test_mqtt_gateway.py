@@ -13,6 +13,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,14 @@ from fleetward.vehicles.models import Vehicle
 from support.factories import FACTORY
 from support.mosquitto import HOST, Broker, puback_reason, start_broker, tls_probe
 from unit.devices.kit import DeviceWorld, build_device_world
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    """Today, not the suite's fixed instant: Mosquitto checks the CRL's validity against the
+    machine's real clock (OpenSSL), so the CRL the test signs must be current."""
+    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
+
 
 SOFTWARE = "tcu-4.2.0"
 CONFIG = "cfg-eu-2026a"

@@ -15,9 +15,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from sqlalchemy import select
 
@@ -37,6 +39,14 @@ from fleetward.sim.provision import provision_fleet
 from fleetward.sim.runner import FleetMember, FleetReport, FleetRunner, VehicleResult
 from fleetward.telemetry.models import TelemetryMessage
 from support.mosquitto import HOST, Broker, start_broker
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    """Today, not the suite's fixed instant: Mosquitto checks the CRL's validity against the
+    machine's real clock (OpenSSL), so the CRL the test signs must be current."""
+    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
+
 
 VEHICLES = 5
 MESSAGES = 6  # per vehicle (ticks); faults on ticks 3 and 6
