@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fleetward.audit import alerts as _alert_models  # noqa: F401
 from fleetward.audit import models as _audit_models  # noqa: F401
 from fleetward.commands import models as _command_models  # noqa: F401
 from fleetward.devices import models as _device_models  # noqa: F401
