@@ -27,15 +27,10 @@ import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy import select, update
 
-from fleetward.audit.events import ActorType, EventName
-from fleetward.audit.events import Decision as AuditVerdict
-from fleetward.audit.recorder import Actor, Target
 from fleetward.authz.decision import (
     AuthzRequest,
     PrincipalKind,
@@ -48,38 +43,23 @@ from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.commands import jobs
 from fleetward.commands.chain import Link
+from fleetward.commands.confirm import confirm_effects
 from fleetward.commands.envelope import (
     CommandEnvelope,
-    ResultRefused,
-    ResultVerdict,
-    check_result_binding,
     envelope_digest,
-    open_result,
     seal_command,
-    unverified_result_ids,
 )
-from fleetward.commands.families import BY_PERMISSION
 from fleetward.commands.models import CommandJob, JobState, VehicleCommandCounter
+from fleetward.commands.results import append_link, record_result
 from fleetward.commands.service import CommandConfig, settle
 from fleetward.commands.signing import CommandSigner
-from fleetward.devices.ca import DevicePublicKey
 from fleetward.gateway.handshake import epoch_ms
 from fleetward.gateway.registry import LiveSession, SessionRegistry
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
-from fleetward.telemetry.models import TelemetryMessage
 
 logger = get_logger(__name__)
-
-_VERDICT_STATE: Final = {
-    ResultVerdict.EXECUTED: JobState.EXECUTED,
-    ResultVerdict.REJECTED_BY_VEHICLE: JobState.REJECTED_BY_VEHICLE,
-    ResultVerdict.FAILED: JobState.FAILED,
-}
-_ANSWERABLE: Final = (JobState.DELIVERED, JobState.OUTCOME_UNKNOWN)
-# Refusals that mean "already used", not "refused": they never prove the job did not act.
-_SPENT: Final = frozenset({"replayed", "stale-counter"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +69,6 @@ class DispatchConfig:
     confirm_window: timedelta = timedelta(minutes=5)
     # Jobs looked at per sweep (oldest first).
     batch: int = 500
-
-
-def _append(job: CommandJob, link: Link, ok: bool, detail: str) -> None:
-    job.chain = [*(job.chain or []), {"link": link.value, "ok": ok, "detail": detail}]
 
 
 class Dispatcher:
@@ -161,9 +137,12 @@ class Dispatcher:
 
     async def on_result(self, live: LiveSession, frame: bytes) -> None:
         try:
-            await self._record_result(live, frame)
+            changed = await record_result(self._platform, live, frame)
         except Exception as exc:  # never take the session down for a result
             logger.error("commands.result_error", error=type(exc).__name__)
+            return
+        if changed is not None:
+            self._touched(changed)
 
     def _spawn(self, work: Coroutine[Any, Any, int]) -> None:
         task = asyncio.ensure_future(work)
@@ -253,7 +232,7 @@ class Dispatcher:
             job.envelope_digest = envelope_digest(frame).hex()
             job.delivered_at = now
             job.delivered_device_id = live.session.device_id
-            _append(job, Link.COMMAND_SERVICE, True, self._signer.key_id)
+            append_link(job, Link.COMMAND_SERVICE, True, self._signer.key_id)
             jobs.move(
                 ctx.session,
                 ctx.audit,
@@ -300,9 +279,9 @@ class Dispatcher:
             else:
                 reason = "pdp-error"
         if allowed:
-            _append(job, Link.DELIVERY_RECHECK, True, reason)
+            append_link(job, Link.DELIVERY_RECHECK, True, reason)
             return True
-        _append(job, Link.DELIVERY_RECHECK, False, reason)
+        append_link(job, Link.DELIVERY_RECHECK, False, reason)
         job.rejected_link = Link.DELIVERY_RECHECK.value
         jobs.move(
             ctx.session,
@@ -317,80 +296,6 @@ class Dispatcher:
         return False
 
     # ------------------------------------------------------------------ results
-
-    async def _record_result(self, live: LiveSession, frame: bytes) -> None:
-        session = live.session
-        ids = unverified_result_ids(frame)
-        async with self._platform.services() as (uow, ctx):
-            job = await ctx.session.get(CommandJob, ids[0]) if ids is not None else None
-            refusal = self._result_refusal(live, job, ids)
-            result = None
-            if refusal is None and job is not None:
-                try:
-                    result = open_result(frame, _public_key(session.public_key_der))
-                    check_result_binding(
-                        result,
-                        job_id=job.id,
-                        vehicle_id=session.vehicle_id,
-                        device_id=session.device_id,
-                        counter=job.counter or 0,
-                        digest=bytes.fromhex(job.envelope_digest or ""),
-                    )
-                except ResultRefused as refused:
-                    refusal = refused.reason
-                except ValueError:
-                    refusal = "no-device-key"
-            if refusal is not None or result is None or job is None:
-                ctx.audit.record(
-                    ctx.session,
-                    EventName.COMMAND_RESULT_REFUSED,
-                    actor=Actor.system("command-service"),
-                    target=Target("device", session.device_id, session.tenant_id),
-                    decision=AuditVerdict.DENIED,
-                    reason=refusal or "refused",
-                    details={"session_id": session.session_id, "job_id": ids[0] if ids else None},
-                )
-                await uow.commit()
-                return
-            now = ctx.clock.now()
-            to = _VERDICT_STATE[result.verdict]
-            if to is JobState.REJECTED_BY_VEHICLE and result.reason in _SPENT:
-                # The vehicle saw this counter or job before: an earlier delivery may have
-                # acted. That is not a refusal of the job; its outcome is unknown.
-                if job.state is not JobState.DELIVERED:
-                    await uow.commit()
-                    return
-                to = JobState.OUTCOME_UNKNOWN
-            job.result_reason = result.reason
-            job.result_at = now
-            job.finished_at = now
-            _append(job, Link.VEHICLE, True, f"signed by {session.device_id}")
-            jobs.move(
-                ctx.session,
-                ctx.audit,
-                job,
-                to,
-                reason=result.reason,
-                at=now,
-                actor=Actor(ActorType.DEVICE, session.device_id, session.tenant_id),
-            )
-            await uow.commit()
-        self._touched(job.id)
-
-    @staticmethod
-    def _result_refusal(
-        live: LiveSession, job: CommandJob | None, ids: tuple[str, str] | None
-    ) -> str | None:
-        session = live.session
-        if ids is None:
-            return "malformed"
-        if job is None or job.vehicle_id != session.vehicle_id:
-            return "unknown-job"  # another vehicle's job is as unknown as a made-up one
-        if ids[1] != session.device_id or job.delivered_device_id != session.device_id:
-            return "not-delivered-to-this-device"
-        if job.state not in _ANSWERABLE:
-            return "not-awaiting-an-answer"
-        return None
 
     # ------------------------------------------------------------------ sweep
 
@@ -438,52 +343,15 @@ class Dispatcher:
                 )
             )
             moved = [job.id for job in overdue if settle(ctx, self._config, job, now)]
-            confirmed = await self._confirm(ctx, now)
+            confirmed = await confirm_effects(
+                ctx, now, window=self._dispatch.confirm_window, batch=self._dispatch.batch
+            )
             if moved or confirmed:
                 await uow.commit()
         for job_id in (*moved, *confirmed):
             self._touched(job_id)
         for vehicle_id in queued & reachable:
             await self.deliver_pending(vehicle_id)
-
-    async def _confirm(self, ctx: ServiceContext, now: datetime) -> list[str]:
-        executed = list(
-            await ctx.session.scalars(
-                select(CommandJob)
-                .where(
-                    CommandJob.state == JobState.EXECUTED,
-                    CommandJob.result_at >= now - self._dispatch.confirm_window,
-                )
-                .limit(self._dispatch.batch)
-            )
-        )
-        confirmed: list[str] = []
-        for job in executed:
-            spec = BY_PERMISSION.get(job.command)
-            expected = spec.expected(job.parameters) if spec is not None else None
-            if expected is None or job.result_at is None:
-                continue
-            signal, value = expected
-            latest = await ctx.session.scalar(
-                select(TelemetryMessage.signals)
-                .where(
-                    TelemetryMessage.vehicle_id == job.vehicle_id,
-                    TelemetryMessage.received_at >= job.result_at,
-                )
-                .order_by(TelemetryMessage.device_time.desc(), TelemetryMessage.sequence.desc())
-                .limit(1)
-            )
-            if latest is not None and latest.get(signal) is value:
-                jobs.move(
-                    ctx.session,
-                    ctx.audit,
-                    job,
-                    JobState.CONFIRMED,
-                    reason=f"telemetry:{signal.rsplit('.', 1)[-1]}",
-                    at=now,
-                )
-                confirmed.append(job.id)
-        return confirmed
 
 
 async def _next_counter(ctx: ServiceContext, vehicle_id: str) -> int:
@@ -500,12 +368,3 @@ async def _next_counter(ctx: ServiceContext, vehicle_id: str) -> int:
     ctx.session.add(VehicleCommandCounter(vehicle_id=vehicle_id, counter=1))
     await ctx.session.flush()
     return 1
-
-
-def _public_key(der: bytes) -> DevicePublicKey:
-    if not der:
-        raise ValueError("the session carries no device key")
-    key = load_der_public_key(der)
-    if isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
-        return key
-    raise ValueError("not a device key")
