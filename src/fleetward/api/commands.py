@@ -142,10 +142,8 @@ async def _create_once(
     platform = platform_of(request)
     runtime = commands_of(request.app)
     async with platform.services() as (uow, ctx):
-        existing = await replay(ctx, caller.claims, key, digest)
-        if existing is not None:
-            return existing, True
-        # Knowing a vehicle id grants nothing: one the caller cannot see is not found.
+        # Knowing a vehicle id grants nothing: one the caller cannot see is not found. Asked
+        # before a replay too: a former owner's old key shows nothing of the car's jobs now.
         await authorize(
             request,
             caller,
@@ -153,6 +151,10 @@ async def _create_once(
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
+        existing = await replay(ctx, caller.claims, key, digest)
+        if existing is not None:
+            await uow.commit()  # the decision's audit record
+            return existing, True
         vehicle = await ctx.session.get(Vehicle, vehicle_id)
         if vehicle is None:
             raise not_found()
