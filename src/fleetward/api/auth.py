@@ -9,6 +9,10 @@ strong enough when the route demands step-up (RFC 9470).
 
 The route's permission comes from its catalog entry, so a route cannot forget to declare it;
 an endpoint without an entry is refused (fail closed).
+
+Once the token is verified, its facts (client, token id and family, acr/amr, scope, surface,
+route name) are bound to the request context, so every audit event the request records
+carries them without each caller passing them (audit/recorder.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import timedelta
 from fastapi import Request
 
 from fleetward.catalog.entry import AUTHENTICATED, PUBLIC, entry_of
+from fleetward.core.context import CallerFacts, current_request
 from fleetward.core.errors import FleetwardError, Forbidden, Unauthenticated
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
@@ -107,6 +112,7 @@ def authenticate(
         except InvalidToken as exc:
             scheme_name = "DPoP" if scheme_lower == "dpop" else "Bearer"
             raise _refused(scheme_name, exc.reason or "invalid") from None
+        _bind_caller(request, claims, surface)
         jkt = await _sender_constraint(request, platform, scheme_lower, token, claims)
         permission = entry.permission
         if permission is not AUTHENTICATED and permission.value not in claims.scopes:
@@ -122,6 +128,36 @@ def authenticate(
         return Caller(claims=claims, surface=surface, dpop_jkt=jkt)
 
     return dependency
+
+
+def _route_name(request: Request) -> str | None:
+    route = request.scope.get("route")
+    name = getattr(route, "name", None)
+    return name[:128] if isinstance(name, str) else None
+
+
+def _bind_caller(request: Request, claims: AccessTokenClaims, surface: Surface) -> None:
+    """Facts of a token whose signature, issuer, audience, times and revocation were checked.
+    Bound before the sender constraint on purpose: a stolen bound token presented without
+    its key is exactly what an investigator needs to see (by jti, never the token)."""
+    context = current_request()
+    if context is None:
+        return
+    context.bind_caller(
+        CallerFacts(
+            client_id=claims.client_id,
+            token_id=claims.jti,
+            token_family=claims.fam,
+            subject_type=claims.sub_type,
+            subject_id=claims.sub,
+            tenant_id=claims.tenant,
+            acr=claims.acr,
+            amr=" ".join(claims.amr)[:64],
+            scope=claims.scope[:1024],
+            surface=surface.value,
+            endpoint=_route_name(request),
+        )
+    )
 
 
 async def _sender_constraint(

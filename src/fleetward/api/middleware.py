@@ -3,12 +3,19 @@
 Pure ASGI (no BaseHTTPMiddleware) to keep per-request overhead to a few microseconds.
 A caller-supplied id is accepted only when it is well formed, so it can never inject text
 into logs or headers.
+
+The client IP (an audit risk signal) is the peer address of the ASGI connection. The
+``X-Forwarded-For`` header is believed only when the peer is one of ``trusted_proxies``
+(empty by default: no header is trusted), and then only its right-most address that is not
+itself a trusted proxy, so a client cannot choose the address recorded for it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,9 +39,35 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     return match.group(1), match.group(3)
 
 
+def _ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(
+    scope: Scope, headers: dict[str, str], trusted_proxies: frozenset[str] = frozenset()
+) -> str | None:
+    """The address to record for the caller: the peer, or what trusted proxies say."""
+    client = scope.get("client")
+    peer = _ip(str(client[0])) if client else None
+    if peer is None or peer not in trusted_proxies:
+        return peer
+    forwarded = headers.get("x-forwarded-for", "")
+    for hop in reversed(forwarded.split(",")[:32]):
+        address = _ip(hop)
+        if address is None:
+            return peer  # a malformed chain: keep the address we saw ourselves
+        if address not in trusted_proxies:
+            return address
+    return peer
+
+
 class RequestIdentityMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, trusted_proxies: Iterable[str] = ()) -> None:
         self.app = app
+        self.trusted_proxies = frozenset(a for a in map(_ip, trusted_proxies) if a)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -48,7 +81,8 @@ class RequestIdentityMiddleware:
         span_id = secrets.token_hex(8)
         traceparent = f"00-{trace_id}-{span_id}-{flags}".encode("ascii")
 
-        set_request(RequestContext(request_id=request_id, trace_id=trace_id))
+        source_ip = client_ip(scope, headers, self.trusted_proxies)
+        set_request(RequestContext(request_id=request_id, trace_id=trace_id, source_ip=source_ip))
         bind_request_context(request_id=request_id, trace_id=trace_id)
 
         started = False

@@ -2,6 +2,12 @@
 
 Recording in the same transaction as the change means a change and its audit event commit
 or roll back together: there is no change without its record.
+
+``record()`` fills the investigation columns itself: the request's ids and client IP, and the
+verified token's facts bound by ``authenticate()`` (core/context.py), so no caller has to
+pass them. Outside a request (delivery, expiry, workers) the client and token ids come from
+the event's own details when it names them (command jobs do), and the vehicle from a vehicle
+target or a ``vehicle_id`` detail.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import Clock
-from fleetward.core.context import current_request
+from fleetward.core.context import CallerFacts, current_request
 from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
 
@@ -63,6 +69,8 @@ class AuditRecorder:
         details: Mapping[str, JsonValue] | None = None,
     ) -> AuditRecord:
         request = current_request()
+        caller = request.caller if request else None
+        facts = dict(details or {})
         event = AuditRecord(
             id=new_id("evt"),
             occurred_at=self._clock.now(),
@@ -73,13 +81,53 @@ class AuditRecorder:
             tenant_id=target.tenant_id,
             object_type=target.type,
             object_id=target.id,
-            # The verb is the last part of the event name: "vehicle:ownership:transferred".
-            action=name.value.rsplit(":", 1)[-1],
+            action=_action(name, facts),
             decision=decision,
             reason=reason,
             request_id=request.request_id if request else None,
             trace_id=request.trace_id if request else None,
-            details=dict(details or {}),
+            details=facts,
+            source_ip=request.source_ip if request else None,
+            vehicle_id=target.id if target.type == "vehicle" else _text(facts, "vehicle_id", 40),
+            policy_version=_text(facts, "policy_version", 64),
+            **_caller_columns(caller, facts),
         )
         session.add(event)
         return event
+
+
+def _action(name: EventName, details: Mapping[str, JsonValue]) -> str:
+    """The verb: the permission asked, for an authorization decision (so a read and an
+    unlock differ in a column); else the last part of the name ("transferred")."""
+    if name is EventName.AUTHZ_DECISION_MADE:
+        permission = _text(details, "permission", 64)
+        if permission is not None:
+            return permission
+    return name.value.rsplit(":", 1)[-1]
+
+
+def _text(details: Mapping[str, JsonValue], key: str, limit: int) -> str | None:
+    value = details.get(key)
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+def _caller_columns(
+    caller: CallerFacts | None, details: Mapping[str, JsonValue]
+) -> dict[str, str | None]:
+    if caller is None:
+        return {
+            "client_id": _text(details, "client_id", 128),
+            "token_id": _text(details, "token_id", 64),
+            "token_family": _text(details, "token_family", 64),
+        }
+    return {
+        "client_id": caller.client_id,
+        "token_id": caller.token_id,
+        "token_family": caller.token_family,
+        "workload_id": caller.workload_id,
+        "acr": caller.acr,
+        "amr": caller.amr,
+        "scope": caller.scope,
+        "surface": caller.surface,
+        "endpoint": caller.endpoint,
+    }

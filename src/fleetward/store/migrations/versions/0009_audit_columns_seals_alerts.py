@@ -113,22 +113,30 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("vehicle_id", sa.String(length=40), nullable=True))
         batch_op.drop_index(batch_op.f("ix_audit_events_occurred_at"))
         batch_op.create_index(
-            "ix_audit_events_actor_vehicle", ["actor_id", "vehicle_id", "name"], unique=False
-        )
-        batch_op.create_index(
-            "ix_audit_events_client_vehicle", ["client_id", "vehicle_id", "name"], unique=False
-        )
-        batch_op.create_index(batch_op.f("ix_audit_events_source_ip"), ["source_ip"], unique=False)
-        batch_op.create_index(
-            "ix_audit_events_time_vehicle", ["occurred_at", "vehicle_id", "name"], unique=False
-        )
-        batch_op.create_index(
-            "ix_audit_events_token_family_vehicle",
-            ["token_family", "vehicle_id", "name"],
+            "ix_audit_events_actor_vehicle",
+            ["actor_id", "vehicle_id", "name", "action", "decision"],
             unique=False,
         )
         batch_op.create_index(
-            "ix_audit_events_token_vehicle", ["token_id", "vehicle_id", "name"], unique=False
+            "ix_audit_events_client_vehicle",
+            ["client_id", "vehicle_id", "name", "action", "decision"],
+            unique=False,
+        )
+        batch_op.create_index(batch_op.f("ix_audit_events_source_ip"), ["source_ip"], unique=False)
+        batch_op.create_index(
+            "ix_audit_events_time_vehicle",
+            ["occurred_at", "vehicle_id", "name", "action", "decision"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_audit_events_token_family_vehicle",
+            ["token_family", "vehicle_id", "name", "action", "decision"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_audit_events_token_vehicle",
+            ["token_id", "vehicle_id", "name", "action", "decision"],
+            unique=False,
         )
         batch_op.create_index(
             batch_op.f("ix_audit_events_vehicle_id"), ["vehicle_id"], unique=False

@@ -1,0 +1,382 @@
+"""Tamper evidence for the audit log: a keyed hash chain per UTC day, sealed after commit.
+
+Why after commit: ``record()`` joins the caller's transaction, many of which run at once, and
+on PostgreSQL sequence values commit out of order. A chain computed at insert time would race
+(two writers both extending the same head) or serialize every audited request. So records are
+written unchained and a sealer chains *committed* records afterwards, in ``seq`` order, once
+they are older than a safety lag, writing one :class:`AuditSeal` per record. One sealer runs at
+a time; a second one collides on the unique (partition, position) and its batch rolls back.
+
+Why a partition per UTC day (of ``occurred_at``): a day verifies, exports and is archived on
+its own, so retention can drop old days without breaking the chain of the rest, and a damaged
+day does not hide problems in the next. Per tenant would leave system events (no tenant) in a
+catch-all and tie the chain to a tenant's lifetime (erasure).
+
+Why keyed: links are HMAC-SHA256 under a subkey of the platform data key, which lives outside
+the database (``<data dir>/secrets`` or ``FLEETWARD_DATA_KEY``). Someone who can write to the
+database but not read the host's key cannot recompute links after changing, deleting or
+inserting a record. ``record_hash`` is a plain SHA-256 of the record's canonical form.
+
+What verify reports, in chain order (the first one is where tampering starts):
+
+- ``modified``: a sealed record whose content no longer hashes to its seal;
+- ``deleted``: a seal whose record is gone;
+- ``gap``: a missing position (a record deleted together with its seal);
+- ``seal-altered``: a link that does not follow from the previous one under the key;
+- ``inserted``: a record below the sealed horizon that has no seal.
+
+Limits, stated: a record committed later than the lag after the sealer moved past its seq is
+sealed at the end of its day's chain with ``late = true`` (listed by verify for review); the
+end of each chain (its head) is printed by verify, and deleting the newest records together
+with their seals is only seen by comparing heads with a copy kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetward.audit.models import AuditRecord, AuditSeal
+
+CHAIN_KEY_PURPOSE: Final = "fleetward/audit-chain/v1"
+# How far below the sealed horizon the sealer looks for records that committed late.
+LATE_WINDOW: Final = 10_000
+_PAGE: Final = 5_000
+
+# Every column of a record, in a fixed order: adding a column to the model without adding it
+# here would leave it unprotected, so a test compares this with the table.
+HASHED_COLUMNS: Final = (
+    "seq",
+    "id",
+    "occurred_at",
+    "name",
+    "actor_type",
+    "actor_id",
+    "actor_tenant_id",
+    "tenant_id",
+    "object_type",
+    "object_id",
+    "action",
+    "decision",
+    "reason",
+    "request_id",
+    "trace_id",
+    "details",
+    "client_id",
+    "token_id",
+    "token_family",
+    "workload_id",
+    "acr",
+    "amr",
+    "scope",
+    "surface",
+    "endpoint",
+    "policy_version",
+    "source_ip",
+    "vehicle_id",
+)
+
+
+def partition_of(occurred_at: datetime) -> str:
+    return occurred_at.date().isoformat()
+
+
+def record_document(record: AuditRecord) -> dict[str, Any]:
+    """The record as plain JSON values (also the export's line format)."""
+    document: dict[str, Any] = {}
+    for column in HASHED_COLUMNS:
+        value = getattr(record, column)
+        if isinstance(value, datetime):
+            value = value.isoformat(timespec="microseconds")
+        elif isinstance(value, StrEnum):
+            value = value.value
+        document[column] = value
+    return document
+
+
+def record_hash(record: AuditRecord) -> str:
+    canonical = json.dumps(
+        record_document(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainKey:
+    """The HMAC key of the chain (derived from the data key; never stored in the database)."""
+
+    key: bytes = field(repr=False)
+
+    def genesis(self, partition: str) -> str:
+        return self._mac(f"genesis|{partition}")
+
+    def link(self, prev_hash: str, record_digest: str, partition: str, position: int) -> str:
+        return self._mac(f"{prev_hash}|{record_digest}|{partition}|{position}")
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SealResult:
+    sealed: int
+    late: int
+
+
+async def seal(
+    session: AsyncSession, key: ChainKey, *, now: datetime, lag: timedelta, limit: int = 10_000
+) -> SealResult:
+    """Chain up to ``limit`` committed records older than ``lag``, in seq order, in the
+    caller's transaction (commit it to publish the seals)."""
+    horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
+    cutoff = now - lag
+    candidates = (
+        await session.scalars(
+            select(AuditRecord)
+            .outerjoin(AuditSeal, AuditSeal.event_seq == AuditRecord.seq)
+            .where(AuditSeal.event_seq.is_(None), AuditRecord.seq > horizon - LATE_WINDOW)
+            .order_by(AuditRecord.seq)
+            .limit(limit)
+        )
+    ).all()
+    heads: dict[str, tuple[int, str]] = {}
+    sealed = late = 0
+    for record in candidates:
+        is_late = record.seq < horizon
+        if not is_late and record.occurred_at > cutoff:
+            break  # younger than the lag: earlier seqs may still be uncommitted
+        partition = partition_of(record.occurred_at)
+        if partition not in heads:
+            heads[partition] = await _head(session, key, partition)
+        position, prev = heads[partition]
+        digest = record_hash(record)
+        chained = key.link(prev, digest, partition, position)
+        session.add(
+            AuditSeal(
+                event_seq=record.seq,
+                event_id=record.id,
+                partition=partition,
+                position=position,
+                prev_hash=prev,
+                record_hash=digest,
+                chain_hash=chained,
+                sealed_at=now,
+                late=is_late,
+            )
+        )
+        heads[partition] = (position + 1, chained)
+        sealed += 1
+        late += is_late
+    await session.flush()
+    return SealResult(sealed, late)
+
+
+async def _head(session: AsyncSession, key: ChainKey, partition: str) -> tuple[int, str]:
+    """(next position, hash to chain from) of a day's chain."""
+    last = await session.scalar(
+        select(AuditSeal)
+        .where(AuditSeal.partition == partition)
+        .order_by(AuditSeal.position.desc())
+        .limit(1)
+    )
+    if last is None:
+        return 0, key.genesis(partition)
+    return last.position + 1, last.chain_hash
+
+
+class ProblemKind(StrEnum):
+    MODIFIED = "modified"
+    DELETED = "deleted"
+    GAP = "gap"
+    SEAL_ALTERED = "seal-altered"
+    INSERTED = "inserted"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: ProblemKind
+    partition: str | None
+    position: int | None
+    seq: int
+    event_id: str | None
+    detail: str
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    checked: int = 0
+    pending: int = 0  # committed records above the sealed horizon, not yet sealed
+    problems: list[Problem] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)  # seqs sealed late, for review
+    heads: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "pending": self.pending,
+            "problems": [
+                {
+                    "kind": p.kind.value,
+                    "partition": p.partition,
+                    "position": p.position,
+                    "seq": p.seq,
+                    "event_id": p.event_id,
+                    "detail": p.detail,
+                }
+                for p in self.problems
+            ],
+            "late": self.late,
+            "heads": {k: {"position": v[0], "hash": v[1]} for k, v in self.heads.items()},
+        }
+
+
+async def verify(
+    session: AsyncSession,
+    key: ChainKey,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    max_problems: int = 100,
+) -> VerifyReport:
+    """Walk every day's chain (``since``/``until`` bound the days, inclusive, YYYY-MM-DD),
+    then look for unsealed records below the sealed horizon. Reads only."""
+    report = VerifyReport()
+    cursor: tuple[str, int] | None = None
+    previous: AuditSeal | None = None
+    while len(report.problems) < max_problems:
+        rows = await _seal_page(session, cursor, since, until)
+        if not rows:
+            break
+        for seal_row, record in rows:
+            _check_link(report, key, previous, seal_row, record)
+            previous = seal_row
+            report.heads[seal_row.partition] = (seal_row.position, seal_row.chain_hash)
+            report.checked += 1
+            if seal_row.late:
+                report.late.append(seal_row.event_seq)
+        cursor = (rows[-1][0].partition, rows[-1][0].position)
+    await _check_unsealed(session, report, since, until, max_problems)
+    report.problems.sort(key=_chain_order)
+    del report.problems[max_problems:]
+    return report
+
+
+def _chain_order(problem: Problem) -> tuple[str, int, int]:
+    return (problem.partition or "", problem.position or 0, problem.seq)
+
+
+async def _seal_page(
+    session: AsyncSession, cursor: tuple[str, int] | None, since: str | None, until: str | None
+) -> Sequence[tuple[AuditSeal, AuditRecord | None]]:
+    query = select(AuditSeal, AuditRecord).outerjoin(
+        AuditRecord, AuditRecord.seq == AuditSeal.event_seq
+    )
+    if cursor is not None:
+        query = query.where(
+            or_(
+                AuditSeal.partition > cursor[0],
+                and_(AuditSeal.partition == cursor[0], AuditSeal.position > cursor[1]),
+            )
+        )
+    if since is not None:
+        query = query.where(AuditSeal.partition >= since)
+    if until is not None:
+        query = query.where(AuditSeal.partition <= until)
+    query = query.order_by(AuditSeal.partition, AuditSeal.position).limit(_PAGE)
+    result = await session.execute(query)
+    return [(row[0], row[1]) for row in result.all()]
+
+
+def _check_link(
+    report: VerifyReport,
+    key: ChainKey,
+    previous: AuditSeal | None,
+    seal_row: AuditSeal,
+    record: AuditRecord | None,
+) -> None:
+    def problem(kind: ProblemKind, detail: str) -> None:
+        report.problems.append(
+            Problem(
+                kind,
+                seal_row.partition,
+                seal_row.position,
+                seal_row.event_seq,
+                seal_row.event_id,
+                detail,
+            )
+        )
+
+    same_day = previous is not None and previous.partition == seal_row.partition
+    expected_position = previous.position + 1 if same_day and previous else 0
+    if seal_row.position != expected_position:
+        problem(
+            ProblemKind.GAP,
+            f"positions {expected_position}..{seal_row.position - 1} are missing "
+            "(records deleted with their seals)",
+        )
+    else:
+        expected_prev = (
+            previous.chain_hash if same_day and previous else key.genesis(seal_row.partition)
+        )
+        if seal_row.prev_hash != expected_prev:
+            problem(ProblemKind.SEAL_ALTERED, "the link does not follow from the previous one")
+    if not hmac.compare_digest(
+        seal_row.chain_hash,
+        key.link(seal_row.prev_hash, seal_row.record_hash, seal_row.partition, seal_row.position),
+    ):
+        problem(ProblemKind.SEAL_ALTERED, "the link's hash is not the key's")
+    if record is None:
+        problem(ProblemKind.DELETED, "the sealed record is gone")
+    elif record_hash(record) != seal_row.record_hash or record.id != seal_row.event_id:
+        problem(ProblemKind.MODIFIED, "the record differs from what was sealed")
+
+
+async def _check_unsealed(
+    session: AsyncSession,
+    report: VerifyReport,
+    since: str | None,
+    until: str | None,
+    max_problems: int,
+) -> None:
+    horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
+    query = (
+        select(AuditRecord.seq, AuditRecord.id, AuditRecord.occurred_at)
+        .outerjoin(AuditSeal, AuditSeal.event_seq == AuditRecord.seq)
+        .where(AuditSeal.event_seq.is_(None))
+        .order_by(AuditRecord.seq)
+    )
+    inserted = (await session.execute(query.where(AuditRecord.seq <= horizon))).all()
+    for seq, event_id, occurred_at in inserted[:max_problems]:
+        partition = partition_of(occurred_at)
+        if (since and partition < since) or (until and partition > until):
+            continue
+        report.problems.append(
+            Problem(
+                ProblemKind.INSERTED,
+                partition,
+                None,
+                seq,
+                event_id,
+                "a record below the sealed horizon without a seal",
+            )
+        )
+    report.pending = (
+        await session.scalar(
+            select(func.count()).select_from(AuditRecord).where(AuditRecord.seq > horizon)
+        )
+        or 0
+    )
