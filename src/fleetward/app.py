@@ -29,6 +29,7 @@ from fleetward.api import (
     handovers,
     health,
     history,
+    investigate,
     login,
     mobile,
     oauth,
@@ -71,6 +72,7 @@ _OBJECT_MODULES = (
     tenancy,
     commands,
     bulk_commands,
+    investigate,
 )
 
 

@@ -37,6 +37,8 @@ class Permission(StrEnum):
     OTA_MANAGE_CAMPAIGN = "ota:manage_campaign"
     ADMIN_MANAGE_TENANTS = "admin:manage_tenants"
     ADMIN_MANAGE_CLIENTS = "admin:manage_clients"
+    # Read the audit log across tenants: request chains, blast radius, export.
+    ADMIN_INVESTIGATE = "admin:investigate"
 
 
 # Everything an owner holds on their own vehicle.

@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
+from fleetward.cli import audit as audit_cli
 from fleetward.cli import bench as bench_cli
 from fleetward.cli import catalog as catalog_cli
 from fleetward.cli import devices as devices_cli
+from fleetward.cli import investigate as investigate_cli
 from fleetward.cli import keys as keys_cli
 from fleetward.cli import probe as probe_cli
 from fleetward.cli import sim as sim_cli
@@ -25,6 +27,8 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(devices_cli.app, name="devices")
 app.command(name="sim")(sim_cli.sim)
 app.add_typer(probe_cli.app, name="probe")
+app.add_typer(audit_cli.app, name="audit")
+app.add_typer(investigate_cli.app, name="investigate")
 
 
 @app.command()

@@ -1,0 +1,475 @@
+"""Investigation queries over the audit log: from one request to everything it caused, and
+from one compromised credential (or window) to every vehicle, command and read it reached.
+
+Read-only, on columns (never on JSON), so they answer from the covering indexes of
+``audit_events`` (see models.py). Results are values the CLI and the admin API render as a
+table, JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetward.audit.events import Decision, EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.authz.permissions import Permission
+from fleetward.commands.models import CommandJob, JobTransition
+from fleetward.telemetry.models import TelemetryMessage
+
+# Data reads: the permissions that disclose data without changing anything.
+READ_ACTIONS: Final = frozenset(p.value for p in Permission if ":read" in p.value) | {
+    Permission.VEHICLE_DIAGNOSTICS_READ.value
+}
+_COMMAND_SENT: Final = EventName.COMMAND_REQUESTED.value
+_MAX_LISTED: Final = 10_000
+
+
+class Subject(StrEnum):
+    """What is compromised. ``window`` alone: everything in the time window."""
+
+    USER = "user"
+    TOKEN = "token"  # noqa: S105 - a subject kind, not a secret
+    TOKEN_FAMILY = "token-family"  # noqa: S105 - a subject kind, not a secret
+    CLIENT = "client"
+    PARTNER = "partner"
+    DEVICE = "device"
+    WINDOW = "window"
+
+
+@dataclass(frozen=True, slots=True)
+class BlastQuery:
+    subject: Subject
+    value: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.subject is Subject.WINDOW:
+            if self.since is None and self.until is None:
+                raise ValueError("a window needs --since or --until")
+        elif not self.value:
+            raise ValueError(f"a {self.subject.value} id is required")
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        column = {
+            Subject.USER: AuditRecord.actor_id,
+            Subject.TOKEN: AuditRecord.token_id,
+            Subject.TOKEN_FAMILY: AuditRecord.token_family,
+            Subject.CLIENT: AuditRecord.client_id,
+            # A partner acts through its application: its client id.
+            Subject.PARTNER: AuditRecord.client_id,
+            Subject.DEVICE: AuditRecord.actor_id,
+        }.get(self.subject)
+        where: list[ColumnElement[bool]] = []
+        if column is not None:
+            where.append(column == self.value)
+        if self.since is not None:
+            where.append(AuditRecord.occurred_at >= self.since)
+        if self.until is not None:
+            where.append(AuditRecord.occurred_at < self.until)
+        return where
+
+
+@dataclass(slots=True)
+class VehicleImpact:
+    vehicle_id: str
+    events: int = 0
+    allowed: int = 0
+    denied: int = 0
+    commands: int = 0
+    reads: int = 0
+
+    @property
+    def touched(self) -> bool:
+        """Reached: at least one allowed event (denied-only vehicles were only attempted)."""
+        return self.allowed > 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSent:
+    job_id: str | None
+    vehicle_id: str | None
+    command: str | None
+    state: str | None
+    requested_at: datetime
+
+
+@dataclass(slots=True)
+class BlastRadius:
+    query: BlastQuery
+    vehicles: list[VehicleImpact]
+    commands: list[CommandSent]
+    reads: dict[str, int]  # allowed reads by permission
+    events: int
+    denied: int
+    elapsed_ms: float = 0.0
+
+    @property
+    def touched(self) -> list[str]:
+        return sorted(v.vehicle_id for v in self.vehicles if v.touched)
+
+    @property
+    def attempted_only(self) -> list[str]:
+        return sorted(v.vehicle_id for v in self.vehicles if not v.touched)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "query": {
+                "subject": self.query.subject.value,
+                "value": self.query.value,
+                "since": _iso(self.query.since),
+                "until": _iso(self.query.until),
+            },
+            "counts": {
+                "events": self.events,
+                "denied": self.denied,
+                "vehicles_touched": len(self.touched),
+                "vehicles_attempted_only": len(self.attempted_only),
+                "commands_sent": len(self.commands),
+                "data_reads": sum(self.reads.values()),
+            },
+            "vehicles": [asdict(v) | {"touched": v.touched} for v in self.vehicles],
+            "commands": [
+                asdict(c) | {"requested_at": c.requested_at.isoformat()} for c in self.commands
+            ],
+            "reads": dict(sorted(self.reads.items())),
+            "elapsed_ms": round(self.elapsed_ms, 3),
+        }
+
+    def to_csv(self) -> str:
+        """One row per vehicle (the list an incident responder acts on)."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(
+            ["vehicle_id", "touched", "events", "allowed", "denied", "commands", "reads"]
+        )
+        for v in self.vehicles:
+            writer.writerow(
+                [v.vehicle_id, v.touched, v.events, v.allowed, v.denied, v.commands, v.reads]
+            )
+        return out.getvalue()
+
+    def to_table(self) -> str:
+        counts = self.to_json()["counts"]
+        lines = [" ".join(f"{k}={v}" for k, v in counts.items())]
+        lines.append(
+            f"{'vehicle':<32} {'touched':>7} {'events':>7} {'denied':>7} "
+            f"{'commands':>8} {'reads':>6}"
+        )
+        for v in self.vehicles:
+            lines.append(
+                f"{v.vehicle_id:<32} {'yes' if v.touched else 'no':>7} {v.events:>7} "
+                f"{v.denied:>7} {v.commands:>8} {v.reads:>6}"
+            )
+        for c in self.commands:
+            lines.append(
+                f"command {c.command} job={c.job_id} vehicle={c.vehicle_id} "
+                f"state={c.state} at={c.requested_at.isoformat()}"
+            )
+        for action, count in sorted(self.reads.items()):
+            lines.append(f"read {action}: {count}")
+        return "\n".join(lines) + "\n"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def blast_radius(session: AsyncSession, query: BlastQuery) -> BlastRadius:
+    """Every vehicle touched or attempted, every command sent, every data read."""
+    where = query.conditions()
+    grouped = await session.execute(
+        select(
+            AuditRecord.vehicle_id,
+            AuditRecord.name,
+            AuditRecord.action,
+            AuditRecord.decision,
+            func.count(),
+        )
+        .where(*where)
+        .group_by(
+            AuditRecord.vehicle_id, AuditRecord.name, AuditRecord.action, AuditRecord.decision
+        )
+    )
+    vehicles: dict[str, VehicleImpact] = {}
+    reads: dict[str, int] = {}
+    events = denied = 0
+    for vehicle_id, name, action, decision, count in grouped.all():
+        allowed = decision == Decision.ALLOWED
+        events += count
+        denied += 0 if allowed else count
+        is_read = allowed and name == EventName.AUTHZ_DECISION_MADE.value and action in READ_ACTIONS
+        if is_read:
+            reads[action] = reads.get(action, 0) + count
+        if vehicle_id is None:
+            continue
+        impact = vehicles.setdefault(vehicle_id, VehicleImpact(vehicle_id))
+        impact.events += count
+        impact.allowed += count if allowed else 0
+        impact.denied += 0 if allowed else count
+        impact.commands += count if name == _COMMAND_SENT else 0
+        impact.reads += count if is_read else 0
+    commands = await _commands(session, where)
+    return BlastRadius(
+        query=query,
+        vehicles=sorted(vehicles.values(), key=lambda v: (not v.touched, v.vehicle_id)),
+        commands=commands,
+        reads=reads,
+        events=events,
+        denied=denied,
+    )
+
+
+async def _commands(session: AsyncSession, where: list[ColumnElement[bool]]) -> list[CommandSent]:
+    rows = (
+        await session.execute(
+            select(AuditRecord.vehicle_id, AuditRecord.occurred_at, AuditRecord.details)
+            .where(*where, AuditRecord.name == _COMMAND_SENT)
+            .order_by(AuditRecord.seq)
+            .limit(_MAX_LISTED)
+        )
+    ).all()
+    job_ids = [d.get("job_id") for _, _, d in rows if isinstance(d.get("job_id"), str)]
+    states: dict[str, str] = {}
+    for chunk in _chunks(job_ids, 500):
+        result = await session.execute(
+            select(CommandJob.id, CommandJob.state).where(CommandJob.id.in_(chunk))
+        )
+        states.update({job_id: state.value for job_id, state in result.all()})
+    sent = []
+    for vehicle_id, at, details in rows:
+        job_id = details.get("job_id")
+        command = details.get("command")
+        sent.append(
+            CommandSent(
+                job_id=job_id if isinstance(job_id, str) else None,
+                vehicle_id=vehicle_id,
+                command=command if isinstance(command, str) else None,
+                state=states.get(job_id) if isinstance(job_id, str) else None,
+                requested_at=at,
+            )
+        )
+    return sent
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# --- from one request -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobChain:
+    job_id: str
+    vehicle_id: str
+    command: str
+    state: str
+    token_id: str | None
+    states: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """Everything one request (or one trace) led to."""
+
+    key: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    token_families: list[str] = field(default_factory=list)
+    source_ips: list[str] = field(default_factory=list)
+    endpoints: list[str] = field(default_factory=list)
+    vehicles: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[JobChain] = field(default_factory=list)
+    telemetry: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "users": self.users,
+            "clients": self.clients,
+            "tokens": self.tokens,
+            "token_families": self.token_families,
+            "source_ips": self.source_ips,
+            "endpoints": self.endpoints,
+            "vehicles": self.vehicles,
+            "jobs": [asdict(j) for j in self.jobs],
+            "telemetry": self.telemetry,
+            "events": self.events,
+        }
+
+
+_EVENT_FIELDS: Final = (
+    "id",
+    "occurred_at",
+    "name",
+    "actor_type",
+    "actor_id",
+    "object_type",
+    "object_id",
+    "action",
+    "decision",
+    "reason",
+    "policy_version",
+    "endpoint",
+    "vehicle_id",
+)
+
+
+async def trace_request(
+    session: AsyncSession, key: str, *, after: timedelta = timedelta(minutes=15)
+) -> RequestTrace:
+    """``key`` is a request id or a trace id. Telemetry is listed from the request until
+    ``after`` past the last job's end (signal names only: values may be personal data)."""
+    records = (
+        await session.scalars(
+            select(AuditRecord)
+            .where(or_(AuditRecord.request_id == key, AuditRecord.trace_id == key))
+            .order_by(AuditRecord.seq)
+            .limit(_MAX_LISTED)
+        )
+    ).all()
+    trace = RequestTrace(key)
+    if not records:
+        return trace
+    trace.events = [_event(r) for r in records]
+    trace.users = _distinct(r.actor_id for r in records if r.actor_type.value == "user")
+    trace.clients = _distinct(r.client_id for r in records)
+    trace.tokens = _distinct(r.token_id for r in records)
+    trace.token_families = _distinct(r.token_family for r in records)
+    trace.source_ips = _distinct(r.source_ip for r in records)
+    trace.endpoints = _distinct(r.endpoint for r in records)
+    job_ids = _distinct(
+        r.details.get("job_id") if isinstance(r.details.get("job_id"), str) else None
+        for r in records
+    )
+    trace.jobs = await _jobs(session, job_ids)
+    vehicle_ids = _distinct([r.vehicle_id for r in records] + [j.vehicle_id for j in trace.jobs])
+    started = records[0].occurred_at
+    trace.vehicles = [await _vehicle_state(session, v, started) for v in vehicle_ids]
+    until = max([started] + [_job_end(j) for j in trace.jobs]) + after
+    trace.telemetry = await _telemetry(session, vehicle_ids, started, until)
+    return trace
+
+
+def _event(record: AuditRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _EVENT_FIELDS:
+        value = getattr(record, name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def _distinct(values: Any) -> list[str]:
+    seen: dict[str, None] = {}
+    for value in values:
+        if isinstance(value, str) and value:
+            seen.setdefault(value, None)
+    return list(seen)
+
+
+def _job_end(job: JobChain) -> datetime:
+    return max(datetime.fromisoformat(s["at"]) for s in job.states)
+
+
+async def _jobs(session: AsyncSession, job_ids: list[str]) -> list[JobChain]:
+    if not job_ids:
+        return []
+    jobs = (
+        await session.scalars(
+            select(CommandJob).where(CommandJob.id.in_(job_ids)).order_by(CommandJob.created_at)
+        )
+    ).all()
+    transitions = (
+        await session.scalars(
+            select(JobTransition)
+            .where(JobTransition.job_id.in_(job_ids))
+            .order_by(JobTransition.at, JobTransition.id)
+        )
+    ).all()
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for t in transitions:
+        by_job.setdefault(t.job_id, []).append(
+            {"state": t.to_state.value, "at": t.at.isoformat(), "reason": t.reason}
+        )
+    return [
+        JobChain(
+            job_id=j.id,
+            vehicle_id=j.vehicle_id,
+            command=j.command,
+            state=j.state.value,
+            token_id=j.token_id,
+            states=by_job.get(
+                j.id,
+                [{"state": j.state.value, "at": j.created_at.isoformat(), "reason": "created"}],
+            ),
+        )
+        for j in jobs
+    ]
+
+
+async def _vehicle_state(session: AsyncSession, vehicle_id: str, at: datetime) -> dict[str, Any]:
+    """The software the vehicle last reported before the request (provenance of telemetry)."""
+    last = (
+        await session.execute(
+            select(
+                TelemetryMessage.device_id,
+                TelemetryMessage.software_version,
+                TelemetryMessage.vehicle_config,
+                TelemetryMessage.received_at,
+            )
+            .where(TelemetryMessage.vehicle_id == vehicle_id, TelemetryMessage.received_at <= at)
+            .order_by(TelemetryMessage.received_at.desc())
+            .limit(1)
+        )
+    ).first()
+    if last is None:
+        return {"vehicle_id": vehicle_id, "software_version": None, "device_id": None}
+    return {
+        "vehicle_id": vehicle_id,
+        "device_id": last[0],
+        "software_version": last[1],
+        "vehicle_config": last[2],
+        "reported_at": last[3].isoformat(),
+    }
+
+
+async def _telemetry(
+    session: AsyncSession, vehicle_ids: list[str], since: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    if not vehicle_ids:
+        return []
+    rows = (
+        await session.scalars(
+            select(TelemetryMessage)
+            .where(
+                TelemetryMessage.vehicle_id.in_(vehicle_ids),
+                TelemetryMessage.received_at >= since,
+                TelemetryMessage.received_at <= until,
+            )
+            .order_by(TelemetryMessage.received_at)
+            .limit(200)
+        )
+    ).all()
+    return [
+        {
+            "vehicle_id": m.vehicle_id,
+            "device_id": m.device_id,
+            "sequence": m.sequence,
+            "received_at": m.received_at.isoformat(),
+            "software_version": m.software_version,
+            "signals": sorted(m.signals),
+        }
+        for m in rows
+    ]

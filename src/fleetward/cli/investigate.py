@@ -1,0 +1,129 @@
+"""``fleetward investigate``: from a request to everything it caused, from a compromised
+credential to every vehicle it reached, and governance figures from real data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fleetward.app import build_app
+from fleetward.audit.governance import command_figures, data_figures, route_figures
+from fleetward.audit.investigate import BlastQuery, BlastRadius, Subject, trace_request
+from fleetward.audit.operations import investigate
+from fleetward.audit.recorder import Actor
+from fleetward.catalog.inventory import inventory
+from fleetward.cli.runtime import load_or_exit
+from fleetward.platform import Platform
+from fleetward.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, help="investigation: request chain, blast radius, figures")
+ACTOR = Actor.system("cli:investigate")
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("expected an ISO 8601 time with offset", param_hint=name) from None
+    if parsed.tzinfo is None:
+        raise typer.BadParameter("the time needs an offset", param_hint=name)
+    return parsed
+
+
+def _echo(document: dict[str, Any]) -> None:
+    typer.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+@app.command("request")
+def request_command(
+    key: Annotated[str, typer.Argument(help="a request id or a W3C trace id")],
+) -> None:
+    """The full chain of one request: caller, token, vehicles, software, jobs, telemetry."""
+    settings = load_or_exit()
+
+    async def main() -> dict[str, Any]:
+        platform = Platform.build(settings)
+        try:
+            async with platform.unit_of_work() as uow:
+                return (await trace_request(uow.session, key)).to_json()
+        finally:
+            await platform.close()
+
+    document = asyncio.run(main())
+    if not document["events"]:
+        typer.echo(f"fleetward: no audit event for request or trace {key}", err=True)
+        raise typer.Exit(1)
+    _echo(document)
+
+
+async def run_blast(settings: Settings, query: BlastQuery) -> BlastRadius:
+    platform = Platform.build(settings)
+    try:
+        async with platform.services() as (uow, ctx):
+            result = await investigate(ctx, query, actor=ACTOR)
+            await uow.commit()
+            return result
+    finally:
+        await platform.close()
+
+
+@app.command("blast-radius")
+def blast_command(
+    subject: Annotated[Subject, typer.Argument(help="what is compromised")],
+    value: Annotated[str | None, typer.Argument(help="its id (none for window)")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, exclusive")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """Every vehicle touched, command sent and data read by a user, token, token family,
+    client, partner, device or in a time window."""
+    if output_format not in ("table", "json", "csv"):
+        raise typer.BadParameter("table, json or csv", param_hint="--format")
+    settings = load_or_exit()
+    try:
+        query = BlastQuery(subject, value, _instant(since, "--since"), _instant(until, "--until"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    result = asyncio.run(run_blast(settings, query))
+    if output_format == "json":
+        _echo(result.to_json())
+    elif output_format == "csv":
+        typer.echo(result.to_csv(), nl=False)
+    else:
+        typer.echo(result.to_table(), nl=False)
+
+
+@app.command("figures")
+def figures_command(
+    probe_report: Annotated[
+        Path | None, typer.Option(help="a probe JSON report, for object-level test coverage")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=366, help="audit window in days")] = 30,
+) -> None:
+    """Governance figures from the catalog, command families, Cedar schema and audit log."""
+    settings = load_or_exit()
+
+    async def main() -> dict[str, Any]:
+        platform = Platform.build(settings)
+        try:
+            items = inventory(build_app(settings, platform=platform).router.routes)
+            async with platform.unit_of_work() as uow:
+                data = await data_figures(
+                    uow.session, items, now=platform.clock.now(), window=timedelta(days=days)
+                )
+            return {
+                "routes": route_figures(items, probe_report),
+                "commands": command_figures(),
+                "audit": data,
+            }
+        finally:
+            await platform.close()
+
+    _echo(asyncio.run(main()))

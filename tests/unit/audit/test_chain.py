@@ -1,0 +1,153 @@
+"""The hash chain catches a modified, a deleted and an inserted record, and names the first
+one; an untouched log verifies. Runs on SQLite and PostgreSQL (the ``platform`` fixture)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import delete, inspect, select, update
+
+from fleetward.audit.chain import HASHED_COLUMNS, ProblemKind, record_hash
+from fleetward.audit.events import ActorType, Decision, EventName
+from fleetward.audit.models import AuditRecord, AuditSeal
+from fleetward.audit.operations import seal_pending, verify_log
+from fleetward.audit.recorder import Actor, Target
+from fleetward.core.clock import FrozenClock
+from fleetward.platform import Platform
+
+ACTOR = Actor.system("chain-test")
+
+
+async def _record(platform: Platform, count: int) -> list[int]:
+    async with platform.services() as (uow, ctx):
+        events = [
+            ctx.audit.record(
+                ctx.session,
+                EventName.VEHICLE_REGISTERED,
+                actor=ACTOR,
+                target=Target("vehicle", f"veh_{i:026d}"),
+                details={"n": i},
+            )
+            for i in range(count)
+        ]
+        await uow.commit()
+    return [e.seq for e in events]
+
+
+async def _sealed_log(platform: Platform, count: int = 6) -> list[int]:
+    seqs = await _record(platform, count)
+    result = await seal_pending(platform, lag=timedelta(0))
+    assert result.sealed == count
+    return seqs
+
+
+def test_every_column_is_hashed() -> None:
+    # A column added to the model but not to the canonical form would be unprotected.
+    assert set(HASHED_COLUMNS) == {c.key for c in inspect(AuditRecord).columns}
+
+
+async def test_an_untouched_log_verifies_and_sealing_is_idempotent(platform: Platform) -> None:
+    await _sealed_log(platform)
+    assert (await seal_pending(platform, lag=timedelta(0))).sealed == 0
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert report.checked == 6
+    assert len(report.heads) == 1  # one day, one chain
+
+
+async def test_records_younger_than_the_lag_wait(platform: Platform) -> None:
+    await _record(platform, 2)
+    assert (await seal_pending(platform, lag=timedelta(seconds=30))).sealed == 0
+    report = await verify_log(platform)
+    assert report.ok and report.pending == 2
+
+
+async def test_a_modified_record_is_pinpointed(platform: Platform) -> None:
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        # Two edits: the report must name the earlier one first.
+        for seq, reason in ((seqs[4], "covered-up"), (seqs[2], "covered-up")):
+            await uow.session.execute(
+                update(AuditRecord).where(AuditRecord.seq == seq).values(reason=reason)
+            )
+        await uow.commit()
+    report = await verify_log(platform)
+    assert [(p.kind, p.seq) for p in report.problems] == [
+        (ProblemKind.MODIFIED, seqs[2]),
+        (ProblemKind.MODIFIED, seqs[4]),
+    ]
+    assert report.problems[0].position == 2
+
+
+async def test_a_deleted_record_is_pinpointed(platform: Platform) -> None:
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(delete(AuditRecord).where(AuditRecord.seq == seqs[3]))
+        await uow.commit()
+    report = await verify_log(platform)
+    assert [(p.kind, p.seq) for p in report.problems] == [(ProblemKind.DELETED, seqs[3])]
+
+
+async def test_a_record_deleted_with_its_seal_leaves_a_gap(platform: Platform) -> None:
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(delete(AuditRecord).where(AuditRecord.seq == seqs[1]))
+        await uow.session.execute(delete(AuditSeal).where(AuditSeal.event_seq == seqs[1]))
+        await uow.commit()
+    report = await verify_log(platform)
+    assert report.problems[0].kind is ProblemKind.GAP
+    assert report.problems[0].position == 2  # the link after the missing one
+
+
+async def test_an_inserted_record_is_pinpointed(platform: Platform) -> None:
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        model = await uow.session.scalar(select(AuditRecord).where(AuditRecord.seq == seqs[0]))
+        assert model is not None
+        forged = AuditRecord(
+            seq=seqs[0] - 1 if seqs[0] > 1 else 0,  # below the sealed horizon
+            id="evt_forged",
+            occurred_at=model.occurred_at,
+            name=EventName.OWNERSHIP_TRANSFERRED.value,
+            actor_type=ActorType.SYSTEM,
+            actor_id="chain-test",
+            object_type="vehicle",
+            object_id="veh_x",
+            action="transferred",
+            decision=Decision.ALLOWED,
+            details={},
+        )
+        uow.session.add(forged)
+        await uow.commit()
+    report = await verify_log(platform)
+    assert [(p.kind, p.event_id) for p in report.problems] == [(ProblemKind.INSERTED, "evt_forged")]
+
+
+async def test_a_rewritten_seal_without_the_key_is_caught(platform: Platform) -> None:
+    # Someone with database access edits a record and recomputes its record hash: the link
+    # is keyed, so the chain hash no longer follows.
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(
+            update(AuditRecord).where(AuditRecord.seq == seqs[1]).values(reason="edited")
+        )
+        record = await uow.session.scalar(select(AuditRecord).where(AuditRecord.seq == seqs[1]))
+        assert record is not None
+        await uow.session.execute(
+            update(AuditSeal)
+            .where(AuditSeal.event_seq == seqs[1])
+            .values(record_hash=record_hash(record))
+        )
+        await uow.commit()
+    report = await verify_log(platform)
+    assert report.problems[0].kind is ProblemKind.SEAL_ALTERED
+    assert report.problems[0].seq == seqs[1]
+
+
+async def test_days_are_separate_chains(platform: Platform, clock: FrozenClock) -> None:
+    await _record(platform, 2)
+    clock.advance(timedelta(days=1))
+    await _record(platform, 2)
+    await seal_pending(platform, lag=timedelta(0))
+    report = await verify_log(platform)
+    assert report.ok and len(report.heads) == 2
