@@ -17,6 +17,7 @@ from fleetward import __version__
 from fleetward.abuse.runtime import QuotaRuntime
 from fleetward.api import (
     admin,
+    alerts,
     appointments,
     bulk_commands,
     cases,
@@ -48,6 +49,7 @@ from fleetward.commands.quotas import AbuseCommandQuotas
 from fleetward.commands.runtime import CommandRuntime
 from fleetward.commands.service import CommandConfig
 from fleetward.commands.signing import CommandSigner
+from fleetward.detection.runtime import DetectionRuntime
 from fleetward.gateway import websocket as gateway_websocket
 from fleetward.gateway.mqtt.config import MqttGatewayConfig
 from fleetward.gateway.mqtt.runtime import MqttTransport
@@ -72,6 +74,7 @@ _OBJECT_MODULES = (
     tenancy,
     commands,
     bulk_commands,
+    alerts,
     investigate,
 )
 
@@ -83,6 +86,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     mqtt: list[MqttTransport] = []  # filled below when a broker is configured
     quota_runtime = QuotaRuntime.build(settings)
     command_runtime: list[CommandRuntime] = []  # filled below once the gateway exists
+    detection = DetectionRuntime.build(the_platform, telemetry.pipeline.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,12 +104,15 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
                 await transport.start()
             for runtime in command_runtime:
                 await runtime.dispatcher.start()
+            # Detection follows the audit log (its cursor table needs the migrated store).
+            await detection.start(app.router.routes)
         _freeze_start_up_objects()
         try:
             yield
         finally:
             watcher.cancel()
             if telemetry_started:
+                await detection.stop()
                 for runtime in command_runtime:
                     await runtime.dispatcher.stop()
                 for transport in mqtt:
@@ -145,6 +152,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     gateway.commands = command_runtime[0].dispatcher
     app.state.commands = command_runtime[0]
     inventory(app.router.routes)
+    app.state.detection = detection
     return app
 
 

@@ -39,6 +39,8 @@ class Permission(StrEnum):
     ADMIN_MANAGE_CLIENTS = "admin:manage_clients"
     # Read the audit log across tenants: request chains, blast radius, export.
     ADMIN_INVESTIGATE = "admin:investigate"
+    ADMIN_READ_ALERTS = "admin:read_alerts"
+    ADMIN_MANAGE_ALERTS = "admin:manage_alerts"
 
 
 # Everything an owner holds on their own vehicle.

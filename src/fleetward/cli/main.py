@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from fleetward.cli import alerts as alerts_cli
 from fleetward.cli import audit as audit_cli
 from fleetward.cli import bench as bench_cli
 from fleetward.cli import catalog as catalog_cli
@@ -27,6 +28,7 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(devices_cli.app, name="devices")
 app.command(name="sim")(sim_cli.sim)
 app.add_typer(probe_cli.app, name="probe")
+app.add_typer(alerts_cli.app, name="alerts")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(investigate_cli.app, name="investigate")
 

@@ -125,7 +125,13 @@ DEMO_CLIENTS: Final = (
         "Platform admin console",
         ClientType.CONFIDENTIAL_WEB,
         (Surface.ADMIN,),
-        (P.ADMIN_MANAGE_TENANTS, P.ADMIN_MANAGE_CLIENTS, P.OTA_MANAGE_CAMPAIGN),
+        (
+            P.ADMIN_MANAGE_TENANTS,
+            P.ADMIN_MANAGE_CLIENTS,
+            P.ADMIN_READ_ALERTS,
+            P.ADMIN_MANAGE_ALERTS,
+            P.OTA_MANAGE_CAMPAIGN,
+        ),
         _HUMAN,
     ),
     DemoClient(

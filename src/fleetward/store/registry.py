@@ -5,6 +5,7 @@ from __future__ import annotations
 from fleetward.audit import alerts as _alert_models  # noqa: F401
 from fleetward.audit import models as _audit_models  # noqa: F401
 from fleetward.commands import models as _command_models  # noqa: F401
+from fleetward.detection import cursor as _detection_models  # noqa: F401
 from fleetward.devices import models as _device_models  # noqa: F401
 from fleetward.identity import credential_models as _credential_models  # noqa: F401
 from fleetward.identity import models as _identity_models  # noqa: F401

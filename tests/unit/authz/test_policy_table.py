@@ -42,6 +42,8 @@ SUPPORT_VEHICLE = Permission.SUPPORT_READ_VEHICLE
 OTA = Permission.OTA_MANAGE_CAMPAIGN
 TENANTS = Permission.ADMIN_MANAGE_TENANTS
 CLIENTS = Permission.ADMIN_MANAGE_CLIENTS
+ALERTS = Permission.ADMIN_READ_ALERTS
+ACK_ALERTS = Permission.ADMIN_MANAGE_ALERTS
 
 PWD = Acr.PASSWORD.value
 STALE = timedelta(minutes=6)
@@ -333,6 +335,21 @@ ROWS: dict[str, list[Case]] = {
         Case("judy", TENANTS, "tenant:acme-logistics", Reason.PLATFORM_ADMIN),
         # an admin manages client registrations
         Case("judy", CLIENTS, "client:insureco-app", Reason.PLATFORM_ADMIN),
+        # an admin reads detection alerts
+        Case("judy", ALERTS, "platform", Reason.PLATFORM_ADMIN),
+        # an admin acknowledges them
+        Case("judy", ACK_ALERTS, "platform", Reason.PLATFORM_ADMIN),
+        # Alerts name actors, vehicles and tokens: nobody else reads them.
+        # an engineer reads alerts
+        Case("ken", ALERTS, "platform", NONE),
+        # a support agent reads alerts
+        Case("heidi", ALERTS, "platform", NONE),
+        # a support agent acknowledges an alert
+        Case("heidi", ACK_ALERTS, "platform", NONE),
+        # a fleet admin reads alerts (even about their own fleet)
+        Case("erin", ALERTS, "platform", NONE),
+        # a customer acknowledges an alert about themselves
+        Case("mallory", ACK_ALERTS, "platform", NONE),
         # Separation of duties: no vehicle data, no commands.
         # an admin reads a car
         Case("judy", STATUS, "ALICE-1", NONE),

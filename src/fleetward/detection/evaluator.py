@@ -1,0 +1,184 @@
+"""The evaluator: follows the audit log by ``seq`` and feeds every rule, one batch per step.
+
+A step is one transaction: lock the cursor, read the next events (and any late ones that
+filled an earlier gap), let the rules observe them, apply their findings to alerts, move the
+cursor. Alerts and cursor commit together, so a crash or restart replays nothing that was
+applied and skips nothing that was not.
+
+Rules keep their windows in memory. Whenever the evaluator's memory may differ from the
+cursor (at start, after a failed step, or when another replica moved the cursor), the rules
+are rebuilt and warmed by replaying the events before the cursor, their findings discarded:
+windows then hold what they would have held had the process never stopped.
+
+On first start (no cursor row) evaluation begins after the newest event: history is for
+investigation, not alerts (a freshly seeded store would otherwise alert on its own setup).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetward.audit.models import AuditRecord
+from fleetward.audit.recorder import AuditRecorder
+from fleetward.core.clock import Clock
+from fleetward.detection import cursor, raising
+from fleetward.detection.config import EvaluatorConfig
+from fleetward.detection.finding import Finding, Rule
+from fleetward.detection.observed import Observed
+from fleetward.observability.logging import get_logger
+from fleetward.store.uow import UnitOfWork
+
+_log = get_logger("fleetward.detection")
+_WARM_PAGE = 1_000
+
+RuleFactory = Callable[[], Sequence[Rule]]
+
+
+def evaluate(rules: Sequence[Rule], events: Sequence[Observed]) -> list[Finding]:
+    """What ``rules`` find in ``events`` (in order). Pure: the rules' memory is the only state."""
+    found: list[Finding] = []
+    for event in events:
+        for rule in rules:
+            if rule.accepts(event):
+                found.extend(rule.observe(event))
+    return found
+
+
+class Evaluator:
+    """One per process; ``step`` is called from one task at a time (not thread-safe). Several
+    replicas may run one each: the cursor row lock makes their steps take turns."""
+
+    def __init__(
+        self,
+        units: Callable[[], UnitOfWork],
+        clock: Clock,
+        audit: AuditRecorder,
+        rules: RuleFactory,
+        config: EvaluatorConfig,
+    ) -> None:
+        self._units = units
+        self._clock = clock
+        self._audit = audit
+        self._make_rules = rules
+        self._config = config
+        self._rules: Sequence[Rule] = ()
+        # The cursor position the rules' memory corresponds to; None: rebuild before use.
+        self._warm_at: int | None = None
+
+    @property
+    def rules(self) -> Sequence[Rule]:
+        return self._rules
+
+    def rebuild(self) -> None:
+        """Make and warm the rules again before the next step (their configuration changed)."""
+        self._warm_at = None
+
+    async def step(self) -> int:
+        """Evaluate one batch; the number of events evaluated (0: nothing new)."""
+        try:
+            async with self._units() as uow:
+                evaluated = await self._step(uow.session)
+                await uow.commit()
+                return evaluated
+        except BaseException:
+            self._warm_at = None  # the rules saw events whose findings were not committed
+            raise
+
+    async def run_until_idle(self) -> int:
+        """Steps until a step finds nothing new (tests, `fleetward alerts` tooling)."""
+        total = 0
+        while (evaluated := await self.step()) > 0:
+            total += evaluated
+        return total
+
+    async def _step(self, session: AsyncSession) -> int:
+        now = self._clock.now()
+        position = await cursor.read(session, lock=True)
+        if position is None:
+            newest = await session.scalar(select(func.max(AuditRecord.seq)))
+            position = await cursor.create(session, newest or 0, now)
+            self._rules, self._warm_at = self._make_rules(), position.seq
+            return 0
+        if self._warm_at != position.seq:
+            await self._warm(session, position)
+        records = list(
+            await session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.seq > position.seq)
+                .order_by(AuditRecord.seq)
+                .limit(self._config.batch_size)
+            )
+        )
+        late: list[AuditRecord] = []
+        if position.pending:
+            late = list(
+                await session.scalars(
+                    select(AuditRecord)
+                    .where(AuditRecord.seq.in_(list(position.pending)))
+                    .order_by(AuditRecord.seq)
+                )
+            )
+        if not records and not late:
+            moved = self._expire(position, now)
+            if moved.pending != position.pending:
+                await cursor.move(session, position, moved, now)
+            return 0
+        events = [Observed.of(r) for r in (*late, *records)]
+        findings = evaluate(self._rules, events)
+        await raising.apply(session, self._audit, findings, evidence_cap=self._config.evidence_cap)
+        new = self._advance(position, late, records, now)
+        await cursor.move(session, position, new, now)
+        await session.flush()
+        self._warm_at = new.seq
+        if findings:
+            _log.info("detection findings", events=len(events), findings=len(findings))
+        return len(events)
+
+    def _advance(
+        self,
+        position: cursor.Position,
+        late: Sequence[AuditRecord],
+        records: Sequence[AuditRecord],
+        now: datetime,
+    ) -> cursor.Position:
+        pending = dict(position.pending)
+        for record in late:
+            pending.pop(record.seq, None)
+        expected = position.seq + 1
+        for record in records:
+            for missing in range(expected, record.seq):
+                pending[missing] = now
+            expected = record.seq + 1
+        top = records[-1].seq if records else position.seq
+        return self._expire(cursor.Position(top, pending), now)
+
+    def _expire(self, position: cursor.Position, now: datetime) -> cursor.Position:
+        horizon = now - self._config.gap_grace
+        kept = {seq: at for seq, at in position.pending.items() if at >= horizon}
+        return cursor.Position(position.seq, kept)
+
+    async def _warm(self, session: AsyncSession, position: cursor.Position) -> None:
+        """Fresh rules that have seen the events before the cursor (findings dropped)."""
+        rules = self._make_rules()
+        start = max(0, position.seq - self._config.warmup_events)
+        after = start
+        while True:
+            page = list(
+                await session.scalars(
+                    select(AuditRecord)
+                    .where(AuditRecord.seq > after, AuditRecord.seq <= position.seq)
+                    .order_by(AuditRecord.seq)
+                    .limit(_WARM_PAGE)
+                )
+            )
+            if not page:
+                break
+            after = page[-1].seq
+            # Records still pending were never evaluated: they will be, once, when found.
+            events = [Observed.of(r) for r in page if r.seq not in position.pending]
+            evaluate(rules, events)
+        self._rules, self._warm_at = rules, position.seq

@@ -1,0 +1,123 @@
+"""The background task the app's lifespan starts: evaluate new audit events, sample the
+telemetry pipeline's fleet-wide rates, sleep, again. It never stops on an error (it logs the
+error's type and tries again next round); stopping it cancels it between steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fleetward.catalog.entry import Lifecycle, entry_of
+from fleetward.detection import raising
+from fleetward.detection.config import CONFIG_FILE, DetectionConfig, load
+from fleetward.detection.evaluator import Evaluator
+from fleetward.detection.rules import build_rules
+from fleetward.detection.telemetry import FleetRates, FleetTelemetryVolume
+from fleetward.observability.logging import get_logger
+from fleetward.platform import Platform
+from fleetward.telemetry.metrics import MetricsSnapshot
+
+_log = get_logger("fleetward.detection")
+
+MetricsSource = Callable[[], MetricsSnapshot]
+
+
+def deprecated_routes(routes: Iterable[Any]) -> frozenset[str]:
+    """Names of the routes whose catalog entry is deprecated (audit events carry the name)."""
+    names: set[str] = set()
+    for route in routes:
+        entry = entry_of(getattr(route, "endpoint", None))
+        if entry is not None and entry.lifecycle is Lifecycle.DEPRECATED:
+            names.add(str(route.name))
+    return frozenset(names)
+
+
+class DetectionRuntime:
+    def __init__(
+        self,
+        platform: Platform,
+        config: DetectionConfig,
+        *,
+        metrics: MetricsSource | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._platform = platform
+        self._config = config
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self._started_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Route names whose catalog entry is deprecated: known once every route is mounted.
+        self._deprecated: frozenset[str] = frozenset()
+        self.evaluator = Evaluator(
+            platform.unit_of_work,
+            platform.clock,
+            platform.audit,
+            lambda: build_rules(config.rules, self._deprecated),
+            config.evaluator,
+        )
+        self._fleet = FleetTelemetryVolume(config.rules.telemetry_volume)
+
+    @classmethod
+    def build(cls, platform: Platform, metrics: MetricsSource | None = None) -> DetectionRuntime:
+        """Thresholds from ``<data_dir>/detection.toml`` when present (an invalid file refuses
+        to start: :class:`fleetward.detection.config.ConfigInvalid`)."""
+        config = load(platform.settings.data_dir / CONFIG_FILE)
+        return cls(platform, config, metrics=metrics)
+
+    def watch_routes(self, routes: Iterable[Any]) -> None:
+        """Know which of ``routes`` are deprecated (rules built from now on use them)."""
+        self._deprecated = deprecated_routes(routes)
+        self.evaluator.rebuild()
+
+    async def start(self, routes: Iterable[Any] = ()) -> None:
+        """Follow the audit log in a background task (started once)."""
+        self.watch_routes(routes)
+        if self._task is None:
+            self._started_at = self._monotonic()
+            self._task = asyncio.create_task(self._run(), name="fleetward-detection")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def round(self) -> None:
+        """One round: every new event evaluated, then one telemetry sample."""
+        await self.evaluator.run_until_idle()
+        await self.sample_telemetry()
+
+    async def sample_telemetry(self) -> int:
+        """Judge the pipeline's rates once the longest window has filled (before that, every
+        rate looks like a surge against a window still mostly empty). Alerts raised or counted."""
+        rules = self._config.rules.telemetry_volume
+        if self._metrics is None or not rules.enabled or self._started_at is None:
+            return 0
+        rates = FleetRates.of(self._metrics())
+        if self._monotonic() - self._started_at < rates.long_window:
+            return 0
+        findings = self._fleet.sample(rates, self._platform.clock.now())
+        if not findings:
+            return 0
+        async with self._platform.unit_of_work() as uow:
+            await raising.apply(
+                uow.session,
+                self._platform.audit,
+                findings,
+                evidence_cap=self._config.evaluator.evidence_cap,
+            )
+            await uow.commit()
+        return len(findings)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception as exc:  # keep following; the next round retries from the cursor
+                _log.error("detection round failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self._config.evaluator.poll_seconds)

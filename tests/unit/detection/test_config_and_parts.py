@@ -1,0 +1,114 @@
+"""Thresholds from TOML (typos refused), fleet-wide telemetry samples, evidence merging."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetward.detection.config import RULE_SECTIONS, ConfigInvalid, DetectionConfig, load, parse
+from fleetward.detection.raising import merge_evidence
+from fleetward.detection.rules import RULE_IDS
+from fleetward.detection.telemetry import QUOTA_SLUG, FleetRates, FleetTelemetryVolume
+from fleetward.detection.windows import Window
+from fleetward.telemetry.metrics import MetricsSnapshot, SignalWindow
+from unit.detection.kit import T0
+
+
+def test_no_file_is_the_defaults(tmp_path: Path) -> None:
+    assert load(tmp_path / "detection.toml") == DetectionConfig()
+
+
+def test_overrides_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "detection.toml"
+    path.write_text(
+        "[evaluator]\npoll_seconds = 2.5\n"
+        "[rules.vin-enumeration]\ndistinct_vehicles = 8\nwindow = 900\n"
+        "[rules.deprecated-api-use]\nenabled = false\n"
+        '[rules.bulk-command]\nsensitive_commands = ["vehicle:unlock"]\n',
+        encoding="utf-8",
+    )
+    config = load(path)
+    assert config.evaluator.poll_seconds == 2.5
+    assert config.rules.enumeration.distinct_vehicles == 8
+    assert config.rules.enumeration.window == timedelta(seconds=900)
+    assert config.rules.deprecated_api.enabled is False
+    assert config.rules.bulk_command.sensitive_commands == ("vehicle:unlock",)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"rules": {"vin-enumeratoin": {}}},  # a misspelt rule id never leaves defaults silently
+        {"rules": {"vin-enumeration": {"distinct": 3}}},  # an unknown setting
+        {"rules": {"vin-enumeration": {"distinct_vehicles": 0}}},  # zero disables by stealth
+        {"rules": {"vin-enumeration": {"distinct_vehicles": True}}},  # a bool is not a count
+        {"rules": {"vin-enumeration": {"window": -5}}},  # a negative window
+        {"rules": {"vin-enumeration": {"enabled": "no"}}},  # a string is not a switch
+        {"rules": {"vin-enumeration": []}},  # not a table
+        {"rules": []},  # not a table of rules
+        {"alerts": {}},  # an unknown section
+    ],
+)
+def test_invalid_documents_are_refused(document: dict[str, Any]) -> None:
+    with pytest.raises(ConfigInvalid):
+        parse(document)
+
+
+def test_not_toml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "detection.toml"
+    path.write_text("[rules\n", encoding="utf-8")
+    with pytest.raises(ConfigInvalid):
+        load(path)
+
+
+def test_every_rule_has_a_config_section() -> None:
+    assert set(RULE_SECTIONS) == set(RULE_IDS)
+
+
+def _snapshot(short: float, long: float, quota: float = 0.0) -> MetricsSnapshot:
+    windows = (10, 60, 300)
+    return MetricsSnapshot(
+        windows,
+        {
+            "doors.locked": {
+                10: SignalWindow(short, 1.0),
+                60: SignalWindow(long, 1.0),
+                300: SignalWindow(long, 1.0),
+            }
+        },
+        {QUOTA_SLUG: {10: quota, 60: quota / 2, 300: quota / 5}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("short", "long", "quota", "alerts"),
+    [
+        (60.0, 5.0, 0.0, 1),  # a fleet-wide flood of door events: 12x the baseline
+        (8.0, 7.5, 0.0, 0),  # steady traffic
+        (3.0, 0.1, 0.0, 0),  # a quiet fleet waking up: a big ratio of very little
+        (6.0, 6.0, 4.0, 1),  # steady accepted traffic, but frames refused for quota
+    ],
+)
+def test_fleet_rates(short: float, long: float, quota: float, alerts: int) -> None:
+    rates = FleetRates.of(_snapshot(short, long, quota))
+    found = FleetTelemetryVolume(DetectionConfig().rules.telemetry_volume).sample(rates, T0)
+    assert len(found) == alerts
+    assert all(f.rule == "telemetry-volume" and f.evidence == () for f in found)
+
+
+def test_merge_evidence_keeps_first_and_newest() -> None:
+    merged = merge_evidence([f"e{i}" for i in range(10)], ["e3", "e10", "e11"], cap=6)
+    assert merged == ["e0", "e1", "e2", "e9", "e10", "e11"]
+    assert merge_evidence(["a"], ["a", "b"], cap=50) == ["a", "b"]
+
+
+def test_window_forgets_old_entries_and_old_keys() -> None:
+    window = Window(timedelta(minutes=10), max_keys=2)
+    window.add("a", T0, "e1")
+    assert [e.event_id for e in window.add("a", T0 + timedelta(minutes=11), "e2")] == ["e2"]
+    window.add("b", T0, "e3")
+    window.add("c", T0, "e4")  # "a" is the least recently used: dropped
+    assert [e.event_id for e in window.add("a", T0, "e5")] == ["e5"]
