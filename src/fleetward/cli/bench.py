@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fleetward.bench import authz, gateway_load, http_read, quotas, telemetry, tokens
+from fleetward.bench import authz, blast_radius, gateway_load, http_read, quotas, telemetry, tokens
 
 app = typer.Typer(no_args_is_help=True, help="benchmarks (never part of make test)")
 
@@ -86,4 +86,25 @@ def quotas_command(
 ) -> None:
     """Quota check per request (plan + enforce) in process vs a dict, and on Redis vs PING."""
     result = quotas.run(seconds, redis_url if redis else None)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@app.command("blast-radius")
+def blast_radius_command(
+    events: Annotated[int, typer.Option(min=1000, max=20_000_000, help="audit events")] = 1_000_000,
+    users: Annotated[
+        int, typer.Option(min=10, max=1_000_000, help="users (5 vehicles each)")
+    ] = 10_000,
+    repeats: Annotated[int, typer.Option(min=1, max=50, help="runs per query")] = 5,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="a PostgreSQL server (postgresql://user@host:port/db): the store is a fresh"
+            " database there, dropped after the run; default: SQLite in a temporary directory",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Blast-radius queries over a large synthetic audit log vs the bare indexed count."""
+    result = blast_radius.run(events, users, repeats, database_url)
     typer.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -1,0 +1,153 @@
+"""``fleetward audit`` (seal, verify, export) and ``fleetward investigate`` on an embedded
+store: the commands an operator runs, end to end, through the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+from typer.testing import CliRunner
+
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.audit.recorder import Actor, Target
+from fleetward.cli.main import app
+from fleetward.core.context import RequestContext, set_request
+from fleetward.platform import Platform
+from fleetward.settings import Settings
+
+REQUEST_ID = "req-cli-0001"
+VEHICLES = ("veh_cli_a", "veh_cli_b")
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FLEETWARD_DATA_DIR", str(tmp_path / "var"))
+    result = CliRunner().invoke(app, ["migrate"])
+    assert result.exit_code == 0, result.output
+    asyncio.run(_events(Settings()))
+    return tmp_path
+
+
+async def _events(settings: Settings) -> None:
+    platform = Platform.build(settings)
+    set_request(RequestContext(request_id=REQUEST_ID, trace_id="a" * 32, source_ip="192.0.2.7"))
+    try:
+        async with platform.services() as (uow, ctx):
+            for vehicle in VEHICLES:
+                ctx.audit.record(
+                    ctx.session,
+                    EventName.COMMAND_REQUESTED,
+                    actor=Actor.user("usr_cli"),
+                    target=Target("vehicle", vehicle),
+                    details={"job_id": f"job_{vehicle}", "command": "unlock", "token_id": "jti_1"},
+                )
+            await uow.commit()
+    finally:
+        set_request(None)
+        await platform.close()
+
+
+async def _tamper(settings: Settings) -> None:
+    platform = Platform.build(settings)
+    try:
+        async with platform.unit_of_work() as uow:
+            await uow.session.execute(
+                update(AuditRecord)
+                .where(AuditRecord.object_id == VEHICLES[1])
+                .values(object_id="veh_cli_z")
+            )
+            await uow.commit()
+    finally:
+        await platform.close()
+
+
+async def _count(settings: Settings, name: EventName) -> int:
+    platform = Platform.build(settings)
+    try:
+        async with platform.unit_of_work() as uow:
+            return (
+                await uow.session.scalar(select(func.count()).where(AuditRecord.name == name.value))
+            ) or 0
+    finally:
+        await platform.close()
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_seal_verify_then_tamper(env: Path) -> None:
+    code, out, _ = _invoke("audit", "seal", "--lag", "0")
+    assert code == 0 and json.loads(out) == {"sealed": 2, "late": 0}
+    code, out, _ = _invoke("audit", "verify")
+    assert code == 0 and json.loads(out)["ok"] is True
+    asyncio.run(_tamper(Settings()))
+    code, out, err = _invoke("audit", "verify")
+    assert code == 1
+    assert json.loads(out)["problems"][0]["kind"] == "modified"
+    assert "first problem: modified" in err
+
+
+def test_export_writes_json_lines_and_is_audited(env: Path) -> None:
+    _invoke("audit", "seal", "--lag", "0")
+    target = env / "audit.jsonl"
+    code, out, _ = _invoke("audit", "export", "-o", str(target), "--since", "2000-01-01T00:00Z")
+    assert code == 0 and json.loads(out)["exported"] == 2
+    lines = [json.loads(line) for line in target.read_text("utf-8").splitlines()]
+    assert [line["vehicle_id"] for line in lines] == list(VEHICLES)
+    assert all(line["seal"]["chain_hash"] for line in lines)
+    assert asyncio.run(_count(Settings(), EventName.AUDIT_EXPORTED)) == 1
+
+
+def test_export_refuses_a_naive_time(env: Path) -> None:
+    code, _, _ = _invoke("audit", "export", "-o", str(env / "x"), "--since", "2026-01-01T00:00")
+    assert code == 2
+
+
+def test_blast_radius_as_csv_and_json(env: Path) -> None:
+    code, out, _ = _invoke("investigate", "blast-radius", "token", "jti_1", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["vehicle_id"] for r in rows] == list(VEHICLES)
+    code, out, _ = _invoke("investigate", "blast-radius", "user", "usr_cli", "--format", "json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["counts"]["commands_sent"] == 2
+    assert {c["job_id"] for c in document["commands"]} == {f"job_{v}" for v in VEHICLES}
+    assert asyncio.run(_count(Settings(), EventName.INVESTIGATION_RUN)) == 2
+
+
+def test_blast_radius_window_needs_a_bound(env: Path) -> None:
+    code, _, _ = _invoke("investigate", "blast-radius", "window")
+    assert code == 2
+
+
+def test_request_chain(env: Path) -> None:
+    code, out, _ = _invoke("investigate", "request", REQUEST_ID)
+    assert code == 0
+    document = json.loads(out)
+    assert document["users"] == ["usr_cli"]
+    assert document["source_ips"] == ["192.0.2.7"]
+    assert [v["vehicle_id"] for v in document["vehicles"]] == list(VEHICLES)
+    code, _, err = _invoke("investigate", "request", "req-unknown-1")
+    assert code == 1 and "no audit event" in err
+
+
+def test_governance_figures(env: Path) -> None:
+    code, out, _ = _invoke("investigate", "figures")
+    assert code == 0, out
+    document = json.loads(out)
+    assert document["routes"]["share_inventoried"] == 1.0
+    # unlock, remote_start and immobilize are in the Cedar group:step_up.
+    assert set(document["commands"]["commands_requiring_step_up"]) == {
+        "unlock",
+        "remote_start",
+        "immobilize",
+    }
