@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     quota_vehicle_commands_per_minute: Annotated[int, Field(ge=1, le=1000)] = 10
     quota_max_targets: Annotated[int, Field(ge=1, le=10_000)] = 10_000
     quota_raised: list[RaisedQuotaSetting] = []
+    # Enumeration (fleetward.abuse.enumeration): distinct vehicles or VINs one actor touches
+    # per window, and runs of consecutive ids or VIN serials. Above "slow" each request
+    # waits (bounded); at "stop" the actor gets 429 for the cool-down.
+    quota_enumeration_window_seconds: Annotated[int, Field(ge=60, le=86_400)] = 86_400
+    quota_enumeration_slow_distinct: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    quota_enumeration_stop_distinct: Annotated[int, Field(ge=1, le=1_000_000)] = 500
+    quota_enumeration_slow_run: Annotated[int, Field(ge=2, le=1000)] = 4
+    quota_enumeration_stop_run: Annotated[int, Field(ge=2, le=1000)] = 8
+    quota_enumeration_cooldown_seconds: Annotated[int, Field(ge=1, le=86_400)] = 3600
 
     @model_validator(mode="after")
     def _quotas_nest(self) -> Settings:
@@ -132,6 +141,10 @@ class Settings(BaseSettings):
             )
         if self.quota_client_per_minute > self.quota_global_per_minute:
             raise ValueError("quota_client_per_minute must not exceed quota_global_per_minute")
+        if self.quota_enumeration_slow_distinct > self.quota_enumeration_stop_distinct:
+            raise ValueError("need quota_enumeration_slow_distinct <= ..._stop_distinct")
+        if self.quota_enumeration_slow_run > self.quota_enumeration_stop_run:
+            raise ValueError("need quota_enumeration_slow_run <= quota_enumeration_stop_run")
         return self
 
     @model_validator(mode="after")

@@ -101,3 +101,19 @@ class TooManyTargets(InvalidInput):
             reason="too-many-targets",
             extra={"max-targets": most},
         )
+
+
+class EnumerationStopped(TooManyRequests):
+    """The actor walked too many distinct or consecutive vehicles (``abuse.enumeration``)
+    and is stopped for a cool-down; ``reason`` says which signal, not the thresholds."""
+
+    code = "enumeration-stopped"
+    title = "Too many distinct objects"
+
+    def __init__(self, retry_after: timedelta, signal: str | None) -> None:
+        seconds = whole_seconds(retry_after)
+        super().__init__(
+            f"this caller touched too many distinct objects; retry after {seconds} s",
+            reason=signal or "enumeration",
+            headers={"Retry-After": str(seconds)},
+        )

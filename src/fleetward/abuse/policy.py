@@ -247,6 +247,35 @@ class QuotaPolicy:
             may_degrade=command is None and flow is None,
         )
 
+    def plan_flow(
+        self,
+        flow: Flow,
+        *,
+        tenant: str,
+        client: str,
+        now: datetime,
+        user: str | None = None,
+        objects: int = 1,
+        flow_subject: str | None = None,
+    ) -> QuotaPlan:
+        """The flow's own charge alone, for a request whose user, client, tenant and global
+        charges were already drawn (``api.quota_guard.charge_request`` draws them for every
+        request; a route then adds its flow). Same subjects, raises and bounds as
+        :meth:`plan`; never degrades."""
+        if type(objects) is not int or objects < 0:
+            raise ValueError("objects must be a non-negative int")
+        if objects > self.max_targets:
+            raise TooManyTargets(objects, self.max_targets)
+        flow_limit = self.flows[flow]
+        actor = user if user is not None else client
+        subject = flow_subject if user is None and flow_subject is not None else actor
+        fixed = None if flow_limit.per_object else 1
+        charge = Charge(Dimension.FLOW, subject, flow_limit.limit, fixed)
+        charges, used = self._apply_raises([charge], tenant, now)
+        return QuotaPlan(
+            charges=tuple(charges), cost=request_cost(objects), raised=used, may_degrade=False
+        )
+
     def _apply_raises(
         self, charges: list[Charge], tenant: str, now: datetime
     ) -> tuple[list[Charge], tuple[RaisedQuota, ...]]:

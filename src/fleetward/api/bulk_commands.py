@@ -14,10 +14,12 @@ from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from fleetward.abuse.policy import Flow
 from fleetward.api.auth import Caller, StepUp, _challenge, authenticate
 from fleetward.api.authorize import NotPermitted, not_found
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
+from fleetward.api.quota_guard import charge_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import (
     AuthzRequest,
@@ -227,6 +229,7 @@ async def create_bulk(
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> BulkView:
     key = idempotency_key(idempotency)
+    await charge_flow(request, caller, Flow.BULK_FLEET_COMMAND, idempotency_key=key)
     runtime = commands_of(request.app)
     config = runtime.config
     spec = COMMANDS.get(body.command)

@@ -17,6 +17,7 @@ from fastapi import Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from fleetward.abuse.policy import Flow
 from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import not_found
 from fleetward.api.bodies import StrictBody
@@ -29,6 +30,7 @@ from fleetward.api.handover_access import (
     owner_of,
 )
 from fleetward.api.objects import platform_of
+from fleetward.api.quota_guard import charge_flow, watch_vin
 from fleetward.api.routing import surface_router
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import AUTHENTICATED, catalogued
@@ -78,6 +80,7 @@ async def start_transfer(
     body: TransferStartBody = _NO_INPUT,
     caller: Caller = _stepped_up,
 ) -> IssuedView:
+    await charge_flow(request, caller, Flow.OWNERSHIP_TRANSFER)
     async with platform_of(request).services() as (uow, ctx):
         vehicle, seller = await owner_of(
             request, caller, Permission.VEHICLE_TRANSFER, vehicle_id, ctx
@@ -130,6 +133,8 @@ async def cancel_transfer(
 async def accept_transfer(
     body: TransferAcceptBody, request: Request, caller: Caller = _stepped_up
 ) -> OwnershipView:
+    await watch_vin(request, caller, body.vin)
+    await charge_flow(request, caller, Flow.OWNERSHIP_TRANSFER)
     platform = platform_of(request)
     try:
         async with platform.services() as (uow, ctx):

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from fleetward.abuse.policy import Flow
 from fleetward.api import handover_transfers
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import not_found
@@ -35,6 +36,7 @@ from fleetward.api.handover_access import (
     page_of,
 )
 from fleetward.api.objects import Cursor, Limit, Page, page_size, platform_of
+from fleetward.api.quota_guard import charge_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import AUTHENTICATED, catalogued
@@ -103,6 +105,7 @@ class DelegationView(BaseModel):
 async def create_invitation(
     vehicle_id: str, body: InvitationBody, request: Request, caller: Caller = _authenticated
 ) -> IssuedView:
+    await charge_flow(request, caller, Flow.DRIVER_INVITATION)
     async with platform_of(request).services() as (uow, ctx):
         vehicle, owner = await owner_of(
             request, caller, Permission.VEHICLE_MANAGE_DRIVERS, vehicle_id, ctx

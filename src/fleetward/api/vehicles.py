@@ -10,6 +10,7 @@ fields (``Obligation.MINIMISE_FIELDS``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 from fastapi import APIRouter, Depends, Request
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetward.abuse.policy import Degrade, Flow
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.objects import (
@@ -28,6 +30,7 @@ from fleetward.api.objects import (
     page_size,
     platform_of,
 )
+from fleetward.api.quota_guard import charge_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import ResourceRef
 from fleetward.authz.permissions import Permission
@@ -102,8 +105,9 @@ def _entry(
     *,
     caller: CallerType = CallerType.USER,
     rate: int = 60,
+    degrade: Degrade = Degrade.FAIL_CLOSED,
 ) -> CatalogEntry:
-    return object_entry(
+    entry = object_entry(
         surface,
         purpose,
         permission,
@@ -114,6 +118,7 @@ def _entry(
         caller=caller,
         rate=rate,
     )
+    return replace(entry, degrade=degrade)
 
 
 async def _latest(session: AsyncSession, vehicle_id: str) -> TelemetryMessage | None:
@@ -223,6 +228,7 @@ def _object_routes(surface: Surface) -> APIRouter:
             "the vehicles the caller may read, a page at a time",
             Permission.VEHICLE_READ_STATUS,
             DataClass.PERSONAL,
+            degrade=Degrade.LOCAL_LIMIT,  # a plain read: stays up on local limits
         )
     )
     async def list_vehicles(
@@ -295,6 +301,7 @@ def _object_routes(surface: Surface) -> APIRouter:
             "a vehicle's registry fields and latest reported state (no location)",
             Permission.VEHICLE_READ_STATUS,
             DataClass.VEHICLE_STATE,
+            degrade=Degrade.LOCAL_LIMIT,  # a plain read: stays up on local limits
         )
     )
     async def read_status(
@@ -319,6 +326,7 @@ def _object_routes(surface: Surface) -> APIRouter:
     async def read_location(
         vehicle_id: str, request: Request, caller: Caller = authenticated
     ) -> LocationView:
+        await charge_flow(request, caller, Flow.BULK_LOCATION)
         platform = platform_of(request)
         async with platform.services() as (uow, ctx):
             await authorize(

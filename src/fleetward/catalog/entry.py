@@ -8,6 +8,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
+from fleetward.abuse.policy import Degrade
 from fleetward.authz.permissions import Permission
 from fleetward.core.surfaces import Surface
 
@@ -79,6 +80,11 @@ class CatalogEntry:
     # Expected sustained rate per caller, in requests per minute (abuse baselines).
     expected_rate_per_minute: int = 60
     tags: tuple[str, ...] = field(default=())
+    # When the shared quota store is unreachable (abuse.guard): fail closed (503) unless the
+    # route is a plain read that chose to count in each replica's own buckets instead.
+    # LOCAL_LIMIT is refused here for safety-relevant routes, and honoured at request time
+    # only for GET/HEAD (the entry does not know its method): a write always fails closed.
+    degrade: Degrade = Degrade.FAIL_CLOSED
 
     def __post_init__(self) -> None:
         if not self.owner or not self.purpose or not self.callers:
@@ -89,6 +95,8 @@ class CatalogEntry:
             raise ValueError("a route is public exactly when it admits anonymous callers")
         if self.lifecycle is not Lifecycle.ACTIVE and self.sunset is None:
             raise ValueError("a deprecated or retired route needs a sunset date")
+        if self.degrade is Degrade.LOCAL_LIMIT and Impact.SAFETY in self.impact:
+            raise ValueError("a route with safety impact fails closed when quotas are down")
 
     def as_extensions(self) -> dict[str, Any]:
         """The entry as OpenAPI ``x-fleetward-*`` extensions."""
@@ -105,6 +113,7 @@ class CatalogEntry:
             "x-fleetward-lifecycle": self.lifecycle.value,
             "x-fleetward-sunset": self.sunset.isoformat() if self.sunset else None,
             "x-fleetward-expected-rate-per-minute": self.expected_rate_per_minute,
+            "x-fleetward-degrade": self.degrade.value,
         }
 
 

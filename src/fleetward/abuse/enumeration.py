@@ -1,0 +1,348 @@
+"""Enumeration: an actor walking vehicle ids or VINs, caught even at a low request rate.
+
+Two signals per actor (a user, or a client acting as itself):
+
+* **distinct objects** touched in a window (vehicle ids in request paths, VINs typed into the
+  ownership-transfer accept): a person has a handful of vehicles, so hundreds of distinct
+  ones in a day is a walk whatever the pace. Counted by a :class:`DistinctCounter`
+  (in-process, or Redis shared by every replica);
+* **sequential patterns**: each id is read as a number in its family (a vehicle id's suffix
+  in base 36 under its prefix; a VIN's serial, positions 12-17, under the rest of the VIN
+  without its check digit). A run grows when the next object is a small step above the
+  last one; random ids never make a run, so a handful of consecutive steps is a walk even
+  at one request an hour.
+
+Above the ``slow`` thresholds the actor is slowed: each request waits (a delay that grows
+with the excess, bounded by ``max_delay``). At the ``stop`` thresholds the actor is stopped:
+every request is refused (429) until ``cooldown`` has passed; then it may go on with the
+objects it already touched, and is stopped again by its next new one while the window's
+count is above the threshold (or by a new run). Each escalation is
+reported once (the caller audits it: ``abuse:enumeration:suspected``, then
+``abuse:enumeration:stopped``), never once per request.
+
+State other than the distinct sets (runs, levels, stops) lives in this process: with several
+replicas, give the counter the Redis store so the distinct count is shared; a run split
+across replicas by the load balancer is seen in part on each (docs/operations.md).
+Memory is bounded: at most ``max_actors`` actors (least recently seen dropped first), and a
+distinct set stops growing at four times the stop threshold (an actor that far is stopped
+again after every cool-down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Final, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from fleetward.abuse.quotas import epoch_ms
+from fleetward.abuse.store import QuotaUnavailable
+from fleetward.observability.logging import get_logger
+
+logger = get_logger(__name__)
+
+DEFAULT_REDIS_PREFIX: Final = "fw:enum:"
+_CAP_FACTOR: Final = 4
+_SUFFIX = re.compile(r"[0-9a-z]{1,32}")
+_VIN = re.compile(r"[0-9A-HJ-NPR-Z]{17}")
+
+
+class Level(StrEnum):
+    NORMAL = "normal"
+    SLOWED = "slowed"
+    STOPPED = "stopped"
+
+
+class Signal(StrEnum):
+    """Why an actor was slowed or stopped (the audit reason)."""
+
+    DISTINCT = "distinct-objects"
+    SEQUENCE = "sequential-ids"
+
+
+@dataclass(frozen=True, slots=True)
+class EnumerationConfig:
+    window: timedelta = timedelta(days=1)
+    slow_distinct: int = 200
+    stop_distinct: int = 500
+    slow_run: int = 4
+    stop_run: int = 8
+    # Largest gap between two objects that still continues a run (walkers skip gaps).
+    max_step: int = 16
+    cooldown: timedelta = timedelta(hours=1)
+    delay_step: timedelta = timedelta(milliseconds=250)
+    max_delay: timedelta = timedelta(seconds=2)
+    max_actors: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.slow_distinct <= self.stop_distinct:
+            raise ValueError("need 1 <= slow_distinct <= stop_distinct")
+        if not 2 <= self.slow_run <= self.stop_run:
+            raise ValueError("need 2 <= slow_run <= stop_run")
+        if self.max_step < 1 or self.max_actors < 1:
+            raise ValueError("max_step and max_actors must be positive")
+        if self.window < timedelta(seconds=1) or self.cooldown < timedelta(seconds=1):
+            raise ValueError("window and cooldown must be at least a second")
+        if not timedelta(0) <= self.delay_step <= self.max_delay <= timedelta(seconds=10):
+            raise ValueError("need 0 <= delay_step <= max_delay <= 10 s")
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """One object a request names: ``key`` counts it as distinct, ``family`` and ``ordinal``
+    place it in a sequence (``None``: not a sequence-able id)."""
+
+    key: str
+    family: str | None = None
+    ordinal: int | None = None
+
+
+def vehicle_touched(vehicle_id: str) -> Touched:
+    """A vehicle id from a path. Its suffix (after the last ``_``) read in base 36, under its
+    prefix and length: ``veh_..0041`` then ``veh_..0042`` is a step of one."""
+    prefix, sep, suffix = vehicle_id.rpartition("_")
+    if sep and _SUFFIX.fullmatch(suffix):
+        return Touched(f"vehicle:{vehicle_id}", f"id:{prefix}:{len(suffix)}", int(suffix, 36))
+    return Touched(f"vehicle:{vehicle_id}")
+
+
+def vin_touched(vin: str) -> Touched:
+    """A VIN as typed. Its serial (positions 12-17) in base 36, under the VIN without its
+    check digit (position 9, which changes with the serial) and without the serial."""
+    if not _VIN.fullmatch(vin):
+        return Touched(f"vin:{vin[:32]}")
+    family = vin[:8] + vin[9:11]
+    return Touched(f"vin:{vin}", f"vin:{family}", int(vin[11:], 36))
+
+
+class DistinctCounter(Protocol):
+    """Distinct members per actor per fixed window. ``add`` records ``member`` for ``actor``
+    in the window holding ``now`` and returns how many distinct members that window holds
+    (it may stop counting above ``cap``). Safe for concurrent use on one event loop; raises
+    :class:`~fleetward.abuse.store.QuotaUnavailable` when it cannot answer."""
+
+    async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int: ...
+
+
+def _window_index(now: datetime, window: timedelta) -> int:
+    return epoch_ms(now) // (window // timedelta(milliseconds=1))
+
+
+class InMemoryDistinct:
+    """A :class:`DistinctCounter` in this process (one loop; not thread-safe)."""
+
+    def __init__(self, window: timedelta, *, max_actors: int = 100_000) -> None:
+        self._window = window
+        self._max = max_actors
+        self._sets: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()
+
+    async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int:
+        index = _window_index(now, self._window)
+        found = self._sets.get(actor)
+        if found is None or found[0] != index:
+            found = (index, set())
+            self._sets[actor] = found
+        self._sets.move_to_end(actor)
+        members = found[1]
+        if len(members) < cap:  # bounded: above the cap the answer no longer changes
+            members.add(member)
+        while len(self._sets) > self._max:
+            self._sets.popitem(last=False)
+        return len(members)
+
+
+class RedisDistinct:
+    """A :class:`DistinctCounter` in Redis, shared by every replica: one set per actor and
+    window (``SADD`` + ``SCARD`` in one MULTI), expiring with its window. Any error or
+    timeout raises :class:`QuotaUnavailable`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        window: timedelta,
+        *,
+        prefix: str = DEFAULT_REDIS_PREFIX,
+        timeout: timedelta = timedelta(milliseconds=250),
+    ) -> None:
+        if not prefix:
+            raise ValueError("a key prefix is required")
+        self._redis = redis
+        self._window = window
+        self._prefix = prefix
+        self._timeout = timeout.total_seconds()
+
+    async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int:
+        index = _window_index(now, self._window)
+        key = f"{self._prefix}{index}|{actor}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.scard(key)
+                pipe.sadd(key, member)
+                # Kept one window past its own end: no information after that.
+                pipe.pexpire(key, 2 * (self._window // timedelta(milliseconds=1)))
+                pipe.scard(key)
+                size_before, _added, _expiry, size = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QuotaUnavailable(f"distinct counter unavailable: {type(exc).__name__}") from exc
+        if type(size) is not int or type(size_before) is not int:
+            raise QuotaUnavailable("distinct counter: malformed reply")
+        return min(size, max(cap, size_before))
+
+
+@dataclass(frozen=True, slots=True)
+class EnumerationVerdict:
+    """What to do with one request. ``escalated`` is set on the request that moved the actor
+    to a higher level (audit it); ``signal`` says which signal is the strongest."""
+
+    level: Level
+    delay: timedelta = timedelta(0)
+    retry_after: timedelta = timedelta(0)
+    signal: Signal | None = None
+    distinct: int = 0
+    run: int = 0
+    escalated: bool = False
+
+
+_OK: Final = EnumerationVerdict(Level.NORMAL)
+
+
+@dataclass(slots=True)
+class _Actor:
+    family: str | None = None
+    last: int | None = None
+    run: int = 0
+    seen_at: datetime | None = None
+    level: Level = Level.NORMAL
+    level_window: int = -1  # the window the level was reached in (levels reset with it)
+    stopped_until: datetime | None = None
+    stopped_at: int = 0  # the distinct count of the last stop (a re-stop needs a new object)
+    distinct: int = 0
+
+
+class EnumerationGuard:
+    """Per-actor enumeration state. Safe for concurrent use on one event loop."""
+
+    def __init__(self, config: EnumerationConfig, counter: DistinctCounter | None = None) -> None:
+        self.config = config
+        self._local = InMemoryDistinct(config.window, max_actors=config.max_actors)
+        self._counter: DistinctCounter = counter if counter is not None else self._local
+        self._actors: OrderedDict[str, _Actor] = OrderedDict()
+        # Sets stop growing here; an actor at the cap is stopped after every cool-down.
+        self._cap = _CAP_FACTOR * config.stop_distinct
+
+    def stopped(self, actor: str, now: datetime) -> EnumerationVerdict | None:
+        """The refusal for an actor in its cool-down, else ``None``."""
+        state = self._actors.get(actor)
+        if state is None or state.stopped_until is None or now >= state.stopped_until:
+            return None
+        return EnumerationVerdict(
+            Level.STOPPED,
+            retry_after=state.stopped_until - now,
+            distinct=state.distinct,
+            run=state.run,
+        )
+
+    async def observe(
+        self, actor: str, touched: Sequence[Touched], now: datetime
+    ) -> EnumerationVerdict:
+        """Count ``touched`` for ``actor`` and say whether to go on, slow down or stop."""
+        held = self.stopped(actor, now)
+        if held is not None:
+            return held
+        if not touched:
+            return _OK
+        config = self.config
+        state = self._state(actor)
+        window = _window_index(now, config.window)
+        if state.level_window != window:
+            state.level, state.level_window, state.distinct = Level.NORMAL, window, 0
+            state.stopped_at = 0
+        if state.seen_at is not None and now - state.seen_at > config.window:
+            state.family, state.last, state.run = None, None, 0
+        state.seen_at = now
+        for item in touched:
+            state.distinct = max(state.distinct, await self._count(actor, item.key, now))
+            self._step(state, item)
+        return self._judge(state, now)
+
+    async def _count(self, actor: str, member: str, now: datetime) -> int:
+        cap = self._cap
+        try:
+            return await self._counter.add(actor, member, now, cap=cap)
+        except QuotaUnavailable as exc:
+            # The shared set is down: count in this process (a per-replica view) rather
+            # than stop every request, and rather than stop counting.
+            logger.warning("enumeration.counter.unavailable", error=str(exc))
+            return await self._local.add(actor, member, now, cap=cap)
+
+    def _step(self, state: _Actor, item: Touched) -> None:
+        if item.family is None or item.ordinal is None:
+            return
+        if item.family == state.family and state.last is not None:
+            gap = item.ordinal - state.last
+            if gap == 0:
+                return  # the same object again neither extends nor breaks a run
+            state.run = state.run + 1 if 0 < gap <= self.config.max_step else 1
+        else:
+            state.run = 1
+        state.family, state.last = item.family, item.ordinal
+
+    def _judge(self, state: _Actor, now: datetime) -> EnumerationVerdict:
+        config = self.config
+        # After a cool-down the actor may go on with the objects it already touched; only a
+        # new one (or reaching the cap, where new ones can no longer be told) stops it again.
+        by_distinct = state.distinct >= config.stop_distinct and (
+            state.distinct > state.stopped_at or state.distinct >= self._cap
+        )
+        by_run = state.run >= config.stop_run
+        if by_distinct or by_run:
+            # observe() answers a stopped actor before counting: reaching here is a new stop
+            # (the first, or the first new object after a cool-down while still above).
+            verdict = EnumerationVerdict(
+                Level.STOPPED,
+                retry_after=config.cooldown,
+                signal=Signal.SEQUENCE if by_run else Signal.DISTINCT,
+                distinct=state.distinct,
+                run=state.run,
+                escalated=True,
+            )
+            state.level = Level.STOPPED
+            state.stopped_until = now + config.cooldown
+            state.stopped_at = state.distinct
+            state.run = 0  # a fresh run after the cool-down
+            return verdict
+        over_distinct = state.distinct - config.slow_distinct + 1
+        over_run = state.run - config.slow_run + 1
+        over = max(over_distinct, over_run)
+        if over <= 0:
+            return EnumerationVerdict(Level.NORMAL, distinct=state.distinct, run=state.run)
+        escalated = state.level is Level.NORMAL
+        if escalated:
+            state.level = Level.SLOWED
+        delay = min(config.max_delay, config.delay_step * over)
+        return EnumerationVerdict(
+            Level.SLOWED,
+            delay=delay,
+            signal=Signal.SEQUENCE if over_run >= over_distinct else Signal.DISTINCT,
+            distinct=state.distinct,
+            run=state.run,
+            escalated=escalated,
+        )
+
+    def _state(self, actor: str) -> _Actor:
+        state = self._actors.get(actor)
+        if state is None:
+            state = _Actor()
+            self._actors[actor] = state
+        self._actors.move_to_end(actor)
+        while len(self._actors) > self.config.max_actors:
+            self._actors.popitem(last=False)
+        return state
