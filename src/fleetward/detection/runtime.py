@@ -73,6 +73,10 @@ class DetectionRuntime:
         self._deprecated = deprecated_routes(routes)
         self.evaluator.rebuild()
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def start(self, routes: Iterable[Any] = ()) -> None:
         """Follow the audit log in a background task (started once)."""
         self.watch_routes(routes)

@@ -25,8 +25,13 @@ CROSS_TENANT_REASONS: Final = frozenset(
         Reason.TENANT_MISMATCH_OWN_FLEET.value,
     }
 )
-# What a walk over vehicle ids looks like from the PDP: "not yours" and "no such vehicle".
-NOT_FOUND_REASONS: Final = frozenset({Reason.NO_RELATIONSHIP.value, Reason.UNKNOWN_RESOURCE.value})
+# What a walk over vehicle ids looks like from the PDP: "not yours", "no such vehicle", "no
+# longer yours", and another tenant's vehicle (all answered with the same 404).
+NOT_FOUND_REASONS: Final = CROSS_TENANT_REASONS | {
+    Reason.NO_RELATIONSHIP.value,
+    Reason.UNKNOWN_RESOURCE.value,
+    Reason.FORMER_OWNER.value,
+}
 DECISION: Final = EventName.AUTHZ_DECISION_MADE.value
 
 
@@ -67,9 +72,9 @@ class CrossTenantAccess(BaseRule):
 
 
 class VinEnumeration(BaseRule):
-    """One actor walking vehicle ids: many distinct vehicles refused as not-found or
-    not-theirs in a window (each request looks harmless; the spread does not), plus what the
-    abuse limits report (``abuse:enumeration:suspected`` / ``stopped``, which also see
+    """One actor walking vehicle ids: many distinct vehicles refused as not-found, not-theirs
+    or another tenant's in a window (each request looks harmless; the spread does not), plus
+    what the abuse limits report (``abuse:enumeration:suspected`` / ``stopped``, which also see
     sequential VIN serials at low rates). The remote-start-any-VIN class of flaw is found
     exactly this way."""
 
