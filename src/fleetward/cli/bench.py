@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from fleetward.bench import authz, blast_radius, gateway_load, http_read, quotas, telemetry, tokens
+from fleetward.bench import (
+    authz,
+    blast_radius,
+    commands,
+    gateway_load,
+    http_read,
+    quotas,
+    telemetry,
+    tokens,
+)
 
 app = typer.Typer(no_args_is_help=True, help="benchmarks (never part of make test)")
 
@@ -87,6 +96,60 @@ def quotas_command(
     """Quota check per request (plan + enforce) in process vs a dict, and on Redis vs PING."""
     result = quotas.run(seconds, redis_url if redis else None)
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@app.command("commands")
+def commands_command(
+    vehicles: Annotated[int, typer.Option(min=1, max=10_000, help="simulated vehicles")] = 1000,
+    rate: Annotated[
+        float, typer.Option(min=1, max=5000, help="commands/s of the headline run (last)")
+    ] = 200.0,
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="seconds of the headline")] = 10.0,
+    command: Annotated[
+        str, typer.Option(help="the throughput command (non-exclusive, no precondition)")
+    ] = "horn_lights",
+    steps: Annotated[
+        str, typer.Option(help="rates (commands/s, comma-separated) searched for the maximum")
+    ] = ",".join(str(int(r)) for r in commands.DEFAULT_STEPS),
+    step_seconds: Annotated[float, typer.Option(min=1, max=120, help="seconds per step")] = 10.0,
+    lock_rate: Annotated[float, typer.Option(min=1, max=5000, help="lock commands/s")] = 20.0,
+    lock_seconds: Annotated[float, typer.Option(min=0, max=600, help="0: no lock run")] = 10.0,
+    inprocess: Annotated[
+        bool,
+        typer.Option(help="server in this process (one core for all) instead of a pinned child"),
+    ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="a PostgreSQL server (postgresql://user@host:port/db): the store is a fresh"
+            " database there, dropped after the run; default: SQLite in a temporary directory",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Remote commands, API request to `executed`, with simulated vehicles connected."""
+    if database_url is not None:
+        try:
+            http_read.postgres_server(database_url)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--database-url") from None
+    try:
+        rates = tuple(float(r) for r in steps.split(",") if r.strip())
+        config = commands.BenchConfig(
+            vehicles=vehicles,
+            rate=rate,
+            seconds=seconds,
+            command=command,
+            steps=rates,
+            step_seconds=step_seconds,
+            lock_rate=lock_rate,
+            lock_seconds=lock_seconds,
+            inprocess=inprocess,
+            database_url=database_url,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(json.dumps(commands.run(config), indent=2, sort_keys=True, default=str))
 
 
 @app.command("blast-radius")
