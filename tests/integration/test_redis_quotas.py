@@ -23,6 +23,13 @@ import pytest
 from redis.asyncio import Redis
 
 from conftest import require_service
+from fleetward.abuse.enumeration import (
+    EnumerationConfig,
+    EnumerationGuard,
+    Level,
+    RedisDistinct,
+    vehicle_touched,
+)
 from fleetward.abuse.errors import QuotaStoreDown
 from fleetward.abuse.guard import GuardedQuotas
 from fleetward.abuse.policy import Degrade, QuotaPolicy
@@ -315,3 +322,43 @@ async def test_runtime_uses_redis_when_configured(tmp_path: Path, replicas: Repl
         keys += [k async for k in replicas.admin.scan_iter(match="fw:quota:global|*")]
         if keys:
             await replicas.admin.delete(*keys)
+
+
+async def test_enumeration_distinct_sets_are_shared_by_replicas(replicas: Replicas) -> None:
+    """Three replicas count one actor's distinct vehicles in one Redis set: the guard on any
+    replica sees the walk the others saw, and the set expires with its window."""
+    window = timedelta(hours=1)
+    counters = [
+        RedisDistinct(c, window, prefix=replicas.prefix + "enum:") for c in replicas.clients
+    ]
+    config = EnumerationConfig(window=window, slow_distinct=3, stop_distinct=6)
+    guards = [EnumerationGuard(config, counter) for counter in counters]
+    now = SystemClock().now()
+    levels = []
+    for n, letter in enumerate("qzmbkr"):
+        touched = [vehicle_touched("veh_" + letter * 26)]
+        levels.append((await guards[n % 3].observe("usr_walker", touched, now)).level)
+    assert levels[:2] == [Level.NORMAL, Level.NORMAL]
+    assert levels[2:5] == [Level.SLOWED] * 3
+    assert levels[5] is Level.STOPPED  # on replica 3, from vehicles seen on 1 and 2 too
+    # Concurrent adds of the same members count once.
+    results = await asyncio.gather(
+        *(counters[i % 3].add("usr_same", f"m{i % 4}", now, cap=100) for i in range(40))
+    )
+    assert max(results) == 4
+    keys = [k async for k in replicas.admin.scan_iter(match=replicas.prefix + "enum:*")]
+    ttls = [await replicas.admin.pttl(k) for k in keys]
+    assert ttls and all(0 < ttl <= 2 * 3_600_000 for ttl in ttls)
+
+
+async def test_enumeration_counts_locally_when_redis_is_down() -> None:
+    dead = RedisDistinct(_client("redis://127.0.0.1:1/0"), timedelta(hours=1))
+    with pytest.raises(QuotaUnavailable):
+        await dead.add("a", "m", SystemClock().now(), cap=10)
+    guard = EnumerationGuard(EnumerationConfig(slow_distinct=2, stop_distinct=3), dead)
+    now = SystemClock().now()
+    levels = [
+        (await guard.observe("a", [vehicle_touched("veh_" + c * 26)], now)).level for c in "qzm"
+    ]
+    # Never an exemption: the walk is still seen, in this process's own sets.
+    assert levels == [Level.NORMAL, Level.SLOWED, Level.STOPPED]

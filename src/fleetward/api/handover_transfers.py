@@ -134,7 +134,6 @@ async def accept_transfer(
     body: TransferAcceptBody, request: Request, caller: Caller = _stepped_up
 ) -> OwnershipView:
     await watch_vin(request, caller, body.vin)
-    await charge_flow(request, caller, Flow.OWNERSHIP_TRANSFER)
     platform = platform_of(request)
     try:
         async with platform.services() as (uow, ctx):

@@ -1,0 +1,221 @@
+"""Enumeration guard, audit notices, flow-only plans and the catalog's degrade field."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from conftest import T0
+from fleetward.abuse.enumeration import (
+    EnumerationConfig,
+    EnumerationGuard,
+    InMemoryDistinct,
+    Level,
+    Signal,
+    Touched,
+    vehicle_touched,
+    vin_touched,
+)
+from fleetward.abuse.notices import Notices
+from fleetward.abuse.policy import Degrade, Flow, QuotaPolicy
+from fleetward.abuse.quotas import Dimension
+from fleetward.abuse.runtime import enumeration_config
+from fleetward.authz.permissions import Permission
+from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact
+from fleetward.core.surfaces import Surface
+from fleetward.core.vin import make_vin
+from fleetward.settings import Settings
+
+CONFIG = EnumerationConfig(slow_distinct=3, stop_distinct=5, slow_run=3, stop_run=5)
+
+
+def _vin(serial: int) -> str:
+    return make_vin("1FW", "AB123", f"KP{serial:06d}").value
+
+
+# (first, second, is a step of one, why)
+STEPS = [
+    (
+        vehicle_touched("veh_" + "0" * 25 + "1"),
+        vehicle_touched("veh_" + "0" * 25 + "2"),
+        True,
+        "ascending numeric suffix",
+    ),
+    (
+        vehicle_touched("veh_" + "a" * 26),
+        vehicle_touched("veh_" + "a" * 25 + "b"),
+        True,
+        "ascending base32 suffix",
+    ),
+    (
+        vin_touched(_vin(41)),
+        vin_touched(_vin(42)),
+        True,
+        "consecutive VIN serials: the check digit differs, the family does not",
+    ),
+    (
+        vin_touched(_vin(41)),
+        vin_touched(make_vin("1FW", "ZZ123", "KP000042").value),
+        False,
+        "another model's VIN is another family",
+    ),
+    (
+        vehicle_touched("veh_" + "0" * 26),
+        vin_touched(_vin(1)),
+        False,
+        "an id and a VIN never make one run",
+    ),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "step", "why"), STEPS, ids=[s[-1] for s in STEPS])
+def test_ordinals(first: Touched, second: Touched, step: bool, why: str) -> None:
+    same = first.family == second.family
+    assert (same and second.ordinal == (first.ordinal or 0) + 1) is step, why
+
+
+def test_hostile_ids_and_vins_are_counted_never_sequenced() -> None:
+    # Oversized, non-ASCII or malformed input still counts as a distinct object.
+    for touched in (
+        vehicle_touched("veh_" + "Ā" * 10),
+        vehicle_touched("no-underscore"),
+        vin_touched("1FW" + "I" * 14),  # I is not a VIN letter
+        vin_touched("x" * 500),
+    ):
+        assert touched.family is None and touched.ordinal is None
+        assert len(touched.key) <= 40 or touched.key.startswith("vehicle:")
+
+
+async def test_consecutive_ids_slow_then_stop_at_any_pace() -> None:
+    guard = EnumerationGuard(CONFIG)
+    now, levels = T0, []
+    for n in range(1, 6):
+        verdict = await guard.observe("mallory", [vehicle_touched(f"veh_{n:026d}")], now)
+        levels.append((verdict.level, verdict.escalated))
+        now += timedelta(hours=3)  # one request every three hours
+    assert levels == [
+        (Level.NORMAL, False),
+        (Level.NORMAL, False),
+        (Level.SLOWED, True),  # third in a row: suspected, audited once
+        (Level.SLOWED, False),
+        (Level.STOPPED, True),
+    ]
+    stopped_at = now - timedelta(hours=3)
+    held = guard.stopped("mallory", stopped_at + timedelta(minutes=10))
+    assert held is not None and held.retry_after == CONFIG.cooldown - timedelta(minutes=10)
+    assert guard.stopped("mallory", stopped_at + CONFIG.cooldown) is None
+
+
+async def test_a_random_walk_is_seen_by_the_distinct_count_only() -> None:
+    guard = EnumerationGuard(CONFIG)
+    ids = [f"veh_{c * 26}" for c in "qzmbk"]  # no two a small step apart
+    verdicts = [await guard.observe("a", [vehicle_touched(i)], T0) for i in ids]
+    assert [v.level for v in verdicts] == [Level.NORMAL] * 2 + [Level.SLOWED] * 2 + [Level.STOPPED]
+    assert verdicts[-1].signal is Signal.DISTINCT
+    assert verdicts[2].delay < verdicts[3].delay <= CONFIG.max_delay
+
+
+async def test_repeating_known_objects_never_escalates() -> None:
+    guard = EnumerationGuard(CONFIG)
+    for _ in range(50):
+        verdict = await guard.observe("alice", [vehicle_touched("veh_" + "q" * 26)], T0)
+        assert verdict.level is Level.NORMAL
+
+
+async def test_after_the_cool_down_known_objects_pass_and_a_new_one_stops_again() -> None:
+    guard = EnumerationGuard(CONFIG)
+    ids = [f"veh_{c * 26}" for c in "qzmbkr"]
+    for vehicle in ids[:5]:
+        await guard.observe("a", [vehicle_touched(vehicle)], T0)
+    later = T0 + CONFIG.cooldown
+    assert guard.stopped("a", later) is None
+    assert (await guard.observe("a", [vehicle_touched(ids[0])], later)).level is Level.SLOWED
+    again = await guard.observe("a", [vehicle_touched(ids[5])], later)
+    assert again.level is Level.STOPPED and again.escalated
+
+
+async def test_the_window_resets_the_distinct_count() -> None:
+    guard = EnumerationGuard(CONFIG)
+    ids = [f"veh_{c * 26}" for c in "qzmb"]
+    for vehicle in ids:
+        await guard.observe("a", [vehicle_touched(vehicle)], T0)
+    next_day = T0 + CONFIG.window
+    verdict = await guard.observe("a", [vehicle_touched("veh_" + "k" * 26)], next_day)
+    assert verdict.level is Level.NORMAL and verdict.distinct == 1
+
+
+async def test_memory_is_bounded() -> None:
+    guard = EnumerationGuard(EnumerationConfig(max_actors=10))
+    for n in range(100):
+        await guard.observe(f"actor-{n}", [vehicle_touched(f"veh_{n:026d}")], T0)
+    assert len(guard._actors) == 10
+    distinct = InMemoryDistinct(timedelta(hours=1), max_actors=3)
+    for n in range(20):
+        assert await distinct.add("a", f"m{n}", T0, cap=5) == min(n + 1, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"slow_distinct": 6, "stop_distinct": 5}, "slow above stop"),
+        ({"slow_run": 1}, "a run of one is no run"),
+        ({"max_delay": timedelta(seconds=60)}, "an unbounded delay holds connections"),
+        ({"cooldown": timedelta(0)}, "a stop without a cool-down is no stop"),
+    ],
+)
+def test_config_rejects(kwargs: dict[str, object], why: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is the config's own
+        EnumerationConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_settings_configure_the_guard(tmp_path: object) -> None:
+    settings = Settings(quota_enumeration_slow_distinct=7, quota_enumeration_stop_distinct=9)
+    config = enumeration_config(settings)
+    assert (config.slow_distinct, config.stop_distinct) == (7, 9)
+    with pytest.raises(ValueError, match="slow_distinct"):
+        Settings(quota_enumeration_slow_distinct=10, quota_enumeration_stop_distinct=9)
+
+
+def test_notices_fold_repeats_within_the_period() -> None:
+    notices = Notices(max_keys=2)
+    every = timedelta(minutes=1)
+    assert notices.due("k", T0, every) == 0
+    assert notices.due("k", T0 + timedelta(seconds=1), every) is None
+    assert notices.due("k", T0 + timedelta(seconds=2), every) is None
+    assert notices.due("k", T0 + every, every) == 2  # the two folded ones are reported
+    assert not notices.seen("x", T0)
+    notices.mark("x", T0, every)
+    assert notices.seen("x", T0) and not notices.seen("x", T0 + every)
+
+
+def test_a_flow_plan_charges_the_flow_alone() -> None:
+    plan = QuotaPolicy().plan_flow(
+        Flow.BULK_LOCATION, tenant="t", client="c", user="u", now=T0, objects=3
+    )
+    (charge,) = plan.charges
+    assert (charge.dimension, charge.subject, plan.cost) == (Dimension.FLOW, "u", 3)
+    assert plan.may_degrade is False
+    once = QuotaPolicy().plan_flow(Flow.OWNERSHIP_TRANSFER, tenant="t", client="c", now=T0)
+    assert once.charges[0].subject == "c" and once.charges[0].fixed_cost == 1
+
+
+def _entry(**kwargs: object) -> CatalogEntry:
+    return CatalogEntry(
+        surface=Surface.MOBILE,
+        owner="team",
+        purpose="p",
+        callers=frozenset({CallerType.USER}),
+        permission=Permission.VEHICLE_READ_STATUS,
+        data_class=DataClass.VEHICLE_STATE,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_catalog_degrade_defaults_closed_and_never_local_for_safety() -> None:
+    assert _entry().degrade is Degrade.FAIL_CLOSED
+    assert _entry(degrade=Degrade.LOCAL_LIMIT).as_extensions()["x-fleetward-degrade"] == (
+        "local_limit"
+    )
+    with pytest.raises(ValueError, match="safety"):
+        _entry(degrade=Degrade.LOCAL_LIMIT, impact=frozenset({Impact.SAFETY}))
