@@ -9,14 +9,24 @@ nothing depends on timing. SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 
+from fleetward.api.auth import Caller, authenticate
+from fleetward.api.authorize import authorize
+from fleetward.api.objects import platform_of
+from fleetward.api.routing import surface_router
 from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.authz.decision import ResourceRef
+from fleetward.authz.permissions import Permission
+from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Lifecycle, catalogued
 from fleetward.core.surfaces import Surface
 from fleetward.demo.clients import seed_demo_clients
 from fleetward.detection import cursor
@@ -35,7 +45,7 @@ MOBILE = Surface.MOBILE
 FLEET = Surface.FLEET
 
 
-def app_token(api: Api, who: str) -> str:
+def app_token(api: Api, who: str, family: str | None = None) -> str:
     """A token of the demo mobile app (a registered client: commands check the client)."""
     now = api.platform.clock.now()
     user = api.world.users[who]
@@ -48,7 +58,7 @@ def app_token(api: Api, who: str) -> str:
         auth_time=now,
         acr=Acr.MFA.value,
         amr=["pwd", "otp"],
-        token_family=None,
+        token_family=family,
         subject_type="user",
     ).token
 
@@ -238,3 +248,84 @@ async def test_lifespan_starts_and_stops_detection(platform: Platform, settings:
             pytest.fail("the detection task never placed its cursor")
         assert runtime.running
     assert not runtime.running
+
+
+async def test_token_family_from_a_new_network(api: Api, settings: Settings) -> None:
+    """The same refresh family first from alice's home network, then from another range:
+    the replayed-token pattern. Addresses are the ASGI peer, as the middleware records it."""
+    runtime = await detection(api)
+    app = build_app(settings, platform=api.platform)
+    token = app_token(api, "alice", family="fam_alice_phone")
+    path = f"/mobile/v1/vehicles/{api.vehicle_id('ALICE-1')}"
+    for peer in ("198.51.100.7", "198.51.100.200", "203.0.113.66"):
+        transport = httpx.ASGITransport(app=app, client=(peer, 40_000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get(path, headers={"authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+        await runtime.evaluator.run_until_idle()
+        found = await listed(api, "?rule=token-new-infrastructure")
+        # Quiet within alice's /24; one alert once the family shows up elsewhere.
+        assert len(found) == (1 if peer.startswith("203.") else 0), peer
+    (alert,) = found
+    assert alert["subject_type"] == "token_family" and alert["subject_id"] == "fam_alice_phone"
+    assert "203.0.113.0/24" in alert["summary"]
+    detail = (await api.get("judy", ADMIN, f"/alerts/{alert['id']}")).json()
+    assert [e["source_ip"] for e in detail["evidence_events"]] == ["198.51.100.7", "203.0.113.66"]
+
+
+def deprecated_router() -> APIRouter:
+    """A v0 read kept for an old app: catalogued as deprecated, authorized like any route."""
+    router = surface_router(MOBILE)
+    user = Depends(authenticate(MOBILE))
+
+    @router.get("/legacy/vehicles/{vehicle_id}", name="mobile:vehicles:read_v0")
+    @catalogued(
+        CatalogEntry(
+            surface=MOBILE,
+            owner="vehicles-team",
+            purpose="a vehicle, as version 0 of the app reads it",
+            callers=frozenset({CallerType.USER}),
+            permission=Permission.VEHICLE_READ_STATUS,
+            data_class=DataClass.VEHICLE_STATE,
+            objects=("vehicle",),
+            version="v0",
+            lifecycle=Lifecycle.DEPRECATED,
+            sunset=date(2027, 3, 31),
+        )
+    )
+    async def read_v0(vehicle_id: str, request: Request, caller: Caller = user) -> dict[str, str]:
+        platform = platform_of(request)
+        async with platform.services() as (uow, ctx):
+            resource = ResourceRef.vehicle(vehicle_id)
+            await authorize(request, caller, Permission.VEHICLE_READ_STATUS, resource, ctx=ctx)
+            await uow.commit()
+        return {"id": vehicle_id}
+
+    return router
+
+
+async def test_deprecated_route_use(api: Api, settings: Settings) -> None:
+    runtime = await detection(api)
+    app = build_app(settings, platform=api.platform)
+    app.include_router(deprecated_router())
+    runtime.watch_routes(app.router.routes)
+    token = app_token(api, "alice")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        headers = {"authorization": f"Bearer {token}"}
+        alice_1 = api.vehicle_id("ALICE-1")
+        # The current version: quiet.
+        assert (
+            await http.get(f"/mobile/v1/vehicles/{alice_1}", headers=headers)
+        ).status_code == 200
+        await runtime.evaluator.run_until_idle()
+        assert await listed(api, "?rule=deprecated-api-use") == []
+        # The deprecated one, twice: one alert, counted twice.
+        for _ in range(2):
+            response = await http.get(f"/mobile/v1/legacy/vehicles/{alice_1}", headers=headers)
+            assert response.status_code == 200, response.text
+    await runtime.evaluator.run_until_idle()
+    (alert,) = await listed(api, "?rule=deprecated-api-use")
+    assert alert["subject_id"] == "fleetward-mobile" and alert["count"] == 2
+    assert "mobile:vehicles:read_v0" in alert["summary"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -106,7 +106,7 @@ def list_command(
 ) -> None:
     """Alerts (by id), filtered by status, rule and recency."""
     if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+        since = since.replace(tzinfo=UTC)
     where = AlertFilter(status=status, rule=rule, since=since)
 
     async def work(_u: UnitOfWork, ctx: ServiceContext) -> list[Alert]:

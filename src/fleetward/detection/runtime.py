@@ -8,9 +8,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from fleetward.catalog.entry import Lifecycle, entry_of
+from starlette.routing import BaseRoute
+
+from fleetward.catalog.entry import Lifecycle
+from fleetward.catalog.inventory import inventory
 from fleetward.detection import raising
 from fleetward.detection.config import CONFIG_FILE, DetectionConfig, load
 from fleetward.detection.evaluator import Evaluator
@@ -25,14 +27,10 @@ _log = get_logger("fleetward.detection")
 MetricsSource = Callable[[], MetricsSnapshot]
 
 
-def deprecated_routes(routes: Iterable[Any]) -> frozenset[str]:
+def deprecated_routes(routes: Iterable[BaseRoute]) -> frozenset[str]:
     """Names of the routes whose catalog entry is deprecated (audit events carry the name)."""
-    names: set[str] = set()
-    for route in routes:
-        entry = entry_of(getattr(route, "endpoint", None))
-        if entry is not None and entry.lifecycle is Lifecycle.DEPRECATED:
-            names.add(str(route.name))
-    return frozenset(names)
+    items = inventory(list(routes))
+    return frozenset(i.name for i in items if i.entry.lifecycle is Lifecycle.DEPRECATED)
 
 
 class DetectionRuntime:
@@ -68,7 +66,7 @@ class DetectionRuntime:
         config = load(platform.settings.data_dir / CONFIG_FILE)
         return cls(platform, config, metrics=metrics)
 
-    def watch_routes(self, routes: Iterable[Any]) -> None:
+    def watch_routes(self, routes: Iterable[BaseRoute]) -> None:
         """Know which of ``routes`` are deprecated (rules built from now on use them)."""
         self._deprecated = deprecated_routes(routes)
         self.evaluator.rebuild()
@@ -77,7 +75,7 @@ class DetectionRuntime:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def start(self, routes: Iterable[Any] = ()) -> None:
+    async def start(self, routes: Iterable[BaseRoute] = ()) -> None:
         """Follow the audit log in a background task (started once)."""
         self.watch_routes(routes)
         if self._task is None:
