@@ -6,9 +6,10 @@ cursor. Alerts and cursor commit together, so a crash or restart replays nothing
 applied and skips nothing that was not.
 
 Rules keep their windows in memory. Whenever the evaluator's memory may differ from the
-cursor (at start, after a failed step, or when another replica moved the cursor), the rules
-are rebuilt and warmed by replaying the events before the cursor, their findings discarded:
-windows then hold what they would have held had the process never stopped.
+cursor (at start, after a failed step), the rules are rebuilt and warmed by replaying the
+events before the cursor, their findings discarded: windows then hold what they would have
+held had the process never stopped. When another replica only moved the cursor ahead, the
+rules just observe the events in between (replicas take turns cheaply).
 
 On first start (no cursor row) evaluation begins after the newest event: history is for
 investigation, not alerts (a freshly seeded store would otherwise alert on its own setup).
@@ -104,7 +105,7 @@ class Evaluator:
             self._rules, self._warm_at = self._make_rules(), position.seq
             return 0
         if self._warm_at != position.seq:
-            await self._warm(session, position)
+            await self._warm(session, position, self._warm_at)
         records = list(
             await session.scalars(
                 select(AuditRecord)
@@ -161,11 +162,17 @@ class Evaluator:
         kept = {seq: at for seq, at in position.pending.items() if at >= horizon}
         return cursor.Position(position.seq, kept)
 
-    async def _warm(self, session: AsyncSession, position: cursor.Position) -> None:
-        """Fresh rules that have seen the events before the cursor (findings dropped)."""
-        rules = self._make_rules()
-        start = max(0, position.seq - self._config.warmup_events)
-        after = start
+    async def _warm(
+        self, session: AsyncSession, position: cursor.Position, warm_at: int | None
+    ) -> None:
+        """Rules that have seen the events up to the cursor (findings dropped): the current
+        ones caught up when another evaluator only moved the cursor ahead of them (replicas
+        taking turns), else fresh ones replaying up to ``warmup_events``."""
+        floor = max(0, position.seq - self._config.warmup_events)
+        if warm_at is not None and floor <= warm_at < position.seq:
+            rules, after = self._rules, warm_at
+        else:
+            rules, after = self._make_rules(), floor
         while True:
             page = list(
                 await session.scalars(

@@ -46,7 +46,8 @@ class DetectionRuntime:
         self._config = config
         self._metrics = metrics
         self._monotonic = monotonic
-        self._started_at: float | None = None
+        # The pipeline's windows start filling when the process does (build_app).
+        self._started_at = monotonic()
         self._task: asyncio.Task[None] | None = None
         # Route names whose catalog entry is deprecated: known once every route is mounted.
         self._deprecated: frozenset[str] = frozenset()
@@ -79,7 +80,6 @@ class DetectionRuntime:
         """Follow the audit log in a background task (started once)."""
         self.watch_routes(routes)
         if self._task is None:
-            self._started_at = self._monotonic()
             self._task = asyncio.create_task(self._run(), name="fleetward-detection")
 
     async def stop(self) -> None:
@@ -98,7 +98,7 @@ class DetectionRuntime:
         """Judge the pipeline's rates once the longest window has filled (before that, every
         rate looks like a surge against a window still mostly empty). Alerts raised or counted."""
         rules = self._config.rules.telemetry_volume
-        if self._metrics is None or not rules.enabled or self._started_at is None:
+        if self._metrics is None or not rules.enabled:
             return 0
         rates = FleetRates.of(self._metrics())
         if self._monotonic() - self._started_at < rates.long_window:

@@ -148,3 +148,20 @@ async def test_gaps_are_given_up_after_the_grace(platform: Platform, clock: Froz
     async with platform.unit_of_work() as uow:
         position = await cursor.read(uow.session, lock=False)
     assert position is not None and position.pending == {}
+
+
+async def test_replicas_taking_turns_see_the_whole_walk(platform: Platform) -> None:
+    one, two = evaluator(platform), evaluator(platform)
+    await one.run_until_idle()
+    first = await deny(platform, "veh_0", "veh_1", "veh_2")
+    assert await one.step() == 3
+    # The other replica's memory is behind the cursor: it catches up, then sees the rest.
+    rest = await deny(platform, "veh_3", "veh_4")
+    assert await two.step() == 2
+    (alert,) = await alerts(platform)
+    assert alert.evidence == [*first, *rest] and alert.count == 1
+    (sixth,) = await deny(platform, "veh_5")
+    await one.run_until_idle()
+    (counted,) = await alerts(platform)
+    assert counted.count == 2 and counted.evidence[-1] == sixth
+    assert await raised_events(platform) == 1

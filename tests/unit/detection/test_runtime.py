@@ -1,0 +1,31 @@
+"""The runtime's fleet-wide telemetry sample: judged only once the longest window has
+filled (before that every rate looks like a surge), then raised and counted as alerts."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from fleetward.audit.alerts import Alert
+from fleetward.detection.config import DetectionConfig
+from fleetward.detection.runtime import DetectionRuntime
+from fleetward.platform import Platform
+from fleetward.telemetry.metrics import MetricsSnapshot, SignalWindow
+
+
+def flood() -> MetricsSnapshot:
+    surge = {10: SignalWindow(80.0, 1.0), 60: SignalWindow(20.0, 1.0), 300: SignalWindow(4.0, 1.0)}
+    return MetricsSnapshot((10, 60, 300), {"doors.locked": surge})
+
+
+async def test_fleet_sample_waits_for_the_long_window(platform: Platform) -> None:
+    now = [1000.0]
+    runtime = DetectionRuntime(platform, DetectionConfig(), metrics=flood, monotonic=lambda: now[0])
+    now[0] += 299
+    assert await runtime.sample_telemetry() == 0
+    now[0] += 1
+    assert await runtime.sample_telemetry() == 1
+    assert await runtime.sample_telemetry() == 1
+    async with platform.unit_of_work() as uow:
+        (alert,) = list(await uow.session.scalars(select(Alert)))
+    assert alert.rule == "telemetry-volume" and alert.subject_id == "doors.locked"
+    assert alert.count == 2 and alert.evidence == []
