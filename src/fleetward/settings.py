@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     quota_vehicle_commands_per_minute: Annotated[int, Field(ge=1, le=1000)] = 10
     quota_max_targets: Annotated[int, Field(ge=1, le=10_000)] = 10_000
     quota_raised: list[RaisedQuotaSetting] = []
+    # Capacities of sensitive flows by flow name (abuse.policy.Flow), replacing the defaults
+    # for every tenant, e.g. {"ownership-transfer": 10}; a probe deployment raises them.
+    quota_flows: dict[str, Annotated[int, Field(ge=1, le=10_000_000)]] = {}
     # Enumeration (fleetward.abuse.enumeration): distinct vehicles or VINs one actor touches
     # per window, and runs of consecutive ids or VIN serials. Above "slow" each request
     # waits (bounded); at "stop" the actor gets 429 for the cool-down.

@@ -149,11 +149,20 @@ class QuotaPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> QuotaPolicy:
         """The policy the settings configure; raises ``ValueError`` if a raised quota names
-        an unknown limit or the global one (the platform's own protection is never raised)."""
+        an unknown limit or the global one (the platform's own protection is never raised),
+        or ``quota_flows`` names no flow."""
         raised = [
             RaisedQuota(r.tenant, r.limit, r.capacity, r.owner, r.reason, r.expires_at)
             for r in settings.quota_raised
         ]
+        flows = dict(DEFAULT_FLOWS)
+        for name, capacity in settings.quota_flows.items():
+            try:
+                flow = Flow(name)
+            except ValueError:
+                raise ValueError(f"quota_flows: {name!r} is not a flow") from None
+            old = flows[flow]
+            flows[flow] = FlowLimit(old.limit.with_capacity(capacity), old.per_object)
         policy = cls(
             user=DEFAULT_USER.with_capacity(settings.quota_user_per_minute),
             client=DEFAULT_CLIENT.with_capacity(settings.quota_client_per_minute),
@@ -163,6 +172,7 @@ class QuotaPolicy:
                 settings.quota_vehicle_commands_per_minute
             ),
             max_targets=settings.quota_max_targets,
+            flows=MappingProxyType(flows),
             raised=InMemoryRaisedQuotas(raised),
         )
         raisable = policy.limit_names() - {policy.platform.name}

@@ -219,3 +219,12 @@ def test_catalog_degrade_defaults_closed_and_never_local_for_safety() -> None:
     )
     with pytest.raises(ValueError, match="safety"):
         _entry(degrade=Degrade.LOCAL_LIMIT, impact=frozenset({Impact.SAFETY}))
+
+
+def test_settings_set_flow_capacities() -> None:
+    policy = QuotaPolicy.from_settings(Settings(quota_flows={"ownership-transfer": 50}))
+    assert policy.flows[Flow.OWNERSHIP_TRANSFER].limit.capacity == 50
+    assert policy.flows[Flow.OWNERSHIP_TRANSFER].per_object is False
+    assert policy.flows[Flow.REMOTE_UNLOCK].limit.capacity == 30  # the others keep theirs
+    with pytest.raises(ValueError, match="not a flow"):
+        QuotaPolicy.from_settings(Settings(quota_flows={"teleport": 5}))
