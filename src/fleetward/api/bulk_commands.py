@@ -55,7 +55,7 @@ _BULK: Final = Permission.FLEET_BULK_COMMAND
 
 
 class BulkBody(CommandBody):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     command: str = Field(min_length=1, max_length=32)
     vehicle_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(

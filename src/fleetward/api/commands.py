@@ -24,12 +24,13 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fleetward.api.auth import Caller, StepUp, _challenge, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
+from fleetward.api.bodies import StrictBody
 from fleetward.api.history_jobs import read_job
 from fleetward.api.history_views import JobDetail, job_detail
 from fleetward.api.objects import object_entry, platform_of
@@ -81,10 +82,10 @@ _SURFACES: Final = {
 }
 
 
-class CommandBody(BaseModel):
+class CommandBody(StrictBody):
     """What a client may say about a command. Everything else about the job is the server's."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     parameters: dict[str, bool | int | float | str] = Field(default_factory=dict, max_length=8)
     # A shorter deadline than the command's own lifetime (never a longer one).
