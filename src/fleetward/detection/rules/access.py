@@ -95,7 +95,9 @@ class VinEnumeration(BaseRule):
     def observe(self, event: Observed) -> Sequence[Finding]:
         if event.name != DECISION:
             verb = event.name.rsplit(":", 1)[-1]
-            return (self._finding(event, f"abuse limits: enumeration {verb} for {event.actor}"),)
+            signal = event.reason or "enumeration"
+            summary = f"abuse limits: enumeration {verb} for {event.actor} ({signal})"
+            return (self._finding(event, summary),)
         if not event.denied or event.reason not in NOT_FOUND_REASONS:
             return ()
         if event.object_type != "vehicle":
