@@ -231,8 +231,8 @@ async def _targets(request: Request, platform: Platform) -> int:
     if default is not None:
         asked = request.query_params.get("limit", "")
         # A malformed limit is refused by validation after this; it pays the default page.
-        size = int(asked) if asked.isdigit() and 0 < len(asked) <= 7 else default
-        return min(size or largest, largest)
+        size = int(asked) if asked.isascii() and asked.isdigit() and len(asked) <= 7 else 0
+        return min(size if size > 0 else default or largest, largest)
     if request.method.upper() in _READS:
         return 1
     return max(1, await _ids_in_body(request))
