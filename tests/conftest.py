@@ -68,10 +68,14 @@ def clock() -> FrozenClock:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # The lowest argon2 cost the settings allow keeps tests fast without a test-only code path.
+    # The clock is frozen, so quota buckets never refill: the request quotas are raised for
+    # the suite (tests of the quotas themselves set their own).
     return Settings(
         data_dir=tmp_path / "var",
         password_hash_memory_kib=19_456,
         password_hash_time_cost=2,
+        quota_user_per_minute=100_000,
+        quota_tenant_per_minute=120_000,
     )
 
 

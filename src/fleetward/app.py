@@ -42,7 +42,9 @@ from fleetward.api import (
     vehicles,
 )
 from fleetward.api.middleware import RequestIdentityMiddleware
+from fleetward.api.quota_guard import RateLimitHeaders
 from fleetward.api.revocation_gate import RevocationGate
+from fleetward.audit.operations import seal_pending
 from fleetward.catalog.inventory import inventory
 from fleetward.commands.dispatch import Dispatcher
 from fleetward.commands.quotas import AbuseCommandQuotas
@@ -96,6 +98,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         await gate.try_load()
         watcher = asyncio.create_task(_watch_keys(the_platform))
         telemetry_started = False
+        sealer: asyncio.Task[None] | None = None
         if (await the_platform.store_ready())[0]:
             # Vehicles are served only on a migrated store: telemetry needs its tables.
             await telemetry.start()
@@ -106,11 +109,14 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
                 await runtime.dispatcher.start()
             # Detection follows the audit log (its cursor table needs the migrated store).
             await detection.start(app.router.routes)
+            sealer = asyncio.create_task(_seal_audit_log(the_platform))
         _freeze_start_up_objects()
         try:
             yield
         finally:
             watcher.cancel()
+            if sealer is not None:
+                sealer.cancel()
             if telemetry_started:
                 await detection.stop()
                 for runtime in command_runtime:
@@ -132,9 +138,15 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.platform = the_platform
+    app.state.quota_runtime = quota_runtime
     app.state.revocation_gate = gate
     problems.install(app)
-    app.add_middleware(RequestIdentityMiddleware)
+    # Outermost last: the request identity wraps everything, the RateLimit headers of an
+    # allowed request are added to its response inside it.
+    app.add_middleware(RateLimitHeaders)
+    app.add_middleware(
+        RequestIdentityMiddleware, trusted_proxies=[str(a) for a in settings.trusted_proxies]
+    )
     app.include_router(health.router)
     app.include_router(login.router)
     app.include_router(oauth.router)
@@ -203,6 +215,19 @@ def _mqtt_transport(settings: Settings, gateway: Gateway) -> list[MqttTransport]
 
 
 KEY_RELOAD_INTERVAL_SECONDS = 15.0
+
+
+async def _seal_audit_log(platform: Platform) -> None:
+    """Extend the audit log's hash chain with what was committed (audit/chain.py): records
+    older than the sealer's lag, in order. Replicas may all run it: a second sealer's batch
+    collides on the chain position and rolls back."""
+    interval = platform.settings.audit_seal_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await seal_pending(platform)
+        except Exception as exc:  # the next pass seals what this one could not
+            _log.warning("audit log not sealed", error_type=type(exc).__name__)
 
 
 async def _watch_keys(platform: Platform) -> None:

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     SecretStr,
     ValidationError,
     field_validator,
@@ -93,6 +94,12 @@ class Settings(BaseSettings):
     # Market regions where remote start is barred (vehicle region or request region), e.g.
     # ["EU"]. Empty: barred nowhere.
     remote_start_barred_regions: list[str] = []
+
+    # Reverse proxies (IP addresses) whose X-Forwarded-For is believed for the client address
+    # recorded on audit events. Empty: the TCP peer is the client.
+    trusted_proxies: list[IPvAnyAddress] = []
+    # How often the audit log's hash chain is extended (fleetward audit seal does it too).
+    audit_seal_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
 
     # The MQTT transport of the vehicle gateway (docs/mqtt.md). Off unless a broker host is
     # set; then the broker's CA and the gateway's own service identity are required (TLS with

@@ -24,7 +24,9 @@ from fleetward.probe.model import Case, Expect, Result, Verdict
 from fleetward.probe.runner import run
 from fleetward.probe.seed import seed_probe_world
 from fleetward.probe.spec.load import load_demo
+from fleetward.settings import Settings
 from support.mutants import MUTANTS, Mutant
+from support.server import PROBED_QUOTAS
 
 TESTSERVER = "http://testserver"
 # In process, the probe and the app share one event loop and one core: at the runner's
@@ -69,6 +71,16 @@ class Probe:
             transport=self.transport,
             concurrency=CONCURRENCY,
         )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The probed deployment's raised limits (support.server.PROBED_QUOTAS)."""
+    for name, value in PROBED_QUOTAS.items():
+        monkeypatch.setenv(name, value)
+    return Settings(
+        data_dir=tmp_path / "var", password_hash_memory_kib=19_456, password_hash_time_cost=2
+    )
 
 
 @pytest.fixture

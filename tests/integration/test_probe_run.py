@@ -27,7 +27,7 @@ from fleetward.probe.runner import run
 from fleetward.probe.seed import seed_probe_world
 from fleetward.probe.spec.load import load_demo
 from fleetward.settings import Settings
-from support.server import fleetward_env, run_cli, running
+from support.server import PROBED_QUOTAS, fleetward_env, run_cli, running
 
 TESTSERVER = "http://testserver"
 
@@ -57,7 +57,7 @@ def live(tmp_path: Path, free_port: int) -> Iterator[tuple[str, Settings]]:
     data = tmp_path / "var"
     # Warnings only: nobody reads the server's pipes, and ten thousand access-log lines
     # would fill them and stall the server.
-    env = fleetward_env(data, free_port, {"FLEETWARD_LOG_LEVEL": "WARNING"})
+    env = fleetward_env(data, free_port, {"FLEETWARD_LOG_LEVEL": "WARNING", **PROBED_QUOTAS})
     demo = run_cli("demo", "--no-serve", env=env, timeout=300)
     assert demo.returncode == 0, demo.stderr[-2000:]
     settings = Settings(data_dir=data, password_hash_memory_kib=19_456, password_hash_time_cost=2)

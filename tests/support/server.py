@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,8 +12,35 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 import httpx
+
+# A deployment that exists to be probed: thousands of requests a minute as a few actors,
+# mostly for vehicles not theirs, is what quotas and the enumeration guard stop, so the
+# probed server's limits are raised out of the way (as .ci/probe-run does).
+PROBED_QUOTAS: Final[dict[str, str]] = {
+    "FLEETWARD_QUOTA_USER_PER_MINUTE": "1000000",
+    "FLEETWARD_QUOTA_TENANT_PER_MINUTE": "1000000",
+    "FLEETWARD_QUOTA_CLIENT_PER_MINUTE": "1000000",
+    "FLEETWARD_QUOTA_FLOWS": json.dumps(
+        {
+            flow: 1_000_000
+            for flow in (
+                "remote-unlock",
+                "bulk-location",
+                "diagnostic-request",
+                "driver-invitation",
+                "ownership-transfer",
+                "bulk-fleet-command",
+            )
+        }
+    ),
+    "FLEETWARD_QUOTA_ENUMERATION_SLOW_DISTINCT": "1000000",
+    "FLEETWARD_QUOTA_ENUMERATION_STOP_DISTINCT": "1000000",
+    "FLEETWARD_QUOTA_ENUMERATION_SLOW_RUN": "1000",
+    "FLEETWARD_QUOTA_ENUMERATION_STOP_RUN": "1000",
+}
 
 
 def fleetward_env(

@@ -286,6 +286,33 @@ class QuotaPolicy:
             charges=tuple(charges), cost=request_cost(objects), raised=used, may_degrade=False
         )
 
+    def plan_command(
+        self,
+        command: Permission,
+        *,
+        tenant: str,
+        client: str,
+        now: datetime,
+        vehicles: Sequence[str],
+        user: str | None = None,
+    ) -> QuotaPlan:
+        """A remote command's own charges alone (per actor and command type, per vehicle),
+        for a request whose user, client, tenant and global charges were already drawn by
+        ``api.quota_guard.charge_request``: the same objects are never paid for twice. Same
+        subjects, raises and bounds as :meth:`plan`; never degrades."""
+        if not vehicles:
+            raise ValueError("a command targets at least one vehicle")
+        if len(vehicles) > self.max_targets:
+            raise TooManyTargets(len(vehicles), self.max_targets)
+        actor = user if user is not None else client
+        charges = [Charge(Dimension.COMMAND, actor, self.command_limit(command))]
+        for vehicle, times in Counter(vehicles).items():
+            charges.append(Charge(Dimension.VEHICLE, vehicle, self.vehicle_commands, times))
+        raised, used = self._apply_raises(charges, tenant, now)
+        return QuotaPlan(
+            charges=tuple(raised), cost=request_cost(len(vehicles)), raised=used, may_degrade=False
+        )
+
     def _apply_raises(
         self, charges: list[Charge], tenant: str, now: datetime
     ) -> tuple[list[Charge], tuple[RaisedQuota, ...]]:

@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from fastapi import Request
 
+from fleetward.api.quota_guard import charge_request
 from fleetward.catalog.entry import AUTHENTICATED, PUBLIC, entry_of
 from fleetward.core.context import CallerFacts, current_request
 from fleetward.core.errors import FleetwardError, Forbidden, Unauthenticated
@@ -125,7 +126,11 @@ def authenticate(
             )
         if step_up is not None:
             _check_step_up(claims, step_up, platform)
-        return Caller(claims=claims, surface=surface, dpop_jkt=jkt)
+        caller = Caller(claims=claims, surface=surface, dpop_jkt=jkt)
+        # Every authenticated request pays for what it targets, before any object is looked
+        # at (a guess costs as much as a hit): api/quota_guard.py.
+        await charge_request(request, caller)
+        return caller
 
     return dependency
 

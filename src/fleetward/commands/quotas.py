@@ -1,5 +1,6 @@
-"""Commands against the abuse quotas (``fleetward.abuse``): per user, client, tenant, command
-type, vehicle and global, one unit per targeted vehicle, all or nothing. Commands never
+"""Commands against the abuse quotas (``fleetward.abuse``): per actor and command type and per
+vehicle, one unit per targeted vehicle, all or nothing (the request's user, client, tenant
+and global charges are drawn for every request by ``api.quota_guard``). Commands never
 degrade to a local limit: an unreachable shared store refuses them (fail closed)."""
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ class AbuseCommandQuotas:
     async def charge(self, grant: Grant, spec: CommandSpec, vehicle_ids: list[str]) -> QuotaAnswer:
         now = self._clock.now()
         try:
-            plan = self._runtime.policy.plan(
+            # The request's user, client, tenant and global charges were drawn when it was
+            # authenticated (api/quota_guard.py): only the command's own limits are left.
+            plan = self._runtime.policy.plan_command(
+                spec.permission,
                 tenant=grant.tenant,
                 client=grant.client_id,
                 now=now,
                 user=grant.sub if grant.sub_type == "user" else None,
                 vehicles=vehicle_ids,
-                command=spec.permission,
             )
             verdict = await self._runtime.quotas.consume(
                 plan.charges, plan.cost, now=now, degrade=Degrade.FAIL_CLOSED

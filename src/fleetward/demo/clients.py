@@ -130,6 +130,7 @@ DEMO_CLIENTS: Final = (
             P.ADMIN_MANAGE_CLIENTS,
             P.ADMIN_READ_ALERTS,
             P.ADMIN_MANAGE_ALERTS,
+            P.ADMIN_INVESTIGATE,
             P.OTA_MANAGE_CAMPAIGN,
         ),
         _HUMAN,

@@ -474,3 +474,26 @@ async def test_memory_store_is_bounded_and_forgets_full_buckets() -> None:
     later = T0 + MINUTE
     await store.consume([Charge(Dimension.USER, "usr_new", limit)], 1, now=later)
     assert len(store) == 1
+
+
+def test_a_command_plan_holds_only_the_commands_own_limits() -> None:
+    # The request guard already drew user, client, tenant and global for the same targets:
+    # a command adds its type per actor and one unit per vehicle, never those again.
+    plan = QuotaPolicy().plan_command(
+        Permission.VEHICLE_UNLOCK,
+        tenant="ten_a",
+        client="cli_a",
+        now=T0,
+        user="usr_a",
+        vehicles=["veh_1", "veh_2", "veh_1"],
+    )
+    assert {c.dimension for c in plan.charges} == {Dimension.COMMAND, Dimension.VEHICLE}
+    assert plan.cost == 3 and not plan.may_degrade
+    per_vehicle = {
+        c.subject: c.fixed_cost for c in plan.charges if c.dimension is Dimension.VEHICLE
+    }
+    assert per_vehicle == {"veh_1": 2, "veh_2": 1}
+    with pytest.raises(ValueError, match="at least one vehicle"):
+        QuotaPolicy().plan_command(
+            Permission.VEHICLE_LOCK, tenant="t", client="c", now=T0, vehicles=[]
+        )
