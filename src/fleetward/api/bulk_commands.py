@@ -205,7 +205,7 @@ def _service(ctx: ServiceContext, runtime: CommandRuntime) -> CommandService:
 def _notify(runtime: CommandRuntime, jobs: Sequence[CommandJob]) -> None:
     for job in jobs:
         if job.state is JobState.QUEUED:
-            runtime.dispatcher.notify(job.vehicle_id)
+            runtime.dispatcher.notify(job.vehicle_id, job.id)
 
 
 async def _tenants(ctx: ServiceContext, vehicle_ids: Sequence[str]) -> dict[str, str]:

@@ -36,7 +36,8 @@ from fleetward.api.history_views import JobDetail, job_detail
 from fleetward.api.objects import object_entry, platform_of
 from fleetward.api.quota_guard import charge_command_flow
 from fleetward.api.routing import surface_router
-from fleetward.authz.decision import Decision, ResourceRef
+from fleetward.authz.decision import AuthzRequest, Decision, Reason, ResourceRef, audit_decision
+from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import DataClass, Impact, catalogued
 from fleetward.commands import jobs
@@ -146,22 +147,22 @@ async def _create_once(
     async with platform.services() as (uow, ctx):
         # Knowing a vehicle id grants nothing: one the caller cannot see is not found. Asked
         # before a replay too: a former owner's old key shows nothing of the car's jobs now.
-        await authorize(
-            request,
-            caller,
-            Permission.VEHICLE_READ_STATUS,
-            ResourceRef.vehicle(vehicle_id),
-            ctx=ctx,
-        )
+        # The command's own permission is asked in the same batch (one load of relations).
+        visible, allowed = await _decide_pair(request, caller, vehicle_id, spec, ctx)
+        if not visible.allowed:
+            await uow.commit()  # the decisions' audit records
+            raise not_found()
         existing = await replay(ctx, caller.claims, key, digest)
         if existing is not None:
-            await uow.commit()  # the decision's audit record
+            await uow.commit()  # the decisions' audit records
             return existing, True
         vehicle = await ctx.session.get(Vehicle, vehicle_id)
         if vehicle is None:
             raise not_found()
 
         async def decide(permission: Permission, target: str) -> Decision:
+            if permission is spec.permission and target == vehicle_id:
+                return allowed
             (decision,) = await decide_many(
                 request, caller, permission, [ResourceRef.vehicle(target)], ctx=ctx
             )
@@ -182,7 +183,7 @@ async def _create_once(
         )
         await uow.commit()
     if job.state is JobState.QUEUED:
-        runtime.dispatcher.notify(vehicle_id)
+        runtime.dispatcher.notify(vehicle_id, job.id)
         return job, False
     link = Link(job.rejected_link) if job.rejected_link else Link.PERMISSION
     headers: dict[str, str] = {}
@@ -197,6 +198,28 @@ async def _create_once(
     elif link is Link.QUOTA:
         headers = {"Retry-After": str(max(1, chain.retry_after_s))}
     raise rejection(job.id, link, chain.reason or "rejected", headers=headers)
+
+
+async def _decide_pair(
+    request: Request, caller: Caller, vehicle_id: str, spec: CommandSpec, ctx: ServiceContext
+) -> tuple[Decision, Decision]:
+    """(may read the vehicle, may send this command to it): one PDP batch, both audited in
+    ``ctx``'s transaction. Any failure to decide denies both."""
+    platform = platform_of(request)
+    now = platform.clock.now()
+    resource = ResourceRef.vehicle(vehicle_id)
+    asks = [
+        AuthzRequest.from_claims(caller.claims, caller.surface, action, resource, now=now)
+        for action in (Permission.VEHICLE_READ_STATUS, spec.permission)
+    ]
+    try:
+        visible, allowed = await platform.pdp.bind(SessionRelations(ctx.session)).decide_many(asks)
+    except Exception:  # fail closed
+        denied = Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version)
+        visible, allowed = denied, denied
+    for ask, decision in zip(asks, (visible, allowed), strict=True):
+        audit_decision(platform.audit, ctx.session, ask, decision)
+    return visible, allowed
 
 
 def _entry_for(surface: Surface, spec: CommandSpec) -> Any:

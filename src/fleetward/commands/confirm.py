@@ -21,13 +21,18 @@ async def confirm_effects(
 ) -> list[str]:
     """Confirm executed jobs whose effect shows in telemetry received after their result;
     the ids of the jobs confirmed. The caller commits."""
+    # Only commands whose effect telemetry can show, newest answers first: a job of another
+    # family, or one past the window, is never read again.
+    observable = [p for p, spec in BY_PERMISSION.items() if spec.effect is not None]
     executed = list(
         await ctx.session.scalars(
             select(CommandJob)
             .where(
                 CommandJob.state == JobState.EXECUTED,
+                CommandJob.command.in_(observable),
                 CommandJob.result_at >= now - window,
             )
+            .order_by(CommandJob.result_at.desc())
             .limit(batch)
         )
     )

@@ -27,7 +27,7 @@ import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import select, update
 
@@ -58,8 +58,14 @@ from fleetward.gateway.registry import LiveSession, SessionRegistry
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
+from fleetward.store.busy import is_store_busy
 
 logger = get_logger(__name__)
+
+
+# Pauses before recording a result again when the store was busy (a vehicle's answer is
+# never dropped for a lock wait that a moment later would have passed).
+_RESULT_RETRIES: Final = (0.05, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,20 +133,28 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ CommandPort
 
-    def notify(self, vehicle_id: str) -> None:
-        """A job for ``vehicle_id`` was queued (committed): deliver it now if reachable."""
+    def notify(self, vehicle_id: str, job_id: str | None = None) -> None:
+        """A job for ``vehicle_id`` was queued (committed): deliver it now if reachable
+        (``job_id``: that job, without looking for others; the sweep finds any)."""
         if self._registry.commandable(vehicle_id) is not None:
-            self._spawn(self.deliver_pending(vehicle_id))
+            self._spawn(self.deliver_pending(vehicle_id, job_id))
 
     def session_ready(self, live: LiveSession) -> None:
         self._spawn(self.deliver_pending(live.session.vehicle_id))
 
     async def on_result(self, live: LiveSession, frame: bytes) -> None:
-        try:
-            changed = await record_result(self._platform, live, frame)
-        except Exception as exc:  # never take the session down for a result
-            logger.error("commands.result_error", error=type(exc).__name__)
-            return
+        changed = None
+        for attempt, pause in enumerate(_RESULT_RETRIES):
+            try:
+                changed = await record_result(self._platform, live, frame)
+                break
+            except Exception as exc:  # never take the session down for a result
+                if not is_store_busy(exc) or attempt == len(_RESULT_RETRIES) - 1:
+                    # A verified answer that could not be recorded: the job will read
+                    # outcome_unknown (the vehicle answers a redelivery byte for byte).
+                    logger.error("commands.result_error", error=type(exc).__name__)
+                    return
+                await asyncio.sleep(pause)
         if changed is not None:
             self._touched(changed)
 
@@ -151,8 +165,9 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ delivery
 
-    async def deliver_pending(self, vehicle_id: str) -> int:
-        """Deliver the vehicle's queued jobs, oldest first; returns how many were sent."""
+    async def deliver_pending(self, vehicle_id: str, only: str | None = None) -> int:
+        """Deliver the vehicle's queued jobs, oldest first (``only``: just that one); returns
+        how many were sent."""
         lock = self._locks.setdefault(vehicle_id, asyncio.Lock())
         sent = 0
         try:
@@ -161,13 +176,15 @@ class Dispatcher:
                     live = self._registry.commandable(vehicle_id)
                     if live is None:
                         break
-                    job_id = await self._next_queued(vehicle_id)
+                    job_id = only if only is not None else await self._next_queued(vehicle_id)
                     if job_id is None:
                         break
                     frame = await self._deliver(job_id, live)
                     self._touched(job_id)
                     if frame is not None and await self._send(live, frame):
                         sent += 1
+                    if only is not None:
+                        break
         except Exception as exc:  # a busy store: the sweep tries again
             logger.warning("commands.delivery_failed", error=type(exc).__name__)
         return sent

@@ -156,8 +156,9 @@ async def settle_overdue(ctx: ServiceContext, config: CommandConfig, vehicle_id:
             CommandJob.expires_at <= now,
         )
     )
-    for job in overdue:
-        settle(ctx, config, job, now)
+    moved = [job for job in overdue if settle(ctx, config, job, now)]
+    if moved:
+        await ctx.session.flush()  # their security slots are free for the checks that follow
 
 
 def settle(ctx: ServiceContext, config: CommandConfig, job: CommandJob, now: datetime) -> bool:
@@ -235,8 +236,12 @@ class CommandService:
             auth_time=grant.auth_time,
             bulk_id=new.bulk_id,
         )
+        # Judged before anything is written, without autoflush: the job, its transitions and
+        # the audit records then go to the store in one flush at commit (a few statements,
+        # not one per object).
+        with ctx.session.no_autoflush:
+            chain = await self._judge(grant, new, now, prejudged)
         jobs.start(ctx.session, ctx.audit, job, at=now, actor=jobs.requester(job))
-        chain = await self._judge(grant, new, now, prejudged)
         job.chain = list(chain.links)
         actor = jobs.requester(job)
         if not chain.held:
