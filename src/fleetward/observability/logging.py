@@ -123,6 +123,9 @@ def configure_logging(
         for existing in list(third_party.handlers):
             third_party.removeHandler(existing)
         third_party.propagate = True
+        # Their level is the root's too: a level left by another configurator (uvicorn sets
+        # its own loggers' when given log_level) would silently drop their lines.
+        third_party.setLevel(logging.NOTSET)
     sqlalchemy = logging.getLogger("sqlalchemy")
     if sqlalchemy.level == logging.NOTSET:
         # At INFO SQLAlchemy logs every statement with its bound parameters: personal data
