@@ -1,9 +1,8 @@
 """Every API request charged, through the real app over the demo world with real tokens.
 
-``api.auth.authenticate`` is not wired to :func:`charge_request` yet (its owner adds the
-call); here the authentication dependency's sender-constraint step, which runs once the
-token is verified, is wrapped to call it, and the app gets the RateLimit middleware and its
-own quota runtime, exactly as the composition root will. Covered: the cost rule per kind of
+``api.auth.authenticate`` calls :func:`charge_request` once the token is verified, and the
+composition root installs the RateLimit middleware; here the app's quota runtime is replaced
+by one whose sleeps are recorded instead of slept. Covered: the cost rule per kind of
 route, the 429 with its headers and its audit event, degrade per route with the quota store
 down, each sensitive flow at its route, enumeration slowed then stopped at a low request
 rate (distinct vehicles, consecutive ids, consecutive VIN serials) and a raised quota's use
@@ -19,11 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-import fleetward.api.auth as auth
 import support.api as support_api
 from fleetward.abuse.guard import GuardedQuotas
 from fleetward.abuse.memory import InMemoryQuotaStore
@@ -32,16 +30,12 @@ from fleetward.abuse.quotas import Limit
 from fleetward.abuse.raised import InMemoryRaisedQuotas, RaisedQuota
 from fleetward.abuse.redis_store import RedisQuotaStore
 from fleetward.abuse.runtime import QuotaRuntime
-from fleetward.api.auth import Caller
-from fleetward.api.quota_guard import RateLimitHeaders, charge_request
 from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
-from fleetward.catalog.entry import entry_of
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.core.vin import make_vin
-from fleetward.identity.tokens.claims import AccessTokenClaims
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from support.api import Api
@@ -65,16 +59,6 @@ class Wired:
 @pytest.fixture(autouse=True)
 def wired(monkeypatch: pytest.MonkeyPatch) -> Wired:
     state = Wired()
-    original = auth._sender_constraint
-
-    async def sender_then_charge(
-        request: Request, platform: Platform, scheme: str, token: str, claims: AccessTokenClaims
-    ) -> str | None:
-        jkt = await original(request, platform, scheme, token, claims)
-        entry = entry_of(request.scope.get("endpoint"))
-        assert entry is not None
-        await charge_request(request, Caller(claims, Surface(entry.surface), jkt))
-        return jkt
 
     def wired_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
         app = build_app(settings, platform=platform)
@@ -85,11 +69,9 @@ def wired(monkeypatch: pytest.MonkeyPatch) -> Wired:
 
         runtime.sleep = record_sleep
         app.state.quota_runtime = runtime
-        app.add_middleware(RateLimitHeaders)
         state.runtimes.append(runtime)
         return app
 
-    monkeypatch.setattr(auth, "_sender_constraint", sender_then_charge)
     monkeypatch.setattr(support_api, "build_app", wired_app)
     return state
 
