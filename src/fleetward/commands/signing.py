@@ -14,9 +14,6 @@ vehicle could take for another kind of message.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Final
 
@@ -25,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fleetward.commands.envelope import COMMAND_CONTEXT
 from fleetward.core.datakey import DataKey
+from fleetward.core.keydir import create_key_directory
 from fleetward.settings import Settings
 
 PASSPHRASE_PURPOSE: Final = "fleetward:command-key:v1"  # noqa: S105 - a KDF label, not a secret
@@ -98,25 +96,13 @@ class CommandSigner:
         return cls(key)
 
     def save(self, directory: Path, passphrase: bytes) -> None:
-        """Write the key into a new ``directory``; fails if it exists."""
-        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staging = directory.parent / f".{directory.name}.{secrets.token_hex(8)}"
-        staging.mkdir(mode=0o700)
-        try:
-            pem = self._key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.BestAvailableEncryption(passphrase),
-            )
-            fd = os.open(staging / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-            # rename() of a directory onto a missing name is atomic; onto an existing
-            # non-empty directory it fails, which is how a concurrent creator loses.
-            staging.rename(directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        """Write the key into a new ``directory``; fails if it exists (core/keydir.py)."""
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        create_key_directory(directory, {KEY_FILE: (pem, 0o600)})
 
     @classmethod
     def load_or_create_in(cls, directory: Path, passphrase: bytes) -> CommandSigner:

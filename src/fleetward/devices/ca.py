@@ -13,9 +13,7 @@ exactly one device and one vehicle (see :mod:`fleetward.devices.names`).
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -28,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetward.core.clock import Clock
 from fleetward.core.datakey import DataKey
+from fleetward.core.keydir import create_key_directory
 from fleetward.devices.names import device_subject, expected_names
 from fleetward.settings import Settings
 
@@ -121,24 +120,20 @@ class DeviceCa:
         return cls(certificate, key)
 
     def save(self, directory: Path, passphrase: bytes) -> None:
-        """Write key and certificate into a new ``directory``; fails if it exists."""
-        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staging = directory.parent / f".{directory.name}.{secrets.token_hex(8)}"
-        staging.mkdir(mode=0o700)
-        try:
-            key_pem = self._key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.BestAvailableEncryption(passphrase),
-            )
-            _write(staging / KEY_FILE, key_pem, 0o600)
-            _write(staging / CERTIFICATE_FILE, self.certificate_pem.encode("ascii"), 0o644)
-            # rename() of a directory onto a missing name is atomic; onto an existing
-            # non-empty directory it fails, which is how a concurrent creator loses.
-            staging.rename(directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        """Write key and certificate into a new ``directory``; fails if it exists
+        (core/keydir.py)."""
+        key_pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        create_key_directory(
+            directory,
+            {
+                KEY_FILE: (key_pem, 0o600),
+                CERTIFICATE_FILE: (self.certificate_pem.encode("ascii"), 0o644),
+            },
+        )
 
     @classmethod
     def load_or_create(cls, directory: Path, passphrase: bytes, clock: Clock) -> DeviceCa:
@@ -209,12 +204,6 @@ class DeviceCa:
         except (InvalidSignature, ValueError, TypeError):
             return False
         return True
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 def ca_directory(settings: Settings) -> Path:
