@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.audit.events import Decision, EventName
@@ -187,37 +187,46 @@ def _iso(value: datetime | None) -> str | None:
 async def blast_radius(session: AsyncSession, query: BlastQuery) -> BlastRadius:
     """Every vehicle touched or attempted, every command sent, every data read."""
     where = query.conditions()
-    grouped = await session.execute(
+    allowed = AuditRecord.decision == Decision.ALLOWED
+    read = (
+        allowed
+        & (AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value)
+        & (AuditRecord.action.in_(sorted(READ_ACTIONS)))
+    )
+    # One row per vehicle, counted in the store (conditional sums over the covering index),
+    # and the reads per permission: a window of tens of thousands of events returns a row
+    # per vehicle, not one per (vehicle, event, action, decision).
+    per_vehicle = await session.execute(
         select(
             AuditRecord.vehicle_id,
-            AuditRecord.name,
-            AuditRecord.action,
-            AuditRecord.decision,
             func.count(),
+            func.sum(case((allowed, 1), else_=0)),
+            func.sum(case((AuditRecord.name == _COMMAND_SENT, 1), else_=0)),
+            func.sum(case((read, 1), else_=0)),
         )
         .where(*where)
-        .group_by(
-            AuditRecord.vehicle_id, AuditRecord.name, AuditRecord.action, AuditRecord.decision
-        )
+        .group_by(AuditRecord.vehicle_id)
     )
     vehicles: dict[str, VehicleImpact] = {}
-    reads: dict[str, int] = {}
     events = denied = 0
-    for vehicle_id, name, action, decision, count in grouped.all():
-        allowed = decision == Decision.ALLOWED
+    for vehicle_id, count, allowed_count, sent, reads_count in per_vehicle.all():
+        count, allowed_count = int(count), int(allowed_count or 0)
         events += count
-        denied += 0 if allowed else count
-        is_read = allowed and name == EventName.AUTHZ_DECISION_MADE.value and action in READ_ACTIONS
-        if is_read:
-            reads[action] = reads.get(action, 0) + count
+        denied += count - allowed_count
         if vehicle_id is None:
             continue
-        impact = vehicles.setdefault(vehicle_id, VehicleImpact(vehicle_id))
-        impact.events += count
-        impact.allowed += count if allowed else 0
-        impact.denied += 0 if allowed else count
-        impact.commands += count if name == _COMMAND_SENT else 0
-        impact.reads += count if is_read else 0
+        vehicles[vehicle_id] = VehicleImpact(
+            vehicle_id,
+            events=count,
+            allowed=allowed_count,
+            denied=count - allowed_count,
+            commands=int(sent or 0),
+            reads=int(reads_count or 0),
+        )
+    by_action = await session.execute(
+        select(AuditRecord.action, func.count()).where(*where, read).group_by(AuditRecord.action)
+    )
+    reads = {action: int(count) for action, count in by_action.all()}
     commands = await _commands(session, where)
     return BlastRadius(
         query=query,
