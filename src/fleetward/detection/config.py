@@ -97,6 +97,9 @@ class TelemetryVolumeConfig:
     min_rate_per_s: float = 5.0
     # Frames refused for quota, fleet-wide, per second over the short window.
     quota_refusals_per_s: float = 1.0
+    # Per device: frames of one device refused for its own quota over the short window (it
+    # sends far above its rate: a stuck loop, a replay tool, a clone farm behind one id).
+    device_quota_refusals: int = 20
     # Per device: quarantines of one device (by the pipeline) in ``window``.
     quarantines: int = 1
     window: timedelta = 24 * HOUR

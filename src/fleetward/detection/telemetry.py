@@ -6,7 +6,8 @@ far above its long-window rate (the fleet's recent baseline), and high in absolu
 flood: a fleet-wide replay, a misbehaving software release, or a botnet of cloned devices.
 Frames refused for quota fleet-wide point the same way. Per-device volume is the device
 quarantine half of the rule (rules/vehicles.py): the pipeline quarantines a device whose
-frames keep being refused, and its per-device quota refuses frames above the device's rate.
+frames keep being refused, and its per-device quota refuses frames above the device's rate;
+a device with many such refusals in the short window is an alert of its own here.
 
 The metrics are per process; a replica samples its own share of the fleet.
 """
@@ -14,7 +15,7 @@ The metrics are per process; a replica samples its own share of the fleet.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
@@ -37,6 +38,8 @@ class FleetRates:
     long_window: int
     signals: Mapping[str, tuple[float, float]]
     quota_refusals_per_s: float
+    # device id -> frames refused for its quota over the shortest window.
+    quota_devices: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, snapshot: MetricsSnapshot) -> FleetRates:
@@ -46,7 +49,7 @@ class FleetRates:
             for path, windows in snapshot.signals.items()
         }
         refused = snapshot.refused.get(QUOTA_SLUG, {}).get(short, 0.0)
-        return cls(short, long, signals, refused)
+        return cls(short, long, signals, refused, dict(snapshot.quota_devices))
 
 
 class FleetTelemetryVolume:
@@ -74,6 +77,17 @@ class FleetTelemetryVolume:
                     at,
                 )
             )
+        for device_id, count in sorted(rates.quota_devices.items()):
+            if count >= config.device_quota_refusals:
+                found.append(
+                    self._finding(
+                        "device",
+                        device_id,
+                        f"device {device_id}: {count} telemetry frames refused for its quota "
+                        f"over {rates.short_window} s (far above its rate)",
+                        at,
+                    )
+                )
         if rates.quota_refusals_per_s >= config.quota_refusals_per_s:
             found.append(
                 self._finding(

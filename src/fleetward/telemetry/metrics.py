@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from msgspec import UNSET
 
@@ -27,14 +28,19 @@ Monotonic = Callable[[], float]
 DEFAULT_WINDOWS = (10, 60, 300)
 
 
+# Devices counted per second for their quota refusals (a bound on a flood of identities).
+MAX_QUOTA_DEVICES: Final = 10_000
+
+
 class _Bucket:
-    __slots__ = ("counts", "drift", "index", "refused", "sums")
+    __slots__ = ("counts", "drift", "index", "quota_devices", "refused", "sums")
 
     def __init__(self, index: int, signals: int) -> None:
         self.index = index
         self.counts = [0] * signals
         self.sums = [0.0] * signals
         self.refused: dict[str, int] = {}
+        self.quota_devices: dict[str, int] = {}
         self.drift = 0
 
 
@@ -54,6 +60,9 @@ class MetricsSnapshot:
     drift_reports: Mapping[int, int] = field(default_factory=dict)
     # path -> rate over the shortest window / rate over the longest (1.0 = steady).
     change: Mapping[str, float] = field(default_factory=dict)
+    # device id -> frames refused for its quota over the shortest window (a device sending
+    # above its rate: the per-device half of abnormal volume).
+    quota_devices: Mapping[str, int] = field(default_factory=dict)
 
 
 class TelemetryMetrics:
@@ -92,9 +101,14 @@ class TelemetryMetrics:
                 counts[position] += 1
                 sums[position] += value  # type: ignore[operator]
 
-    def refused(self, status: Status) -> None:
-        refused = self._bucket().refused
+    def refused(self, status: Status, device_id: str | None = None) -> None:
+        bucket = self._bucket()
+        refused = bucket.refused
         refused[status.slug] = refused.get(status.slug, 0) + 1
+        if status is Status.QUOTA_EXCEEDED and device_id is not None:
+            devices = bucket.quota_devices
+            if device_id in devices or len(devices) < MAX_QUOTA_DEVICES:
+                devices[device_id] = devices.get(device_id, 0) + 1
 
     def drift(self, _report: DriftReport) -> None:
         self._bucket().drift += 1
@@ -105,8 +119,12 @@ class TelemetryMetrics:
         sums: dict[str, dict[int, float]] = {}
         refused: dict[str, dict[int, float]] = {}
         drift = dict.fromkeys(self._windows, 0)
+        quota_devices: dict[str, int] = {}
         for bucket in self._buckets:
             age = now_index - bucket.index
+            if age < self._windows[0]:
+                for device_id, count in bucket.quota_devices.items():
+                    quota_devices[device_id] = quota_devices.get(device_id, 0) + count
             for window in self._windows:
                 if age >= window:
                     continue
@@ -139,4 +157,4 @@ class TelemetryMetrics:
             for path, stats in signals.items()
             if stats[long].messages_per_s > 0
         }
-        return MetricsSnapshot(self._windows, signals, refused, drift, change)
+        return MetricsSnapshot(self._windows, signals, refused, drift, change, quota_devices)

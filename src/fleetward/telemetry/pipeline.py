@@ -218,7 +218,7 @@ class TelemetryPipeline:
             else:
                 status = await self._accept(session, verified, now)
         except Rejected as rejection:
-            self._metrics.refused(rejection.status)
+            self._metrics.refused(rejection.status, session.device_id)
             await self._quarantine.record(session.device_id, rejection.status)
             # Fields of a frame whose tag did not verify are never echoed.
             return macs.reply(

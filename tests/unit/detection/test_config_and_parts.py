@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from fleetward.detection.raising import merge_evidence
 from fleetward.detection.rules import RULE_IDS
 from fleetward.detection.telemetry import QUOTA_SLUG, FleetRates, FleetTelemetryVolume
 from fleetward.detection.windows import Window
-from fleetward.telemetry.metrics import MetricsSnapshot, SignalWindow
+from fleetward.telemetry.errors import Status
+from fleetward.telemetry.metrics import MetricsSnapshot, SignalWindow, TelemetryMetrics
 from unit.detection.kit import T0
 
 
@@ -112,3 +114,33 @@ def test_window_forgets_old_entries_and_old_keys() -> None:
     window.add("b", T0, "e3")
     window.add("c", T0, "e4")  # "a" is the least recently used: dropped
     assert [e.event_id for e in window.add("a", T0, "e5")] == ["e5"]
+
+
+@pytest.mark.parametrize(
+    ("refused", "alerts"),
+    [
+        # One device sending far above its rate (a stuck loop, a replay tool): its own alert.
+        ({"dev_flooding": 50}, 1),
+        # Two devices briefly over their burst: below the per-device threshold, quiet.
+        ({"dev_a": 3, "dev_b": 5}, 0),
+    ],
+)
+def test_a_device_far_above_its_rate_alerts(refused: dict[str, int], alerts: int) -> None:
+    snapshot = dataclasses.replace(_snapshot(5.0, 5.0), quota_devices=refused)
+    found = FleetTelemetryVolume(DetectionConfig().rules.telemetry_volume).sample(
+        FleetRates.of(snapshot), T0
+    )
+    assert [(f.subject_type, f.subject_id) for f in found] == [
+        ("device", d) for d, n in refused.items() if n >= 20
+    ][:alerts]
+
+
+def test_the_pipeline_metrics_count_quota_refusals_per_device() -> None:
+    clock = [100.0]
+    metrics = TelemetryMetrics(["Vehicle.Speed"], monotonic=lambda: clock[0])
+    for _ in range(25):
+        metrics.refused(Status.QUOTA_EXCEEDED, "dev_flooding")
+    metrics.refused(Status.BAD_MAC, "dev_other")  # not a quota refusal: not counted
+    assert metrics.snapshot().quota_devices == {"dev_flooding": 25}
+    clock[0] += 60  # past the shortest window
+    assert metrics.snapshot().quota_devices == {}
