@@ -79,6 +79,17 @@ def _challenge(scheme: str, error: str, description: str, **params: str) -> dict
     return {"WWW-Authenticate": f"{scheme} " + ", ".join(parts)}
 
 
+def step_up_challenge(step_up: StepUp) -> dict[str, str]:
+    """The RFC 9470 ``insufficient_user_authentication`` challenge for ``step_up``."""
+    return _challenge(
+        "Bearer",
+        "insufficient_user_authentication",
+        "a stronger or more recent authentication is required",
+        acr_values=step_up.acr.value,
+        max_age=str(int(step_up.max_age.total_seconds())),
+    )
+
+
 def _refused(scheme: str, reason: str) -> AuthenticationRequired:
     return AuthenticationRequired(
         "a valid access token for this API is required",
@@ -201,11 +212,5 @@ def _check_step_up(claims: AccessTokenClaims, step_up: StepUp, platform: Platfor
     raise StepUpRequired(
         "this operation needs a stronger or more recent sign-in",
         reason="acr" if not strong_enough else "max-age",
-        headers=_challenge(
-            "Bearer",
-            "insufficient_user_authentication",
-            "a stronger or more recent authentication is required",
-            acr_values=step_up.acr.value,
-            max_age=str(int(step_up.max_age.total_seconds())),
-        ),
+        headers=step_up_challenge(step_up),
     )

@@ -17,7 +17,8 @@ from typing import Final
 
 from fastapi import Request
 
-from fleetward.api.auth import Caller, StepUp, StepUpRequired, _challenge
+from fleetward.api.auth import Caller, StepUp, StepUpRequired, step_up_challenge
+from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
     AuthzRequest,
     Decision,
@@ -59,13 +60,7 @@ def _refusal(decision: Decision, *, object_route: bool) -> Exception:
         return StepUpRequired(
             "this operation needs a stronger or more recent sign-in",
             reason="step-up",
-            headers=_challenge(
-                "Bearer",
-                "insufficient_user_authentication",
-                "a stronger or more recent authentication is required",
-                acr_values=_STEP_UP.acr.value,
-                max_age=str(int(_STEP_UP.max_age.total_seconds())),
-            ),
+            headers=step_up_challenge(_STEP_UP),
         )
     if object_route:
         return not_found()
@@ -78,11 +73,33 @@ def _platform(request: Request) -> Platform:
 
 
 def build_request(
-    platform: Platform, caller: Caller, action: Permission, resource: ResourceRef
+    platform: Platform,
+    caller: Caller,
+    action: Permission,
+    resource: ResourceRef,
+    *,
+    command: Permission | None = None,
 ) -> AuthzRequest:
     return AuthzRequest.from_claims(
-        caller.claims, caller.surface, action, resource, now=platform.clock.now()
+        caller.claims, caller.surface, action, resource, now=platform.clock.now(), command=command
     )
+
+
+async def decide_each(
+    request: Request,
+    caller: Caller,
+    asks: Sequence[tuple[Permission, ResourceRef]],
+    *,
+    ctx: ServiceContext,
+    command: Permission | None = None,
+) -> list[Decision]:
+    """Decisions for (action, resource) pairs in one PDP batch (one load of relations), each
+    recorded in ``ctx``'s transaction (the route commits it). ``command``: the command a
+    ``fleet:bulk_command`` sends. Never raises for a decision the PDP cannot make: it
+    denies."""
+    platform = _platform(request)
+    built = [build_request(platform, caller, a, r, command=command) for a, r in asks]
+    return await decide_audited(platform.pdp, ctx.session, platform.audit, built)
 
 
 async def decide_many(
@@ -92,21 +109,12 @@ async def decide_many(
     resources: Sequence[ResourceRef],
     *,
     ctx: ServiceContext,
+    command: Permission | None = None,
 ) -> list[Decision]:
-    """Decisions for many resources (list filtering), each recorded in ``ctx``'s transaction
-    (the route commits it). Never raises for a decision the PDP cannot make: it denies."""
-    platform = _platform(request)
-    asks = [build_request(platform, caller, action, r) for r in resources]
-    if not asks:
-        return []
-    try:
-        decisions = await platform.pdp.bind(SessionRelations(ctx.session)).decide_many(asks)
-    except Exception as exc:  # fail closed; the PDP should never raise, but a bug denies
-        logger.warning("authz.route_error", error=type(exc).__name__)
-        decisions = [Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version) for _ in asks]
-    for ask, decision in zip(asks, decisions, strict=True):
-        audit_decision(platform.audit, ctx.session, ask, decision)
-    return decisions
+    """One action on many resources (list filtering): :func:`decide_each`."""
+    return await decide_each(
+        request, caller, [(action, r) for r in resources], ctx=ctx, command=command
+    )
 
 
 async def authorize(

@@ -15,21 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fleetward.abuse.policy import Flow
-from fleetward.api.auth import Caller, StepUp, _challenge, authenticate
-from fleetward.api.authorize import NotPermitted, not_found
+from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, step_up_challenge
+from fleetward.api.authorize import NotPermitted, decide_many, not_found
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
 from fleetward.api.quota_guard import charge_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import (
-    AuthzRequest,
     Decision,
     Reason,
     ResourceKind,
     ResourceRef,
-    audit_decision,
 )
-from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CatalogEntry, DataClass, Impact, catalogued
 from fleetward.commands import bulk as bulks
@@ -40,11 +37,10 @@ from fleetward.commands.errors import (
     CommandRejectedQuota,
     IdempotencyKeyReused,
 )
-from fleetward.commands.families import COMMANDS, BadParameters, validate_parameters
+from fleetward.commands.families import BY_PERMISSION, COMMANDS, BadParameters, validate_parameters
 from fleetward.commands.models import BulkState, CommandBulk, CommandJob, JobState
 from fleetward.commands.runtime import CommandRuntime, commands_of
 from fleetward.commands.service import CommandService, Grant, client_link
-from fleetward.core.errors import Unauthenticated
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
 from fleetward.vehicles.models import FleetGroup, GroupVehicle, Vehicle
@@ -83,11 +79,6 @@ class BulkView(BaseModel):
     jobs: list[BulkJobView]
 
 
-class BulkStepUp(Unauthenticated):
-    code = "insufficient-user-authentication"
-    title = "Stronger or more recent authentication required"
-
-
 def _entry(purpose: str, rate: int = 5) -> CatalogEntry:
     return object_entry(
         Surface.FLEET,
@@ -102,45 +93,13 @@ def _entry(purpose: str, rate: int = 5) -> CatalogEntry:
     )
 
 
-async def _decide(
-    request: Request,
-    caller: Caller,
-    ctx: ServiceContext,
-    action: Permission,
-    resources: Sequence[ResourceRef],
-    command: Permission | None,
-) -> list[Decision]:
-    """Decisions (audited in ``ctx``'s transaction); any PDP failure denies."""
-    platform = platform_of(request)
-    now = platform.clock.now()
-    asks = [
-        AuthzRequest.from_claims(
-            caller.claims, caller.surface, action, resource, now=now, command=command
-        )
-        for resource in resources
-    ]
-    try:
-        decisions = await platform.pdp.bind(SessionRelations(ctx.session)).decide_many(asks)
-    except Exception:  # fail closed
-        decisions = [Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version) for _ in asks]
-    for ask, decision in zip(asks, decisions, strict=True):
-        audit_decision(platform.audit, ctx.session, ask, decision)
-    return decisions
-
-
 def _refusal(decisions: Sequence[Decision], *, on_vehicles: bool) -> Exception:
     reasons = [d.reason for d in decisions if not d.allowed]
     if Reason.STEP_UP_REQUIRED in reasons:
-        return BulkStepUp(
+        return StepUpRequired(
             "bulk commands need a recent multi-factor sign-in",
             reason="step-up",
-            headers=_challenge(
-                "Bearer",
-                "insufficient_user_authentication",
-                "a stronger or more recent authentication is required",
-                acr_values=_STEP_UP.acr.value,
-                max_age=str(int(_STEP_UP.max_age.total_seconds())),
-            ),
+            headers=step_up_challenge(_STEP_UP),
         )
     if on_vehicles and any(link_of(r) is Link.RELATIONSHIP for r in reasons):
         return not_found()  # a vehicle not theirs: the same answer as an unknown id
@@ -196,10 +155,8 @@ async def _view(ctx: ServiceContext, bulk: CommandBulk, caller: Caller) -> BulkV
 
 
 def _service(ctx: ServiceContext, runtime: CommandRuntime) -> CommandService:
-    async def no_decide(permission: Permission, vehicle_id: str) -> Decision:
-        raise RuntimeError("bulk jobs are prejudged")  # never called: prejudged chains
-
-    return CommandService(ctx, decide=no_decide, quotas=runtime.quotas, config=runtime.config)
+    # Bulk jobs are prejudged (the bulk request's decisions): no PDP here.
+    return CommandService(ctx, quotas=runtime.quotas, config=runtime.config)
 
 
 def _notify(runtime: CommandRuntime, jobs: Sequence[CommandJob]) -> None:
@@ -274,11 +231,13 @@ async def create_bulk(
         if not chain.held:
             raise NotPermitted("the client may not send this bulk command", reason=chain.reason)
         target = await _bulk_target(ctx, caller, body.group_id)
-        (on_fleet,) = await _decide(request, caller, ctx, _BULK, [target], spec.permission)
+        (on_fleet,) = await decide_many(
+            request, caller, _BULK, [target], ctx=ctx, command=spec.permission
+        )
         tenants = await _tenants(ctx, ids)
         in_group = body.group_id is None or await _in_group(ctx, body.group_id, ids)
-        each = await _decide(
-            request, caller, ctx, spec.permission, [ResourceRef.vehicle(v) for v in ids], None
+        each = await decide_many(
+            request, caller, spec.permission, [ResourceRef.vehicle(v) for v in ids], ctx=ctx
         )
         refused = [d for d in (on_fleet, *each) if not d.allowed]
         if len(tenants) != len(ids) or not in_group or refused:
@@ -314,6 +273,22 @@ async def create_bulk(
     return view
 
 
+async def _may_send(
+    request: Request, caller: Caller, ctx: ServiceContext, bulk: CommandBulk
+) -> Decision:
+    """May the caller send this bulk request's command to its fleet (a fleet admin of it)?"""
+    target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
+    (decision,) = await decide_many(
+        request, caller, _BULK, [target], ctx=ctx, command=Permission(bulk.command)
+    )
+    return decision
+
+
+def _still_waiting(bulk: CommandBulk) -> None:
+    if bulk.state is not BulkState.AWAITING_APPROVAL:
+        raise BulkRejected(f"the bulk command is {bulk.state.value}", reason=bulk.state.value)
+
+
 async def _visible_bulk(
     request: Request, caller: Caller, ctx: ServiceContext, bulk_id: str
 ) -> CommandBulk:
@@ -330,10 +305,7 @@ async def read_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> 
     async with platform.services() as (uow, ctx):
         bulk = await _visible_bulk(request, caller, ctx, bulk_id)
         if bulk.requested_by != caller.claims.sub:
-            target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
-            (decision,) = await _decide(
-                request, caller, ctx, _BULK, [target], Permission(bulk.command)
-            )
+            decision = await _may_send(request, caller, ctx, bulk)
             await uow.commit()
             if not decision.allowed and decision.reason is not Reason.STEP_UP_REQUIRED:
                 raise not_found()
@@ -349,9 +321,7 @@ async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) 
     created: list[CommandJob] = []
     async with platform.services() as (uow, ctx):
         bulk = await _visible_bulk(request, caller, ctx, bulk_id)
-        target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
-        spec_permission = Permission(bulk.command)
-        (decision,) = await _decide(request, caller, ctx, _BULK, [target], spec_permission)
+        decision = await _may_send(request, caller, ctx, bulk)
         if not decision.allowed:
             await uow.commit()
             raise _refusal([decision], on_vehicles=False)
@@ -359,19 +329,17 @@ async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) 
             raise NotPermitted(
                 "a second fleet admin must approve it", reason="second-approver-required"
             )
-        if bulk.state is not BulkState.AWAITING_APPROVAL:
-            raise BulkRejected(f"the bulk command is {bulk.state.value}", reason=bulk.state.value)
+        _still_waiting(bulk)
         now = ctx.clock.now()
         if now >= bulk.approval_expires_at:
             bulks.reject(ctx, bulk, caller.claims.sub, "approval-expired")
             await uow.commit()
             raise BulkRejected("the approval window has passed", reason="approval-expired")
         bulks.approve(ctx, bulk, caller.claims.sub, now)
-        spec = next(s for s in COMMANDS.values() if s.permission is spec_permission)
         created = await bulks.dispatch(
             ctx,
             bulk,
-            spec,
+            BY_PERMISSION[bulk.command],
             _service(ctx, runtime),
             tenants=await _tenants(ctx, bulk.vehicle_ids),
             reason=decision.reason.value,
@@ -389,15 +357,11 @@ async def reject_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -
     async with platform.services() as (uow, ctx):
         bulk = await _visible_bulk(request, caller, ctx, bulk_id)
         if bulk.requested_by != caller.claims.sub:
-            target = ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
-            (decision,) = await _decide(
-                request, caller, ctx, _BULK, [target], Permission(bulk.command)
-            )
+            decision = await _may_send(request, caller, ctx, bulk)
             if not decision.allowed:
                 await uow.commit()
                 raise _refusal([decision], on_vehicles=False)
-        if bulk.state is not BulkState.AWAITING_APPROVAL:
-            raise BulkRejected(f"the bulk command is {bulk.state.value}", reason=bulk.state.value)
+        _still_waiting(bulk)
         bulks.reject(ctx, bulk, caller.claims.sub, "turned-down")
         await uow.commit()
         view = await _view(ctx, bulk, caller)

@@ -28,16 +28,15 @@ from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from fleetward.api.auth import Caller, StepUp, _challenge, authenticate
-from fleetward.api.authorize import authorize, decide_many, not_found
+from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge
+from fleetward.api.authorize import authorize, decide_each, decide_many, not_found
 from fleetward.api.bodies import StrictBody
 from fleetward.api.history_jobs import read_job
 from fleetward.api.history_views import JobDetail, job_detail
 from fleetward.api.objects import object_entry, platform_of
 from fleetward.api.quota_guard import charge_command_flow
 from fleetward.api.routing import surface_router
-from fleetward.authz.decision import AuthzRequest, Decision, Reason, ResourceRef, audit_decision
-from fleetward.authz.entities import SessionRelations
+from fleetward.authz.decision import Decision, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import DataClass, Impact, catalogued
 from fleetward.commands import jobs
@@ -148,7 +147,13 @@ async def _create_once(
         # Knowing a vehicle id grants nothing: one the caller cannot see is not found. Asked
         # before a replay too: a former owner's old key shows nothing of the car's jobs now.
         # The command's own permission is asked in the same batch (one load of relations).
-        visible, allowed = await _decide_pair(request, caller, vehicle_id, spec, ctx)
+        resource = ResourceRef.vehicle(vehicle_id)
+        visible, allowed = await decide_each(
+            request,
+            caller,
+            [(Permission.VEHICLE_READ_STATUS, resource), (spec.permission, resource)],
+            ctx=ctx,
+        )
         if not visible.allowed:
             await uow.commit()  # the decisions' audit records
             raise not_found()
@@ -188,38 +193,10 @@ async def _create_once(
     link = Link(job.rejected_link) if job.rejected_link else Link.PERMISSION
     headers: dict[str, str] = {}
     if link is Link.STEP_UP:
-        headers = _challenge(
-            "Bearer",
-            "insufficient_user_authentication",
-            "a stronger or more recent authentication is required",
-            acr_values=_STEP_UP.acr.value,
-            max_age=str(int(_STEP_UP.max_age.total_seconds())),
-        )
+        headers = step_up_challenge(_STEP_UP)
     elif link is Link.QUOTA:
         headers = {"Retry-After": str(max(1, chain.retry_after_s))}
     raise rejection(job.id, link, chain.reason or "rejected", headers=headers)
-
-
-async def _decide_pair(
-    request: Request, caller: Caller, vehicle_id: str, spec: CommandSpec, ctx: ServiceContext
-) -> tuple[Decision, Decision]:
-    """(may read the vehicle, may send this command to it): one PDP batch, both audited in
-    ``ctx``'s transaction. Any failure to decide denies both."""
-    platform = platform_of(request)
-    now = platform.clock.now()
-    resource = ResourceRef.vehicle(vehicle_id)
-    asks = [
-        AuthzRequest.from_claims(caller.claims, caller.surface, action, resource, now=now)
-        for action in (Permission.VEHICLE_READ_STATUS, spec.permission)
-    ]
-    try:
-        visible, allowed = await platform.pdp.bind(SessionRelations(ctx.session)).decide_many(asks)
-    except Exception:  # fail closed
-        denied = Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version)
-        visible, allowed = denied, denied
-    for ask, decision in zip(asks, (visible, allowed), strict=True):
-        audit_decision(platform.audit, ctx.session, ask, decision)
-    return visible, allowed
 
 
 def _entry_for(surface: Surface, spec: CommandSpec) -> Any:

@@ -180,13 +180,9 @@ class RateLimitHeaders:
 
 def _wiring(request: Request) -> tuple[QuotaRuntime, Platform]:
     """The app's quota runtime (``app.state.quota_runtime``, set by the composition root so
-    that commands and requests share one set of buckets). An app built without it gets one
-    from its settings on first use: real limits, never none."""
+    that commands and requests share one set of buckets)."""
     platform: Platform = request.app.state.platform
-    runtime = getattr(request.app.state, "quota_runtime", None)
-    if not isinstance(runtime, QuotaRuntime):
-        runtime = QuotaRuntime.build(platform.settings)  # no await: one per app
-        request.app.state.quota_runtime = runtime
+    runtime: QuotaRuntime = request.app.state.quota_runtime
     return runtime, platform
 
 
@@ -233,9 +229,19 @@ async def _targets(request: Request, platform: Platform) -> int:
         # A malformed limit is refused by validation after this; it pays the default page.
         size = int(asked) if asked.isascii() and asked.isdigit() and len(asked) <= 7 else 0
         return min(size if size > 0 else default or largest, largest)
-    if request.method.upper() in _READS:
+    if request.method.upper() in _READS or not _body_names_ids(request.scope.get("route")):
         return 1
     return max(1, await _ids_in_body(request))
+
+
+def _body_names_ids(route: object) -> bool:
+    """Whether the route's body model has ``*_ids`` fields: only such a body is read here
+    (the route validates it again), never every write's. (A few attribute reads: routes
+    compare by value, so they cannot key a cache.)"""
+    field = getattr(route, "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    fields = getattr(model, "model_fields", None)
+    return isinstance(fields, dict) and any(name.endswith("_ids") for name in fields)
 
 
 async def _ids_in_body(request: Request) -> int:

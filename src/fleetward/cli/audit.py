@@ -18,7 +18,7 @@ import typer
 from fleetward.audit.chain import SealResult, VerifyReport
 from fleetward.audit.operations import export_log, seal_pending, verify_log
 from fleetward.audit.recorder import Actor
-from fleetward.cli.runtime import load_or_exit
+from fleetward.cli.runtime import load_or_exit, parse_instant
 from fleetward.platform import Platform
 
 app = typer.Typer(no_args_is_help=True, help="audit log: seal, verify, export")
@@ -36,20 +36,6 @@ def _day(value: str | None, name: str) -> str | None:
         return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
     except ValueError:
         raise typer.BadParameter("expected YYYY-MM-DD", param_hint=name) from None
-
-
-def _instant(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter("expected an ISO 8601 time with offset", param_hint=name) from None
-    if parsed.tzinfo is None:
-        raise typer.BadParameter(
-            "the time needs an offset, e.g. 2026-12-01T00:00Z", param_hint=name
-        )
-    return parsed
 
 
 @app.command("seal")
@@ -103,7 +89,7 @@ def export_command(
 ) -> None:
     """Export records (with their seals) as JSON lines; the export is itself audited."""
     settings = load_or_exit()
-    start, end = _instant(since, "--since"), _instant(until, "--until")
+    start, end = parse_instant(since, "--since"), parse_instant(until, "--until")
 
     async def main() -> int:
         platform = Platform.build(settings)

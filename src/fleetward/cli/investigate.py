@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,25 +18,13 @@ from fleetward.audit.investigate import BlastQuery, BlastRadius, Subject, trace_
 from fleetward.audit.operations import investigate
 from fleetward.audit.recorder import Actor
 from fleetward.catalog.inventory import inventory
-from fleetward.cli.runtime import load_or_exit
+from fleetward.cli.runtime import load_or_exit, parse_instant
 from fleetward.demo.incident import THIEF_ADDRESS, DemoWorldMissing, Incident, stage_incident
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="investigation: request chain, blast radius, figures")
 ACTOR = Actor.system("cli:investigate")
-
-
-def _instant(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter("expected an ISO 8601 time with offset", param_hint=name) from None
-    if parsed.tzinfo is None:
-        raise typer.BadParameter("the time needs an offset", param_hint=name)
-    return parsed
 
 
 def _echo(document: dict[str, Any]) -> None:
@@ -90,7 +78,9 @@ def blast_command(
         raise typer.BadParameter("table, json or csv", param_hint="--format")
     settings = load_or_exit()
     try:
-        query = BlastQuery(subject, value, _instant(since, "--since"), _instant(until, "--until"))
+        query = BlastQuery(
+            subject, value, parse_instant(since, "--since"), parse_instant(until, "--until")
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     result = asyncio.run(run_blast(settings, query))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -19,6 +20,21 @@ from fleetward.platform import Platform
 from fleetward.settings import Settings, SettingsError, load_settings
 from fleetward.sim.demo import serve_with_fleet
 from fleetward.store.migrate import upgrade
+
+
+def parse_instant(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time with an offset from the option ``name``, or None; no local times."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("expected an ISO 8601 time with offset", param_hint=name) from None
+    if parsed.tzinfo is None:
+        raise typer.BadParameter(
+            "the time needs an offset, e.g. 2026-12-01T00:00Z", param_hint=name
+        )
+    return parsed
 
 
 def load_or_exit() -> Settings:

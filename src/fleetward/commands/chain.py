@@ -77,6 +77,11 @@ def link_of(reason: Reason) -> Link:
     return _LINK_OF_REASON.get(reason, Link.PERMISSION)
 
 
+def entry(link: Link, ok: bool, detail: str) -> dict[str, Any]:
+    """One link as the job stores it."""
+    return {"link": link.value, "ok": ok, "detail": detail}
+
+
 @dataclass(slots=True)
 class Chain:
     """The links established so far; ``failed`` is the first one that did not hold."""
@@ -88,10 +93,10 @@ class Chain:
     retry_after_s: int = 0
 
     def ok(self, link: Link, detail: str) -> None:
-        self.links.append({"link": link.value, "ok": True, "detail": detail})
+        self.links.append(entry(link, True, detail))
 
     def fail(self, link: Link, reason: str) -> None:
-        self.links.append({"link": link.value, "ok": False, "detail": reason})
+        self.links.append(entry(link, False, reason))
         if self.failed is None:
             self.failed, self.reason = link, reason
 

@@ -31,15 +31,14 @@ from typing import Any, Final
 
 from sqlalchemy import select, update
 
+from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
     AuthzRequest,
     PrincipalKind,
     PrincipalRef,
     RequestContext,
     ResourceRef,
-    audit_decision,
 )
-from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.commands import jobs
 from fleetward.commands.chain import Link
@@ -49,6 +48,7 @@ from fleetward.commands.envelope import (
     envelope_digest,
     seal_command,
 )
+from fleetward.commands.families import BY_PERMISSION
 from fleetward.commands.models import CommandJob, JobState, VehicleCommandCounter
 from fleetward.commands.results import append_link, record_result
 from fleetward.commands.service import CommandConfig, settle
@@ -265,16 +265,11 @@ class Dispatcher:
     async def _recheck(self, ctx: ServiceContext, job: CommandJob, now: datetime) -> bool:
         """Does the grant still hold? The same question as at creation, asked now, with the
         token's scopes and tenant. Step-up was the request's link: it is not asked again."""
-        try:
-            action = Permission(job.command)
-        except ValueError:
-            action = None
-        allowed = False
-        reason = "unknown-command"
-        if action is not None:
+        allowed, reason = False, "unknown-command"
+        if job.command in BY_PERMISSION:
             ask = AuthzRequest(
                 PrincipalRef(PrincipalKind.USER, job.requested_by),
-                action,
+                Permission(job.command),
                 ResourceRef.vehicle(job.vehicle_id),
                 RequestContext(
                     now=now,
@@ -284,17 +279,8 @@ class Dispatcher:
                     auth_time=now,
                 ),
             )
-            pdp = self._platform.pdp.bind(SessionRelations(ctx.session))
-            try:
-                decision = await pdp.decide(ask)
-            except Exception as exc:  # fail closed
-                logger.warning("commands.recheck_error", error=type(exc).__name__)
-                decision = None
-            if decision is not None:
-                audit_decision(ctx.audit, ctx.session, ask, decision)
-                allowed, reason = decision.allowed, decision.reason.value
-            else:
-                reason = "pdp-error"
+            (decision,) = await decide_audited(self._platform.pdp, ctx.session, ctx.audit, [ask])
+            allowed, reason = decision.allowed, decision.reason.value
         if allowed:
             append_link(job, Link.DELIVERY_RECHECK, True, reason)
             return True

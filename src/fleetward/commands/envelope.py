@@ -34,11 +34,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleetward.core.ids import is_id
 from fleetward.gateway.device_client import DevicePrivateKey, sign
+from fleetward.gateway.handshake import verify_signature
 
 if TYPE_CHECKING:
     from fleetward.commands.signing import CommandSigner
@@ -476,16 +476,13 @@ def unverified_result_ids(frame: bytes) -> tuple[str, str] | None:
 
 
 def _verify_device_signature(key: DevicePublicKey, signature: bytes, data: bytes) -> None:
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        if len(signature) != ED25519_SIGNATURE_BYTES:
-            raise InvalidSignature
-        key.verify(signature, data)
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise ValueError("device keys are P-256 or Ed25519")
-        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-    else:  # pragma: no cover - the type says this cannot happen; fail closed if it does
+    """The handshake's check (the same device key proves the session): raises
+    InvalidSignature, or ValueError for a key no device may hold."""
+    p256 = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    if not (p256 or isinstance(key, ed25519.Ed25519PublicKey)):
         raise ValueError("device keys are P-256 or Ed25519")
+    if not verify_signature(key, signature, data):
+        raise InvalidSignature
 
 
 def open_result(frame: bytes, device_public_key: DevicePublicKey) -> CommandResult:

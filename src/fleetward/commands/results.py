@@ -19,7 +19,7 @@ from fleetward.audit.events import ActorType, EventName
 from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.recorder import Actor, Target
 from fleetward.commands import jobs
-from fleetward.commands.chain import Link
+from fleetward.commands.chain import Link, entry
 from fleetward.commands.envelope import (
     ResultRefused,
     ResultVerdict,
@@ -43,7 +43,7 @@ _SPENT: Final = frozenset({"replayed", "stale-counter"})
 
 
 def append_link(job: CommandJob, link: Link, ok: bool, detail: str) -> None:
-    job.chain = [*(job.chain or []), {"link": link.value, "ok": ok, "detail": detail}]
+    job.chain = [*(job.chain or []), entry(link, ok, detail)]
 
 
 async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> str | None:

@@ -188,10 +188,12 @@ class CommandService:
         self,
         ctx: ServiceContext,
         *,
-        decide: Decide,
         quotas: CommandQuotas,
         config: CommandConfig,
+        decide: Decide | None = None,
     ) -> None:
+        """``decide``: the PDP for jobs judged here; a service that only creates prejudged
+        jobs (a bulk request's) has none, and a job judged without one is refused."""
         self._ctx = ctx
         self._decide = decide
         self._quotas = quotas
@@ -278,6 +280,9 @@ class CommandService:
                 return chain
             if grant.sub_type != "user":
                 chain.fail(Link.USER, "not-a-person")
+                return chain
+            if self._decide is None:
+                chain.fail(Link.PERMISSION, "no-decision")  # fail closed: nobody decided
                 return chain
             decision = await self._decide(spec.permission, new.vehicle_id)
             self._pdp_links(chain, decision)

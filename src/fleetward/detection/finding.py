@@ -83,6 +83,17 @@ class BaseRule:
     def accepts(self, event: Observed) -> bool:
         return event.name in self.names
 
+    def actor_finding(self, event: Observed, summary: str, evidence: Sequence[str]) -> Finding:
+        """A finding about the event's actor (in the actor's own tenant)."""
+        return self.finding(
+            event,
+            subject_type=event.actor_type,
+            subject_id=event.actor_id,
+            tenant_id=event.actor_tenant_id,
+            summary=summary,
+            evidence=evidence,
+        )
+
     def finding(
         self,
         event: Observed,

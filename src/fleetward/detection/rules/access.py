@@ -59,16 +59,7 @@ class CrossTenantAccess(BaseRule):
             f"{describe(self._config.window)} (last: {event.reason} on "
             f"{event.object_type} {event.object_id})"
         )
-        return (
-            self.finding(
-                event,
-                subject_type=event.actor_type,
-                subject_id=event.actor_id,
-                tenant_id=event.actor_tenant_id,
-                summary=summary,
-                evidence=[e.event_id for e in entries],
-            ),
-        )
+        return (self.actor_finding(event, summary, [e.event_id for e in entries]),)
 
 
 class VinEnumeration(BaseRule):
@@ -113,14 +104,7 @@ class VinEnumeration(BaseRule):
         return (self._finding(event, summary, [e.event_id for e in entries]),)
 
     def _finding(self, event: Observed, summary: str, evidence: list[str] | None = None) -> Finding:
-        return self.finding(
-            event,
-            subject_type=event.actor_type,
-            subject_id=event.actor_id,
-            tenant_id=event.actor_tenant_id,
-            summary=summary,
-            evidence=evidence or [event.id],
-        )
+        return self.actor_finding(event, summary, evidence or [event.id])
 
 
 class RepeatedCommandDenials(BaseRule):
@@ -148,13 +132,4 @@ class RepeatedCommandDenials(BaseRule):
             f"{len(distinct(entries))} vehicle(s) in {describe(self._config.window)} "
             f"(last link: {event.reason})"
         )
-        return (
-            self.finding(
-                event,
-                subject_type=event.actor_type,
-                subject_id=event.actor_id,
-                tenant_id=event.actor_tenant_id,
-                summary=summary,
-                evidence=[e.event_id for e in entries],
-            ),
-        )
+        return (self.actor_finding(event, summary, [e.event_id for e in entries]),)
