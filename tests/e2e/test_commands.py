@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from conftest import T0
 from fleetward.audit.models import AuditRecord
@@ -47,7 +47,9 @@ async def test_alice_unlocks_her_car_and_watches_it_confirmed(world: CommandWorl
     response = await world.command("alice", "ALICE-1", "unlock")
     assert response.status_code == 202, response.text
     job = response.json()
-    assert job["state"] == "queued"
+    # The car is connected here: delivered in the transaction that authorized it, and the
+    # delivery's links follow the request's.
+    assert job["state"] == "delivered"
     assert [link["link"] for link in job["chain"]] == [
         "client",
         "user",
@@ -59,6 +61,8 @@ async def test_alice_unlocks_her_car_and_watches_it_confirmed(world: CommandWorl
         "vehicle_state",
         "conflict",
         "quota",
+        "delivery_recheck",
+        "command_service",
     ]
     final = await world.settle("alice", "ALICE-1", job["id"])
     assert final["state"] == "confirmed", final
@@ -74,6 +78,55 @@ async def test_alice_unlocks_her_car_and_watches_it_confirmed(world: CommandWorl
     assert {link["link"] for link in final["chain"]} >= {"command_service", "vehicle"}
     assert car.vehicle.state.locked is False
     assert car.acted() == 1
+
+
+async def test_a_connected_car_gets_its_command_in_the_authorizing_transaction(
+    world: CommandWorld,
+) -> None:
+    # One transaction creates, re-checks and delivers: the relations are read once for both
+    # of the request's questions (sees the car, may sound its horn) and once more for the
+    # re-check, after the counter's UPDATE took the store's write lock; the job, its
+    # transitions and its audit records are one INSERT each, at the commit.
+    await reported(world, "ALICE-1")
+    first = await world.command("alice", "ALICE-1", "horn_lights", key="first")
+    assert (await world.settle("alice", "ALICE-1", first.json()["id"]))["state"] == "executed"
+    statements: list[tuple[int, str]] = []
+
+    def seen(conn: object, _cursor: object, sql: str, *_rest: object) -> None:
+        statements.append((id(conn), " ".join(sql.split()[:4])))
+
+    engine = world.platform.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        response = await world.command("alice", "ALICE-1", "horn_lights", key="second")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "delivered"
+    # The request's connection (others run the telemetry writer, the sweep, the answer).
+    mine = next(c for c, sql in statements if sql.startswith("INSERT INTO command_jobs "))
+    on_mine = [sql for c, sql in statements if c == mine]
+    first = next(i for i, sql in enumerate(on_mine) if sql.startswith("SELECT users"))
+    last = next(i for i, sql in enumerate(on_mine) if "command_job_transitions" in sql)
+    created = on_mine[first : last + 1]
+    expected = [
+        "SELECT users.disabled_at,",  # the principal, for both questions
+        "SELECT vehicles.id, vehicles.tenant_id,",  # the car's relations
+        "SELECT command_jobs.id, command_jobs.vehicle_id,",  # an earlier copy (idempotency)
+        "SELECT vehicles.id, vehicles.vin,",  # the car's tenant
+        "SELECT oauth_clients.id, oauth_clients.name,",  # the client link
+        "UPDATE vehicle_command_counters SET",  # the counter: the write lock from here
+        "SELECT users.disabled_at,",  # the re-check
+        "SELECT vehicles.id, vehicles.tenant_id,",
+        "INSERT INTO audit_events",  # decisions and transitions
+        "INSERT INTO command_jobs",  # as delivered
+        "INSERT INTO command_job_transitions",
+    ]
+    assert len(created) == len(expected), created
+    assert all(got.startswith(want) for got, want in zip(created, expected, strict=True)), created
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    assert final["state"] == "executed"
+    assert world.cars["ALICE-1"].acted() == 2
 
 
 async def test_bob_cannot_unlock_alices_car(world: CommandWorld) -> None:

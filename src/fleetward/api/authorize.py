@@ -7,12 +7,14 @@ right problem.
 * ``step-up-required`` (reported by the PDP only when a permit would otherwise allow) is the
   RFC 9470 ``insufficient_user_authentication`` challenge (401).
 
-Fail closed: any error while deciding or recording is a deny (``pdp-error``).
+Fail closed: any error while deciding or recording is a deny (``pdp-error``); relations the
+store could not read in time are a 503 ``store-busy`` with Retry-After (nothing written).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from fastapi import Request
@@ -79,9 +81,17 @@ def build_request(
     resource: ResourceRef,
     *,
     command: Permission | None = None,
+    now: datetime | None = None,
 ) -> AuthzRequest:
+    """``now``: the instant of a batch (one context for all its asks: one load of relations);
+    the platform clock's now by default."""
     return AuthzRequest.from_claims(
-        caller.claims, caller.surface, action, resource, now=platform.clock.now(), command=command
+        caller.claims,
+        caller.surface,
+        action,
+        resource,
+        now=now or platform.clock.now(),
+        command=command,
     )
 
 
@@ -95,10 +105,11 @@ async def decide_each(
 ) -> list[Decision]:
     """Decisions for (action, resource) pairs in one PDP batch (one load of relations), each
     recorded in ``ctx``'s transaction (the route commits it). ``command``: the command a
-    ``fleet:bulk_command`` sends. Never raises for a decision the PDP cannot make: it
-    denies."""
+    ``fleet:bulk_command`` sends. A decision the PDP cannot make denies; one it could not
+    make in time is a retryable 503 (``decide_audited``)."""
     platform = _platform(request)
-    built = [build_request(platform, caller, a, r, command=command) for a, r in asks]
+    now = platform.clock.now()  # one instant: the asks share their context and relations
+    built = [build_request(platform, caller, a, r, command=command, now=now) for a, r in asks]
     return await decide_audited(platform.pdp, ctx.session, platform.audit, built)
 
 

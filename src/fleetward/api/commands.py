@@ -157,11 +157,14 @@ async def _create_once(
         if not visible.allowed:
             await uow.commit()  # the decisions' audit records
             raise not_found()
-        existing = await replay(ctx, caller.claims, key, digest)
+        # Reads only until the job's writes: the decisions' records go with the job's, at
+        # commit (on SQLite the store's write lock is then held from the first write only).
+        with ctx.session.no_autoflush:
+            existing = await replay(ctx, caller.claims, key, digest)
+            vehicle = await ctx.session.get(Vehicle, vehicle_id)
         if existing is not None:
             await uow.commit()  # the decisions' audit records
             return existing, True
-        vehicle = await ctx.session.get(Vehicle, vehicle_id)
         if vehicle is None:
             raise not_found()
 
@@ -186,7 +189,12 @@ async def _create_once(
             ),
             tenant_id=vehicle.tenant_id,
         )
+        # Its vehicle connected here: delivered in this transaction, sent once it committed.
+        sealed = await runtime.dispatcher.deliver_in(ctx, job)
         await uow.commit()
+    if sealed is not None:
+        runtime.dispatcher.send_sealed(sealed)
+        return job, False
     if job.state is JobState.QUEUED:
         runtime.dispatcher.notify(vehicle_id, job.id)
         return job, False

@@ -60,7 +60,7 @@ class AuditRecord(Base):
 
     # Insertion order within one database (not commit order: see audit/chain.py).
     seq: Mapped[int] = mapped_column(_big_id(), primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(40), unique=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, insert_sentinel=True)
     occurred_at: Mapped[datetime]  # indexed first in ix_audit_events_time_vehicle
     name: Mapped[str] = mapped_column(String(64), index=True)
     actor_type: Mapped[ActorType] = mapped_column(str_enum(ActorType, "audit_actor_type"))

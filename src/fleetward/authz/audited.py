@@ -16,6 +16,7 @@ from fleetward.authz.decision import AuthzRequest, Decision, Reason, audit_decis
 from fleetward.authz.entities import SessionRelations
 from fleetward.authz.pdp import CedarPdp
 from fleetward.observability.logging import get_logger
+from fleetward.store.busy import StoreBusy
 
 logger = get_logger(__name__)
 
@@ -24,8 +25,9 @@ async def decide_audited(
     pdp: CedarPdp, session: AsyncSession, audit: AuditRecorder, asks: Sequence[AuthzRequest]
 ) -> list[Decision]:
     """One decision per ask, in order, with relations read in ``session``'s transaction and
-    each decision recorded there (the caller commits). Never raises for a decision the PDP
-    cannot make: every ask is then denied (``pdp-error``)."""
+    each decision recorded there (the caller commits). A decision the PDP cannot make denies
+    every ask (``pdp-error``); one it could not make in time (the store too slow to read the
+    relations) raises :class:`StoreBusy` instead, since the transaction is then unusable."""
     if not asks:
         return []
     try:
@@ -33,6 +35,11 @@ async def decide_audited(
     except Exception as exc:  # fail closed; the PDP should never raise, but a bug denies
         logger.warning("authz.decide_error", error=type(exc).__name__)
         decisions = [Decision.deny(Reason.PDP_ERROR, pdp.policy_version) for _ in asks]
+    if any(decision.reason is Reason.PDP_TIMEOUT for decision in decisions):
+        # The relations' read was cut off mid-statement: this transaction can go on neither
+        # to act nor to record. Nothing was decided and nothing will be written: a
+        # retryable 503 (the route's unit of work rolls back), never a 500 at its commit.
+        raise StoreBusy()
     for ask, decision in zip(asks, decisions, strict=True):
         audit_decision(audit, session, ask, decision)
     return decisions

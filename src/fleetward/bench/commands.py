@@ -784,7 +784,8 @@ def _log_errors(directory: Path) -> dict[str, int]:
                 events[f"unstructured:{line.strip()[:80]}"] += 1
             continue
         if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
-            events[f"{entry.get('level')}:{entry.get('event')}:{entry.get('error')}"] += 1
+            kind = entry.get("error") or entry.get("error_type")
+            events[f"{entry.get('level')}:{entry.get('event')}:{kind}"] += 1
     return dict(sorted(events.items()))
 
 

@@ -69,6 +69,15 @@ _RESULT_RETRIES: Final = (0.05, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
+class Sealed:
+    """An envelope sealed in a caller's transaction, to send once it committed."""
+
+    job_id: str
+    live: LiveSession
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchConfig:
     sweep_interval: timedelta = timedelta(milliseconds=500)
     # Executed jobs are watched for their effect in telemetry this long.
@@ -233,33 +242,70 @@ class Dispatcher:
             if not await self._recheck(ctx, job, now):
                 await uow.commit()
                 return None
-            counter = await _next_counter(ctx, job.vehicle_id)
-            envelope = CommandEnvelope(
-                vehicle_id=job.vehicle_id,
-                job_id=job.id,
-                command=job.command,
-                parameters=dict(job.parameters),
-                issued_at_ms=epoch_ms(now),
-                expires_at_ms=epoch_ms(job.expires_at),
-                counter=counter,
-                key_id=self._signer.key_id,
-            )
-            frame = seal_command(envelope, self._signer)
-            job.counter = counter
-            job.envelope_digest = envelope_digest(frame).hex()
-            job.delivered_at = now
-            job.delivered_device_id = live.session.device_id
-            append_link(job, Link.COMMAND_SERVICE, True, self._signer.key_id)
-            jobs.move(
-                ctx.session,
-                ctx.audit,
-                job,
-                JobState.DELIVERED,
-                reason="sent",
-                at=now,
-                details={"counter": counter, "session_id": live.session.session_id},
-            )
+            frame = self._seal(ctx, job, live, now, await _next_counter(ctx, job.vehicle_id))
             await uow.commit()
+        return frame
+
+    async def deliver_in(self, ctx: ServiceContext, job: CommandJob) -> Sealed | None:
+        """Deliver a job in the transaction that authorized it (the create route's) when its
+        vehicle has a commandable session here: sealed and marked ``delivered`` now, sent by
+        :meth:`send_sealed` once the caller committed. None: not delivered now (no session
+        here: the job stays ``queued`` for :meth:`notify` after the commit; or the grant
+        ended meanwhile: the job is ``rejected`` at the delivery re-check).
+
+        The counter's UPDATE comes first: on SQLite it takes the store's write lock, so the
+        re-check that follows reads the relations as they are at the commit (a revocation
+        commits before this transaction, and is seen, or after it, once the job was
+        delivered); on PostgreSQL it leaves the same window as the dispatcher's own path."""
+        live = self._registry.commandable(job.vehicle_id)
+        if live is None or job.state is not JobState.QUEUED:
+            return None
+        now = ctx.clock.now()
+        # Not flushed before the counter's UPDATE: the job is INSERTed once, as delivered.
+        with ctx.session.no_autoflush:
+            counter = await _next_counter(ctx, job.vehicle_id)
+            if not await self._recheck(ctx, job, now):
+                return None
+            frame = self._seal(ctx, job, live, now, counter)
+        return Sealed(job.id, live, frame)
+
+    def send_sealed(self, sealed: Sealed) -> None:
+        """Send a job sealed by :meth:`deliver_in`, once its transaction committed."""
+        self._touched(sealed.job_id)
+        self._spawn(self._send_counted(sealed.live, sealed.frame))
+
+    async def _send_counted(self, live: LiveSession, frame: bytes) -> int:
+        return 1 if await self._send(live, frame) else 0
+
+    def _seal(
+        self, ctx: ServiceContext, job: CommandJob, live: LiveSession, now: datetime, counter: int
+    ) -> bytes:
+        """Sign the envelope under the vehicle's next ``counter``, mark the job delivered."""
+        envelope = CommandEnvelope(
+            vehicle_id=job.vehicle_id,
+            job_id=job.id,
+            command=job.command,
+            parameters=dict(job.parameters),
+            issued_at_ms=epoch_ms(now),
+            expires_at_ms=epoch_ms(job.expires_at),
+            counter=counter,
+            key_id=self._signer.key_id,
+        )
+        frame = seal_command(envelope, self._signer)
+        job.counter = counter
+        job.envelope_digest = envelope_digest(frame).hex()
+        job.delivered_at = now
+        job.delivered_device_id = live.session.device_id
+        append_link(job, Link.COMMAND_SERVICE, True, self._signer.key_id)
+        jobs.move(
+            ctx.session,
+            ctx.audit,
+            job,
+            JobState.DELIVERED,
+            reason="sent",
+            at=now,
+            details={"counter": counter, "session_id": live.session.session_id},
+        )
         return frame
 
     async def _recheck(self, ctx: ServiceContext, job: CommandJob, now: datetime) -> bool:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+
+import pytest
 from sqlalchemy import select
 
 from fleetward.audit.events import ActorType
 from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.models import AuditRecord
+from fleetward.authz import audited
+from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
     AUTHZ_DECISION_MADE,
     Decision,
@@ -16,8 +22,10 @@ from fleetward.authz.decision import (
     Reason,
     audit_decision,
 )
+from fleetward.authz.pdp import CedarPdp, PdpConfig
 from fleetward.authz.permissions import Permission
 from fleetward.services import ServiceContext
+from fleetward.store.busy import StoreBusy
 from unit.authz.fakes import ALICE, request
 
 VERSION = "a" * 64
@@ -63,3 +71,24 @@ async def test_decisions_are_recorded(ctx: ServiceContext) -> None:
         "obligations": [],
     }
     assert rows[2].details["obligations"] == ["minimise-fields"]
+
+
+async def test_a_decision_cut_off_by_its_deadline_is_a_retryable_refusal(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under overload the relations' read can outlast the PDP's budget and is cut off in the
+    # middle of a statement: the transaction can neither act nor record, so the request is
+    # refused with a retryable 503 (store-busy) and nothing is written, never a deny that the
+    # route would then try to commit (a 500).
+    class Hanging:
+        def __init__(self, _session: object) -> None:
+            pass
+
+        async def relations(self, *_args: object) -> None:
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(audited, "SessionRelations", Hanging)
+    pdp = CedarPdp(Hanging(None), config=PdpConfig(timeout=timedelta(milliseconds=20)))
+    with pytest.raises(StoreBusy):
+        await decide_audited(pdp, ctx.session, ctx.audit, [request(ALICE, Permission.VEHICLE_LOCK)])
+    assert not [obj for obj in ctx.session.new if isinstance(obj, AuditRecord)]
