@@ -7,8 +7,9 @@ a. ``bare``: a FastAPI app with one route, ``GET /mobile/v1/vehicles/{id}/status
    the JSON the real route answered (no authentication, no store): the ceiling;
 b. ``app``: :func:`fleetward.app.build_app` over a seeded demo world, asked as alice for
    ALICE-1 with a real access token: token validation (the verified-token cache on,
-   revocation checked), the PDP reading relationships from the store, the decision's audit
-   record, the status read, the commit.
+   revocation checked), the request's quota charged (the per-user limit raised for this
+   one-person load), the PDP reading relationships from the store, the decision's audit
+   record, the status read, the commit. Any answer but 200 is counted as a failure.
 
 The store is SQLite in a temporary directory, or with ``database_url`` (a PostgreSQL URL, as
 ``FLEETWARD_DATABASE_URL`` takes it) a fresh database created on that server for the run
@@ -73,6 +74,10 @@ def _settings(directory: Path, port: int, database_url: str | None = None) -> Se
         port=port,
         password_hash_memory_kib=19_456,
         password_hash_time_cost=2,
+        # One person reads thousands of times a second here: the per-user default (600
+        # objects a minute) would refuse almost every read. The quota check still runs on
+        # every request (against the user, client, tenant and platform buckets).
+        quota_user_per_minute=120_000,
     )
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetward.authz.decision import (
@@ -23,6 +24,34 @@ from fleetward.authz.relations.loader import Loader
 from fleetward.core.windows import is_active
 from fleetward.identity.models import Membership, Tenant, TenantKind, User
 from fleetward.identity.oauth_models import Client, ClientType
+
+# Built once, bound at execution (building a statement cost about as much as running it).
+_PERSON: Final = (
+    select(
+        User.disabled_at,
+        Tenant.kind,
+        Tenant.disabled_at,
+        Membership.role,
+        Membership.valid_from,
+        Membership.valid_until,
+    )
+    .select_from(User)
+    .join(Tenant, Tenant.id == bindparam("tenant"))
+    .outerjoin(Membership, (Membership.user_id == User.id) & (Membership.tenant_id == Tenant.id))
+    .where(User.id == bindparam("user"))
+)
+_CLIENT: Final = (
+    select(
+        Client.client_type,
+        Client.tenant_id,
+        Client.disabled_at,
+        Tenant.kind,
+        Tenant.disabled_at,
+    )
+    .select_from(Client)
+    .join(Tenant, Tenant.id == Client.tenant_id)
+    .where(Client.id == bindparam("client"))
+)
 
 
 class SessionRelations:
@@ -74,25 +103,7 @@ async def _principal(
     session: AsyncSession, ref: PrincipalRef, tenant_id: str, now: datetime
 ) -> PrincipalFacts:
     if ref.kind is PrincipalKind.USER:
-        rows = (
-            await session.execute(
-                select(
-                    User.disabled_at,
-                    Tenant.kind,
-                    Tenant.disabled_at,
-                    Membership.role,
-                    Membership.valid_from,
-                    Membership.valid_until,
-                )
-                .select_from(User)
-                .join(Tenant, Tenant.id == tenant_id)
-                .outerjoin(
-                    Membership,
-                    (Membership.user_id == User.id) & (Membership.tenant_id == Tenant.id),
-                )
-                .where(User.id == ref.id)
-            )
-        ).all()
+        rows = (await session.execute(_PERSON, {"user": ref.id, "tenant": tenant_id})).all()
         if not rows:
             raise RelationsRefused(Reason.UNKNOWN_PRINCIPAL)
         user_disabled, kind, tenant_disabled = rows[0][0], rows[0][1], rows[0][2]
@@ -107,20 +118,7 @@ async def _principal(
         return PrincipalFacts(ref, tenant_id, TenantKind(kind), roles=roles)
 
     expected = ClientType.PARTNER if ref.kind is PrincipalKind.PARTNER else ClientType.WORKLOAD
-    row = (
-        await session.execute(
-            select(
-                Client.client_type,
-                Client.tenant_id,
-                Client.disabled_at,
-                Tenant.kind,
-                Tenant.disabled_at,
-            )
-            .select_from(Client)
-            .join(Tenant, Tenant.id == Client.tenant_id)
-            .where(Client.id == ref.id)
-        )
-    ).first()
+    row = (await session.execute(_CLIENT, {"client": ref.id})).first()
     # A client of another type (a mobile app, a dealer tool) never acts for itself here.
     if row is None or row[0] is not expected or row[1] is None:
         raise RelationsRefused(Reason.UNKNOWN_PRINCIPAL)
