@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select, true
+from sqlalchemy import BindParameter, and_, bindparam, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.abuse.policy import Degrade, Flow
@@ -343,9 +343,11 @@ def _object_routes(surface: Surface) -> APIRouter:
     return router
 
 
-def _status_query(vehicle_id: str) -> Any:
+def _status_query() -> Any:
     """The vehicle's registry fields and its latest message in one statement (one store
-    round trip fewer on the hottest read): the vehicle LEFT JOIN its latest message."""
+    round trip fewer on the hottest read): the vehicle LEFT JOIN its latest message. Built
+    once, bound per request (``vehicle_id``)."""
+    vehicle_id: BindParameter[str] = bindparam("vehicle_id")
     latest = (
         select(TelemetryMessage.device_time, TelemetryMessage.signals)
         .where(TelemetryMessage.vehicle_id == vehicle_id)
@@ -367,6 +369,9 @@ def _status_query(vehicle_id: str) -> Any:
     )
 
 
+_STATUS: Final = _status_query()
+
+
 async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
@@ -377,7 +382,7 @@ async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> S
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
-        row = (await ctx.session.execute(_status_query(vehicle_id))).first()
+        row = (await ctx.session.execute(_STATUS, {"vehicle_id": vehicle_id})).first()
         if row is None:  # the PDP saw it a moment ago
             raise not_found()
         await uow.commit()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
@@ -403,14 +403,18 @@ class Dispatcher:
             await self.deliver_pending(vehicle_id)
 
 
+# Built once, bound per delivery.
+_BUMP_COUNTER: Final = (
+    update(VehicleCommandCounter)
+    .where(VehicleCommandCounter.vehicle_id == bindparam("vid"))
+    .values(counter=VehicleCommandCounter.counter + 1)
+    .returning(VehicleCommandCounter.counter)
+)
+
+
 async def _next_counter(ctx: ServiceContext, vehicle_id: str) -> int:
     """The vehicle's next envelope counter, in the delivering transaction."""
-    bumped = await ctx.session.execute(
-        update(VehicleCommandCounter)
-        .where(VehicleCommandCounter.vehicle_id == vehicle_id)
-        .values(counter=VehicleCommandCounter.counter + 1)
-        .returning(VehicleCommandCounter.counter)
-    )
+    bumped = await ctx.session.execute(_BUMP_COUNTER, {"vid": vehicle_id})
     value = bumped.scalar_one_or_none()
     if value is not None:
         return int(value)

@@ -15,9 +15,9 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Final, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from fleetward.authz.decision import Decision, Reason
 from fleetward.authz.permissions import Permission
@@ -127,15 +127,17 @@ def request_hash(vehicle_id: str, spec: CommandSpec, parameters: Mapping[str, ob
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Built once, bound per request (the statement's construction cost as much as its run).
+_REPLAY: Final = select(CommandJob).where(
+    CommandJob.requested_by == bindparam("sub"), CommandJob.idempotency_key == bindparam("key")
+)
+
+
 async def replay(
     ctx: ServiceContext, claims: AccessTokenClaims, key: str, digest: str
 ) -> CommandJob | None:
     """The job this caller's key already created, if any; the key with another body: 409."""
-    job = await ctx.session.scalar(
-        select(CommandJob).where(
-            CommandJob.requested_by == claims.sub, CommandJob.idempotency_key == key
-        )
-    )
+    job = await ctx.session.scalar(_REPLAY, {"sub": claims.sub, "key": key})
     if job is None:
         return None
     if job.request_hash != digest or job.client_id != claims.client_id:
