@@ -21,6 +21,28 @@ from fleetward.bench import (
 app = typer.Typer(no_args_is_help=True, help="benchmarks (never part of make test)")
 
 
+def _postgres_only(value: str | None) -> str | None:
+    """``--database-url``: a PostgreSQL server, or None (SQLite in a temporary directory)."""
+    if value is not None:
+        try:
+            http_read.postgres_server(value)
+        except ValueError as exc:  # not a PostgreSQL URL: never a store to migrate and seed
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="a PostgreSQL server (postgresql://user@host:port/db, as FLEETWARD_DATABASE_URL):"
+        " the store is a fresh database there, dropped after the run;"
+        " default: SQLite in a temporary directory",
+        show_default=False,
+        callback=_postgres_only,
+    ),
+]
+
+
 @app.command("tokens")
 def tokens_command(
     seconds: Annotated[float, typer.Option(min=0.2, max=60, help="seconds per measurement")] = 2.0,
@@ -50,22 +72,9 @@ def http_read_command(
     requests: Annotated[int, typer.Option(min=10, max=100_000, help="requests per round")] = 2000,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="requests in flight")] = 16,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="rounds per server")] = 3,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            help="a PostgreSQL server (postgresql://user@host:port/db, as FLEETWARD_DATABASE_URL):"
-            " the app's store is a fresh database there, dropped after the run;"
-            " default: SQLite in a temporary directory",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """An authorized object read over HTTP vs a bare FastAPI route (one uvicorn worker each)."""
-    if database_url is not None:
-        try:
-            http_read.postgres_server(database_url)
-        except ValueError as exc:  # not a PostgreSQL URL
-            raise typer.BadParameter(str(exc), param_hint="--database-url") from None
     result = http_read.run(
         requests, concurrency=concurrency, rounds=rounds, database_url=database_url
     )
@@ -118,21 +127,9 @@ def commands_command(
         bool,
         typer.Option(help="server in this process (one core for all) instead of a pinned child"),
     ] = False,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            help="a PostgreSQL server (postgresql://user@host:port/db): the store is a fresh"
-            " database there, dropped after the run; default: SQLite in a temporary directory",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Remote commands, API request to `executed`, with simulated vehicles connected."""
-    if database_url is not None:
-        try:
-            http_read.postgres_server(database_url)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--database-url") from None
     try:
         rates = tuple(float(r) for r in steps.split(",") if r.strip())
         config = commands.BenchConfig(
@@ -159,14 +156,7 @@ def blast_radius_command(
         int, typer.Option(min=10, max=1_000_000, help="users (5 vehicles each)")
     ] = 10_000,
     repeats: Annotated[int, typer.Option(min=1, max=50, help="runs per query")] = 5,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            help="a PostgreSQL server (postgresql://user@host:port/db): the store is a fresh"
-            " database there, dropped after the run; default: SQLite in a temporary directory",
-            show_default=False,
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Blast-radius queries over a large synthetic audit log vs the bare indexed count."""
     result = blast_radius.run(events, users, repeats, database_url)

@@ -31,6 +31,25 @@ def _echo(document: dict[str, Any]) -> None:
     typer.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
+def _format(value: str) -> str:
+    if value not in ("table", "json", "csv"):
+        raise typer.BadParameter("table, json or csv")
+    return value
+
+
+OutputFormat = Annotated[str, typer.Option("--format", help="table, json or csv", callback=_format)]
+
+
+def _show(result: BlastRadius, output_format: str) -> None:
+    """A blast radius as JSON, CSV or a table."""
+    if output_format == "json":
+        _echo(result.to_json())
+    elif output_format == "csv":
+        typer.echo(result.to_csv(), nl=False)
+    else:
+        typer.echo(result.to_table(), nl=False)
+
+
 @app.command("request")
 def request_command(
     key: Annotated[str, typer.Argument(help="a request id or a W3C trace id")],
@@ -70,12 +89,10 @@ def blast_command(
     value: Annotated[str | None, typer.Argument(help="its id (none for window)")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, inclusive")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time, exclusive")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    output_format: OutputFormat = "table",
 ) -> None:
     """Every vehicle touched, command sent and data read by a user, token, token family,
     client, partner, device or in a time window."""
-    if output_format not in ("table", "json", "csv"):
-        raise typer.BadParameter("table, json or csv", param_hint="--format")
     settings = load_or_exit()
     try:
         query = BlastQuery(
@@ -84,12 +101,7 @@ def blast_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     result = asyncio.run(run_blast(settings, query))
-    if output_format == "json":
-        _echo(result.to_json())
-    elif output_format == "csv":
-        typer.echo(result.to_csv(), nl=False)
-    else:
-        typer.echo(result.to_table(), nl=False)
+    _show(result, output_format)
 
 
 @app.command("figures")
@@ -123,13 +135,11 @@ def figures_command(
 
 @app.command("demo-incident")
 def demo_incident_command(
-    output_format: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    output_format: OutputFormat = "table",
 ) -> None:
     """Stage the demo world's scripted incident (a stolen token used from a new network
     against three vehicles, docs/operations.md) and investigate it: the blast radius of the
     stolen token family."""
-    if output_format not in ("table", "json", "csv"):
-        raise typer.BadParameter("table, json or csv", param_hint="--format")
     settings = load_or_exit()
     # The staged requests go through an in-process client: its request log is noise here.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -156,9 +166,4 @@ def demo_incident_command(
         f"{THIEF_ADDRESS[0]}; investigating it:",
         err=True,
     )
-    if output_format == "json":
-        _echo(result.to_json())
-    elif output_format == "csv":
-        typer.echo(result.to_csv(), nl=False)
-    else:
-        typer.echo(result.to_table(), nl=False)
+    _show(result, output_format)

@@ -105,7 +105,7 @@ class Dispatcher:
         self._dispatch = dispatch or DispatchConfig()
         # One delivery at a time per vehicle (kept per vehicle seen: a few hundred bytes each).
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[int]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # Job id -> event set whenever the job changed in this process (followers wait on it).
         self._changed: dict[str, asyncio.Event] = {}
@@ -167,7 +167,7 @@ class Dispatcher:
         if changed is not None:
             self._touched(changed)
 
-    def _spawn(self, work: Coroutine[Any, Any, int]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -272,10 +272,7 @@ class Dispatcher:
     def send_sealed(self, sealed: Sealed) -> None:
         """Send a job sealed by :meth:`deliver_in`, once its transaction committed."""
         self._touched(sealed.job_id)
-        self._spawn(self._send_counted(sealed.live, sealed.frame))
-
-    async def _send_counted(self, live: LiveSession, frame: bytes) -> int:
-        return 1 if await self._send(live, frame) else 0
+        self._spawn(self._send(sealed.live, sealed.frame))
 
     def _seal(
         self, ctx: ServiceContext, job: CommandJob, live: LiveSession, now: datetime, counter: int
