@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import cedarpy
+import msgspec
 
 from fleetward.authz.decision import (
     AuthzRequest,
@@ -61,6 +61,8 @@ _REASONS: Final = frozenset(r.value for r in Reason)
 _OBLIGATIONS: Final = frozenset(o.value for o in Obligation)
 # Parsed entity sets kept, by their exact JSON text (~17 KiB each): see CedarPdp._parse.
 ENTITY_PARSE_CACHE: Final = 512
+# Decisions by the tuple of satisfied policy ids (a few dozen combinations occur).
+OUTCOME_CACHE: Final = 1024
 
 
 class PolicyDecisionPoint(Protocol):
@@ -243,6 +245,9 @@ class CedarPdp:
         self._parse: Callable[[str], Any] = functools.lru_cache(maxsize=ENTITY_PARSE_CACHE)(
             functools.partial(cedarpy.Entities.from_json_str, schema=self._compiled.schema)
         )
+        self._outcome: Callable[[tuple[str, ...]], Decision | None] = functools.lru_cache(
+            maxsize=OUTCOME_CACHE
+        )(functools.partial(_outcome, self._compiled))
 
     def bind(self, source: RelationSource) -> CedarPdp:
         """The same policy and configuration, reading relations from ``source``."""
@@ -251,6 +256,7 @@ class CedarPdp:
         sibling._source = source
         sibling._config = self._config
         sibling._parse = self._parse
+        sibling._outcome = self._outcome
         return sibling
 
     @property
@@ -344,34 +350,37 @@ class CedarPdp:
 
     def _read(self, result: Any) -> Decision | None:
         """The decision of one evaluation of a slice (every policy a permit; see slicing.py),
-        or None for a plain deny (no permit satisfied): Cedar's rule, read from the effects
-        kept in the annotations. A forbid names the denial only when some permit would
-        otherwise allow: a stranger is not told that a step-up would help, nor where a
-        vehicle is barred."""
-        compiled = self._compiled
+        or None for a plain deny (no permit satisfied). Any error at all is a deny: an
+        erroring policy is skipped by Cedar, and an erroring forbid could let a permit
+        through."""
         if result.diagnostics.errors or result.decision not in (
             cedarpy.Decision.Allow,
             cedarpy.Decision.Deny,
         ):
-            # An erroring policy is skipped by Cedar: an erroring forbid could let a permit
-            # through. Any error at all is therefore a deny.
             logger.warning("authz.pdp_error", stage="policy", errors=len(result.diagnostics.errors))
             return self._deny(Reason.PDP_ERROR)
-        satisfied = sorted(
-            (compiled.meta[pid] for pid in result.diagnostics.reasons), key=lambda m: m.order
-        )
-        permits = [m for m in satisfied if m.permit]
-        if not permits:
-            return None
-        forbids = tuple(m.reason.value for m in satisfied if not m.permit)
-        if forbids:
-            return self._deny(Reason(forbids[0]), forbids)
-        ids = tuple(m.reason.value for m in permits)
-        obligations = frozenset(o for m in permits for o in m.obligations)
-        return Decision(True, permits[0].reason, compiled.version, ids, obligations)
+        return self._outcome(tuple(result.diagnostics.reasons))
 
     def _default_deny(self, request: AuthzRequest, relations: Relations) -> Decision:
         return self._deny(relations.notes.get(request.resource, Reason.NO_RELATIONSHIP))
+
+
+def _outcome(compiled: _Compiled, satisfied_ids: tuple[str, ...]) -> Decision | None:
+    """Cedar's rule over the satisfied policies, read from the effects kept in the
+    annotations: no permit is a plain deny (None); a forbid with a permit names the denial
+    (a stranger is not told that a step-up would help, nor where a vehicle is barred).
+    Depends on the ids and the policy only, so each CedarPdp keeps the answers it has worked
+    out (see ``OUTCOME_CACHE``)."""
+    satisfied = sorted((compiled.meta[pid] for pid in satisfied_ids), key=lambda m: m.order)
+    permits = [m for m in satisfied if m.permit]
+    if not permits:
+        return None
+    forbids = tuple(m.reason.value for m in satisfied if not m.permit)
+    if forbids:
+        return Decision.deny(Reason(forbids[0]), compiled.version, forbids)
+    ids = tuple(m.reason.value for m in permits)
+    obligations = frozenset(o for m in permits for o in m.obligations)
+    return Decision(True, permits[0].reason, compiled.version, ids, obligations)
 
 
 def bare_evaluator(
@@ -397,8 +406,13 @@ def bare_evaluator(
     return evaluate
 
 
+_ENCODER: Final = msgspec.json.Encoder()
+
+
 def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """Compact JSON, keys in insertion order (the same text as ``json.dumps`` with compact
+    separators, ~8x faster: it is written twice per decision)."""
+    return _ENCODER.encode(value).decode()
 
 
 __all__ = [
