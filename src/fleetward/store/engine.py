@@ -1,10 +1,11 @@
-"""Engine creation. SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+"""Engine creation. SQLite gets WAL, foreign keys and a busy timeout on every connection, and
+the one-trip aiosqlite dialect (:mod:`fleetward.store.sqlite_driver`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -12,6 +13,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+from fleetward.store.sqlite_driver import DRIVER as ONE_TRIP_DRIVER
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
@@ -23,7 +26,11 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     kwargs: dict[str, Any] = {"pool_pre_ping": url.startswith("postgresql")}
     if url.startswith("postgresql") and schema is not None:
         kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
-    engine = create_async_engine(url, **kwargs)
+    parsed = make_url(url)
+    if parsed.drivername == "sqlite+aiosqlite":
+        # Same driver and semantics, one worker-thread trip per statement.
+        parsed = parsed.set(drivername=f"sqlite+{ONE_TRIP_DRIVER}")
+    engine = create_async_engine(parsed, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -1,0 +1,157 @@
+"""The one-trip SQLite dialect: the stock aiosqlite dialect's answers, one worker-thread trip
+per statement, and still nothing blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from fleetward.store.engine import create_engine
+from fleetward.store.sqlite_driver import DRIVER, OneTripCursor
+
+_SCHEMA = (
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, n INTEGER)",
+    "INSERT INTO t (name, n) VALUES ('a', 1), ('b', 2), ('c', 3)",
+)
+
+
+@contextmanager
+def counted_trips() -> Iterator[list[int]]:
+    """Count the calls queued to aiosqlite's worker threads."""
+    count = [0]
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return await original(self, fn, *args, **kwargs)
+
+    aiosqlite.Connection._execute = counting  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        aiosqlite.Connection._execute = original  # type: ignore[method-assign]
+
+
+@pytest.fixture
+async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """(one-trip, stock) engines, each on a database of its own with the same rows."""
+    fast = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'fast.db'}")
+    stock = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}")
+    for engine in (fast, stock):
+        async with engine.begin() as connection:
+            for statement in _SCHEMA:
+                await connection.exec_driver_sql(statement)
+    yield fast, stock
+    await fast.dispose()
+    await stock.dispose()
+
+
+async def test_create_engine_selects_the_one_trip_dialect(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        assert engine.dialect.driver == DRIVER
+        assert engine.dialect.name == "sqlite"
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            assert isinstance(raw.dbapi_connection.cursor(), OneTripCursor)  # type: ignore[union-attr]
+    finally:
+        await engine.dispose()
+
+
+async def _answers(engine: AsyncEngine) -> list[Any]:
+    seen: list[Any] = []
+    async with engine.begin() as connection:
+        result = await connection.execute(text("SELECT id, name, n FROM t ORDER BY id"))
+        seen.append((list(result.keys()), result.all()))
+        result = await connection.execute(text("SELECT id FROM t WHERE n > 99"))
+        seen.append((list(result.keys()), result.all()))
+        result = await connection.exec_driver_sql("INSERT INTO t (name, n) VALUES ('d', 4)")
+        seen.append((result.rowcount, result.lastrowid))
+        result = await connection.execute(text("UPDATE t SET n = n + 10 WHERE n >= 2"))
+        seen.append(result.rowcount)
+        result = await connection.execute(
+            text("INSERT INTO t (name, n) VALUES (:name, :n)"),
+            [{"name": "e", "n": 5}, {"name": "f", "n": 6}],
+        )
+        seen.append(result.rowcount)
+        result = await connection.execute(
+            text("INSERT INTO t (name, n) VALUES ('g', 7) RETURNING id, n")
+        )
+        seen.append(result.all())
+        seen.append((await connection.execute(text("SELECT count(*) FROM t"))).scalar_one())
+    return seen
+
+
+async def test_same_answers_as_the_stock_dialect(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, stock = engines
+    assert await _answers(fast) == await _answers(stock)
+
+
+async def test_errors_are_the_stock_dialects_and_the_connection_stays_usable(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    async with fast.connect() as connection:
+        with pytest.raises(IntegrityError):
+            await connection.exec_driver_sql("INSERT INTO t (name, n) VALUES ('a', 9)")
+        await connection.rollback()
+        with pytest.raises(OperationalError):
+            await connection.exec_driver_sql("SELECT nope FROM t")
+        await connection.rollback()
+        assert (await connection.exec_driver_sql("SELECT count(*) FROM t")).scalar_one() == 3
+
+
+async def test_one_trip_per_statement(engines: tuple[AsyncEngine, AsyncEngine]) -> None:
+    fast, stock = engines
+    trips = {}
+    for name, engine in (("fast", fast), ("stock", stock)):
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")  # the pool's first checkout
+            with counted_trips() as count:
+                for _ in range(10):
+                    (await connection.exec_driver_sql("SELECT id FROM t")).all()
+            trips[name] = count[0]
+    assert trips == {"fast": 10, "stock": 40}
+
+
+async def test_a_lock_wait_does_not_block_the_event_loop(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    """The statement still waits in the worker thread (SQLite's busy handler), not in the
+    event loop: the holder of the write lock, a task on the same loop, gets to commit while
+    the other writer waits. Were the wait in the loop, the holder could never commit and the
+    writer would fail with "database is locked" after the busy timeout."""
+    fast, _ = engines
+    events: list[str] = []
+    async with fast.connect() as holder, fast.connect() as writer:
+        await holder.exec_driver_sql("BEGIN IMMEDIATE")
+        await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        writer_started = asyncio.Event()
+
+        async def release_once_the_writer_waits() -> None:
+            await writer_started.wait()
+            await asyncio.sleep(0.2)
+            await holder.commit()
+            events.append("holder committed")
+
+        releasing = asyncio.create_task(release_once_the_writer_waits())
+        writer_started.set()
+        await writer.exec_driver_sql("UPDATE t SET n = 1 WHERE name = 'b'")
+        events.append("writer wrote")
+        await writer.commit()
+        await releasing
+    assert events == ["holder committed", "writer wrote"]
+    async with fast.connect() as connection:
+        rows = await connection.exec_driver_sql("SELECT name, n FROM t WHERE name IN ('a','b')")
+        assert sorted(rows.all()) == [("a", 0), ("b", 1)]
