@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.audit.events import ActorType, EventName
 from fleetward.audit.events import Decision as AuditVerdict
-from fleetward.audit.models import AuditRecord
-from fleetward.audit.recorder import Actor, AuditRecorder, Target
+from fleetward.audit.recorder import Actor, AuditRecorder, AuditRow, Target
 from fleetward.authz.permissions import Permission
 from fleetward.core.errors import JsonValue
 from fleetward.core.surfaces import Surface
@@ -225,7 +224,7 @@ _ACTOR_TYPES: Final = {
 
 def audit_decision(
     recorder: AuditRecorder, session: AsyncSession, request: AuthzRequest, decision: Decision
-) -> AuditRecord:
+) -> AuditRow:
     """Record one decision in the caller's transaction. Ids and codes only: no token, no
     personal data, no policy text."""
     policy_ids: list[JsonValue] = list(decision.policy_ids)

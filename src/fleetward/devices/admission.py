@@ -425,7 +425,7 @@ def _apply(
             details={"session": entry.session_id, "close": entry.code},
         )
     # The event is the handshake's (or the close's), not the batch's: its time and request.
-    record.occurred_at = entry.at
+    record["occurred_at"] = entry.at
     request = entry.request
-    record.request_id = request.request_id if request else None
-    record.trace_id = request.trace_id if request else None
+    record["request_id"] = request.request_id if request else None
+    record["trace_id"] = request.trace_id if request else None

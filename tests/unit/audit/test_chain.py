@@ -31,7 +31,12 @@ async def _record(platform: Platform, count: int) -> list[int]:
             for i in range(count)
         ]
         await uow.commit()
-    return [e.seq for e in events]
+    ids = [e["id"] for e in events]
+    async with platform.unit_of_work() as uow:
+        seqs = await uow.session.scalars(
+            select(AuditRecord.seq).where(AuditRecord.id.in_(ids)).order_by(AuditRecord.seq)
+        )
+        return list(seqs)
 
 
 async def _sealed_log(platform: Platform, count: int = 6) -> list[int]:

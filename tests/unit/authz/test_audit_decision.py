@@ -11,6 +11,7 @@ from sqlalchemy import select
 from fleetward.audit.events import ActorType
 from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.models import AuditRecord
+from fleetward.audit.recorder import pending
 from fleetward.authz import audited
 from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
@@ -91,4 +92,4 @@ async def test_a_decision_cut_off_by_its_deadline_is_a_retryable_refusal(
     pdp = CedarPdp(Hanging(None), config=PdpConfig(timeout=timedelta(milliseconds=20)))
     with pytest.raises(StoreBusy):
         await decide_audited(pdp, ctx.session, ctx.audit, [request(ALICE, Permission.VEHICLE_LOCK)])
-    assert not [obj for obj in ctx.session.new if isinstance(obj, AuditRecord)]
+    assert not pending(ctx.session)

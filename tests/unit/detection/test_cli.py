@@ -51,7 +51,7 @@ def _walk(settings: Settings) -> list[str]:
                 ]
                 await uow.commit()
             await runtime.evaluator.run_until_idle()
-            return [r.id for r in records]
+            return [r["id"] for r in records]
         finally:
             await platform.close()
 

@@ -48,9 +48,9 @@ async def deny(platform: Platform, *vehicles: str, seq: int | None = None) -> li
         ]
         if seq is not None:
             for offset, record in enumerate(records):
-                record.seq = seq + offset
+                record["seq"] = seq + offset
         await uow.commit()
-    return [r.id for r in records]
+    return [r["id"] for r in records]
 
 
 async def alerts(platform: Platform) -> list[Alert]:
