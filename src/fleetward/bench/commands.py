@@ -784,7 +784,8 @@ def _log_errors(directory: Path) -> dict[str, int]:
                 events[f"unstructured:{line.strip()[:80]}"] += 1
             continue
         if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
-            kind = entry.get("error") or entry.get("error_type")
+            # What failed: an exception's type, or the problem code of an answered 5xx.
+            kind = entry.get("error") or entry.get("error_type") or entry.get("problem")
             events[f"{entry.get('level')}:{entry.get('event')}:{kind}"] += 1
     return dict(sorted(events.items()))
 

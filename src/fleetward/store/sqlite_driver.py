@@ -70,7 +70,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose statement makes one trip to the worker thread; the rows
     come back with it (as the stock adapter's ``fetchall`` after execute does)."""
 
-    __slots__ = ("_description", "_lastrowid", "_rowcount")
+    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
 
     def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
         # The base class opens an aiosqlite cursor here (a trip); this one opens none.
@@ -81,6 +81,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._description: Any = None
         self._rowcount = -1
         self._lastrowid: int | None = None
+        self._arraysize = 1  # the DB-API default, as sqlite3's cursor has it
 
     @property
     def description(self) -> Any:
@@ -93,6 +94,17 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     @property
     def lastrowid(self) -> Any:
         return self._lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        return None  # as sqlite3's: nothing to set
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         try:

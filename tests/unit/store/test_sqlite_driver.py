@@ -155,3 +155,21 @@ async def test_a_lock_wait_does_not_block_the_event_loop(
     async with fast.connect() as connection:
         rows = await connection.exec_driver_sql("SELECT name, n FROM t WHERE name IN ('a','b')")
         assert sorted(rows.all()) == [("a", 0), ("b", 1)]
+
+
+async def test_fetching_in_parts_reads_every_row_once(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    async with fast.connect() as connection:
+        result = await connection.exec_driver_sql("SELECT name FROM t ORDER BY id")
+        first = result.fetchmany()  # the cursor's arraysize: one row
+        rest = result.fetchmany(5)
+        assert [r.name for r in first + rest] == ["a", "b", "c"]
+        parts = [
+            [r.name for r in part]
+            for part in (
+                await connection.exec_driver_sql("SELECT name FROM t ORDER BY id")
+            ).partitions(2)
+        ]
+        assert parts == [["a", "b"], ["c"]]
