@@ -118,9 +118,9 @@ async def test_a_connected_car_gets_its_command_in_the_authorizing_transaction(
         "UPDATE vehicle_command_counters SET",  # the counter: the write lock from here
         "SELECT users.disabled_at,",  # the re-check
         "SELECT vehicles.id, vehicles.tenant_id,",
-        "INSERT INTO audit_events",  # decisions and transitions
         "INSERT INTO command_jobs",  # as delivered
-        "INSERT INTO command_job_transitions",
+        "INSERT INTO audit_events",  # decisions and transitions
+        "INSERT INTO command_job_transitions",  # after the job they refer to
     ]
     assert len(created) == len(expected), created
     assert all(got.startswith(want) for got, want in zip(created, expected, strict=True)), created

@@ -3,30 +3,22 @@
 Recording in the same transaction as the change means a change and its audit event commit
 or roll back together: there is no change without its record.
 
-A record is a row kept with its session and written where the ORM would have flushed it:
-before the session's next query while autoflush is on (so a count of records sees the ones
-just made), and at commit; each time, everything pending goes in ONE multi-row Core INSERT.
-A rollback, or a session closed without committing, drops them. Not ORM objects: the unit of
-work cost ~1 ms of CPU for one record's flush on SQLite, and every request writes at least
-one. Inside ``session.no_autoflush`` they wait for the commit (the command path reads with
-autoflush off so that SQLite's write lock is taken at the commit, not before its reads).
-
-``record()`` fills the investigation columns itself: the request's ids and client IP, and the
-verified token's facts bound by ``authenticate()`` (core/context.py), so no caller has to
-pass them. Outside a request (delivery, expiry, workers) the client and token ids come from
-the event's own details when it names them (command jobs do), and the vehicle from a vehicle
-target or a ``vehicle_id`` detail.
+A record is a row held with the session's transaction (``store.pending``): written where
+the ORM would have flushed it (before the next query while autoflush is on, so a count of
+records sees the ones just made; at commit), all of a transaction's records in one multi-row
+Core INSERT; a rollback drops them. Not ORM objects: the unit of work cost ~1 ms of CPU for
+one record's flush on SQLite, and every request writes at least one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import event, insert
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord
@@ -34,6 +26,7 @@ from fleetward.core.clock import Clock
 from fleetward.core.context import CallerFacts, current_request
 from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
+from fleetward.store.pending import held, hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,46 +60,12 @@ AuditRow = dict[str, Any]
 a caller may still correct a column it knows better (``devices.admission`` sets the time of
 the handshake a batch records)."""
 
-_PENDING: Final = "fleetward.audit.pending"
-_INSERT: Final = insert(AuditRecord.__table__)  # type: ignore[arg-type]
+_TABLE: Final = cast(Table, AuditRecord.__table__)
 
 
-def pending(session: AsyncSession | Session) -> list[AuditRow]:
-    """The records ``session`` will write (a live list)."""
-    rows: list[AuditRow] = session.info.setdefault(_PENDING, [])
-    return rows
-
-
-def _hold(session: AsyncSession, row: AuditRow) -> None:
-    sync = session.sync_session
-    if not sync.in_transaction():
-        # Records belong to a transaction: begun here (no I/O: the connection is taken at
-        # the first statement), so a rollback or close before any statement drops them.
-        sync.begin()
-    pending(sync).append(row)
-
-
-def _write(session: Session) -> None:
-    rows = session.info.pop(_PENDING, None)
-    if rows:
-        session.connection().execute(_INSERT, rows)
-
-
-@event.listens_for(Session, "before_commit")
-def _write_pending(session: Session) -> None:
-    _write(session)
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _autoflush_pending(state: ORMExecuteState) -> None:
-    if state.session.autoflush:
-        _write(state.session)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # the session's transaction, not a savepoint
-        session.info.pop(_PENDING, None)
+def pending(session: AsyncSession | Session) -> Sequence[AuditRow]:
+    """The records ``session`` holds, not yet written."""
+    return held(session, _TABLE)
 
 
 class AuditRecorder:
@@ -150,7 +109,7 @@ class AuditRecorder:
             "policy_version": _text(facts, "policy_version", 64),
             **_caller_columns(caller, facts),
         }
-        _hold(session, row)
+        hold(session, _TABLE, row)
         return row
 
 

@@ -7,8 +7,9 @@ reason, and recorded as an audit event in the same transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
+from typing import Final, cast
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.audit.events import ActorType, Decision, EventName
@@ -17,6 +18,7 @@ from fleetward.commands.models import CommandJob, JobState, JobTransition
 from fleetward.commands.states import IN_FLIGHT, check
 from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
+from fleetward.store.pending import hold
 
 _EVENT: Final = {
     JobState.REQUESTED: EventName.COMMAND_REQUESTED,
@@ -70,6 +72,32 @@ def _record(
     )
 
 
+_TRANSITIONS: Final = cast(Table, JobTransition.__table__)
+
+
+def _transition(
+    session: AsyncSession,
+    job: CommandJob,
+    from_state: JobState | None,
+    to: JobState,
+    at: datetime,
+    reason: str,
+) -> None:
+    """A row, not an ORM object (``store.pending``): written with the job's flush, after it."""
+    hold(
+        session,
+        _TRANSITIONS,
+        {
+            "id": new_id("jtr"),
+            "job_id": job.id,
+            "from_state": from_state,
+            "to_state": to,
+            "at": at,
+            "reason": reason,
+        },
+    )
+
+
 def start(
     session: AsyncSession,
     audit: AuditRecorder,
@@ -80,16 +108,7 @@ def start(
 ) -> None:
     """Record a new job (already in state REQUESTED) and its first transition."""
     session.add(job)
-    session.add(
-        JobTransition(
-            id=new_id("jtr"),
-            job_id=job.id,
-            from_state=None,
-            to_state=JobState.REQUESTED,
-            at=at,
-            reason="requested",
-        )
-    )
+    _transition(session, job, None, JobState.REQUESTED, at, "requested")
     _record(session, audit, job, JobState.REQUESTED, "requested", actor, None)
 
 
@@ -107,11 +126,7 @@ def move(
     """Apply one transition (raises IllegalTransition for one the machine lacks). The job's
     security slot is released when it leaves the in-flight states."""
     check(job.state, to)
-    session.add(
-        JobTransition(
-            id=new_id("jtr"), job_id=job.id, from_state=job.state, to_state=to, at=at, reason=reason
-        )
-    )
+    _transition(session, job, job.state, to, at, reason)
     job.state = to
     job.updated_at = at
     if to not in IN_FLIGHT:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
+from fleetward.store.pending import PendingRowsSession
 from fleetward.store.sqlite_driver import DRIVER as ONE_TRIP_DRIVER
 
 
@@ -62,4 +63,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+    # PendingRowsSession: held rows (audit records, job transitions) go in at every flush.
+    return async_sessionmaker(
+        engine, expire_on_commit=False, autoflush=True, sync_session_class=PendingRowsSession
+    )

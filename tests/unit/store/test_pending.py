@@ -1,0 +1,132 @@
+"""Rows held with a transaction (``store.pending``): written after the session's objects, at
+its flushes and its commit, one INSERT per table; dropped by a rollback."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, event, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
+from fleetward.audit.recorder import Actor, Target
+from fleetward.commands.jobs import SYSTEM, move, start
+from fleetward.commands.models import CommandJob, JobState, JobTransition
+from fleetward.identity.models import TenantKind
+from fleetward.platform import Platform
+from fleetward.store.pending import held, hold
+from support.factories import WorldFactory
+
+TRANSITIONS = cast(Table, JobTransition.__table__)
+
+
+async def _job(platform: Platform) -> tuple[str, str]:
+    async with platform.services() as (uow, ctx):
+        world = WorldFactory(ctx)
+        tenant = await world.tenant(TenantKind.CONSUMER)
+        vehicle = await world.vehicle(tenant)
+        await uow.commit()
+    return tenant.id, vehicle.id
+
+
+def _new_job(tenant_id: str, vehicle_id: str, platform: Platform) -> CommandJob:
+    now = platform.clock.now()
+    return CommandJob(
+        id="job_pendingtest000000000000000",
+        vehicle_id=vehicle_id,
+        tenant_id=tenant_id,
+        command="vehicle:horn_lights",
+        parameters={},
+        state=JobState.REQUESTED,
+        requested_by="usr_x",
+        client_id="fleetward-mobile",
+        created_at=now,
+        expires_at=now + timedelta(minutes=5),
+        updated_at=now,
+        idempotency_key=None,
+        request_hash="h",
+        surface="mobile",
+        subject_type="user",
+        token_id="tok",
+        token_tenant_id=tenant_id,
+        token_scopes=[],
+        acr="mfa",
+        auth_time=now,
+        bulk_id=None,
+    )
+
+
+async def test_transitions_follow_their_job_in_one_insert(platform: Platform) -> None:
+    tenant_id, vehicle_id = await _job(platform)
+    statements: list[str] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement.split("(")[0].strip().upper())
+
+    event.listen(platform.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with platform.services() as (uow, ctx):
+            job = _new_job(tenant_id, vehicle_id, platform)
+            now = platform.clock.now()
+            start(ctx.session, ctx.audit, job, at=now, actor=SYSTEM)
+            move(ctx.session, ctx.audit, job, JobState.AUTHORIZED, reason="r", at=now)
+            move(ctx.session, ctx.audit, job, JobState.QUEUED, reason="r", at=now)
+            assert len(held(ctx.session, TRANSITIONS)) == 3
+            await uow.commit()
+    finally:
+        event.remove(platform.engine.sync_engine, "before_cursor_execute", seen)
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    # The job before the transitions that refer to it (a foreign key), one INSERT per table.
+    assert inserts == [
+        "INSERT INTO COMMAND_JOBS",
+        "INSERT INTO COMMAND_JOB_TRANSITIONS",
+        "INSERT INTO AUDIT_EVENTS",
+    ]
+    async with platform.unit_of_work() as uow:
+        states = await uow.session.scalars(
+            select(JobTransition.to_state).where(JobTransition.job_id == job.id)
+        )
+        assert sorted(states) == sorted([JobState.REQUESTED, JobState.AUTHORIZED, JobState.QUEUED])
+
+
+async def test_an_autoflush_writes_them_for_the_next_query(platform: Platform) -> None:
+    tenant_id, vehicle_id = await _job(platform)
+    async with platform.services() as (uow, ctx):
+        job = _new_job(tenant_id, vehicle_id, platform)
+        start(ctx.session, ctx.audit, job, at=platform.clock.now(), actor=SYSTEM)
+        count = await ctx.session.scalar(
+            select(func.count()).select_from(JobTransition).where(JobTransition.job_id == job.id)
+        )
+        assert count == 1
+        assert not held(ctx.session, TRANSITIONS)
+        # left without commit: rolled back
+    async with platform.unit_of_work() as uow:
+        left = await uow.session.scalar(select(func.count()).select_from(JobTransition))
+        assert left == 0  # never committed
+
+
+async def test_a_plain_session_writes_them_at_commit(platform: Platform) -> None:
+    async with AsyncSession(platform.engine) as session:
+        platform.audit.record(
+            session,
+            EventName.VEHICLE_REGISTERED,
+            actor=Actor.system("pending-test"),
+            target=Target("vehicle", "veh_plain"),
+        )
+        await session.commit()
+    async with platform.unit_of_work() as uow:
+        count = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.actor_id == "pending-test")
+        )
+        assert count == 1
+
+
+async def test_a_rollback_drops_them(platform: Platform) -> None:
+    async with platform.services() as (_uow, ctx):
+        hold(ctx.session, cast(Table, AuditRecord.__table__), {"id": "x"})
+        await ctx.session.rollback()
+        assert not held(ctx.session, cast(Table, AuditRecord.__table__))
