@@ -67,6 +67,19 @@ _VEHICLES_WITH_DELEGATIONS: Final = _VEHICLES.add_columns(
 )
 
 
+async def read_rows(
+    session: AsyncSession, statement: Any, params: Mapping[str, Any]
+) -> Sequence[Any]:
+    """The rows of a column SELECT, executed on the session's connection: the ORM's result
+    machinery has nothing to do for columns and costs ~70-120 us a statement (measured on
+    SQLite). Pending changes are flushed first, as ``session.execute`` would with autoflush
+    on; inside ``no_autoflush`` nothing is flushed, as there."""
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        await session.flush()
+    connection = await session.connection()
+    return (await connection.execute(statement, params)).all()
+
+
 class Loader:
     """One batch's queries. Each method reads one kind of relation, only when the principal's
     tenant kind and roles make it relevant."""
@@ -133,7 +146,7 @@ class Loader:
             return
         me = self.principal.ref.id
         stmt = _VEHICLES_WITH_DELEGATIONS if with_delegations else _VEHICLES
-        rows = (await self.session.execute(stmt, {"me": me, "ids": ids})).all()
+        rows = await read_rows(self.session, stmt, {"me": me, "ids": ids})
         former: dict[str, Reason] = {}
         ownerships: set[str] = set()
         delegations: dict[str, tuple[str, list[str], datetime, datetime, datetime | None]] = {}

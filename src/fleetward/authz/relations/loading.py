@@ -20,7 +20,7 @@ from fleetward.authz.decision import (
     ResourceRef,
 )
 from fleetward.authz.relations.facts import PrincipalFacts, Relations, RelationsRefused
-from fleetward.authz.relations.loader import Loader
+from fleetward.authz.relations.loader import Loader, read_rows
 from fleetward.core.windows import is_active
 from fleetward.identity.models import Membership, Tenant, TenantKind, User
 from fleetward.identity.oauth_models import Client, ClientType
@@ -103,7 +103,7 @@ async def _principal(
     session: AsyncSession, ref: PrincipalRef, tenant_id: str, now: datetime
 ) -> PrincipalFacts:
     if ref.kind is PrincipalKind.USER:
-        rows = (await session.execute(_PERSON, {"user": ref.id, "tenant": tenant_id})).all()
+        rows = await read_rows(session, _PERSON, {"user": ref.id, "tenant": tenant_id})
         if not rows:
             raise RelationsRefused(Reason.UNKNOWN_PRINCIPAL)
         user_disabled, kind, tenant_disabled = rows[0][0], rows[0][1], rows[0][2]
@@ -118,7 +118,8 @@ async def _principal(
         return PrincipalFacts(ref, tenant_id, TenantKind(kind), roles=roles)
 
     expected = ClientType.PARTNER if ref.kind is PrincipalKind.PARTNER else ClientType.WORKLOAD
-    row = (await session.execute(_CLIENT, {"client": ref.id})).first()
+    found = await read_rows(session, _CLIENT, {"client": ref.id})
+    row = found[0] if found else None
     # A client of another type (a mobile app, a dealer tool) never acts for itself here.
     if row is None or row[0] is not expected or row[1] is None:
         raise RelationsRefused(Reason.UNKNOWN_PRINCIPAL)
