@@ -16,6 +16,7 @@ request writes at least one. The sessions of ``store.engine.session_factory`` ar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -54,14 +55,9 @@ def write_held(session: Session) -> None:
             connection.execute(_insert(table), table_rows)
 
 
-_INSERTS: dict[Table, Any] = {}
-
-
+@functools.cache
 def _insert(table: Table) -> Any:
-    statement = _INSERTS.get(table)
-    if statement is None:
-        statement = _INSERTS[table] = insert(table)
-    return statement
+    return insert(table)  # built once per table
 
 
 class PendingRowsSession(Session):

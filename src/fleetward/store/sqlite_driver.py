@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Sequence
 from typing import Any, Final
 
 from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
@@ -40,28 +39,19 @@ DRIVER: Final = "fleetward_aiosqlite"
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any) -> _Outcome:
+def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
     """In the worker thread: the whole life of one cursor."""
     cursor = connection.cursor()
     try:
-        if parameters is None:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
             cursor.execute(operation)
         else:
             cursor.execute(operation, parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else []
         return description, rows, cursor.rowcount, cursor.lastrowid
-    finally:
-        cursor.close()
-
-
-def _run_many(
-    connection: sqlite3.Connection, operation: str, parameters: Sequence[Any]
-) -> _Outcome:
-    cursor = connection.cursor()
-    try:
-        cursor.executemany(operation, parameters)
-        return cursor.description, [], cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
 
@@ -107,28 +97,19 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         return None  # as sqlite3's: nothing to set
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
-        try:
-            outcome = await_(
-                self._connection._execute(_run, self._connection._conn, operation, parameters)
-            )
-        except Exception as error:
-            self._adapt_connection._handle_exception(error)
-        self._keep(outcome)
-        return None
+        self._trip(operation, parameters, many=False)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        self._trip(operation, seq_of_parameters, many=True)
+
+    def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
+        connection = self._connection
         try:
-            outcome = await_(
-                self._connection._execute(
-                    _run_many, self._connection._conn, operation, seq_of_parameters
-                )
+            outcome: _Outcome = await_(
+                connection._execute(_run, connection._conn, operation, parameters, many)
             )
         except Exception as error:
             self._adapt_connection._handle_exception(error)
-        self._keep(outcome)
-        return None
-
-    def _keep(self, outcome: _Outcome) -> None:
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
@@ -140,7 +121,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     def nextset(self) -> None:
-        raise NotImplementedError("SQLite has no multiple result sets")
+        # One result set per statement in SQLite: there is never a next one (DB-API: None).
+        self._rows.clear()
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):

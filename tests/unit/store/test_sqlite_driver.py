@@ -173,3 +173,15 @@ async def test_fetching_in_parts_reads_every_row_once(
             ).partitions(2)
         ]
         assert parts == [["a", "b"], ["c"]]
+
+
+async def test_a_statement_has_one_result_set(engines: tuple[AsyncEngine, AsyncEngine]) -> None:
+    fast, _ = engines
+
+    def read(connection: Any) -> tuple[Any, list[Any]]:
+        cursor = connection.connection.dbapi_connection.cursor()
+        cursor.execute("SELECT name FROM t ORDER BY id")
+        return cursor.nextset(), cursor.fetchall()
+
+    async with fast.connect() as connection:
+        assert await connection.run_sync(read) == (None, [])
