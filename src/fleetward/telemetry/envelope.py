@@ -37,6 +37,10 @@ REPLY = struct.Struct(">BBQQQI")  # version, status, counter, sequence, server t
 TAG_BYTES = 32
 KEY_BYTES = 32
 _SHA256_BLOCK = 64
+# RFC 2104's pads as byte-translation tables (as the standard library's hmac builds them):
+# XOR of a whole block in one C call, not a Python loop per byte (~20 -> ~2 us a session).
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 MIN_FRAME_BYTES = HEADER.size + 2 + TAG_BYTES  # the smallest payload is "{}"
 REPLY_BYTES = REPLY.size + TAG_BYTES
 # Sequences are stored in a signed 64-bit column; counters are only compared.
@@ -74,8 +78,8 @@ class _LabelledHmac:
 
     def __init__(self, key: bytes, label: bytes) -> None:
         block = key.ljust(_SHA256_BLOCK, b"\0")  # keys are 32 bytes: never longer than a block
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block) + label)
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._inner = hashlib.sha256(block.translate(_IPAD) + label)
+        self._outer = hashlib.sha256(block.translate(_OPAD))
 
     def tag(self, data: bytes | memoryview) -> bytes:
         inner = self._inner.copy()
