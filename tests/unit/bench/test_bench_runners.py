@@ -13,7 +13,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
-from fleetward.bench import authz, http_read
+from fleetward.bench import authz, http_read, telemetry
 from fleetward.cli.bench import app as bench_cli
 from support.stores import StoreTemplates
 
@@ -125,3 +125,40 @@ def test_cli_offers_the_http_read_benchmark() -> None:
     assert outcome.exit_code == 0
     assert "--requests" in outcome.output and "--concurrency" in outcome.output
     assert "--database-url" in outcome.output
+
+
+TELEMETRY_FIGURES = {
+    "bare_msgs_per_s",
+    "pipeline_msgs_per_s",
+    "ratio_pipeline_to_bare",
+    "bare_msgs_per_cpu_s",
+    "pipeline_msgs_per_cpu_s",
+    "ratio_per_cpu_s",
+    "latency_offered_msgs_per_s",
+    "latency_acked",
+    "ack_latency_p50_ms",
+    "ack_latency_p99_ms",
+    "ack_latency_max_ms",
+}
+
+
+def test_telemetry_bench_keeps_its_sessions_across_slices() -> None:
+    """The same 2,000 sessions send in every slice and in the latency run: a counter or
+    sequence that did not continue would be refused (stale counter, duplicate), and the
+    bench raises on any refused frame."""
+    result = telemetry.run(0.4)
+    assert result.keys() == TELEMETRY_FIGURES
+    _finite_and_positive(result, TELEMETRY_FIGURES)
+    assert result["latency_acked"] > 0
+
+
+def test_telemetry_frames_continue_above_the_last_sealed() -> None:
+    world = telemetry._World(engine=None)  # type: ignore[arg-type]
+    world.vehicle_ids = ["veh_one"]
+    (device,) = world.devices(1)
+    device.refill(3)
+    first = [telemetry.HEADER.unpack_from(frame)[2:4] for frame in device.frames]
+    device.refill(2)
+    second = [telemetry.HEADER.unpack_from(frame)[2:4] for frame in device.frames]
+    assert first == [(1, 1), (2, 2), (3, 3)]
+    assert second == [(4, 4), (5, 5)]
