@@ -7,7 +7,6 @@ Nothing connects here: the engine connects lazily on first use. The app refuses 
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -51,6 +50,7 @@ from fleetward.commands.quotas import AbuseCommandQuotas
 from fleetward.commands.runtime import CommandRuntime
 from fleetward.commands.service import CommandConfig
 from fleetward.commands.signing import CommandSigner
+from fleetward.core.collector import freeze_start_up_objects
 from fleetward.detection.runtime import DetectionRuntime
 from fleetward.gateway import websocket as gateway_websocket
 from fleetward.gateway.mqtt.config import MqttGatewayConfig
@@ -110,7 +110,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
             # Detection follows the audit log (its cursor table needs the migrated store).
             await detection.start(app.router.routes)
             sealer = asyncio.create_task(_seal_audit_log(the_platform))
-        _freeze_start_up_objects()
+        freeze_start_up_objects()
         try:
             yield
         finally:
@@ -179,16 +179,6 @@ def _command_runtime(platform: Platform, gateway: Gateway, quotas: QuotaRuntime)
         config=config,
         signer=signer,
     )
-
-
-def _freeze_start_up_objects() -> None:
-    """What start-up built (modules, routes, the compiled policy, the keyring) lives as long
-    as the process: keep it out of the collector's full passes, which otherwise walk all of
-    it while every request in flight waits (full passes of 75-450 ms measured). Once per
-    process (the first app to start; a test session starts many)."""
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
 
 
 def _mqtt_transport(settings: Settings, gateway: Gateway) -> list[MqttTransport]:

@@ -95,6 +95,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._connection: AsyncConnection | None = None
         self._codecs: dict[Target, RowCodec] = {}
@@ -102,7 +103,9 @@ class BatchWriter:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("writer already started")
-        self._task = asyncio.create_task(self._run(), name="telemetry-writer")
+        # Kept: on CPython 3.11 each asyncio.get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="telemetry-writer")
 
     async def stop(self) -> None:
         """Write everything submitted so far, then stop."""
@@ -112,13 +115,15 @@ class BatchWriter:
         if self._task is not None:
             await self._task
             self._task = None
+            self._loop = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
 
     def submit(self, target: Target, row: Row) -> asyncio.Future[None]:
         """Queue ``row``; the future resolves once it committed (or fails, never both)."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         if self._task is None or self._closing:
             waiter.set_exception(StoreUnavailable("writer not running"))
             return waiter
