@@ -227,7 +227,9 @@ def _sqlite_time(value: datetime) -> str:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # Formatted aware and cut: with tzinfo UTC the text always ends in "+00:00", and this
+    # skips building a naive copy (~0.4 us a value, two values a row).
+    return value.isoformat(" ", "microseconds")[:-6]
 
 
 def _aware_time(value: datetime) -> datetime:

@@ -8,14 +8,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Column, MetaData, Numeric, String, Table, event, func, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleetward.platform import Platform
+from fleetward.store.base import UtcDateTime
 from fleetward.store.engine import create_engine
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import TelemetryMessage
@@ -219,3 +222,42 @@ def test_the_codec_refuses_column_types_it_does_not_know(rig: Rig) -> None:
     table = Table("t", MetaData(), Column("id", String(4)), Column("amount", Numeric(10, 2)))
     with pytest.raises(ValueError, match="no row encoding"):
         RowCodec(Target(table), rig.platform.engine.dialect)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 12, 6, 7, 54, 17, 916073, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=2))),
+        datetime(1999, 12, 31, 22, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    ],
+)
+def test_the_codec_writes_times_as_sqlalchemy_does(value: datetime) -> None:
+    """The codec's text for a UTC column is byte for byte what SQLAlchemy binds for it on
+    SQLite, so rows written by the writer read back like rows written through the ORM."""
+    dialect = sqlite.dialect()
+    codec = RowCodec(TELEMETRY_TARGET, dialect)
+    # What the ORM binds: UtcDateTime's naive UTC value through SQLite's DATETIME processor.
+    process = sqlite.DATETIME().bind_processor(dialect)
+    assert process is not None
+    expected = process(UtcDateTime().process_bind_param(value, dialect))
+    assert isinstance(expected, str) and len(expected) == 26
+    row = {
+        "device_id": "dev_x",
+        "sequence": 1,
+        "vehicle_id": "veh_x",
+        "tenant_id": "ten_x",
+        "session_id": "ses_x",
+        "certificate_serial": "4f",
+        "software_version": "tcu",
+        "vehicle_config": "ev",
+        "received_at": value,
+        "device_time": value,
+        "store_and_forward": False,
+        "late": False,
+        "signals": {},
+    }
+    (encoded,) = codec.encode([row])
+    assert expected in encoded
+    assert encoded.count(expected) == 2
