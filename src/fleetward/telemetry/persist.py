@@ -221,15 +221,29 @@ class BatchWriter:
 Encoder = Callable[[Any], Any]
 
 
-def _sqlite_time(value: datetime) -> str:
-    # The exact text SQLAlchemy's SQLite DATETIME stores for UtcDateTime (naive UTC).
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-    # Formatted aware and cut: with tzinfo UTC the text always ends in "+00:00", and this
-    # skips building a naive copy (~0.4 us a value, two values a row).
-    return value.isoformat(" ", "microseconds")[:-6]
+class _SqliteTime:
+    """UTC datetime -> the exact text SQLAlchemy's SQLite DATETIME stores for UtcDateTime
+    (naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``). One per column of a codec: the text up to
+    the second is kept for the last second seen, since a batch's times fall within a few
+    seconds (~0.5 us a value instead of ~1.3 us for ``isoformat``)."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second: tuple[int, ...] = ()
+        self._text = ""
+
+    def __call__(self, value: datetime) -> str:
+        if value.tzinfo is not UTC:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(UTC)
+        second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
+        if second != self._second:
+            self._second = second
+            year, month, day, hour, minute, whole = second
+            self._text = f"{year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{whole:02d}"
+        return f"{self._text}.{value.microsecond:06d}"
 
 
 def _aware_time(value: datetime) -> datetime:
@@ -273,7 +287,7 @@ class RowCodec:
 def _encoder(column_type: object, dialect: str) -> Encoder | None:
     # Order matters: UtcDateTime and JSON first, then the plain types the driver takes as is.
     if isinstance(column_type, UtcDateTime):
-        return _sqlite_time if dialect == "sqlite" else _aware_time
+        return _SqliteTime() if dialect == "sqlite" else _aware_time
     if isinstance(column_type, JSON):
         return _json_text
     if isinstance(column_type, String | BigInteger | Boolean | LargeBinary):

@@ -62,14 +62,14 @@ class TokenBucket:
         self._tokens = rate.burst
         self._updated = now
 
-    def _refill(self, now: float) -> None:
+    def available(self, now: float) -> float:
+        """The tokens held at ``now``, after refilling for the time since the last call
+        (written out, not through ``min()`` and a helper: it runs twice per frame)."""
         elapsed = now - self._updated
         if elapsed > 0:
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            tokens = self._tokens + elapsed * self._rate
+            self._tokens = tokens if tokens < self._burst else self._burst
             self._updated = now
-
-    def available(self, now: float) -> float:
-        self._refill(now)
         return self._tokens
 
     def take(self, cost: float) -> None:

@@ -261,3 +261,36 @@ def test_the_codec_writes_times_as_sqlalchemy_does(value: datetime) -> None:
     (encoded,) = codec.encode([row])
     assert expected in encoded
     assert encoded.count(expected) == 2
+
+
+def test_the_codec_formats_each_second_anew() -> None:
+    """Times across a second boundary, and back, in one batch: the text of the last second is
+    kept only while the seconds match."""
+    dialect = sqlite.dialect()
+    codec = RowCodec(TELEMETRY_TARGET, dialect)
+    process = sqlite.DATETIME().bind_processor(dialect)
+    assert process is not None
+    base = datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    times = [base, base + timedelta(microseconds=1), base - timedelta(seconds=1), base]
+    rows = [
+        {
+            "device_id": "dev_x",
+            "sequence": n,
+            "vehicle_id": "veh_x",
+            "tenant_id": "ten_x",
+            "session_id": "ses_x",
+            "certificate_serial": "4f",
+            "software_version": "tcu",
+            "vehicle_config": "ev",
+            "received_at": value,
+            "device_time": times[-1 - n],
+            "store_and_forward": False,
+            "late": False,
+            "signals": {},
+        }
+        for n, value in enumerate(times)
+    ]
+    expected = [process(UtcDateTime().process_bind_param(t, dialect)) for t in times]
+    for n, encoded in enumerate(codec.encode(rows)):
+        assert expected[n] in encoded
+        assert expected[-1 - n] in encoded
