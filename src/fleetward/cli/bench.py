@@ -62,9 +62,12 @@ def authz_command(
 @app.command("telemetry")
 def telemetry_command(
     seconds: Annotated[float, typer.Option(min=0.2, max=60, help="seconds per measurement")] = 3.0,
+    history: Annotated[
+        int, typer.Option(min=0, max=10_000_000, help="messages stored before measuring")
+    ] = telemetry.DEFAULT_HISTORY,
 ) -> None:
     """The ingest pipeline vs the bare ceiling (MAC + decode + batched insert)."""
-    typer.echo(json.dumps(telemetry.run(seconds), indent=2, sort_keys=True, default=str))
+    typer.echo(json.dumps(telemetry.run(seconds, history), indent=2, sort_keys=True, default=str))
 
 
 @app.command("http-read")

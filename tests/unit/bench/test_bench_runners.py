@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, text
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 
 from fleetward.bench import authz, http_read, telemetry
 from fleetward.cli.bench import app as bench_cli
+from fleetward.store.engine import create_engine
+from fleetward.store.migrate import upgrade
 from support.stores import StoreTemplates
 
 AUTHZ_FIGURES = {
@@ -128,6 +131,7 @@ def test_cli_offers_the_http_read_benchmark() -> None:
 
 
 TELEMETRY_FIGURES = {
+    "history_rows",
     "bare_msgs_per_s",
     "pipeline_msgs_per_s",
     "ratio_pipeline_to_bare",
@@ -146,8 +150,9 @@ def test_telemetry_bench_keeps_its_sessions_across_slices() -> None:
     """The same 2,000 sessions send in every slice and in the latency run: a counter or
     sequence that did not continue would be refused (stale counter, duplicate), and the
     bench raises on any refused frame."""
-    result = telemetry.run(0.4)
+    result = telemetry.run(0.4, history=2_000)
     assert result.keys() == TELEMETRY_FIGURES
+    assert result["history_rows"] == 2_000
     _finite_and_positive(result, TELEMETRY_FIGURES)
     assert result["latency_acked"] > 0
 
@@ -162,3 +167,29 @@ def test_telemetry_frames_continue_above_the_last_sealed() -> None:
     second = [telemetry.HEADER.unpack_from(frame)[2:4] for frame in device.frames]
     assert first == [(1, 1), (2, 2), (3, 3)]
     assert second == [(4, 4), (5, 5)]
+
+
+def test_telemetry_history_is_stored_before_measuring(tmp_path: Path) -> None:
+    async def stored() -> int:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+        try:
+            await upgrade(engine)
+            world = telemetry._World(engine)
+            await world.create(3)
+            await world.history(250)
+            async with engine.connect() as connection:
+                count = await connection.scalar(text("SELECT count(*) FROM telemetry_messages"))
+                devices = await connection.scalar(
+                    text("SELECT count(DISTINCT device_id) FROM telemetry_messages")
+                )
+            assert devices == 3  # 100 messages per past device: 100, 100, 50
+            return int(count or 0)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(stored()) == 250
+
+
+def test_telemetry_refuses_a_negative_history() -> None:
+    with pytest.raises(ValueError, match="history"):
+        telemetry.run(0.4, history=-1)
