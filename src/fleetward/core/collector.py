@@ -3,7 +3,7 @@
 What start-up built (modules, routes, the compiled policy, the keyring, the pipeline's
 stages) lives as long as the process: frozen out of the collector, the full passes no longer
 walk all of it while every request and frame in flight waits (full passes of 75-450 ms were
-measured on the app, ~57 ms in the telemetry benchmark's process).
+measured on the app, tens of ms in the telemetry benchmark's process).
 """
 
 from __future__ import annotations
