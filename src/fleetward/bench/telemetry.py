@@ -22,8 +22,9 @@ has. ``history=0`` measures that case.
 
 (a) and (b) alternate in short slices so that load from other processes hits both alike, and
 both are also given per CPU-second of this process (all threads): on a shared machine the
-CPU-normalised ratio is the steadier figure. Pre-built frames are frozen out of the cyclic
-garbage collector while measuring (a gateway process holds no such data).
+CPU-normalised ratio is the steadier figure. What start-up built is frozen out of the cyclic
+garbage collector before anything is measured, as the app's lifespan does; for (c) the
+pre-built frames are frozen too (a gateway process holds no such data).
 Run: ``python -m fleetward.bench.telemetry [seconds [history]]`` (seconds per measurement,
 default 4; messages stored before measuring, default 100,000).
 """

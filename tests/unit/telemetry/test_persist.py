@@ -224,6 +224,34 @@ def test_the_codec_refuses_column_types_it_does_not_know(rig: Rig) -> None:
         RowCodec(Target(table), rig.platform.engine.dialect)
 
 
+def _sqlalchemy_text(value: datetime) -> str:
+    """What the ORM binds: UtcDateTime's naive UTC value through SQLite's DATETIME processor."""
+    dialect = sqlite.dialect()
+    process = sqlite.DATETIME().bind_processor(dialect)
+    assert process is not None
+    text_value = process(UtcDateTime().process_bind_param(value, dialect))
+    assert isinstance(text_value, str) and len(text_value) == 26
+    return text_value
+
+
+def _timed_row(sequence: int, received_at: datetime, device_time: datetime) -> dict[str, Any]:
+    return {
+        "device_id": "dev_x",
+        "sequence": sequence,
+        "vehicle_id": "veh_x",
+        "tenant_id": "ten_x",
+        "session_id": "ses_x",
+        "certificate_serial": "4f",
+        "software_version": "tcu",
+        "vehicle_config": "ev",
+        "received_at": received_at,
+        "device_time": device_time,
+        "store_and_forward": False,
+        "late": False,
+        "signals": {},
+    }
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -236,29 +264,9 @@ def test_the_codec_refuses_column_types_it_does_not_know(rig: Rig) -> None:
 def test_the_codec_writes_times_as_sqlalchemy_does(value: datetime) -> None:
     """The codec's text for a UTC column is byte for byte what SQLAlchemy binds for it on
     SQLite, so rows written by the writer read back like rows written through the ORM."""
-    dialect = sqlite.dialect()
-    codec = RowCodec(TELEMETRY_TARGET, dialect)
-    # What the ORM binds: UtcDateTime's naive UTC value through SQLite's DATETIME processor.
-    process = sqlite.DATETIME().bind_processor(dialect)
-    assert process is not None
-    expected = process(UtcDateTime().process_bind_param(value, dialect))
-    assert isinstance(expected, str) and len(expected) == 26
-    row = {
-        "device_id": "dev_x",
-        "sequence": 1,
-        "vehicle_id": "veh_x",
-        "tenant_id": "ten_x",
-        "session_id": "ses_x",
-        "certificate_serial": "4f",
-        "software_version": "tcu",
-        "vehicle_config": "ev",
-        "received_at": value,
-        "device_time": value,
-        "store_and_forward": False,
-        "late": False,
-        "signals": {},
-    }
-    (encoded,) = codec.encode([row])
+    codec = RowCodec(TELEMETRY_TARGET, sqlite.dialect())
+    expected = _sqlalchemy_text(value)
+    (encoded,) = codec.encode([_timed_row(1, value, value)])
     assert expected in encoded
     assert encoded.count(expected) == 2
 
@@ -266,31 +274,11 @@ def test_the_codec_writes_times_as_sqlalchemy_does(value: datetime) -> None:
 def test_the_codec_formats_each_second_anew() -> None:
     """Times across a second boundary, and back, in one batch: the text of the last second is
     kept only while the seconds match."""
-    dialect = sqlite.dialect()
-    codec = RowCodec(TELEMETRY_TARGET, dialect)
-    process = sqlite.DATETIME().bind_processor(dialect)
-    assert process is not None
+    codec = RowCodec(TELEMETRY_TARGET, sqlite.dialect())
     base = datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
     times = [base, base + timedelta(microseconds=1), base - timedelta(seconds=1), base]
-    rows = [
-        {
-            "device_id": "dev_x",
-            "sequence": n,
-            "vehicle_id": "veh_x",
-            "tenant_id": "ten_x",
-            "session_id": "ses_x",
-            "certificate_serial": "4f",
-            "software_version": "tcu",
-            "vehicle_config": "ev",
-            "received_at": value,
-            "device_time": times[-1 - n],
-            "store_and_forward": False,
-            "late": False,
-            "signals": {},
-        }
-        for n, value in enumerate(times)
-    ]
-    expected = [process(UtcDateTime().process_bind_param(t, dialect)) for t in times]
+    rows = [_timed_row(n, value, times[-1 - n]) for n, value in enumerate(times)]
+    expected = [_sqlalchemy_text(t) for t in times]
     for n, encoded in enumerate(codec.encode(rows)):
         assert expected[n] in encoded
         assert expected[-1 - n] in encoded
