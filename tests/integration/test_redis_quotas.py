@@ -45,10 +45,11 @@ REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 REPLICAS = 3
 CLIENTS = 50
 DAY = timedelta(days=1)  # long windows: no refill while a test runs
+CALL_BUDGET = timedelta(seconds=5)
 
 
 def _client(url: str = REDIS_URL) -> Redis:
-    return Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=0.5)
 
 
 @dataclass
@@ -58,7 +59,13 @@ class Replicas:
     clients: list[Redis] = field(default_factory=list)
 
     def stores(self) -> list[RedisQuotaStore]:
-        return [RedisQuotaStore(client, prefix=self.prefix) for client in self.clients]
+        # These tests count what concurrent replicas draw, not how fast: a call budget well
+        # above the production default, so that a parallel suite's busy core cannot turn a
+        # slow answer into a QuotaUnavailable (the budget's own tests use a dead or cut link).
+        return [
+            RedisQuotaStore(client, prefix=self.prefix, timeout=CALL_BUDGET)
+            for client in self.clients
+        ]
 
     async def spent(self, charge: Charge) -> int:
         """Whole units drawn from a bucket, read straight from Redis (now fixed: no refill)."""

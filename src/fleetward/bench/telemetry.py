@@ -57,6 +57,7 @@ from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.identity.models import Tenant, TenantKind
 from fleetward.store.engine import create_engine, sqlite_pragma
 from fleetward.store.migrate import upgrade
+from fleetward.telemetry import COMPILED
 from fleetward.telemetry.envelope import FRAME_LABEL, HEADER, TAG_BYTES, seal
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.persist import SQLITE_WRITER_PRAGMAS, RowCodec
@@ -384,6 +385,8 @@ async def _measure(seconds: float, history: int, directory: Path) -> dict[str, f
         await engine.dispose()
     ordered = sorted(latencies)
     return {
+        # How many of the stages run compiled (make native); 0 measures the Python sources.
+        "compiled_stages": float(len(COMPILED)),
         "history_rows": float(history),
         "bare_msgs_per_s": bare[0] / bare[1],
         "pipeline_msgs_per_s": full[0] / full[1],

@@ -8,21 +8,16 @@ recently, or of one whose batch is still being written) and labels late messages
 
 A message is *late* when a higher sequence of the same device was accepted before it (a
 store-and-forward backlog draining after live messages). Late messages are stored like any
-other; readers order a device's history by sequence (:func:`device_history`), so late data
-takes its place in the device's own order, not in arrival order.
+other; readers order a device's history by sequence
+(:func:`fleetward.telemetry.history.device_history`), so late data takes its place in the
+device's own order, not in arrival order.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 from enum import Enum
-
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from fleetward.telemetry.models import TelemetryMessage
 
 # Sequences remembered as stored, per device. Older retransmissions still end up stored once
 # (the primary key), they are just answered ``accepted`` instead of ``duplicate``.
@@ -94,16 +89,3 @@ class SequenceTracker:
             device.order.append(sequence)
             if len(device.order) > self._remembered:
                 device.stored.discard(device.order.popleft())
-
-
-async def device_history(
-    session: AsyncSession, device_id: str, *, limit: int = 1000
-) -> Sequence[TelemetryMessage]:
-    """A device's stored messages in the device's own order (by sequence), late ones included."""
-    rows = await session.scalars(
-        select(TelemetryMessage)
-        .where(TelemetryMessage.device_id == device_id)
-        .order_by(TelemetryMessage.sequence)
-        .limit(limit)
-    )
-    return rows.all()

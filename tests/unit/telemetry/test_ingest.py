@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from fleetward.telemetry.errors import Status
-from fleetward.telemetry.ordering import device_history
+from fleetward.telemetry.history import device_history
 from fleetward.telemetry.pipeline import TelemetryConfig
 from unit.telemetry.conftest import TEST_CONFIG, RigFactory
 from unit.telemetry.kit import Rig, payload
