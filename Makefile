@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 NATIVE_SOURCES := $(addprefix src/fleetward/telemetry/,envelope.py freshness.py limits.py metrics.py ordering.py quotas.py)
 NATIVE := src/fleetward/telemetry/native-build.json
 
-$(NATIVE): $(STAMP) $(NATIVE_SOURCES) tools/build_native.py src/fleetward/core/native.py
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES) Makefile tools/build_native.py src/fleetward/core/native.py
 	$(BIN)/python tools/build_native.py $(NATIVE_SOURCES)
 
 native: $(NATIVE)

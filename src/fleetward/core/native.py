@@ -53,7 +53,7 @@ def verify_native(package_dir: Path) -> tuple[str, ...]:
         raise StaleNativeBuild(f"{package_dir.name}: unreadable native manifest: {remedy}")
     for name in compiled:
         source = package_dir / f"{name}.py"
-        if source.exists() and recorded.get(name) != source_digest(source):
+        if not source.exists() or recorded.get(name) != source_digest(source):
             raise StaleNativeBuild(
                 f"{package_dir.name}.{name} was compiled from another version of {name}.py: "
                 + remedy

@@ -77,6 +77,16 @@ def test_a_build_it_cannot_vouch_for_refuses_to_import(
         verify_native(package)
 
 
+def test_a_compiled_module_whose_source_is_gone_refuses_to_import(tmp_path: Path) -> None:
+    package = _package(tmp_path, compiled=("stage",), manifest=None)
+    (package / NATIVE_MANIFEST).write_text(
+        json.dumps({"stage": source_digest(package / "stage.py")})
+    )
+    (package / "stage.py").unlink()
+    with pytest.raises(StaleNativeBuild, match="compiled from another version"):
+        verify_native(package)
+
+
 def test_an_unreadable_manifest_refuses_to_import(tmp_path: Path) -> None:
     package = _package(tmp_path, compiled=("stage",), manifest=None)
     (package / NATIVE_MANIFEST).write_text('["stage"]')
