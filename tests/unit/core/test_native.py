@@ -37,25 +37,28 @@ def _package(tmp_path: Path, *, compiled: tuple[str, ...], manifest: dict[str, s
     return package
 
 
+def _built(tmp_path: Path) -> Path:
+    """A package whose ``stage`` was compiled from its current source."""
+    package = _package(tmp_path, compiled=("stage",), manifest=None)
+    (package / NATIVE_MANIFEST).write_text(
+        json.dumps({"stage": source_digest(package / "stage.py")})
+    )
+    return package
+
+
 def test_a_package_without_compiled_modules_runs_its_sources(tmp_path: Path) -> None:
     package = _package(tmp_path, compiled=(), manifest=None)
     assert verify_native(package) == ()
 
 
 def test_compiled_modules_matching_their_sources_are_named(tmp_path: Path) -> None:
-    package = _package(tmp_path, compiled=("stage",), manifest=None)
-    (package / NATIVE_MANIFEST).write_text(
-        json.dumps({"stage": source_digest(package / "stage.py")})
-    )
+    package = _built(tmp_path)
     assert compiled_modules(package) == ("stage",)
     assert verify_native(package) == ("stage",)
 
 
 def test_a_source_edited_after_the_build_refuses_to_import(tmp_path: Path) -> None:
-    package = _package(tmp_path, compiled=("stage",), manifest=None)
-    (package / NATIVE_MANIFEST).write_text(
-        json.dumps({"stage": source_digest(package / "stage.py")})
-    )
+    package = _built(tmp_path)
     (package / "stage.py").write_text("NAME = 'edited'\n")
     with pytest.raises(StaleNativeBuild, match=r"pkg\.stage was compiled from another version"):
         verify_native(package)
@@ -78,10 +81,7 @@ def test_a_build_it_cannot_vouch_for_refuses_to_import(
 
 
 def test_a_compiled_module_whose_source_is_gone_refuses_to_import(tmp_path: Path) -> None:
-    package = _package(tmp_path, compiled=("stage",), manifest=None)
-    (package / NATIVE_MANIFEST).write_text(
-        json.dumps({"stage": source_digest(package / "stage.py")})
-    )
+    package = _built(tmp_path)
     (package / "stage.py").unlink()
     with pytest.raises(StaleNativeBuild, match="compiled from another version"):
         verify_native(package)
