@@ -77,7 +77,8 @@ _BARE_BATCH = 1000
 # Messages stored before measuring (see _World.history): about an hour of the 2,000 vehicles
 # reporting once a minute. 0 measures an empty store, the ceiling's best case.
 DEFAULT_HISTORY = 100_000
-_VIN = "1M8GDM9AXKP042788"
+# Every bench device's provenance (the past fleet's rows carry the same).
+_SERIAL, _SOFTWARE, _CONFIG = "4f2a9c01d3", "tcu-5.2.1", "ev-awd-eu"
 
 
 @dataclass
@@ -181,9 +182,9 @@ class _World:
                         "vehicle_id": self.vehicle_ids[n % len(self.vehicle_ids)],
                         "tenant_id": self.tenant_id,
                         "session_id": f"ses_past{n // per_device:08d}",
-                        "certificate_serial": "4f2a9c01d3",
-                        "software_version": "tcu-5.2.1",
-                        "vehicle_config": "ev-awd-eu",
+                        "certificate_serial": _SERIAL,
+                        "software_version": _SOFTWARE,
+                        "vehicle_config": _CONFIG,
                         "received_at": at,
                         "device_time": at,
                         "store_and_forward": False,
@@ -204,12 +205,12 @@ class _World:
                 device_id=f"dev_bench{self._next:08d}",
                 vehicle_id=self.vehicle_ids[self._next % len(self.vehicle_ids)],
                 tenant_id=self.tenant_id,
-                certificate_serial="4f2a9c01d3",
+                certificate_serial=_SERIAL,
                 session_key=secrets.token_bytes(32),
                 transport=Transport.WEBSOCKET,
                 peer="127.0.0.1",
-                software_version="tcu-5.2.1",
-                vehicle_config="ev-awd-eu",
+                software_version=_SOFTWARE,
+                vehicle_config=_CONFIG,
                 established_at=datetime.now(UTC),
             )
             made.append(_Device(session, []))

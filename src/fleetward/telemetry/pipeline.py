@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleetward.core.clock import Clock
@@ -61,7 +60,7 @@ from fleetward.telemetry.quotas import (
     QuotaGate,
     Rate,
 )
-from fleetward.telemetry.signals import SIGNAL_PATHS, validate_payload
+from fleetward.telemetry.signals import SIGNAL_PATHS, checked_signals, validate_payload
 
 _log = get_logger("fleetward.telemetry")
 
@@ -247,7 +246,7 @@ class TelemetryPipeline:
                     retry_after_ms=STORE_RETRY_AFTER_MS,
                 )
             return Status.DUPLICATE
-        signals = validate_payload(frame.payload, session)
+        signals, values = checked_signals(frame.payload, session)
         verdict = self._quotas.admit(session)
         if not verdict.admitted:
             raise Rejected(
@@ -285,7 +284,7 @@ class TelemetryPipeline:
         finally:
             # Also when this task is cancelled: copies waiting on the write then see it fail.
             self._ordering.settle(device_id, sequence, stored=stored)
-        self._metrics.accepted(msgspec.structs.astuple(signals))
+        self._metrics.accepted(values)
         return Status.ACCEPTED
 
     async def _keep_apart(

@@ -142,7 +142,15 @@ _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def validate_payload(payload: bytes, session: DeviceSession) -> msgspec.Struct:
-    """Decode and check a payload; returns its :data:`Signals` (floats as floats).
+    """Decode and check a payload; returns its :data:`Signals` (floats as floats)."""
+    return checked_signals(payload, session)[0]
+
+
+def checked_signals(
+    payload: bytes, session: DeviceSession
+) -> tuple[msgspec.Struct, tuple[object, ...]]:
+    """:func:`validate_payload`, also returning the signals' values in catalogue order (absent
+    ones UNSET), which the check computes anyway and the pipeline's metrics count.
 
     A payload refused by the fast path is examined again by :func:`_refusal`, which names
     the first thing wrong with it; the fast path alone decides what is accepted.
@@ -159,7 +167,7 @@ def validate_payload(payload: bytes, session: DeviceSession) -> msgspec.Struct:
     values = msgspec.structs.astuple(signals)
     if values.count(_UNSET) == len(values):
         raise Rejected(Status.MALFORMED_PAYLOAD, "no signals")
-    return signals
+    return signals, values
 
 
 def _refusal(payload: bytes, session: DeviceSession) -> Rejected:
