@@ -67,6 +67,7 @@ from fleetward.commands.service import (
 from fleetward.commands.states import FINAL
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
+from fleetward.store.sqlite_driver import INLINE_READ
 from fleetward.vehicles.models import Vehicle
 
 OWNER: Final = "commands-team"
@@ -161,7 +162,7 @@ async def _create_once(
         # commit (on SQLite the store's write lock is then held from the first write only).
         with ctx.session.no_autoflush:
             existing = await replay(ctx, caller.claims, key, digest)
-            vehicle = await ctx.session.get(Vehicle, vehicle_id)
+            vehicle = await ctx.session.get(Vehicle, vehicle_id, execution_options=INLINE_READ)
         if existing is not None:
             await uow.commit()  # the decisions' audit records
             return existing, True

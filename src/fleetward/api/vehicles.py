@@ -37,6 +37,7 @@ from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, catalogued
 from fleetward.core.surfaces import Surface
 from fleetward.identity.models import Membership, Role
+from fleetward.store.reads import read_rows
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.models import (
     DriverDelegation,
@@ -382,11 +383,11 @@ async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> S
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
-        row = (await ctx.session.execute(_STATUS, {"vehicle_id": vehicle_id})).first()
-        if row is None:  # the PDP saw it a moment ago
+        rows = await read_rows(ctx.session, _STATUS, {"vehicle_id": vehicle_id})
+        if not rows:  # the PDP saw it a moment ago
             raise not_found()
         await uow.commit()
-    vid, label, model, region, recorded_at, signals = row
+    vid, label, model, region, recorded_at, signals = rows[0]
     state = None
     if recorded_at is not None:
         shown = {k: v for k, v in signals.items() if not k.startswith(_LOCATION_PREFIX)}

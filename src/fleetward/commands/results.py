@@ -31,6 +31,7 @@ from fleetward.commands.models import CommandJob, JobState
 from fleetward.devices.ca import DevicePublicKey
 from fleetward.gateway.registry import LiveSession
 from fleetward.platform import Platform
+from fleetward.store.sqlite_driver import INLINE_READ
 
 _VERDICT_STATE: Final = {
     ResultVerdict.EXECUTED: JobState.EXECUTED,
@@ -52,7 +53,11 @@ async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> 
     session = live.session
     ids = unverified_result_ids(frame)
     async with platform.services() as (uow, ctx):
-        job = await ctx.session.get(CommandJob, ids[0]) if ids is not None else None
+        job = (
+            await ctx.session.get(CommandJob, ids[0], execution_options=INLINE_READ)
+            if ids is not None
+            else None
+        )
         refusal = _result_refusal(live, job, ids)
         result = None
         if refusal is None and job is not None:

@@ -33,6 +33,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.identity.oauth_models import Client
 from fleetward.identity.tokens import AccessTokenClaims
 from fleetward.services import ServiceContext
+from fleetward.store.sqlite_driver import INLINE_READ, inline
 
 Decide = Callable[[Permission, str], Awaitable[Decision]]
 
@@ -128,8 +129,11 @@ def request_hash(vehicle_id: str, spec: CommandSpec, parameters: Mapping[str, ob
 
 
 # Built once, bound per request (the statement's construction cost as much as its run).
-_REPLAY: Final = select(CommandJob).where(
-    CommandJob.requested_by == bindparam("sub"), CommandJob.idempotency_key == bindparam("key")
+_REPLAY: Final = inline(
+    select(CommandJob).where(
+        CommandJob.requested_by == bindparam("sub"),
+        CommandJob.idempotency_key == bindparam("key"),
+    )
 )
 
 
@@ -341,7 +345,7 @@ async def client_link(
     ctx: ServiceContext, chain: Chain, grant: Grant, permission: Permission
 ) -> None:
     """The approved-client link: registered, enabled, for this surface and this command."""
-    client = await ctx.session.get(Client, grant.client_id)
+    client = await ctx.session.get(Client, grant.client_id, execution_options=INLINE_READ)
     if client is None:
         chain.fail(Link.CLIENT, "unregistered-client")
     elif client.disabled_at is not None:

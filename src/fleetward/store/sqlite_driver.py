@@ -9,6 +9,19 @@ SQLAlchemy's ``aiosqlite`` dialect (the worker thread, so that a slow statement,
 in SQLite's busy handler or an fsync never blocks the event loop) and runs a statement's
 execute, fetch and close as ONE function in the worker thread.
 
+A statement marked with :func:`inline` (short indexed SELECTs on hot paths: the PDP's
+relation reads, a status read, a job's lookup) runs in the calling thread instead, with no
+trip at all (~100 us of CPU less each: the queue hand-off, two thread wake-ups and the
+loop's self-pipe). That is safe for those statements only: a SELECT in WAL mode never waits
+for a lock (readers do not block on the writer), and a short indexed one takes microseconds.
+Writes, and any statement not marked, still go to the worker thread, where SQLite's busy
+handler may wait without stalling the loop. For this the connection is opened with
+``check_same_thread=False``, which is sound only with an SQLite built serialized
+(``sqlite3.threadsafety == 3``: the library serializes every call on a connection); with any
+other build every statement makes the trip. A lock per connection also keeps the two threads
+from ever running this module's statements on it at once: an inline statement that finds the
+worker busy with the connection (only possible after a cancelled statement) makes the trip.
+
 It reaches into ``aiosqlite.Connection._execute`` (the method every public aiosqlite call
 goes through; SQLAlchemy's own adapter uses the same queue for ``isolation_level``), so the
 project pins aiosqlite's minor version and ``tests/unit/store/test_sqlite_driver.py`` checks the
@@ -20,7 +33,10 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from typing import Any, Final
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
 from sqlalchemy.dialects import registry
@@ -30,17 +46,36 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
     SQLiteDialect_aiosqlite,
 )
+from sqlalchemy.engine.interfaces import ExecutionContext
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 DRIVER: Final = "fleetward_aiosqlite"
+# Connections may be used from two threads (see the module docstring).
+SHAREABLE: Final = sqlite3.threadsafety == 3
+# The execution option that lets a SELECT run in the calling thread (see the module docstring).
+INLINE: Final = "fleetward_inline"
+
+# The same, as the execution options of a ``Session.get`` or ``Connection.execute`` call.
+INLINE_READ: Final[Mapping[str, Any]] = MappingProxyType({INLINE: True})
+
+_Executable = TypeVar("_Executable", bound=Executable)
+
+
+def inline(statement: _Executable) -> _Executable:
+    """``statement``, marked to run in the calling thread on SQLite: only for a short SELECT
+    (an indexed lookup of a few rows). Other backends ignore the mark; on SQLite anything but
+    a SELECT ignores it too."""
+    return statement.execution_options(**{INLINE: True})
+
 
 # description, rows, rowcount, lastrowid
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
 def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
-    """In the worker thread: the whole life of one cursor."""
+    """The whole life of one cursor (in whichever thread holds the connection's lock)."""
     cursor = connection.cursor()
     try:
         if many:
@@ -56,11 +91,32 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
         cursor.close()
 
 
+def _run_locked(
+    lock: threading.Lock,
+    connection: sqlite3.Connection,
+    operation: str,
+    parameters: Any,
+    many: bool,
+) -> _Outcome:
+    """In the worker thread: one statement, holding the connection's lock."""
+    with lock:
+        return _run(connection, operation, parameters, many)
+
+
+async def _ready(outcome: _Outcome) -> _Outcome:
+    # SQLAlchemy's async layer requires every execution to await once (AwaitRequired).
+    return outcome
+
+
+def _is_select(operation: str) -> bool:
+    return operation.lstrip()[:6].upper() == "SELECT"
+
+
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose statement makes one trip to the worker thread; the rows
     come back with it (as the stock adapter's ``fetchall`` after execute does)."""
 
-    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
+    __slots__ = ("_arraysize", "_description", "_inline", "_lastrowid", "_rowcount")
 
     def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
         # The base class opens an aiosqlite cursor here (a trip); this one opens none.
@@ -72,6 +128,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rowcount = -1
         self._lastrowid: int | None = None
         self._arraysize = 1  # the DB-API default, as sqlite3's cursor has it
+        self._inline = False
 
     @property
     def description(self) -> Any:
@@ -102,12 +159,33 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
         self._trip(operation, seq_of_parameters, many=True)
 
+    def run_inline(self) -> None:
+        """Run the next statement in the calling thread if it is a SELECT (see module)."""
+        self._inline = True
+
     def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
         connection = self._connection
+        lock = cast("OneTripConnection", self._adapt_connection).inline_lock
+        inline, self._inline = self._inline, False
         try:
-            outcome: _Outcome = await_(
-                connection._execute(_run, connection._conn, operation, parameters, many)
-            )
+            if (
+                inline
+                and SHAREABLE
+                and not many
+                and _is_select(operation)
+                and lock.acquire(blocking=False)
+            ):
+                try:
+                    ran = _run(connection._conn, operation, parameters, many)
+                finally:
+                    lock.release()
+                outcome: _Outcome = await_(_ready(ran))
+            else:
+                outcome = await_(
+                    connection._execute(
+                        _run_locked, lock, connection._conn, operation, parameters, many
+                    )
+                )
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._description, rows, self._rowcount, self._lastrowid = outcome
@@ -126,9 +204,14 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("inline_lock",)
 
     _cursor_cls = OneTripCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        # Held by whichever thread runs a statement on this connection.
+        self.inline_lock = threading.Lock()
 
 
 class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
@@ -146,7 +229,34 @@ class OneTripSQLiteDialect(SQLiteDialect_aiosqlite):
     def import_dbapi(cls) -> AsyncAdapt_aiosqlite_dbapi:
         return OneTripDbapi(__import__("aiosqlite"), __import__("sqlite3"))
 
+    def create_connect_args(self, url: Any) -> Any:
+        args, kwargs = super().create_connect_args(url)
+        if SHAREABLE:
+            # Inline statements use the connection from the event loop's thread too.
+            kwargs["check_same_thread"] = False
+        return args, kwargs
+
+    def do_execute(
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None = None,
+    ) -> None:
+        inline_wanted = context is not None and context.execution_options.get(INLINE)
+        if inline_wanted and isinstance(cursor, OneTripCursor):
+            cursor.run_inline()
+        super().do_execute(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
+
 
 registry.register(f"sqlite.{DRIVER}", __name__, "OneTripSQLiteDialect")
 
-__all__ = ["DRIVER", "OneTripCursor", "OneTripSQLiteDialect"]
+__all__ = [
+    "DRIVER",
+    "INLINE",
+    "INLINE_READ",
+    "SHAREABLE",
+    "OneTripCursor",
+    "OneTripSQLiteDialect",
+    "inline",
+]

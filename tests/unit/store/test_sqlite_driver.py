@@ -16,7 +16,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fleetward.store.engine import create_engine
-from fleetward.store.sqlite_driver import DRIVER, OneTripCursor
+from fleetward.store.sqlite_driver import (
+    DRIVER,
+    SHAREABLE,
+    OneTripConnection,
+    OneTripCursor,
+    inline,
+)
 
 _SCHEMA = (
     "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, n INTEGER)",
@@ -123,6 +129,70 @@ async def test_one_trip_per_statement(engines: tuple[AsyncEngine, AsyncEngine]) 
                     (await connection.exec_driver_sql("SELECT id FROM t")).all()
             trips[name] = count[0]
     assert trips == {"fast": 10, "stock": 40}
+
+
+def test_this_sqlite_lets_connections_be_shared_between_threads() -> None:
+    # Inline statements need a serialized build; without one they silently make trips,
+    # which the tests below would show as a failure.
+    assert SHAREABLE
+
+
+async def test_an_inline_select_makes_no_trip_and_answers_the_same(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, stock = engines
+    query = "SELECT id, name, n FROM t WHERE n >= :low ORDER BY id"
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")  # the pool's first checkout
+        with counted_trips() as count:
+            rows = (await connection.execute(inline(text(query)), {"low": 2})).all()
+        assert count[0] == 0
+    async with stock.connect() as connection:
+        assert rows == (await connection.execute(text(query), {"low": 2})).all()
+
+
+async def test_an_inline_select_sees_its_own_transactions_writes(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("INSERT INTO t (name, n) VALUES ('d', 4)")
+        rows = await connection.execute(inline(text("SELECT name FROM t WHERE n = 4")))
+        assert rows.scalars().all() == ["d"]
+        await connection.rollback()
+        rows = await connection.execute(inline(text("SELECT name FROM t WHERE n = 4")))
+        assert rows.scalars().all() == []
+
+
+async def test_only_a_select_runs_inline(engines: tuple[AsyncEngine, AsyncEngine]) -> None:
+    # A write may wait for SQLite's write lock: marked or not, it waits in the worker thread.
+    fast, _ = engines
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")
+        with counted_trips() as count:
+            await connection.execute(inline(text("UPDATE t SET n = n + 1 WHERE name = 'a'")))
+            await connection.execute(text("SELECT n FROM t WHERE name = 'a'"))
+        assert count[0] == 2
+        await connection.commit()
+
+
+async def test_an_inline_select_makes_the_trip_when_the_worker_holds_the_connection(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    async with fast.connect() as connection:
+        raw = await connection.get_raw_connection()
+        adapted = raw.dbapi_connection
+        assert isinstance(adapted, OneTripConnection)
+        with adapted.inline_lock, counted_trips() as count:
+            # The worker thread waits for the lock this test holds: hand it back meanwhile.
+            reading = asyncio.ensure_future(
+                connection.execute(inline(text("SELECT count(*) FROM t")))
+            )
+            await asyncio.sleep(0.05)
+            assert count[0] == 1
+            assert not reading.done()
+        assert (await reading).scalar_one() == 3
 
 
 async def test_a_lock_wait_does_not_block_the_event_loop(

@@ -20,10 +20,11 @@ from fleetward.authz.decision import (
     ResourceRef,
 )
 from fleetward.authz.relations.facts import PrincipalFacts, Relations, RelationsRefused
-from fleetward.authz.relations.loader import Loader, read_rows
+from fleetward.authz.relations.loader import Loader
 from fleetward.core.windows import is_active
 from fleetward.identity.models import Membership, Tenant, TenantKind, User
 from fleetward.identity.oauth_models import Client, ClientType
+from fleetward.store.reads import read_rows
 
 # Built once, bound at execution (building a statement cost about as much as running it).
 _PERSON: Final = (
