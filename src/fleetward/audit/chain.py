@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import Row, and_, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.audit.models import AuditRecord, AuditSeal
@@ -86,12 +86,22 @@ HASHED_COLUMNS: Final = (
 )
 
 
+# The sealer reads records as rows of these columns (attribute access by name, like the ORM
+# object): loading an ORM object per record cost about half of sealing it.
+_UNSEALED: Final = (
+    select(*(AuditRecord.__table__.c[name] for name in HASHED_COLUMNS))
+    .outerjoin(AuditSeal, AuditSeal.event_seq == AuditRecord.seq)
+    .where(AuditSeal.event_seq.is_(None))
+)
+
+
 def partition_of(occurred_at: datetime) -> str:
     return occurred_at.date().isoformat()
 
 
-def record_document(record: AuditRecord) -> dict[str, Any]:
-    """The record as plain JSON values (also the export's line format)."""
+def record_document(record: AuditRecord | Row[Any]) -> dict[str, Any]:
+    """The record (an ORM object, or a row of ``HASHED_COLUMNS``) as plain JSON values (also
+    the export's line format)."""
     document: dict[str, Any] = {}
     for column in HASHED_COLUMNS:
         value = getattr(record, column)
@@ -103,7 +113,7 @@ def record_document(record: AuditRecord) -> dict[str, Any]:
     return document
 
 
-def record_hash(record: AuditRecord) -> str:
+def record_hash(record: AuditRecord | Row[Any]) -> str:
     canonical = json.dumps(
         record_document(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
@@ -140,10 +150,8 @@ async def seal(
     horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
     cutoff = now - lag
     candidates = (
-        await session.scalars(
-            select(AuditRecord)
-            .outerjoin(AuditSeal, AuditSeal.event_seq == AuditRecord.seq)
-            .where(AuditSeal.event_seq.is_(None), AuditRecord.seq > horizon - LATE_WINDOW)
+        await session.execute(
+            _UNSEALED.where(AuditRecord.seq > horizon - LATE_WINDOW)
             .order_by(AuditRecord.seq)
             .limit(limit)
         )
