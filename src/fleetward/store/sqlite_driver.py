@@ -22,6 +22,20 @@ other build every statement makes the trip. A lock per connection also keeps the
 from ever running this module's statements on it at once: an inline statement that finds the
 worker busy with the connection (only possible after a cancelled statement) makes the trip.
 
+**Writers queue in the event loop, first come first served.** SQLite has one writer at a
+time, and a connection that finds the write lock taken waits in SQLite's busy handler, which
+sleeps and polls (1, 2, 5, 10 ... 100 ms): under load the lock is free far more often than a
+waiter notices, and waiters are served in no order. So a statement that begins a write
+transaction (INSERT, UPDATE, DELETE, REPLACE or BEGIN, outside a transaction) first takes this
+process's write
+gate for the database file (an ``asyncio.Lock``: FIFO, no polling, waiting tasks cost
+nothing), and the connection holds it until its transaction ends (commit, rollback, close).
+SQLite's own lock and busy handler still stand behind it, for other processes. A writer that
+waits longer than ``GATE_TIMEOUT_S`` (SQLite's busy timeout) gets SQLite's own "database is
+locked", a busy store (``store.busy``). As with SQLite's lock, a task must not begin a second
+write transaction while its first holds the gate: it would wait for itself until that
+timeout.
+
 It reaches into ``aiosqlite.Connection._execute`` (the method every public aiosqlite call
 goes through; SQLAlchemy's own adapter uses the same queue for ``isolation_level``), so the
 project pins aiosqlite's minor version and ``tests/unit/store/test_sqlite_driver.py`` checks the
@@ -31,9 +45,13 @@ URL; the URL users write does not change.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final, TypeVar, cast
@@ -112,6 +130,43 @@ def _is_select(operation: str) -> bool:
     return operation.lstrip()[:6].upper() == "SELECT"
 
 
+# The statements that begin a write transaction outside one: the DML before which sqlite3
+# begins one implicitly, and an explicit BEGIN. Anything else outside a transaction (a PRAGMA
+# on a new connection, DDL) runs on its own, under SQLite's busy handler as before.
+_WRITE_VERBS: Final = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN"})
+
+
+def _begins_a_write(operation: str) -> bool:
+    head = operation.lstrip()[:8].split(None, 1)
+    return bool(head) and head[0].upper() in _WRITE_VERBS
+
+
+# How long a writer waits for the process's write gate (SQLite's own busy timeout, below).
+GATE_TIMEOUT_S: Final = 5.0
+# Write gates: per event loop, per database file.
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gate(database: str) -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    gates = _GATES.setdefault(loop, {})
+    gate = gates.get(database)
+    if gate is None:
+        gate = gates[database] = asyncio.Lock()
+    return gate
+
+
+async def _enter(gate: asyncio.Lock) -> None:
+    try:
+        async with asyncio.timeout(GATE_TIMEOUT_S):
+            await gate.acquire()
+    except TimeoutError:
+        # What SQLite says when its busy handler gives up: a busy store (store.busy).
+        raise sqlite3.OperationalError("database is locked") from None
+
+
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose statement makes one trip to the worker thread; the rows
     come back with it (as the stock adapter's ``fetchall`` after execute does)."""
@@ -181,11 +236,17 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                     lock.release()
                 outcome: _Outcome = await_(_ready(ran))
             else:
-                outcome = await_(
-                    connection._execute(
-                        _run_locked, lock, connection._conn, operation, parameters, many
+                adapted = cast("OneTripConnection", self._adapt_connection)
+                raw: sqlite3.Connection = connection._conn
+                if not raw.in_transaction and _begins_a_write(operation):
+                    adapted.enter_gate()
+                try:
+                    outcome = await_(
+                        connection._execute(_run_locked, lock, raw, operation, parameters, many)
                     )
-                )
+                finally:
+                    if not raw.in_transaction:
+                        adapted.leave_gate()
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._description, rows, self._rowcount, self._lastrowid = outcome
@@ -204,21 +265,66 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("inline_lock",)
+    __slots__ = ("database", "gate", "inline_lock")
 
     _cursor_cls = OneTripCursor
 
-    def __init__(self, dbapi: Any, connection: Any) -> None:
+    def __init__(self, dbapi: Any, connection: Any, database: str | None = None) -> None:
         super().__init__(dbapi, connection)
         # Held by whichever thread runs a statement on this connection.
         self.inline_lock = threading.Lock()
+        self.database = database
+        self.gate: asyncio.Lock | None = None  # the write gate, while this connection holds it
+
+    def enter_gate(self) -> None:
+        if self.database is None or self.gate is not None:
+            return
+        gate = _gate(self.database)
+        await_(_enter(gate))
+        self.gate = gate
+
+    def leave_gate(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is gone (garbage collection)
+                gate.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            if not self._connection._conn.in_transaction:
+                self.leave_gate()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            if not self._connection._conn.in_transaction:
+                self.leave_gate()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.leave_gate()
+
+    def terminate(self) -> None:
+        try:
+            super().terminate()
+        finally:
+            self.leave_gate()
 
 
 class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
         stock = super().connect(*arg, **kw)
+        database = arg[0] if arg else kw.get("database")
+        shared = None
+        if isinstance(database, str) and database not in ("", ":memory:") and not kw.get("uri"):
+            shared = os.path.realpath(database)
         # Same driver connection, our cursor: re-wrap what the stock adapter opened.
-        return OneTripConnection(self, stock._connection)
+        return OneTripConnection(self, stock._connection, shared)
 
 
 class OneTripSQLiteDialect(SQLiteDialect_aiosqlite):

@@ -15,6 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from fleetward.store import sqlite_driver
+from fleetward.store.busy import is_store_busy
 from fleetward.store.engine import create_engine
 from fleetward.store.sqlite_driver import (
     DRIVER,
@@ -255,3 +257,107 @@ async def test_a_statement_has_one_result_set(engines: tuple[AsyncEngine, AsyncE
 
     async with fast.connect() as connection:
         assert await connection.run_sync(read) == (None, [])
+
+
+async def test_writers_take_the_write_lock_in_the_order_they_asked(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # SQLite's busy handler serves waiting writers in no order, polling; the write gate
+    # queues them in the event loop, first come first served.
+    fast, _ = engines
+    order: list[str] = []
+    async with fast.connect() as holder:
+        await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+
+        async def write(name: str) -> None:
+            async with fast.connect() as connection:
+                await connection.exec_driver_sql("UPDATE t SET n = n + 1 WHERE name = ?", (name,))
+                order.append(name)
+                await connection.commit()
+
+        writers = []
+        for name in ("b", "c", "a"):
+            writers.append(asyncio.create_task(write(name)))
+            await asyncio.sleep(0.05)
+        assert order == []
+        await holder.commit()
+        await asyncio.gather(*writers)
+    assert order == ["b", "c", "a"]
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback", "close", "failed statement"])
+async def test_the_write_gate_is_released_when_the_transaction_ends(
+    engines: tuple[AsyncEngine, AsyncEngine], ending: str
+) -> None:
+    fast, _ = engines
+    connection = await fast.connect()
+    if ending == "failed statement":
+        # The statement failed, its transaction did not: SQLite's lock is held until the
+        # rollback (what a session does after an error), and so is the gate.
+        with pytest.raises(IntegrityError):
+            await connection.exec_driver_sql("INSERT INTO t (name, n) VALUES ('a', 9)")
+        await connection.rollback()
+    else:
+        await connection.exec_driver_sql("UPDATE t SET n = 7 WHERE name = 'a'")
+        if ending == "commit":
+            await connection.commit()
+        elif ending == "rollback":
+            await connection.rollback()
+    if ending == "close":
+        await connection.close()
+    async with fast.connect() as other:
+        async with asyncio.timeout(1):  # not the gate's 5 s: it is free
+            await other.exec_driver_sql("UPDATE t SET n = 8 WHERE name = 'b'")
+        await other.commit()
+    if ending != "close":
+        await connection.close()
+
+
+async def test_a_writer_kept_waiting_too_long_finds_the_store_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two engines on one file share the process's gate: the second writer waits for it (and
+    # gives up after the gate's timeout, as SQLite's busy handler would after its own).
+    monkeypatch.setattr(sqlite_driver, "GATE_TIMEOUT_S", 0.2)
+    path = tmp_path / "shared.db"
+    first = create_engine(f"sqlite+aiosqlite:///{path}")
+    second = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with first.begin() as connection:
+            for statement in _SCHEMA:
+                await connection.exec_driver_sql(statement)
+        async with first.connect() as holder, second.connect() as writer:
+            await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(OperationalError) as refused:
+                await writer.exec_driver_sql("UPDATE t SET n = 1 WHERE name = 'b'")
+            waited = asyncio.get_running_loop().time() - started
+            assert is_store_busy(refused.value)
+            assert waited < 2  # the gate's timeout, not SQLite's 5 s busy timeout
+            await holder.commit()
+            await writer.rollback()
+            await writer.exec_driver_sql("UPDATE t SET n = 1 WHERE name = 'b'")
+            await writer.commit()
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_a_new_connection_and_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    # Only a write waits for the gate: a new connection's PRAGMAs and reads go on.
+    path = tmp_path / "shared.db"
+    first = create_engine(f"sqlite+aiosqlite:///{path}")
+    second = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with first.begin() as connection:
+            for statement in _SCHEMA:
+                await connection.exec_driver_sql(statement)
+        async with first.connect() as holder:
+            await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+            async with asyncio.timeout(1), second.connect() as reader:
+                count = await reader.exec_driver_sql("SELECT count(*) FROM t")
+                assert count.scalar_one() == 3
+            await holder.commit()
+    finally:
+        await first.dispose()
+        await second.dispose()
