@@ -265,7 +265,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("database", "gate", "inline_lock")
+    __slots__ = ("database", "gate", "gate_loop", "inline_lock")
 
     _cursor_cls = OneTripCursor
 
@@ -274,20 +274,33 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         # Held by whichever thread runs a statement on this connection.
         self.inline_lock = threading.Lock()
         self.database = database
-        self.gate: asyncio.Lock | None = None  # the write gate, while this connection holds it
+        # The write gate and its event loop, while this connection holds it.
+        self.gate: asyncio.Lock | None = None
+        self.gate_loop: asyncio.AbstractEventLoop | None = None
 
     def enter_gate(self) -> None:
         if self.database is None or self.gate is not None:
             return
         gate = _gate(self.database)
         await_(_enter(gate))
-        self.gate = gate
+        self.gate, self.gate_loop = gate, asyncio.get_running_loop()
 
     def leave_gate(self) -> None:
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            with contextlib.suppress(RuntimeError):  # its loop is gone (garbage collection)
-                gate.release()
+        """Release the gate if held: in its loop's thread directly, from anywhere else (a
+        connection collected as garbage in another thread) through that loop."""
+        gate, loop = self.gate, self.gate_loop
+        self.gate = self.gate_loop = None
+        if gate is None or loop is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            gate.release()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(gate.release)
 
     def commit(self) -> None:
         try:

@@ -361,3 +361,23 @@ async def test_a_new_connection_and_reads_do_not_wait_for_a_writer(tmp_path: Pat
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_a_connection_collected_in_another_thread_still_frees_the_gate(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # Garbage collection may run in any thread: the gate is released through its loop.
+    fast, _ = engines
+    async with fast.connect() as holder:
+        await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        raw = await holder.get_raw_connection()
+        adapted = raw.dbapi_connection
+        assert isinstance(adapted, OneTripConnection)
+        assert adapted.database is not None
+        gate = sqlite_driver._gate(adapted.database)
+        assert gate.locked()
+        await asyncio.to_thread(adapted.leave_gate)
+        async with asyncio.timeout(1):
+            await gate.acquire()  # free again (its holder's transaction is still open)
+        gate.release()
+        await holder.rollback()
