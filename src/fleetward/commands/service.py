@@ -33,7 +33,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.identity.oauth_models import Client
 from fleetward.identity.tokens import AccessTokenClaims
 from fleetward.services import ServiceContext
-from fleetward.store.sqlite_driver import INLINE_READ, inline
+from fleetward.store.sqlite_driver import INLINE_READ
 
 Decide = Callable[[Permission, str], Awaitable[Decision]]
 
@@ -129,11 +129,8 @@ def request_hash(vehicle_id: str, spec: CommandSpec, parameters: Mapping[str, ob
 
 
 # Built once, bound per request (the statement's construction cost as much as its run).
-_REPLAY: Final = inline(
-    select(CommandJob).where(
-        CommandJob.requested_by == bindparam("sub"),
-        CommandJob.idempotency_key == bindparam("key"),
-    )
+_REPLAY: Final = select(CommandJob).where(
+    CommandJob.requested_by == bindparam("sub"), CommandJob.idempotency_key == bindparam("key")
 )
 
 
@@ -141,7 +138,9 @@ async def replay(
     ctx: ServiceContext, claims: AccessTokenClaims, key: str, digest: str
 ) -> CommandJob | None:
     """The job this caller's key already created, if any; the key with another body: 409."""
-    job = await ctx.session.scalar(_REPLAY, {"sub": claims.sub, "key": key})
+    job = await ctx.session.scalar(
+        _REPLAY, {"sub": claims.sub, "key": key}, execution_options=INLINE_READ
+    )
     if job is None:
         return None
     if job.request_hash != digest or job.client_id != claims.client_id:

@@ -17,7 +17,7 @@ async def read_rows(
     """The rows of a column SELECT, executed on the session's connection: the ORM's result
     machinery has nothing to do for columns and costs ~70-120 us a statement (measured on
     SQLite). Only for a short, indexed SELECT of a few rows: on SQLite it runs in the calling
-    thread (``store.sqlite_driver.inline``).
+    thread (``store.sqlite_driver.INLINE_READ``).
 
     Pending ORM changes are flushed first, as ``session.execute`` would with autoflush on;
     inside ``no_autoflush`` nothing is flushed, as there. Held rows (``store.pending``: audit

@@ -9,7 +9,7 @@ SQLAlchemy's ``aiosqlite`` dialect (the worker thread, so that a slow statement,
 in SQLite's busy handler or an fsync never blocks the event loop) and runs a statement's
 execute, fetch and close as ONE function in the worker thread.
 
-A statement marked with :func:`inline` (short indexed SELECTs on hot paths: the PDP's
+A statement executed with ``INLINE_READ`` (short indexed SELECTs on hot paths: the PDP's
 relation reads, a status read, a job's lookup) runs in the calling thread instead, with no
 trip at all (~100 us of CPU less each: the queue hand-off, two thread wake-ups and the
 loop's self-pipe). That is safe for those statements only: a SELECT in WAL mode never waits
@@ -52,9 +52,9 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 
 from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
 from sqlalchemy.dialects import registry
@@ -65,7 +65,6 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     SQLiteDialect_aiosqlite,
 )
 from sqlalchemy.engine.interfaces import ExecutionContext
-from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
@@ -74,18 +73,10 @@ DRIVER: Final = "fleetward_aiosqlite"
 SHAREABLE: Final = sqlite3.threadsafety == 3
 # The execution option that lets a SELECT run in the calling thread (see the module docstring).
 INLINE: Final = "fleetward_inline"
-
-# The same, as the execution options of a ``Session.get`` or ``Connection.execute`` call.
+# The execution options of a call (``Session.get``, ``Session.scalar``, ``Connection.execute``)
+# whose statement is a short SELECT, an indexed lookup of a few rows. Other backends ignore
+# them; on SQLite anything but a SELECT ignores them too.
 INLINE_READ: Final[Mapping[str, Any]] = MappingProxyType({INLINE: True})
-
-_Executable = TypeVar("_Executable", bound=Executable)
-
-
-def inline(statement: _Executable) -> _Executable:
-    """``statement``, marked to run in the calling thread on SQLite: only for a short SELECT
-    (an indexed lookup of a few rows). Other backends ignore the mark; on SQLite anything but
-    a SELECT ignores it too."""
-    return statement.execution_options(**{INLINE: True})
 
 
 # description, rows, rowcount, lastrowid
@@ -126,19 +117,16 @@ async def _ready(outcome: _Outcome) -> _Outcome:
     return outcome
 
 
-def _is_select(operation: str) -> bool:
-    return operation.lstrip()[:6].upper() == "SELECT"
+def _verb(operation: str) -> str:
+    """The statement's first word, upper case ("" for none)."""
+    head = operation.lstrip()[:8].split(None, 1)
+    return head[0].upper() if head else ""
 
 
 # The statements that begin a write transaction outside one: the DML before which sqlite3
 # begins one implicitly, and an explicit BEGIN. Anything else outside a transaction (a PRAGMA
 # on a new connection, DDL) runs on its own, under SQLite's busy handler as before.
 _WRITE_VERBS: Final = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN"})
-
-
-def _begins_a_write(operation: str) -> bool:
-    head = operation.lstrip()[:8].split(None, 1)
-    return bool(head) and head[0].upper() in _WRITE_VERBS
 
 
 # How long a writer waits for the process's write gate (SQLite's own busy timeout, below).
@@ -219,36 +207,32 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._inline = True
 
     def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
-        connection = self._connection
-        lock = cast("OneTripConnection", self._adapt_connection).inline_lock
+        adapted = cast("OneTripConnection", self._adapt_connection)
+        lock = adapted.inline_lock
         inline, self._inline = self._inline, False
         try:
-            if (
-                inline
-                and SHAREABLE
-                and not many
-                and _is_select(operation)
-                and lock.acquire(blocking=False)
-            ):
+            raw: sqlite3.Connection = self._connection._conn
+            verb = _verb(operation)
+            if inline and SHAREABLE and not many and verb == "SELECT" and lock.acquire(False):
                 try:
-                    ran = _run(connection._conn, operation, parameters, many)
+                    ran = _run(raw, operation, parameters, many)
                 finally:
                     lock.release()
                 outcome: _Outcome = await_(_ready(ran))
             else:
-                adapted = cast("OneTripConnection", self._adapt_connection)
-                raw: sqlite3.Connection = connection._conn
-                if not raw.in_transaction and _begins_a_write(operation):
+                if not raw.in_transaction and verb in _WRITE_VERBS:
                     adapted.enter_gate()
                 try:
                     outcome = await_(
-                        connection._execute(_run_locked, lock, raw, operation, parameters, many)
+                        self._connection._execute(
+                            _run_locked, lock, raw, operation, parameters, many
+                        )
                     )
                 finally:
                     if not raw.in_transaction:
                         adapted.leave_gate()
         except Exception as error:
-            self._adapt_connection._handle_exception(error)
+            adapted._handle_exception(error)
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
@@ -303,30 +287,26 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
                 loop.call_soon_threadsafe(gate.release)
 
     def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            if not self._connection._conn.in_transaction:
-                self.leave_gate()
+        self._end(super().commit)
 
     def rollback(self) -> None:
-        try:
-            super().rollback()
-        finally:
-            if not self._connection._conn.in_transaction:
-                self.leave_gate()
+        self._end(super().rollback)
 
     def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.leave_gate()
+        self._end(super().close, closing=True)
 
     def terminate(self) -> None:
+        self._end(super().terminate, closing=True)
+
+    def _end(self, end: Callable[[], None], *, closing: bool = False) -> None:
+        """Commit, roll back, close or terminate: the gate goes when the transaction does
+        (always, when the connection goes)."""
         try:
-            super().terminate()
+            end()
         finally:
-            self.leave_gate()
+            raw: sqlite3.Connection | None = self._connection._connection
+            if closing or raw is None or not raw.in_transaction:
+                self.leave_gate()
 
 
 class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
@@ -377,5 +357,4 @@ __all__ = [
     "SHAREABLE",
     "OneTripCursor",
     "OneTripSQLiteDialect",
-    "inline",
 ]

@@ -13,17 +13,17 @@ import aiosqlite
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from fleetward.store import sqlite_driver
 from fleetward.store.busy import is_store_busy
 from fleetward.store.engine import create_engine
 from fleetward.store.sqlite_driver import (
     DRIVER,
+    INLINE_READ,
     SHAREABLE,
     OneTripConnection,
     OneTripCursor,
-    inline,
 )
 
 _SCHEMA = (
@@ -47,6 +47,29 @@ def counted_trips() -> Iterator[list[int]]:
         yield count
     finally:
         aiosqlite.Connection._execute = original  # type: ignore[method-assign]
+
+
+async def adapted_of(connection: AsyncConnection) -> OneTripConnection:
+    """The driver's connection under ``connection``."""
+    raw = await connection.get_raw_connection()
+    adapted = raw.dbapi_connection
+    assert isinstance(adapted, OneTripConnection)
+    return adapted
+
+
+@pytest.fixture
+async def one_file(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two one-trip engines on the same database file (with the rows): what two parts of one
+    process opening the store each get."""
+    path = tmp_path / "shared.db"
+    first = create_engine(f"sqlite+aiosqlite:///{path}")
+    second = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with first.begin() as connection:
+        for statement in _SCHEMA:
+            await connection.exec_driver_sql(statement)
+    yield first, second
+    await first.dispose()
+    await second.dispose()
 
 
 @pytest.fixture
@@ -147,7 +170,9 @@ async def test_an_inline_select_makes_no_trip_and_answers_the_same(
     async with fast.connect() as connection:
         await connection.exec_driver_sql("SELECT 1")  # the pool's first checkout
         with counted_trips() as count:
-            rows = (await connection.execute(inline(text(query)), {"low": 2})).all()
+            rows = (
+                await connection.execute(text(query), {"low": 2}, execution_options=INLINE_READ)
+            ).all()
         assert count[0] == 0
     async with stock.connect() as connection:
         assert rows == (await connection.execute(text(query), {"low": 2})).all()
@@ -159,10 +184,14 @@ async def test_an_inline_select_sees_its_own_transactions_writes(
     fast, _ = engines
     async with fast.connect() as connection:
         await connection.exec_driver_sql("INSERT INTO t (name, n) VALUES ('d', 4)")
-        rows = await connection.execute(inline(text("SELECT name FROM t WHERE n = 4")))
+        rows = await connection.execute(
+            text("SELECT name FROM t WHERE n = 4"), execution_options=INLINE_READ
+        )
         assert rows.scalars().all() == ["d"]
         await connection.rollback()
-        rows = await connection.execute(inline(text("SELECT name FROM t WHERE n = 4")))
+        rows = await connection.execute(
+            text("SELECT name FROM t WHERE n = 4"), execution_options=INLINE_READ
+        )
         assert rows.scalars().all() == []
 
 
@@ -172,7 +201,9 @@ async def test_only_a_select_runs_inline(engines: tuple[AsyncEngine, AsyncEngine
     async with fast.connect() as connection:
         await connection.exec_driver_sql("SELECT 1")
         with counted_trips() as count:
-            await connection.execute(inline(text("UPDATE t SET n = n + 1 WHERE name = 'a'")))
+            await connection.execute(
+                text("UPDATE t SET n = n + 1 WHERE name = 'a'"), execution_options=INLINE_READ
+            )
             await connection.execute(text("SELECT n FROM t WHERE name = 'a'"))
         assert count[0] == 2
         await connection.commit()
@@ -183,13 +214,11 @@ async def test_an_inline_select_makes_the_trip_when_the_worker_holds_the_connect
 ) -> None:
     fast, _ = engines
     async with fast.connect() as connection:
-        raw = await connection.get_raw_connection()
-        adapted = raw.dbapi_connection
-        assert isinstance(adapted, OneTripConnection)
+        adapted = await adapted_of(connection)
         with adapted.inline_lock, counted_trips() as count:
             # The worker thread waits for the lock this test holds: hand it back meanwhile.
             reading = asyncio.ensure_future(
-                connection.execute(inline(text("SELECT count(*) FROM t")))
+                connection.execute(text("SELECT count(*) FROM t"), execution_options=INLINE_READ)
             )
             await asyncio.sleep(0.05)
             assert count[0] == 1
@@ -314,53 +343,37 @@ async def test_the_write_gate_is_released_when_the_transaction_ends(
 
 
 async def test_a_writer_kept_waiting_too_long_finds_the_store_busy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    one_file: tuple[AsyncEngine, AsyncEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two engines on one file share the process's gate: the second writer waits for it (and
     # gives up after the gate's timeout, as SQLite's busy handler would after its own).
     monkeypatch.setattr(sqlite_driver, "GATE_TIMEOUT_S", 0.2)
-    path = tmp_path / "shared.db"
-    first = create_engine(f"sqlite+aiosqlite:///{path}")
-    second = create_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        async with first.begin() as connection:
-            for statement in _SCHEMA:
-                await connection.exec_driver_sql(statement)
-        async with first.connect() as holder, second.connect() as writer:
-            await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(OperationalError) as refused:
-                await writer.exec_driver_sql("UPDATE t SET n = 1 WHERE name = 'b'")
-            waited = asyncio.get_running_loop().time() - started
-            assert is_store_busy(refused.value)
-            assert waited < 2  # the gate's timeout, not SQLite's 5 s busy timeout
-            await holder.commit()
-            await writer.rollback()
+    first, second = one_file
+    async with first.connect() as holder, second.connect() as writer:
+        await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(OperationalError) as refused:
             await writer.exec_driver_sql("UPDATE t SET n = 1 WHERE name = 'b'")
-            await writer.commit()
-    finally:
-        await first.dispose()
-        await second.dispose()
+        waited = asyncio.get_running_loop().time() - started
+        assert is_store_busy(refused.value)
+        assert waited < 2  # the gate's timeout, not SQLite's 5 s busy timeout
+        await holder.commit()
+        await writer.rollback()
+        await writer.exec_driver_sql("UPDATE t SET n = 1 WHERE name = 'b'")
+        await writer.commit()
 
 
-async def test_a_new_connection_and_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+async def test_a_new_connection_and_reads_do_not_wait_for_a_writer(
+    one_file: tuple[AsyncEngine, AsyncEngine],
+) -> None:
     # Only a write waits for the gate: a new connection's PRAGMAs and reads go on.
-    path = tmp_path / "shared.db"
-    first = create_engine(f"sqlite+aiosqlite:///{path}")
-    second = create_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        async with first.begin() as connection:
-            for statement in _SCHEMA:
-                await connection.exec_driver_sql(statement)
-        async with first.connect() as holder:
-            await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
-            async with asyncio.timeout(1), second.connect() as reader:
-                count = await reader.exec_driver_sql("SELECT count(*) FROM t")
-                assert count.scalar_one() == 3
-            await holder.commit()
-    finally:
-        await first.dispose()
-        await second.dispose()
+    first, second = one_file
+    async with first.connect() as holder:
+        await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        async with asyncio.timeout(1), second.connect() as reader:
+            count = await reader.exec_driver_sql("SELECT count(*) FROM t")
+            assert count.scalar_one() == 3
+        await holder.commit()
 
 
 async def test_a_connection_collected_in_another_thread_still_frees_the_gate(
@@ -370,9 +383,7 @@ async def test_a_connection_collected_in_another_thread_still_frees_the_gate(
     fast, _ = engines
     async with fast.connect() as holder:
         await holder.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
-        raw = await holder.get_raw_connection()
-        adapted = raw.dbapi_connection
-        assert isinstance(adapted, OneTripConnection)
+        adapted = await adapted_of(holder)
         assert adapted.database is not None
         gate = sqlite_driver._gate(adapted.database)
         assert gate.locked()
