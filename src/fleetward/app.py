@@ -43,6 +43,7 @@ from fleetward.api import (
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.quota_guard import RateLimitHeaders
 from fleetward.api.revocation_gate import RevocationGate
+from fleetward.api.route_index import install_route_index
 from fleetward.audit.operations import seal_pending
 from fleetward.catalog.inventory import inventory
 from fleetward.commands.dispatch import Dispatcher
@@ -94,6 +95,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Routes may have been added after build_app: check again before serving anything.
         inventory(app.router.routes)
+        install_route_index(app.router.routes)  # again: it indexes the routes there now
         # Revocations outlive restarts; authentication stays closed until they are loaded.
         await gate.try_load()
         watcher = asyncio.create_task(_watch_keys(the_platform))
@@ -164,6 +166,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     gateway.commands = command_runtime[0].dispatcher
     app.state.commands = command_runtime[0]
     inventory(app.router.routes)
+    install_route_index(app.router.routes)
     app.state.detection = detection
     return app
 

@@ -33,6 +33,8 @@ def inventory(routes: list[BaseRoute]) -> list[CatalogItem]:
     # FastAPI includes routers lazily; its route contexts carry the effective (prefixed) paths.
     for context in iter_route_contexts(routes):
         original = context.original_route
+        if getattr(original, "dispatch_only", False):
+            continue  # an index in front of the routes (fleetward.api.route_index): no route
         if isinstance(original, Mount):
             # A mounted sub-application would hide its routes from the inventory.
             missing.append(f"mount {original.path} (mounts are not allowed)")
