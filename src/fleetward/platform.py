@@ -77,13 +77,16 @@ class Platform:
             pdp=pdp,
         )
 
-    def unit_of_work(self) -> UnitOfWork:
-        return UnitOfWork(self.sessions)
+    def unit_of_work(self, *, inline_writes: bool = False) -> UnitOfWork:
+        return UnitOfWork(self.sessions, inline_writes=inline_writes)
 
     @asynccontextmanager
-    async def services(self) -> AsyncIterator[tuple[UnitOfWork, ServiceContext]]:
-        """A unit of work and the context that domain services are built on."""
-        async with self.unit_of_work() as uow:
+    async def services(
+        self, *, inline_writes: bool = False
+    ) -> AsyncIterator[tuple[UnitOfWork, ServiceContext]]:
+        """A unit of work and the context that domain services are built on
+        (``inline_writes``: see :class:`UnitOfWork`)."""
+        async with self.unit_of_work(inline_writes=inline_writes) as uow:
             yield uow, ServiceContext(uow.session, self.clock, self.audit, self.limits)
 
     async def store_ready(self) -> tuple[bool, str]:

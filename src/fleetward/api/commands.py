@@ -144,7 +144,7 @@ async def _create_once(
 ) -> tuple[CommandJob, bool]:
     platform = platform_of(request)
     runtime = commands_of(request.app)
-    async with platform.services() as (uow, ctx):
+    async with platform.services(inline_writes=True) as (uow, ctx):
         # Knowing a vehicle id grants nothing: one the caller cannot see is not found. Asked
         # before a replay too: a former owner's old key shows nothing of the car's jobs now.
         # The command's own permission is asked in the same batch (one load of relations).

@@ -218,7 +218,7 @@ class Dispatcher:
     async def _deliver(self, job_id: str, live: LiveSession) -> bytes | None:
         """One job's delivery transaction; the signed frame, or None if it must not go."""
         platform = self._platform
-        async with platform.services() as (uow, ctx):
+        async with platform.services(inline_writes=True) as (uow, ctx):
             job = await ctx.session.get(CommandJob, job_id)
             if job is None or job.state is not JobState.QUEUED:
                 return None

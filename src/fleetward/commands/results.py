@@ -52,7 +52,7 @@ async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> 
     None (refused and audited, or nothing to change)."""
     session = live.session
     ids = unverified_result_ids(frame)
-    async with platform.services() as (uow, ctx):
+    async with platform.services(inline_writes=True) as (uow, ctx):
         job = (
             await ctx.session.get(CommandJob, ids[0], execution_options=INLINE_READ)
             if ids is not None

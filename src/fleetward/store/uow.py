@@ -11,12 +11,20 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fleetward.store.sqlite_driver import INLINE_WRITES
+
 
 class UnitOfWork:
     """Not thread-safe and not reentrant: one per task, used as ``async with``."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, inline_writes: bool = False
+    ) -> None:
+        """``inline_writes``: on SQLite the transaction's writes after its first run in the
+        event loop's thread (``store.sqlite_driver``; other stores ignore it). For short
+        transactions of a few rows only: the commit is their end."""
         self._sessions = sessions
+        self._inline_writes = inline_writes
         self._session: AsyncSession | None = None
 
     @property
@@ -27,6 +35,9 @@ class UnitOfWork:
 
     async def __aenter__(self) -> Self:
         self._session = self._sessions()
+        if self._inline_writes:
+            # Options of the connection this session takes now, for its first transaction.
+            await self._session.connection(execution_options={INLINE_WRITES: True})
         return self
 
     async def __aexit__(

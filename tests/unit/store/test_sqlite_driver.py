@@ -13,18 +13,26 @@ import aiosqlite
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from fleetward.store import sqlite_driver
 from fleetward.store.busy import is_store_busy
 from fleetward.store.engine import create_engine
 from fleetward.store.sqlite_driver import (
     DRIVER,
+    INLINE_MANY_MAX,
     INLINE_READ,
+    INLINE_WRITES,
     SHAREABLE,
     OneTripConnection,
     OneTripCursor,
 )
+from fleetward.store.uow import UnitOfWork
 
 _SCHEMA = (
     "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, n INTEGER)",
@@ -392,3 +400,196 @@ async def test_a_connection_collected_in_another_thread_still_frees_the_gate(
             await gate.acquire()  # free again (its holder's transaction is still open)
         gate.release()
         await holder.rollback()
+
+
+_WRITES = {INLINE_WRITES: True}
+
+
+async def test_a_transactions_later_writes_run_inline_when_asked(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # The first write makes the trip (it may wait for SQLite's lock); the ones after it hold
+    # that lock already and run in the loop's thread, with the stock dialect's answers.
+    fast, stock = engines
+    statements = [
+        ("UPDATE t SET n = n + 10 WHERE name = :name", {"name": "a"}),
+        ("INSERT INTO t (name, n) VALUES (:name, 4) RETURNING id, name, n", {"name": "d"}),
+        ("UPDATE t SET n = n * 2 WHERE n > :low", {"low": 2}),
+        ("DELETE FROM t WHERE name = :name", {"name": "b"}),
+    ]
+    answers: dict[str, list[Any]] = {}
+    for name, engine in (("fast", fast), ("stock", stock)):
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")  # the pool's first checkout
+            seen: list[Any] = []
+            with counted_trips() as count:
+                for sql, params in statements:
+                    result = await connection.execute(text(sql), params, execution_options=_WRITES)
+                    seen.append(result.all() if result.returns_rows else result.rowcount)
+                trips = count[0]
+            rows = await connection.exec_driver_sql("SELECT name, n FROM t ORDER BY name")
+            seen.append(rows.all())
+            await connection.commit()
+            answers[name] = seen
+            if name == "fast":
+                assert trips == 1
+    assert answers["fast"] == answers["stock"]
+    assert answers["fast"][-1] == [("a", 22), ("c", 6), ("d", 8)]
+
+
+async def test_writes_make_the_trip_unless_asked_or_before_the_first(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")
+        with counted_trips() as count:
+            await connection.exec_driver_sql("UPDATE t SET n = 5 WHERE name = 'a'")
+            await connection.exec_driver_sql("UPDATE t SET n = 6 WHERE name = 'b'")  # not asked
+            await connection.execute(
+                text("UPDATE t SET n = 7 WHERE name = 'c'"), execution_options=INLINE_READ
+            )
+        assert count[0] == 3
+        await connection.commit()
+        with counted_trips() as count:
+            # A new transaction: its first write makes the trip again, even when asked.
+            await connection.execute(
+                text("UPDATE t SET n = 8 WHERE name = 'a'"), execution_options=_WRITES
+            )
+            await connection.execute(
+                text("UPDATE t SET n = 9 WHERE name = 'b'"), execution_options=_WRITES
+            )
+            await connection.commit()  # the commit makes the trip
+        assert count[0] == 2
+        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
+        assert rows.scalars().all() == [8, 9, 7]
+        await connection.exec_driver_sql("BEGIN")  # a transaction that has not written yet
+        with counted_trips() as count:
+            await connection.execute(
+                text("UPDATE t SET n = 1 WHERE name = 'a'"), execution_options=_WRITES
+            )
+        assert count[0] == 1  # it may have to wait for SQLite's write lock: the trip
+        await connection.rollback()
+
+
+async def test_only_small_batches_run_inline(engines: tuple[AsyncEngine, AsyncEngine]) -> None:
+    fast, _ = engines
+    insert = text("INSERT INTO t (name, n) VALUES (:name, :n)")
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        small = [{"name": f"s{i}", "n": i} for i in range(INLINE_MANY_MAX)]
+        large = [{"name": f"l{i}", "n": i} for i in range(INLINE_MANY_MAX + 1)]
+        with counted_trips() as count:
+            await connection.execute(insert, small, execution_options=_WRITES)
+        assert count[0] == 0
+        with counted_trips() as count:
+            await connection.execute(insert, large, execution_options=_WRITES)
+        assert count[0] == 1
+        total = await connection.exec_driver_sql("SELECT count(*) FROM t")
+        assert total.scalar_one() == 3 + 2 * INLINE_MANY_MAX + 1
+        await connection.rollback()
+
+
+async def test_an_inline_write_fails_as_the_stock_one_and_rolls_back_with_its_transaction(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        await connection.execute(
+            text("UPDATE t SET n = 1 WHERE name = 'b'"), execution_options=_WRITES
+        )
+        with counted_trips() as count, pytest.raises(IntegrityError):
+            await connection.execute(
+                text("INSERT INTO t (name, n) VALUES ('c', 9)"), execution_options=_WRITES
+            )
+        assert count[0] == 0
+        adapted = await adapted_of(connection)
+        assert adapted.writing and adapted.gate is not None  # still its transaction's
+        await connection.rollback()
+        assert not adapted.writing and adapted.gate is None
+        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
+        assert rows.scalars().all() == [1, 2, 3]
+
+
+async def test_a_unit_of_work_asks_for_inline_writes_for_its_session(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    sessions = async_sessionmaker(fast, expire_on_commit=False)
+    for asked, trips in ((True, 2), (False, 4)):
+        async with UnitOfWork(sessions, inline_writes=asked) as uow:
+            await uow.session.execute(text("SELECT 1"))
+            with counted_trips() as count:
+                for name in ("a", "b", "c"):
+                    await uow.session.execute(
+                        text("UPDATE t SET n = n + 1 WHERE name = :name"), {"name": name}
+                    )
+                await uow.commit()
+            assert count[0] == trips, asked
+    async with fast.connect() as connection:
+        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
+        assert rows.scalars().all() == [3, 4, 5]
+
+
+async def test_ending_a_connection_with_nothing_open_makes_no_trip(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # sqlite3's commit and rollback do nothing without an open transaction: the pool's
+    # rollback of every connection it takes back, and a read-only unit's, cost no trip.
+    fast, _ = engines
+    sessions = async_sessionmaker(fast, expire_on_commit=False)
+    with counted_trips() as count:
+        async with UnitOfWork(sessions) as uow:
+            await uow.session.execute(text("SELECT n FROM t"), execution_options=INLINE_READ)
+            await uow.commit()
+    assert count[0] == 0
+    async with fast.connect() as connection:
+        await connection.exec_driver_sql("UPDATE t SET n = 0 WHERE name = 'a'")
+        with counted_trips() as count:
+            await connection.rollback()  # a transaction is open: the trip is made
+        assert count[0] == 1
+        with counted_trips() as count:
+            await connection.rollback()
+            await connection.commit()
+        assert count[0] == 0
+        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
+        assert rows.scalars().all() == [1, 2, 3]
+
+
+async def test_an_ending_waits_for_a_statement_still_queued(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # A task cancelled while its statement waits for the worker leaves the statement queued:
+    # the worker still runs it. An ending then makes its trip, behind it, or the connection
+    # could go back to the pool with that statement's transaction open.
+    fast, _ = engines
+    async with fast.connect() as connection:
+        adapted = await adapted_of(connection)
+        await connection.execute(text("SELECT 1"), execution_options=INLINE_READ)  # begins
+        adapted.sent += 1  # as if one were queued
+        try:
+            with counted_trips() as count:
+                await connection.rollback()
+            assert count[0] == 1
+        finally:
+            adapted.sent -= 1
+    async with fast.connect() as connection:
+        adapted = await adapted_of(connection)
+        with adapted.inline_lock:  # the worker waits for this lock: the INSERT stays queued
+            writing = asyncio.ensure_future(
+                connection.exec_driver_sql("INSERT INTO t (name, n) VALUES ('q', 9)")
+            )
+            await asyncio.sleep(0.05)
+            writing.cancel()
+            await asyncio.sleep(0.05)
+            assert adapted.sent > adapted.ran
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        await connection.rollback()
+        assert adapted.sent == adapted.ran
+        raw = adapted._connection._connection
+        assert raw is None or not raw.in_transaction  # SQLAlchemy discards it, or it is clean
+    async with fast.connect() as connection:
+        rows = await connection.exec_driver_sql("SELECT count(*) FROM t")
+        assert rows.scalar_one() == 3
