@@ -7,6 +7,7 @@ vehicles and the client share this process's event loop.
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
@@ -28,7 +29,13 @@ def _sane_latencies(phase: dict[str, Any]) -> None:
     assert phase["executed_recorded_p50_ms"] <= phase["executed_seen_p50_ms"]
 
 
-def test_five_vehicles_ten_commands_every_one_executed() -> None:
+def test_five_vehicles_ten_commands_every_one_executed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The load generator freezes its objects once the fleet is connected; recorded here, not
+    # done (frozen objects in the test session's process would never be collected). The app's
+    # own start-up freeze is told one happened already.
+    frozen: list[int] = []
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: 1)
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
     config = BenchConfig(
         vehicles=5,
         rate=20,
@@ -44,6 +51,7 @@ def test_five_vehicles_ten_commands_every_one_executed() -> None:
         capture_logs=False,  # leave the test session's logging as it is
     )
     report = run(config)
+    assert report["fleet_frozen"] is True and frozen == [1]
 
     app = report["app"]
     assert app["sent"] == 10
