@@ -65,7 +65,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from types import MappingProxyType
 from typing import Any, Final, cast
 
@@ -131,6 +131,11 @@ def _run_locked(
             return _run(connection, operation, parameters, many)
         finally:
             adapted.ran += 1
+
+
+def _at_most(rows: Any, limit: int) -> bool:
+    """Whether an executemany's parameters are a sized batch of at most ``limit`` rows."""
+    return isinstance(rows, Sized) and len(rows) <= limit
 
 
 async def _ready(outcome: _Outcome) -> _Outcome:
@@ -248,7 +253,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                         and verb in _DML
                         and adapted.writing
                         and raw.in_transaction
-                        and (not many or len(parameters) <= INLINE_MANY_MAX)
+                        and (not many or _at_most(parameters, INLINE_MANY_MAX))
                     )
                 )
                 and lock.acquire(False)

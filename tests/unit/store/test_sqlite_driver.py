@@ -593,3 +593,9 @@ async def test_an_ending_waits_for_a_statement_still_queued(
     async with fast.connect() as connection:
         rows = await connection.exec_driver_sql("SELECT count(*) FROM t")
         assert rows.scalar_one() == 3
+
+
+def test_a_batch_of_unknown_size_is_not_small() -> None:
+    assert sqlite_driver._at_most([{}] * INLINE_MANY_MAX, INLINE_MANY_MAX)
+    assert not sqlite_driver._at_most([{}] * (INLINE_MANY_MAX + 1), INLINE_MANY_MAX)
+    assert not sqlite_driver._at_most(iter([{}]), INLINE_MANY_MAX)
