@@ -65,6 +65,7 @@ class RouteIndex(BaseRoute):
     dispatch_only = True
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.covers = tuple(routes)
         leaves: list[tuple[int, str, str]] = []  # (router position, first segment, expr)
         for position, route in enumerate(routes):
             for context in iter_route_contexts([route]):
@@ -118,9 +119,19 @@ def _bucket(
 
 
 def install_route_index(routes: list[BaseRoute]) -> RouteIndex:
-    """Put an index of ``routes`` (as they are now) in front of them, in place."""
-    index = RouteIndex([r for r in routes if not getattr(r, "dispatch_only", False)])
-    routes[:] = [index, *(r for r in routes if not getattr(r, "dispatch_only", False))]
+    """Put an index of ``routes`` (as they are now) in front of them, in place; the index
+    already there is kept if it covers exactly these routes (start-up installs it twice: at
+    the end of ``build_app`` and again when serving, in case routes were added between)."""
+    current = [r for r in routes if not getattr(r, "dispatch_only", False)]
+    first = routes[0] if routes else None
+    if (
+        isinstance(first, RouteIndex)
+        and len(first.covers) == len(current)
+        and all(a is b for a, b in zip(first.covers, current, strict=True))
+    ):
+        return first
+    index = RouteIndex(current)
+    routes[:] = [index, *current]
     return index
 
 

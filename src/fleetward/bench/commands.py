@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import math
 import os
@@ -89,6 +88,7 @@ from fleetward.bench.http_read import _store as fresh_store
 from fleetward.commands.families import COMMANDS
 from fleetward.commands.models import CommandJob
 from fleetward.commands.signing import CommandSigner
+from fleetward.core.collector import freeze_live_objects
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.demo.clients import seed_demo_clients
@@ -170,8 +170,8 @@ class BenchConfig:
     # of this process's stderr. Replaces this process's logging configuration.
     capture_logs: bool = True
     database_url: str | None = None  # a PostgreSQL server; None: SQLite
-    # Freeze this process's objects once the fleet is connected (see _measure). A test run in
-    # a shared process turns it off: frozen objects are never collected.
+    # Freeze this process's objects once the fleet is connected (see _measure). Off for a
+    # process that lives on after the run: frozen objects are never collected.
     freeze_fleet: bool = True
 
     def __post_init__(self) -> None:
@@ -888,9 +888,9 @@ async def _measure(
             # The simulated fleet (its sessions, keys and buffers) and the client live as long
             # as the run: frozen out of the cyclic collector, whose full passes over them
             # otherwise stalled this load generator (client lag p99 ~150 ms at 20/s, so the
-            # steps measured the client, not the server; ~1-4 ms with the freeze).
-            gc.collect()
-            gc.freeze()
+            # steps measured the client, not the server; ~1-4 ms with the freeze). Again if
+            # the in-process app froze its start-up already: the fleet came after.
+            freeze_live_objects()
         report["fleet_frozen"] = config.freeze_fleet
         async with httpx.AsyncClient(
             base_url=server.base_url, limits=limits, timeout=REQUEST_TIMEOUT_S

@@ -11,9 +11,15 @@ from __future__ import annotations
 import gc
 
 
+def freeze_live_objects() -> None:
+    """Collect, then freeze what is left: from now on the full passes skip it. Frozen objects
+    are never collected, so only for what lives as long as the process."""
+    gc.collect()
+    gc.freeze()
+
+
 def freeze_start_up_objects() -> None:
-    """Collect once, then freeze what is left. Once per process: the first caller does it
-    (a test session starts many apps; later calls must not freeze their garbage)."""
+    """:func:`freeze_live_objects`, once per process: the first caller does it (a test
+    session starts many apps; later calls must not freeze their garbage)."""
     if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
+        freeze_live_objects()

@@ -152,7 +152,7 @@ def _verb(operation: str) -> str:
 # The statements that begin a write transaction outside one: the DML before which sqlite3
 # begins one implicitly, and an explicit BEGIN. Anything else outside a transaction (a PRAGMA
 # on a new connection, DDL) runs on its own, under SQLite's busy handler as before.
-_WRITE_VERBS: Final = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN"})
+_WRITE_VERBS: Final = _DML | {"BEGIN"}
 
 
 # How long a writer waits for the process's write gate (SQLite's own busy timeout, below).
@@ -342,30 +342,24 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
                 loop.call_soon_threadsafe(gate.release)
 
     def commit(self) -> None:
-        self._end(self._unless_idle(super().commit))
+        self._end(super().commit)
 
     def rollback(self) -> None:
         # Also what the pool does to every connection it takes back (reset on return).
-        self._end(self._unless_idle(super().rollback))
+        self._end(super().rollback)
 
-    def _unless_idle(self, end: Callable[[], None]) -> Callable[[], None]:
-        """``end``, or nothing when no transaction is open and no statement is queued or
-        running: a commit or rollback then does nothing in sqlite3 (its documented no-op),
-        and the trip would be for nothing. With a statement still queued (one whose task was
-        cancelled) the trip is made: the worker runs it first, then this ending."""
-
-        def ending() -> None:
-            raw: sqlite3.Connection | None = self._connection._connection
-            if raw is not None and self.inline_lock.acquire(False):
-                try:
-                    idle = self.sent == self.ran and not raw.in_transaction
-                finally:
-                    self.inline_lock.release()
-                if idle:
-                    return
-            end()
-
-        return ending
+    def _idle(self) -> bool:
+        """No transaction open and no statement queued or running: a commit or rollback
+        then does nothing in sqlite3 (its documented no-op), so its trip would be for nothing.
+        With a statement still queued (one whose task was cancelled) it is not idle: the
+        ending makes its trip, behind that statement."""
+        raw: sqlite3.Connection | None = self._connection._connection
+        if raw is None or not self.inline_lock.acquire(False):
+            return False
+        try:
+            return self.sent == self.ran and not raw.in_transaction
+        finally:
+            self.inline_lock.release()
 
     def close(self) -> None:
         self._end(super().close, closing=True)
@@ -374,11 +368,13 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         self._end(super().terminate, closing=True)
 
     def _end(self, end: Callable[[], None], *, closing: bool = False) -> None:
-        """Commit, roll back, close or terminate: the gate goes when the transaction does
-        (always, when the connection goes)."""
+        """Commit, roll back, close or terminate (a commit or rollback only when there is
+        something to end): the gate goes when the transaction does (always, when the
+        connection goes)."""
         self.writing = False
         try:
-            end()
+            if closing or not self._idle():
+                end()
         finally:
             raw: sqlite3.Connection | None = self._connection._connection
             if closing or raw is None or not raw.in_transaction:

@@ -140,3 +140,10 @@ def test_the_inventory_does_not_count_the_index(settings: Settings) -> None:
     app = build_app(settings)
     items = inventory(app.router.routes)
     assert len(items) == len(inventory(app.router.routes[1:]))
+
+
+def test_installing_again_over_the_same_routes_keeps_the_index(settings: Settings) -> None:
+    app = build_app(settings)
+    index = app.router.routes[0]
+    assert install_route_index(app.router.routes) is index
+    assert [r for r in app.router.routes if isinstance(r, RouteIndex)] == [index]

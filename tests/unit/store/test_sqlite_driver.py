@@ -57,6 +57,12 @@ def counted_trips() -> Iterator[list[int]]:
         aiosqlite.Connection._execute = original  # type: ignore[method-assign]
 
 
+async def numbers(connection: AsyncConnection) -> list[int]:
+    """Column n of every row, by name."""
+    rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
+    return list(rows.scalars().all())
+
+
 async def adapted_of(connection: AsyncConnection) -> OneTripConnection:
     """The driver's connection under ``connection``."""
     raw = await connection.get_raw_connection()
@@ -461,8 +467,7 @@ async def test_writes_make_the_trip_unless_asked_or_before_the_first(
             )
             await connection.commit()  # the commit makes the trip
         assert count[0] == 2
-        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
-        assert rows.scalars().all() == [8, 9, 7]
+        assert await numbers(connection) == [8, 9, 7]
         await connection.exec_driver_sql("BEGIN")  # a transaction that has not written yet
         with counted_trips() as count:
             await connection.execute(
@@ -508,8 +513,7 @@ async def test_an_inline_write_fails_as_the_stock_one_and_rolls_back_with_its_tr
         assert adapted.writing and adapted.gate is not None  # still its transaction's
         await connection.rollback()
         assert not adapted.writing and adapted.gate is None
-        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
-        assert rows.scalars().all() == [1, 2, 3]
+        assert await numbers(connection) == [1, 2, 3]
 
 
 async def test_a_unit_of_work_asks_for_inline_writes_for_its_session(
@@ -528,8 +532,7 @@ async def test_a_unit_of_work_asks_for_inline_writes_for_its_session(
                 await uow.commit()
             assert count[0] == trips, asked
     async with fast.connect() as connection:
-        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
-        assert rows.scalars().all() == [3, 4, 5]
+        assert await numbers(connection) == [3, 4, 5]
 
 
 async def test_ending_a_connection_with_nothing_open_makes_no_trip(
@@ -553,8 +556,7 @@ async def test_ending_a_connection_with_nothing_open_makes_no_trip(
             await connection.rollback()
             await connection.commit()
         assert count[0] == 0
-        rows = await connection.exec_driver_sql("SELECT n FROM t ORDER BY name")
-        assert rows.scalars().all() == [1, 2, 3]
+        assert await numbers(connection) == [1, 2, 3]
 
 
 async def test_an_ending_waits_for_a_statement_still_queued(
