@@ -77,16 +77,16 @@ class Platform:
             pdp=pdp,
         )
 
-    def unit_of_work(self, *, inline_writes: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.sessions, inline_writes=inline_writes)
+    def unit_of_work(self, *, inline_writes: bool = False, write_lock: bool = False) -> UnitOfWork:
+        return UnitOfWork(self.sessions, inline_writes=inline_writes, write_lock=write_lock)
 
     @asynccontextmanager
     async def services(
-        self, *, inline_writes: bool = False
+        self, *, inline_writes: bool = False, write_lock: bool = False
     ) -> AsyncIterator[tuple[UnitOfWork, ServiceContext]]:
         """A unit of work and the context that domain services are built on
-        (``inline_writes``: see :class:`UnitOfWork`)."""
-        async with self.unit_of_work(inline_writes=inline_writes) as uow:
+        (``inline_writes``, ``write_lock``: see :class:`UnitOfWork`)."""
+        async with self.unit_of_work(inline_writes=inline_writes, write_lock=write_lock) as uow:
             yield uow, ServiceContext(uow.session, self.clock, self.audit, self.limits)
 
     async def store_ready(self) -> tuple[bool, str]:

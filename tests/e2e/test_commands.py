@@ -81,12 +81,15 @@ async def test_alice_unlocks_her_car_and_watches_it_confirmed(world: CommandWorl
 
 
 async def test_a_connected_car_gets_its_command_in_the_authorizing_transaction(
-    world: CommandWorld,
+    world: CommandWorld, backend: str
 ) -> None:
     # One transaction creates, re-checks and delivers: the relations are read once for both
-    # of the request's questions (sees the car, may sound its horn) and once more for the
-    # re-check, after the counter's UPDATE took the store's write lock; the job, its
-    # transitions and its audit records are one INSERT each, at the commit.
+    # of the request's questions (sees the car, may sound its horn); the job, its
+    # transitions and its audit records are one INSERT each, at the commit. On SQLite the
+    # transaction holds the write lock from its BEGIN, so nothing can commit between the
+    # decision and the delivery: the decision is the re-check (its link says so). On
+    # PostgreSQL the relations are read once more for the re-check, after the counter's
+    # UPDATE.
     await reported(world, "ALICE-1")
     first = await world.command("alice", "ALICE-1", "horn_lights", key="first")
     assert (await world.settle("alice", "ALICE-1", first.json()["id"]))["state"] == "executed"
@@ -106,24 +109,33 @@ async def test_a_connected_car_gets_its_command_in_the_authorizing_transaction(
     # The request's connection (others run the telemetry writer, the sweep, the answer).
     mine = next(c for c, sql in statements if sql.startswith("INSERT INTO command_jobs "))
     on_mine = [sql for c, sql in statements if c == mine]
-    first = next(i for i, sql in enumerate(on_mine) if sql.startswith("SELECT users"))
+    sqlite = backend == "sqlite"
+    start = "BEGIN IMMEDIATE" if sqlite else "SELECT users"
+    first = next(i for i, sql in enumerate(on_mine) if sql.startswith(start))
     last = next(i for i, sql in enumerate(on_mine) if "command_job_transitions" in sql)
     created = on_mine[first : last + 1]
+    recheck = [
+        "SELECT users.disabled_at,",  # the re-check, after the counter's UPDATE
+        "SELECT vehicles.id, vehicles.tenant_id,",
+    ]
     expected = [
+        *(["BEGIN IMMEDIATE"] if sqlite else []),  # the write lock, before anything is read
         "SELECT users.disabled_at,",  # the principal, for both questions
         "SELECT vehicles.id, vehicles.tenant_id,",  # the car's relations
         "SELECT command_jobs.id, command_jobs.vehicle_id,",  # an earlier copy (idempotency)
-        "SELECT vehicles.id, vehicles.vin,",  # the car's tenant
-        "SELECT oauth_clients.id, oauth_clients.name,",  # the client link
-        "UPDATE vehicle_command_counters SET",  # the counter: the write lock from here
-        "SELECT users.disabled_at,",  # the re-check
-        "SELECT vehicles.id, vehicles.tenant_id,",
+        "SELECT vehicles.tenant_id FROM",  # the car's tenant
+        "SELECT oauth_clients.id, oauth_clients.disabled_at,",  # the client link
+        "UPDATE vehicle_command_counters SET",  # the counter
+        *([] if sqlite else recheck),
         "INSERT INTO command_jobs",  # as delivered
         "INSERT INTO audit_events",  # decisions and transitions
         "INSERT INTO command_job_transitions",  # after the job they refer to
     ]
     assert len(created) == len(expected), created
     assert all(got.startswith(want) for got, want in zip(created, expected, strict=True)), created
+    recheck_link = next(c for c in response.json()["chain"] if c["link"] == "delivery_recheck")
+    assert recheck_link["ok"] is True
+    assert ("this transaction" in recheck_link["detail"]) is sqlite
     final = await world.settle("alice", "ALICE-1", response.json()["id"])
     assert final["state"] == "executed"
     assert world.cars["ALICE-1"].acted() == 2

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge
@@ -93,6 +93,10 @@ class CommandBody(StrictBody):
     ttl_seconds: int | None = Field(default=None, ge=1, le=86_400)
 
 
+# The vehicle's tenant (its relations were read by the decisions; this is all the job needs).
+_VEHICLE_TENANT: Final = select(Vehicle.tenant_id).where(Vehicle.id == bindparam("vid"))
+
+
 def idempotency_key(value: str | None) -> str:
     if value is None or not value:
         raise IdempotencyKeyRequired(
@@ -144,7 +148,9 @@ async def _create_once(
 ) -> tuple[CommandJob, bool]:
     platform = platform_of(request)
     runtime = commands_of(request.app)
-    async with platform.services(inline_writes=True) as (uow, ctx):
+    # On SQLite the transaction holds the store's write lock from its start: the decisions
+    # below and the job's delivery read the same relations (see Dispatcher.deliver_in).
+    async with platform.services(inline_writes=True, write_lock=True) as (uow, ctx):
         # Knowing a vehicle id grants nothing: one the caller cannot see is not found. Asked
         # before a replay too: a former owner's old key shows nothing of the car's jobs now.
         # The command's own permission is asked in the same batch (one load of relations).
@@ -162,11 +168,13 @@ async def _create_once(
         # commit (on SQLite the store's write lock is then held from the first write only).
         with ctx.session.no_autoflush:
             existing = await replay(ctx, caller.claims, key, digest)
-            vehicle = await ctx.session.get(Vehicle, vehicle_id, execution_options=INLINE_READ)
+            tenant_id = await ctx.session.scalar(
+                _VEHICLE_TENANT, {"vid": vehicle_id}, execution_options=INLINE_READ
+            )
         if existing is not None:
             await uow.commit()  # the decisions' audit records
             return existing, True
-        if vehicle is None:
+        if tenant_id is None:
             raise not_found()
 
         async def decide(permission: Permission, target: str) -> Decision:
@@ -188,10 +196,12 @@ async def _create_once(
                 request_hash=digest,
                 ttl=timedelta(seconds=body.ttl_seconds) if body.ttl_seconds else None,
             ),
-            tenant_id=vehicle.tenant_id,
+            tenant_id=tenant_id,
         )
         # Its vehicle connected here: delivered in this transaction, sent once it committed.
-        sealed = await runtime.dispatcher.deliver_in(ctx, job)
+        sealed = await runtime.dispatcher.deliver_in(
+            ctx, job, decided=allowed if uow.serialized else None
+        )
         await uow.commit()
     if sealed is not None:
         runtime.dispatcher.send_sealed(sealed)

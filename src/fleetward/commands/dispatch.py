@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, select, update
 from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
     AuthzRequest,
+    Decision,
     PrincipalKind,
     PrincipalRef,
     RequestContext,
@@ -246,17 +247,23 @@ class Dispatcher:
             await uow.commit()
         return frame
 
-    async def deliver_in(self, ctx: ServiceContext, job: CommandJob) -> Sealed | None:
+    async def deliver_in(
+        self, ctx: ServiceContext, job: CommandJob, *, decided: Decision | None = None
+    ) -> Sealed | None:
         """Deliver a job in the transaction that authorized it (the create route's) when its
         vehicle has a commandable session here: sealed and marked ``delivered`` now, sent by
         :meth:`send_sealed` once the caller committed. None: not delivered now (no session
         here: the job stays ``queued`` for :meth:`notify` after the commit; or the grant
         ended meanwhile: the job is ``rejected`` at the delivery re-check).
 
-        The counter's UPDATE comes first: on SQLite it takes the store's write lock, so the
-        re-check that follows reads the relations as they are at the commit (a revocation
-        commits before this transaction, and is seen, or after it, once the job was
-        delivered); on PostgreSQL it leaves the same window as the dispatcher's own path."""
+        ``decided``: the command's decision, made in this transaction while it held the
+        store's write lock from its start (``UnitOfWork.serialized``). No other transaction
+        can have committed since, so the re-check would read the very same relations: that
+        decision is the re-check. Without it, the counter's UPDATE comes first: on SQLite it
+        takes the write lock, so the re-check that follows reads the relations as they are
+        at the commit (a revocation commits before this transaction, and is seen, or after
+        it, once the job was delivered); on PostgreSQL it leaves the same window as the
+        dispatcher's own path."""
         live = self._registry.commandable(job.vehicle_id)
         if live is None or job.state is not JobState.QUEUED:
             return None
@@ -264,7 +271,11 @@ class Dispatcher:
         # Not flushed before the counter's UPDATE: the job is INSERTed once, as delivered.
         with ctx.session.no_autoflush:
             counter = await _next_counter(ctx, job.vehicle_id)
-            if not await self._recheck(ctx, job, now):
+            if decided is not None and decided.allowed:
+                append_link(
+                    job, Link.DELIVERY_RECHECK, True, f"{decided.reason.value} (this transaction)"
+                )
+            elif not await self._recheck(ctx, job, now):
                 return None
             frame = self._seal(ctx, job, live, now, counter)
         return Sealed(job.id, live, frame)
@@ -406,6 +417,9 @@ _BUMP_COUNTER: Final = (
     .where(VehicleCommandCounter.vehicle_id == bindparam("vid"))
     .values(counter=VehicleCommandCounter.counter + 1)
     .returning(VehicleCommandCounter.counter)
+    # Nothing of it is loaded in the session: no need to look (the ORM's "auto" evaluates
+    # the condition against every loaded counter first).
+    .execution_options(synchronize_session=False)
 )
 
 

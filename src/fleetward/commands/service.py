@@ -340,11 +340,19 @@ class CommandService:
         pdp_links(chain, decision)
 
 
+# What the client link reads of a registration (a row, not an ORM object to build).
+_CLIENT: Final = select(Client.id, Client.disabled_at, Client.surfaces, Client.scopes).where(
+    Client.id == bindparam("cid")
+)
+
+
 async def client_link(
     ctx: ServiceContext, chain: Chain, grant: Grant, permission: Permission
 ) -> None:
     """The approved-client link: registered, enabled, for this surface and this command."""
-    client = await ctx.session.get(Client, grant.client_id, execution_options=INLINE_READ)
+    client = (
+        await ctx.session.execute(_CLIENT, {"cid": grant.client_id}, execution_options=INLINE_READ)
+    ).first()
     if client is None:
         chain.fail(Link.CLIENT, "unregistered-client")
     elif client.disabled_at is not None:

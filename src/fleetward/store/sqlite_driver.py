@@ -28,7 +28,9 @@ runs its later writes inline: an INSERT, UPDATE, DELETE or REPLACE (an executema
 trip and took SQLite's write lock, which the connection holds until the transaction ends, so
 the statement cannot wait for a lock; it costs only the statement (~21 against ~80 us of CPU
 for a one-row UPDATE with the trip, measured in process). The first write, the commit (which
-may run SQLite's auto-checkpoint) and anything not asked for still make the trip.
+may run SQLite's auto-checkpoint) and anything not asked for still make the trip. A
+transaction begun with ``BEGIN IMMEDIATE`` (``UnitOfWork(write_lock=True)``) holds the write
+lock from that statement on, so all of its writes may run inline.
 
 A commit or rollback with no transaction open (the pool rolls back every connection it takes
 back, after a commit too; a read-only unit of work commits nothing) does nothing in sqlite3, so
@@ -147,6 +149,15 @@ def _verb(operation: str) -> str:
     """The statement's first word, upper case ("" for none)."""
     head = operation.lstrip()[:8].split(None, 1)
     return head[0].upper() if head else ""
+
+
+def _locks_at_begin(operation: str) -> bool:
+    """A BEGIN that takes SQLite's write lock at once (IMMEDIATE or EXCLUSIVE)."""
+    words = operation.split(None, 2)
+    return len(words) > 1 and words[0].upper() == "BEGIN" and words[1].upper() in _LOCKING
+
+
+_LOCKING: Final = frozenset({"IMMEDIATE", "EXCLUSIVE"})
 
 
 # The statements that begin a write transaction outside one: the DML before which sqlite3
@@ -278,7 +289,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 finally:
                     if not raw.in_transaction:
                         adapted.leave_gate()
-                if verb in _DML and raw.in_transaction:
+                if raw.in_transaction and (verb in _DML or _locks_at_begin(operation)):
                     adapted.writing = True  # it holds SQLite's write lock until it ends
         except Exception as error:
             adapted._handle_exception(error)

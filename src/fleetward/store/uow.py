@@ -18,14 +18,32 @@ class UnitOfWork:
     """Not thread-safe and not reentrant: one per task, used as ``async with``."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, inline_writes: bool = False
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        inline_writes: bool = False,
+        write_lock: bool = False,
     ) -> None:
         """``inline_writes``: on SQLite the transaction's writes after its first run in the
         event loop's thread (``store.sqlite_driver``; other stores ignore it). For short
-        transactions of a few rows only: the commit is their end."""
+        transactions of a few rows only: the commit is their end.
+
+        ``write_lock``: on SQLite the transaction begins holding the store's write lock
+        (``BEGIN IMMEDIATE``, behind this process's other writers): everything it reads, it
+        reads as it stands at its commit, since no other writer can commit meanwhile
+        (:attr:`serialized`). Other stores ignore it. For short transactions that must decide
+        and write on the same facts (a command's creation and delivery)."""
         self._sessions = sessions
         self._inline_writes = inline_writes
+        self._write_lock = write_lock
+        self._serialized = False
         self._session: AsyncSession | None = None
+
+    @property
+    def serialized(self) -> bool:
+        """Whether this transaction has held the store's write lock since it began: no
+        other transaction can have committed between its reads and its commit."""
+        return self._serialized
 
     @property
     def session(self) -> AsyncSession:
@@ -38,6 +56,11 @@ class UnitOfWork:
         if self._inline_writes:
             # Options of the connection this session takes now, for its first transaction.
             await self._session.connection(execution_options={INLINE_WRITES: True})
+        if self._write_lock:
+            connection = await self._session.connection()
+            if connection.dialect.name == "sqlite":
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                self._serialized = True
         return self
 
     async def __aexit__(
@@ -50,6 +73,7 @@ class UnitOfWork:
         # expiring them, so results stay readable after the block.
         session = self.session
         self._session = None
+        self._serialized = False
         await session.close()
 
     async def commit(self) -> None:

@@ -535,6 +535,83 @@ async def test_a_unit_of_work_asks_for_inline_writes_for_its_session(
         assert await numbers(connection) == [3, 4, 5]
 
 
+async def test_a_unit_of_work_with_the_write_lock_holds_it_from_its_start(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    # BEGIN IMMEDIATE before anything is read: another writer waits until the commit (so
+    # nothing it writes can slip between this unit's reads and its writes), and all of the
+    # unit's writes run inline (the lock is held from the BEGIN).
+    fast, _ = engines
+    sessions = async_sessionmaker(fast, expire_on_commit=False)
+    order: list[str] = []
+
+    async def other_writer() -> None:
+        async with fast.connect() as connection:
+            await connection.exec_driver_sql("UPDATE t SET n = 100 WHERE name = 'a'")
+            order.append("other wrote")
+            await connection.commit()
+
+    async with UnitOfWork(sessions, inline_writes=True, write_lock=True) as uow:
+        assert uow.serialized
+        adapted = await adapted_of(await uow.session.connection())
+        assert adapted.writing and adapted.gate is not None
+        waiting = asyncio.create_task(other_writer())
+        await asyncio.sleep(0.05)
+        (n,) = (await uow.session.execute(text("SELECT n FROM t WHERE name = 'a'"))).one()
+        with counted_trips() as count:
+            for name in ("a", "b"):
+                await uow.session.execute(
+                    text("UPDATE t SET n = n + 10 WHERE name = :name"), {"name": name}
+                )
+        assert count[0] == 0  # inline, the first write too
+        order.append("unit read and wrote")
+        await uow.commit()
+    assert not uow.serialized
+    await waiting
+    assert n == 1
+    assert order == ["unit read and wrote", "other wrote"]
+    async with fast.connect() as connection:
+        assert await numbers(connection) == [100, 12, 3]
+
+
+async def test_the_write_lock_is_released_when_the_unit_ends_without_a_commit(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    sessions = async_sessionmaker(fast, expire_on_commit=False)
+
+    async def half_way() -> None:
+        async with UnitOfWork(sessions, write_lock=True) as uow:
+            await uow.session.execute(text("UPDATE t SET n = 50 WHERE name = 'a'"))
+            raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError):
+        await half_way()
+    async with fast.connect() as other:
+        async with asyncio.timeout(1):  # not the gate's 5 s: it is free
+            await other.exec_driver_sql("UPDATE t SET n = 8 WHERE name = 'b'")
+        await other.commit()
+        assert await numbers(other) == [1, 8, 3]  # the unit's write was rolled back
+
+
+async def test_a_unit_of_work_without_the_write_lock_is_not_serialized(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    fast, _ = engines
+    sessions = async_sessionmaker(fast, expire_on_commit=False)
+    async with UnitOfWork(sessions, inline_writes=True) as uow:
+        assert not uow.serialized
+        adapted = await adapted_of(await uow.session.connection())
+        assert not adapted.writing and adapted.gate is None
+
+
+def test_only_an_immediate_or_exclusive_begin_takes_the_lock_at_once() -> None:
+    locks = sqlite_driver._locks_at_begin
+    assert locks("BEGIN IMMEDIATE") and locks("begin exclusive") and locks(" BEGIN  IMMEDIATE ")
+    assert not locks("BEGIN") and not locks("BEGIN DEFERRED") and not locks("BEGIN TRANSACTION")
+    assert not locks("SELECT 'BEGIN IMMEDIATE'") and not locks("")
+
+
 async def test_ending_a_connection_with_nothing_open_makes_no_trip(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
