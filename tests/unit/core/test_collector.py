@@ -40,4 +40,3 @@ def test_a_later_call_sets_them_too_without_freezing_again(default_thresholds: N
     assert gc.get_threshold() == THRESHOLDS
     assert gc.get_freeze_count() == frozen  # its objects were not frozen
     del garbage
-
