@@ -50,6 +50,9 @@ _COMMAND_PREFIX: Final = bytes([COMMAND_TYPE])
 class DriveConfig:
     messages: int | None = 20  # per vehicle (ticks); None: until the runner stops it
     interval_s: float = 1.0  # wall-clock pause between ticks (0: as fast as acks come)
+    # The pause after the first tick instead (None: interval_s): a fleet whose vehicles
+    # connect together spreads its reports over the interval with it, as a real fleet's are.
+    first_pause_s: float | None = None
     step_s: float = 5.0  # simulated seconds per tick
     fault_every: int = 3
     offline_ticks: int = 4
@@ -65,6 +68,8 @@ class DriveConfig:
             raise ValueError("messages must be positive")
         if self.fault_every < 2:
             raise ValueError("fault_every must be at least 2 (a vehicle also sends clean data)")
+        if self.first_pause_s is not None and self.first_pause_s < 0:
+            raise ValueError("the first pause must not be negative")
         if self.interval_s < 0 or self.step_s <= 0 or self.offline_ticks < 1:
             raise ValueError("interval, step and offline ticks must be positive")
         if self.sleep_ticks < 1 or self.flood_max < 1 or self.flood_window < 1:
@@ -206,8 +211,11 @@ class VehicleDriver:
                     self.vehicle.step(self._config.step_s)
                 fault_tick = self.fault is not None and tick % self._config.fault_every == 0
                 await self._tick(fault_tick)
-                if self._config.interval_s > 0:
-                    await _pause(stop, self._config.interval_s, self._report)
+                pause = self._config.interval_s
+                if tick == 1 and self._config.first_pause_s is not None:
+                    pause = self._config.first_pause_s
+                if pause > 0:
+                    await _pause(stop, pause, self._report)
             if self._offline_left and not stop.is_set():
                 await self._come_back()
         except HandshakeRefused as refused:

@@ -134,3 +134,25 @@ def test_a_transport_without_concurrent_sessions_cannot_carry_a_clone() -> None:
 def test_sleep_and_flood_settings_must_be_positive(field: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="positive"):
         DriveConfig(**field)  # type: ignore[arg-type]
+
+
+async def test_the_first_pause_sets_the_vehicles_phase_then_the_interval_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fleet connecting together spreads its reports with it (bench commands).
+    pauses: list[float] = []
+
+    async def pause(_stop: asyncio.Event, seconds: float, _wake: asyncio.Event) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr("fleetward.sim.driver._pause", pause)
+    for first in (None, 0.3):
+        config = DriveConfig(messages=3, interval_s=0.01, fault_every=99, first_pause_s=first)
+        _, tally = await drive(FakeGateway(), config, None)
+        assert tally.replies == {"accepted": 3}
+    assert pauses == [0.01, 0.01, 0.01, 0.3, 0.01, 0.01]
+
+
+def test_a_negative_first_pause_is_refused() -> None:
+    with pytest.raises(ValueError, match="first pause"):
+        DriveConfig(first_pause_s=-1)
