@@ -44,7 +44,7 @@ from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.quota_guard import RateLimitHeaders
 from fleetward.api.revocation_gate import RevocationGate
 from fleetward.api.route_index import install_route_index
-from fleetward.audit.operations import seal_pending
+from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending
 from fleetward.catalog.inventory import inventory
 from fleetward.commands.dispatch import Dispatcher
 from fleetward.commands.quotas import AbuseCommandQuotas
@@ -218,7 +218,7 @@ async def _seal_audit_log(platform: Platform) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await seal_pending(platform)
+            await seal_pending(platform, batch=BACKGROUND_BATCH)
         except Exception as exc:  # the next pass seals what this one could not
             _log.warning("audit log not sealed", error_type=type(exc).__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, inspect, select, update
+from sqlalchemy import delete, event, inspect, select, update
 
 from fleetward.audit.chain import HASHED_COLUMNS, ProblemKind, record_hash
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord, AuditSeal
-from fleetward.audit.operations import seal_pending, verify_log
+from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending, verify_log
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.clock import FrozenClock
 from fleetward.platform import Platform
@@ -58,6 +58,31 @@ async def test_an_untouched_log_verifies_and_sealing_is_idempotent(platform: Pla
     assert report.ok, report.problems
     assert report.checked == 6
     assert len(report.heads) == 1  # one day, one chain
+
+
+async def test_sealing_in_small_batches_chains_everything_one_transaction_each(
+    platform: Platform,
+) -> None:
+    # The app's background sealer commits every BACKGROUND_BATCH records, so that other
+    # tasks run in between: the chain is the same as one batch's.
+    assert BACKGROUND_BATCH < 1_000
+    await _record(platform, 5)
+    commits = 0
+
+    def counted(*_args: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(platform.engine.sync_engine, "commit", counted)
+    try:
+        result = await seal_pending(platform, lag=timedelta(0), batch=2)
+    finally:
+        event.remove(platform.engine.sync_engine, "commit", counted)
+    assert result.sealed == 5
+    assert commits == 3
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert report.checked == 5 and len(report.heads) == 1
 
 
 async def test_records_younger_than_the_lag_wait(platform: Platform) -> None:
