@@ -122,7 +122,7 @@ async def test_a_connected_car_gets_its_command_in_the_authorizing_transaction(
         *(["BEGIN IMMEDIATE"] if sqlite else []),  # the write lock, before anything is read
         "SELECT users.disabled_at,",  # the principal, for both questions
         "SELECT vehicles.id, vehicles.tenant_id,",  # the car's relations
-        "SELECT command_jobs.id, command_jobs.vehicle_id,",  # an earlier copy (idempotency)
+        "SELECT command_jobs.id, command_jobs.request_hash,",  # an earlier copy (idempotency)
         "SELECT vehicles.tenant_id FROM",  # the car's tenant
         "SELECT oauth_clients.id, oauth_clients.disabled_at,",  # the client link
         "UPDATE vehicle_command_counters SET",  # the counter

@@ -18,7 +18,7 @@ from fleetward.commands.models import CommandJob, JobState, JobTransition
 from fleetward.commands.states import IN_FLIGHT, check
 from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
-from fleetward.store.pending import hold
+from fleetward.store.pending import hold, hold_new
 
 _EVENT: Final = {
     JobState.REQUESTED: EventName.COMMAND_REQUESTED,
@@ -106,8 +106,10 @@ def start(
     at: datetime,
     actor: Actor,
 ) -> None:
-    """Record a new job (already in state REQUESTED) and its first transition."""
-    session.add(job)
+    """Record a new job (already in state REQUESTED) and its first transition. The job is
+    INSERTed at the flush with its rows, as one Core statement (``store.pending.hold_new``:
+    the ORM's unit of work cost more than the rest of the commit)."""
+    hold_new(session, job)
     _transition(session, job, None, JobState.REQUESTED, at, "requested")
     _record(session, audit, job, JobState.REQUESTED, "requested", actor, None)
 

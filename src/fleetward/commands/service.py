@@ -128,8 +128,9 @@ def request_hash(vehicle_id: str, spec: CommandSpec, parameters: Mapping[str, ob
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# Built once, bound per request (the statement's construction cost as much as its run).
-_REPLAY: Final = select(CommandJob).where(
+# Built once, bound per request (the statement's construction cost as much as its run). A
+# row of what the check needs: almost every request finds nothing, and a replay loads its job.
+_REPLAY: Final = select(CommandJob.id, CommandJob.request_hash, CommandJob.client_id).where(
     CommandJob.requested_by == bindparam("sub"), CommandJob.idempotency_key == bindparam("key")
 )
 
@@ -138,16 +139,18 @@ async def replay(
     ctx: ServiceContext, claims: AccessTokenClaims, key: str, digest: str
 ) -> CommandJob | None:
     """The job this caller's key already created, if any; the key with another body: 409."""
-    job = await ctx.session.scalar(
-        _REPLAY, {"sub": claims.sub, "key": key}, execution_options=INLINE_READ
-    )
-    if job is None:
+    found = (
+        await ctx.session.execute(
+            _REPLAY, {"sub": claims.sub, "key": key}, execution_options=INLINE_READ
+        )
+    ).first()
+    if found is None:
         return None
-    if job.request_hash != digest or job.client_id != claims.client_id:
+    if found.request_hash != digest or found.client_id != claims.client_id:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used for a different request", reason="different-body"
         )
-    return job
+    return await ctx.session.get(CommandJob, found.id, execution_options=INLINE_READ)
 
 
 async def settle_overdue(ctx: ServiceContext, config: CommandConfig, vehicle_id: str) -> None:

@@ -9,9 +9,17 @@ rollback, or a session closed without committing, drops them. Inside ``no_autofl
 wait like any pending object.
 
 Why: the ORM's unit of work cost ~1 ms of CPU to flush one audit record on SQLite, and every
-request writes at least one. The sessions of ``store.engine.session_factory`` are
-:class:`PendingRowsSession`; any other session still writes its rows at commit (the
-``before_commit`` listener below), only not at its autoflushes.
+request writes at least one.
+
+``hold_new(session, obj)`` does the same for a NEW ORM object of a model without column
+defaults (a command job): it is INSERTed with one Core statement per table, before the held
+rows, then attached to the session as persistent and unchanged, so that later changes to it
+are flushed as UPDATEs like any loaded object's. Until then it is not in the session: the
+caller must not query for it in the same transaction before a flush.
+
+The sessions of ``store.engine.session_factory`` are :class:`PendingRowsSession`; any other
+session still writes its rows at commit (the ``before_commit`` listener below), only not at
+its autoflushes.
 """
 
 from __future__ import annotations
@@ -20,13 +28,17 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Table, event, insert
+from sqlalchemy import Table, event, insert, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Mapper, Session, SessionTransaction, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 Row = dict[str, Any]
 
 _KEY: Final = "fleetward.pending-rows"
+_NEW: Final = "fleetward.pending-objects"
+# Mappers checked by hold_new (a model's columns do not change while the process runs).
+_PLAIN: set[Mapper[Any]] = set()
 
 
 def hold(session: AsyncSession, table: Table, row: Row) -> None:
@@ -40,6 +52,29 @@ def hold(session: AsyncSession, table: Table, row: Row) -> None:
     held.setdefault(table, []).append(row)
 
 
+def hold_new(session: AsyncSession, obj: Any) -> None:
+    """Keep a new ORM object to be INSERTed with the transaction's held rows (see above)."""
+    mapper = inspect(obj).mapper
+    if mapper not in _PLAIN:
+        _check_plain(mapper)
+        _PLAIN.add(mapper)
+    sync = session.sync_session
+    if not sync.in_transaction():
+        sync.begin()
+    objects: list[Any] = sync.info.setdefault(_NEW, [])
+    objects.append(obj)
+
+
+def _check_plain(mapper: Mapper[Any]) -> None:
+    """Only a model whose every column is a plain attribute without defaults: its INSERT is
+    then exactly its attributes (None where unset), as the ORM's would be."""
+    for column in mapper.local_table.columns:
+        if column.default is not None or column.server_default is not None:
+            raise TypeError(f"{mapper.class_.__name__}.{column.key} has a default")
+    if len(mapper.column_attrs) != len(mapper.local_table.columns) or mapper.inherits:
+        raise TypeError(f"{mapper.class_.__name__} is not one plain table")
+
+
 def held(session: AsyncSession | Session, table: Table) -> Sequence[Row]:
     """The rows ``session`` holds for ``table``, not yet written."""
     rows: dict[Table, list[Row]] = session.info.get(_KEY, {})
@@ -47,12 +82,35 @@ def held(session: AsyncSession | Session, table: Table) -> Sequence[Row]:
 
 
 def write_held(session: Session) -> None:
-    """Write what ``session`` holds (its ORM objects must be flushed already)."""
+    """Write what ``session`` holds (its ORM objects must be flushed already): the new
+    objects, then the rows."""
+    objects: list[Any] | None = session.info.pop(_NEW, None)
+    if objects:
+        _insert_new(session, objects)
     rows: dict[Table, list[Row]] | None = session.info.pop(_KEY, None)
     if rows:
         connection = session.connection()
         for table, table_rows in rows.items():
             connection.execute(_insert(table), table_rows)
+
+
+def _insert_new(session: Session, objects: list[Any]) -> None:
+    by_table: dict[Table, list[Row]] = {}
+    for obj in objects:
+        mapper = inspect(obj).mapper
+        values = inspect(obj).dict
+        row = {}
+        for prop in mapper.column_attrs:
+            if prop.key not in values:
+                set_committed_value(obj, prop.key, None)  # what the INSERT stores
+            row[prop.columns[0].key] = values.get(prop.key)
+        by_table.setdefault(mapper.local_table, []).append(row)
+    connection = session.connection()
+    for table, rows in by_table.items():
+        connection.execute(_insert(table), rows)
+    for obj in objects:
+        make_transient_to_detached(obj)  # its attributes as stored: nothing to flush
+        session.add(obj)
 
 
 @functools.cache
@@ -71,7 +129,7 @@ class PendingRowsSession(Session):
 
 @event.listens_for(Session, "before_commit")
 def _write_at_commit(session: Session) -> None:
-    if session.info.get(_KEY):
+    if session.info.get(_KEY) or session.info.get(_NEW):
         session.flush()  # the objects first: rows may refer to them
         write_held(session)
 
@@ -80,6 +138,7 @@ def _write_at_commit(session: Session) -> None:
 def _drop(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the session's transaction, not a savepoint
         session.info.pop(_KEY, None)
+        session.info.pop(_NEW, None)
 
 
-__all__ = ["PendingRowsSession", "Row", "held", "hold", "write_held"]
+__all__ = ["PendingRowsSession", "Row", "held", "hold", "hold_new", "write_held"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, event, func, select
+import pytest
+from sqlalchemy import Table, event, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
@@ -16,7 +18,7 @@ from fleetward.commands.jobs import SYSTEM, move, start
 from fleetward.commands.models import CommandJob, JobState, JobTransition
 from fleetward.identity.models import TenantKind
 from fleetward.platform import Platform
-from fleetward.store.pending import held, hold
+from fleetward.store.pending import held, hold, hold_new
 from support.factories import WorldFactory
 
 TRANSITIONS = cast(Table, JobTransition.__table__)
@@ -130,3 +132,52 @@ async def test_a_rollback_drops_them(platform: Platform) -> None:
         hold(ctx.session, cast(Table, AuditRecord.__table__), {"id": "x"})
         await ctx.session.rollback()
         assert not held(ctx.session, cast(Table, AuditRecord.__table__))
+
+
+async def test_a_new_job_is_inserted_then_tracked_like_a_loaded_one(platform: Platform) -> None:
+    # hold_new: one Core INSERT at the flush, then the job is persistent and unchanged, so
+    # later changes are flushed as an UPDATE; columns never set are stored (and read) None.
+    tenant_id, vehicle_id = await _job(platform)
+    async with platform.services() as (uow, ctx):
+        job = _new_job(tenant_id, vehicle_id, platform)
+        now = platform.clock.now()
+        start(ctx.session, ctx.audit, job, at=now, actor=SYSTEM)
+        assert job not in ctx.session  # held, not added
+        await ctx.session.flush()
+        assert inspect(job).persistent and not ctx.session.dirty
+        move(ctx.session, ctx.audit, job, JobState.AUTHORIZED, reason="r", at=now)
+        assert job in ctx.session.dirty
+        await uow.commit()
+    assert job.counter is None and job.delivered_at is None  # no load (it would fail here)
+    async with platform.unit_of_work() as uow:
+        stored = await uow.session.get(CommandJob, job.id)
+        assert stored is not None
+        assert stored.state is JobState.AUTHORIZED and stored.counter is None
+        assert stored.request_hash == "h" and stored.token_scopes == []
+
+
+async def test_a_held_new_job_is_dropped_by_a_rollback(platform: Platform) -> None:
+    tenant_id, vehicle_id = await _job(platform)
+    async with platform.services() as (_uow, ctx):
+        job = _new_job(tenant_id, vehicle_id, platform)
+        start(ctx.session, ctx.audit, job, at=platform.clock.now(), actor=SYSTEM)
+        await ctx.session.rollback()
+    async with platform.unit_of_work() as uow:
+        assert await uow.session.get(CommandJob, job.id) is None
+
+
+class _Other(DeclarativeBase):
+    pass
+
+
+class _Defaulted(_Other):
+    __tablename__ = "defaulted"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(default=1)
+
+
+async def test_a_model_with_defaults_cannot_be_held_new(platform: Platform) -> None:
+    # Its INSERT would not be its attributes (the ORM fills the defaults in): refused.
+    async with platform.services() as (_uow, ctx):
+        with pytest.raises(TypeError, match="default"):
+            hold_new(ctx.session, _Defaulted(id=1))
