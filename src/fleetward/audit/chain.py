@@ -143,15 +143,23 @@ class SealResult:
 
 
 async def seal(
-    session: AsyncSession, key: ChainKey, *, now: datetime, lag: timedelta, limit: int = 10_000
+    session: AsyncSession,
+    key: ChainKey,
+    *,
+    now: datetime,
+    lag: timedelta,
+    limit: int = 10_000,
+    late_window: int = LATE_WINDOW,
 ) -> SealResult:
     """Chain up to ``limit`` committed records older than ``lag``, in seq order, in the
-    caller's transaction (commit it to publish the seals)."""
+    caller's transaction (commit it to publish the seals). Records up to ``late_window``
+    below the sealed horizon are looked for too (each look reads that many records: a pass of
+    several batches looks once)."""
     horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
     cutoff = now - lag
     candidates = (
         await session.execute(
-            _UNSEALED.where(AuditRecord.seq > horizon - LATE_WINDOW)
+            _UNSEALED.where(AuditRecord.seq > horizon - late_window)
             .order_by(AuditRecord.seq)
             .limit(limit)
         )

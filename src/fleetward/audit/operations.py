@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from fleetward.audit.chain import (
     CHAIN_KEY_PURPOSE,
+    LATE_WINDOW,
     ChainKey,
     SealResult,
     VerifyReport,
@@ -48,10 +49,22 @@ async def seal_pending(
     ``batch`` records at a time (other tasks run between two batches)."""
     key = chain_key(platform)
     total = late = 0
+    first = True
     while True:
         async with platform.unit_of_work() as uow:
-            result = await seal(uow.session, key, now=platform.clock.now(), lag=lag, limit=batch)
+            result = await seal(
+                uow.session,
+                key,
+                now=platform.clock.now(),
+                lag=lag,
+                limit=batch,
+                # Late records are looked for by the pass's first batch only: the later ones
+                # start at the horizon the batch before them left (a record that commits late
+                # meanwhile is the next pass's).
+                late_window=LATE_WINDOW if first else 0,
+            )
             await uow.commit()
+        first = False
         total += result.sealed
         late += result.late
         if result.sealed < batch:
