@@ -49,7 +49,7 @@ async def seal_pending(
     ``batch`` records at a time (other tasks run between two batches)."""
     key = chain_key(platform)
     total = late = 0
-    first = True
+    look_below = True
     while True:
         async with platform.unit_of_work() as uow:
             result = await seal(
@@ -58,13 +58,14 @@ async def seal_pending(
                 now=platform.clock.now(),
                 lag=lag,
                 limit=batch,
-                # Late records are looked for by the pass's first batch only: the later ones
-                # start at the horizon the batch before them left (a record that commits late
-                # meanwhile is the next pass's).
-                late_window=LATE_WINDOW if first else 0,
+                # Late records come first (in seq order): the pass's first batch looks for
+                # them, and the next one again only if this one was all late records. The
+                # others start at the horizon the batch before them left (a record that
+                # commits late meanwhile is the next pass's).
+                late_window=LATE_WINDOW if look_below else 0,
             )
             await uow.commit()
-        first = False
+        look_below = result.late >= batch
         total += result.sealed
         late += result.late
         if result.sealed < batch:

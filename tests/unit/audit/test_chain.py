@@ -85,6 +85,34 @@ async def test_sealing_in_small_batches_chains_everything_one_transaction_each(
     assert report.checked == 5 and len(report.heads) == 1
 
 
+async def test_records_that_commit_late_are_sealed_late_by_a_pass_of_small_batches(
+    platform: Platform,
+) -> None:
+    # Records whose seq is below the sealed horizon (they committed after the sealer moved
+    # past it) are found by the pass's first batches; the later ones go on from the horizon.
+    first, second = await _record(platform, 2)
+    async with platform.unit_of_work() as uow:
+        for old, new in ((first, 10), (second, 20)):
+            await uow.session.execute(
+                update(AuditRecord).where(AuditRecord.seq == old).values(seq=new)
+            )
+        await uow.commit()
+    assert (await seal_pending(platform, lag=timedelta(0))).sealed == 2  # horizon: 20
+    newer = await _record(platform, 3)
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(
+            update(AuditRecord).where(AuditRecord.seq == newer[0]).values(seq=15)
+        )
+        await uow.commit()
+    # 15, and on PostgreSQL (its sequence went on from 2) the other two as well.
+    below = 1 + sum(1 for seq in newer[1:] if seq < 20)
+    result = await seal_pending(platform, lag=timedelta(0), batch=1)
+    assert (result.sealed, result.late) == (3, below)
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert 15 in report.late and len(report.late) == below and report.checked == 5
+
+
 async def test_records_younger_than_the_lag_wait(platform: Platform) -> None:
     await _record(platform, 2)
     assert (await seal_pending(platform, lag=timedelta(seconds=30))).sealed == 0
