@@ -164,8 +164,8 @@ async def _create_once(
         if not visible.allowed:
             await uow.commit()  # the decisions' audit records
             raise not_found()
-        # Reads only until the job's writes: the decisions' records go with the job's, at
-        # commit (on SQLite the store's write lock is then held from the first write only).
+        # Reads only until the job's writes: the decisions' records go with the job's, in one
+        # flush at the commit.
         with ctx.session.no_autoflush:
             existing = await replay(ctx, caller.claims, key, digest)
             tenant_id = await ctx.session.scalar(

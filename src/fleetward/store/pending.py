@@ -97,8 +97,8 @@ def write_held(session: Session) -> None:
 def _insert_new(session: Session, objects: list[Any]) -> None:
     by_table: dict[Table, list[Row]] = {}
     for obj in objects:
-        mapper = inspect(obj).mapper
-        values = inspect(obj).dict
+        state = inspect(obj)
+        mapper, values = state.mapper, state.dict
         row = {}
         for prop in mapper.column_attrs:
             if prop.key not in values:

@@ -151,13 +151,19 @@ def _verb(operation: str) -> str:
     return head[0].upper() if head else ""
 
 
+_LOCKING: Final = frozenset({"IMMEDIATE", "EXCLUSIVE"})
+
+
 def _locks_at_begin(operation: str) -> bool:
     """A BEGIN that takes SQLite's write lock at once (IMMEDIATE or EXCLUSIVE)."""
     words = operation.split(None, 2)
     return len(words) > 1 and words[0].upper() == "BEGIN" and words[1].upper() in _LOCKING
 
 
-_LOCKING: Final = frozenset({"IMMEDIATE", "EXCLUSIVE"})
+def _takes_write_lock(verb: str, operation: str) -> bool:
+    """Whether a statement that ran in a transaction left it holding SQLite's write lock
+    (only a BEGIN's second word is looked at: this runs after every trip)."""
+    return verb in _DML or (verb == "BEGIN" and _locks_at_begin(operation))
 
 
 # The statements that begin a write transaction outside one: the DML before which sqlite3
@@ -289,7 +295,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 finally:
                     if not raw.in_transaction:
                         adapted.leave_gate()
-                if raw.in_transaction and (verb in _DML or _locks_at_begin(operation)):
+                if raw.in_transaction and _takes_write_lock(verb, operation):
                     adapted.writing = True  # it holds SQLite's write lock until it ends
         except Exception as error:
             adapted._handle_exception(error)

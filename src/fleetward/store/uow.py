@@ -53,12 +53,13 @@ class UnitOfWork:
 
     async def __aenter__(self) -> Self:
         self._session = self._sessions()
-        if self._inline_writes:
-            # Options of the connection this session takes now, for its first transaction.
-            await self._session.connection(execution_options={INLINE_WRITES: True})
-        if self._write_lock:
-            connection = await self._session.connection()
-            if connection.dialect.name == "sqlite":
+        if self._inline_writes or self._write_lock:
+            # The connection this session takes now, for its first transaction (with its
+            # options: they are set when it is taken).
+            connection = await self._session.connection(
+                execution_options={INLINE_WRITES: True} if self._inline_writes else None
+            )
+            if self._write_lock and connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
                 self._serialized = True
         return self

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
+    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
@@ -84,6 +85,13 @@ async def one_file(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngi
     yield first, second
     await first.dispose()
     await second.dispose()
+
+
+@pytest.fixture
+def sessions(engines: tuple[AsyncEngine, AsyncEngine]) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the one-trip engine, as the platform makes them (nothing expires at commit)."""
+    fast, _ = engines
+    return async_sessionmaker(fast, expire_on_commit=False)
 
 
 @pytest.fixture
@@ -518,9 +526,9 @@ async def test_an_inline_write_fails_as_the_stock_one_and_rolls_back_with_its_tr
 
 async def test_a_unit_of_work_asks_for_inline_writes_for_its_session(
     engines: tuple[AsyncEngine, AsyncEngine],
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     fast, _ = engines
-    sessions = async_sessionmaker(fast, expire_on_commit=False)
     for asked, trips in ((True, 2), (False, 4)):
         async with UnitOfWork(sessions, inline_writes=asked) as uow:
             await uow.session.execute(text("SELECT 1"))
@@ -537,12 +545,12 @@ async def test_a_unit_of_work_asks_for_inline_writes_for_its_session(
 
 async def test_a_unit_of_work_with_the_write_lock_holds_it_from_its_start(
     engines: tuple[AsyncEngine, AsyncEngine],
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     # BEGIN IMMEDIATE before anything is read: another writer waits until the commit (so
     # nothing it writes can slip between this unit's reads and its writes), and all of the
     # unit's writes run inline (the lock is held from the BEGIN).
     fast, _ = engines
-    sessions = async_sessionmaker(fast, expire_on_commit=False)
     order: list[str] = []
 
     async def other_writer() -> None:
@@ -576,9 +584,9 @@ async def test_a_unit_of_work_with_the_write_lock_holds_it_from_its_start(
 
 async def test_the_write_lock_is_released_when_the_unit_ends_without_a_commit(
     engines: tuple[AsyncEngine, AsyncEngine],
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     fast, _ = engines
-    sessions = async_sessionmaker(fast, expire_on_commit=False)
 
     async def half_way() -> None:
         async with UnitOfWork(sessions, write_lock=True) as uow:
@@ -595,10 +603,8 @@ async def test_the_write_lock_is_released_when_the_unit_ends_without_a_commit(
 
 
 async def test_a_unit_of_work_without_the_write_lock_is_not_serialized(
-    engines: tuple[AsyncEngine, AsyncEngine],
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    fast, _ = engines
-    sessions = async_sessionmaker(fast, expire_on_commit=False)
     async with UnitOfWork(sessions, inline_writes=True) as uow:
         assert not uow.serialized
         adapted = await adapted_of(await uow.session.connection())
@@ -614,11 +620,11 @@ def test_only_an_immediate_or_exclusive_begin_takes_the_lock_at_once() -> None:
 
 async def test_ending_a_connection_with_nothing_open_makes_no_trip(
     engines: tuple[AsyncEngine, AsyncEngine],
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     # sqlite3's commit and rollback do nothing without an open transaction: the pool's
     # rollback of every connection it takes back, and a read-only unit's, cost no trip.
     fast, _ = engines
-    sessions = async_sessionmaker(fast, expire_on_commit=False)
     with counted_trips() as count:
         async with UnitOfWork(sessions) as uow:
             await uow.session.execute(text("SELECT n FROM t"), execution_options=INLINE_READ)
