@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ from sqlalchemy import select
 from conftest import T0
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.commands import results
 from fleetward.commands.envelope import CommandEnvelope, seal_command
+from fleetward.commands.models import CommandJob
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.signing import CommandSigner
 from fleetward.gateway.handshake import epoch_ms
@@ -221,3 +224,62 @@ async def test_a_forged_answer_is_refused(world: CommandWorld) -> None:
             )
         )
     assert reasons == ["bad-signature"]
+
+
+async def test_an_answer_racing_the_sweep_is_judged_again(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep gives up on a delivered job (outcome_unknown) between the moment its answer
+    # is read and the moment the answer is written: the write does not overwrite what the
+    # sweep did; the answer is judged again and recorded after it, in order.
+    await reported(world, "ALICE-1")
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    recorder = Recorder(guard, swallow=True)
+    response = await world.command("alice", "ALICE-1", "horn_lights", key="race-1")
+    job_id = response.json()["id"]
+    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
+    for _ in range(100):
+        if recorder.answers:
+            break
+        await asyncio.sleep(0.02)
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
+    assert live is not None
+    read = results._read_job
+    reads: list[str] = []
+
+    async def read_then_sweep(session: Any, wanted: str) -> CommandJob | None:
+        job = await read(session, wanted)
+        reads.append(job.state.value if job is not None else "none")
+        if len(reads) == 1:
+            world.clock.advance(timedelta(seconds=40))  # past the answer's grace
+            await world.sweep()
+        return job
+
+    monkeypatch.setattr(results, "_read_job", read_then_sweep)
+    await commands_of(world.app).dispatcher.on_result(live, recorder.answers[0])
+    assert reads == ["delivered", "outcome_unknown"]
+    final = await world.job("alice", "ALICE-1", job_id)
+    assert final["state"] == "executed"
+    assert [(t["from_state"], t["to_state"]) for t in final["transitions"]][-2:] == [
+        ("delivered", "outcome_unknown"),
+        ("outcome_unknown", "executed"),
+    ]
+    async with world.platform.unit_of_work() as uow:
+        names = list(
+            await uow.session.scalars(
+                select(AuditRecord.name).where(
+                    AuditRecord.name.in_(
+                        [
+                            EventName.COMMAND_OUTCOME_UNKNOWN.value,
+                            EventName.COMMAND_EXECUTED.value,
+                        ]
+                    )
+                )
+            )
+        )
+    assert sorted(names) == sorted(
+        [EventName.COMMAND_OUTCOME_UNKNOWN.value, EventName.COMMAND_EXECUTED.value]
+    )

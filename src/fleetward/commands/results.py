@@ -10,10 +10,12 @@ job: an earlier delivery may have acted, so it is never recorded as a refusal of
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.audit.events import ActorType, EventName
 from fleetward.audit.events import Decision as AuditVerdict
@@ -42,22 +44,81 @@ _ANSWERABLE: Final = (JobState.DELIVERED, JobState.OUTCOME_UNKNOWN)
 # Refusals that mean "already used", not "refused": they never prove the job did not act.
 _SPENT: Final = frozenset({"replayed", "stale-counter"})
 
+# The job as recording an answer reads and writes it: a row and one UPDATE, built once. An
+# ORM load and flush of the whole job cost ~1 ms of the ~3 ms a recording took.
+_JOBS: Final = cast(Table, CommandJob.__table__)
+_READ: Final = select(
+    *(
+        _JOBS.c[name]
+        for name in (
+            "id",
+            "vehicle_id",
+            "tenant_id",
+            "command",
+            "state",
+            "client_id",
+            "token_id",
+            "bulk_id",
+            "chain",
+            "counter",
+            "envelope_digest",
+            "delivered_device_id",
+            "exclusive_vehicle",
+        )
+    )
+).where(_JOBS.c.id == bindparam("job_id"))
+_WRITTEN: Final = (
+    "state",
+    "updated_at",
+    "exclusive_vehicle",
+    "chain",
+    "result_reason",
+    "result_at",
+    "finished_at",
+)
+# Only while the job is still in the state the answer was judged in: a sweep that moved it
+# meanwhile wins, and the answer is judged again against what it did.
+_WRITE: Final = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.state == bindparam("judged_in"))
+    .values({name: bindparam(f"new_{name}") for name in _WRITTEN})
+)
+# Judged again at most this often when the job keeps moving under the answer.
+_ATTEMPTS: Final = 3
+
 
 def append_link(job: CommandJob, link: Link, ok: bool, detail: str) -> None:
     job.chain = [*(job.chain or []), entry(link, ok, detail)]
 
 
+class JobKeptMoving(Exception):
+    """The job's state changed between reading it and writing its answer, every time."""
+
+
+class _MovedMeanwhile:
+    """The job's state changed between reading it and writing its answer: judge again."""
+
+
+_MOVED: Final = _MovedMeanwhile()
+
+
 async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> str | None:
     """Verify and record one result frame from ``live``; the id of the job it changed, or
     None (refused and audited, or nothing to change)."""
+    for _ in range(_ATTEMPTS):
+        outcome = await _record_once(platform, live, frame)
+        if not isinstance(outcome, _MovedMeanwhile):
+            return outcome
+    raise JobKeptMoving("the job changed under every attempt to record its answer")
+
+
+async def _record_once(
+    platform: Platform, live: LiveSession, frame: bytes
+) -> str | _MovedMeanwhile | None:
     session = live.session
     ids = unverified_result_ids(frame)
     async with platform.services(inline_writes=True) as (uow, ctx):
-        job = (
-            await ctx.session.get(CommandJob, ids[0], execution_options=INLINE_READ)
-            if ids is not None
-            else None
-        )
+        job = await _read_job(ctx.session, ids[0]) if ids is not None else None
         refusal = _result_refusal(live, job, ids)
         result = None
         if refusal is None and job is not None:
@@ -96,6 +157,7 @@ async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> 
                 await uow.commit()
                 return None
             to = JobState.OUTCOME_UNKNOWN
+        judged_in = job.state
         job.result_reason = result.reason
         job.result_at = now
         job.finished_at = now
@@ -109,9 +171,25 @@ async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> 
             at=now,
             actor=Actor(ActorType.DEVICE, session.device_id, session.tenant_id),
         )
+        values = {f"new_{name}": getattr(job, name) for name in _WRITTEN}
+        written = await ctx.session.execute(
+            _WRITE, {"job_id": job.id, "judged_in": judged_in, **values}
+        )
+        if written.rowcount != 1:  # type: ignore[attr-defined]
+            return _MOVED  # nothing committed: the transition and its record go too
         await uow.commit()
 
     return job.id
+
+
+async def _read_job(session: AsyncSession, job_id: str) -> CommandJob | None:
+    """The job as a plain object outside the session (the session never flushes it: its
+    answer is written by ``_WRITE``)."""
+    row = (await session.execute(_READ, {"job_id": job_id}, execution_options=INLINE_READ)).first()
+    if row is None:
+        return None
+    fields: dict[str, Any] = dict(row._mapping)
+    return CommandJob(**fields)
 
 
 def _result_refusal(
