@@ -539,6 +539,15 @@ class Phase:
                 out["per_cpu_s"] = round(useful / self.server_cpu_s, 1)
         return out
 
+    def above_idle_ms(self, idle_cpu_per_s: float | None) -> float | None:
+        """Server CPU per executed command beyond what the idle server spends in the same
+        wall time (the fleet's reports, the sweep, sealing): the cost that grows with the
+        rate, the figure that says whether a rate fits in a core."""
+        executed = self.outcomes.get("executed", 0)
+        if self.server_cpu_s is None or idle_cpu_per_s is None or executed == 0:
+            return None
+        return round(1000 * (self.server_cpu_s - idle_cpu_per_s * self.wall_s) / executed, 3)
+
     def within_target(self) -> bool:
         """The issue's target: every command executed, round trip p99 <= 100 ms."""
         return (
@@ -937,6 +946,7 @@ async def _measure(
             # Rising rates first (the maximum), then lock, then the headline rate last: a
             # rate the server cannot sustain leaves a backlog that would skew what follows.
             steps: list[dict[str, Any]] = []
+            measured_steps: list[Phase] = []
             best: Phase | None = None
             for rate in config.steps:
                 phase = await app_phase(
@@ -946,6 +956,7 @@ async def _measure(
                 summary["sustained"] = phase.sustained()
                 summary["p99_within_target"] = phase.within_target()
                 steps.append(summary)
+                measured_steps.append(phase)
                 if not summary["sustained"]:
                     break
                 best = phase
@@ -965,6 +976,16 @@ async def _measure(
             count = max(1, int(config.rate * config.seconds))
             headline = await app_phase("app", config.command, config.rate, count)
             report["app"] = headline.summary()
+            idle = report.get("idle_after_server_cpu_per_s")
+            if idle is not None:
+                # What one command may cost at the headline rate for the server to keep up
+                # on one core, beside its idle load; and what each measured phase cost.
+                report["cpu_budget_ms_per_command_at_rate"] = round(
+                    1000 * (1 - idle) / config.rate, 3
+                )
+                for phase, summary in zip(measured_steps, steps, strict=True):
+                    summary["server_cpu_ms_per_command_above_idle"] = phase.above_idle_ms(idle)
+                report["app"]["server_cpu_ms_per_command_above_idle"] = headline.above_idle_ms(idle)
             bare = report.get("bare")
             # Per server CPU-second, at the highest sustained rate (else the headline's).
             measured = best.summary() if best is not None else report["app"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fleetward.bench.commands import BenchConfig, run
+from fleetward.bench.commands import BenchConfig, Phase, run
 
 LATENCIES = ("accept", "executed_seen", "executed_recorded")
 
@@ -74,6 +74,15 @@ def test_five_vehicles_ten_commands_every_one_executed(monkeypatch: pytest.Monke
     assert report["idle_before_server_cpu_per_s"] >= 0
     assert report["idle_after_server_cpu_per_s"] >= 0
     assert isinstance(step["p99_within_target"], bool)
+    # The budget one command has at the headline rate beside the idle load, and what the
+    # phases spent above that load (it can come out below zero only if the idle figure
+    # overstates the load, never above the phase's whole CPU per command).
+    idle = report["idle_after_server_cpu_per_s"]
+    assert report["cpu_budget_ms_per_command_at_rate"] == round(1000 * (1 - idle) / 20, 3)
+    for phase in (step, app):
+        above = phase["server_cpu_ms_per_command_above_idle"]
+        assert above is not None
+        assert above <= 1000 * phase["server_cpu_s"] / phase["executed"]
 
     # What the vehicles did matches what the platform recorded: every executed job was
     # acted on once by its vehicle (warm-up, bare sample, step, lock and headline).
@@ -99,3 +108,15 @@ def test_a_config_that_would_not_measure_throughput_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         BenchConfig(**bad)
+
+
+def test_cpu_above_idle_takes_the_idle_load_out_per_executed_command() -> None:
+    # 3 s of server CPU over 10 s of wall time, an idle load of 0.1 CPU-s a second, 100
+    # commands executed and 2 refused: (3 - 1) s over 100 commands is 20 ms each.
+    phase = Phase("step", 10.0, 102)
+    phase.server_cpu_s, phase.wall_s = 3.0, 10.0
+    phase.outcomes.update({"executed": 100, "rejected": 2})
+    assert phase.above_idle_ms(0.1) == 20.0
+    assert phase.above_idle_ms(None) is None
+    phase.outcomes.clear()
+    assert phase.above_idle_ms(0.1) is None  # nothing executed: no per-command figure
