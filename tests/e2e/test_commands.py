@@ -10,13 +10,19 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.orm.exc import StaleDataError
 
 from conftest import T0
+from fleetward.api import commands as api_commands
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
+from fleetward.commands.models import CommandJob, JobState
+from fleetward.commands.runtime import commands_of
+from fleetward.commands.service import settle
 from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
 from fleetward.sim.vehicle import Mode
@@ -336,6 +342,74 @@ async def test_a_queued_job_can_be_cancelled_by_its_requester(world: CommandWorl
     await reported(world, "ALICE-1")
     await world.sweep()
     assert car.acted() == 0
+
+
+async def test_a_job_moved_by_another_transaction_is_not_overwritten(
+    world: CommandWorld,
+) -> None:
+    # Two transactions read the same queued job; the requester's cancel commits first. The
+    # other one (a sweep settling the job as overdue) must not write its move over the
+    # cancel: its UPDATE holds only while the job is still in the state it read.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "horn_lights", key="stale-1")
+    job_id = response.json()["id"]
+    assert response.json()["state"] == "queued"
+    path = f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/{job_id}/cancel"
+    config = commands_of(world.app).config
+    async with world.platform.services() as (uow, ctx):
+        job = await ctx.session.get(CommandJob, job_id)
+        assert job is not None and job.state is JobState.QUEUED
+        cancelled = await world.http.post(
+            path, headers={"authorization": f"Bearer {world.token('alice')}"}
+        )
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert settle(ctx, config, job, job.expires_at + timedelta(seconds=1))  # expired
+        with pytest.raises(StaleDataError):
+            await uow.commit()
+    final = await world.job("alice", "ALICE-1", job_id)
+    assert final["state"] == "cancelled"
+    assert [t["to_state"] for t in final["transitions"]][-1] == "cancelled"
+    assert "expired" not in {t["to_state"] for t in final["transitions"]}
+
+
+async def test_a_cancel_racing_another_move_is_judged_again(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job expires (the sweep commits) between the cancel's read and its write: the
+    # cancel does not overwrite the expiry; judged again, it is refused (409, "expired").
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "horn_lights", key="stale-2")
+    job_id = response.json()["id"]
+    config = commands_of(world.app).config
+    read = api_commands._own_job
+    reads: list[str] = []
+
+    async def read_then_expire(*args: Any) -> CommandJob:
+        job = await read(*args)
+        reads.append(job.state.value)
+        if len(reads) == 1:
+            async with world.platform.services() as (uow, ctx):
+                other = await ctx.session.get(CommandJob, job_id)
+                assert other is not None
+                assert settle(ctx, config, other, other.expires_at + timedelta(seconds=1))
+                await uow.commit()
+        return job
+
+    monkeypatch.setattr(api_commands, "_own_job", read_then_expire)
+    path = f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/{job_id}/cancel"
+    refused = await world.http.post(
+        path, headers={"authorization": f"Bearer {world.token('alice')}"}
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["reason"] == "expired"
+    assert reads == ["queued", "expired"]
+    final = await world.job("alice", "ALICE-1", job_id)
+    assert final["state"] == "expired"
+    assert "cancelled" not in {t["to_state"] for t in final["transitions"]}
 
 
 async def test_missing_step_up_is_rejected_and_the_retry_after_it_passes(

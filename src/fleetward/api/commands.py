@@ -27,6 +27,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge
 from fleetward.api.authorize import authorize, decide_each, decide_many, not_found
@@ -130,9 +131,10 @@ async def create_command(
     async with commands_of(request.app).in_progress.hold((caller.claims.sub, key)):
         try:
             return await _create_once(*args)
-        except (IntegrityError, Replayed):
+        except (IntegrityError, Replayed, StaleDataError):
             # A concurrent request committed first: the same key (replayed now) or the
-            # vehicle's security slot (a conflict now). Judged once more, from the top.
+            # vehicle's security slot (a conflict now), or moved an overdue job this request
+            # was settling. Judged once more, from the top.
             return await _create_once(*args)
 
 
@@ -263,7 +265,19 @@ def _create_route(router: APIRouter, surface: Surface, spec: CommandSpec) -> Non
 
 
 async def cancel_job(request: Request, caller: Caller, vehicle_id: str, job_id: str) -> CommandJob:
-    """Cancel a job not yet delivered: only its requester, while still allowed its command."""
+    """Cancel a job not yet delivered: only its requester, while still allowed its command.
+    A job that moved between this request's read and its write (delivered, expired) is not
+    overwritten (``CommandJob``'s state is its version): the cancel is judged again against
+    the state it moved to."""
+    try:
+        return await _cancel_once(request, caller, vehicle_id, job_id)
+    except StaleDataError:
+        return await _cancel_once(request, caller, vehicle_id, job_id)
+
+
+async def _cancel_once(
+    request: Request, caller: Caller, vehicle_id: str, job_id: str
+) -> CommandJob:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         job = await _own_job(request, caller, vehicle_id, job_id, ctx)

@@ -63,6 +63,15 @@ class CommandJob(Base):
     command: Mapped[str] = mapped_column(String(40))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[JobState] = mapped_column(str_enum(JobState, "job_state"))
+    # Every ORM UPDATE of a job holds only while its state is the one this session read
+    # (``WHERE id = ? AND state = ?``): two transactions that read the same job and both move
+    # it (the sweep giving up on it while its answer is recorded, a cancel racing its
+    # delivery) cannot both win; the later one fails with StaleDataError and changes nothing.
+    # The state is the version: ``jobs.move`` sets it, nothing generates it.
+    __mapper_args__ = {
+        "version_id_col": state,
+        "version_id_generator": False,
+    }
     # Who asked: the token's subject and client.
     requested_by: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
     client_id: Mapped[str] = mapped_column(String(128))
