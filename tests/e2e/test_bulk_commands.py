@@ -16,8 +16,10 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import T0
+from fleetward.api import bulk_commands as bulk_api
 from fleetward.audit.recorder import Actor
-from fleetward.commands.models import CommandBulk
+from fleetward.commands import bulk as bulk_service
+from fleetward.commands.models import CommandBulk, CommandJob
 from fleetward.commands.runtime import commands_of
 from fleetward.core.surfaces import Surface
 from fleetward.identity.directory import Directory
@@ -179,6 +181,83 @@ async def test_an_approval_after_its_window_is_refused(world: CommandWorld) -> N
     )
     assert late.status_code == 422 and late.json()["reason"] == "approval-expired"
     assert all(world.cars[x].acted() == 0 for x in CARS)
+
+
+async def test_an_approval_racing_a_rejection_is_judged_again(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The requester's rejection commits between a second admin's read of the waiting bulk
+    # and the approval's write: the approval does not overwrite it (a vetoed bulk unlock
+    # never reaches a car); judged again, it is refused as rejected.
+    path = await waiting_unlock(world)
+    bulk_id = path.split("/")[-2]
+    read = bulk_api._visible_bulk
+    reads: list[str] = []
+
+    async def read_then_reject(*args: Any) -> CommandBulk:
+        found = await read(*args)
+        reads.append(found.state.value)
+        if len(reads) == 1:
+            async with world.platform.services() as (uow, ctx):
+                waiting = await ctx.session.get(CommandBulk, bulk_id)
+                assert waiting is not None
+                bulk_service.reject(ctx, waiting, world.users["erin"].id, "turned-down")
+                await uow.commit()
+        return found
+
+    monkeypatch.setattr(bulk_api, "_visible_bulk", read_then_reject)
+    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert approved.status_code == 422, approved.text
+    assert approved.json()["reason"] == "rejected"
+    assert reads == ["awaiting_approval", "rejected"]
+    assert await jobs_of(world, bulk_id) == 0
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+
+
+async def test_two_approvals_at_once_dispatch_once(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A double-submitted approval: both requests read the bulk waiting; the first dispatches
+    # one job per car, the second must not dispatch them again (each car would act twice).
+    path = await waiting_unlock(world)
+    bulk_id = path.split("/")[-2]
+    read = bulk_api._visible_bulk
+    reads: list[str] = []
+
+    async def read_then_approve(*args: Any) -> CommandBulk:
+        found = await read(*args)
+        reads.append(found.state.value)
+        if len(reads) == 1:
+            first = await world.http.post(path, headers=fleet_auth(world, "olga"))
+            assert first.status_code == 200 and first.json()["state"] == "dispatched"
+        return found
+
+    monkeypatch.setattr(bulk_api, "_visible_bulk", read_then_approve)
+    second = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert second.status_code == 422, second.text
+    assert second.json()["reason"] == "dispatched"
+    assert reads == ["awaiting_approval", "awaiting_approval", "dispatched"]
+    assert await jobs_of(world, bulk_id) == len(CARS)
+
+
+async def waiting_unlock(world: CommandWorld) -> str:
+    """A bulk unlock of both cars waiting for a second admin (olga); its approve path."""
+    runtime = commands_of(world.app)
+    world.app.state.commands = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
+    )
+    response = await bulk(world, "erin", "unlock", list(CARS))
+    assert response.json()["state"] == "awaiting_approval"
+    await second_admin(world)
+    return f"/fleet/v1/bulk-commands/{response.json()['id']}/approve"
+
+
+async def jobs_of(world: CommandWorld, bulk_id: str) -> int:
+    async with world.platform.unit_of_work() as uow:
+        count = await uow.session.scalar(
+            select(func.count()).select_from(CommandJob).where(CommandJob.bulk_id == bulk_id)
+        )
+    return int(count or 0)
 
 
 def fleet_auth(world: CommandWorld, who: str, **token: Any) -> dict[str, str]:

@@ -6,13 +6,14 @@ refuses the whole request, as the same 404 an unknown id gets, and nothing is cr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Final
 
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.abuse.policy import Flow
 from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, step_up_challenge
@@ -316,6 +317,25 @@ async def read_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> 
 @router.post("/bulk-commands/{bulk_id}/approve", name="fleet:bulk-commands:approve")
 @catalogued(_entry("a second fleet admin approves a large bulk command: its jobs are created"))
 async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
+    return await _judged_again_if_moved(_approve_once, bulk_id, request, caller)
+
+
+async def _judged_again_if_moved(
+    handler: Callable[[str, Request, Caller], Awaitable[BulkView]],
+    bulk_id: str,
+    request: Request,
+    caller: Caller,
+) -> BulkView:
+    """A bulk decided by someone else between this request's read and its write is not
+    overwritten (its state is its version, ``CommandBulk``): the request is judged once more
+    against what was decided, which refuses it."""
+    try:
+        return await handler(bulk_id, request, caller)
+    except StaleDataError:
+        return await handler(bulk_id, request, caller)
+
+
+async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkView:
     platform = platform_of(request)
     runtime = commands_of(request.app)
     created: list[CommandJob] = []
@@ -353,6 +373,10 @@ async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) 
 @router.post("/bulk-commands/{bulk_id}/reject", name="fleet:bulk-commands:reject")
 @catalogued(_entry("the requester or another fleet admin turns a waiting bulk command down"))
 async def reject_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
+    return await _judged_again_if_moved(_reject_once, bulk_id, request, caller)
+
+
+async def _reject_once(bulk_id: str, request: Request, caller: Caller) -> BulkView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         bulk = await _visible_bulk(request, caller, ctx, bulk_id)

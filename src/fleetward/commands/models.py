@@ -132,6 +132,13 @@ class CommandBulk(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     vehicle_ids: Mapped[list[str]] = mapped_column(JSON)
     state: Mapped[BulkState] = mapped_column(str_enum(BulkState, "bulk_state"))
+    # As for jobs, the state is the version: an approval and a rejection (or two approvals)
+    # that read the same waiting bulk cannot both be written; the later fails with
+    # StaleDataError and nothing of it (its jobs included) is written.
+    __mapper_args__ = {
+        "version_id_col": state,
+        "version_id_generator": False,
+    }
     requested_by: Mapped[str] = mapped_column(String(ID_LENGTH))
     client_id: Mapped[str] = mapped_column(String(128))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
