@@ -23,9 +23,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -170,7 +171,22 @@ class DeviceLifecycle:
         """First use of a pending certificate: activate it, revoke the ones it replaces.
         Returns the serials revoked."""
         now = self._ctx.clock.now()
-        certificate.status = CertificateStatus.ACTIVE
+        # Only while it is still pending: a revocation (of it, or of the whole device) that
+        # committed after the handshake read it must never be undone by its first use.
+        activated = await self._ctx.session.execute(
+            update(DeviceCertificate)
+            .where(
+                DeviceCertificate.id == certificate.id,
+                DeviceCertificate.status == CertificateStatus.PENDING,
+            )
+            .values(status=CertificateStatus.ACTIVE)
+            .execution_options(synchronize_session=False)
+        )
+        if activated.rowcount != 1:  # type: ignore[attr-defined]
+            raise TransitionRefused(
+                "the rotated certificate is no longer pending", reason="certificate-changed"
+            )
+        set_committed_value(certificate, "status", CertificateStatus.ACTIVE)
         replaced = [
             old
             for old in await self._certificates(device, {CertificateStatus.ACTIVE})
@@ -315,9 +331,13 @@ class DeviceLifecycle:
             await self._end(device, target, reason, actor, event)
             return
         before = device.status
-        device.status = target
-        device.status_changed_at = self._ctx.clock.now()
-        device.status_reason = reason
+        await self._write_status(
+            device,
+            before,
+            status=target,
+            status_changed_at=self._ctx.clock.now(),
+            status_reason=reason,
+        )
         await self._audit(event, device, actor, reason, {"from": before.value, **(details or {})})
 
     async def _end(
@@ -325,10 +345,9 @@ class DeviceLifecycle:
     ) -> None:
         now = self._ctx.clock.now()
         before = device.status
-        device.status = target
-        device.status_changed_at = now
-        device.status_reason = reason
-        device.ended_at = now
+        await self._write_status(
+            device, before, status=target, status_changed_at=now, status_reason=reason, ended_at=now
+        )
         revoked: list[JsonValue] = []
         for certificate in await self._certificates(
             device, {CertificateStatus.ACTIVE, CertificateStatus.PENDING}
@@ -336,6 +355,24 @@ class DeviceLifecycle:
             _revoke_certificate(certificate, now, f"device-{target.value}")
             revoked.append(certificate.serial)
         await self._audit(event, device, actor, reason, {"from": before.value, "revoked": revoked})
+
+    async def _write_status(self, device: Device, judged: DeviceStatus, **values: Any) -> None:
+        """Write a move only while the device is still in the status it was judged in:
+        another transaction may have moved it since this one read it, and an admin's
+        revocation must never be undone by a resume, suspension or quarantine judged before
+        it. Refused otherwise (the caller asks again, against the status it has now)."""
+        written = await self._ctx.session.execute(
+            update(Device)
+            .where(Device.id == device.id, Device.status == judged)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if written.rowcount != 1:  # type: ignore[attr-defined]
+            raise TransitionRefused(
+                "the device changed meanwhile; ask again", reason="device-changed"
+            )
+        for key, value in values.items():
+            set_committed_value(device, key, value)
 
     async def _certificates(
         self, device: Device, statuses: set[CertificateStatus]

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from fleetward.audit.recorder import Actor
 from fleetward.core.ids import is_id
+from fleetward.devices.errors import TransitionRefused
 from fleetward.devices.lifecycle import QUARANTINABLE, DeviceLifecycle
 from fleetward.devices.models import Device, DeviceStatus
 from fleetward.devices.names import DEVICE_ID_PREFIX
@@ -35,12 +36,18 @@ class StoreDeviceStatus:
         if not is_id(device_id, DEVICE_ID_PREFIX):
             return
         code = reason if isinstance(reason, str) and _REASON.fullmatch(reason) else "telemetry"
-        async with self._platform.services() as (uow, ctx):
-            device = await ctx.session.get(Device, device_id, with_for_update=True)
-            if device is None or device.status not in QUARANTINABLE:
-                return
-            await DeviceLifecycle(ctx).quarantine(device, reason=code, actor=PIPELINE, details={})
-            await uow.commit()
+        for _ in range(2):  # once more if the device moved between its read and the write
+            try:
+                async with self._platform.services() as (uow, ctx):
+                    device = await ctx.session.get(Device, device_id, with_for_update=True)
+                    if device is None or device.status not in QUARANTINABLE:
+                        return
+                    lifecycle = DeviceLifecycle(ctx)
+                    await lifecycle.quarantine(device, reason=code, actor=PIPELINE, details={})
+                    await uow.commit()
+                    return
+            except TransitionRefused:
+                continue
 
     async def status(self, device_id: str) -> DeviceStatus | None:
         async with self._platform.unit_of_work() as uow:

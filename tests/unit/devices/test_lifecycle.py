@@ -372,3 +372,67 @@ async def test_refused_and_store_unchanged(
     if reason is not None:
         assert raised.value.reason == reason
     assert await snapshot(scene.world.ctx.session) == before
+
+
+async def _revoked_elsewhere(world: DeviceWorld, device: Device) -> None:
+    """An admin's revocation, committed by another transaction."""
+    async with world.platform.services() as (uow, ctx):
+        fresh = await ctx.session.get(Device, device.id)
+        assert fresh is not None
+        await DeviceLifecycle(ctx).revoke(fresh, reason="compromised", actor=FACTORY)
+        await uow.commit()
+
+
+async def test_a_revocation_is_never_undone_by_a_move_judged_before_it(
+    world: DeviceWorld,
+) -> None:
+    # A quarantined device is read (for an admin's resume); another admin's revocation
+    # commits before the resume writes: the resume is refused and the device stays revoked.
+    _credentials, device = await world.enrol()
+    lifecycle = DeviceLifecycle(world.ctx)
+    await lifecycle.quarantine(device, reason="clone-test", actor=FACTORY, details={})
+    await world.ctx.session.commit()
+    await world.ctx.session.refresh(device)
+    assert device.status is DeviceStatus.QUARANTINED  # as this transaction read it
+    await _revoked_elsewhere(world, device)
+    with pytest.raises(TransitionRefused) as refused:
+        await lifecycle.resume(device, reason="false-positive", actor=FACTORY)
+    assert refused.value.reason == "device-changed"
+    device_id = device.id
+    await world.ctx.session.rollback()
+    status, ended = (
+        await world.ctx.session.execute(
+            select(Device.status, Device.ended_at).where(Device.id == device_id)
+        )
+    ).one()
+    assert status is DeviceStatus.REVOKED and ended is not None
+    assert await world.events(EventName.DEVICE_RESUMED.value, device_id) == []
+
+
+async def test_a_rotation_revoked_before_its_first_use_is_not_activated(
+    world: DeviceWorld,
+) -> None:
+    # The handshake read the pending certificate of a rotation; the device is revoked before
+    # the handshake records the certificate's first use: the certificate stays revoked (it
+    # would otherwise leave the CRL the broker trusts) and the session is refused.
+    _credentials, device = await world.enrol()
+    lifecycle = DeviceLifecycle(world.ctx)
+    csr = build_csr(generate_key(), device_id=device.id, vehicle_id=device.vehicle_id)
+    issued = await lifecycle.rotate(device, csr, world.ca, actor=FACTORY)
+    pending = next(c for c in await _certificates(world, device) if c.serial == issued.serial)
+    await world.ctx.session.commit()
+    await world.ctx.session.refresh(device)
+    await world.ctx.session.refresh(pending)
+    assert pending.status is CertificateStatus.PENDING  # as the handshake read it
+    await _revoked_elsewhere(world, device)
+    with pytest.raises(TransitionRefused) as refused:
+        await lifecycle.complete_rotation(device, pending, actor=FACTORY)
+    assert refused.value.reason == "certificate-changed"
+    device_id = device.id
+    await world.ctx.session.rollback()
+    statuses = set(
+        await world.ctx.session.scalars(
+            select(DeviceCertificate.status).where(DeviceCertificate.device_id == device_id)
+        )
+    )
+    assert statuses == {CertificateStatus.REVOKED}
