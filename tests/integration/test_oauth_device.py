@@ -5,15 +5,20 @@ from __future__ import annotations
 import html
 import re
 from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlalchemy.util import await_
 
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
+from fleetward.identity.oauth.device_approval import DevicePage
 from fleetward.identity.oauth.policy import DEVICE_CODE
+from fleetward.identity.oauth_models import DeviceAuthorization, DeviceAuthorizationStatus
 from fleetward.identity.tokens import InvalidToken
 from fleetward.platform import Platform
 from unit.identity.oauth.kit import (
@@ -184,3 +189,38 @@ async def test_another_client_cannot_poll_the_device_code(world: OAuthWorld) -> 
     }
     response = await world.token(data)
     assert response.json()["error"] in ("unauthorized_client", "invalid_dpop_proof")
+
+
+async def test_an_approval_racing_a_revocation_does_not_write_over_it(
+    world: OAuthWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client is revoked (its pending device codes denied) between the approval's read of
+    # the pending code and its write: the approval writes nothing over the denial, and the
+    # device gets no tokens.
+    started = await _start(world)
+    cookie = await login(world, "alice")
+    code = str(started["user_code"])
+    original = DevicePage._pending
+    reads: list[bool] = []
+
+    async def denied_elsewhere() -> None:
+        async with world.platform.services() as (uow, ctx):
+            await ctx.session.execute(
+                update(DeviceAuthorization)
+                .where(DeviceAuthorization.user_code == code)
+                .values(status=DeviceAuthorizationStatus.DENIED)
+            )
+            await uow.commit()
+
+    def pending_then_denied(page: DevicePage, user_code: str | None) -> Any:
+        row = original(page, user_code)
+        reads.append(row is not None)
+        if len(reads) == 2:  # the POST's read (the GET of the page was the first)
+            await_(denied_elsewhere())
+        return row
+
+    monkeypatch.setattr(DevicePage, "_pending", pending_then_denied)
+    done = await _decide(world, cookie, code, "approve")
+    assert reads == [True, True]
+    assert done.status_code == 400 and "unknown_user_code" in done.text
+    assert (await _poll(world, started["device_code"])).json()["error"] == "access_denied"

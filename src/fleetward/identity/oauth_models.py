@@ -111,6 +111,13 @@ class DeviceAuthorization(Base):
     status: Mapped[DeviceAuthorizationStatus] = mapped_column(
         str_enum(DeviceAuthorizationStatus, "device_authorization_status")
     )
+    # The status is the version: an approval written only while the row is still as the
+    # page read it (pending), so an approval racing a client revocation (denied) or the code's
+    # use (used) fails with StaleDataError instead of writing over it.
+    __mapper_args__ = {
+        "version_id_col": status,
+        "version_id_generator": False,
+    }
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
     auth_time: Mapped[datetime | None]

@@ -14,6 +14,7 @@ from typing import Final
 from urllib.parse import urlencode
 
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -179,14 +180,19 @@ async def _visit(
     platform: Platform, request: Request, raw_code: str | None, answer: DeviceAnswer | None
 ) -> Response:
     guard = csrf_guard(platform)
-    async with platform.services() as (uow, ctx):
-        exchange = new_exchange(platform)
-        exchange.login = await LoginSessions(ctx).current(request.cookies.get(COOKIE_NAME))
-        outcome = await ctx.session.run_sync(
-            lambda session: DevicePage(exchange.bind(session), guard).run(raw_code, answer)
-        )
-        await settle(platform, ctx, exchange)
-        await uow.commit()
+    try:
+        async with platform.services() as (uow, ctx):
+            exchange = new_exchange(platform)
+            exchange.login = await LoginSessions(ctx).current(request.cookies.get(COOKIE_NAME))
+            outcome = await ctx.session.run_sync(
+                lambda session: DevicePage(exchange.bind(session), guard).run(raw_code, answer)
+            )
+            await settle(platform, ctx, exchange)
+            await uow.commit()
+    except StaleDataError:
+        # The code was used, denied or revoked between this visit's read and its write:
+        # nothing of the visit is written, and the code is no longer one to approve.
+        return respond(message_page(_TITLE, "unknown_user_code"))
     return respond(outcome)
 
 
