@@ -14,6 +14,7 @@ from typing import Final
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -135,7 +136,12 @@ class CampaignService:
             target=Target("ota_campaign", campaign.id),
             details={"from": before.value, "to": status.value},
         )
-        await self._ctx.session.flush()
+        try:
+            await self._ctx.session.flush()
+        except StaleDataError:
+            raise TransitionRefused(
+                "the campaign changed meanwhile; ask again", reason="changed"
+            ) from None
         return campaign
 
     async def target_counts(self, models: Sequence[str]) -> dict[str, int]:

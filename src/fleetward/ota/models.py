@@ -28,6 +28,12 @@ class OtaCampaign(Base):
     from_version: Mapped[str | None] = mapped_column(String(64))
     to_version: Mapped[str] = mapped_column(String(64))
     status: Mapped[CampaignStatus] = mapped_column(str_enum(CampaignStatus, "campaign_status"))
+    # The status is the version: a change is written only while the campaign is still as it
+    # was read (two admins pausing and completing it at once cannot both win).
+    __mapper_args__ = {
+        "version_id_col": status,
+        "version_id_generator": False,
+    }
     created_by_user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

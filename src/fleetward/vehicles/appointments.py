@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -154,7 +155,12 @@ class AppointmentService:
         appointment.status = status
         appointment.updated_at = self._ctx.clock.now()
         self._record(event, appointment, tenant_id, actor, previous=previous)
-        await self._ctx.session.flush()
+        try:
+            await self._ctx.session.flush()
+        except StaleDataError:
+            raise AppointmentStateConflict(
+                "the appointment changed meanwhile; ask again", reason="changed"
+            ) from None
         return appointment
 
     def _record(

@@ -92,6 +92,12 @@ class ServiceAppointment(Base):
     status: Mapped[AppointmentStatus] = mapped_column(
         str_enum(AppointmentStatus, "appointment_status")
     )
+    # The status is the version: a move is written only while the appointment is still as it
+    # was read (a dealer's confirm cannot write over the customer's cancel).
+    __mapper_args__ = {
+        "version_id_col": status,
+        "version_id_generator": False,
+    }
     note: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

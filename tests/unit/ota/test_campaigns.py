@@ -22,6 +22,7 @@ from fleetward.ota.campaigns import (
     TransitionRefused,
 )
 from fleetward.ota.models import CampaignStatus, OtaCampaign
+from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from support.factories import WorldFactory
 
@@ -168,3 +169,27 @@ async def test_pages_are_in_id_order_and_complete(ctx: ServiceContext) -> None:
             break
         after = page[-1].id
     assert seen == sorted(made)
+
+
+async def test_a_change_racing_another_is_refused(ctx: ServiceContext, platform: Platform) -> None:
+    # An admin completes an active campaign after another admin's request read it: the
+    # other's pause must not write over "completed" (a finished campaign made resumable).
+    creator, actor = await _engineer(ctx)
+    service = CampaignService(ctx)
+    campaign = await service.create(_spec(), creator_id=creator, actor=actor)
+    await service.change_status(campaign, S.ACTIVE, actor=actor)
+    await ctx.session.commit()
+    await ctx.session.refresh(campaign)  # read as active
+    campaign_id = campaign.id
+    async with platform.services() as (uow, other):
+        theirs = await CampaignService(other).get(campaign_id)
+        await CampaignService(other).change_status(theirs, S.COMPLETED, actor=actor)
+        await uow.commit()
+    with pytest.raises(TransitionRefused) as refused:
+        await service.change_status(campaign, S.PAUSED, actor=actor)
+    assert refused.value.reason == "changed"
+    await ctx.session.rollback()
+    stored = await ctx.session.scalar(
+        select(OtaCampaign.status).where(OtaCampaign.id == campaign_id)
+    )
+    assert stored is S.COMPLETED

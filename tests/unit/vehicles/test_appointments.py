@@ -174,3 +174,29 @@ async def test_with_dealer_hides_other_dealers_appointments(world: ServiceContex
     assert await service.with_dealer(appointment.id, dealer.id) is appointment
     assert await service.with_dealer(appointment.id, other.id) is None
     assert await service.with_dealer("apt_aaaaaaaaaaaaaaaaaaaaaaaaaa", dealer.id) is None
+
+
+async def test_a_confirm_racing_a_cancel_does_not_write_over_it(
+    world: ServiceContext, platform: Platform
+) -> None:
+    # The customer cancels after the dealer's request read the appointment as requested: the
+    # dealer's confirm must not write over the cancel.
+    ctx = world
+    appointment = await _book(ctx)
+    tenant_id = (await VehicleRegistry(ctx).by_label("ALICE-1")).tenant_id
+    await ctx.session.commit()
+    await ctx.session.refresh(appointment)  # read as requested
+    appointment_id = appointment.id
+    async with platform.services() as (uow, other):
+        theirs = await other.session.get(ServiceAppointment, appointment_id)
+        assert theirs is not None
+        await AppointmentService(other).cancel(theirs, tenant_id=tenant_id, actor=ACTOR)
+        await uow.commit()
+    with pytest.raises(AppointmentStateConflict) as refused:
+        await AppointmentService(ctx).confirm(appointment, actor=ACTOR)
+    assert refused.value.reason == "changed"
+    await ctx.session.rollback()
+    stored = await ctx.session.scalar(
+        select(ServiceAppointment.status).where(ServiceAppointment.id == appointment_id)
+    )
+    assert stored is AppointmentStatus.CANCELLED
