@@ -66,6 +66,10 @@ class ConsentService:
             details={"partner": partner.id, "scopes": list(consent.scopes)},
         )
         await self._ctx.session.flush()
+        # Asked again once the consent is written: a sale that completed after the first
+        # check would otherwise leave the seller's consent standing for the buyer's car.
+        if not await OwnershipService(self._ctx).held_by(vehicle, owner):
+            raise NotCurrentOwner("only the current owner can consent for this vehicle")
         return consent
 
     async def revoke(self, consent: PartnerConsent, *, actor: Actor) -> None:

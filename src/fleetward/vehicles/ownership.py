@@ -78,6 +78,19 @@ class OwnershipService:
         await session.flush()
         return ownership
 
+    async def held_by(self, vehicle: Vehicle, owner: User) -> bool:
+        """Whether ``owner`` holds the vehicle's open ownership, the row locked until this
+        transaction ends (PostgreSQL; on SQLite a transaction that has written holds the
+        store's write lock). Asked after a grant made in the owner's name is written: a
+        transfer that committed before is seen, and one that commits later waits for the
+        grant and then revokes it with the seller's other grants."""
+        open_row = await self._ctx.session.scalar(
+            select(Ownership)
+            .where(Ownership.vehicle_id == vehicle.id, Ownership.valid_until.is_(None))
+            .with_for_update()
+        )
+        return open_row is not None and open_row.owner_user_id == owner.id
+
     async def _open(self, vehicle: Vehicle) -> Ownership | None:
         return await self._ctx.session.scalar(
             select(Ownership).where(

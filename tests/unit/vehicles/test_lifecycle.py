@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fleetward.audit.models import AuditRecord
 from fleetward.authz.permissions import Permission
 from fleetward.core.clock import FrozenClock
-from fleetward.identity.models import TenantKind
+from fleetward.identity.models import TenantKind, User
+from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.vehicles.consents import ConsentService
 from fleetward.vehicles.delegation import DelegationService
-from fleetward.vehicles.errors import AlreadyOwned
-from fleetward.vehicles.models import DriverDelegation, Ownership, PartnerConsent
+from fleetward.vehicles.errors import AlreadyOwned, NotCurrentOwner
+from fleetward.vehicles.models import DriverDelegation, Ownership, PartnerConsent, Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from support.factories import FACTORY, WorldFactory
 
@@ -132,3 +134,51 @@ async def test_delegation_and_consent_are_revoked_not_deleted(
         )
     ).all()
     assert len(revoked_events) == 1
+
+
+async def test_a_consent_granted_while_the_car_is_sold_does_not_survive_the_sale(
+    ctx: ServiceContext, platform: Platform, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The seller consents a partner; the sale completes (another transaction) after the
+    # grant checked ownership and before it wrote the consent: the grant is refused, so no
+    # consent of the seller's stands on the buyer's car.
+    world = WorldFactory(ctx)
+    consumers = await world.tenant(TenantKind.CONSUMER)
+    partner = await world.tenant(TenantKind.PARTNER)
+    seller = await world.user(consumers)
+    buyer = await world.user(consumers)
+    car = await world.owned_vehicle(seller)
+    await ctx.session.commit()
+    for row in (partner, seller, buyer, car):
+        await ctx.session.refresh(row)
+    car_id = car.id
+    checked = OwnershipService.current
+
+    async def current_then_sold(service: OwnershipService, *args: Any) -> Ownership | None:
+        found = await checked(service, *args)
+        async with platform.services() as (uow, other):
+            sold = await other.session.get(Vehicle, car_id)
+            from_ = await other.session.get(User, seller.id)
+            to = await other.session.get(User, buyer.id)
+            assert sold is not None and from_ is not None and to is not None
+            await OwnershipService(other).transfer(sold, from_, to, actor=FACTORY)
+            await uow.commit()
+        return found
+
+    monkeypatch.setattr(OwnershipService, "current", current_then_sold)
+    with pytest.raises(NotCurrentOwner):
+        await ConsentService(ctx).grant(
+            partner,
+            car,
+            seller,
+            [Permission.VEHICLE_READ_STATUS],
+            valid_until=clock.now() + timedelta(days=5),
+            actor=FACTORY,
+        )
+    await ctx.session.rollback()
+    standing = await ctx.session.scalar(
+        select(func.count())
+        .select_from(PartnerConsent)
+        .where(PartnerConsent.vehicle_id == car_id, PartnerConsent.revoked_at.is_(None))
+    )
+    assert standing == 0
