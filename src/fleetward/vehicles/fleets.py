@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
+from fleetward.core.errors import Conflict
 from fleetward.core.ids import new_id
 from fleetward.identity.directory import Directory
 from fleetward.identity.errors import DuplicateName
@@ -105,7 +107,14 @@ class FleetService:
             target=Target("fleet_group", group.id, group.tenant_id),
             details={"vehicle": vehicle.id},
         )
-        await self._ctx.session.flush()
+        try:
+            await self._ctx.session.flush()
+        except IntegrityError:
+            # Two adds of the same vehicle at once: one open link per (group, vehicle)
+            # (uq_group_vehicles_open), or a later removal would leave the other standing.
+            raise Conflict(
+                "a vehicle is already in this group", reason="already-in-group"
+            ) from None
         return link
 
     async def assign_operator(
@@ -133,7 +142,14 @@ class FleetService:
             target=Target("fleet_group", group.id, group.tenant_id),
             details={"operator": operator.id},
         )
-        await self._ctx.session.flush()
+        try:
+            await self._ctx.session.flush()
+        except IntegrityError:
+            # Two assignments at once: one open assignment per (group, operator)
+            # (uq_operator_assignments_open), or an unassignment would leave the other.
+            raise Conflict(
+                "the operator is already assigned to this group", reason="assigned"
+            ) from None
         return assignment
 
     async def unassign_operator(self, assignment: OperatorAssignment, *, actor: Actor) -> None:

@@ -102,6 +102,18 @@ class FleetGroup(Base):
 
 class GroupVehicle(Base):
     __tablename__ = "group_vehicles"
+    # One open link per vehicle and group: two concurrent adds cannot both stand (a removal
+    # would close one and leave the vehicle in the group through the other).
+    __table_args__ = (
+        Index(
+            "uq_group_vehicles_open",
+            "group_id",
+            "vehicle_id",
+            unique=True,
+            sqlite_where=_OPEN,
+            postgresql_where=_OPEN,
+        ),
+    )
 
     id: Mapped[str] = id_column()
     group_id: Mapped[str] = mapped_column(ForeignKey("fleet_groups.id"), index=True)
@@ -112,6 +124,17 @@ class GroupVehicle(Base):
 
 class OperatorAssignment(Base):
     __tablename__ = "operator_assignments"
+    # One open assignment per operator and group (an unassignment must end their access).
+    __table_args__ = (
+        Index(
+            "uq_operator_assignments_open",
+            "group_id",
+            "user_id",
+            unique=True,
+            sqlite_where=_OPEN,
+            postgresql_where=_OPEN,
+        ),
+    )
 
     id: Mapped[str] = id_column()
     group_id: Mapped[str] = mapped_column(ForeignKey("fleet_groups.id"), index=True)
