@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import InstrumentedAttribute
@@ -77,6 +77,10 @@ async def apply_epoch(
         RevocationKind.FAMILY: sink.revoke_family,
     }[kind]
     await _settle(method(subject, at))
+
+
+# Passes of the refresh tokens' UPDATE at most (see RevocationService._end_grants).
+_REFRESH_PASSES: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +182,19 @@ class RevocationService:
         session = self._ctx.session
         columns = _COLUMNS[kind]
         if columns.refresh is not None:
-            await session.execute(
+            # On PostgreSQL (read committed) the UPDATE waits for a rotation in flight (it
+            # holds the old token's row) and then cannot see the token that rotation
+            # inserted: a second pass, begun after the first, sees and ends it. More passes
+            # while each one still ends something (a rotation raced that pass too).
+            ending = (
                 update(RefreshToken)
                 .where(columns.refresh == subject, RefreshToken.revoked_at.is_(None))
                 .values(revoked_at=now, revoked_reason=reason)
             )
+            for passes in range(1, _REFRESH_PASSES + 1):
+                ended = await session.execute(ending)
+                if passes >= 2 and ended.rowcount == 0:  # type: ignore[attr-defined]
+                    break
         if columns.code is not None:
             await session.execute(
                 update(AuthorizationCode)
