@@ -240,6 +240,32 @@ async def test_two_approvals_at_once_dispatch_once(
     assert await jobs_of(world, bulk_id) == len(CARS)
 
 
+async def test_the_same_bulk_request_twice_at_once_creates_one_bulk(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A network retry of a bulk lock arrives while the first is being judged: both looked
+    # for the key before either wrote. The second to commit is the first's replay (202, the
+    # same bulk), never a 500 and never a second bulk or second jobs.
+    judged = bulk_api.client_link
+    calls: list[int] = []
+    twins: list[httpx.Response] = []
+
+    async def judged_while_twin_commits(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            twins.append(await bulk(world, "erin", "lock", list(CARS), key="twin"))
+        await judged(*args)
+
+    monkeypatch.setattr(bulk_api, "client_link", judged_while_twin_commits)
+    first = await bulk(world, "erin", "lock", list(CARS), key="twin")
+    (twin,) = twins
+    assert twin.status_code == 202 and first.status_code == 202, first.text
+    assert first.json()["id"] == twin.json()["id"]
+    assert first.headers.get("Idempotency-Replayed") == "true"
+    assert await bulks(world) == 1
+    assert await jobs_of(world, first.json()["id"]) == len(CARS)
+
+
 async def waiting_unlock(world: CommandWorld) -> str:
     """A bulk unlock of both cars waiting for a second admin (olga); its approve path."""
     runtime = commands_of(world.app)

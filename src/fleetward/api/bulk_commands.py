@@ -13,6 +13,7 @@ from typing import Annotated, Final
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.abuse.policy import Flow
@@ -211,6 +212,20 @@ async def create_bulk(
     if caller.claims.sub_type != "user":
         raise NotPermitted("bulk commands are asked for by people", reason="not-a-person")
     ask = bulks.BulkAsk(spec, parameters, ids, body.group_id, key, body.ttl_seconds)
+    try:
+        return await _create_once(request, response, caller, ask, body)
+    except IntegrityError:
+        # A concurrent twin with the same key committed first (the key's unique index):
+        # judged again, this request is its replay.
+        return await _create_once(request, response, caller, ask, body)
+
+
+async def _create_once(
+    request: Request, response: Response, caller: Caller, ask: bulks.BulkAsk, body: BulkBody
+) -> BulkView:
+    runtime = commands_of(request.app)
+    config = runtime.config
+    spec, ids, key = ask.spec, ask.vehicle_ids, ask.idempotency_key
     grant = Grant.of(caller.claims, caller.surface)
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
