@@ -6,7 +6,7 @@ operation     from                                        to
 rotate        active                                      active (new cert pending)
 suspend       active                                      suspended
 resume        suspended, quarantined                      active
-quarantine    active, suspended                           quarantined (clone detector)
+quarantine    active                                      quarantined (clone detector)
 revoke        active, suspended, quarantined              revoked (ended)
 decommission  active, suspended, quarantined              decommissioned (ended)
 re-enrol      any but decommissioned                      revoked (ended) + enrolment
@@ -56,7 +56,10 @@ from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, Ve
 
 _REASON: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 _LIVE: Final = frozenset({DeviceStatus.ACTIVE, DeviceStatus.SUSPENDED, DeviceStatus.QUARANTINED})
-QUARANTINABLE: Final = frozenset({DeviceStatus.ACTIVE, DeviceStatus.SUSPENDED})
+# Only an active device: a quarantined device is still admitted (its frames set apart), so a
+# quarantine of a suspended one (a frame in flight as it was suspended) would undo the
+# suspension. A suspended device's clone incident is still recorded.
+QUARANTINABLE: Final = frozenset({DeviceStatus.ACTIVE})
 
 
 @dataclass(frozen=True, slots=True)

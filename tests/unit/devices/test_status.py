@@ -67,6 +67,23 @@ async def test_nothing_to_quarantine_changes_nothing(
     assert await _quarantine_events(platform) == []
 
 
+async def test_a_quarantine_never_lifts_a_suspension(
+    platform: Platform, devices: tuple[str, str]
+) -> None:
+    # A frame handled as an admin suspends the device: its refusal asks for a quarantine.
+    # A quarantined device is admitted (frames set apart); a suspended one is not: the
+    # quarantine must leave the suspension as it is.
+    active, _revoked = devices
+    async with platform.services() as (uow, ctx):
+        lifecycle = DeviceLifecycle(ctx)
+        await lifecycle.suspend(await lifecycle.get(active), reason="investigation", actor=FACTORY)
+        await uow.commit()
+    port = StoreDeviceStatus(platform)
+    await port.quarantine(active, "telemetry-foreign-identity")
+    assert await port.status(active) is DeviceStatus.SUSPENDED
+    assert await _quarantine_events(platform) == []
+
+
 async def test_free_text_reason_is_replaced_by_a_code(
     platform: Platform, devices: tuple[str, str]
 ) -> None:
