@@ -323,6 +323,24 @@ async def test_an_unlock_retried_with_its_key_is_one_attempt(api: Api, wired: Wi
     assert (await api.client.post(url, json={"parameters": {}}, headers=fresh)).status_code == 429
 
 
+async def test_one_key_on_other_vehicles_or_bodies_is_a_new_attempt_each_time(
+    api: Api, wired: Wired
+) -> None:
+    # The key frees only a retry of the same request: the same key sent to another vehicle
+    # (one the caller cannot even see) or with another body pays the flow again, so one key
+    # cannot buy unlimited unlock attempts.
+    _tight(wired.runtime, Flow.REMOTE_UNLOCK, capacity=2)
+    headers = {**api.headers("alice", M), "Idempotency-Key": "one-key"}
+    own = f"/mobile/v1/vehicles/{api.vehicle_id('ALICE-1')}/commands/unlock"
+    other = f"/mobile/v1/vehicles/{api.vehicle_id('MALLORY-1')}/commands/unlock"
+    first = await api.client.post(own, json={"parameters": {}}, headers=headers)
+    elsewhere = await api.client.post(other, json={"parameters": {}}, headers=headers)
+    longer = await api.client.post(own, json={"parameters": {}, "ttl_seconds": 20}, headers=headers)
+    assert first.status_code != 429 and elsewhere.status_code != 429
+    assert longer.status_code == 429, longer.text
+    assert longer.json()["reason"] == f"flow-{Flow.REMOTE_UNLOCK.value}"
+
+
 # ------------------------------------------------------------------------- enumeration
 
 

@@ -21,7 +21,7 @@ from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, ste
 from fleetward.api.authorize import NotPermitted, decide_many, not_found
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
-from fleetward.api.quota_guard import charge_flow
+from fleetward.api.quota_guard import RetryOf, charge_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import (
     Decision,
@@ -188,7 +188,8 @@ async def create_bulk(
     idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> BulkView:
     key = idempotency_key(idempotency)
-    await charge_flow(request, caller, Flow.BULK_FLEET_COMMAND, idempotency_key=key)
+    retry_of = RetryOf.of(key, body.model_dump_json())
+    await charge_flow(request, caller, Flow.BULK_FLEET_COMMAND, retry_of=retry_of)
     runtime = commands_of(request.app)
     config = runtime.config
     spec = COMMANDS.get(body.command)

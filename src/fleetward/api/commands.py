@@ -35,7 +35,7 @@ from fleetward.api.bodies import StrictBody
 from fleetward.api.history_jobs import read_job
 from fleetward.api.history_views import JobDetail, job_detail
 from fleetward.api.objects import object_entry, platform_of
-from fleetward.api.quota_guard import charge_command_flow
+from fleetward.api.quota_guard import RetryOf, charge_command_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import Decision, ResourceRef
 from fleetward.authz.permissions import Permission
@@ -253,7 +253,8 @@ def _create_route(router: APIRouter, surface: Surface, spec: CommandSpec) -> Non
         idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> JobDetail:
         key = idempotency_key(idempotency)
-        await charge_command_flow(request, caller, spec.permission, key)
+        retry_of = RetryOf.of(key, vehicle_id, spec.name, body.model_dump_json())
+        await charge_command_flow(request, caller, spec.permission, retry_of)
         job, replayed = await create_command(request, caller, vehicle_id, spec, body, key)
         response.headers["Location"] = (
             f"{surface.prefix}/v1/vehicles/{vehicle_id}/commands/{job.id}"

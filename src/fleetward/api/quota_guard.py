@@ -27,9 +27,11 @@ folded ones, so a flood of refused requests is not a flood of database writes.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Final
@@ -99,19 +101,20 @@ async def charge_flow(
     flow: Flow,
     *,
     objects: int = 1,
-    idempotency_key: str | None = None,
+    retry_of: RetryOf | None = None,
 ) -> None:
     """Charge a sensitive flow's own limit (``objects`` for a per-object flow, else once);
     never degrades. Call it at the route, before the flow acts, so refused attempts count.
 
-    With ``idempotency_key``, a retry of the same request (same actor, same key, within a
-    day) is not a new attempt and pays nothing here: the route answers it from its first
-    outcome (replayed), or refuses a different body under the same key."""
+    With ``retry_of``, a retry of the same request (same actor, same key, same target and
+    body, within a day) is not a new attempt and pays nothing here: the route answers it
+    from its first outcome (replayed). The target and body are part of what is remembered:
+    one key sent to other vehicles or with other bodies is a new attempt each time."""
     runtime, platform = _wiring(request)
     now = platform.clock.now()
     retry = None
-    if idempotency_key is not None:
-        retry = f"flow|{flow}|{_actor_key(caller)}|{idempotency_key}"
+    if retry_of is not None:
+        retry = f"flow|{flow}|{_actor_key(caller)}|{retry_of.key}|{retry_of.digest}"
         if runtime.notices.seen(retry, now):
             return
     claims = caller.claims
@@ -131,12 +134,30 @@ async def charge_flow(
 
 
 async def charge_command_flow(
-    request: Request, caller: Caller, command: Permission, idempotency_key: str
+    request: Request, caller: Caller, command: Permission, retry_of: RetryOf
 ) -> None:
     """The flow of a command family, if it is one (unlock attempts, diagnostic requests)."""
     flow = COMMAND_FLOWS.get(command)
     if flow is not None:
-        await charge_flow(request, caller, flow, idempotency_key=idempotency_key)
+        await charge_flow(request, caller, flow, retry_of=retry_of)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOf:
+    """What makes two requests the same request for the flow limits: the Idempotency-Key
+    and a digest of what the request targets and carries (path and body)."""
+
+    key: str
+    digest: str
+
+    @classmethod
+    def of(cls, key: str, *parts: str) -> RetryOf:
+        digest = hashlib.sha256()
+        for part in parts:
+            encoded = part.encode("utf-8")
+            digest.update(len(encoded).to_bytes(8, "big"))
+            digest.update(encoded)
+        return cls(key, digest.hexdigest())
 
 
 async def watch_vin(request: Request, caller: Caller, vin: str) -> None:
