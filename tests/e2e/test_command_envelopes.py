@@ -25,6 +25,7 @@ from fleetward.commands.envelope import CommandEnvelope, seal_command
 from fleetward.commands.models import CommandJob
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.signing import CommandSigner
+from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.handshake import epoch_ms
 from fleetward.gateway.websocket import gateway_of
 from fleetward.platform import Platform
@@ -283,3 +284,36 @@ async def test_an_answer_racing_the_sweep_is_judged_again(
     assert sorted(names) == sorted(
         [EventName.COMMAND_OUTCOME_UNKNOWN.value, EventName.COMMAND_EXECUTED.value]
     )
+
+
+async def test_a_quarantined_device_s_answer_is_not_recorded(world: CommandWorld) -> None:
+    # The device is quarantined (a suspected clone holds its key) after a job was delivered
+    # to it: its answer is refused and audited; the job stays delivered (then outcome_unknown),
+    # never recorded as what the vehicle did.
+    await reported(world, "ALICE-1")
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    recorder = Recorder(guard, swallow=True)
+    response = await world.command("alice", "ALICE-1", "horn_lights", key="quarantined-1")
+    job_id = response.json()["id"]
+    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
+    for _ in range(100):
+        if recorder.answers:
+            break
+        await asyncio.sleep(0.02)
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
+    assert live is not None
+    gateway.registry.status_changed(live.session.device_id, DeviceStatus.QUARANTINED, "test")
+    await commands_of(world.app).dispatcher.on_result(live, recorder.answers[0])
+    assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
+    async with world.platform.unit_of_work() as uow:
+        reasons = list(
+            await uow.session.scalars(
+                select(AuditRecord.reason).where(
+                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
+                )
+            )
+        )
+    assert reasons == ["device-quarantined"]

@@ -54,6 +54,7 @@ from fleetward.commands.models import CommandJob, JobState, VehicleCommandCounte
 from fleetward.commands.results import append_link, record_result
 from fleetward.commands.service import CommandConfig, settle
 from fleetward.commands.signing import CommandSigner
+from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.handshake import epoch_ms
 from fleetward.gateway.registry import LiveSession, SessionRegistry
 from fleetward.observability.logging import get_logger
@@ -154,9 +155,13 @@ class Dispatcher:
 
     async def on_result(self, live: LiveSession, frame: bytes) -> None:
         changed = None
+        # A quarantined device's answers are not trusted (its key may be a clone's): refused
+        # and audited; a job it was given before ends outcome_unknown, never guessed.
+        quarantined = self._registry.status_of(live.session.device_id) is DeviceStatus.QUARANTINED
+        refusal = "device-quarantined" if quarantined else None
         for attempt, pause in enumerate(_RESULT_RETRIES):
             try:
-                changed = await record_result(self._platform, live, frame)
+                changed = await record_result(self._platform, live, frame, refusal=refusal)
                 break
             except Exception as exc:  # never take the session down for a result
                 if not is_store_busy(exc) or attempt == len(_RESULT_RETRIES) - 1:

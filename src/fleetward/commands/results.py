@@ -102,24 +102,27 @@ class _MovedMeanwhile:
 _MOVED: Final = _MovedMeanwhile()
 
 
-async def record_result(platform: Platform, live: LiveSession, frame: bytes) -> str | None:
+async def record_result(
+    platform: Platform, live: LiveSession, frame: bytes, *, refusal: str | None = None
+) -> str | None:
     """Verify and record one result frame from ``live``; the id of the job it changed, or
-    None (refused and audited, or nothing to change)."""
+    None (refused and audited, or nothing to change). ``refusal``: a reason the caller
+    already has to refuse it (the device is quarantined), audited like any other."""
     for _ in range(_ATTEMPTS):
-        outcome = await _record_once(platform, live, frame)
+        outcome = await _record_once(platform, live, frame, refusal)
         if not isinstance(outcome, _MovedMeanwhile):
             return outcome
     raise JobKeptMoving("the job changed under every attempt to record its answer")
 
 
 async def _record_once(
-    platform: Platform, live: LiveSession, frame: bytes
+    platform: Platform, live: LiveSession, frame: bytes, refused: str | None
 ) -> str | _MovedMeanwhile | None:
     session = live.session
     ids = unverified_result_ids(frame)
     async with platform.services(inline_writes=True) as (uow, ctx):
         job = await _read_job(ctx.session, ids[0]) if ids is not None else None
-        refusal = _result_refusal(live, job, ids)
+        refusal = _result_refusal(live, job, ids) or refused
         result = None
         if refusal is None and job is not None:
             try:

@@ -198,6 +198,10 @@ class SessionRegistry:
         if not self._by_device:
             self._wake.set()
 
+    def status_of(self, device_id: str) -> DeviceStatus | None:
+        """The status last known for a device with live sessions (None: none here)."""
+        return self._known.get(device_id)
+
     def status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
         """Tell the observer when a device with live sessions changed between active and
         quarantined (a device first seen is taken to have been active)."""
