@@ -67,3 +67,21 @@ async def test_revocation_survives_restart(settings: Settings, clock: FrozenCloc
     await second.close()
     assert response.status_code == 401
     assert response.json()["reason"] == "revoked"
+
+
+async def test_introspection_and_revocation_wait_for_revocations_too(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    # Until revocations are loaded no token is judged: introspection would otherwise call a
+    # token revoked before a restart "active".
+    platform = Platform.build(settings, clock=clock)
+    app = build_app(settings, platform=platform)
+    form = {"token": _token(platform, clock), "client_id": "cli_gate"}
+    async with client_for(app) as client:
+        answers = [
+            await client.post(path, data=form) for path in ("/oauth/introspect", "/oauth/revoke")
+        ]
+    await platform.close()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["type"] == "urn:fleetward:problem:revocations-not-loaded"

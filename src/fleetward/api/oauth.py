@@ -168,6 +168,8 @@ async def device_decision(request: Request) -> Response:
     )
 )
 async def revoke(request: Request) -> Response:
+    # Revocations are loaded first: a token revoked before a restart is not "active" here.
+    await request.app.state.revocation_gate.ensure()
     return await endpoints.revoke(_platform(request), request)
 
 
@@ -183,6 +185,7 @@ async def revoke(request: Request) -> Response:
     )
 )
 async def introspect(request: Request) -> Response:
+    await request.app.state.revocation_gate.ensure()
     return await endpoints.introspect(_platform(request), request)
 
 
