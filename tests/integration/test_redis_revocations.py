@@ -104,6 +104,19 @@ async def test_jti_revocation_and_unrelated_tokens(redis_pair: tuple[Redis, Redi
     assert (await replica.validate(bystander, surface=Surface.FLEET)).sub == "usr_b"
 
 
+async def test_a_revoked_jti_outlives_the_token_by_the_skew(
+    redis_pair: tuple[Redis, Redis, str],
+) -> None:
+    # Verifiers accept a token until its expiry plus their leeway (at most the skew): the
+    # revocation must live that long, not just until the expiry.
+    first, _second, prefix = redis_pair
+    expires = SystemClock().now() + timedelta(seconds=5)
+    await RedisRevocations(first, prefix=prefix, skew=timedelta(seconds=60)).revoke_jti(
+        "jti_skew", expires
+    )
+    assert await first.ttl(f"{prefix}jti:jti_skew") >= 60
+
+
 async def test_epochs_only_move_forward(redis_pair: tuple[Redis, Redis, str]) -> None:
     first, _second, prefix = redis_pair
     store = RedisRevocations(first, prefix=prefix)

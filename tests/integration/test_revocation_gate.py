@@ -85,3 +85,43 @@ async def test_introspection_and_revocation_wait_for_revocations_too(
     for answer in answers:
         assert answer.status_code == 503, answer.text
         assert answer.json()["type"] == "urn:fleetward:problem:revocations-not-loaded"
+
+
+async def test_a_revoked_token_stays_revoked_through_its_expiry_leeway_after_a_restart(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    # Verifiers accept a token until its expiry plus their leeway: a token revoked by its
+    # id must stay revoked that long, also in a process started after its expiry.
+    first = Platform.build(settings, clock=clock)
+    await upgrade(first.engine)
+    issued = first.identity.tokens.issue(
+        subject="usr_gate",
+        client_id="cli_gate",
+        tenant="ten_gate",
+        surface=Surface.MOBILE,
+        scopes=["vehicle:read_status"],
+        auth_time=clock.now(),
+        acr=Acr.MFA.value,
+        amr=["pwd", "otp"],
+        token_family=None,
+        subject_type="user",
+    )
+    async with first.services() as (uow, ctx):
+        await RevocationService(ctx, first.identity.revocations).revoke_access_token(
+            issued.claims.jti,
+            until=issued.claims.expires_at,
+            reason="revoked-by-client",
+            actor=Actor.system("test"),
+        )
+        await uow.commit()
+    await first.close()
+    clock.advance(issued.claims.expires_at - clock.now() + timedelta(seconds=10))
+
+    second = Platform.build(settings, clock=clock)
+    app = build_app(settings, platform=second)
+    headers = {"authorization": f"Bearer {issued.token}"}
+    async with client_for(app) as client:
+        response = await client.get("/mobile/v1/me", headers=headers)
+    await second.close()
+    assert response.status_code == 401
+    assert response.json()["reason"] == "revoked"

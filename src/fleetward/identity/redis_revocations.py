@@ -50,6 +50,7 @@ class RedisRevocations:
     ) -> None:
         self._redis = redis
         self._ttl = int((max_token_lifetime + skew).total_seconds()) + 1
+        self._skew = math.ceil(skew.total_seconds())
         self._prefix = prefix
         self._raise = redis.register_script(_RAISE_EPOCH)
 
@@ -74,7 +75,9 @@ class RedisRevocations:
     async def revoke_jti(self, jti: str, until: datetime) -> None:
         if until.tzinfo is None:
             raise ValueError("revocation times must be aware datetimes")
-        ttl = max(1, math.ceil(until.timestamp() - datetime.now(until.tzinfo).timestamp()) + 1)
+        # Until the token's expiry plus the skew: verifiers accept a token that long.
+        left = until.timestamp() - datetime.now(until.tzinfo).timestamp()
+        ttl = max(1, math.ceil(left) + self._skew + 1)
         await self._redis.set(self._key("jti", jti), 1, ex=ttl)
 
     async def close(self) -> None:
