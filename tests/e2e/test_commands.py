@@ -24,6 +24,7 @@ from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import settle
 from fleetward.identity.acr import Acr
+from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.platform import Platform
 from fleetward.sim.vehicle import Mode
 from fleetward.vehicles.delegation import DelegationService
@@ -277,6 +278,39 @@ async def test_a_grant_revoked_while_the_job_waits_never_reaches_the_vehicle(
     final = await world.settle("alice", "ALICE-1", response.json()["id"])
     assert final["state"] == "rejected"
     assert final["rejected_link"] == "delivery_recheck"
+    await asyncio.sleep(0.3)
+    assert car.acted() == 0
+
+
+async def test_a_job_whose_token_was_revoked_while_it_waited_never_reaches_the_vehicle(
+    world: CommandWorld,
+) -> None:
+    # A command asked for with a stolen token while the car is offline; its owner then
+    # revokes every token of theirs ("sign out everywhere") before the car reconnects: the
+    # delivery's re-check finds the revocation and the job is never sent.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "horn_lights", key="stolen-1")
+    assert response.status_code == 202, response.text
+    async with world.platform.services() as (uow, ctx):
+        await RevocationService(ctx, world.platform.identity.revocations).revoke_user(
+            world.users["alice"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+        )
+        await uow.commit()
+    car.online()
+    job_id = response.json()["id"]
+    for _ in range(200):  # read from the store: alice's tokens of this second are revoked too
+        async with world.platform.unit_of_work() as uow:
+            job = await uow.session.get(CommandJob, job_id)
+        assert job is not None
+        if job.state is not JobState.QUEUED:
+            break
+        await asyncio.sleep(0.05)
+    assert job.state is JobState.REJECTED, job.state
+    assert job.rejected_link == "delivery_recheck"
+    recheck = [c["detail"] for c in job.chain or [] if c["link"] == "delivery_recheck"]
+    assert recheck == ["token-revoked"]
     await asyncio.sleep(0.3)
     assert car.acted() == 0
 

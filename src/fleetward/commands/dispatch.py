@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
@@ -57,6 +57,7 @@ from fleetward.commands.signing import CommandSigner
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.handshake import epoch_ms
 from fleetward.gateway.registry import LiveSession, SessionRegistry
+from fleetward.identity.oauth_models import RevocationEpoch, RevocationKind
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
@@ -280,7 +281,7 @@ class Dispatcher:
                 append_link(
                     job, Link.DELIVERY_RECHECK, True, f"{decided.reason.value} (this transaction)"
                 )
-            elif not await self._recheck(ctx, job, now):
+            elif not await self._recheck(ctx, job, now, token_checked=True):
                 return None
             frame = self._seal(ctx, job, live, now, counter)
         return Sealed(job.id, live, frame)
@@ -321,11 +322,17 @@ class Dispatcher:
         )
         return frame
 
-    async def _recheck(self, ctx: ServiceContext, job: CommandJob, now: datetime) -> bool:
+    async def _recheck(
+        self, ctx: ServiceContext, job: CommandJob, now: datetime, *, token_checked: bool = False
+    ) -> bool:
         """Does the grant still hold? The same question as at creation, asked now, with the
-        token's scopes and tenant. Step-up was the request's link: it is not asked again."""
+        token's scopes and tenant, and the token not revoked since (``token_checked``: the
+        creating request's own transaction, whose token was just validated). Step-up was
+        the request's link: it is not asked again."""
         allowed, reason = False, "unknown-command"
-        if job.command in BY_PERMISSION:
+        if not token_checked and await _token_revoked(ctx, job):
+            reason = "token-revoked"
+        elif job.command in BY_PERMISSION:
             ask = AuthzRequest(
                 PrincipalRef(PrincipalKind.USER, job.requested_by),
                 Permission(job.command),
@@ -414,6 +421,47 @@ class Dispatcher:
             self._touched(job_id)
         for vehicle_id in queued & reachable:
             await self.deliver_pending(vehicle_id)
+
+
+# A revocation of the job's token, person, client or tenant recorded since the job was
+# created (its token was issued before it, so an epoch at or after the job's creation covers
+# it). Refresh-token families are not on the job: a family revocation ends the tokens, and
+# the job's own token only by its id, person or client.
+_REVOKED_SINCE: Final = (
+    select(RevocationEpoch.id)
+    .where(
+        or_(
+            (RevocationEpoch.kind == RevocationKind.JTI)
+            & (RevocationEpoch.subject == bindparam("jti")),
+            (RevocationEpoch.epoch >= bindparam("created"))
+            & or_(
+                (RevocationEpoch.kind == RevocationKind.USER)
+                & (RevocationEpoch.subject == bindparam("sub")),
+                (RevocationEpoch.kind == RevocationKind.CLIENT)
+                & (RevocationEpoch.subject == bindparam("client")),
+                (RevocationEpoch.kind == RevocationKind.TENANT)
+                & (RevocationEpoch.subject == bindparam("tenant")),
+            ),
+        )
+    )
+    .limit(1)
+)
+
+
+async def _token_revoked(ctx: ServiceContext, job: CommandJob) -> bool:
+    """Was the token that asked for ``job`` revoked while the job waited? A queued job asked
+    for with a stolen token, then revoked ("sign out everywhere"), never reaches the car."""
+    found = await ctx.session.scalar(
+        _REVOKED_SINCE,
+        {
+            "jti": job.token_id or "",
+            "created": job.created_at,
+            "sub": job.requested_by,
+            "client": job.client_id,
+            "tenant": job.token_tenant_id or "",
+        },
+    )
+    return found is not None
 
 
 # Built once, bound per delivery.

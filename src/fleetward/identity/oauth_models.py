@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.store.base import Base, id_column, str_enum
@@ -155,6 +155,8 @@ class RevocationEpoch(Base):
     dead. Loaded into the fast revocation store at start-up and on change."""
 
     __tablename__ = "revocation_epochs"
+    # Asked at every delayed command delivery (commands/dispatch.py): by kind and subject.
+    __table_args__ = (Index("ix_revocation_epochs_kind_subject", "kind", "subject"),)
 
     id: Mapped[str] = id_column()
     kind: Mapped[RevocationKind] = mapped_column(str_enum(RevocationKind, "revocation_kind"))

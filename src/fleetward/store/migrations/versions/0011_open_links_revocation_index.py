@@ -1,8 +1,10 @@
-"""fleet groups: one open link per (group, vehicle) and per (group, operator)
+"""fleet groups: one open link per (group, vehicle) and per (group, operator); revocation
+epochs indexed by kind and subject
 
 Two concurrent adds of the same vehicle to a group (or assignments of the same operator)
 could both commit on PostgreSQL; a later removal closed one and left the other open. Partial
-unique indexes over the open rows make the second one fail.
+unique indexes over the open rows make the second one fail. A delayed command's delivery
+asks whether its token was revoked meanwhile: revocation epochs by (kind, subject).
 
 Revision ID: 0011
 Revises: 0010
@@ -41,9 +43,13 @@ def upgrade() -> None:
             sqlite_where=_OPEN,
             postgresql_where=_OPEN,
         )
+    with op.batch_alter_table("revocation_epochs", schema=None) as batch_op:
+        batch_op.create_index("ix_revocation_epochs_kind_subject", ["kind", "subject"])
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("revocation_epochs", schema=None) as batch_op:
+        batch_op.drop_index("ix_revocation_epochs_kind_subject")
     with op.batch_alter_table("operator_assignments", schema=None) as batch_op:
         batch_op.drop_index("uq_operator_assignments_open")
     with op.batch_alter_table("group_vehicles", schema=None) as batch_op:
