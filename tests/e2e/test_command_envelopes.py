@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from fleetward.commands.runtime import commands_of
 from fleetward.commands.signing import CommandSigner
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.handshake import epoch_ms
+from fleetward.gateway.registry import LiveSession
 from fleetward.gateway.websocket import gateway_of
 from fleetward.platform import Platform
 from fleetward.sim.command_guard import CommandGuard, GuardAction
@@ -77,6 +79,34 @@ async def unlocked(world: CommandWorld) -> tuple[CommandGuard, Recorder, str]:
     assert final["state"] == "confirmed"
     assert len(recorder.frames) == 1 and len(recorder.answers) == 1
     return guard, recorder, job_id
+
+
+async def answered_unheard(world: CommandWorld, command: str, key: str) -> Unheard:
+    """alice's ``command`` to ALICE-1, delivered; the car's signed answer kept back (a link
+    lost on the way back), with the session it would have come on."""
+    await reported(world, "ALICE-1")
+    guard = world.cars["ALICE-1"].driver.guard
+    assert guard is not None
+    recorder = Recorder(guard, swallow=True)
+    response = await world.command("alice", "ALICE-1", command, key=key)
+    job_id = response.json()["id"]
+    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
+    for _ in range(100):
+        if recorder.answers:
+            break
+        await asyncio.sleep(0.02)
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
+    assert live is not None
+    return Unheard(job_id, live, recorder.answers[0])
+
+
+@dataclass(frozen=True)
+class Unheard:
+    job_id: str
+    live: LiveSession
+    answer: bytes
 
 
 def envelope(world: CommandWorld, label: str, *, counter: int, expired: bool = False) -> bytes:
@@ -194,27 +224,14 @@ async def test_a_replayed_answer_changes_nothing_on_the_platform(world: CommandW
 async def test_a_forged_answer_is_refused(world: CommandWorld) -> None:
     # An answer not signed by the device's key (a verdict changed on the way): refused while
     # the job awaits its answer, which then still counts when it arrives intact.
-    await reported(world, "ALICE-1")
-    guard = world.cars["ALICE-1"].driver.guard
-    assert guard is not None
-    recorder = Recorder(guard, swallow=True)
-    response = await world.command("alice", "ALICE-1", "lock", key="forge-1")
-    job_id = response.json()["id"]
-    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
-    for _ in range(100):
-        if recorder.answers:
-            break
-        await asyncio.sleep(0.02)
-    gateway = gateway_of(world.app)
-    assert gateway is not None
-    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
-    assert live is not None
+    unheard = await answered_unheard(world, "lock", "forge-1")
+    job_id, live = unheard.job_id, unheard.live
     dispatcher = commands_of(world.app).dispatcher
-    forged = bytearray(recorder.answers[0])
+    forged = bytearray(unheard.answer)
     forged[-10] ^= 0x01  # inside the signature
     await dispatcher.on_result(live, bytes(forged))
     assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
-    await dispatcher.on_result(live, recorder.answers[0])
+    await dispatcher.on_result(live, unheard.answer)
     assert (await world.job("alice", "ALICE-1", job_id))["state"] == "executed"
     async with world.platform.unit_of_work() as uow:
         reasons = list(
@@ -233,21 +250,8 @@ async def test_an_answer_racing_the_sweep_is_judged_again(
     # The sweep gives up on a delivered job (outcome_unknown) between the moment its answer
     # is read and the moment the answer is written: the write does not overwrite what the
     # sweep did; the answer is judged again and recorded after it, in order.
-    await reported(world, "ALICE-1")
-    guard = world.cars["ALICE-1"].driver.guard
-    assert guard is not None
-    recorder = Recorder(guard, swallow=True)
-    response = await world.command("alice", "ALICE-1", "horn_lights", key="race-1")
-    job_id = response.json()["id"]
-    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
-    for _ in range(100):
-        if recorder.answers:
-            break
-        await asyncio.sleep(0.02)
-    gateway = gateway_of(world.app)
-    assert gateway is not None
-    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
-    assert live is not None
+    unheard = await answered_unheard(world, "horn_lights", "race-1")
+    job_id = unheard.job_id
     read = results._read_job
     reads: list[str] = []
 
@@ -260,7 +264,7 @@ async def test_an_answer_racing_the_sweep_is_judged_again(
         return job
 
     monkeypatch.setattr(results, "_read_job", read_then_sweep)
-    await commands_of(world.app).dispatcher.on_result(live, recorder.answers[0])
+    await commands_of(world.app).dispatcher.on_result(unheard.live, unheard.answer)
     assert reads == ["delivered", "outcome_unknown"]
     final = await world.job("alice", "ALICE-1", job_id)
     assert final["state"] == "executed"
@@ -290,23 +294,12 @@ async def test_a_quarantined_device_s_answer_is_not_recorded(world: CommandWorld
     # The device is quarantined (a suspected clone holds its key) after a job was delivered
     # to it: its answer is refused and audited; the job stays delivered (then outcome_unknown),
     # never recorded as what the vehicle did.
-    await reported(world, "ALICE-1")
-    guard = world.cars["ALICE-1"].driver.guard
-    assert guard is not None
-    recorder = Recorder(guard, swallow=True)
-    response = await world.command("alice", "ALICE-1", "horn_lights", key="quarantined-1")
-    job_id = response.json()["id"]
-    await world.settle("alice", "ALICE-1", job_id, until={"delivered"})
-    for _ in range(100):
-        if recorder.answers:
-            break
-        await asyncio.sleep(0.02)
+    unheard = await answered_unheard(world, "horn_lights", "quarantined-1")
+    job_id, live = unheard.job_id, unheard.live
     gateway = gateway_of(world.app)
     assert gateway is not None
-    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
-    assert live is not None
     gateway.registry.status_changed(live.session.device_id, DeviceStatus.QUARANTINED, "test")
-    await commands_of(world.app).dispatcher.on_result(live, recorder.answers[0])
+    await commands_of(world.app).dispatcher.on_result(live, unheard.answer)
     assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
     async with world.platform.unit_of_work() as uow:
         reasons = list(

@@ -11,6 +11,7 @@ from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
 from fleetward.identity.oauth.revocation import RevocationService
+from fleetward.identity.tokens.issuing import IssuedToken
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from fleetward.store.migrate import upgrade
@@ -18,6 +19,10 @@ from support.http import client_for
 
 
 def _token(platform: Platform, clock: FrozenClock) -> str:
+    return _issued(platform, clock).token
+
+
+def _issued(platform: Platform, clock: FrozenClock) -> IssuedToken:
     return platform.identity.tokens.issue(
         subject="usr_gate",
         client_id="cli_gate",
@@ -29,7 +34,7 @@ def _token(platform: Platform, clock: FrozenClock) -> str:
         amr=["pwd", "otp"],
         token_family=None,
         subject_type="user",
-    ).token
+    )
 
 
 async def test_closed_until_store_ready_then_open(settings: Settings, clock: FrozenClock) -> None:
@@ -94,18 +99,7 @@ async def test_a_revoked_token_stays_revoked_through_its_expiry_leeway_after_a_r
     # id must stay revoked that long, also in a process started after its expiry.
     first = Platform.build(settings, clock=clock)
     await upgrade(first.engine)
-    issued = first.identity.tokens.issue(
-        subject="usr_gate",
-        client_id="cli_gate",
-        tenant="ten_gate",
-        surface=Surface.MOBILE,
-        scopes=["vehicle:read_status"],
-        auth_time=clock.now(),
-        acr=Acr.MFA.value,
-        amr=["pwd", "otp"],
-        token_family=None,
-        subject_type="user",
-    )
+    issued = _issued(first, clock)
     async with first.services() as (uow, ctx):
         await RevocationService(ctx, first.identity.revocations).revoke_access_token(
             issued.claims.jti,
