@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
 from conftest import require_service
@@ -20,7 +21,14 @@ from fleetward.core.clock import SystemClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.redis_revocations import RedisRevocations
 from fleetward.identity.runtime import IdentityRuntime
-from fleetward.identity.tokens import AccessTokenIssuer, AccessTokenValidator, InvalidToken, Keyring
+from fleetward.identity.tokens import (
+    AccessTokenIssuer,
+    AccessTokenValidator,
+    InvalidDpopProof,
+    InvalidToken,
+    Keyring,
+)
+from fleetward.identity.tokens.dpop_client import jwk_thumbprint, make_dpop_proof
 from fleetward.settings import Settings
 
 REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -177,6 +185,33 @@ async def test_runtime_uses_redis_when_configured(tmp_path: Path) -> None:
     try:
         with pytest.raises(InvalidToken):
             await replica_b.validator.validate(token.token, surface=Surface.MOBILE)
+    finally:
+        await replica_a.close()
+        await replica_b.close()
+
+
+async def test_a_dpop_proof_seen_by_one_replica_is_refused_by_another(tmp_path: Path) -> None:
+    # With Redis configured, the replicas share the DPoP replay cache: a captured proof and
+    # token replayed to another replica within the proof's lifetime are refused there.
+    require_service("Redis", REDIS_URL)
+    clock = SystemClock()
+    settings = Settings(data_dir=tmp_path, redis_url=REDIS_URL)
+    replica_a = IdentityRuntime.build(settings, clock)
+    replica_b = IdentityRuntime.build(settings, clock)
+    key = ec.generate_private_key(ec.SECP256R1())
+    url = "https://api.fleetward.test/mobile/v1/me"
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c3JfMSJ9.c2lnbmF0dXJl"  # shape only (ath)
+    proof = make_dpop_proof(key, "GET", url, token, iat=clock.now())
+    expected = jwk_thumbprint(key)
+    try:
+        assert await replica_a.dpop.verify(
+            proof, method="GET", url=url, access_token=token, expected_jkt=expected
+        )
+        with pytest.raises(InvalidDpopProof) as refused:
+            await replica_b.dpop.verify(
+                proof, method="GET", url=url, access_token=token, expected_jkt=expected
+            )
+        assert refused.value.reason == "replayed"
     finally:
         await replica_a.close()
         await replica_b.close()

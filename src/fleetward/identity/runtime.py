@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from fleetward.core.clock import Clock
 from fleetward.core.datakey import DataKey
+from fleetward.identity.redis_replay import RedisReplayCache
 from fleetward.identity.redis_revocations import RedisRevocations
 from fleetward.identity.tokens import (
     AccessTokenIssuer,
@@ -100,13 +101,16 @@ class IdentityRuntime:
         keyring = load_keyring(settings.data_dir / "keys", data_key, clock)
         issuer = settings.base_url
         revocations: InMemoryRevocations | RedisRevocations
+        replay: InMemoryReplayCache | RedisReplayCache
         if settings.redis_url is None:
             revocations = InMemoryRevocations()
+            replay = InMemoryReplayCache(clock)
         else:
             # Connections are made on first use, not here (nothing connects at build time).
-            revocations = RedisRevocations(
-                Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=1.0)
-            )
+            # One client for both: revocations and DPoP proofs seen by every replica.
+            redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=1.0)
+            revocations = RedisRevocations(redis)
+            replay = RedisReplayCache(redis)
         return cls(
             data_key=data_key,
             keyring=keyring,
@@ -116,7 +120,7 @@ class IdentityRuntime:
             ),
             validator=AccessTokenValidator(keyring, issuer, clock, revocations),
             revocations=revocations,
-            dpop=DpopVerifier(clock, InMemoryReplayCache(clock)),
+            dpop=DpopVerifier(clock, replay),
             keys_watcher=KeyringWatcher(settings.data_dir / "keys", data_key, keyring),
         )
 
