@@ -16,18 +16,19 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from conftest import T0
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.commands import results
+from fleetward.commands.dispatch import REFUSED_RESULTS_PER_SESSION
 from fleetward.commands.envelope import CommandEnvelope, seal_command
 from fleetward.commands.models import CommandJob
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.signing import CommandSigner
 from fleetward.devices.models import DeviceStatus
-from fleetward.gateway.handshake import epoch_ms
+from fleetward.gateway.handshake import CloseCode, epoch_ms
 from fleetward.gateway.registry import LiveSession
 from fleetward.gateway.websocket import gateway_of
 from fleetward.platform import Platform
@@ -310,3 +311,27 @@ async def test_a_quarantined_device_s_answer_is_not_recorded(world: CommandWorld
             )
         )
     assert reasons == ["device-quarantined"]
+
+
+async def test_a_flood_of_answers_that_change_nothing_ends_the_session(
+    world: CommandWorld,
+) -> None:
+    # Answers are not telemetry: the pipeline's limits never see them, and each refusal is an
+    # audited write. A session sending many (garbage, forgeries, answers to nothing) is
+    # closed after a small budget, and what it sends after that is not recorded.
+    await reported(world, "ALICE-1")
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    live = gateway.registry.commandable(world.vehicles["ALICE-1"].id)
+    assert live is not None
+    dispatcher = commands_of(world.app).dispatcher
+    for _ in range(REFUSED_RESULTS_PER_SESSION + 10):
+        await dispatcher.on_result(live, b"\x03\x01garbage")
+    assert live.closed_with is CloseCode.PROTOCOL
+    async with world.platform.unit_of_work() as uow:
+        refused = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value)
+        )
+    assert refused == REFUSED_RESULTS_PER_SESSION

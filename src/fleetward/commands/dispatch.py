@@ -55,7 +55,7 @@ from fleetward.commands.results import append_link, record_result
 from fleetward.commands.service import CommandConfig, settle
 from fleetward.commands.signing import CommandSigner
 from fleetward.devices.models import DeviceStatus
-from fleetward.gateway.handshake import epoch_ms
+from fleetward.gateway.handshake import CloseCode, epoch_ms
 from fleetward.gateway.registry import LiveSession, SessionRegistry
 from fleetward.identity.oauth_models import RevocationEpoch, RevocationKind
 from fleetward.observability.logging import get_logger
@@ -155,6 +155,8 @@ class Dispatcher:
         self._spawn(self.deliver_pending(live.session.vehicle_id))
 
     async def on_result(self, live: LiveSession, frame: bytes) -> None:
+        if live.refused_results >= REFUSED_RESULTS_PER_SESSION:
+            return  # the session is being closed: nothing more of it is recorded
         changed = None
         # A quarantined device's answers are not trusted (its key may be a clone's): refused
         # and audited; a job it was given before ends outcome_unknown, never guessed.
@@ -173,6 +175,15 @@ class Dispatcher:
                 await asyncio.sleep(pause)
         if changed is not None:
             self._touched(changed)
+            return
+        # A result that changed no job: refused (malformed, forged, not awaited, from a
+        # quarantined device) or a duplicate. Results are not telemetry, so the pipeline's
+        # limits never see them: a session that sends many ends here (each was an audited
+        # write transaction).
+        live.refused_results += 1
+        if live.refused_results >= REFUSED_RESULTS_PER_SESSION:
+            logger.warning("commands.results_refused_session_closed", refused=live.refused_results)
+            await live.close(CloseCode.PROTOCOL)
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(work)
@@ -463,6 +474,10 @@ async def _token_revoked(ctx: ServiceContext, job: CommandJob) -> bool:
     )
     return found is not None
 
+
+# Results that change no job a session may send before it is closed (a car answers each
+# delivered job once; a redelivery's duplicate answer is one of these).
+REFUSED_RESULTS_PER_SESSION: Final = 16
 
 # Built once, bound per delivery.
 _BUMP_COUNTER: Final = (

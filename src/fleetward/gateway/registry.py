@@ -69,6 +69,9 @@ class LiveSession:
     closer: Callable[[CloseCode], Awaitable[None]] = field(repr=False)
     closed_with: CloseCode | None = None
     sender: Callable[[bytes], Awaitable[None]] | None = field(default=None, repr=False)
+    # Command results this session sent that changed no job (refused, or nothing to
+    # change): each one cost an audited write; past a small budget the session ends.
+    refused_results: int = 0
     _sending: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def touch(self, now: datetime) -> None:
