@@ -6,7 +6,7 @@ refuses the whole request, as the same 404 an unknown id gets, and nothing is cr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Final
 
@@ -45,6 +45,7 @@ from fleetward.commands.runtime import CommandRuntime, commands_of
 from fleetward.commands.service import CommandService, Grant, client_link
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
+from fleetward.store.races import judged_again
 from fleetward.vehicles.models import FleetGroup, GroupVehicle, Vehicle
 
 _STEP_UP: Final = StepUp()
@@ -213,12 +214,11 @@ async def create_bulk(
     if caller.claims.sub_type != "user":
         raise NotPermitted("bulk commands are asked for by people", reason="not-a-person")
     ask = bulks.BulkAsk(spec, parameters, ids, body.group_id, key, body.ttl_seconds)
-    try:
-        return await _create_once(request, response, caller, ask, body)
-    except IntegrityError:
-        # A concurrent twin with the same key committed first (the key's unique index):
-        # judged again, this request is its replay.
-        return await _create_once(request, response, caller, ask, body)
+    # A concurrent twin with the same key committed first (the key's unique index): judged
+    # again, this request is its replay.
+    return await judged_again(
+        lambda: _create_once(request, response, caller, ask, body), IntegrityError
+    )
 
 
 async def _create_once(
@@ -333,22 +333,9 @@ async def read_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> 
 @router.post("/bulk-commands/{bulk_id}/approve", name="fleet:bulk-commands:approve")
 @catalogued(_entry("a second fleet admin approves a large bulk command: its jobs are created"))
 async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
-    return await _judged_again_if_moved(_approve_once, bulk_id, request, caller)
-
-
-async def _judged_again_if_moved(
-    handler: Callable[[str, Request, Caller], Awaitable[BulkView]],
-    bulk_id: str,
-    request: Request,
-    caller: Caller,
-) -> BulkView:
-    """A bulk decided by someone else between this request's read and its write is not
-    overwritten (its state is its version, ``CommandBulk``): the request is judged once more
-    against what was decided, which refuses it."""
-    try:
-        return await handler(bulk_id, request, caller)
-    except StaleDataError:
-        return await handler(bulk_id, request, caller)
+    # A bulk decided by someone else between this request's read and its write is not
+    # overwritten (its state is its version): judged again against what was decided.
+    return await judged_again(lambda: _approve_once(bulk_id, request, caller), StaleDataError)
 
 
 async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkView:
@@ -389,7 +376,7 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
 @router.post("/bulk-commands/{bulk_id}/reject", name="fleet:bulk-commands:reject")
 @catalogued(_entry("the requester or another fleet admin turns a waiting bulk command down"))
 async def reject_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
-    return await _judged_again_if_moved(_reject_once, bulk_id, request, caller)
+    return await judged_again(lambda: _reject_once(bulk_id, request, caller), StaleDataError)
 
 
 async def _reject_once(bulk_id: str, request: Request, caller: Caller) -> BulkView:

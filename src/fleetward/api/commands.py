@@ -68,6 +68,7 @@ from fleetward.commands.service import (
 from fleetward.commands.states import FINAL
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
+from fleetward.store.races import judged_again
 from fleetward.store.sqlite_driver import INLINE_READ
 from fleetward.vehicles.models import Vehicle
 
@@ -129,13 +130,11 @@ async def create_command(
     digest = request_hash(vehicle_id, spec, {**parameters, "ttl": body.ttl_seconds})
     args = (request, caller, vehicle_id, spec, parameters, body, key, digest)
     async with commands_of(request.app).in_progress.hold((caller.claims.sub, key)):
-        try:
-            return await _create_once(*args)
-        except (IntegrityError, Replayed, StaleDataError):
-            # A concurrent request committed first: the same key (replayed now) or the
-            # vehicle's security slot (a conflict now), or moved an overdue job this request
-            # was settling. Judged once more, from the top.
-            return await _create_once(*args)
+        # A concurrent request committed first: the same key (replayed now), the vehicle's
+        # security slot (a conflict now), or an overdue job this request was settling.
+        return await judged_again(
+            lambda: _create_once(*args), IntegrityError, Replayed, StaleDataError
+        )
 
 
 async def _create_once(
@@ -253,8 +252,12 @@ def _create_route(router: APIRouter, surface: Surface, spec: CommandSpec) -> Non
         idempotency: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> JobDetail:
         key = idempotency_key(idempotency)
-        retry_of = RetryOf.of(key, vehicle_id, spec.name, body.model_dump_json())
-        await charge_command_flow(request, caller, spec.permission, retry_of)
+        await charge_command_flow(
+            request,
+            caller,
+            spec.permission,
+            lambda: RetryOf.of(key, vehicle_id, spec.name, body.model_dump_json()),
+        )
         job, replayed = await create_command(request, caller, vehicle_id, spec, body, key)
         response.headers["Location"] = (
             f"{surface.prefix}/v1/vehicles/{vehicle_id}/commands/{job.id}"
@@ -270,10 +273,9 @@ async def cancel_job(request: Request, caller: Caller, vehicle_id: str, job_id: 
     A job that moved between this request's read and its write (delivered, expired) is not
     overwritten (``CommandJob``'s state is its version): the cancel is judged again against
     the state it moved to."""
-    try:
-        return await _cancel_once(request, caller, vehicle_id, job_id)
-    except StaleDataError:
-        return await _cancel_once(request, caller, vehicle_id, job_id)
+    return await judged_again(
+        lambda: _cancel_once(request, caller, vehicle_id, job_id), StaleDataError
+    )
 
 
 async def _cancel_once(

@@ -27,10 +27,9 @@ folded ones, so a flood of refused requests is not a flood of database writes.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -55,6 +54,7 @@ from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CatalogEntry, entry_of
+from fleetward.core.digest import framed_sha256
 from fleetward.core.errors import JsonValue
 from fleetward.platform import Platform
 
@@ -134,12 +134,13 @@ async def charge_flow(
 
 
 async def charge_command_flow(
-    request: Request, caller: Caller, command: Permission, retry_of: RetryOf
+    request: Request, caller: Caller, command: Permission, retry_of: Callable[[], RetryOf]
 ) -> None:
-    """The flow of a command family, if it is one (unlock attempts, diagnostic requests)."""
+    """The flow of a command family, if it is one (unlock attempts, diagnostic requests).
+    ``retry_of`` is asked only then: most commands have no flow of their own."""
     flow = COMMAND_FLOWS.get(command)
     if flow is not None:
-        await charge_flow(request, caller, flow, retry_of=retry_of)
+        await charge_flow(request, caller, flow, retry_of=retry_of())
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +153,7 @@ class RetryOf:
 
     @classmethod
     def of(cls, key: str, *parts: str) -> RetryOf:
-        digest = hashlib.sha256()
-        for part in parts:
-            encoded = part.encode("utf-8")
-            digest.update(len(encoded).to_bytes(8, "big"))
-            digest.update(encoded)
-        return cls(key, digest.hexdigest())
+        return cls(key, framed_sha256(parts))
 
 
 async def watch_vin(request: Request, caller: Caller, vin: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from fleetward.authz.relations import (
 )
 from fleetward.authz.scopes import in_scope
 from fleetward.authz.slicing import action_ancestors, admitted, fits, slices, unschematised
+from fleetward.core.digest import framed_sha256
 from fleetward.observability.logging import get_logger
 
 logger = get_logger(__name__)
@@ -129,13 +129,8 @@ class PolicyText:
     @property
     def version(self) -> str:
         """SHA-256 over the schema and every policy file (names included)."""
-        digest = hashlib.sha256()
-        for name, text in ((SCHEMA_FILE, self.schema), *self.policies):
-            for part in (name, text):
-                encoded = part.encode("utf-8")
-                digest.update(len(encoded).to_bytes(8, "big"))
-                digest.update(encoded)
-        return digest.hexdigest()
+        files = ((SCHEMA_FILE, self.schema), *self.policies)
+        return framed_sha256(part for name, text in files for part in (name, text))
 
 
 @dataclass(frozen=True, slots=True)

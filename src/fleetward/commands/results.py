@@ -33,6 +33,7 @@ from fleetward.commands.models import CommandJob, JobState
 from fleetward.devices.ca import DevicePublicKey
 from fleetward.gateway.registry import LiveSession
 from fleetward.platform import Platform
+from fleetward.store.races import judged_again
 from fleetward.store.sqlite_driver import INLINE_READ
 
 _VERDICT_STATE: Final = {
@@ -91,15 +92,9 @@ def append_link(job: CommandJob, link: Link, ok: bool, detail: str) -> None:
     job.chain = [*(job.chain or []), entry(link, ok, detail)]
 
 
-class JobKeptMoving(Exception):
-    """The job's state changed between reading it and writing its answer, every time."""
-
-
-class _MovedMeanwhile:
-    """The job's state changed between reading it and writing its answer: judge again."""
-
-
-_MOVED: Final = _MovedMeanwhile()
+class JobMovedMeanwhile(Exception):
+    """The job's state changed between reading it and writing its answer (nothing of the
+    answer was written): judged again, up to ``_ATTEMPTS`` times."""
 
 
 async def record_result(
@@ -108,16 +103,14 @@ async def record_result(
     """Verify and record one result frame from ``live``; the id of the job it changed, or
     None (refused and audited, or nothing to change). ``refusal``: a reason the caller
     already has to refuse it (the device is quarantined), audited like any other."""
-    for _ in range(_ATTEMPTS):
-        outcome = await _record_once(platform, live, frame, refusal)
-        if not isinstance(outcome, _MovedMeanwhile):
-            return outcome
-    raise JobKeptMoving("the job changed under every attempt to record its answer")
+    return await judged_again(
+        lambda: _record_once(platform, live, frame, refusal), JobMovedMeanwhile, tries=_ATTEMPTS
+    )
 
 
 async def _record_once(
     platform: Platform, live: LiveSession, frame: bytes, refused: str | None
-) -> str | _MovedMeanwhile | None:
+) -> str | None:
     session = live.session
     ids = unverified_result_ids(frame)
     async with platform.services(inline_writes=True) as (uow, ctx):
@@ -179,7 +172,8 @@ async def _record_once(
             _WRITE, {"job_id": job.id, "judged_in": judged_in, **values}
         )
         if written.rowcount != 1:  # type: ignore[attr-defined]
-            return _MOVED  # nothing committed: the transition and its record go too
+            # Nothing committed: the transition and its record go with the transaction.
+            raise JobMovedMeanwhile(job.id)
         await uow.commit()
 
     return job.id

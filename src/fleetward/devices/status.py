@@ -7,6 +7,7 @@ transaction, so the pipeline never holds one open.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Final
 
@@ -19,6 +20,7 @@ from fleetward.devices.lifecycle import QUARANTINABLE, DeviceLifecycle
 from fleetward.devices.models import Device, DeviceStatus
 from fleetward.devices.names import DEVICE_ID_PREFIX
 from fleetward.platform import Platform
+from fleetward.store.races import judged_again
 
 PIPELINE: Final = Actor.system("telemetry")
 _REASON: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
@@ -36,18 +38,21 @@ class StoreDeviceStatus:
         if not is_id(device_id, DEVICE_ID_PREFIX):
             return
         code = reason if isinstance(reason, str) and _REASON.fullmatch(reason) else "telemetry"
-        for _ in range(2):  # once more if the device moved between its read and the write
-            try:
-                async with self._platform.services() as (uow, ctx):
-                    device = await ctx.session.get(Device, device_id, with_for_update=True)
-                    if device is None or device.status not in QUARANTINABLE:
-                        return
-                    lifecycle = DeviceLifecycle(ctx)
-                    await lifecycle.quarantine(device, reason=code, actor=PIPELINE, details={})
-                    await uow.commit()
+
+        async def once() -> None:
+            async with self._platform.services() as (uow, ctx):
+                device = await ctx.session.get(Device, device_id, with_for_update=True)
+                if device is None or device.status not in QUARANTINABLE:
                     return
-            except TransitionRefused:
-                continue
+                await DeviceLifecycle(ctx).quarantine(
+                    device, reason=code, actor=PIPELINE, details={}
+                )
+                await uow.commit()
+
+        # Judged again if the device moved between its read and the write; a device that
+        # keeps moving is left as the other writers made it.
+        with contextlib.suppress(TransitionRefused):
+            await judged_again(once, TransitionRefused)
 
     async def status(self, device_id: str) -> DeviceStatus | None:
         async with self._platform.unit_of_work() as uow:

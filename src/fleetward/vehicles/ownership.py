@@ -84,19 +84,14 @@ class OwnershipService:
         store's write lock). Asked after a grant made in the owner's name is written: a
         transfer that committed before is seen, and one that commits later waits for the
         grant and then revokes it with the seller's other grants."""
-        open_row = await self._ctx.session.scalar(
-            select(Ownership)
-            .where(Ownership.vehicle_id == vehicle.id, Ownership.valid_until.is_(None))
-            .with_for_update()
-        )
+        open_row = await self._open(vehicle, lock=True)
         return open_row is not None and open_row.owner_user_id == owner.id
 
-    async def _open(self, vehicle: Vehicle) -> Ownership | None:
-        return await self._ctx.session.scalar(
-            select(Ownership).where(
-                Ownership.vehicle_id == vehicle.id, Ownership.valid_until.is_(None)
-            )
+    async def _open(self, vehicle: Vehicle, *, lock: bool = False) -> Ownership | None:
+        query = select(Ownership).where(
+            Ownership.vehicle_id == vehicle.id, Ownership.valid_until.is_(None)
         )
+        return await self._ctx.session.scalar(query.with_for_update() if lock else query)
 
     def _begin(self, vehicle: Vehicle, owner: User, actor: Actor, event: EventName) -> Ownership:
         ownership = Ownership(
