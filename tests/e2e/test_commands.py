@@ -282,21 +282,31 @@ async def test_a_grant_revoked_while_the_job_waits_never_reaches_the_vehicle(
     assert car.acted() == 0
 
 
+@pytest.mark.parametrize("revoked", ["user", "family"])
 async def test_a_job_whose_token_was_revoked_while_it_waited_never_reaches_the_vehicle(
-    world: CommandWorld,
+    world: CommandWorld, revoked: str
 ) -> None:
     # A command asked for with a stolen token while the car is offline; its owner then
-    # revokes every token of theirs ("sign out everywhere") before the car reconnects: the
-    # delivery's re-check finds the revocation and the job is never sent.
+    # revokes every token of theirs ("sign out everywhere"), or the stolen refresh token's
+    # family is revoked (its replay, a client's revocation request), before the car
+    # reconnects: the delivery's re-check finds the revocation and the job is never sent.
     car = world.cars["ALICE-1"]
     await reported(world, "ALICE-1")
     await car.offline()
-    response = await world.command("alice", "ALICE-1", "horn_lights", key="stolen-1")
+    response = await world.command(
+        "alice", "ALICE-1", "horn_lights", key="stolen-1", family="fam-stolen"
+    )
     assert response.status_code == 202, response.text
     async with world.platform.services() as (uow, ctx):
-        await RevocationService(ctx, world.platform.identity.revocations).revoke_user(
-            world.users["alice"].id, reason="signed-out-everywhere", actor=Actor.system("t")
-        )
+        revocations = RevocationService(ctx, world.platform.identity.revocations)
+        if revoked == "user":
+            await revocations.revoke_user(
+                world.users["alice"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+            )
+        else:
+            await revocations.revoke_family(
+                "fam-stolen", reason="refresh-token-replayed", actor=Actor.system("t")
+            )
         await uow.commit()
     car.online()
     job_id = response.json()["id"]

@@ -116,6 +116,7 @@ class CommandWorld:
         acr: Acr = Acr.MFA,
         scopes: Iterable[str] | None = None,
         client_id: str | None = None,
+        family: str | None = None,
     ) -> str:
         user = self.users[who]
         now = self.clock.now()
@@ -128,7 +129,7 @@ class CommandWorld:
             auth_time=now - auth_age,
             acr=acr.value,
             amr=["pwd", "otp"] if acr is not Acr.PASSWORD else ["pwd"],
-            token_family=None,
+            token_family=family,
             subject_type="user",
         ).token
 

@@ -452,6 +452,8 @@ _REVOKED_SINCE: Final = (
                 & (RevocationEpoch.subject == bindparam("client")),
                 (RevocationEpoch.kind == RevocationKind.TENANT)
                 & (RevocationEpoch.subject == bindparam("tenant")),
+                (RevocationEpoch.kind == RevocationKind.FAMILY)
+                & (RevocationEpoch.subject == bindparam("family")),
             ),
         )
     )
@@ -470,6 +472,7 @@ async def _token_revoked(ctx: ServiceContext, job: CommandJob) -> bool:
             "sub": job.requested_by,
             "client": job.client_id,
             "tenant": job.token_tenant_id or "",
+            "family": job.token_family or "",
         },
     )
     return found is not None

@@ -105,6 +105,10 @@ class CommandJob(Base):
     result_reason: Mapped[str | None] = mapped_column(String(64))
     result_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # --- migration 0012 ---
+    # The refresh-token family the asking token came from: revoking the family (a replayed
+    # refresh token, a client's revocation request) stops the job's delayed delivery too.
+    token_family: Mapped[str | None] = mapped_column(String(40))
 
 
 class JobTransition(Base):
@@ -153,6 +157,8 @@ class CommandBulk(Base):
     approved_by: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     approved_at: Mapped[datetime | None]
     decided_reason: Mapped[str | None] = mapped_column(String(64))
+    # --- migration 0012 --- (as on jobs; the bulk's jobs inherit it)
+    token_family: Mapped[str | None] = mapped_column(String(40))
 
 
 class VehicleCommandCounter(Base):

@@ -56,6 +56,8 @@ class Grant:
     sub_type: str
     client_id: str
     token_id: str | None
+    # The refresh-token family the access token was minted from (None: no refresh token).
+    token_family: str | None
     tenant: str
     scopes: frozenset[str]
     acr: str
@@ -69,6 +71,7 @@ class Grant:
             sub_type=claims.sub_type,
             client_id=claims.client_id,
             token_id=claims.jti,
+            token_family=claims.fam,
             tenant=claims.tenant,
             scopes=claims.scopes,
             acr=claims.acr,
@@ -240,6 +243,7 @@ class CommandService:
             surface=grant.surface.value,
             subject_type=grant.sub_type,
             token_id=grant.token_id,
+            token_family=grant.token_family,
             token_tenant_id=grant.tenant,
             token_scopes=sorted(grant.scopes),
             acr=grant.acr,
