@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Final
 
 from fastapi import Request
+from sqlalchemy import Table
 
 from fleetward.api.auth import Caller, StepUp, StepUpRequired, step_up_challenge
 from fleetward.authz.audited import decide_audited
@@ -34,6 +35,7 @@ from fleetward.core.errors import Forbidden, NotFound
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
+from fleetward.store.pending import Row, hold_orphans, orphaned
 
 logger = get_logger(__name__)
 
@@ -152,38 +154,21 @@ async def authorize(
     if decision.allowed:
         if ctx is not None:
             audit_decision(platform.audit, ctx.session, ask, decision)
-            _allowed_in_transaction(request, ctx).append((ask, decision))
         else:
             async with platform.unit_of_work() as uow:
                 audit_decision(platform.audit, uow.session, ask, decision)
                 await uow.commit()
         return decision
-    earlier: list[tuple[AuthzRequest, Decision]] = []
+    earlier: list[tuple[Table, Row]] = []
     if ctx is not None:
         # The route's transaction is about to be rolled back by the refusal. End it now: on
         # SQLite it may hold the write lock (an earlier allow's audit record), and the
-        # denial's own transaction below would wait for it. The earlier allows of this
-        # request lose their records with it, so they are recorded again with the denial.
-        earlier = list(_allowed_in_transaction(request, ctx))
+        # denial's own transaction below would wait for it. The decisions it recorded are
+        # kept (``store.pending``): they are written with the denial.
         await ctx.session.rollback()
+        earlier = orphaned(ctx.session)
     async with platform.unit_of_work() as uow:
-        for earlier_ask, earlier_decision in earlier:
-            audit_decision(platform.audit, uow.session, earlier_ask, earlier_decision)
+        hold_orphans(uow.session, earlier)
         audit_decision(platform.audit, uow.session, ask, decision)
         await uow.commit()
     raise _refusal(decision, object_route=object_route)
-
-
-def _allowed_in_transaction(
-    request: Request, ctx: ServiceContext
-) -> list[tuple[AuthzRequest, Decision]]:
-    """The allowed decisions recorded in the route's CURRENT transaction (one committed
-    earlier in the request is not repeated)."""
-    transaction = ctx.session.sync_session.get_transaction()
-    held: tuple[object, list[tuple[AuthzRequest, Decision]]] | None = getattr(
-        request.state, "authz_allowed", None
-    )
-    if held is None or held[0] is not transaction:
-        held = (transaction, [])
-        request.state.authz_allowed = held
-    return held[1]

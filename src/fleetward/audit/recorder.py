@@ -84,7 +84,11 @@ class AuditRecorder:
         decision: Decision = Decision.ALLOWED,
         reason: str | None = None,
         details: Mapping[str, JsonValue] | None = None,
+        keep: bool = False,
     ) -> AuditRow:
+        """Hold the record with the session's transaction. ``keep``: written even if that
+        transaction does not commit (a decision was made whatever became of the request's
+        writes: ``store.pending``)."""
         request = current_request()
         caller = request.caller if request else None
         facts = dict(details or {})
@@ -109,7 +113,7 @@ class AuditRecorder:
             "policy_version": _text(facts, "policy_version", 64),
             **_caller_columns(caller, facts),
         }
-        hold(session, _TABLE, row)
+        hold(session, _TABLE, row, keep=keep)
         return row
 
 

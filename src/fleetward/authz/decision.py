@@ -225,8 +225,9 @@ _ACTOR_TYPES: Final = {
 def audit_decision(
     recorder: AuditRecorder, session: AsyncSession, request: AuthzRequest, decision: Decision
 ) -> AuditRow:
-    """Record one decision in the caller's transaction. Ids and codes only: no token, no
-    personal data, no policy text."""
+    """Record one decision in the caller's transaction, kept if that transaction does not
+    commit (written then by the unit of work in one of its own). Ids and codes only: no
+    token, no personal data, no policy text."""
     policy_ids: list[JsonValue] = list(decision.policy_ids)
     obligations: list[JsonValue] = [o.value for o in sorted(decision.obligations)]
     return recorder.record(
@@ -246,4 +247,5 @@ def audit_decision(
             "policy_ids": policy_ids,
             "obligations": obligations,
         },
+        keep=True,
     )

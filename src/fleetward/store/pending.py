@@ -20,6 +20,12 @@ caller must not query for it in the same transaction before a flush.
 The sessions of ``store.engine.session_factory`` are :class:`PendingRowsSession`; any other
 session still writes its rows at commit (the ``before_commit`` listener below), only not at
 its autoflushes.
+
+``hold(..., keep=True)`` marks a record that must outlive its transaction: an authorization
+decision was made whether or not the request's writes commit (a race lost at a unique index,
+a version conflict, an error after the decision). If the transaction ends without a commit,
+the session keeps those rows aside; :func:`orphaned` hands them over, and the unit of work
+(``store.uow``) writes them in a transaction of their own when it closes.
 """
 
 from __future__ import annotations
@@ -37,19 +43,39 @@ Row = dict[str, Any]
 
 _KEY: Final = "fleetward.pending-rows"
 _NEW: Final = "fleetward.pending-objects"
+# Rows held with keep=True in the current transaction, and those of a transaction that ended
+# without a commit.
+_KEPT: Final = "fleetward.kept-rows"
+_ORPHANED: Final = "fleetward.orphaned-rows"
 # Mappers checked by hold_new (a model's columns do not change while the process runs).
 _PLAIN: set[Mapper[Any]] = set()
 
 
-def hold(session: AsyncSession, table: Table, row: Row) -> None:
+def hold(session: AsyncSession, table: Table, row: Row, *, keep: bool = False) -> None:
     """Keep ``row`` for ``table`` with the session's transaction (begun here if need be: no
     I/O, the connection is taken at the first statement). Every row of one table must name
-    the same columns: they are written in one statement."""
+    the same columns: they are written in one statement. ``keep``: written even if the
+    transaction does not commit (see above)."""
     sync = session.sync_session
     if not sync.in_transaction():
         sync.begin()
     held: dict[Table, list[Row]] = sync.info.setdefault(_KEY, {})
     held.setdefault(table, []).append(row)
+    if keep:
+        sync.info.setdefault(_KEPT, []).append((table, row))
+
+
+def orphaned(session: AsyncSession) -> list[tuple[Table, Row]]:
+    """The kept rows of the session's transactions that ended without a commit, handed over
+    (the session forgets them): the caller writes them."""
+    rows: list[tuple[Table, Row]] = session.sync_session.info.pop(_ORPHANED, [])
+    return rows
+
+
+def hold_orphans(session: AsyncSession, rows: Sequence[tuple[Table, Row]]) -> None:
+    """Hold ``rows`` (from :func:`orphaned`) with ``session``'s transaction, still kept."""
+    for table, row in rows:
+        hold(session, table, row, keep=True)
 
 
 def hold_new(session: AsyncSession, obj: Any) -> None:
@@ -134,11 +160,28 @@ def _write_at_commit(session: Session) -> None:
         write_held(session)
 
 
+@event.listens_for(Session, "after_commit")
+def _kept_committed(session: Session) -> None:
+    session.info.pop(_KEPT, None)  # written with the rest
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _drop(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the session's transaction, not a savepoint
         session.info.pop(_KEY, None)
         session.info.pop(_NEW, None)
+        kept: list[tuple[Table, Row]] | None = session.info.pop(_KEPT, None)
+        if kept:  # ended without a commit (after_commit clears them)
+            session.info.setdefault(_ORPHANED, []).extend(kept)
 
 
-__all__ = ["PendingRowsSession", "Row", "held", "hold", "hold_new", "write_held"]
+__all__ = [
+    "PendingRowsSession",
+    "Row",
+    "held",
+    "hold",
+    "hold_new",
+    "hold_orphans",
+    "orphaned",
+    "write_held",
+]

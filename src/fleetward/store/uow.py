@@ -1,7 +1,8 @@
 """Unit of work: one transaction, committed only when the service says so.
 
 Leaving the block without ``commit()`` rolls back, so an error half-way through a service
-changes nothing in the store.
+changes nothing in the store. Records held to outlive their transaction (authorization
+decisions: ``store.pending``) are then written in a transaction of their own.
 """
 
 from __future__ import annotations
@@ -9,9 +10,14 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fleetward.observability.logging import get_logger
+from fleetward.store.pending import Row, hold_orphans, orphaned
 from fleetward.store.sqlite_driver import INLINE_WRITES
+
+logger = get_logger(__name__)
 
 
 class UnitOfWork:
@@ -76,6 +82,20 @@ class UnitOfWork:
         self._session = None
         self._serialized = False
         await session.close()
+        rows = orphaned(session)
+        if rows:
+            await self._write_orphans(rows)
+
+    async def _write_orphans(self, rows: list[tuple[Table, Row]]) -> None:
+        """The kept records of a transaction that did not commit, in one of their own (after
+        it ended: on SQLite it may have held the write lock). A store that cannot take them
+        now is logged, never raised: the request's own outcome stands."""
+        try:
+            async with self._sessions() as session:
+                hold_orphans(session, rows)
+                await session.commit()
+        except Exception as exc:
+            logger.error("audit.kept_records_lost", count=len(rows), error=type(exc).__name__)
 
     async def commit(self) -> None:
         await self.session.commit()

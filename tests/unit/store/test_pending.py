@@ -18,7 +18,7 @@ from fleetward.commands.jobs import SYSTEM, move, start
 from fleetward.commands.models import CommandJob, JobState, JobTransition
 from fleetward.identity.models import TenantKind
 from fleetward.platform import Platform
-from fleetward.store.pending import held, hold, hold_new
+from fleetward.store.pending import held, hold, hold_new, hold_orphans, orphaned
 from support.factories import WorldFactory
 
 TRANSITIONS = cast(Table, JobTransition.__table__)
@@ -181,3 +181,58 @@ async def test_a_model_with_defaults_cannot_be_held_new(platform: Platform) -> N
     async with platform.services() as (_uow, ctx):
         with pytest.raises(TypeError, match="default"):
             hold_new(ctx.session, _Defaulted(id=1))
+
+
+async def _records(platform: Platform, actor_id: str) -> list[str]:
+    async with platform.unit_of_work() as uow:
+        names = await uow.session.scalars(
+            select(AuditRecord.name).where(AuditRecord.actor_id == actor_id)
+        )
+        return sorted(names)
+
+
+def _record(ctx_session: AsyncSession, platform: Platform, actor_id: str, *, keep: bool) -> None:
+    platform.audit.record(
+        ctx_session,
+        EventName.AUTHZ_DECISION_MADE if keep else EventName.VEHICLE_REGISTERED,
+        actor=Actor.system(actor_id),
+        target=Target("vehicle", "veh_kept"),
+        keep=keep,
+    )
+
+
+async def test_a_kept_record_outlives_its_transactions_rollback(platform: Platform) -> None:
+    # A decision made in a transaction that then fails (a race lost at a unique index, a
+    # version conflict): the decision is written in a transaction of its own when the unit
+    # of work closes; the transaction's other records are not.
+    with pytest.raises(RuntimeError):
+        async with platform.services() as (_uow, ctx):
+            _record(ctx.session, platform, "kept-test", keep=True)
+            _record(ctx.session, platform, "kept-test", keep=False)
+            await ctx.session.flush()  # written in the transaction, then rolled back
+            raise RuntimeError("the request failed after its decision")
+    assert await _records(platform, "kept-test") == [EventName.AUTHZ_DECISION_MADE.value]
+
+
+async def test_a_kept_record_of_a_commit_is_written_once(platform: Platform) -> None:
+    async with platform.services() as (uow, ctx):
+        _record(ctx.session, platform, "kept-once", keep=True)
+        await uow.commit()
+        _record(ctx.session, platform, "kept-once-2", keep=False)  # a later, uncommitted one
+    assert await _records(platform, "kept-once") == [EventName.AUTHZ_DECISION_MADE.value]
+    assert await _records(platform, "kept-once-2") == []
+
+
+async def test_a_rollback_hands_the_kept_records_over(platform: Platform) -> None:
+    # The refusal path ends the route's transaction itself and writes what it decided with
+    # the denial: handed over once, so the unit of work does not write them again.
+    async with platform.services() as (_uow, ctx):
+        _record(ctx.session, platform, "handed-over", keep=True)
+        await ctx.session.rollback()
+        rows = orphaned(ctx.session)
+        assert [row["actor_id"] for _table, row in rows] == ["handed-over"]
+        assert orphaned(ctx.session) == []
+        async with platform.unit_of_work() as own:
+            hold_orphans(own.session, rows)
+            await own.commit()
+    assert await _records(platform, "handed-over") == [EventName.AUTHZ_DECISION_MADE.value]
