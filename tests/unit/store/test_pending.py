@@ -205,12 +205,15 @@ async def test_a_kept_record_outlives_its_transactions_rollback(platform: Platfo
     # A decision made in a transaction that then fails (a race lost at a unique index, a
     # version conflict): the decision is written in a transaction of its own when the unit
     # of work closes; the transaction's other records are not.
-    with pytest.raises(RuntimeError):
+    async def failing() -> None:
         async with platform.services() as (_uow, ctx):
             _record(ctx.session, platform, "kept-test", keep=True)
             _record(ctx.session, platform, "kept-test", keep=False)
             await ctx.session.flush()  # written in the transaction, then rolled back
             raise RuntimeError("the request failed after its decision")
+
+    with pytest.raises(RuntimeError):
+        await failing()
     assert await _records(platform, "kept-test") == [EventName.AUTHZ_DECISION_MADE.value]
 
 
