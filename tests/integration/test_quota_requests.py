@@ -12,6 +12,7 @@ audited.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,29 @@ async def test_a_body_naming_many_vehicles_pays_each(api: Api) -> None:
     # The response reports the tightest limit it met (the bulk flow's); the next request
     # shows the user's bucket: three for the bulk, one for itself.
     assert _limit_fields(response) == ("flow-bulk-fleet-command", 19)
+    after = await api.get("erin", F, f"/vehicles/{api.vehicle_id('ACME-N1')}/status")
+    assert _limit_fields(after) == ("user-objects", 600 - 3 - 1)
+
+
+@pytest.mark.parametrize("content_type", ["application/JSON", "Application/Json; charset=utf-8"])
+async def test_a_body_naming_many_vehicles_pays_each_whatever_the_media_type_case(
+    api: Api, content_type: str
+) -> None:
+    # Media types are case-insensitive (RFC 9110 8.3.1) and the framework parses such a body
+    # as JSON: a guard that looked for a lower-case "json" charged a bulk request 1 however
+    # many vehicles it named, so a stranger's 10,000 guesses cost one object.
+    ids = [_fake_vehicle(n) for n in (101, 207, 333)]
+    body = json.dumps({"command": "lock", "vehicle_ids": ids, "parameters": {}})
+    response = await api.client.post(
+        "/fleet/v1/bulk-commands",
+        content=body,
+        headers={
+            **api.headers("erin", F),
+            "Idempotency-Key": "bulk-cost-case",
+            "Content-Type": content_type,
+        },
+    )
+    assert response.status_code in (403, 404), response.text
     after = await api.get("erin", F, f"/vehicles/{api.vehicle_id('ACME-N1')}/status")
     assert _limit_fields(after) == ("user-objects", 600 - 3 - 1)
 
