@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from fastapi import Request
+from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetward.abuse.enumeration import (
@@ -72,6 +73,8 @@ COMMAND_FLOWS: Final = {
 _RAISED_NOTICE_EVERY: Final = timedelta(minutes=1)
 _STORE_DOWN_NOTICE_EVERY: Final = timedelta(minutes=1)
 _RETRY_WINDOW: Final = timedelta(days=1)
+# How list routes read their ``limit`` query parameter (fleetward.api.objects.Limit).
+_LIMIT: Final = TypeAdapter(int)
 
 
 async def charge_request(request: Request, caller: Caller) -> None:
@@ -242,13 +245,24 @@ async def _targets(request: Request, platform: Platform) -> int:
     largest = platform.settings.max_page_size
     default = _page_default(request.scope.get("endpoint"))
     if default is not None:
-        asked = request.query_params.get("limit", "")
-        # A malformed limit is refused by validation after this; it pays the default page.
-        size = int(asked) if asked.isascii() and asked.isdigit() and len(asked) <= 7 else 0
+        size = _asked_page(request.query_params.get("limit"))
         return min(size if size > 0 else default or largest, largest)
     if request.method.upper() in _READS or not _body_names_ids(request.scope.get("route")):
         return 1
     return max(1, await _ids_in_body(request))
+
+
+def _asked_page(asked: str | None) -> int:
+    """The ``limit`` as the route will read it (0: absent, or malformed and refused by
+    validation after this). Read by the same integer validator as the route's parameter:
+    a stricter reading here would charge the default page for ``100.0``, ``+100`` or
+    ``1_00``, which the route serves as a page of 100."""
+    if asked is None:
+        return 0
+    try:
+        return _LIMIT.validate_python(asked)
+    except ValidationError:
+        return 0
 
 
 def _body_names_ids(route: object) -> bool:
