@@ -340,6 +340,25 @@ async def test_each_sensitive_flow_has_its_own_limit_at_its_route(
     assert event.reason == f"flow-{flow.value}"
 
 
+@pytest.mark.parametrize(
+    ("who", "surface", "label"), [("alice", M, "ALICE-1"), ("erin", F, "ACME-N1")]
+)
+async def test_a_vehicle_read_showing_its_location_pays_the_location_flow(
+    api: Api, wired: Wired, who: str, surface: Surface, label: str
+) -> None:
+    # GET /vehicles/{id} returns the current location to a caller who may read it: the same
+    # data as GET .../location. Uncharged, it walked around the bulk-location limit.
+    _tight(wired.runtime, Flow.BULK_LOCATION, capacity=1)
+    vehicle = api.vehicle_id(label)
+    detail = await api.get(who, surface, f"/vehicles/{vehicle}")
+    assert detail.status_code == 200, detail.text
+    assert "location" in detail.json()
+    for path in (f"/vehicles/{vehicle}", f"/vehicles/{vehicle}/location"):
+        refused = await api.get(who, surface, path)
+        assert refused.status_code == 429, (path, refused.text)
+        assert refused.json()["reason"] == "flow-bulk-location"
+
+
 async def test_an_unlock_retried_with_its_key_is_one_attempt(api: Api, wired: Wired) -> None:
     _tight(wired.runtime, Flow.REMOTE_UNLOCK, capacity=1)
     url = f"/mobile/v1/vehicles/{api.vehicle_id('ALICE-1')}/commands/unlock"

@@ -289,6 +289,12 @@ def _object_routes(surface: Surface) -> APIRouter:
             )
             where = _location(await _latest(ctx.session, vehicle.id)) if location.allowed else None
             await uow.commit()
+        if where is not None:
+            # The same current location as GET .../location: it pays the same flow, or this
+            # route would be the way around the bulk-location limit. Charged once the
+            # transaction has ended (a refusal records its audit event in one of its own) and
+            # before anything is returned.
+            await charge_flow(request, caller, Flow.BULK_LOCATION)
         return VehicleDetail(**_view(vehicle).model_dump(), location=where)
 
     @router.get(
