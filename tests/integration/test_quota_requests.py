@@ -359,6 +359,35 @@ async def test_a_vehicle_read_showing_its_location_pays_the_location_flow(
         assert refused.json()["reason"] == "flow-bulk-location"
 
 
+async def test_a_bulk_unlock_pays_the_unlock_flow_for_each_vehicle(api: Api, wired: Wired) -> None:
+    # A bulk unlock of N cars is N unlocks: it pays remote-unlock per vehicle like the
+    # single-vehicle route, or 20 bulk requests of 25 cars an hour walked around a limit of
+    # 30 unlocks an hour.
+    _tight(wired.runtime, Flow.REMOTE_UNLOCK, capacity=2)
+    cars = [api.vehicle_id("ACME-N1"), api.vehicle_id("ACME-N2")]
+    body = {"command": "unlock", "vehicle_ids": cars, "parameters": {}}
+    first = await api.client.post(
+        "/fleet/v1/bulk-commands",
+        json=body,
+        headers={**api.headers("erin", F), "Idempotency-Key": "bulk-unlock-1"},
+    )
+    assert first.status_code != 429, first.text
+    single = await api.client.post(
+        f"/fleet/v1/vehicles/{cars[0]}/commands/unlock",
+        json={},
+        headers={**api.headers("erin", F), "Idempotency-Key": "single-unlock-1"},
+    )
+    assert single.status_code == 429, single.text
+    assert single.json()["reason"] == "flow-remote-unlock"
+    # The same bulk request retried with its key is the same attempt, not a new charge.
+    again = await api.client.post(
+        "/fleet/v1/bulk-commands",
+        json=body,
+        headers={**api.headers("erin", F), "Idempotency-Key": "bulk-unlock-1"},
+    )
+    assert again.status_code != 429, again.text
+
+
 async def test_an_unlock_retried_with_its_key_is_one_attempt(api: Api, wired: Wired) -> None:
     _tight(wired.runtime, Flow.REMOTE_UNLOCK, capacity=1)
     url = f"/mobile/v1/vehicles/{api.vehicle_id('ALICE-1')}/commands/unlock"
