@@ -34,7 +34,7 @@ import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final, Protocol
@@ -214,11 +214,26 @@ class EnumerationVerdict:
 _OK: Final = EnumerationVerdict(Level.NORMAL)
 
 
+# Runs followed per actor at once. One was not enough: any other id of the family between
+# two guesses (the walker's own car, a fixed decoy) broke the run, so a walk interleaved
+# with a decoy never got past a run of 1. A repeated object extends nothing and opens
+# nothing, so only new objects (each one counted as distinct) can push a run out.
+_TAILS: Final = 8
+
+
+@dataclass(slots=True)
+class _Tail:
+    """One run being followed: its family, its last ordinal, its length."""
+
+    family: str
+    last: int
+    run: int
+
+
 @dataclass(slots=True)
 class _Actor:
-    family: str | None = None
-    last: int | None = None
-    run: int = 0
+    tails: list[_Tail] = field(default_factory=list)  # oldest first
+    run: int = 0  # the longest run followed
     seen_at: datetime | None = None
     level: Level = Level.NORMAL
     level_window: int = -1  # the window the level was reached in (levels reset with it)
@@ -266,7 +281,8 @@ class EnumerationGuard:
             state.level, state.level_window, state.distinct = Level.NORMAL, window, 0
             state.stopped_at = 0
         if state.seen_at is not None and now - state.seen_at > config.window:
-            state.family, state.last, state.run = None, None, 0
+            state.tails.clear()
+            state.run = 0
         state.seen_at = now
         for item in touched:
             state.distinct = max(state.distinct, await self._count(actor, item.key, now))
@@ -286,14 +302,20 @@ class EnumerationGuard:
     def _step(self, state: _Actor, item: Touched) -> None:
         if item.family is None or item.ordinal is None:
             return
-        if item.family == state.family and state.last is not None:
-            gap = item.ordinal - state.last
-            if gap == 0:
-                return  # the same object again neither extends nor breaks a run
-            state.run = state.run + 1 if 0 < gap <= self.config.max_step else 1
+        family, ordinal = item.family, item.ordinal
+        same = [t for t in state.tails if t.family == family]
+        if any(t.last == ordinal for t in same):
+            return  # the same object again neither extends nor breaks a run
+        steps = [t for t in same if 0 < ordinal - t.last <= self.config.max_step]
+        if steps:
+            tail = max(steps, key=lambda t: t.run)
+            state.tails.remove(tail)
+            tail.last, tail.run = ordinal, tail.run + 1
         else:
-            state.run = 1
-        state.family, state.last = item.family, item.ordinal
+            tail = _Tail(family, ordinal, 1)
+        state.tails.append(tail)
+        del state.tails[:-_TAILS]
+        state.run = max(t.run for t in state.tails)
 
     def _judge(self, state: _Actor, now: datetime) -> EnumerationVerdict:
         config = self.config
@@ -317,6 +339,7 @@ class EnumerationGuard:
             state.level = Level.STOPPED
             state.stopped_until = now + config.cooldown
             state.stopped_at = state.distinct
+            state.tails.clear()
             state.run = 0  # a fresh run after the cool-down
             return verdict
         over_distinct = state.distinct - config.slow_distinct + 1

@@ -28,6 +28,8 @@ from fleetward.core.vin import make_vin
 from fleetward.settings import Settings
 
 CONFIG = EnumerationConfig(slow_distinct=3, stop_distinct=5, slow_run=3, stop_run=5)
+# Distinct thresholds out of reach: only the sequence signal can escalate.
+RUNS_ONLY = EnumerationConfig(slow_distinct=100, stop_distinct=200, slow_run=3, stop_run=5)
 
 
 def _vin(serial: int) -> str:
@@ -105,6 +107,31 @@ async def test_consecutive_ids_slow_then_stop_at_any_pace() -> None:
     held = guard.stopped("mallory", stopped_at + timedelta(minutes=10))
     assert held is not None and held.retry_after == CONFIG.cooldown - timedelta(minutes=10)
     assert guard.stopped("mallory", stopped_at + CONFIG.cooldown) is None
+
+
+async def test_consecutive_ids_interleaved_with_a_decoy_still_make_a_run() -> None:
+    # One run per actor was broken by any other id of the family: a walker that asked for
+    # its own car (or any fixed id) between two guesses never got past a run of 1, and could
+    # walk consecutive ids up to the distinct threshold instead of stop_run of them.
+    guard = EnumerationGuard(RUNS_ONLY)
+    decoy = vehicle_touched("veh_" + "q" * 26)
+    levels = []
+    for n in range(1, 6):
+        await guard.observe("mallory", [decoy], T0)
+        verdict = await guard.observe("mallory", [vehicle_touched(f"veh_{n:026d}")], T0)
+        levels.append((verdict.level, verdict.signal))
+    assert levels[2] == (Level.SLOWED, Signal.SEQUENCE)
+    assert levels[-1] == (Level.STOPPED, Signal.SEQUENCE)
+
+
+async def test_two_walks_taken_in_turns_each_make_a_run() -> None:
+    guard = EnumerationGuard(RUNS_ONLY)
+    verdict = None
+    for n in range(1, 6):
+        other = vehicle_touched(f"veh_{'z' * 20}{n:06d}")  # another walk, same family
+        verdict = await guard.observe("mallory", [vehicle_touched(f"veh_{n:026d}"), other], T0)
+    assert verdict is not None and verdict.level is Level.STOPPED
+    assert verdict.signal is Signal.SEQUENCE
 
 
 async def test_a_random_walk_is_seen_by_the_distinct_count_only() -> None:
