@@ -24,6 +24,7 @@ from fleetward.catalog.entry import (
     Impact,
     catalogued,
 )
+from fleetward.core.context import current_request
 from fleetward.identity.login import answers, cookies, csrf, pending
 from fleetward.identity.login.account import Account
 from fleetward.identity.login.errors import (
@@ -115,6 +116,12 @@ def _runtime(request: Request) -> LoginRuntime:
 
 
 def _network(request: Request) -> str:
+    # The client's address as the request-identity middleware resolved it (through the
+    # configured trusted proxies), not the TCP peer: behind a reverse proxy every peer is the
+    # proxy, and one client's failures would block the network budget of everyone.
+    context = current_request()
+    if context is not None:
+        return network_of(context.source_ip)
     return network_of(request.client.host if request.client else None)
 
 

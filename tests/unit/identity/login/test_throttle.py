@@ -14,6 +14,7 @@ import pyotp
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
@@ -34,6 +35,7 @@ from fleetward.identity.login.request import LoginRequest
 from fleetward.identity.login.runtime import LoginRuntime
 from fleetward.identity.login.throttle import Throttle
 from fleetward.platform import Platform
+from fleetward.settings import Settings
 from unit.identity.login.login_support import Browser, Person
 
 ACCOUNT_LIMIT = LIMITS[(Factor.PASSWORD, Dimension.ACCOUNT)]
@@ -166,6 +168,27 @@ async def test_ipv6_neighbours_share_a_budget(app: FastAPI, people: dict[str, Pe
         _locked(await hop.login("casey", people["casey"].password))
     async with Browser(app, ip="2001:db8:1:3::1") as neighbour:
         assert (await neighbour.login("casey", people["casey"].password)).status_code == 303
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_network_budget(
+    settings: Settings, platform: Platform, people: dict[str, Person]
+) -> None:
+    # Spraying through the deployment's reverse proxy: the counters are per client, as the
+    # proxy reports it, not per proxy; otherwise one sprayer locks everybody out.
+    proxy = "10.0.0.2"
+    proxied = build_app(settings.model_copy(update={"trusted_proxies": [proxy]}), platform=platform)
+    async with Browser(proxied, ip=proxy) as sprayer:
+        sprayer.http.headers["x-forwarded-for"] = "198.51.100.66"
+        for n in range(SPRAY_ACCOUNTS):
+            assert (await sprayer.login(f"someone-{n}", "Winter2026!")).status_code == 403
+        _locked(await sprayer.login("casey", people["casey"].password))
+    async with Browser(proxied, ip=proxy) as neighbour:
+        neighbour.http.headers["x-forwarded-for"] = "192.0.2.77"
+        assert (await neighbour.login("casey", people["casey"].password)).status_code == 303
+    # An address a client merely claims, not through a trusted proxy, changes nothing.
+    async with Browser(proxied, ip="198.51.100.66") as direct:
+        direct.http.headers["x-forwarded-for"] = "192.0.2.78"
+        _locked(await direct.login("casey", people["casey"].password))
 
 
 async def test_totp_guessing_is_limited_per_account(
