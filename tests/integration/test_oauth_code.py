@@ -370,6 +370,34 @@ async def test_consent_can_narrow_and_is_remembered(world: OAuthWorld) -> None:
     assert wider.status_code == 200
 
 
+async def test_a_scope_unticked_on_the_consent_screen_is_no_longer_remembered(
+    world: OAuthWorld,
+) -> None:
+    # Withdrawing consent at the screen: erin once allowed READ and LOCK; when the client
+    # asks again (with GROUPS, so the screen shows), she keeps only READ. The client must
+    # not then get LOCK back silently on its next request.
+    cookie = await login(world, "erin")
+    both = f"{READ} {LOCK}"
+    first = await authorize(
+        world, cookie, authorization_params(CONSOLE, Pkce.generate(), scope=both)
+    )
+    assert "code" in redirect_params(await decide(world, cookie, first))
+    wider = await authorize(
+        world, cookie, authorization_params(CONSOLE, Pkce.generate(), scope=f"{both} {GROUPS}")
+    )
+    assert sorted(consent_scopes(wider)) == sorted([READ, LOCK, GROUPS])
+    assert "code" in redirect_params(await decide(world, cookie, wider, scopes=[READ]))
+    still_read = await authorize(
+        world, cookie, authorization_params(CONSOLE, Pkce.generate(), scope=READ)
+    )
+    assert "code" in redirect_params(still_read)
+    again = await authorize(
+        world, cookie, authorization_params(CONSOLE, Pkce.generate(), scope=both)
+    )
+    assert again.status_code == 200, again.headers.get("location")
+    assert sorted(consent_scopes(again)) == sorted([READ, LOCK])
+
+
 async def test_consent_post_is_csrf_protected(world: OAuthWorld) -> None:
     erin = await login(world, "erin")
     page = await authorize(world, erin, authorization_params(CONSOLE, Pkce.generate(), scope=READ))

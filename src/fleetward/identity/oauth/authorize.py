@@ -143,6 +143,7 @@ class AuthorizationStep:
                 client_id=client.id,
                 scopes=granted,
                 now=self.exchange.now,
+                withheld=[s for s in requested if s not in granted],
             )
             self.exchange.note(
                 AuditNote(

@@ -3,7 +3,8 @@
 Consent is per person and client, for a set of scopes. An authorization request whose
 scopes are all covered by remembered consent skips the consent screen; anything new shows
 it. A new decision supersedes the earlier rows (they are ended, not deleted), so the current
-consent is always one row that says exactly what was allowed.
+consent is always one row that says exactly what was allowed. A scope shown on the screen and
+left unticked is withdrawn from it.
 """
 
 from __future__ import annotations
@@ -35,10 +36,20 @@ def consented_scopes(session: Session, user_id: str, client_id: str) -> frozense
 
 
 def record_consent(
-    session: Session, *, user_id: str, client_id: str, scopes: Iterable[str], now: datetime
+    session: Session,
+    *,
+    user_id: str,
+    client_id: str,
+    scopes: Iterable[str],
+    now: datetime,
+    withheld: Iterable[str] = (),
 ) -> ConsentGrant:
+    """Remember ``scopes`` on top of what was allowed before, minus ``withheld``: scopes the
+    person was shown and left unticked. Their latest answer wins, or a scope they just took
+    back would stay remembered and the client would get it on its next silent request."""
     earlier = _active(session, user_id, client_id)
-    allowed = sorted({*scopes, *(s for grant in earlier for s in grant.scopes)})
+    kept = {s for grant in earlier for s in grant.scopes} - set(withheld)
+    allowed = sorted({*scopes, *kept})
     for grant in earlier:
         grant.revoked_at = now
     grant = ConsentGrant(
