@@ -251,6 +251,24 @@ async def test_valid_dpop_bound_token(
     assert replay.status_code == 401  # a proof is single-use
 
 
+async def test_more_than_one_dpop_header_is_refused(
+    app: FastAPI, platform_: Platform, clock: FrozenClock
+) -> None:
+    # RFC 9449 section 4.3, check 1: one DPoP header field. With two, which proof was checked
+    # would depend on the parser; the token endpoint already refuses them.
+    key = generate_dpop_key()
+    token = mint(platform_.identity, clock, Surface.MOBILE, cnf_jkt=jwk_thumbprint(key))
+    url = "http://testserver/mobile/v1/me"
+    proof = make_dpop_proof(key, "GET", url, token, iat=clock.now())
+    other = make_dpop_proof(key, "GET", url, token, iat=clock.now())
+    async with client_for(app) as client:
+        response = await client.get(
+            url, headers=[("authorization", f"DPoP {token}"), ("dpop", proof), ("dpop", other)]
+        )
+    assert response.status_code == 401
+    assert response.json()["reason"] == "missing-dpop-proof"
+
+
 @pytest.mark.parametrize(
     ("changes", "advance", "status", "reason"),
     [

@@ -186,7 +186,10 @@ async def _sender_constraint(
         return None
     if scheme != "dpop":
         raise _refused("DPoP", "dpop-downgrade")  # a bound token used as a plain Bearer token
-    proof = request.headers.get("dpop")
+    # Exactly one proof (RFC 9449 section 4.3, check 1): headers.get would silently pick the
+    # first of several header fields, and "," catches several proofs folded into one.
+    proofs = request.headers.getlist("dpop")
+    proof = proofs[0] if len(proofs) == 1 else None
     if not proof or "," in proof:
         raise _refused("DPoP", "missing-dpop-proof")
     try:
