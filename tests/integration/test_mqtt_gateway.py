@@ -39,6 +39,7 @@ from fleetward.gateway.device_client import (
 from fleetward.gateway.handshake import CloseCode
 from fleetward.gateway.mqtt import control
 from fleetward.gateway.mqtt.broker import device_acl, service_acl
+from fleetward.gateway.mqtt.config import DEFAULT_CLIENT_ID
 from fleetward.gateway.mqtt.consumer import MqttGateway
 from fleetward.gateway.mqtt.crl_publisher import CrlPublisher
 from fleetward.gateway.mqtt.device import (
@@ -355,11 +356,6 @@ async def test_a_device_cannot_publish_or_listen_under_another_device(mqtt_rig: 
     reply = open_reply(attacker.session_key, await attacker.request(mqtt_rig.frame(attacker, 1)))
     assert reply.status is Status.ACCEPTED
     assert mqtt_rig.mqtt.received[(victim_id, Channel.TELEMETRY)] == 0
-    # The broker says so to the publisher: MQTT 5 PUBACK "Not authorized".
-    context = _context(attacker_tls.certificate, attacker_tls.key, attacker_tls.broker_ca)
-    port = mqtt_rig.broker.layout.device_port
-    victim_topic = device_topic(victim_id, Channel.TELEMETRY)
-    assert await puback_reason(port, context, "attacker-2", victim_topic) == "Not authorized"
     # Only the victim's own HELLO and RESPONSE ever came from its branch.
     assert mqtt_rig.mqtt.received[(victim_id, Channel.SESSION_UP)] == 2
     # The victim's session is untouched and its replies reach only the victim.
@@ -373,6 +369,13 @@ async def test_a_device_cannot_publish_or_listen_under_another_device(mqtt_rig: 
         (attacker_id, 1, attacker.session_id),
         (attacker_id, 2, attacker.session_id),
     }
+    # The broker says so to the publisher: MQTT 5 PUBACK "Not authorized". (Last: the probe
+    # connects with the attacker's certificate, so under the attacker's client id, and the
+    # broker replaces the attacker's connection with it.)
+    context = _context(attacker_tls.certificate, attacker_tls.key, attacker_tls.broker_ca)
+    port = mqtt_rig.broker.layout.device_port
+    victim_topic = device_topic(victim_id, Channel.TELEMETRY)
+    assert await puback_reason(port, context, "attacker-2", victim_topic) == "Not authorized"
 
 
 async def test_a_handshake_with_another_devices_certificate_is_refused(mqtt_rig: Rig) -> None:
@@ -553,3 +556,22 @@ async def test_revoking_through_the_api_closes_the_mqtt_session_at_once(mqtt_rig
             .where(AuditRecord.name == EventName.DEVICE_SESSION_CLOSED.value)
         )
     assert closed == 1
+
+
+async def test_a_device_cannot_take_over_another_clients_connection(mqtt_rig: Rig) -> None:
+    # MQTT client ids are one namespace across the broker's listeners, and a CONNECT with a
+    # client id already connected disconnects the holder (session takeover). A device's
+    # client id must be its certificate's identity, or any device could knock another
+    # vehicle, or the gateway itself, off the broker by naming their client id.
+    victim_credentials, victim_tls = await mqtt_rig.enrol()
+    victim = await mqtt_rig.session(victim_credentials, victim_tls)
+    _, attacker_tls = await mqtt_rig.enrol(mqtt_rig.world.other_car)
+    context = _context(attacker_tls.certificate, attacker_tls.key, attacker_tls.broker_ca)
+    port = mqtt_rig.broker.layout.device_port
+    for client_id in (victim_credentials.device_id, DEFAULT_CLIENT_ID):
+        assert await tls_probe(port, context, client_id) == "connack"
+    # Neither connection was taken over: the victim's session still answers, and the broker
+    # never closed a client for another's CONNECT.
+    reply = await victim.request(mqtt_rig.frame(victim, 1))
+    assert open_reply(victim.session_key, reply).status is Status.ACCEPTED
+    assert "already connected" not in mqtt_rig.broker.layout.log_file.read_text()

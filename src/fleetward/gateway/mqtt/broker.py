@@ -94,6 +94,11 @@ def render_conf(layout: BrokerLayout) -> str:
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",
+        # The client id is the certificate's identity too, whatever the CONNECT says: client
+        # ids are one namespace across listeners, and a CONNECT naming a connected client id
+        # disconnects its holder, so any device could otherwise knock another vehicle (or the
+        # gateway) off the broker.
+        "use_username_as_clientid true",
         "allow_anonymous false",
     ]
     return "\n".join(

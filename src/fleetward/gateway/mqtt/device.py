@@ -234,7 +234,11 @@ async def connect(
         router = asyncio.get_running_loop().create_task(connection._route())
         try:
             yield connection
-            await connection.bye()
+            # Best effort: the broker may have dropped the connection already (a second
+            # connection with the same certificate replaces it), and then there is no
+            # session left to end.
+            with suppress(aiomqtt.MqttError):
+                await connection.bye()
         finally:
             router.cancel()
             with suppress(asyncio.CancelledError, aiomqtt.MqttError):
