@@ -132,6 +132,10 @@ class SessionRegistry:
         self._device_of: dict[str, str] = {}
         # The status the observer was last told about, per device with live sessions.
         self._known: dict[str, DeviceStatus] = {}
+        # Status changes learned so far (a running count), and the count at each device's
+        # latest: a store read begun before a device's latest change cannot overrule it.
+        self._changes = 0
+        self._changed_at: dict[str, int] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failed_checks = 0
@@ -182,6 +186,13 @@ class SessionRegistry:
             self.release(old)
         self._by_device.setdefault(device_id, {})[new.session.session_id] = new
         self._device_of[new.session.vehicle_id] = device_id
+        if status is DeviceStatus.ACTIVE and self._known.get(device_id) is (
+            DeviceStatus.QUARANTINED
+        ):
+            # The admission read may predate a quarantine learned here since (a concurrent
+            # handshake's clone finding): it must not release it. An operator's release
+            # arrives through apply() or the watcher.
+            status = DeviceStatus.QUARANTINED
         self.status_changed(device_id, status, "admitted")
         self._ensure_watcher()
         return Claim(live, silent, handed_over)
@@ -196,6 +207,7 @@ class SessionRegistry:
         if not sessions:
             del self._by_device[device_id]
             self._known.pop(device_id, None)
+            self._changed_at.pop(device_id, None)
             if self._device_of.get(live.session.vehicle_id) == device_id:
                 del self._device_of[live.session.vehicle_id]
         if not self._by_device:
@@ -214,6 +226,8 @@ class SessionRegistry:
         self._known[device_id] = status
         if status is before:
             return
+        self._changes += 1
+        self._changed_at[device_id] = self._changes
         try:
             self._observer.device_status_changed(device_id, status, reason)
         except Exception as exc:  # the observer's failure must not take the gateway down
@@ -261,6 +275,7 @@ class SessionRegistry:
 
     async def _sweep(self) -> None:
         current = [live for sessions in self._by_device.values() for live in sessions.values()]
+        read_at = self._changes
         try:
             credentials = await self._check.current(
                 [(s.session.device_id, s.session.certificate_serial) for s in current]
@@ -289,5 +304,9 @@ class SessionRegistry:
             if code is not None:
                 self.release(live)
                 await live.close(code)
-            elif status is not None:
+            elif status is not None and self._changed_at.get(device_id, 0) <= read_at:
+                # Only when nothing changed here since the read began: a quarantine committed
+                # meanwhile (a clone finding) is newer than the "active" read before it, and
+                # releasing it would let a suspected clone's frames and answers through until
+                # the next sweep. The next sweep reads again.
                 self.status_changed(device_id, status, "changed-elsewhere")

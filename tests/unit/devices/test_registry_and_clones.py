@@ -236,6 +236,67 @@ async def test_apply_closes_or_informs(
     await registry.idle()
 
 
+class SlowCheck(FakeCheck):
+    """A credential read that answers what the store said when it read, but returns only
+    once the test lets it: something may happen in this process meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def current(self, live: Sequence[tuple[str, str]]) -> Credentials:
+        credentials = await super().current(live)
+        self.read.set()
+        await self.answer.wait()
+        return credentials
+
+
+QUARANTINED = DeviceStatus.QUARANTINED
+
+
+async def test_a_sweep_read_before_a_quarantine_does_not_release_it(
+    clock: FrozenClock, observer: FakeObserver
+) -> None:
+    check = SlowCheck()
+    registry = SessionRegistry(
+        clock, check, observer, liveness_window=WINDOW, poll_interval=timedelta(milliseconds=20)
+    )
+    live, closed = _live(clock, "ses_1")
+    registry.claim(live, status=ACTIVE)
+    async with asyncio.timeout(2):
+        await check.read.wait()  # the sweep has read "active"...
+    # ...and, before it answers, a clone finding in this process committed the quarantine.
+    check.statuses["dev_a"] = QUARANTINED
+    registry.status_changed("dev_a", QUARANTINED, "clone-concurrent-session")
+    check.answer.set()
+    calls = check.calls
+    async with asyncio.timeout(2):
+        while check.calls < calls + 2:  # noqa: ASYNC110 - polling the fake's effect
+            await asyncio.sleep(0.01)
+    # The stale "active" never released the device, not even until the next sweep.
+    assert observer.changes == [("dev_a", QUARANTINED)]
+    assert registry.status_of("dev_a") is QUARANTINED and closed.codes == []
+    await registry.close_device("dev_a", CloseCode.REVOKED)
+    await registry.idle()
+
+
+async def test_an_admission_read_before_a_quarantine_does_not_release_it(
+    registry: SessionRegistry, clock: FrozenClock, observer: FakeObserver
+) -> None:
+    first, _ = _live(clock, "ses_1")
+    second, _ = _live(clock, "ses_2")
+    registry.claim(first, status=ACTIVE)
+    # A concurrent handshake's clone finding committed the quarantine...
+    registry.status_changed("dev_a", QUARANTINED, "clone-concurrent-session")
+    # ...after this handshake's admission had read the device as active.
+    registry.claim(second, status=ACTIVE)
+    assert observer.changes == [("dev_a", QUARANTINED)]
+    assert registry.status_of("dev_a") is QUARANTINED
+    await registry.close_device("dev_a", CloseCode.REVOKED)
+    await registry.idle()
+
+
 async def test_watcher_fails_closed_only_after_repeated_failures(
     registry: SessionRegistry, clock: FrozenClock, check: FakeCheck
 ) -> None:
