@@ -14,6 +14,7 @@ keys and nothing else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -159,9 +160,7 @@ def checked_signals(
         decoded = _DECODER.decode(payload)
     except _UNDECODABLE:
         raise _refusal(payload, session) from None
-    if (decoded.vehicle_id is not None and decoded.vehicle_id != session.vehicle_id) or (  # type: ignore[attr-defined]
-        decoded.device_id is not None and decoded.device_id != session.device_id  # type: ignore[attr-defined]
-    ):
+    if _names_another(payload, decoded.vehicle_id, decoded.device_id, session):  # type: ignore[attr-defined]
         raise Rejected(Status.FOREIGN_IDENTITY, "payload names another vehicle or device")
     signals: msgspec.Struct = decoded.signals  # type: ignore[attr-defined]
     values = msgspec.structs.astuple(signals)
@@ -170,15 +169,37 @@ def checked_signals(
     return signals, values
 
 
+def _names_another(
+    payload: bytes, vehicle_id: str | None, device_id: str | None, session: DeviceSession
+) -> bool:
+    """Whether the payload names a vehicle or device other than the session's.
+
+    The decoders keep only the last occurrence of a repeated key, so a payload giving
+    ``vehicle_id`` twice, another vehicle's first and its own last, would pass on the last;
+    whoever reads the kept raw payload (the quarantine table) may take the first. When an
+    identity field is present (rare: it is optional), every occurrence of it is read.
+    """
+    if vehicle_id is None and device_id is None:
+        return False
+    if vehicle_id not in (None, session.vehicle_id) or device_id not in (None, session.device_id):
+        return True
+    own = {"vehicle_id": session.vehicle_id, "device_id": session.device_id}
+    try:
+        # The hook turns every object into its list of pairs, repeats kept; the outermost
+        # call's list is what loads returns (the decoder above accepted the same bytes).
+        pairs = json.loads(payload, object_pairs_hook=list)
+    except (ValueError, RecursionError):
+        return True  # unreadable here although decoded there: not proven to be its own
+    return any(own.get(key, value) != value for key, value in pairs)
+
+
 def _refusal(payload: bytes, session: DeviceSession) -> Rejected:
     """Why the fast path refused ``payload``, as precisely as the checks below can tell."""
     try:
         unverified = _UNVERIFIED_DECODER.decode(payload)
     except _UNDECODABLE:
         return Rejected(Status.MALFORMED_PAYLOAD, "not a payload object")
-    if (unverified.vehicle_id is not None and unverified.vehicle_id != session.vehicle_id) or (
-        unverified.device_id is not None and unverified.device_id != session.device_id
-    ):
+    if _names_another(payload, unverified.vehicle_id, unverified.device_id, session):
         return Rejected(Status.FOREIGN_IDENTITY, "payload names another vehicle or device")
     if not 1 <= len(unverified.signals) <= MAX_SIGNALS:
         return Rejected(Status.MALFORMED_PAYLOAD, "signal count out of bounds")

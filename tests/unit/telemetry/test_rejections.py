@@ -158,6 +158,28 @@ async def names_itself_and_another(rig: Rig, dev: Device) -> object:
     return dev.frame(payload(device_id=dev.session.device_id, vehicle_id=rig.other_vehicle_id))
 
 
+def _repeated(key: str, first: str, last: str) -> bytes:
+    # A key given twice: a decoder keeps the last, a reader of the raw payload (the
+    # quarantine table keeps it) may well take the first.
+    return (f'{{"{key}": "{first}", "{key}": "{last}", "signals": {{"{SPEED}": 10.0}}}}').encode()
+
+
+async def names_another_vehicle_then_itself(rig: Rig, dev: Device) -> object:
+    return dev.frame(_repeated("vehicle_id", rig.other_vehicle_id, dev.session.vehicle_id))
+
+
+async def names_another_device_then_itself(rig: Rig, dev: Device) -> object:
+    other = rig.device().session.device_id
+    return dev.frame(_repeated("device_id", other, dev.session.device_id))
+
+
+async def names_itself_escaped_then_another(rig: Rig, dev: Device) -> object:
+    # The same key written with an escape: one key once decoded.
+    own, other = dev.session.vehicle_id, rig.other_vehicle_id
+    body = f'{{"vehicle_id": "{other}", "vehicle\\u005fid": "{own}", "signals": {{"{SPEED}": 1}}}}'
+    return dev.frame(body.encode())
+
+
 async def device_quota(rig: Rig, dev: Device) -> object:
     for _ in range(4):  # the test burst
         await rig.accept(dev, dev.frame())
@@ -256,6 +278,18 @@ CASES: list[tuple[str, Build, Status]] = [
     ("names-other-vehicle", names_other_vehicle, Status.FOREIGN_IDENTITY),
     ("names-other-device", names_other_device, Status.FOREIGN_IDENTITY),
     ("names-itself-and-another-vehicle", names_itself_and_another, Status.FOREIGN_IDENTITY),
+    # A repeated identity key names another vehicle or device even when the last says itself.
+    (
+        "names-another-vehicle-then-itself",
+        names_another_vehicle_then_itself,
+        Status.FOREIGN_IDENTITY,
+    ),
+    ("names-another-device-then-itself", names_another_device_then_itself, Status.FOREIGN_IDENTITY),
+    (
+        "names-another-vehicle-then-itself-escaped",
+        names_itself_escaped_then_another,
+        Status.FOREIGN_IDENTITY,
+    ),
     # Schema: only catalogued VSS paths, with their types and ranges.
     ("unknown-signal", signals({"Vehicle.Speeed": 10.0}), Status.UNKNOWN_SIGNAL),
     (
