@@ -27,6 +27,7 @@ from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
+from fleetward.devices.admission import Admitted, DeviceAdmission, SessionLedger
 from fleetward.devices.ca import DeviceCa
 from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import (
@@ -56,6 +57,7 @@ from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.gateway.websocket import Gateway, GatewayConfig, install
 from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
+from fleetward.store.busy import StoreBusy
 from support.factories import FACTORY
 from unit.devices.kit import DeviceWorld, build_device_world
 
@@ -501,6 +503,32 @@ async def test_revoking_through_the_api_closes_the_live_session_at_once(
     assert [frame for _, frame in server.handler.seen] == [b"before"]
 
 
+async def test_a_revocation_committed_during_the_handshake_refuses_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = await server.enrol()
+    device_id = credentials.device_id
+    check = DeviceAdmission.check
+
+    async def check_then_revoke(admission: DeviceAdmission, **names: str) -> Admitted:
+        admitted = await check(admission, **names)
+        # An admin's revocation lands right after the admission read the device active: it
+        # commits, and closes the device's sessions here, of which there is none yet.
+        await server.change(lambda lc, d: lc.revoke(d, reason="lost", actor=FACTORY), device_id)
+        await server.gateway.registry.apply(device_id, DeviceStatus.REVOKED, "lost")
+        return admitted
+
+    monkeypatch.setattr(DeviceAdmission, "check", check_then_revoke)
+    with pytest.raises(HandshakeRefused) as refused:
+        await server.open(credentials)
+    assert refused.value.code == CloseCode.UNAUTHENTICATED
+    assert server.gateway.registry.sessions(device_id) == []
+    [failure] = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert (failure.reason, failure.object_id) == ("device-revoked", device_id)
+    assert await server.audit(EventName.DEVICE_SESSION_OPENED) == []
+    assert server.handler.seen == []
+
+
 async def test_a_change_made_by_another_process_closes_the_session(server: Server) -> None:
     credentials = await server.enrol()
     connection = await server.open(credentials)
@@ -608,6 +636,29 @@ async def test_a_silent_session_is_superseded_not_taken_for_a_clone(server: Serv
     assert (await server.device(credentials.device_id)).status is DeviceStatus.ACTIVE
     assert await server.audit(EventName.DEVICE_CLONE_DETECTED) == []
     assert await _incidents(server) == []
+
+
+async def test_a_handshake_failing_after_its_claim_still_closes_what_it_superseded(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = await server.enrol()
+    stale = await server.open(credentials)
+    server.clock.advance(timedelta(seconds=31))  # silent for longer than the liveness window
+
+    def busy(_ledger: SessionLedger, _entry: object) -> asyncio.Future[None]:
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(StoreBusy())
+        return failed
+
+    # The new handshake's claim takes the silent session out of the registry, then the
+    # store cannot record the new one.
+    monkeypatch.setattr(SessionLedger, "record", busy)
+    with pytest.raises(HandshakeRefused) as refused:
+        await server.open(credentials)
+    assert refused.value.code == CloseCode.TRY_AGAIN_LATER
+    # Not left open outside the registry, where no revocation or sweep would reach it.
+    assert await _closed_with(stale) == CloseCode.SUPERSEDED
+    assert server.gateway.registry.sessions(credentials.device_id) == []
 
 
 async def test_rotation_hands_the_session_over_and_revokes_the_old_certificate(

@@ -329,7 +329,7 @@ class SessionLedger:
             batch = self._pending[: self._max_entries]
             del self._pending[: self._max_entries]
             try:
-                await self._write_with_retry(batch)
+                refusals = await self._write_with_retry(batch)
             except Exception as exc:  # nothing in the batch committed: every waiter hears it
                 _log.error("gateway.ledger_not_written", error=type(exc).__name__, n=len(batch))
                 busy = is_store_busy(exc)
@@ -337,22 +337,29 @@ class SessionLedger:
                     if not waiter.done():
                         waiter.set_exception(StoreBusy() if busy else exc)
                 continue
-            for _entry, waiter in batch:
-                if not waiter.done():
+            for (_entry, waiter), refusal in zip(batch, refusals, strict=True):
+                if waiter.done():
+                    continue
+                if refusal is None:
                     waiter.set_result(None)
+                else:
+                    waiter.set_exception(refusal)
 
-    async def _write_with_retry(self, batch: Sequence[tuple[LedgerEntry, object]]) -> None:
-        for attempt in range(1, self._attempts + 1):
+    async def _write_with_retry(
+        self, batch: Sequence[tuple[LedgerEntry, object]]
+    ) -> list[AdmissionRefused | None]:
+        """Each entry's refusal (None: recorded), once the batch committed."""
+        for attempt in range(1, self._attempts):
             try:
-                await self._write([entry for entry, _waiter in batch])
-                return
+                return await self._write([entry for entry, _waiter in batch])
             except Exception as exc:
-                if not is_store_busy(exc) or attempt == self._attempts:
+                if not is_store_busy(exc):
                     raise
             # Jittered back-off so that retries do not meet the same writer again in step.
             await asyncio.sleep(self._backoff * attempt * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+        return await self._write([entry for entry, _waiter in batch])
 
-    async def _write(self, entries: Sequence[LedgerEntry]) -> None:
+    async def _write(self, entries: Sequence[LedgerEntry]) -> list[AdmissionRefused | None]:
         async with self._services() as (uow, ctx):
             session = ctx.session
             # Reads first (no lock on SQLite), then every change, then one flush and commit:
@@ -365,23 +372,48 @@ class SessionLedger:
             certificate_ids = sorted(
                 {entry.certificate_id for entry in entries if isinstance(entry, SessionOpened)}
             )
-            unused = (
+            certificates = (
                 {
                     certificate.id: certificate
                     for certificate in await session.scalars(
-                        select(DeviceCertificate).where(
-                            DeviceCertificate.id.in_(certificate_ids),
-                            DeviceCertificate.first_used_at.is_(None),
-                        )
+                        select(DeviceCertificate).where(DeviceCertificate.id.in_(certificate_ids))
                     )
                 }
                 if certificate_ids
                 else {}
             )
+            unused = {key: c for key, c in certificates.items() if c.first_used_at is None}
+            # Read after the session was registered: see _withdrawn.
+            refusals = [_withdrawn(entry, devices, certificates) for entry in entries]
             with session.no_autoflush:
-                for entry in entries:
-                    _apply(ctx, entry, devices.get(entry.device_id), unused)
+                for entry, refusal in zip(entries, refusals, strict=True):
+                    if refusal is None:
+                        _apply(ctx, entry, devices.get(entry.device_id), unused)
             await uow.commit()
+        return refusals
+
+
+def _withdrawn(
+    entry: LedgerEntry,
+    devices: Mapping[str, Device],
+    certificates: Mapping[str, DeviceCertificate],
+) -> AdmissionRefused | None:
+    """Why an admitted session may no longer open, read after it was registered; None if it
+    may. Its admission read the store before the session was registered, so a revocation or
+    suspension committed in between found no session to close (the registry had none yet);
+    this later read sees such a change, and one committed after it finds the session
+    registered and closes it."""
+    if not isinstance(entry, SessionOpened):
+        return None
+    device = devices.get(entry.device_id)
+    if device is None:
+        return AdmissionRefused("binding")
+    if device.status not in ADMITTED_STATUSES:
+        return AdmissionRefused(_REFUSAL_BY_STATUS[device.status])
+    certificate = certificates.get(entry.certificate_id)
+    if certificate is None or certificate.status is CertificateStatus.REVOKED:
+        return AdmissionRefused("certificate-revoked")
+    return None
 
 
 def _apply(

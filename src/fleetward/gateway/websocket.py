@@ -54,7 +54,7 @@ from fleetward.gateway.handler import (
     UnavailableHandler,
 )
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ProvenDevice, ServerHandshake
-from fleetward.gateway.registry import LiveSession, SessionRegistry
+from fleetward.gateway.registry import Claim, LiveSession, SessionRegistry
 from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
@@ -293,22 +293,33 @@ class Gateway:
                     )
                     await uow.commit()
             except BaseException:
-                self.registry.release(live)
+                await self._abandon(live, claim)
                 raise
         if ledgered is not None:
             try:
                 # Recorded (with its audit event) before the session may proceed.
                 await ledgered
+            except AdmissionRefused as refused:
+                # Its credentials were withdrawn between the admission's read and the
+                # session's registration (see SessionLedger): it never opens.
+                await self._abandon(live, claim)
+                raise HandshakeFailure(
+                    refused.reason, CloseCode.UNAUTHENTICATED, proven.device_id
+                ) from None
             except BaseException:
-                self.registry.release(live)
+                await self._abandon(live, claim)
                 raise
         if suspicion is not None:
             self.registry.status_changed(device.id, DeviceStatus.QUARANTINED, suspicion.reason)
-        for old in claim.silent:
-            await old.close(CloseCode.SUPERSEDED)
-        for old in claim.handed_over:
-            await old.close(CloseCode.ROTATED)
+        await _close_replaced(claim)
         return live
+
+    async def _abandon(self, live: LiveSession, claim: Claim) -> None:
+        """A handshake that failed after its claim: forget its session, and still close the
+        sessions the claim took out of the registry. Left open they would be reachable by
+        no revocation, suspension or sweep."""
+        self.registry.release(live)
+        await _close_replaced(claim)
 
     async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
         try:
@@ -378,6 +389,13 @@ class Gateway:
 
 
 _RESULT_PREFIX: Final = bytes([RESULT_FIRST_BYTE])
+
+
+async def _close_replaced(claim: Claim) -> None:
+    for old in claim.silent:
+        await old.close(CloseCode.SUPERSEDED)
+    for old in claim.handed_over:
+        await old.close(CloseCode.ROTATED)
 
 
 def _sender(websocket: WebSocket) -> Callable[[bytes], Awaitable[None]]:

@@ -234,8 +234,11 @@ async def test_a_store_busy_once_is_retried_and_then_recorded(
             raise _operational(sqlite3.OperationalError("database is locked"))
         return platform.services()
 
+    async with platform.unit_of_work() as uow:
+        certificate_id = await uow.session.scalar(select(DeviceCertificate.id))
+    assert certificate_id is not None
     ledger = SessionLedger(flaky, backoff=0)
-    await ledger.record(_opened(issued[0], "dcr_unused", tenant_id, "ses_flaky", clock.now()))
+    await ledger.record(_opened(issued[0], certificate_id, tenant_id, "ses_flaky", clock.now()))
     assert len(calls) == 2
     async with platform.unit_of_work() as uow:
         sessions = list(
