@@ -161,6 +161,7 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     gateway = gateway_websocket.install(
         app, the_platform, handler=telemetry.pipeline, observer=telemetry.observer
     )
+    telemetry.attach(gateway.registry)
     mqtt.extend(_mqtt_transport(settings, gateway))
     command_runtime.append(_command_runtime(the_platform, gateway, quota_runtime))
     gateway.commands = command_runtime[0].dispatcher

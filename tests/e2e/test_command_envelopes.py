@@ -30,9 +30,11 @@ from fleetward.commands.signing import CommandSigner
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.handshake import CloseCode, epoch_ms
 from fleetward.gateway.registry import LiveSession
-from fleetward.gateway.websocket import gateway_of
+from fleetward.gateway.websocket import Gateway, gateway_of
 from fleetward.platform import Platform
 from fleetward.sim.command_guard import CommandGuard, GuardAction
+from fleetward.telemetry.errors import Status
+from fleetward.telemetry.pipeline import TelemetryPipeline
 from support.commands import CommandWorld, RunningClock, command_world, reported
 
 
@@ -300,6 +302,31 @@ async def test_a_quarantined_device_s_answer_is_not_recorded(world: CommandWorld
     gateway = gateway_of(world.app)
     assert gateway is not None
     gateway.registry.status_changed(live.session.device_id, DeviceStatus.QUARANTINED, "test")
+    await commands_of(world.app).dispatcher.on_result(live, unheard.answer)
+    assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
+    async with world.platform.unit_of_work() as uow:
+        reasons = list(
+            await uow.session.scalars(
+                select(AuditRecord.reason).where(
+                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
+                )
+            )
+        )
+    assert reasons == ["device-quarantined"]
+
+
+async def test_a_device_the_pipeline_quarantines_is_neither_answered_nor_commanded(
+    world: CommandWorld,
+) -> None:
+    # The telemetry pipeline quarantines the device (one frame naming another vehicle is
+    # enough) after a job was delivered to it: from then on its answers are refused and no
+    # command goes down to it, at once, not from the gateway's next credential sweep.
+    unheard = await answered_unheard(world, "horn_lights", "pipeline-quarantined-1")
+    job_id, live = unheard.job_id, unheard.live
+    gateway = gateway_of(world.app)
+    assert isinstance(gateway, Gateway) and isinstance(gateway.handler, TelemetryPipeline)
+    await gateway.handler.stages.quarantine.record(live.session.device_id, Status.FOREIGN_IDENTITY)
+    assert gateway.registry.commandable(live.session.vehicle_id) is None
     await commands_of(world.app).dispatcher.on_result(live, unheard.answer)
     assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
     async with world.platform.unit_of_work() as uow:

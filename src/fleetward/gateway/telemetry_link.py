@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fleetward.devices.models import DeviceStatus
 from fleetward.devices.status import StoreDeviceStatus
+from fleetward.gateway.registry import SessionRegistry
 from fleetward.platform import Platform
 from fleetward.telemetry.pipeline import TelemetryPipeline
 
@@ -26,13 +27,38 @@ class PipelineObserver:
             quarantine.release(device_id)
 
 
+class RegistryReportingStatus:
+    """The pipeline's DeviceStatusPort: flags the device in the store, then tells the
+    gateway's registry, which decides whether commands go down to the device and whether its
+    answers are recorded. Without the second step the registry learnt of the pipeline's
+    quarantine only at its next credential sweep, and meanwhile a device the pipeline had
+    just set apart was still sent commands and had its answers recorded."""
+
+    def __init__(self, store: StoreDeviceStatus) -> None:
+        self._store = store
+        self.registry: SessionRegistry | None = None
+
+    async def quarantine(self, device_id: str, reason: str) -> None:
+        # After the store's write only: a registry told first would take the store's "active"
+        # (a write that failed) at its next sweep for a release, and lift the pipeline's own
+        # quarantine with it.
+        await self._store.quarantine(device_id, reason)
+        if self.registry is not None:
+            self.registry.status_changed(device_id, DeviceStatus.QUARANTINED, reason)
+
+
 class TelemetryLink:
     """Builds the pipeline for a platform; started and stopped by the app's lifespan."""
 
     def __init__(self, platform: Platform) -> None:
         self._status = StoreDeviceStatus(platform)
-        self.pipeline = TelemetryPipeline.build(platform.engine, platform.clock, self._status)
+        self._reporting = RegistryReportingStatus(self._status)
+        self.pipeline = TelemetryPipeline.build(platform.engine, platform.clock, self._reporting)
         self.observer = PipelineObserver(self.pipeline)
+
+    def attach(self, registry: SessionRegistry) -> None:
+        """The gateway's registry, once the gateway exists: told of the pipeline's quarantines."""
+        self._reporting.registry = registry
 
     async def start(self) -> None:
         await self.pipeline.start()
