@@ -36,6 +36,14 @@ from fleetward.store.migrate import upgrade
 from support.http import client_for
 
 OTHER = {s: next(o for o in Surface if o is not s) for s in Surface}
+PUBLIC_URL = "http://testserver"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # The URL clients are told to use (a DPoP proof's htu is compared with it): the test
+    # client's own.
+    return settings.model_copy(update={"public_url": PUBLIC_URL})
 
 
 @pytest.fixture
@@ -49,7 +57,9 @@ async def platform_(settings: Settings, clock: FrozenClock) -> AsyncIterator[Pla
 @pytest.fixture
 def foreign(tmp_path: Path, clock: FrozenClock) -> IdentityRuntime:
     """Another deployment's keys: same issuer name, different signing key."""
-    return IdentityRuntime.build(Settings(data_dir=tmp_path / "elsewhere"), clock)
+    return IdentityRuntime.build(
+        Settings(data_dir=tmp_path / "elsewhere", public_url=PUBLIC_URL), clock
+    )
 
 
 @pytest.fixture
@@ -311,3 +321,22 @@ async def test_step_up_and_scope(
         assert 'max_age="300"' in challenge
     else:
         assert 'error="insufficient_scope"' in challenge
+
+
+async def test_a_dpop_proof_is_checked_against_the_configured_url_not_the_host_header(
+    app: FastAPI, platform_: Platform, clock: FrozenClock
+) -> None:
+    # The Host header is the caller's to choose: a proof made for another host (a token and
+    # proof mis-sent to another service, replayed here with that Host) does not match the
+    # URL this deployment publishes.
+    key = generate_dpop_key()
+    token = mint(platform_.identity, clock, Surface.MOBILE, cnf_jkt=jwk_thumbprint(key))
+    elsewhere = "http://other.example/mobile/v1/me"
+    proof = make_dpop_proof(key, "GET", elsewhere, token, iat=clock.now())
+    async with client_for(app) as client:
+        response = await client.get(
+            "/mobile/v1/me",
+            headers={"authorization": f"DPoP {token}", "dpop": proof, "host": "other.example"},
+        )
+    assert response.status_code == 401
+    assert response.json()["reason"] == "dpop-wrong-url"

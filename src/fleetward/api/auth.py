@@ -196,12 +196,21 @@ async def _sender_constraint(
         return await platform.identity.dpop.verify(
             proof,
             method=request.method,
-            url=str(request.url),
+            url=_public_url(platform, request),
             access_token=token,
             expected_jkt=claims.cnf_jkt,
         )
     except InvalidDpopProof as exc:
         raise _refused("DPoP", f"dpop-{exc.reason}") from None
+
+
+def _public_url(platform: Platform, request: Request) -> str:
+    """The URL the client was told to use for this request: the configured issuer's origin
+    and prefix with the request's path (a DPoP ``htu`` has no query). Never the Host header
+    or the connection's scheme, as at the token endpoint: the Host is the caller's to choose,
+    and behind a TLS-terminating proxy the scheme here is ``http`` while the client's proof
+    says ``https``."""
+    return platform.identity.issuer.rstrip("/") + request.url.path
 
 
 def _check_step_up(claims: AccessTokenClaims, step_up: StepUp, platform: Platform) -> None:

@@ -36,6 +36,10 @@ async def confirm_effects(
             .limit(batch)
         )
     )
+    # The confirmations' time is read after the jobs: an answer recorded between the sweep's
+    # start (``now``) and that read would otherwise be followed by a confirmation dated before
+    # it (its transitions out of order).
+    at = ctx.clock.now()
     confirmed: list[str] = []
     for job in executed:
         spec = BY_PERMISSION.get(job.command)
@@ -59,7 +63,7 @@ async def confirm_effects(
                 job,
                 JobState.CONFIRMED,
                 reason=f"telemetry:{signal.rsplit('.', 1)[-1]}",
-                at=now,
+                at=max(at, job.updated_at),
             )
             confirmed.append(job.id)
     return confirmed
