@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Final
 
 from fastapi import Request
-from sqlalchemy import Table
 
 from fleetward.api.auth import Caller, StepUp, StepUpRequired, step_up_challenge
 from fleetward.authz.audited import decide_audited
@@ -35,7 +34,6 @@ from fleetward.core.errors import Forbidden, NotFound
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
-from fleetward.store.pending import Row, hold_orphans, orphaned
 
 logger = get_logger(__name__)
 
@@ -140,9 +138,9 @@ async def authorize(
     ctx: ServiceContext | None = None,
 ) -> Decision:
     """Decide, audit, and raise on deny. With ``ctx`` the relations are read in the route's
-    transaction and an allow is recorded there (the route commits it); a denial is always
-    recorded in a transaction of its own, because the route's is rolled back by the refusal.
-    Returns the allowed decision (its obligations are the route's to apply)."""
+    transaction and the decision is recorded there: the route commits an allow; a denial's
+    record outlives the refusal's rollback (written by the unit of work). Returns the
+    allowed decision (its obligations are the route's to apply)."""
     platform = _platform(request)
     ask = build_request(platform, caller, action, resource)
     try:
@@ -151,24 +149,15 @@ async def authorize(
     except Exception as exc:  # fail closed
         logger.warning("authz.route_error", error=type(exc).__name__)
         decision = Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version)
-    if decision.allowed:
-        if ctx is not None:
-            audit_decision(platform.audit, ctx.session, ask, decision)
-        else:
-            async with platform.unit_of_work() as uow:
-                audit_decision(platform.audit, uow.session, ask, decision)
-                await uow.commit()
-        return decision
-    earlier: list[tuple[Table, Row]] = []
     if ctx is not None:
-        # The route's transaction is about to be rolled back by the refusal. End it now: on
-        # SQLite it may hold the write lock (an earlier allow's audit record), and the
-        # denial's own transaction below would wait for it. The decisions it recorded are
-        # kept (``store.pending``): they are written with the denial.
-        await ctx.session.rollback()
-        earlier = orphaned(ctx.session)
-    async with platform.unit_of_work() as uow:
-        hold_orphans(uow.session, earlier)
-        audit_decision(platform.audit, uow.session, ask, decision)
-        await uow.commit()
-    raise _refusal(decision, object_route=object_route)
+        # A decision's record is kept (store.pending): a refusal rolls the route's
+        # transaction back, and its unit of work then writes this and the request's earlier
+        # decisions in a transaction of their own.
+        audit_decision(platform.audit, ctx.session, ask, decision)
+    else:
+        async with platform.unit_of_work() as uow:
+            audit_decision(platform.audit, uow.session, ask, decision)
+            await uow.commit()
+    if not decision.allowed:
+        raise _refusal(decision, object_route=object_route)
+    return decision

@@ -21,7 +21,7 @@ from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, ste
 from fleetward.api.authorize import NotPermitted, decide_many, not_found
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
-from fleetward.api.quota_guard import COMMAND_FLOWS, RetryOf, charge_flow
+from fleetward.api.quota_guard import RetryOf, charge_command_flow, charge_flow
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import (
     Decision,
@@ -213,24 +213,13 @@ async def create_bulk(
         raise BulkRejected("a vehicle is named twice", reason="duplicate-vehicle")
     if caller.claims.sub_type != "user":
         raise NotPermitted("bulk commands are asked for by people", reason="not-a-person")
-    await _charge_command_flow(request, caller, spec.permission, len(ids), retry_of)
+    await charge_command_flow(request, caller, spec.permission, lambda: retry_of, vehicles=len(ids))
     ask = bulks.BulkAsk(spec, parameters, ids, body.group_id, key, body.ttl_seconds)
     # A concurrent twin with the same key committed first (the key's unique index): judged
     # again, this request is its replay.
     return await judged_again(
         lambda: _create_once(request, response, caller, ask, body), IntegrityError
     )
-
-
-async def _charge_command_flow(
-    request: Request, caller: Caller, command: Permission, vehicles: int, retry_of: RetryOf
-) -> None:
-    """A bulk unlock (or diagnostic request) of N vehicles is N of them: it pays the command's
-    own flow per vehicle, as the single-vehicle route does, or the bulk route would be the
-    way around remote-unlock's and diagnostic-request's limits."""
-    flow = COMMAND_FLOWS.get(command)
-    if flow is not None:
-        await charge_flow(request, caller, flow, objects=vehicles, retry_of=retry_of)
 
 
 async def _create_once(

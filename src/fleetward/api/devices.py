@@ -132,20 +132,18 @@ async def _require_platform_admin(
             reason = "role"
     if reason is None:
         return
-    # Recorded in a transaction of its own: the caller's is rolled back by the refusal, and
-    # is ended first (on SQLite it holds the write lock the record's transaction needs).
-    await ctx.session.rollback()
-    async with platform.unit_of_work() as uow:
-        platform.audit.record(
-            uow.session,
-            EventName.DEVICE_OPERATION_DENIED,
-            actor=_admin_actor(caller),
-            target=Target("device", target),
-            decision=Decision.DENIED,
-            reason=reason,
-            details={"operation": operation, "surface": caller.surface.value},
-        )
-        await uow.commit()
+    # Kept: the refusal rolls the caller's transaction back, and its unit of work then
+    # writes the denial in a transaction of its own (store.pending).
+    platform.audit.record(
+        ctx.session,
+        EventName.DEVICE_OPERATION_DENIED,
+        actor=_admin_actor(caller),
+        target=Target("device", target),
+        decision=Decision.DENIED,
+        reason=reason,
+        details={"operation": operation, "surface": caller.surface.value},
+        keep=True,
+    )
     raise NotPlatformAdmin("this operation is for platform administrators", reason=reason)
 
 

@@ -137,13 +137,20 @@ async def charge_flow(
 
 
 async def charge_command_flow(
-    request: Request, caller: Caller, command: Permission, retry_of: Callable[[], RetryOf]
+    request: Request,
+    caller: Caller,
+    command: Permission,
+    retry_of: Callable[[], RetryOf],
+    *,
+    vehicles: int = 1,
 ) -> None:
-    """The flow of a command family, if it is one (unlock attempts, diagnostic requests).
-    ``retry_of`` is asked only then: most commands have no flow of their own."""
+    """The flow of a command family, if it is one (unlock attempts, diagnostic requests),
+    one unit per targeted vehicle (a bulk unlock of N vehicles is N unlocks, or the bulk
+    route would be the way around the flow). ``retry_of`` is asked only then: most commands
+    have no flow of their own."""
     flow = COMMAND_FLOWS.get(command)
     if flow is not None:
-        await charge_flow(request, caller, flow, retry_of=retry_of())
+        await charge_flow(request, caller, flow, objects=vehicles, retry_of=retry_of())
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,12 +91,9 @@ class DeviceAdmission:
         device = await session.get(Device, device_id)
         if certificate.device_id != device_id or device is None or device.vehicle_id != vehicle_id:
             raise AdmissionRefused("binding")
-        # The device's status first: it names why (revoked, suspended) better than the
-        # certificate revocation that ending an identity also causes.
-        if device.status not in ADMITTED_STATUSES:
-            raise AdmissionRefused(_REFUSAL_BY_STATUS[device.status])
-        if certificate.status is CertificateStatus.REVOKED:
-            raise AdmissionRefused("certificate-revoked")
+        withdrawn = _withdrawal(device, certificate)
+        if withdrawn is not None:
+            raise AdmissionRefused(withdrawn)
         if not certificate.not_before <= now <= certificate.not_after:
             raise AdmissionRefused("certificate-expired")
         vehicle = await session.get(Vehicle, vehicle_id)
@@ -408,11 +405,18 @@ def _withdrawn(
     device = devices.get(entry.device_id)
     if device is None:
         return AdmissionRefused("binding")
+    withdrawn = _withdrawal(device, certificates.get(entry.certificate_id))
+    return AdmissionRefused(withdrawn) if withdrawn is not None else None
+
+
+def _withdrawal(device: Device, certificate: DeviceCertificate | None) -> str | None:
+    """Why the device's credentials no longer admit it (None: they do). The device's status
+    first: it names why (revoked, suspended) better than the certificate revocation that
+    ending an identity also causes."""
     if device.status not in ADMITTED_STATUSES:
-        return AdmissionRefused(_REFUSAL_BY_STATUS[device.status])
-    certificate = certificates.get(entry.certificate_id)
+        return _REFUSAL_BY_STATUS[device.status]
     if certificate is None or certificate.status is CertificateStatus.REVOKED:
-        return AdmissionRefused("certificate-revoked")
+        return "certificate-revoked"
     return None
 
 
