@@ -112,6 +112,22 @@ class Unheard:
     answer: bytes
 
 
+async def assert_refused_as_quarantined(world: CommandWorld, unheard: Unheard) -> None:
+    """The kept-back answer, given now, is refused as a quarantined device's and audited; its
+    job stays delivered."""
+    await commands_of(world.app).dispatcher.on_result(unheard.live, unheard.answer)
+    assert (await world.job("alice", "ALICE-1", unheard.job_id))["state"] == "delivered"
+    async with world.platform.unit_of_work() as uow:
+        reasons = list(
+            await uow.session.scalars(
+                select(AuditRecord.reason).where(
+                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
+                )
+            )
+        )
+    assert reasons == ["device-quarantined"]
+
+
 def envelope(world: CommandWorld, label: str, *, counter: int, expired: bool = False) -> bytes:
     signer = commands_of(world.app).signer
     now = epoch_ms(world.clock.now())
@@ -298,21 +314,11 @@ async def test_a_quarantined_device_s_answer_is_not_recorded(world: CommandWorld
     # to it: its answer is refused and audited; the job stays delivered (then outcome_unknown),
     # never recorded as what the vehicle did.
     unheard = await answered_unheard(world, "horn_lights", "quarantined-1")
-    job_id, live = unheard.job_id, unheard.live
+    live = unheard.live
     gateway = gateway_of(world.app)
     assert gateway is not None
     gateway.registry.status_changed(live.session.device_id, DeviceStatus.QUARANTINED, "test")
-    await commands_of(world.app).dispatcher.on_result(live, unheard.answer)
-    assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
-    async with world.platform.unit_of_work() as uow:
-        reasons = list(
-            await uow.session.scalars(
-                select(AuditRecord.reason).where(
-                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
-                )
-            )
-        )
-    assert reasons == ["device-quarantined"]
+    await assert_refused_as_quarantined(world, unheard)
 
 
 async def test_a_device_the_pipeline_quarantines_is_neither_answered_nor_commanded(
@@ -322,22 +328,12 @@ async def test_a_device_the_pipeline_quarantines_is_neither_answered_nor_command
     # enough) after a job was delivered to it: from then on its answers are refused and no
     # command goes down to it, at once, not from the gateway's next credential sweep.
     unheard = await answered_unheard(world, "horn_lights", "pipeline-quarantined-1")
-    job_id, live = unheard.job_id, unheard.live
+    live = unheard.live
     gateway = gateway_of(world.app)
     assert isinstance(gateway, Gateway) and isinstance(gateway.handler, TelemetryPipeline)
     await gateway.handler.stages.quarantine.record(live.session.device_id, Status.FOREIGN_IDENTITY)
     assert gateway.registry.commandable(live.session.vehicle_id) is None
-    await commands_of(world.app).dispatcher.on_result(live, unheard.answer)
-    assert (await world.job("alice", "ALICE-1", job_id))["state"] == "delivered"
-    async with world.platform.unit_of_work() as uow:
-        reasons = list(
-            await uow.session.scalars(
-                select(AuditRecord.reason).where(
-                    AuditRecord.name == EventName.COMMAND_RESULT_REFUSED.value
-                )
-            )
-        )
-    assert reasons == ["device-quarantined"]
+    await assert_refused_as_quarantined(world, unheard)
 
 
 async def test_a_flood_of_answers_that_change_nothing_ends_the_session(

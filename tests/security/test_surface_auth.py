@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
+from joserfc.jwk import ECKey, OKPKey
 
 from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.routing import CataloguedRoute
@@ -37,6 +38,7 @@ from support.http import client_for
 
 OTHER = {s: next(o for o in Surface if o is not s) for s in Surface}
 PUBLIC_URL = "http://testserver"
+ME_URL = f"{PUBLIC_URL}/mobile/v1/me"
 
 
 @pytest.fixture
@@ -239,12 +241,17 @@ async def test_attack_is_refused_on_every_surface(
     assert "usr_alice" not in response.text
 
 
+def _bound(platform: Platform, clock: FrozenClock) -> tuple[ECKey | OKPKey, str]:
+    """A DPoP key and a mobile token bound to it."""
+    key = generate_dpop_key()
+    return key, mint(platform.identity, clock, Surface.MOBILE, cnf_jkt=jwk_thumbprint(key))
+
+
 async def test_valid_dpop_bound_token(
     app: FastAPI, platform_: Platform, clock: FrozenClock
 ) -> None:
-    key = generate_dpop_key()
-    token = mint(platform_.identity, clock, Surface.MOBILE, cnf_jkt=jwk_thumbprint(key))
-    url = "http://testserver/mobile/v1/me"
+    key, token = _bound(platform_, clock)
+    url = ME_URL
     async with client_for(app) as client:
         first = await client.get(
             url,
@@ -266,9 +273,8 @@ async def test_more_than_one_dpop_header_is_refused(
 ) -> None:
     # RFC 9449 section 4.3, check 1: one DPoP header field. With two, which proof was checked
     # would depend on the parser; the token endpoint already refuses them.
-    key = generate_dpop_key()
-    token = mint(platform_.identity, clock, Surface.MOBILE, cnf_jkt=jwk_thumbprint(key))
-    url = "http://testserver/mobile/v1/me"
+    key, token = _bound(platform_, clock)
+    url = ME_URL
     proof = make_dpop_proof(key, "GET", url, token, iat=clock.now())
     other = make_dpop_proof(key, "GET", url, token, iat=clock.now())
     async with client_for(app) as client:
@@ -329,8 +335,7 @@ async def test_a_dpop_proof_is_checked_against_the_configured_url_not_the_host_h
     # The Host header is the caller's to choose: a proof made for another host (a token and
     # proof mis-sent to another service, replayed here with that Host) does not match the
     # URL this deployment publishes.
-    key = generate_dpop_key()
-    token = mint(platform_.identity, clock, Surface.MOBILE, cnf_jkt=jwk_thumbprint(key))
+    key, token = _bound(platform_, clock)
     elsewhere = "http://other.example/mobile/v1/me"
     proof = make_dpop_proof(key, "GET", elsewhere, token, iat=clock.now())
     async with client_for(app) as client:

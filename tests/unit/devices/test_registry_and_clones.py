@@ -115,6 +115,14 @@ def registry(clock: FrozenClock, check: FakeCheck, observer: FakeObserver) -> Se
 ACTIVE = DeviceStatus.ACTIVE
 
 
+async def _two_more_sweeps(check: FakeCheck) -> None:
+    """Until the watcher has read the store twice more (one whole sweep after this point)."""
+    calls = check.calls
+    async with asyncio.timeout(2):
+        while check.calls < calls + 2:  # noqa: ASYNC110 - polling the fake's effect
+            await asyncio.sleep(0.01)
+
+
 async def test_a_second_live_session_of_a_device_is_reported(
     registry: SessionRegistry, clock: FrozenClock
 ) -> None:
@@ -208,10 +216,7 @@ async def test_watcher_applies_changes_made_elsewhere(
     check.statuses["dev_changed"] = status
     if withdrawn:
         check.withdrawn.add("s-changed")
-    calls = check.calls
-    async with asyncio.timeout(2):
-        while check.calls < calls + 2:  # noqa: ASYNC110 - polling the fake's effect
-            await asyncio.sleep(0.01)
+    await _two_more_sweeps(check)
     assert closed.codes == ([code] if code else [])
     assert registry.sessions("dev_changed") == ([] if code else [changed])
     expected = [("dev_changed", DeviceStatus.QUARANTINED)] if case == "quarantined" else []
@@ -270,10 +275,7 @@ async def test_a_sweep_read_before_a_quarantine_does_not_release_it(
     check.statuses["dev_a"] = QUARANTINED
     registry.status_changed("dev_a", QUARANTINED, "clone-concurrent-session")
     check.answer.set()
-    calls = check.calls
-    async with asyncio.timeout(2):
-        while check.calls < calls + 2:  # noqa: ASYNC110 - polling the fake's effect
-            await asyncio.sleep(0.01)
+    await _two_more_sweeps(check)
     # The stale "active" never released the device, not even until the next sweep.
     assert observer.changes == [("dev_a", QUARANTINED)]
     assert registry.status_of("dev_a") is QUARANTINED and closed.codes == []
