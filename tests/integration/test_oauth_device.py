@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,8 @@ from sqlalchemy.util import await_
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
-from fleetward.identity.oauth.device_approval import DevicePage
+from fleetward.identity.login.limits import LIMITS, Dimension, Factor
+from fleetward.identity.oauth.device_approval import USER_CODE_ALPHABET, DevicePage
 from fleetward.identity.oauth.policy import DEVICE_CODE
 from fleetward.identity.oauth_models import DeviceAuthorization, DeviceAuthorizationStatus
 from fleetward.identity.tokens import InvalidToken
@@ -224,3 +226,50 @@ async def test_an_approval_racing_a_revocation_does_not_write_over_it(
     assert reads == [True, True]
     assert done.status_code == 400 and "unknown_user_code" in done.text
     assert (await _poll(world, started["device_code"])).json()["error"] == "access_denied"
+
+
+USER_CODE_LIMIT = LIMITS[(Factor.USER_CODE, Dimension.ACCOUNT)]
+
+
+async def _look_up(world: OAuthWorld, cookie: dict[str, str], user_code: str) -> httpx.Response:
+    return await world.http.get(
+        f"/oauth/device?{urlencode({'user_code': user_code})}", headers=cookie
+    )
+
+
+def _wrong_codes(right: str, n: int) -> list[str]:
+    letters = sorted(USER_CODE_ALPHABET)
+    codes = [f"{a}{b}{c}{d}-BCDF" for a, b, c, d in itertools.product(letters, repeat=4)]
+    return [c for c in codes if c != right][:n]
+
+
+async def test_wrong_user_codes_are_guesses_and_block_the_page(world: OAuthWorld) -> None:
+    # RFC 8628 section 5.1: the user code is short; the page limits how many a signed-in
+    # person may try. Past the limit even the right code is refused (answering it otherwise
+    # would tell a guesser which code was right), until the block ends.
+    started = await _start(world)
+    code = str(started["user_code"])
+    cookie = await login(world, "alice")
+    for wrong in _wrong_codes(code, USER_CODE_LIMIT):
+        assert (await _look_up(world, cookie, wrong)).status_code == 400
+    blocked = await _look_up(world, cookie, code)
+    assert blocked.status_code == 429 and "too_many_codes" in blocked.text
+    assert int(blocked.headers["Retry-After"]) > 0
+    assert "csrf_token" not in blocked.text
+    _clock(world).advance(timedelta(seconds=int(blocked.headers["Retry-After"]) + 1))
+    assert (await _look_up(world, cookie, code)).status_code == 200
+
+
+async def test_a_right_user_code_does_not_reset_the_guesses(world: OAuthWorld) -> None:
+    # The right code is given back, not counted; but it does not end the streak of wrong
+    # ones (anyone can start a device flow and know one right code).
+    started = await _start(world)
+    code = str(started["user_code"])
+    cookie = await login(world, "alice")
+    wrong = _wrong_codes(code, USER_CODE_LIMIT)
+    for guess in wrong[:-1]:
+        assert (await _look_up(world, cookie, guess)).status_code == 400
+    for _ in range(3):
+        assert (await _look_up(world, cookie, code)).status_code == 200
+    assert (await _look_up(world, cookie, wrong[-1])).status_code == 400
+    assert (await _look_up(world, cookie, code)).status_code == 429

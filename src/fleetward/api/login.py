@@ -24,7 +24,6 @@ from fleetward.catalog.entry import (
     Impact,
     catalogued,
 )
-from fleetward.core.context import current_request
 from fleetward.identity.login import answers, cookies, csrf, pending
 from fleetward.identity.login.account import Account
 from fleetward.identity.login.errors import (
@@ -38,7 +37,7 @@ from fleetward.identity.login.errors import (
     SecondFactorRejected,
 )
 from fleetward.identity.login.flow import PasswordStep
-from fleetward.identity.login.limits import network_of
+from fleetward.identity.login.limits import client_network
 from fleetward.identity.login.outcomes import (
     Failure,
     Refused,
@@ -116,13 +115,7 @@ def _runtime(request: Request) -> LoginRuntime:
 
 
 def _network(request: Request) -> str:
-    # The client's address as the request-identity middleware resolved it (through the
-    # configured trusted proxies), not the TCP peer: behind a reverse proxy every peer is the
-    # proxy, and one client's failures would block the network budget of everyone.
-    context = current_request()
-    if context is not None:
-        return network_of(context.source_ip)
-    return network_of(request.client.host if request.client else None)
+    return client_network(request.client.host if request.client else None)
 
 
 def _require_csrf_header(request: Request, rt: LoginRuntime) -> None:

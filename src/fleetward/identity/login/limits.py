@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from fleetward.core.context import current_request
+
 WINDOW = timedelta(hours=1)
 FIRST_BLOCK = timedelta(minutes=1)
 MAX_BLOCK = timedelta(minutes=15)
@@ -39,6 +41,8 @@ class Factor(StrEnum):
     TOTP = "totp"
     RECOVERY = "recovery"
     WEBAUTHN = "webauthn"
+    # A user code typed on the device page (RFC 8628 section 5.1): a wrong one is a guess.
+    USER_CODE = "user_code"
 
 
 class Dimension(StrEnum):
@@ -62,6 +66,9 @@ LIMITS: dict[tuple[Factor, Dimension], int] = {
     (Factor.WEBAUTHN, Dimension.ACCOUNT): 10,
     (Factor.WEBAUTHN, Dimension.IP): 30,
     (Factor.WEBAUTHN, Dimension.CLIENT): 500,
+    # Codes are ~34 bits and live 10 minutes; a person types one or two wrong per device.
+    (Factor.USER_CODE, Dimension.ACCOUNT): 10,
+    (Factor.USER_CODE, Dimension.IP): 30,
 }
 
 
@@ -100,6 +107,15 @@ def network_of(address: str | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
+
+
+def client_network(peer: str | None) -> str:
+    """The counted network of the current request's client: the address the request-identity
+    middleware resolved through the configured trusted proxies, not the TCP peer (behind a
+    reverse proxy every peer is the proxy, and one client's failures would spend the budget
+    of everyone). ``peer`` only where no middleware ran."""
+    context = current_request()
+    return network_of(context.source_ip if context is not None else peer)
 
 
 def normalise_username(username: str) -> str:

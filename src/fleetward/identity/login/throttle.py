@@ -98,11 +98,15 @@ class Throttle:
                 blocks[k.key] = until
         return Reservation(keys, blocks)
 
-    async def refund(self, reservation: Reservation) -> None:
-        """The attempt succeeded: it was not a failure."""
+    async def refund(self, reservation: Reservation, *, ends_streak: bool = True) -> None:
+        """The attempt succeeded: it was not a failure. ``ends_streak``: the right secret
+        for the account clears its counter; without it every key only gets this attempt
+        back (where success proves nothing about the account, e.g. a device user code the
+        caller may have started themselves, a clearing success would reset the budget of
+        their guesses)."""
         session = self._ctx.session
         for k in reservation.keys:
-            if k.dimension is Dimension.ACCOUNT:
+            if ends_streak and k.dimension is Dimension.ACCOUNT:
                 # The right secret for this account ends its streak.
                 await session.execute(delete(LoginThrottle).where(LoginThrottle.key == k.key))
                 continue

@@ -2,7 +2,10 @@
 
 The page needs a login session strong enough for the requested surface (the same floor as
 the authorization endpoint). The code is looked up only among pending, unexpired requests;
-an unknown code and someone else's used code answer the same. The POST carries a CSRF token
+an unknown code and someone else's used code answer the same. Every lookup is counted
+against the signed-in person and their network before it runs, and given back when the code
+was a pending one (RFC 8628 section 5.1: wrong codes are guesses; the counters and their
+blocks are the login throttle's, ``identity.login.limits``). The POST carries a CSRF token
 bound to the login session and to that one device request. Approving records who approved,
 in which tenant, and the login's acr/amr/auth_time, which the polling client's tokens carry.
 """
@@ -14,6 +17,7 @@ from typing import Final
 from urllib.parse import urlencode
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +25,9 @@ from starlette.responses import Response
 from fleetward.audit.events import Decision, EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.surfaces import Surface
+from fleetward.identity.credential_models import LoginSession
+from fleetward.identity.login.limits import Factor, client_network, keys_for
+from fleetward.identity.login.throttle import Blocked, Reservation, Throttle
 from fleetward.identity.models import User
 from fleetward.identity.oauth.authorize import login_redirect, session_satisfies
 from fleetward.identity.oauth.clients import load_client
@@ -36,6 +43,7 @@ from fleetward.identity.oauth.urls import DEVICE_PATH
 from fleetward.identity.oauth_models import DeviceAuthorization, DeviceAuthorizationStatus
 from fleetward.identity.sessions import COOKIE_NAME, LoginSessions
 from fleetward.platform import Platform
+from fleetward.services import ServiceContext
 
 DEVICE_PURPOSE: Final = "device"
 USER_CODE_ALPHABET: Final = frozenset("BCDFGHJKLMNPQRSTVWXZ")  # Authlib's, no vowels
@@ -64,6 +72,8 @@ class DevicePage:
     def __init__(self, exchange: Exchange, csrf: CsrfGuard) -> None:
         self.exchange = exchange
         self.csrf = csrf
+        # Whether the code looked up was a pending, unexpired request (not a guess).
+        self.matched = False
 
     def run(self, raw_code: str | None, answer: DeviceAnswer | None) -> Outcome:
         code = normalise_user_code(raw_code) if raw_code is not None else None
@@ -138,6 +148,7 @@ class DevicePage:
             or row.expires_at <= self.exchange.now
         ):
             return None
+        self.matched = True
         return row
 
     def _confirm_page(self, row: DeviceAuthorization, session_id: str, user_id: str) -> Page:
@@ -180,13 +191,27 @@ async def _visit(
     platform: Platform, request: Request, raw_code: str | None, answer: DeviceAnswer | None
 ) -> Response:
     guard = csrf_guard(platform)
+    cookie = request.cookies.get(COOKIE_NAME)
+    # The lookup is counted in a transaction of its own, committed before the code is looked
+    # up (as a password attempt is): parallel guesses each pay, whatever the visit does next.
+    async with platform.services() as (uow, ctx):
+        login = await LoginSessions(ctx).current(cookie)
+        reserved = await _count_lookup(ctx, request, login, raw_code)
+        await uow.commit()
+    if isinstance(reserved, Blocked):
+        return _throttled(reserved)
     try:
         async with platform.services() as (uow, ctx):
             exchange = new_exchange(platform)
-            exchange.login = await LoginSessions(ctx).current(request.cookies.get(COOKIE_NAME))
-            outcome = await ctx.session.run_sync(
-                lambda session: DevicePage(exchange.bind(session), guard).run(raw_code, answer)
-            )
+            exchange.login = await LoginSessions(ctx).current(cookie)
+
+            def run(session: Session) -> tuple[Outcome, bool]:
+                page = DevicePage(exchange.bind(session), guard)
+                return page.run(raw_code, answer), page.matched
+
+            outcome, matched = await ctx.session.run_sync(run)
+            if reserved is not None and matched:
+                await Throttle(ctx).refund(reserved, ends_streak=False)
             await settle(platform, ctx, exchange)
             await uow.commit()
     except StaleDataError:
@@ -194,6 +219,24 @@ async def _visit(
         # nothing of the visit is written, and the code is no longer one to approve.
         return respond(message_page(_TITLE, "unknown_user_code"))
     return respond(outcome)
+
+
+async def _count_lookup(
+    ctx: ServiceContext, request: Request, login: LoginSession | None, raw_code: str | None
+) -> Reservation | Blocked | None:
+    """Count the lookup a visit is about to make (a signed-in person submitting a well-formed
+    code), or refuse it when a counter is blocked; None when no code will be looked up."""
+    if login is None or raw_code is None or normalise_user_code(raw_code) is None:
+        return None
+    network = client_network(request.client.host if request.client else None)
+    keys = keys_for(Factor.USER_CODE, account=login.user_id, network=network, client_id=None)
+    return await Throttle(ctx).reserve(keys)
+
+
+def _throttled(blocked: Blocked) -> Response:
+    response = respond(message_page(_TITLE, "too_many_codes", status=429))
+    response.headers["Retry-After"] = str(blocked.retry_after)
+    return response
 
 
 async def device_get(platform: Platform, request: Request) -> Response:

@@ -167,6 +167,7 @@ _ERROR_TEXT: Final = {
     "access_denied": "The request was refused.",
     "request_forgery": "This form expired or did not come from this page. Please start again.",
     "unknown_user_code": "That code is unknown or has expired. Check the code on your device.",
+    "too_many_codes": "Too many codes were tried. Wait a few minutes, then try again.",
 }
 
 
