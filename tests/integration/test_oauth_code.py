@@ -16,9 +16,12 @@ from joserfc.jwk import ECKey
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import Role
 from fleetward.identity.oauth.client_side import Pkce
 from fleetward.identity.tokens import InvalidToken
 from fleetward.platform import Platform
+from support.factories import FACTORY
 from unit.identity.oauth.kit import (
     CLI,
     CONSOLE,
@@ -396,6 +399,29 @@ async def test_a_scope_unticked_on_the_consent_screen_is_no_longer_remembered(
     )
     assert again.status_code == 200, again.headers.get("location")
     assert sorted(consent_scopes(again)) == sorted([READ, LOCK])
+
+
+async def test_consent_is_remembered_per_surface_and_tenant(world: OAuthWorld) -> None:
+    # The CLI serves several surfaces with the same scope names. Alice allowed it to read
+    # her cars' status on the mobile surface; that is not consent to read the status of
+    # the fleet she also works for: the fleet request shows the consent screen.
+    async with world.platform.services() as (uow, ctx):
+        alice = world.users["alice"]
+        await Directory(ctx).grant_membership(
+            alice, world.tenants["fleet"], Role.FLEET_OPERATOR, actor=FACTORY
+        )
+        await uow.commit()
+    cookie = await login(world, "alice")
+    mobile = authorization_params(CLI, Pkce.generate(), scope=READ, resource=Surface.MOBILE)
+    first = await authorize(world, cookie, mobile)
+    assert consent_scopes(first) == [READ]
+    assert "code" in redirect_params(await decide(world, cookie, first))
+    again = {**mobile, **authorization_params(CLI, Pkce.generate(), scope=READ)}
+    assert "code" in redirect_params(await authorize(world, cookie, again))
+    fleet = authorization_params(CLI, Pkce.generate(), scope=READ, resource=Surface.FLEET)
+    other_surface = await authorize(world, cookie, fleet)
+    assert other_surface.status_code == 200, other_surface.headers.get("location")
+    assert consent_scopes(other_surface) == [READ]
 
 
 async def test_consent_post_is_csrf_protected(world: OAuthWorld) -> None:

@@ -130,13 +130,17 @@ class DeviceAuthorization(Base):
 
 
 class ConsentGrant(Base):
-    """A person's consent to a client for a set of scopes (the consent screen's answer)."""
+    """A person's consent to a client for a set of scopes on one surface, acting for one
+    tenant (the consent screen's answer). Rows from before surface and tenant were recorded
+    (both NULL) match no request: those people are asked again."""
 
     __tablename__ = "oauth_consents"
 
     id: Mapped[str] = id_column()
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     client_id: Mapped[str] = mapped_column(ForeignKey("oauth_clients.id"))
+    surface: Mapped[str | None] = mapped_column(String(16))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
     scopes: Mapped[list[str]] = mapped_column(JSON)
     granted_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]

@@ -31,7 +31,7 @@ from fleetward.identity.acr import Acr
 from fleetward.identity.credential_models import LoginSession
 from fleetward.identity.models import Tenant, User
 from fleetward.identity.oauth.adapters import OAuthClient
-from fleetward.identity.oauth.consent import consented_scopes, record_consent
+from fleetward.identity.oauth.consent import ConsentSubject, consented_scopes, record_consent
 from fleetward.identity.oauth.csrf import CsrfGuard, binding_of
 from fleetward.identity.oauth.exchange import AuditNote
 from fleetward.identity.oauth.http import (
@@ -127,8 +127,9 @@ class AuthorizationStep:
             self._note_denied(login, client, "no-single-tenant")
             return self._decide(request, grant, None)
         requested = tuple(request.scope.split())
+        subject = ConsentSubject(login.user_id, client.id, facts.surface, tenant.id)
         if answer is None:
-            remembered = consented_scopes(self.session, login.user_id, client.id)
+            remembered = consented_scopes(self.session, subject)
             if not set(requested) <= remembered:
                 return self._consent_page(request, login, tenant, requested, binding)
             granted = requested
@@ -139,8 +140,7 @@ class AuthorizationStep:
                 return self._decide(request, grant, None)
             record_consent(
                 self.session,
-                user_id=login.user_id,
-                client_id=client.id,
+                subject,
                 scopes=granted,
                 now=self.exchange.now,
                 withheld=[s for s in requested if s not in granted],

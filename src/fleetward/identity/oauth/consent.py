@@ -1,45 +1,61 @@
 """Remembered consent: what a person has allowed a client (``oauth_consents``).
 
-Consent is per person and client, for a set of scopes. An authorization request whose
-scopes are all covered by remembered consent skips the consent screen; anything new shows
-it. A new decision supersedes the earlier rows (they are ended, not deleted), so the current
-consent is always one row that says exactly what was allowed. A scope shown on the screen and
-left unticked is withdrawn from it.
+Consent is per person, client, surface and tenant, for a set of scopes: what a person allowed
+a client's mobile app is not what they allow the same client on another surface, nor while
+acting for another tenant (scope names repeat across surfaces; their data does not). An
+authorization request whose scopes are all covered by remembered consent for its surface and
+tenant skips the consent screen; anything new shows it. A new decision supersedes the
+earlier rows (they are ended, not deleted), so the current consent is always one row that
+says exactly what was allowed. A scope shown on the screen and left unticked is withdrawn
+from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetward.core.ids import new_id
+from fleetward.core.surfaces import Surface
 from fleetward.identity.oauth_models import ConsentGrant
 
 
-def _active(session: Session, user_id: str, client_id: str) -> list[ConsentGrant]:
+@dataclass(frozen=True, slots=True)
+class ConsentSubject:
+    """Who allowed whom, where: a consent is remembered for exactly this."""
+
+    user_id: str
+    client_id: str
+    surface: Surface
+    tenant_id: str
+
+
+def _active(session: Session, subject: ConsentSubject) -> list[ConsentGrant]:
     return list(
         session.scalars(
             select(ConsentGrant).where(
-                ConsentGrant.user_id == user_id,
-                ConsentGrant.client_id == client_id,
+                ConsentGrant.user_id == subject.user_id,
+                ConsentGrant.client_id == subject.client_id,
+                ConsentGrant.surface == subject.surface.value,
+                ConsentGrant.tenant_id == subject.tenant_id,
                 ConsentGrant.revoked_at.is_(None),
             )
         )
     )
 
 
-def consented_scopes(session: Session, user_id: str, client_id: str) -> frozenset[str]:
-    return frozenset(s for grant in _active(session, user_id, client_id) for s in grant.scopes)
+def consented_scopes(session: Session, subject: ConsentSubject) -> frozenset[str]:
+    return frozenset(s for grant in _active(session, subject) for s in grant.scopes)
 
 
 def record_consent(
     session: Session,
+    subject: ConsentSubject,
     *,
-    user_id: str,
-    client_id: str,
     scopes: Iterable[str],
     now: datetime,
     withheld: Iterable[str] = (),
@@ -47,15 +63,17 @@ def record_consent(
     """Remember ``scopes`` on top of what was allowed before, minus ``withheld``: scopes the
     person was shown and left unticked. Their latest answer wins, or a scope they just took
     back would stay remembered and the client would get it on its next silent request."""
-    earlier = _active(session, user_id, client_id)
+    earlier = _active(session, subject)
     kept = {s for grant in earlier for s in grant.scopes} - set(withheld)
     allowed = sorted({*scopes, *kept})
     for grant in earlier:
         grant.revoked_at = now
     grant = ConsentGrant(
         id=new_id("ocg"),
-        user_id=user_id,
-        client_id=client_id,
+        user_id=subject.user_id,
+        client_id=subject.client_id,
+        surface=subject.surface.value,
+        tenant_id=subject.tenant_id,
         scopes=allowed,
         granted_at=now,
         revoked_at=None,

@@ -31,7 +31,7 @@ from fleetward.identity.login.throttle import Blocked, Reservation, Throttle
 from fleetward.identity.models import User
 from fleetward.identity.oauth.authorize import login_redirect, session_satisfies
 from fleetward.identity.oauth.clients import load_client
-from fleetward.identity.oauth.consent import record_consent
+from fleetward.identity.oauth.consent import ConsentSubject, record_consent
 from fleetward.identity.oauth.csrf import CsrfGuard
 from fleetward.identity.oauth.exchange import AuditNote, Exchange
 from fleetward.identity.oauth.http import BadForm, read_form
@@ -121,8 +121,7 @@ class DevicePage:
         row.amr = list(login.amr)
         record_consent(
             self.exchange.session,
-            user_id=login.user_id,
-            client_id=row.client_id,
+            ConsentSubject(login.user_id, row.client_id, surface, tenant.id),
             scopes=row.scope.split(),
             now=self.exchange.now,
         )
