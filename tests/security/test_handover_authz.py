@@ -240,6 +240,11 @@ BAD_INVITATIONS: list[tuple[list[str], dict[str, Any], str]] = [
     ([STATUS], {"valid_until": "2099-01-01T00:00:00+00:00"}, "window longer than allowed"),
     ([STATUS], {"valid_until": "2026-12-01T00:00:00"}, "naive time"),
     ([STATUS], {"valid_from": "2020-01-01T00:00:00+00:00"}, "back-dated window"),
+    (
+        [STATUS],
+        {"valid_from": "9999-12-31T23:00:00-14:00", "valid_until": "9999-12-31T23:30:00-14:00"},
+        "a window past the last storable instant (was a 500)",
+    ),
     ([STATUS], {"owner": "usr_aaaaaaaaaaaaaaaaaaaaaaaaaa"}, "mass assignment: owner"),
     ([STATUS], {"status": "accepted"}, "mass assignment: status"),
     ([STATUS], {"tenant_id": "ten_aaaaaaaaaaaaaaaaaaaaaaaaaa"}, "mass assignment: tenant"),
