@@ -100,6 +100,11 @@ class DelegationService:
             details={"driver": driver.id, "permissions": list(delegation.permissions)},
         )
         await session.flush()
+        # Asked again once the delegation is written, the open ownership locked: a sale that
+        # completed after the first check would otherwise leave the seller's driver with
+        # the buyer's car; one that completes later waits for this grant and revokes it.
+        if not await OwnershipService(self._ctx).held_by(vehicle, owner):
+            raise NotCurrentOwner("only the current owner can delegate this vehicle")
         return delegation
 
     async def revoke(

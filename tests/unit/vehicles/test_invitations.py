@@ -30,8 +30,9 @@ from fleetward.vehicles.invitations import (
     IssuedInvitation,
     code_digest,
 )
-from fleetward.vehicles.models import Vehicle
+from fleetward.vehicles.models import DriverDelegation, Vehicle
 from fleetward.vehicles.ownership import OwnershipService
+from fleetward.vehicles.transfers import TransferService
 from support.factories import FACTORY, WorldFactory
 
 STATUS = Permission.VEHICLE_READ_STATUS
@@ -204,6 +205,38 @@ async def test_concurrent_accepts_have_one_winner(
         with pytest.raises(InvalidCode):
             await InvitationService(late).accept(issued.code, second, actor=FACTORY)
         await late_uow.commit()
+
+
+async def test_an_invitation_accepted_while_the_car_is_sold_ends_with_the_sale(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock, backend: str
+) -> None:
+    """The seller's driver must not keep the buyer's car: an acceptance that read the seller
+    as owner and commits after the sale has revoked the seller's delegations would leave
+    a delegation granted by the former owner standing."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: the two transactions cannot interleave")
+    owner, invitee, buyer, car = await _cast(ctx)
+    issued = await _invite(ctx, clock, car, owner)
+    sale = await TransferService(ctx).start(car, owner, actor=FACTORY)
+    await ctx.session.commit()
+
+    async def sell() -> None:
+        async with platform.services() as (uow, selling):
+            await TransferService(selling).accept(sale.code, car.vin, buyer, actor=FACTORY)
+            await uow.commit()
+
+    async with platform.services() as (accept_uow, accepting):
+        delegation = await InvitationService(accepting).accept(issued.code, invitee, actor=FACTORY)
+        # The sale runs while the acceptance is still open, and waits on whatever it locked.
+        sold = asyncio.create_task(sell())
+        await asyncio.sleep(0.5)
+        await accept_uow.commit()
+    await sold
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(DriverDelegation, delegation.id)
+        owned = await OwnershipService(check).current(car)
+    assert owned is not None and owned.owner_user_id == buyer.id
+    assert row is not None and row.revoked_at is not None, "the seller's driver kept the car"
 
 
 def test_invalid_code_is_a_plain_404() -> None:
