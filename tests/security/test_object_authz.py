@@ -19,6 +19,7 @@ from fleetward.vehicles.models import DriverDelegation
 from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
 
 UNKNOWN = UNKNOWN_VEHICLE
+NOT_FOUND = "urn:fleetward:problem:not-found"
 
 
 M, F, D, P = Surface.MOBILE, Surface.FLEET, Surface.DEALER, Surface.PARTNER
@@ -179,3 +180,24 @@ async def test_an_operators_pages_and_cursors_hold_only_their_groups(api: Api) -
         last = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         assert last in north
     assert set(seen) == north
+
+
+# (who, surface, path): a NUL in an id can name no object; PostgreSQL refuses the byte
+# (asyncpg: invalid byte sequence), which reached the client as an opaque 500.
+NUL_IDS = [
+    ("heidi", Surface.SUPPORT, "/cases/a%00b"),
+    ("heidi", Surface.SUPPORT, "/cases/a%00b/account"),
+    ("grace", D, "/cases/a%00b/vehicle"),
+    ("erin", F, "/groups/a%00b"),
+    ("erin", F, "/groups/a%00b/vehicles"),
+    ("alice", M, "/vehicles/a%00b/status"),
+]
+
+
+async def test_an_id_with_a_control_character_is_not_found(api: Api) -> None:
+    wrong = []
+    for who, surface, path in NUL_IDS:
+        response = await api.get(who, surface, path)
+        if response.status_code != 404 or response.json()["type"] != NOT_FOUND:
+            wrong.append(f"{who} {path}: {response.status_code}")
+    assert not wrong, "\n".join(wrong)

@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from fleetward.catalog.entry import CatalogEntry, Lifecycle, entry_of
-from fleetward.core.errors import FleetwardError
+from fleetward.core.errors import FleetwardError, NotFound
 from fleetward.core.surfaces import Surface
 
 
@@ -55,6 +55,9 @@ class CataloguedRoute(APIRoute):
             self.openapi_extra["x-fleetward-route"] = self.name
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params: dict[str, Any] = scope.get("path_params") or {}
+        if any(isinstance(v, str) and not v.isprintable() for v in params.values()):
+            raise MalformedId("no such object")
         entry = self.catalog_entry
         if entry is None or entry.lifecycle is Lifecycle.ACTIVE:
             await super().handle(scope, receive, send)
@@ -73,6 +76,15 @@ class CataloguedRoute(APIRoute):
             await send(message)
 
         await super().handle(scope, receive, with_sunset)
+
+
+class MalformedId(NotFound):
+    """A path parameter no object id can be (a NUL or another control character): the same
+    problem as a missing object, answered before any store sees the value (PostgreSQL
+    refuses a NUL byte in text with an error, which would otherwise be a 500)."""
+
+    code = "not-found"
+    title = "Not found"
 
 
 def _sunset_instant(entry: CatalogEntry) -> datetime | None:
