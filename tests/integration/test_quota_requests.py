@@ -35,10 +35,12 @@ from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
+from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.core.vin import make_vin
 from fleetward.platform import Platform
 from fleetward.settings import Settings
+from fleetward.vehicles.records import Trip
 from support.api import Api
 
 M, F, D = Surface.MOBILE, Surface.FLEET, Surface.DEALER
@@ -355,6 +357,39 @@ async def test_a_vehicle_read_showing_its_location_pays_the_location_flow(
     assert "location" in detail.json()
     for path in (f"/vehicles/{vehicle}", f"/vehicles/{vehicle}/location"):
         refused = await api.get(who, surface, path)
+        assert refused.status_code == 429, (path, refused.text)
+        assert refused.json()["reason"] == "flow-bulk-location"
+
+
+async def test_trips_with_coordinates_pay_the_location_flow(api: Api, wired: Wired) -> None:
+    # A trip's end is where the car is parked: trips shown with their coordinates pay the
+    # bulk-location flow (once a request) like the current location, or listing the trips of
+    # every car walked around that limit.
+    _tight(wired.runtime, Flow.BULK_LOCATION, capacity=1)
+    vehicle = api.vehicle_id("ALICE-1")
+    async with api.platform.services() as (uow, ctx):
+        at = ctx.clock.now()
+        ctx.session.add(
+            Trip(
+                id=new_id("trp"),
+                vehicle_id=vehicle,
+                started_at=at,
+                ended_at=at,
+                distance_km=1.0,
+                energy_kwh=0.2,
+                start_latitude=48.1,
+                start_longitude=11.5,
+                end_latitude=48.2,
+                end_longitude=11.6,
+            )
+        )
+        await uow.commit()
+    trips = await api.get("alice", M, f"/vehicles/{vehicle}/trips")
+    assert trips.status_code == 200, trips.text
+    first = trips.json()["items"][0]
+    assert first["end_latitude"] is not None
+    for path in (f"/vehicles/{vehicle}/trips", f"/vehicles/{vehicle}/trips/{first['id']}"):
+        refused = await api.get("alice", M, path)
         assert refused.status_code == 429, (path, refused.text)
         assert refused.json()["reason"] == "flow-bulk-location"
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute
 
+from fleetward.abuse.policy import Flow
 from fleetward.api.auth import Caller
 from fleetward.api.authorize import authorize, decide_many, not_found
 from fleetward.api.objects import (
@@ -32,6 +33,7 @@ from fleetward.api.objects import (
     page_size,
     platform_of,
 )
+from fleetward.api.quota_guard import charge_flow
 from fleetward.authz.decision import Decision, Obligation, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass
@@ -148,6 +150,8 @@ async def list_records(
         if located:
             located = await may(request, caller, Permission.VEHICLE_READ_LOCATION, vehicle_id, ctx)
         await uow.commit()
+    if located:
+        await _pay_for_places(request, caller)
     return Page(
         items=[render(r, located) for r in rows],
         next_cursor=encode_cursor(rows[-1].id) if more else None,
@@ -181,7 +185,18 @@ async def read_record(
             request, caller, Permission.VEHICLE_READ_LOCATION, vehicle_id, ctx
         )
         await uow.commit()
+    if located:
+        await _pay_for_places(request, caller)
     return render(found, located)
+
+
+async def _pay_for_places(request: Request, caller: Caller) -> None:
+    """Trip coordinates say where the car was, the last one where it is parked now: they pay
+    the bulk-location flow as the current location does (one vehicle a request), or the
+    trips of 10,000 cars would be the way around that limit. Charged once the transaction
+    has ended (a refusal records its audit event in one of its own), before anything is
+    returned."""
+    await charge_flow(request, caller, Flow.BULK_LOCATION)
 
 
 __all__ = [
