@@ -227,6 +227,13 @@ async def test_without_the_scope_even_an_admin_is_refused(api: Api) -> None:
     assert response.status_code == 403
 
 
+async def test_since_without_an_offset_is_a_problem_not_a_500(api: Api) -> None:
+    response = await api.get("judy", ADMIN, "/alerts?since=2026-01-01T00:00:00")
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["location"] == ["query", "since"]
+
+
 async def test_unknown_alert_is_404_for_an_admin(api: Api) -> None:
     assert (await api.get("judy", ADMIN, "/alerts/alr_" + "a" * 26)).status_code == 404
     assert (

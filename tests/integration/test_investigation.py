@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.investigate import BlastQuery, Subject, blast_radius, trace_request
@@ -119,3 +119,32 @@ async def test_a_stolen_token_reaches_exactly_three_vehicles(api: Api) -> None:
     assert event.vehicle_id == api.vehicle_id("ACME-N2")
     assert event.action == Permission.VEHICLE_READ_STATUS.value
     assert event.policy_version
+
+
+async def test_a_time_without_an_offset_is_a_problem_not_a_500(api: Api) -> None:
+    """A window bound without its UTC offset cannot be compared with the log's aware times:
+    the caller is told so (422 problem), the server does not fail, nothing is recorded."""
+    async with api.platform.unit_of_work() as uow:
+        before = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.name == EventName.INVESTIGATION_RUN.value)
+        )
+    for query in (
+        "subject=window&since=2026-01-01T00:00:00",
+        f"subject=token-family&value={STOLEN_FAMILY}&until=2026-01-01T00:00:00",
+    ):
+        response = await api.get("judy", Surface.ADMIN, f"/investigations/blast-radius?{query}")
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"][0]["problem"] == "timezone_aware"
+    async with api.platform.unit_of_work() as uow:
+        after = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.name == EventName.INVESTIGATION_RUN.value)
+        )
+    assert after == before
+    aware = "subject=window&since=2026-01-01T00:00:00Z"
+    response = await api.get("judy", Surface.ADMIN, f"/investigations/blast-radius?{aware}")
+    assert response.status_code == 200, response.text

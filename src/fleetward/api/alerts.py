@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 from fastapi import Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize
@@ -166,7 +166,8 @@ async def list_alerts(
     caller: Caller = admin,
     status: AlertStatus | None = None,
     rule: RuleId = None,
-    since: datetime | None = None,
+    # Aware only: a time without its offset is refused (422), never compared as a guess.
+    since: AwareDatetime | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[AlertView]:

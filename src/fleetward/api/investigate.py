@@ -8,11 +8,11 @@ anyone else is refused with 403. Every blast-radius query is itself an audit eve
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import AwareDatetime
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize
@@ -72,8 +72,9 @@ async def blast(
     request: Request,
     subject: Subject,
     value: Value = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    # Aware only: a time without its offset is refused (422), never compared as a guess.
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     output: Literal["json", "csv"] = "json",
     caller: Caller = investigator,
 ) -> Any:
