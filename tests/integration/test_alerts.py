@@ -232,6 +232,10 @@ async def test_since_without_an_offset_is_a_problem_not_a_500(api: Api) -> None:
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"][0]["location"] == ["query", "since"]
+    # Aware, but before the first UTC instant: refused too, not handed to the store.
+    response = await api.get("judy", ADMIN, "/alerts?since=0001-01-01T00:00:00%2B05:00")
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["location"] == ["query", "since"]
 
 
 async def test_unknown_alert_is_404_for_an_admin(api: Api) -> None:

@@ -138,6 +138,14 @@ async def test_a_time_without_an_offset_is_a_problem_not_a_500(api: Api) -> None
         assert response.status_code == 422, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["problem"] == "timezone_aware"
+    # Aware, but outside what UTC can hold: refused too, not handed to the store.
+    for query in (
+        "subject=window&since=0001-01-01T00:00:00%2B05:00",
+        "subject=window&until=9999-12-31T23:00:00-05:00",
+    ):
+        response = await api.get("judy", Surface.ADMIN, f"/investigations/blast-radius?{query}")
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
     async with api.platform.unit_of_work() as uow:
         after = await uow.session.scalar(
             select(func.count())

@@ -13,12 +13,13 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 from fastapi import Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize
 from fleetward.api.objects import (
     Cursor,
+    Instant,
     Limit,
     Page,
     cut_page,
@@ -166,8 +167,7 @@ async def list_alerts(
     caller: Caller = admin,
     status: AlertStatus | None = None,
     rule: RuleId = None,
-    # Aware only: a time without its offset is refused (422), never compared as a guess.
-    since: AwareDatetime | None = None,
+    since: Instant | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[AlertView]:

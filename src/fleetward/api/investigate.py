@@ -12,11 +12,10 @@ from typing import Annotated, Any, Final, Literal
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import AwareDatetime
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize
-from fleetward.api.objects import object_entry, platform_of
+from fleetward.api.objects import Instant, object_entry, platform_of
 from fleetward.api.routing import surface_router
 from fleetward.audit.governance import command_figures, data_figures, route_figures
 from fleetward.audit.investigate import BlastQuery, Subject, trace_request
@@ -72,9 +71,8 @@ async def blast(
     request: Request,
     subject: Subject,
     value: Value = None,
-    # Aware only: a time without its offset is refused (422), never compared as a guess.
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
     output: Literal["json", "csv"] = "json",
     caller: Caller = investigator,
 ) -> Any:

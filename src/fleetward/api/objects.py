@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Final, Generic, TypeVar
 
 from fastapi import Query, Request
-from pydantic import BaseModel
+from pydantic import AfterValidator, AwareDatetime, BaseModel
 
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact
@@ -30,6 +31,18 @@ T = TypeVar("T")
 # opaque cursor of the previous page.
 Limit = Annotated[int, Query(ge=1)]
 Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside the range of UTC times") from None
+
+
+# A time filter: with its offset (a naive time is refused, never guessed) and one UTC can
+# hold (0001-01-01T00:00+05:00 is not), so the store is never handed what it cannot compare.
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class Page(BaseModel, Generic[T]):
