@@ -379,10 +379,16 @@ async def _check_unsealed(
         .order_by(AuditRecord.seq)
     )
     inserted = (await session.execute(query.where(AuditRecord.seq <= horizon))).all()
-    for seq, event_id, occurred_at in inserted[:max_problems]:
+    found = 0
+    for seq, event_id, occurred_at in inserted:
         partition = partition_of(occurred_at)
         if (since and partition < since) or (until and partition > until):
             continue
+        # Counted after the days are chosen: records outside them must not use up the room
+        # and hide one inside.
+        if found >= max_problems:
+            break
+        found += 1
         report.problems.append(
             Problem(
                 ProblemKind.INSERTED,

@@ -3,11 +3,11 @@ one; an untouched log verifies. Runs on SQLite and PostgreSQL (the ``platform`` 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, event, inspect, select, update
 
-from fleetward.audit.chain import HASHED_COLUMNS, ProblemKind, record_hash
+from fleetward.audit.chain import HASHED_COLUMNS, ProblemKind, partition_of, record_hash
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord, AuditSeal
 from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending, verify_log
@@ -209,3 +209,40 @@ async def test_days_are_separate_chains(platform: Platform, clock: FrozenClock) 
     await seal_pending(platform, lag=timedelta(0))
     report = await verify_log(platform)
     assert report.ok and len(report.heads) == 2
+
+
+async def test_an_inserted_record_is_found_by_a_days_verify_whatever_other_days_hold(
+    platform: Platform, clock: FrozenClock
+) -> None:
+    # Records forged into an earlier day must not hide one forged into the day verified.
+    await _record(platform, 2)
+    yesterday = clock.now()
+    clock.advance(timedelta(days=1))
+    await _record(platform, 2)
+    await seal_pending(platform, lag=timedelta(0))
+    today = clock.now()
+
+    def forged(seq: int, event_id: str, at: datetime) -> AuditRecord:
+        return AuditRecord(
+            seq=seq,  # below the sealed horizon
+            id=event_id,
+            occurred_at=at,
+            name=EventName.OWNERSHIP_TRANSFERRED.value,
+            actor_type=ActorType.SYSTEM,
+            actor_id="chain-test",
+            object_type="vehicle",
+            object_id="veh_x",
+            action="transferred",
+            decision=Decision.ALLOWED,
+            details={},
+        )
+
+    async with platform.unit_of_work() as uow:
+        uow.session.add_all(forged(-1000 + i, f"evt_noise_{i}", yesterday) for i in range(150))
+        uow.session.add(forged(-1, "evt_forged_today", today))
+        await uow.commit()
+    day = partition_of(today)
+    report = await verify_log(platform, since=day, until=day)
+    assert [(p.kind, p.event_id) for p in report.problems] == [
+        (ProblemKind.INSERTED, "evt_forged_today")
+    ]
