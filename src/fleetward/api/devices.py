@@ -131,6 +131,15 @@ async def _require_platform_admin(
         ):
             reason = "role"
     if reason is None:
+        # An allowed decision is an audit event too (a read changes nothing else to record):
+        # in the route's transaction, committed with what the operation does.
+        platform.audit.record(
+            ctx.session,
+            EventName.DEVICE_OPERATION_ALLOWED,
+            actor=_admin_actor(caller),
+            target=Target("device", target),
+            details={"operation": operation, "surface": caller.surface.value},
+        )
         return
     # Kept: the refusal rolls the caller's transaction back, and its unit of work then
     # writes the denial in a transaction of its own (store.pending).
@@ -211,10 +220,12 @@ async def create_enrolment(
 )
 async def show_device(device_id: str, request: Request, caller: AdminCaller) -> DeviceView:
     platform = _platform(request)
-    async with platform.services() as (_uow, ctx):
+    async with platform.services() as (uow, ctx):
         await _require_platform_admin(platform, ctx, caller, "show", device_id)
         device = await DeviceLifecycle(ctx).get(device_id)
-        return await _view(request, ctx, device)
+        view = await _view(request, ctx, device)
+        await uow.commit()  # the decision's record
+    return view
 
 
 @admin_router.post(

@@ -78,6 +78,7 @@ class EventName(StrEnum):
     DEVICE_TCU_REPLACED = "device:tcu:replaced"
     DEVICE_QUARANTINED = "device:identity:quarantined"
     DEVICE_CLONE_DETECTED = "device:clone:detected"
+    DEVICE_OPERATION_ALLOWED = "device:operation:allowed"
     DEVICE_OPERATION_DENIED = "device:operation:denied"
     DEVICE_HANDSHAKE_FAILED = "device:handshake:failed"
     DEVICE_SESSION_OPENED = "device:session:opened"

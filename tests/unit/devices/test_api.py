@@ -262,6 +262,24 @@ async def test_admin_route_refuses(
     assert [d.reason for d in denied] == ([reason] if reason else [])
 
 
+async def test_an_admins_allowed_reads_and_changes_are_audited(api: Api) -> None:
+    """Every decision is an audit event: a platform admin looking at a device identity (its
+    vehicle, its last address) leaves a record as a refused caller does."""
+    device_id = await api.device()
+    shown = await api.http.get(f"/admin/v1/devices/{device_id}", headers=api.admin())
+    assert shown.status_code == 200, shown.text
+    suspended = await api.http.post(
+        f"/admin/v1/devices/{device_id}/suspend", json={"reason": "check"}, headers=api.admin()
+    )
+    assert suspended.status_code == 200, suspended.text
+    allowed = await api.events(EventName.DEVICE_OPERATION_ALLOWED.value)
+    assert [(e.object_id, e.details["operation"], e.actor_id) for e in allowed] == [
+        (device_id, "show", api.world.admin.id),
+        (device_id, "suspend", api.world.admin.id),
+    ]
+    assert all(e.decision.value == "allowed" for e in allowed)
+
+
 async def test_admin_body_and_ids_are_checked(api: Api) -> None:
     device_id = await api.device()
     for body in ({"reason": "x", "status": "active"}, {"reason": "Free text!"}, {}):
