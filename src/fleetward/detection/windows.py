@@ -19,16 +19,27 @@ class Entry:
 
 
 class Window:
-    """Entries per key no older than ``span`` before the newest entry added for that key.
+    """Entries per key no older than ``span`` before the newest entry added for that key
+    (with ``unique_values``, only the newest entry of each value).
 
     The least recently used keys are dropped past ``max_keys``, and the oldest entries of a key
     past ``max_entries``: memory stays bounded whatever the traffic. Not thread-safe.
     """
 
-    def __init__(self, span: timedelta, *, max_keys: int = 50_000, max_entries: int = 1_000):
+    def __init__(
+        self,
+        span: timedelta,
+        *,
+        max_keys: int = 50_000,
+        max_entries: int = 1_000,
+        unique_values: bool = False,
+    ) -> None:
         if span <= timedelta(0) or max_keys < 1 or max_entries < 1:
             raise ValueError("a window needs a positive span and room for entries")
         self._span = span
+        # One entry per value (the newest): for rules that count distinct values, so repeats
+        # of one value cannot push the others out of a key's bounded entries.
+        self._unique = unique_values
         self._max_keys = max_keys
         self._max_entries = max_entries
         self._keys: OrderedDict[str, deque[Entry]] = OrderedDict()
@@ -42,6 +53,11 @@ class Window:
                 self._keys.popitem(last=False)
         else:
             self._keys.move_to_end(key)
+            if self._unique:
+                for old in entries:
+                    if old.value == value:
+                        entries.remove(old)
+                        break
         entries.append(Entry(at, event_id, value))
         horizon = at - self._span
         while entries and entries[0].at < horizon:

@@ -361,3 +361,17 @@ def test_disabled_rules_are_not_built() -> None:
 
     config = replace(CONFIG, enumeration=EnumerationConfig(enabled=False))
     assert "vin-enumeration" not in {r.id for r in build_rules(config)}
+
+
+def test_refusals_padded_on_one_vehicle_do_not_hide_a_walk() -> None:
+    # A walker pads each new guess with many refusals on one vehicle, so that no stretch of
+    # its newest refusals (the window keeps a bounded number per actor) holds five distinct
+    # vehicles: the distinct vehicles of the window still count.
+    events: list[Observed] = []
+    for i in range(6):
+        events.append(denied(f"veh_walk_{i}")(i))
+        events.extend(denied("veh_pad")(i) for _ in range(400))
+    found = feed(rule("vin-enumeration"), events)
+    assert found, "a walk over six vehicles in ten minutes was not found"
+    assert "veh_walk_0" in {e.object_id for e in events if e.id in found[0].evidence}
+

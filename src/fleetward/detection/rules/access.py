@@ -81,7 +81,9 @@ class VinEnumeration(BaseRule):
 
     def __init__(self, config: EnumerationConfig) -> None:
         self._config = config
-        self._window = Window(config.window)
+        # Distinct vehicles count: refusals padded on one vehicle must not push a walk's
+        # other vehicles out of the actor's bounded entries.
+        self._window = Window(config.window, unique_values=True)
 
     def observe(self, event: Observed) -> Sequence[Finding]:
         if event.name != DECISION:
