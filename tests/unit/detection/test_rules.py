@@ -375,3 +375,18 @@ def test_refusals_padded_on_one_vehicle_do_not_hide_a_walk() -> None:
     assert found, "a walk over six vehicles in ten minutes was not found"
     assert "veh_walk_0" in {e.object_id for e in events if e.id in found[0].evidence}
 
+
+def test_a_request_id_another_caller_used_does_not_hide_a_deprecated_call() -> None:
+    # Request ids are chosen by callers (X-Request-Id): one caller's id seen before must not
+    # make another caller's request on a deprecated route count as already seen.
+    def call(actor: str, client: str) -> Observed:
+        return event(
+            DECISION,
+            actor=actor,
+            endpoint=DEPRECATED_ROUTE,
+            client_id=client,
+            request_id="req-chosen-by-caller",
+        )
+
+    found = feed(rule("deprecated-api-use"), [call("usr_a", "cli_a"), call("usr_b", "cli_b")])
+    assert {f.subject_id for f in found} == {"cli_a", "cli_b"}

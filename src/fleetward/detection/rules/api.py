@@ -27,7 +27,7 @@ class DeprecatedApiUse(BaseRule):
     def __init__(self, config: DeprecatedApiConfig, endpoints: Iterable[str]) -> None:
         self._config = config
         self._endpoints = frozenset(endpoints)
-        self._requests: OrderedDict[str, None] = OrderedDict()
+        self._requests: OrderedDict[str, str] = OrderedDict()  # request id -> caller
 
     def accepts(self, event: Observed) -> bool:
         return event.endpoint is not None and event.endpoint in self._endpoints
@@ -35,13 +35,18 @@ class DeprecatedApiUse(BaseRule):
     def observe(self, event: Observed) -> Sequence[Finding]:
         if not self.accepts(event) or event.endpoint is None:
             return ()
+        caller = event.client_id or event.actor
         if event.request_id is not None:
-            if event.request_id in self._requests:
+            # Request ids are the caller's to choose (X-Request-Id): an event is of a request
+            # already counted only when it is that caller's (or names no client: the client
+            # is bound to every event of an authenticated request), so an id another caller
+            # used hides nothing.
+            first = self._requests.get(event.request_id)
+            if first is not None and (event.client_id is None or first == caller):
                 return ()
-            self._requests[event.request_id] = None
+            self._requests[event.request_id] = caller
             if len(self._requests) > REQUESTS_REMEMBERED:
                 self._requests.popitem(last=False)
-        caller = event.client_id or event.actor
         return (
             self.finding(
                 event,
