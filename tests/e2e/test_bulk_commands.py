@@ -6,6 +6,7 @@ and what the cars did.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,11 +20,12 @@ from conftest import T0
 from fleetward.api import bulk_commands as bulk_api
 from fleetward.audit.recorder import Actor
 from fleetward.commands import bulk as bulk_service
-from fleetward.commands.models import CommandBulk, CommandJob
+from fleetward.commands.models import CommandBulk, CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.core.surfaces import Surface
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role
+from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.platform import Platform
 from fleetward.vehicles.models import FleetGroup
 from support.commands import CommandWorld, RunningClock, command_world, reported
@@ -306,3 +308,38 @@ async def groups(world: CommandWorld) -> list[tuple[str, str]]:
     async with world.platform.unit_of_work() as uow:
         rows = await uow.session.execute(select(FleetGroup.id, FleetGroup.name))
         return [(gid, name) for gid, name in rows]
+
+
+async def test_a_requester_revoked_before_the_approval_never_reaches_a_car(
+    world: CommandWorld,
+) -> None:
+    # A large bulk unlock asked for with erin's stolen token; erin then signs out everywhere
+    # (her tokens revoked) while it waits; an unaware second admin approves it later. The
+    # jobs are created at the approval, after the revocation, but the grant they carry is
+    # the bulk request's token: the delivery re-check must find the revocation and never
+    # send them.
+    path = await waiting_unlock(world)
+    bulk_id = path.split("/")[-2]
+    async with world.platform.services() as (uow, ctx):
+        revocations = RevocationService(ctx, world.platform.identity.revocations)
+        await revocations.revoke_user(
+            world.users["erin"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+        )
+        await uow.commit()
+    world.clock.advance(timedelta(seconds=5))  # the approval comes a little later
+    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert approved.status_code == 200, approved.text
+    ids = [job["job_id"] for job in approved.json()["jobs"]]
+    assert len(ids) == len(CARS)
+    states: list[CommandJob] = []
+    for _ in range(200):
+        async with world.platform.unit_of_work() as uow:
+            states = [j for j in [await uow.session.get(CommandJob, i) for i in ids] if j]
+        if all(j.state is not JobState.QUEUED for j in states):
+            break
+        await asyncio.sleep(0.05)
+    assert [j.state for j in states] == [JobState.REJECTED] * len(CARS), bulk_id
+    assert all(j.rejected_link == "delivery_recheck" for j in states)
+    await asyncio.sleep(0.3)
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+    assert all(world.cars[x].vehicle.state.locked is True for x in CARS)

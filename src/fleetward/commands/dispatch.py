@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import bindparam, or_, select, update
@@ -50,7 +50,7 @@ from fleetward.commands.envelope import (
     seal_command,
 )
 from fleetward.commands.families import BY_PERMISSION
-from fleetward.commands.models import CommandJob, JobState, VehicleCommandCounter
+from fleetward.commands.models import CommandBulk, CommandJob, JobState, VehicleCommandCounter
 from fleetward.commands.results import append_link, record_result
 from fleetward.commands.service import CommandConfig, settle
 from fleetward.commands.signing import CommandSigner
@@ -461,14 +461,25 @@ _REVOKED_SINCE: Final = (
 )
 
 
+# When the bulk request a job belongs to was asked for (its token's use).
+_BULK_ASKED: Final = select(CommandBulk.created_at).where(CommandBulk.id == bindparam("bid"))
+
+
 async def _token_revoked(ctx: ServiceContext, job: CommandJob) -> bool:
     """Was the token that asked for ``job`` revoked while the job waited? A queued job asked
-    for with a stolen token, then revoked ("sign out everywhere"), never reaches the car."""
+    for with a stolen token, then revoked ("sign out everywhere"), never reaches the car.
+
+    A bulk request's job is created at its approval, up to an hour after the token asked for
+    it: the revocations that count are those since the bulk request, not since the job."""
+    asked = job.created_at
+    if job.bulk_id is not None:
+        found = await ctx.session.scalar(_BULK_ASKED, {"bid": job.bulk_id})
+        asked = found or datetime.min.replace(tzinfo=UTC)  # no bulk row: every epoch counts
     found = await ctx.session.scalar(
         _REVOKED_SINCE,
         {
             "jti": job.token_id or "",
-            "created": job.created_at,
+            "created": asked,
             "sub": job.requested_by,
             "client": job.client_id,
             "tenant": job.token_tenant_id or "",
