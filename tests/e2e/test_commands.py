@@ -510,6 +510,53 @@ async def test_following_a_job_streams_its_states(world: CommandWorld) -> None:
     assert states == sorted(set(states), key=states.index)  # each state once, in order
 
 
+@pytest.mark.parametrize("revoked", ["delegation", "token"])
+async def test_a_follow_stream_ends_when_the_followers_access_ends(
+    world: CommandWorld, revoked: str
+) -> None:
+    # bob follows his queued lock (the car is away). His delegation is revoked, or his
+    # tokens are ("sign out everywhere": the follower may hold a stolen one): the stream
+    # must end, promptly and cleanly, instead of going on showing the job for up to a minute
+    # to a token that is no longer valid, or breaking off mid-message.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("bob", "ALICE-1", "lock", key="bob-follow")
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    events: list[str] = []
+    loop = asyncio.get_running_loop()
+    revoked_at: list[float] = []
+
+    async def revoke() -> None:
+        await asyncio.sleep(0.3)
+        if revoked == "delegation":
+            await revoke_bob(world)
+        else:
+            async with world.platform.services() as (uow, ctx):
+                service = RevocationService(ctx, world.platform.identity.revocations)
+                await service.revoke_user(
+                    world.users["bob"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+                )
+                await uow.commit()
+        revoked_at.append(loop.time())
+
+    revoking = asyncio.create_task(revoke())
+    async with world.http.stream(
+        "GET",
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/{job_id}/events",
+        headers={"authorization": f"Bearer {world.token('bob')}"},
+        timeout=10,
+    ) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: "))["state"])
+    ended = loop.time()
+    await revoking
+    assert events == ["queued"]
+    assert ended - revoked_at[0] < 3, ended - revoked_at[0]
+
+
 async def revoke_bob(world: CommandWorld) -> datetime:
     async with world.platform.services() as (uow, ctx):
         delegation = await ctx.session.scalar(

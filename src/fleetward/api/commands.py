@@ -30,7 +30,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge
-from fleetward.api.authorize import authorize, decide_each, decide_many, not_found
+from fleetward.api.authorize import (
+    ObjectNotFound,
+    authorize,
+    decide_each,
+    decide_many,
+    not_found,
+)
 from fleetward.api.bodies import StrictBody
 from fleetward.api.history_jobs import read_job
 from fleetward.api.history_views import JobDetail, job_detail
@@ -67,6 +73,7 @@ from fleetward.commands.service import (
 )
 from fleetward.commands.states import FINAL
 from fleetward.core.surfaces import Surface
+from fleetward.identity.tokens import InvalidToken
 from fleetward.services import ServiceContext
 from fleetward.store.races import judged_again
 from fleetward.store.sqlite_driver import INLINE_READ
@@ -328,14 +335,21 @@ async def follow(
     request: Request, caller: Caller, vehicle_id: str, job_id: str
 ) -> AsyncIterator[bytes]:
     """Server-sent events: the job now, then at every change, until it is final (an executed
-    job with nothing to confirm ends it too) or FOLLOW_MAX passed."""
+    job with nothing to confirm ends it too) or FOLLOW_MAX passed. Every look is authorized
+    again: the stream ends as soon as the caller's token is no longer valid (revoked,
+    expired) or the caller may no longer see the job."""
     runtime = commands_of(request.app)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FOLLOW_MAX.total_seconds()
     last: tuple[str, str] | None = None
     while True:
         changed = runtime.dispatcher.changed(job_id)
-        detail = await read_job(request, caller, vehicle_id, job_id)
+        if not await _token_still_valid(request, caller):
+            return
+        try:
+            detail = await read_job(request, caller, vehicle_id, job_id)
+        except ObjectNotFound:
+            return  # no longer theirs to see: the stream ends (its headers are long sent)
         current = (detail.state, detail.updated_at.isoformat())
         if current != last:
             last = current
@@ -351,6 +365,19 @@ async def follow(
                 await changed.wait()
         except TimeoutError:
             continue
+
+
+async def _token_still_valid(request: Request, caller: Caller) -> bool:
+    """Is the token that opened this stream still valid now (signature, expiry, and no
+    revocation since it was checked at the request's start)?"""
+    _scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        await platform_of(request).identity.validator.validate(
+            token.strip(), surface=caller.surface
+        )
+    except InvalidToken:
+        return False
+    return True
 
 
 def _nothing_to_confirm(detail: JobDetail) -> bool:
