@@ -479,6 +479,37 @@ async def test_missing_step_up_is_rejected_and_the_retry_after_it_passes(
     assert car.acted() == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("lock", rb'{"parameters": {"\ud800": 1}}'),  # a parameter name that is no text
+        ("unlock", rb'{"parameters": {"x": "\ud800"}}'),  # a value (hashed for the flow)
+        ("climate", rb'{"parameters": {"cabin_celsius": "\udfff"}}'),
+    ],
+)
+async def test_a_body_that_is_not_text_is_invalid_input(
+    world: CommandWorld, name: str, body: bytes
+) -> None:
+    # JSON may carry a lone surrogate ("\ud800"), which is no UTF-8 text: the request is
+    # invalid input (422 problem), never a 500 from echoing or hashing it, and no job exists.
+    response = await world.http.post(
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/{name}",
+        content=body,
+        headers={
+            "authorization": f"Bearer {world.token('alice')}",
+            "idempotency-key": f"text-{name}",
+            "content-type": "application/json",
+        },
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    listed = await world.http.get(
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands",
+        headers={"authorization": f"Bearer {world.token('alice')}"},
+    )
+    assert listed.json()["items"] == []
+
+
 async def test_a_stranger_gets_not_found_and_no_job(world: CommandWorld) -> None:
     # mallory knows ALICE-1's id: knowing an id grants nothing, and not even a job exists.
     response = await world.command("mallory", "ALICE-1", "unlock")

@@ -92,12 +92,21 @@ _SURFACES: Final = {
 }
 
 
+# Parameter names and text values as constrained strings: pydantic then refuses a string that
+# is no Unicode text (a lone surrogate, "\ud800", is valid JSON), which a plain ``str`` in a
+# dict lets through to be hashed (the flow's retry digest) or echoed (the problem) as a 500.
+_ParameterName = Annotated[str, Field(min_length=1, max_length=64)]
+_ParameterText = Annotated[str, Field(max_length=1024)]
+
+
 class CommandBody(StrictBody):
     """What a client may say about a command. Everything else about the job is the server's."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    parameters: dict[str, bool | int | float | str] = Field(default_factory=dict, max_length=8)
+    parameters: dict[_ParameterName, bool | int | float | _ParameterText] = Field(
+        default_factory=dict, max_length=8
+    )
     # A shorter deadline than the command's own lifetime (never a longer one).
     ttl_seconds: int | None = Field(default=None, ge=1, le=86_400)
 
