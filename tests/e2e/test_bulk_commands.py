@@ -343,3 +343,40 @@ async def test_a_requester_revoked_before_the_approval_never_reaches_a_car(
     await asyncio.sleep(0.3)
     assert all(world.cars[x].acted() == 0 for x in CARS)
     assert all(world.cars[x].vehicle.state.locked is True for x in CARS)
+
+
+async def test_an_approved_bulk_keeps_the_requested_ttl(world: CommandWorld) -> None:
+    # A TTL only ever shortens a command's lifetime: "unlock these cars, but only within the
+    # next 5 s". Below the threshold the jobs keep it; a bulk that waits for a second admin
+    # must keep it too, never stretch the jobs to the command's full lifetime.
+    runtime = commands_of(world.app)
+    world.app.state.commands = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
+    )
+    await second_admin(world)
+    response = await world.http.post(
+        "/fleet/v1/bulk-commands",
+        json={
+            "command": "horn_lights",
+            "vehicle_ids": [world.vehicles[x].id for x in CARS],
+            "ttl_seconds": 5,
+        },
+        headers={**fleet_auth(world, "erin"), "idempotency-key": "ttl-1"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "awaiting_approval"
+    approved = await world.http.post(
+        f"/fleet/v1/bulk-commands/{response.json()['id']}/approve",
+        headers=fleet_auth(world, "olga"),
+    )
+    assert approved.status_code == 200, approved.text
+    async with world.platform.unit_of_work() as uow:
+        created = list(
+            await uow.session.scalars(
+                select(CommandJob).where(CommandJob.bulk_id == response.json()["id"])
+            )
+        )
+    assert len(created) == len(CARS)
+    assert all(j.expires_at - j.created_at == timedelta(seconds=5) for j in created), [
+        j.expires_at - j.created_at for j in created
+    ]

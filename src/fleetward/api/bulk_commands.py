@@ -367,6 +367,7 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
             _service(ctx, runtime),
             tenants=await _tenants(ctx, bulk.vehicle_ids),
             reason=decision.reason.value,
+            ttl_seconds=bulk.ttl_seconds,
         )
         await uow.commit()
         view = await _view(ctx, bulk, caller)

@@ -72,6 +72,7 @@ def new_bulk(
         request_hash=bulk_hash(ask),
         token_id=grant.token_id,
         token_family=grant.token_family,
+        ttl_seconds=ask.ttl_seconds,
         token_scopes=sorted(grant.scopes),
         acr=grant.acr,
         auth_time=grant.auth_time,

@@ -159,6 +159,9 @@ class CommandBulk(Base):
     decided_reason: Mapped[str | None] = mapped_column(String(64))
     # --- migration 0012 --- (as on jobs; the bulk's jobs inherit it)
     token_family: Mapped[str | None] = mapped_column(String(40))
+    # --- migration 0014 --- The request's TTL (seconds; None: the command's own lifetime),
+    # for the jobs an approval creates later.
+    ttl_seconds: Mapped[int | None]
 
 
 class VehicleCommandCounter(Base):
