@@ -20,6 +20,8 @@ from conftest import T0
 from fleetward.api import commands as api_commands
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
+from fleetward.authz.decision import Decision, Reason
+from fleetward.commands import dispatch as dispatch_module
 from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import settle
@@ -347,6 +349,37 @@ async def test_a_revocation_racing_a_command_never_lets_it_act_after(
     else:
         assert final["delivered_at"] is not None
         assert datetime.fromisoformat(final["delivered_at"]) <= revoked_at
+
+
+async def test_a_job_rejected_at_its_own_delivery_binds_no_key(
+    world: CommandWorld, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL the authorizing transaction asks the PDP again when it delivers to a
+    # connected car; a grant that ended in between rejects the job there (403,
+    # delivery_recheck). A rejected attempt binds nothing: the retry with the same key once
+    # the grant holds again is judged afresh, never answered 202 with the rejected job.
+    if backend == "sqlite":
+        pytest.skip("on SQLite the authorizing decision is the delivery's (write lock)")
+    await reported(world, "ALICE-1")
+    original = dispatch_module.decide_audited
+    calls: list[int] = []
+
+    async def denied_once(*args: Any) -> list[Decision]:
+        decisions = await original(*args)
+        calls.append(1)
+        if len(calls) > 1:
+            return decisions
+        return [Decision.deny(Reason.REVOKED, d.policy_version) for d in decisions]
+
+    monkeypatch.setattr(dispatch_module, "decide_audited", denied_once)
+    first = await world.command("alice", "ALICE-1", "horn_lights", key="recheck-1")
+    assert first.status_code == 403, first.text
+    assert first.json()["link"] == "delivery_recheck"
+    again = await world.command("alice", "ALICE-1", "horn_lights", key="recheck-1")
+    assert again.status_code == 202, again.text
+    assert again.headers.get("idempotency-replayed") is None
+    assert again.json()["id"] != first.json()["job_id"]
+    assert again.json()["state"] == "delivered"
 
 
 async def test_a_job_past_its_deadline_is_never_delivered(world: CommandWorld) -> None:

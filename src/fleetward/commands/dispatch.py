@@ -293,6 +293,9 @@ class Dispatcher:
                     job, Link.DELIVERY_RECHECK, True, f"{decided.reason.value} (this transaction)"
                 )
             elif not await self._recheck(ctx, job, now, token_checked=True):
+                # Rejected before the request was answered: like any rejected attempt it
+                # binds no Idempotency-Key (the retry is judged afresh, not replayed).
+                job.idempotency_key = None
                 return None
             frame = self._seal(ctx, job, live, now, counter)
         return Sealed(job.id, live, frame)
