@@ -351,15 +351,15 @@ async def test_a_revocation_racing_a_command_never_lets_it_act_after(
         assert datetime.fromisoformat(final["delivered_at"]) <= revoked_at
 
 
+# PostgreSQL only: on SQLite the authorizing decision is the delivery's (write lock).
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 async def test_a_job_rejected_at_its_own_delivery_binds_no_key(
-    world: CommandWorld, backend: str, monkeypatch: pytest.MonkeyPatch
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On PostgreSQL the authorizing transaction asks the PDP again when it delivers to a
     # connected car; a grant that ended in between rejects the job there (403,
     # delivery_recheck). A rejected attempt binds nothing: the retry with the same key once
     # the grant holds again is judged afresh, never answered 202 with the rejected job.
-    if backend == "sqlite":
-        pytest.skip("on SQLite the authorizing decision is the delivery's (write lock)")
     await reported(world, "ALICE-1")
     original = dispatch_module.decide_audited
     calls: list[int] = []

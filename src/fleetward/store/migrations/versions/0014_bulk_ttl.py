@@ -4,11 +4,8 @@ A bulk request above the approval threshold creates its jobs when a second admin
 it; the request's ``ttl_seconds`` (which may only shorten a command's lifetime) was not
 stored, so those jobs got the command's full lifetime instead of the one asked for.
 
-Numbered 0014 and revising 0012 on the review branch that found it: main has gained 0013
-(consent) meanwhile; on merging, this revision revises 0013 instead.
-
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-07 02:00:00.000000
 """
 
@@ -20,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
