@@ -27,7 +27,8 @@ from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role
 from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.platform import Platform
-from fleetward.vehicles.models import FleetGroup
+from fleetward.vehicles.fleets import FleetService
+from fleetward.vehicles.models import FleetGroup, OperatorAssignment
 from support.commands import CommandWorld, RunningClock, command_world, reported
 
 CARS = ("ACME-N1", "ACME-N2")
@@ -131,6 +132,31 @@ async def test_an_operator_commands_only_their_group(world: CommandWorld) -> Non
     inside = await bulk(world, "frank", "lock", ["ACME-N1"], group=north, key="f-2")
     assert inside.status_code == 202, inside.text
     assert await bulks(world) == 1
+
+
+async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
+    world: CommandWorld,
+) -> None:
+    # frank's own bulk shows its jobs while he is an operator of the group; once he is
+    # moved off it, his own request is as hidden as any other object of the fleet.
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    asked = await bulk(world, "frank", "lock", ["ACME-N1"], group=north, key="f-seen")
+    assert asked.status_code == 202, asked.text
+    path = f"/fleet/v1/bulk-commands/{asked.json()['id']}"
+    seen = await world.http.get(path, headers=fleet_auth(world, "frank"))
+    assert seen.status_code == 200, seen.text
+    assert [j["vehicle_id"] for j in seen.json()["jobs"]] == [world.vehicles["ACME-N1"].id]
+    async with world.platform.services() as (uow, ctx):
+        (assignment,) = await ctx.session.scalars(
+            select(OperatorAssignment).where(
+                OperatorAssignment.group_id == north,
+                OperatorAssignment.user_id == world.users["frank"].id,
+            )
+        )
+        await FleetService(ctx).unassign_operator(assignment, actor=Actor.system("test"))
+        await uow.commit()
+    gone = await world.http.get(path, headers=fleet_auth(world, "frank"))
+    assert gone.status_code == 404, gone.text
 
 
 async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWorld) -> None:

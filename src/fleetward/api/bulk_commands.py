@@ -133,10 +133,14 @@ async def _in_group(ctx: ServiceContext, group_id: str, vehicle_ids: Sequence[st
     return members == set(vehicle_ids)
 
 
-async def _view(ctx: ServiceContext, bulk: CommandBulk, caller: Caller) -> BulkView:
-    rows = await ctx.session.scalars(
-        select(CommandJob).where(CommandJob.bulk_id == bulk.id).order_by(CommandJob.vehicle_id)
-    )
+async def _view(
+    ctx: ServiceContext, bulk: CommandBulk, caller: Caller, *, only: frozenset[str] | None = None
+) -> BulkView:
+    """The bulk and its jobs (``only``: the jobs of these vehicles)."""
+    query = select(CommandJob).where(CommandJob.bulk_id == bulk.id)
+    if only is not None:
+        query = query.where(CommandJob.vehicle_id.in_(sorted(only)))
+    rows = await ctx.session.scalars(query.order_by(CommandJob.vehicle_id))
     return BulkView(
         id=bulk.id,
         command=bulk.command,
@@ -327,8 +331,22 @@ async def read_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> 
             await uow.commit()
             if not decision.allowed and decision.reason is not Reason.STEP_UP_REQUIRED:
                 raise not_found()
-        view = await _view(ctx, bulk, caller)
-    return view
+            return await _view(ctx, bulk, caller)
+        # The requester sees their own bulk as far as they still see its vehicles, decided
+        # now (an operator moved off the group, a member who left the fleet: nothing).
+        seen = await _still_seen(request, caller, ctx, bulk)
+        await uow.commit()
+        if not seen:
+            raise not_found()
+        return await _view(ctx, bulk, caller, only=seen)
+
+
+async def _still_seen(
+    request: Request, caller: Caller, ctx: ServiceContext, bulk: CommandBulk
+) -> frozenset[str]:
+    refs = [ResourceRef.vehicle(v) for v in bulk.vehicle_ids]
+    decisions = await decide_many(request, caller, Permission.VEHICLE_READ_STATUS, refs, ctx=ctx)
+    return frozenset(r.id for r, d in zip(refs, decisions, strict=True) if d.allowed)
 
 
 @router.post("/bulk-commands/{bulk_id}/approve", name="fleet:bulk-commands:approve")
