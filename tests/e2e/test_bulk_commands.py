@@ -157,6 +157,9 @@ async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
         await uow.commit()
     gone = await world.http.get(path, headers=fleet_auth(world, "frank"))
     assert gone.status_code == 404, gone.text
+    # Nor does replaying the request that created it show it.
+    replayed = await bulk(world, "frank", "lock", ["ACME-N1"], group=north, key="f-seen")
+    assert replayed.status_code == 404, replayed.text
 
 
 async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWorld) -> None:

@@ -241,12 +241,20 @@ async def _create_once(
             )
         )
         if existing is not None:
-            if existing.request_hash != bulks.bulk_hash(ask):
+            if (
+                existing.request_hash != bulks.bulk_hash(ask)
+                or existing.client_id != grant.client_id
+            ):
                 raise IdempotencyKeyReused(
                     "this Idempotency-Key was used for a different request", reason="different-body"
                 )
+            # A replay shows what a read would: decided now, as far as the caller still sees.
+            seen = await _still_seen(request, caller, ctx, existing)
+            await uow.commit()
+            if not seen:
+                raise not_found()
             response.headers["Idempotency-Replayed"] = "true"
-            return await _view(ctx, existing, caller)
+            return await _view(ctx, existing, caller, only=seen)
         chain = Chain()
         await client_link(ctx, chain, grant, _BULK)
         await client_link(ctx, chain, grant, spec.permission)
