@@ -157,6 +157,11 @@ async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
         await uow.commit()
     gone = await world.http.get(path, headers=fleet_auth(world, "frank"))
     assert gone.status_code == 404, gone.text
+    # The key is frank's for that one client: another client's request with it is refused.
+    other = await bulk(
+        world, "frank", "lock", ["ACME-N1"], group=north, key="f-seen", client_id="other-app"
+    )
+    assert other.status_code == 409, other.text
     # Nor does replaying the request that created it show it.
     replayed = await bulk(world, "frank", "lock", ["ACME-N1"], group=north, key="f-seen")
     assert replayed.status_code == 404, replayed.text
