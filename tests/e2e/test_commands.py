@@ -415,6 +415,8 @@ async def test_a_queued_job_can_be_cancelled_by_its_requester(world: CommandWorl
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     again = await world.http.post(path, headers={"authorization": f"Bearer {world.token('alice')}"})
     assert again.status_code == 409
+    # Nobody follows it: the cancel leaves no change event behind in the process.
+    assert not commands_of(world.app).dispatcher.followed(job_id)
     car.online()
     await reported(world, "ALICE-1")
     await world.sweep()
@@ -572,6 +574,9 @@ async def test_following_a_job_streams_its_states(world: CommandWorld) -> None:
                 states.append(json.loads(line.removeprefix("data: "))["state"])
     assert states[-1] == "confirmed"
     assert states == sorted(set(states), key=states.index)  # each state once, in order
+    # The stream has ended: nothing of it stays in the process (a long-running server
+    # would otherwise keep an event for every job ever followed).
+    assert not commands_of(world.app).dispatcher.followed(job_id)
 
 
 @pytest.mark.parametrize("revoked", ["delegation", "token"])

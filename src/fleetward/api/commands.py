@@ -314,7 +314,7 @@ async def _cancel_once(
         )
         job.finished_at = ctx.clock.now()
         await uow.commit()
-    commands_of(request.app).dispatcher.changed(job.id).set()
+    commands_of(request.app).dispatcher.touched(job.id)
     return job
 
 

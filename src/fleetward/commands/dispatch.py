@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -111,7 +112,11 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # Job id -> event set whenever the job changed in this process (followers wait on it).
-        self._changed: dict[str, asyncio.Event] = {}
+        # Held weakly: an entry lives as long as a follower holds its event, so jobs nobody
+        # follows (or no longer follows) leave nothing behind in a long-running process.
+        self._changed: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,7 +143,13 @@ class Dispatcher:
             event = self._changed[job_id] = asyncio.Event()
         return event
 
-    def _touched(self, job_id: str) -> None:
+    def followed(self, job_id: str) -> bool:
+        """Whether this process holds a change event for ``job_id`` (someone follows it)."""
+        return job_id in self._changed
+
+    def touched(self, job_id: str) -> None:
+        """``job_id`` changed in this process: wake its followers (each then waits on a new
+        event)."""
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
@@ -174,7 +185,7 @@ class Dispatcher:
                     return
                 await asyncio.sleep(pause)
         if changed is not None:
-            self._touched(changed)
+            self.touched(changed)
             return
         # A result that changed no job: refused (malformed, forged, not awaited, from a
         # quarantined device) or a duplicate. Results are not telemetry, so the pipeline's
@@ -207,7 +218,7 @@ class Dispatcher:
                     if job_id is None:
                         break
                     frame = await self._deliver(job_id, live)
-                    self._touched(job_id)
+                    self.touched(job_id)
                     if frame is not None and await self._send(live, frame):
                         sent += 1
                     if only is not None:
@@ -302,7 +313,7 @@ class Dispatcher:
 
     def send_sealed(self, sealed: Sealed) -> None:
         """Send a job sealed by :meth:`deliver_in`, once its transaction committed."""
-        self._touched(sealed.job_id)
+        self.touched(sealed.job_id)
         self._spawn(self._send(sealed.live, sealed.frame))
 
     def _seal(
@@ -432,7 +443,7 @@ class Dispatcher:
             if moved or confirmed:
                 await uow.commit()
         for job_id in (*moved, *confirmed):
-            self._touched(job_id)
+            self.touched(job_id)
         for vehicle_id in queued & reachable:
             await self.deliver_pending(vehicle_id)
 
