@@ -35,13 +35,12 @@ from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
-from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.core.vin import make_vin
 from fleetward.platform import Platform
 from fleetward.settings import Settings
-from fleetward.vehicles.records import Trip
 from support.api import Api
+from support.factories import trip
 
 M, F, D = Surface.MOBILE, Surface.FLEET, Surface.DEALER
 HOUR = timedelta(hours=1)
@@ -369,20 +368,7 @@ async def test_trips_with_coordinates_pay_the_location_flow(api: Api, wired: Wir
     vehicle = api.vehicle_id("ALICE-1")
     async with api.platform.services() as (uow, ctx):
         at = ctx.clock.now()
-        ctx.session.add(
-            Trip(
-                id=new_id("trp"),
-                vehicle_id=vehicle,
-                started_at=at,
-                ended_at=at,
-                distance_km=1.0,
-                energy_kwh=0.2,
-                start_latitude=48.1,
-                start_longitude=11.5,
-                end_latitude=48.2,
-                end_longitude=11.6,
-            )
-        )
+        ctx.session.add(trip(vehicle, at))
         await uow.commit()
     trips = await api.get("alice", M, f"/vehicles/{vehicle}/trips")
     assert trips.status_code == 200, trips.text

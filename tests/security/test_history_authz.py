@@ -35,6 +35,7 @@ from fleetward.vehicles.records import (
     Trip,
 )
 from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
+from support.factories import trip
 
 M, F, D, P, A = Surface.MOBILE, Surface.FLEET, Surface.DEALER, Surface.PARTNER, Surface.ADMIN
 PAGE_CAP = 3
@@ -61,21 +62,6 @@ class Records:
     charging: dict[str, str]
     reports: dict[str, str]
     jobs: dict[str, str]  # ALICE-1's jobs by command family (plus "old": before the owner)
-
-
-def _trip(vehicle_id: str, at: Any) -> Trip:
-    return Trip(
-        id=new_id("trp"),
-        vehicle_id=vehicle_id,
-        started_at=at,
-        ended_at=at + timedelta(minutes=20),
-        distance_km=12.0,
-        energy_kwh=2.2,
-        start_latitude=48.1,
-        start_longitude=11.5,
-        end_latitude=48.2,
-        end_longitude=11.6,
-    )
 
 
 def _charge(vehicle_id: str, at: Any) -> ChargingSession:
@@ -139,7 +125,7 @@ async def records(api: Api) -> Records:
     clock.advance(timedelta(hours=1))
     now = clock.now()
     ids = {label: api.world.vehicles[label].id for label in LABELS}
-    trips = {label: _trip(vid, now) for label, vid in ids.items()}
+    trips = {label: trip(vid, now) for label, vid in ids.items()}
     charging = {label: _charge(vid, now) for label, vid in ids.items()}
     reports = {label: _report(vid, now) for label, vid in ids.items()}
     jobs = {
@@ -392,7 +378,7 @@ async def test_a_driver_sees_only_their_window(api: Api, records: Records) -> No
         )
         await uow.commit()
     clock.advance(timedelta(minutes=5))
-    later = _trip(api.vehicle_id("DAVE-1"), clock.now())
+    later = trip(api.vehicle_id("DAVE-1"), clock.now())
     await _add(api, later)
     path = T.format(v=api.vehicle_id("DAVE-1"))
     seen = {i["id"] for i in await _all(api, "mallory", M, path)}
@@ -459,7 +445,7 @@ async def test_partner_trips_are_minimised_when_consented(api: Api, records: Rec
         )
         await uow.commit()
     clock.advance(timedelta(minutes=1))
-    later = _trip(api.vehicle_id("ALICE-1"), clock.now())
+    later = trip(api.vehicle_id("ALICE-1"), clock.now())
     await _add(api, later)
     trips = await _all(api, PARTNER_APP, P, T.format(v=api.vehicle_id("ALICE-1")))
     assert [t["id"] for t in trips] == [later.id]  # the owner's earlier trip is not shown
@@ -522,7 +508,7 @@ async def test_command_jobs_follow_the_command_permission(api: Api, records: Rec
 async def test_lists_are_paginated_and_capped(api: Api, records: Records) -> None:
     # Resource consumption: a huge limit is capped; the cursor walks every row exactly once.
     now = _clock(api).now()
-    extra = [_trip(api.vehicle_id("ALICE-1"), now + timedelta(seconds=i)) for i in range(5)]
+    extra = [trip(api.vehicle_id("ALICE-1"), now + timedelta(seconds=i)) for i in range(5)]
     _clock(api).advance(timedelta(minutes=1))
     await _add(api, *extra)
     path = T.format(v=api.vehicle_id("ALICE-1"))

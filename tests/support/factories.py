@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import itertools
 import random
+from datetime import datetime, timedelta
 
 from fleetward.audit.recorder import Actor
+from fleetward.core.ids import new_id
 from fleetward.core.vin import random_vin
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import ROLES_BY_TENANT_KIND, Role, Tenant, TenantKind, User
 from fleetward.services import ServiceContext
 from fleetward.vehicles.models import Vehicle
 from fleetward.vehicles.ownership import OwnershipService
+from fleetward.vehicles.records import Trip
 from fleetward.vehicles.registry import VehicleRegistry
 
 FACTORY = Actor.system("test-factory")
@@ -54,3 +57,19 @@ class WorldFactory:
         vehicle = await self.vehicle(tenant)
         await OwnershipService(self.ctx).start(vehicle, owner, actor=FACTORY)
         return vehicle
+
+
+def trip(vehicle_id: str, at: datetime) -> Trip:
+    """A 20-minute, 12 km trip of ``vehicle_id`` starting at ``at``, with its coordinates."""
+    return Trip(
+        id=new_id("trp"),
+        vehicle_id=vehicle_id,
+        started_at=at,
+        ended_at=at + timedelta(minutes=20),
+        distance_km=12.0,
+        energy_kwh=2.2,
+        start_latitude=48.1,
+        start_longitude=11.5,
+        end_latitude=48.2,
+        end_longitude=11.6,
+    )

@@ -157,25 +157,30 @@ async def test_a_record_deleted_with_its_seal_leaves_a_gap(platform: Platform) -
     assert report.problems[0].position == 2  # the link after the missing one
 
 
+def _forged(seq: int, event_id: str, at: datetime) -> AuditRecord:
+    """A record written straight into the table (below the sealed horizon), not recorded."""
+    return AuditRecord(
+        seq=seq,
+        id=event_id,
+        occurred_at=at,
+        name=EventName.OWNERSHIP_TRANSFERRED.value,
+        actor_type=ActorType.SYSTEM,
+        actor_id="chain-test",
+        object_type="vehicle",
+        object_id="veh_x",
+        action="transferred",
+        decision=Decision.ALLOWED,
+        details={},
+    )
+
+
 async def test_an_inserted_record_is_pinpointed(platform: Platform) -> None:
     seqs = await _sealed_log(platform)
     async with platform.unit_of_work() as uow:
         model = await uow.session.scalar(select(AuditRecord).where(AuditRecord.seq == seqs[0]))
         assert model is not None
-        forged = AuditRecord(
-            seq=seqs[0] - 1 if seqs[0] > 1 else 0,  # below the sealed horizon
-            id="evt_forged",
-            occurred_at=model.occurred_at,
-            name=EventName.OWNERSHIP_TRANSFERRED.value,
-            actor_type=ActorType.SYSTEM,
-            actor_id="chain-test",
-            object_type="vehicle",
-            object_id="veh_x",
-            action="transferred",
-            decision=Decision.ALLOWED,
-            details={},
-        )
-        uow.session.add(forged)
+        below_horizon = seqs[0] - 1 if seqs[0] > 1 else 0
+        uow.session.add(_forged(below_horizon, "evt_forged", model.occurred_at))
         await uow.commit()
     report = await verify_log(platform)
     assert [(p.kind, p.event_id) for p in report.problems] == [(ProblemKind.INSERTED, "evt_forged")]
@@ -222,24 +227,9 @@ async def test_an_inserted_record_is_found_by_a_days_verify_whatever_other_days_
     await seal_pending(platform, lag=timedelta(0))
     today = clock.now()
 
-    def forged(seq: int, event_id: str, at: datetime) -> AuditRecord:
-        return AuditRecord(
-            seq=seq,  # below the sealed horizon
-            id=event_id,
-            occurred_at=at,
-            name=EventName.OWNERSHIP_TRANSFERRED.value,
-            actor_type=ActorType.SYSTEM,
-            actor_id="chain-test",
-            object_type="vehicle",
-            object_id="veh_x",
-            action="transferred",
-            decision=Decision.ALLOWED,
-            details={},
-        )
-
     async with platform.unit_of_work() as uow:
-        uow.session.add_all(forged(-1000 + i, f"evt_noise_{i}", yesterday) for i in range(150))
-        uow.session.add(forged(-1, "evt_forged_today", today))
+        uow.session.add_all(_forged(-1000 + i, f"evt_noise_{i}", yesterday) for i in range(150))
+        uow.session.add(_forged(-1, "evt_forged_today", today))
         await uow.commit()
     day = partition_of(today)
     report = await verify_log(platform, since=day, until=day)
