@@ -11,9 +11,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.util import await_
 
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
@@ -254,6 +256,14 @@ async def test_wrong_user_codes_are_guesses_and_block_the_page(world: OAuthWorld
         assert (await _look_up(world, cookie, wrong)).status_code == 400
     blocked = await _look_up(world, cookie, code)
     assert blocked.status_code == 429 and "too_many_codes" in blocked.text
+    async with world.platform.unit_of_work() as uow:
+        reasons = await uow.session.scalars(
+            select(AuditRecord.reason).where(
+                AuditRecord.name == EventName.LOGIN_LOCKED_OUT.value,
+                AuditRecord.object_id == world.users["alice"].id,
+            )
+        )
+        assert list(reasons) == ["user_code:account"]
     assert int(blocked.headers["Retry-After"]) > 0
     assert "csrf_token" not in blocked.text
     _clock(world).advance(timedelta(seconds=int(blocked.headers["Retry-After"]) + 1))

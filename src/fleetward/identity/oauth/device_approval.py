@@ -26,6 +26,7 @@ from fleetward.audit.events import Decision, EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.surfaces import Surface
 from fleetward.identity.credential_models import LoginSession
+from fleetward.identity.login import trail
 from fleetward.identity.login.limits import Factor, client_network, keys_for
 from fleetward.identity.login.throttle import Blocked, Reservation, Throttle
 from fleetward.identity.models import User
@@ -229,7 +230,12 @@ async def _count_lookup(
         return None
     network = client_network(request.client.host if request.client else None)
     keys = keys_for(Factor.USER_CODE, account=login.user_id, network=network, client_id=None)
-    return await Throttle(ctx).reserve(keys)
+    reserved = await Throttle(ctx).reserve(keys)
+    if isinstance(reserved, Reservation):
+        # A block this lookup started is an audit event, as a login lockout is.
+        for key in reserved.started_lockout:
+            trail.locked_out(ctx, Target("user", login.user_id), key)
+    return reserved
 
 
 def _throttled(blocked: Blocked) -> Response:
