@@ -25,8 +25,10 @@ What verify reports, in chain order (the first one is where tampering starts):
 - ``seal-altered``: a link that does not follow from the previous one under the key;
 - ``inserted``: a record below the sealed horizon that has no seal.
 
-Limits, stated: a record committed later than the lag after the sealer moved past its seq is
-sealed at the end of its day's chain with ``late = true`` (listed by verify for review); the
+Limits, stated: a record committed later than the lag after the sealer moved past its seq, or
+one dated on a day before the newest day already sealed (a backdated record: a record is dated
+when it is made, so only a transaction open across midnight does this honestly), is sealed at
+the end of its day's chain with ``late = true`` (listed by verify for review); the
 end of each chain (its head) is printed by verify, and deleting the newest records together
 with their seals is only seen by comparing heads with a copy kept elsewhere.
 """
@@ -156,6 +158,7 @@ async def seal(
     below the sealed horizon are looked for too (each look reads that many records: a pass of
     several batches looks once)."""
     horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
+    newest_day: str = await session.scalar(select(func.max(AuditSeal.partition))) or ""
     cutoff = now - lag
     candidates = (
         await session.execute(
@@ -168,10 +171,11 @@ async def seal(
     seals: list[dict[str, Any]] = []
     sealed = late = 0
     for record in candidates:
-        is_late = record.seq < horizon
-        if not is_late and record.occurred_at > cutoff:
+        if record.seq >= horizon and record.occurred_at > cutoff:
             break  # younger than the lag: earlier seqs may still be uncommitted
         partition = partition_of(record.occurred_at)
+        is_late = record.seq < horizon or partition < newest_day
+        newest_day = max(newest_day, partition)
         if partition not in heads:
             heads[partition] = await _head(session, key, partition)
         position, prev = heads[partition]

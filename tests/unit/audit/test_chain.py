@@ -236,3 +236,17 @@ async def test_an_inserted_record_is_found_by_a_days_verify_whatever_other_days_
     assert [(p.kind, p.event_id) for p in report.problems] == [
         (ProblemKind.INSERTED, "evt_forged_today")
     ]
+
+
+async def test_a_backdated_record_is_sealed_late(platform: Platform, clock: FrozenClock) -> None:
+    # A record written with a later seq but dated on a day already behind the sealer (by
+    # someone with write access to the table) goes at the end of that day's chain: it is
+    # listed as late for review, not sealed as if it had always been there.
+    seqs = await _sealed_log(platform)
+    yesterday = clock.now() - timedelta(days=1)
+    async with platform.unit_of_work() as uow:
+        uow.session.add(_forged(seqs[-1] + 100, "evt_backdated", yesterday))
+        await uow.commit()
+    await seal_pending(platform, lag=timedelta(0))
+    report = await verify_log(platform)
+    assert report.late == [seqs[-1] + 100]
