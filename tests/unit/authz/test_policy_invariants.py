@@ -303,6 +303,29 @@ async def test_grant_windows_are_checked_by_the_policy_too() -> None:
         assert (decision.allowed, decision.reason) == (False, Reason.NO_RELATIONSHIP)
 
 
+async def test_grant_windows_are_half_open_in_the_policy() -> None:
+    # A window is [valid_from, valid_until): at valid_until, a delegation or a consent that
+    # the entities (wrongly) still carry grants nothing; at valid_from it does.
+    bob = PrincipalRef(PrincipalKind.USER, "usr_bob")
+    bob_facts = person(bob.id, CONSUMER, TenantKind.CONSUMER, Role.CUSTOMER)
+    now = context().now
+    for start, end, allowed in (
+        (now - timedelta(days=1), now, False),
+        (now, now + timedelta(days=1), True),
+    ):
+        delegation = replace(
+            grant(bob.id, frozenset({P.VEHICLE_LOCK})), valid_from=start, valid_until=end
+        )
+        pdp = CedarPdp(FakeSource(relations(bob_facts, owned_car(delegation=delegation))))
+        assert (await pdp.decide(request(bob, P.VEHICLE_LOCK))).allowed is allowed
+        consent = replace(
+            grant(PARTNER, frozenset({P.VEHICLE_READ_STATUS})), valid_from=start, valid_until=end
+        )
+        pdp = CedarPdp(FakeSource(relations(APP, owned_car(consent=consent))))
+        ask = request(APP.ref, P.VEHICLE_READ_STATUS, ctx=context(PARTNER))
+        assert (await pdp.decide(ask)).allowed is allowed
+
+
 HOSTILE_IDS = [
     'veh_x" || true || "',
     'veh_"; permit (principal, action, resource); //',
