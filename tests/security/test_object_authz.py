@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from fleetward.audit.recorder import Actor
 from fleetward.core.surfaces import Surface
+from fleetward.identity.models import User
 from fleetward.vehicles.delegation import DelegationService
-from fleetward.vehicles.models import DriverDelegation
+from fleetward.vehicles.models import DriverDelegation, Vehicle
 from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
 
 UNKNOWN = UNKNOWN_VEHICLE
@@ -161,6 +162,30 @@ async def test_a_driver_loses_the_vehicle_when_revoked(api: Api) -> None:
     assert (await api.get("bob", M, path)).status_code == 404
     listed = (await api.get("bob", M, "/vehicles")).json()["items"]
     assert listed == []
+
+
+async def test_a_list_keeps_only_the_rows_the_pdp_allows(api: Api) -> None:
+    # The list query is a superset (any delegation in force); each row is still decided. A
+    # driver delegated only vehicle:lock may not read the car's status, so it is not listed
+    # (nor readable) although the query finds it.
+    async with api.platform.services() as (uow, ctx):
+        car = await ctx.session.get(Vehicle, api.vehicle_id("ALICE-1"))
+        alice = await ctx.session.get(User, api.world.users["alice"].id)
+        mallory = await ctx.session.get(User, api.world.users["mallory"].id)
+        assert car is not None and alice is not None and mallory is not None
+        await DelegationService(ctx).delegate(
+            car,
+            alice,
+            mallory,
+            ["vehicle:lock"],
+            valid_until=ctx.clock.now() + timedelta(days=1),
+            actor=Actor.user(alice.id),
+        )
+        await uow.commit()
+    status = await api.get("mallory", M, f"/vehicles/{api.vehicle_id('ALICE-1')}/status")
+    assert status.status_code == 404
+    listed = (await api.get("mallory", M, "/vehicles")).json()["items"]
+    assert {item["label"] for item in listed} == {"MALLORY-1"}
 
 
 async def test_an_operators_pages_and_cursors_hold_only_their_groups(api: Api) -> None:
