@@ -361,6 +361,52 @@ async def test_the_buyer_never_sees_the_sellers_history(api: Api, records: Recor
         assert seen <= stored
 
 
+async def test_the_buyer_cannot_fetch_the_sellers_record_by_id(api: Api, records: Records) -> None:
+    # The window bounds the single-record reads too, not only the lists: a pre-sale record's
+    # id (learnt from the seller, a receipt, an old export) answers 404 to the buyer.
+    async with api.platform.services() as (_, ctx):
+        sold_at = await ctx.session.scalar(
+            select(Ownership.valid_from).where(
+                Ownership.vehicle_id == api.vehicle_id("DAVE-1"),
+                Ownership.owner_user_id == api.world.users["dave"].id,
+            )
+        )
+    assert sold_at is not None
+    car = api.vehicle_id("DAVE-1")
+    wrong: list[str] = []
+    for template, mine, earlier in (
+        (
+            TR,
+            records.trips["DAVE-1"],
+            select(Trip.id).where(Trip.vehicle_id == car, Trip.started_at < sold_at),
+        ),
+        (
+            CR,
+            records.charging["DAVE-1"],
+            select(ChargingSession.id).where(
+                ChargingSession.vehicle_id == car, ChargingSession.started_at < sold_at
+            ),
+        ),
+        (
+            GR,
+            records.reports["DAVE-1"],
+            select(DiagnosticReport.id).where(
+                DiagnosticReport.vehicle_id == car, DiagnosticReport.created_at < sold_at
+            ),
+        ),
+    ):
+        async with api.platform.services() as (_, ctx):
+            before = await ctx.session.scalar(earlier.limit(1))
+        assert before is not None, "the demo world has pre-sale history"
+        for rid, expected in ((mine, 200), (before, 404)):
+            fill = {"trip": rid, "charge": rid, "report": rid}
+            path = template.format(v=car, **fill)
+            response = await api.get("dave", M, path)
+            if response.status_code != expected:
+                wrong.append(f"dave {path}: {response.status_code}, expected {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
 async def test_a_driver_sees_only_their_window(api: Api, records: Records) -> None:
     # A driver delegated trips sees trips since the delegation began, never the owner's
     # earlier ones.
