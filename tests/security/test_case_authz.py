@@ -24,7 +24,7 @@ from fleetward.core.clock import FrozenClock
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
-from fleetward.identity.models import Role, TenantKind
+from fleetward.identity.models import Membership, Role, TenantKind
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, SupportCase
@@ -348,6 +348,30 @@ async def test_access_ends_when_the_assignment_ends(api: Api, clock: FrozenClock
     assert (await api.get("grace", D, f"/cases/{case}")).status_code == 404
     assert (await api.get("grace", D, f"/cases/{case}/vehicle")).status_code == 404
     assert (await api.get("grace", D, "/cases")).json()["items"] == []
+
+
+async def test_a_technician_who_left_the_dealer_lists_no_cases(api: Api) -> None:
+    # The list query finds the cases a person is assigned to; the PDP decides each row. A
+    # technician whose membership of the dealer ended (the case not yet reassigned) still
+    # holds the case link, but no role there: the list shows nothing, as the case does.
+    extra = await _seed(api)
+    case = extra.ids["grace-case"]
+    assert {c["id"] for c in (await api.get("grace", D, "/cases")).json()["items"]} == {case}
+    async with api.platform.services() as (uow, ctx):
+        membership = await ctx.session.scalar(
+            select(Membership).where(
+                Membership.user_id == api.world.users["grace"].id,
+                Membership.tenant_id == api.world.tenants["downtown-motors"].id,
+            )
+        )
+        assert membership is not None
+        membership.valid_until = ctx.clock.now()
+        membership.ended_reason = "left"
+        await uow.commit()
+    assert (await api.get("grace", D, f"/cases/{case}")).status_code == 404
+    listed = await api.get("grace", D, "/cases")
+    assert listed.status_code == 200
+    assert listed.json()["items"] == []
 
 
 # (who, surface, path, raw body, why)
