@@ -491,6 +491,19 @@ async def test_a_cancel_racing_another_move_is_judged_again(
     assert "cancelled" not in {t["to_state"] for t in final["transitions"]}
 
 
+async def test_the_job_records_when_its_requester_signed_in(world: CommandWorld) -> None:
+    # The job is the evidence of what authorized it: its auth_time is the token's auth_time
+    # (when the person signed in), never the token's issue time, which a refresh renews.
+    response = await world.command("alice", "ALICE-1", "lock", auth_age=timedelta(minutes=3))
+    assert response.status_code == 202, response.text
+    async with world.platform.services() as (_, ctx):
+        job = await ctx.session.get(CommandJob, response.json()["id"])
+        assert job is not None and job.auth_time is not None
+        assert job.acr == Acr.MFA.value
+        assert job.created_at - job.auth_time >= timedelta(minutes=3)
+        assert job.created_at - job.auth_time < timedelta(minutes=3, seconds=10)
+
+
 async def test_missing_step_up_is_rejected_and_the_retry_after_it_passes(
     world: CommandWorld,
 ) -> None:
