@@ -3,12 +3,13 @@ routes (mobile) and the partner's view of its own consents. Each row names its t
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fleetward.authz.permissions import Permission
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
+from fleetward.telemetry.models import TelemetryMessage
 from support.api import PARTNER_APP, Api
 
 M, P = Surface.MOBILE, Surface.PARTNER
@@ -168,3 +169,43 @@ async def test_a_consent_cannot_be_revoked_through_another_vehicle(api: Api) -> 
     ).status_code == 404
     alice_1 = api.vehicle_id("ALICE-1")
     assert (await api.get(PARTNER_APP, P, f"/vehicles/{alice_1}/status")).status_code == 200
+
+
+async def _reported(api: Api, label: str, at: datetime, sequence: int) -> None:
+    vehicle = api.world.vehicles[label]
+    async with api.platform.services() as (uow, ctx):
+        ctx.session.add(
+            TelemetryMessage(
+                device_id="dev_consenttest00000000000000",
+                sequence=sequence,
+                vehicle_id=vehicle.id,
+                tenant_id=vehicle.tenant_id,
+                session_id="ses_consenttest00000000000000",
+                certificate_serial="01",
+                software_version="1.0.0",
+                vehicle_config="base",
+                received_at=at,
+                device_time=at,
+                store_and_forward=False,
+                late=False,
+                signals={"Vehicle.Speed": sequence},
+            )
+        )
+        await uow.commit()
+
+
+async def test_a_partner_sees_no_state_from_before_the_consent(
+    api: Api, clock: FrozenClock
+) -> None:
+    # What the car reported before its owner consented is not the partner's: the latest
+    # state is shown only once it was reported within the consent (as history is bounded).
+    await _reported(api, "DAVE-1", clock.now(), 1)
+    clock.advance(timedelta(hours=1))
+    assert (await api.post("dave", M, _path(api, "DAVE-1"), _body(api))).status_code == 201
+    path = f"/vehicles/{api.vehicle_id('DAVE-1')}/status"
+    before = await api.get(PARTNER_APP, P, path)
+    assert before.status_code == 200 and before.json()["state"] is None, before.text
+    await _reported(api, "DAVE-1", clock.now() + timedelta(seconds=1), 2)
+    after = await api.get(PARTNER_APP, P, path)
+    assert after.status_code == 200
+    assert after.json()["state"]["signals"] == {"Vehicle.Speed": 2}

@@ -39,6 +39,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.identity.models import Membership, Role
 from fleetward.store.reads import read_rows
 from fleetward.telemetry.models import TelemetryMessage
+from fleetward.vehicles.history import history_since
 from fleetward.vehicles.models import (
     DriverDelegation,
     FleetGroup,
@@ -456,7 +457,15 @@ async def partner_read_status(
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
-        state = _state(await _latest(ctx.session, vehicle_id))
+        latest = await _latest(ctx.session, vehicle_id)
+        # Only what the car reported within the consent: a state from before the owner
+        # consented is not the partner's to see (history is bounded the same way).
+        since = await history_since(
+            ctx, caller.claims, vehicle_id, permission=Permission.VEHICLE_READ_STATUS
+        )
+        if latest is not None and (since is None or latest.device_time < since):
+            latest = None
+        state = _state(latest)
         await uow.commit()
     # Partners are granted with Obligation.MINIMISE_FIELDS; this view is minimised whatever
     # the decision says, so a policy change can never widen what a partner receives.
