@@ -25,11 +25,10 @@ from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import Membership, Role, TenantKind
-from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, SupportCase
 from support.api import UNKNOWN_VEHICLE, Api
-from support.factories import WorldFactory
+from support.factories import WorldFactory, accepted_message
 from support.snapshot import snapshot
 
 D, S, M = Surface.DEALER, Surface.SUPPORT, Surface.MOBILE
@@ -75,27 +74,8 @@ async def _seed(api: Api) -> Extra:
         second = await cases.open_support_case(
             world.users["heidi"], world.users["mallory"], "second case", actor=SEED
         )
-        ctx.session.add(
-            TelemetryMessage(
-                device_id="dev_aaaaaaaaaaaaaaaaaaaaaaaaaa",
-                sequence=1,
-                vehicle_id=world.vehicles["ALICE-1"].id,
-                tenant_id=world.vehicles["ALICE-1"].tenant_id,
-                session_id="ses_aaaaaaaaaaaaaaaaaaaaaaaaaa",
-                certificate_serial="01",
-                software_version="1.0.0",
-                vehicle_config="base",
-                received_at=ctx.clock.now(),
-                device_time=ctx.clock.now(),
-                store_and_forward=False,
-                late=False,
-                signals={
-                    "Vehicle.Speed": 0,
-                    f"{LOCATION}Latitude": 48.1,
-                    f"{LOCATION}Longitude": 11.5,
-                },
-            )
-        )
+        signals = {"Vehicle.Speed": 0, f"{LOCATION}Latitude": 48.1, f"{LOCATION}Longitude": 11.5}
+        ctx.session.add(accepted_message(world.vehicles["ALICE-1"], ctx.clock.now(), signals))
         await uow.commit()
     world.users["tom"] = tom
     world.tenants["uptown-motors"] = other

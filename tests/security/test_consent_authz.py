@@ -9,8 +9,8 @@ from typing import Any
 from fleetward.authz.permissions import Permission
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
-from fleetward.telemetry.models import TelemetryMessage
 from support.api import PARTNER_APP, Api
+from support.factories import accepted_message
 
 M, P = Surface.MOBILE, Surface.PARTNER
 STATUS = Permission.VEHICLE_READ_STATUS.value
@@ -175,21 +175,7 @@ async def _reported(api: Api, label: str, at: datetime, sequence: int) -> None:
     vehicle = api.world.vehicles[label]
     async with api.platform.services() as (uow, ctx):
         ctx.session.add(
-            TelemetryMessage(
-                device_id="dev_consenttest00000000000000",
-                sequence=sequence,
-                vehicle_id=vehicle.id,
-                tenant_id=vehicle.tenant_id,
-                session_id="ses_consenttest00000000000000",
-                certificate_serial="01",
-                software_version="1.0.0",
-                vehicle_config="base",
-                received_at=at,
-                device_time=at,
-                store_and_forward=False,
-                late=False,
-                signals={"Vehicle.Speed": sequence},
-            )
+            accepted_message(vehicle, at, {"Vehicle.Speed": sequence}, sequence=sequence)
         )
         await uow.commit()
 

@@ -12,6 +12,7 @@ from fleetward.core.vin import random_vin
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import ROLES_BY_TENANT_KIND, Role, Tenant, TenantKind, User
 from fleetward.services import ServiceContext
+from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.models import Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from fleetward.vehicles.records import Trip
@@ -72,4 +73,32 @@ def trip(vehicle_id: str, at: datetime) -> Trip:
         start_longitude=11.5,
         end_latitude=48.2,
         end_longitude=11.6,
+    )
+
+
+def accepted_message(
+    vehicle: Vehicle,
+    at: datetime,
+    signals: dict[str, object],
+    *,
+    sequence: int = 1,
+    device: str = "dev_factory",
+    received_after: timedelta = timedelta(0),
+) -> TelemetryMessage:
+    """An accepted telemetry message of ``vehicle`` stamped ``at`` by the car (received
+    ``received_after`` later), as the pipeline stores one."""
+    return TelemetryMessage(
+        device_id=device,
+        sequence=sequence,
+        vehicle_id=vehicle.id,
+        tenant_id=vehicle.tenant_id,
+        session_id="ses_factory",
+        certificate_serial="01",
+        software_version="1.0.0",
+        vehicle_config="base",
+        received_at=at + received_after,
+        device_time=at,
+        store_and_forward=False,
+        late=False,
+        signals=signals,
     )

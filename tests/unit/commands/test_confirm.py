@@ -13,8 +13,7 @@ from fleetward.commands.models import CommandJob, JobState, JobTransition
 from fleetward.core.clock import FrozenClock
 from fleetward.identity.models import TenantKind
 from fleetward.platform import Platform
-from fleetward.telemetry.models import TelemetryMessage
-from support.factories import WorldFactory
+from support.factories import WorldFactory, accepted_message
 
 
 async def test_a_confirmation_follows_an_answer_recorded_after_the_sweep_began(
@@ -52,21 +51,10 @@ async def test_a_confirmation_follows_an_answer_recorded_after_the_sweep_began(
                 reason="ok",
             )
         )
+        reported = answered + timedelta(milliseconds=50)
         ctx.session.add(
-            TelemetryMessage(
-                device_id="dev_confirmtest",
-                sequence=1,
-                vehicle_id=vehicle.id,
-                tenant_id=tenant.id,
-                session_id="ses_confirmtest",
-                certificate_serial="01",
-                software_version="1.0.0",
-                vehicle_config="base",
-                received_at=answered + timedelta(milliseconds=100),
-                device_time=answered + timedelta(milliseconds=50),
-                store_and_forward=False,
-                late=False,
-                signals={signal: value},
+            accepted_message(
+                vehicle, reported, {signal: value}, received_after=timedelta(milliseconds=50)
             )
         )
         await uow.commit()
