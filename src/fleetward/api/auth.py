@@ -111,14 +111,7 @@ def authenticate(
             raise RouteNotCatalogued("the route is not catalogued for authenticated callers")
         platform: Platform = request.app.state.platform
         await request.app.state.revocation_gate.ensure()
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        scheme_lower = scheme.lower()
-        if not header or len(header) > _MAX_AUTHORIZATION_HEADER:
-            raise _refused("Bearer", "missing-token")
-        if scheme_lower not in ("bearer", "dpop") or not token or " " in token.strip():
-            raise _refused("Bearer", "malformed-authorization")
-        token = token.strip()
+        scheme_lower, token = _presented(request)
         try:
             claims = await platform.identity.validator.validate(token, surface=surface)
         except InvalidToken as exc:
@@ -144,6 +137,30 @@ def authenticate(
         return caller
 
     return dependency
+
+
+def _presented(request: Request) -> tuple[str, str]:
+    """The scheme (lower case) and token of the request's Authorization header."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    scheme_lower = scheme.lower()
+    if not header or len(header) > _MAX_AUTHORIZATION_HEADER:
+        raise _refused("Bearer", "missing-token")
+    if scheme_lower not in ("bearer", "dpop") or not token or " " in token.strip():
+        raise _refused("Bearer", "malformed-authorization")
+    return scheme_lower, token.strip()
+
+
+async def still_valid(request: Request, caller: Caller) -> bool:
+    """Whether the token this request was authenticated with is still valid now (signature,
+    expiry, revocations since): for a request that goes on (a stream), asked again later."""
+    _scheme, token = _presented(request)
+    platform: Platform = request.app.state.platform
+    try:
+        await platform.identity.validator.validate(token, surface=caller.surface)
+    except InvalidToken:
+        return False
+    return True
 
 
 def _route_name(request: Request) -> str | None:

@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge
+from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge, still_valid
 from fleetward.api.authorize import (
     ObjectNotFound,
     authorize,
@@ -73,7 +73,6 @@ from fleetward.commands.service import (
 )
 from fleetward.commands.states import FINAL
 from fleetward.core.surfaces import Surface
-from fleetward.identity.tokens import InvalidToken
 from fleetward.services import ServiceContext
 from fleetward.store.races import judged_again
 from fleetward.store.sqlite_driver import INLINE_READ
@@ -353,7 +352,7 @@ async def follow(
     last: tuple[str, str] | None = None
     while True:
         changed = runtime.dispatcher.changed(job_id)
-        if not await _token_still_valid(request, caller):
+        if not await still_valid(request, caller):
             return
         try:
             detail = await read_job(request, caller, vehicle_id, job_id)
@@ -374,19 +373,6 @@ async def follow(
                 await changed.wait()
         except TimeoutError:
             continue
-
-
-async def _token_still_valid(request: Request, caller: Caller) -> bool:
-    """Is the token that opened this stream still valid now (signature, expiry, and no
-    revocation since it was checked at the request's start)?"""
-    _scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    try:
-        await platform_of(request).identity.validator.validate(
-            token.strip(), surface=caller.surface
-        )
-    except InvalidToken:
-        return False
-    return True
 
 
 def _nothing_to_confirm(detail: JobDetail) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Final, Generic, TypeVar
 
 from fastapi import Query, Request
@@ -18,6 +17,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel
 
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact
+from fleetward.core.clock import in_utc
 from fleetward.core.errors import InvalidInput
 from fleetward.core.surfaces import Surface
 from fleetward.platform import Platform
@@ -33,16 +33,9 @@ Limit = Annotated[int, Query(ge=1)]
 Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR)]
 
 
-def _in_utc(value: datetime) -> datetime:
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("the time is outside the range of UTC times") from None
-
-
 # A time filter: with its offset (a naive time is refused, never guessed) and one UTC can
 # hold (0001-01-01T00:00+05:00 is not), so the store is never handed what it cannot compare.
-Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Instant = Annotated[AwareDatetime, AfterValidator(in_utc)]
 
 
 class Page(BaseModel, Generic[T]):

@@ -22,8 +22,9 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
+from fleetward.api.authorize import not_found
 from fleetward.catalog.entry import CatalogEntry, Lifecycle, entry_of
-from fleetward.core.errors import FleetwardError, NotFound
+from fleetward.core.errors import FleetwardError
 from fleetward.core.surfaces import Surface
 
 
@@ -57,7 +58,9 @@ class CataloguedRoute(APIRoute):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         params: dict[str, Any] = scope.get("path_params") or {}
         if any(isinstance(v, str) and not v.isprintable() for v in params.values()):
-            raise MalformedId("no such object")
+            # No object id holds a control character (PostgreSQL refuses a NUL in text with an
+            # error, a 500): the answer for a missing object, before any store sees it.
+            raise not_found()
         entry = self.catalog_entry
         if entry is None or entry.lifecycle is Lifecycle.ACTIVE:
             await super().handle(scope, receive, send)
@@ -76,15 +79,6 @@ class CataloguedRoute(APIRoute):
             await send(message)
 
         await super().handle(scope, receive, with_sunset)
-
-
-class MalformedId(NotFound):
-    """A path parameter no object id can be (a NUL or another control character): the same
-    problem as a missing object, answered before any store sees the value (PostgreSQL
-    refuses a NUL byte in text with an error, which would otherwise be a 500)."""
-
-    code = "not-found"
-    title = "Not found"
 
 
 def _sunset_instant(entry: CatalogEntry) -> datetime | None:

@@ -11,6 +11,7 @@ fields (``Obligation.MINIMISE_FIELDS``).
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, Final
 
 from fastapi import APIRouter, Depends, Request
@@ -123,12 +124,15 @@ def _entry(
     return replace(entry, degrade=degrade)
 
 
-async def _latest(session: AsyncSession, vehicle_id: str) -> TelemetryMessage | None:
+async def _latest(
+    session: AsyncSession, vehicle_id: str, since: datetime | None = None
+) -> TelemetryMessage | None:
+    """The vehicle's newest accepted message (``since``: reported at or after it)."""
+    query = select(TelemetryMessage).where(TelemetryMessage.vehicle_id == vehicle_id)
+    if since is not None:
+        query = query.where(TelemetryMessage.device_time >= since)
     found: TelemetryMessage | None = await session.scalar(
-        select(TelemetryMessage)
-        .where(TelemetryMessage.vehicle_id == vehicle_id)
-        .order_by(TelemetryMessage.device_time.desc())
-        .limit(1)
+        query.order_by(TelemetryMessage.device_time.desc()).limit(1)
     )
     return found
 
@@ -457,15 +461,12 @@ async def partner_read_status(
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
-        latest = await _latest(ctx.session, vehicle_id)
         # Only what the car reported within the consent: a state from before the owner
         # consented is not the partner's to see (history is bounded the same way).
         since = await history_since(
             ctx, caller.claims, vehicle_id, permission=Permission.VEHICLE_READ_STATUS
         )
-        if latest is not None and (since is None or latest.device_time < since):
-            latest = None
-        state = _state(latest)
+        state = _state(None if since is None else await _latest(ctx.session, vehicle_id, since))
         await uow.commit()
     # Partners are granted with Obligation.MINIMISE_FIELDS; this view is minimised whatever
     # the decision says, so a policy change can never widen what a partner receives.

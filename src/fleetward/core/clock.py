@@ -6,6 +6,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
+def in_utc(moment: datetime) -> datetime:
+    """An aware time as the UTC instant it names, as the store keeps it. ValueError when UTC
+    cannot hold it (an offset at either end of the calendar: 0001-01-01T00:00+05:00), so a
+    caller refuses it as input instead of failing at flush."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside the range of UTC times") from None
+
+
 class Clock(Protocol):
     """Source of the current time. Implementations are thread-safe and return aware UTC."""
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from fleetward.core.clock import in_utc
 from fleetward.core.errors import Conflict, InvalidInput
 
 
@@ -30,12 +31,10 @@ def check_window(
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         raise InvalidWindow("window times must carry a time zone", reason="naive")
     try:
-        # Stored in UTC: a time whose UTC instant falls outside the years 1-9999 (an offset
-        # at either end of the calendar) cannot be stored and is refused here, not at flush.
-        start.astimezone(UTC)
+        in_utc(start)
         if end is not None:
-            end.astimezone(UTC)
-    except OverflowError:
+            in_utc(end)
+    except ValueError:
         raise InvalidWindow("window times are out of range", reason="out-of-range") from None
     if start < now - past_tolerance:
         raise InvalidWindow("a window cannot start in the past", reason="back-dated")
