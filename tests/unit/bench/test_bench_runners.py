@@ -23,9 +23,14 @@ from support.stores import StoreTemplates
 
 AUTHZ_FIGURES = {
     f"{name}_{stat}"
-    for name in ("bare", "decide", "decide_cold", "decide_store")
+    for name in ("bare", "decide", "decide_cold", "decide_cold_driver", "decide_store")
     for stat in ("per_s", "p50_ms", "p99_ms")
-} | {"decide_many_per_decision_per_s", "ratio_decide_to_bare", "ratio_decide_cold_to_bare"}
+} | {
+    "decide_many_per_decision_per_s",
+    "ratio_decide_to_bare",
+    "ratio_decide_cold_to_bare",
+    "ratio_decide_cold_driver_to_bare",
+}
 
 HTTP_FIGURES = {
     f"{name}_{stat}"
