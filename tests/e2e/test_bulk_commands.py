@@ -24,7 +24,7 @@ from fleetward.commands.models import CommandBulk, CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.core.surfaces import Surface
 from fleetward.identity.directory import Directory
-from fleetward.identity.models import Role
+from fleetward.identity.models import Membership, Role
 from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.platform import Platform
 from fleetward.vehicles.fleets import FleetService
@@ -377,6 +377,96 @@ async def test_a_requester_revoked_before_the_approval_never_reaches_a_car(
     await asyncio.sleep(0.3)
     assert all(world.cars[x].acted() == 0 for x in CARS)
     assert all(world.cars[x].vehicle.state.locked is True for x in CARS)
+
+
+async def test_a_requester_demoted_before_the_approval_has_nothing_approved(
+    world: CommandWorld,
+) -> None:
+    # erin, a fleet admin, asks for a bulk unlock of two cars of the fleet; while it waits
+    # her admin role ends and she becomes an operator of north, the group of both cars:
+    # each car's unlock is still hers to send, a bulk command to the whole fleet is not.
+    # An unaware second admin's approval must not send it on her behalf.
+    path = await waiting_unlock(world)
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    async with world.platform.services() as (uow, ctx):
+        erin = world.users["erin"]
+        (admin,) = await ctx.session.scalars(
+            select(Membership).where(
+                Membership.user_id == erin.id, Membership.role == Role.FLEET_ADMIN
+            )
+        )
+        admin.valid_until, admin.ended_reason = ctx.clock.now(), "demoted"
+        acme = world.tenants["acme-logistics"]
+        await Directory(ctx).grant_membership(
+            erin, acme, Role.FLEET_OPERATOR, actor=Actor.system("test")
+        )
+        group = await ctx.session.get(FleetGroup, north)
+        assert group is not None
+        await FleetService(ctx).assign_operator(group, erin, actor=Actor.system("test"))
+        await uow.commit()
+    world.clock.advance(timedelta(seconds=5))
+    refused = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["reason"] == "requester-not-allowed"
+    bulk_id = path.split("/")[-2]
+    assert await jobs_of(world, bulk_id) == 0
+    async with world.platform.unit_of_work() as uow:
+        stored = await uow.session.get(CommandBulk, bulk_id)
+        assert stored is not None and stored.decided_reason == "requester-not-allowed"
+    # Nor can it be approved again later.
+    again = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert again.status_code == 422 and again.json()["reason"] == "rejected"
+    await asyncio.sleep(0.3)
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+    assert all(world.cars[x].vehicle.state.locked is True for x in CARS)
+
+
+async def test_an_operator_moved_off_the_group_has_nothing_approved(
+    world: CommandWorld,
+) -> None:
+    # frank, an operator of north, asks for a bulk lock of the group's two cars above the
+    # threshold; he is moved off north before a fleet admin approves: refused, no job.
+    runtime = commands_of(world.app)
+    world.app.state.commands = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
+    )
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    asked = await bulk(world, "frank", "lock", list(CARS), group=north, key="f-wait")
+    assert asked.status_code == 202 and asked.json()["state"] == "awaiting_approval"
+    await second_admin(world)
+    path = f"/fleet/v1/bulk-commands/{asked.json()['id']}/approve"
+    async with world.platform.services() as (uow, ctx):
+        (assignment,) = await ctx.session.scalars(
+            select(OperatorAssignment).where(
+                OperatorAssignment.group_id == north,
+                OperatorAssignment.user_id == world.users["frank"].id,
+            )
+        )
+        await FleetService(ctx).unassign_operator(assignment, actor=Actor.system("test"))
+        await uow.commit()
+    refused = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["reason"] == "requester-not-allowed"
+    assert await jobs_of(world, asked.json()["id"]) == 0
+
+
+async def test_an_operators_waiting_group_bulk_is_approved_while_he_holds_the_group(
+    world: CommandWorld,
+) -> None:
+    # The re-check judges the group the request was asked on, not the whole fleet: an
+    # operator's bulk lock of his own group is approved and reaches both cars.
+    runtime = commands_of(world.app)
+    world.app.state.commands = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
+    )
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    asked = await bulk(world, "frank", "lock", list(CARS), group=north, key="f-ok")
+    assert asked.status_code == 202 and asked.json()["state"] == "awaiting_approval"
+    await second_admin(world)
+    path = f"/fleet/v1/bulk-commands/{asked.json()['id']}/approve"
+    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["state"] == "dispatched" and len(approved.json()["jobs"]) == 2
 
 
 async def test_an_approved_bulk_keeps_the_requested_ttl(world: CommandWorld) -> None:

@@ -385,6 +385,14 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
             bulks.reject(ctx, bulk, caller.claims.sub, "approval-expired")
             await uow.commit()
             raise BulkRejected("the approval window has passed", reason="approval-expired")
+        held = await bulks.requester_still_may(ctx, platform.pdp, bulk, now)
+        if not held.allowed:
+            bulks.reject(ctx, bulk, caller.claims.sub, "requester-not-allowed")
+            await uow.commit()
+            raise BulkRejected(
+                "the requester may no longer send this bulk command",
+                reason="requester-not-allowed",
+            )
         bulks.approve(ctx, bulk, caller.claims.sub, now)
         created = await bulks.dispatch(
             ctx,

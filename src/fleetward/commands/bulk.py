@@ -8,8 +8,9 @@ for every vehicle at once. Above ``approval_threshold`` vehicles it waits, witho
 for a second fleet admin (another person, in the same fleet, allowed the same bulk command,
 with a fresh step-up) to approve it within ``approval_window``; then, or at once below the
 threshold, one job per vehicle is created with the requester's grant and a chain whose links
-up to the region are the bulk decision's. Each job then meets its own vehicle-state and
-conflict links, and the delivery re-check like any other.
+up to the region are the bulk decision's. An approval first decides again whether the
+requester may still send the bulk (:func:`requester_still_may`). Each job then meets its
+own vehicle-state and conflict links, and the delivery re-check like any other.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from datetime import datetime, timedelta
 from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
+from fleetward.authz.audited import decide_audited
+from fleetward.authz.decision import (
+    AuthzRequest,
+    Decision,
+    PrincipalKind,
+    PrincipalRef,
+    RequestContext,
+    ResourceKind,
+    ResourceRef,
+)
+from fleetward.authz.pdp import CedarPdp
+from fleetward.authz.permissions import Permission
 from fleetward.commands.chain import PDP_LINKS, Chain, Link
 from fleetward.commands.families import CommandSpec, ParameterValue
 from fleetward.commands.models import BulkState, CommandBulk, CommandJob
@@ -73,6 +86,7 @@ def new_bulk(
         token_id=grant.token_id,
         token_family=grant.token_family,
         ttl_seconds=ask.ttl_seconds,
+        group_id=ask.group_id,
         token_scopes=sorted(grant.scopes),
         acr=grant.acr,
         auth_time=grant.auth_time,
@@ -150,6 +164,37 @@ async def dispatch(
         {"jobs": len(created)},
     )
     return created
+
+
+async def requester_still_may(
+    ctx: ServiceContext, pdp: CedarPdp, bulk: CommandBulk, now: datetime
+) -> Decision:
+    """May the requester still send this bulk (``fleet:bulk_command`` for its command, on the
+    fleet or the group it was asked on), decided now with the request's token facts? Asked
+    at approval: a requester demoted or moved off the group while the bulk waited has
+    nothing approved, even where each car's own command would still be theirs to send
+    (an operator never immobilises in bulk). Step-up was the request's link: it is not
+    asked again (as at delivery). Recorded as a decision of the requester's."""
+    target = (
+        ResourceRef(ResourceKind.FLEET_GROUP, bulk.group_id)
+        if bulk.group_id is not None
+        else ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
+    )
+    ask = AuthzRequest(
+        PrincipalRef(PrincipalKind.USER, bulk.requested_by),
+        Permission.FLEET_BULK_COMMAND,
+        target,
+        RequestContext(
+            now=now,
+            tenant_id=bulk.tenant_id,
+            scopes=frozenset(bulk.token_scopes),
+            acr=bulk.acr,
+            auth_time=now,
+            command=Permission(bulk.command),
+        ),
+    )
+    (decision,) = await decide_audited(pdp, ctx.session, ctx.audit, [ask])
+    return decision
 
 
 def approve(ctx: ServiceContext, bulk: CommandBulk, approver: str, now: datetime) -> None:

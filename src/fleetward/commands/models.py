@@ -162,6 +162,9 @@ class CommandBulk(Base):
     # --- migration 0014 --- The request's TTL (seconds; None: the command's own lifetime),
     # for the jobs an approval creates later.
     ttl_seconds: Mapped[int | None]
+    # --- migration 0015 --- The fleet group the request was decided on (None: the whole
+    # fleet), so that its approval can decide again whether the requester may still send it.
+    group_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
 
 
 class VehicleCommandCounter(Base):
