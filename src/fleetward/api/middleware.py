@@ -1,8 +1,13 @@
 """Request identity: a request id and a W3C trace context on every request and response.
 
 Pure ASGI (no BaseHTTPMiddleware) to keep per-request overhead to a few microseconds.
-A caller-supplied id is accepted only when it is well formed, so it can never inject text
-into logs or headers.
+The request id is always the platform's own (64 random bits): audit records, investigations
+and detection key on it, so a caller must not be able to choose it (reusing another request's
+id would merge their requests in an investigation). A caller's own ``X-Request-Id`` is kept
+for correlation when it is well formed (so it can never inject text into logs or headers):
+returned as ``X-Client-Request-Id`` and bound to the request's log lines. A caller's W3C
+``traceparent`` is continued (a trace spans services by design; an investigation by trace id
+lists every caller and address it saw).
 
 The client IP (an audit risk signal) is the peer address of the ASGI connection. The
 ``X-Forwarded-For`` header is believed only when the peer is one of ``trusted_proxies``
@@ -75,7 +80,8 @@ class RequestIdentityMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         supplied_id = headers.get("x-request-id", "")
-        request_id = supplied_id if _REQUEST_ID_RE.fullmatch(supplied_id) else secrets.token_hex(8)
+        client_request_id = supplied_id if _REQUEST_ID_RE.fullmatch(supplied_id) else None
+        request_id = secrets.token_hex(8)
         parent = parse_traceparent(headers.get("traceparent"))
         trace_id, flags = parent if parent else (secrets.token_hex(16), "01")
         span_id = secrets.token_hex(8)
@@ -83,7 +89,9 @@ class RequestIdentityMiddleware:
 
         source_ip = client_ip(scope, headers, self.trusted_proxies)
         set_request(RequestContext(request_id=request_id, trace_id=trace_id, source_ip=source_ip))
-        bind_request_context(request_id=request_id, trace_id=trace_id)
+        bind_request_context(
+            request_id=request_id, trace_id=trace_id, client_request_id=client_request_id
+        )
 
         started = False
 
@@ -95,6 +103,8 @@ class RequestIdentityMiddleware:
                     (b"x-request-id", request_id.encode("ascii")),
                     (b"traceparent", traceparent),
                 ]
+                if client_request_id is not None:
+                    extra.append((b"x-client-request-id", client_request_id.encode("ascii")))
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 

@@ -139,9 +139,14 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 
-def bind_request_context(*, request_id: str, trace_id: str) -> None:
-    """Attach request and trace ids to every line logged in the current context."""
+def bind_request_context(
+    *, request_id: str, trace_id: str, client_request_id: str | None = None
+) -> None:
+    """Attach request and trace ids (and the caller's own request id, when it sent one) to
+    every line logged in the current context."""
     structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+    if client_request_id is not None:
+        structlog.contextvars.bind_contextvars(client_request_id=client_request_id)
 
 
 def clear_request_context() -> None:

@@ -159,16 +159,26 @@ async def test_request_id_and_traceparent_are_created(app: FastAPI) -> None:
 
 
 async def test_valid_incoming_ids_are_kept(app: FastAPI) -> None:
+    # The trace is continued; the caller's request id is returned as theirs, never made the
+    # platform's (audit records and investigations key on that: a caller reusing another
+    # request's id would merge the two).
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     async with client_for(app) as client:
-        response = await client.get(
-            "/healthz",
-            headers={
-                "x-request-id": "req-12345678",
-                "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
-            },
-        )
-    assert response.headers["x-request-id"] == "req-12345678"
+        responses = [
+            await client.get(
+                "/healthz",
+                headers={
+                    "x-request-id": "req-12345678",
+                    "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+                },
+            )
+            for _ in range(2)
+        ]
+    for response in responses:
+        assert response.headers["x-client-request-id"] == "req-12345678"
+        assert re.fullmatch(r"[0-9a-f]{16}", response.headers["x-request-id"])
+    assert responses[0].headers["x-request-id"] != responses[1].headers["x-request-id"]
+    response = responses[0]
     assert response.headers["traceparent"].startswith(f"00-{trace}-")
     assert not response.headers["traceparent"].endswith("00f067aa0ba902b7-01")  # our own span
 
@@ -196,6 +206,7 @@ async def test_malformed_incoming_ids_are_replaced(
     assert re.fullmatch(r"[0-9a-f]{16}", response.headers["x-request-id"]), why
     assert "00000000000000000000000000000000" not in response.headers["traceparent"], why
     assert "x-injected" not in response.headers, why
+    assert "x-client-request-id" not in response.headers, why
 
 
 async def test_surface_describes_its_audience(app: FastAPI) -> None:

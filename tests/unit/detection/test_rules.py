@@ -377,8 +377,9 @@ def test_refusals_padded_on_one_vehicle_do_not_hide_a_walk() -> None:
 
 
 def test_a_request_id_another_caller_used_does_not_hide_a_deprecated_call() -> None:
-    # Request ids are chosen by callers (X-Request-Id): one caller's id seen before must not
-    # make another caller's request on a deprecated route count as already seen.
+    # Request ids are the platform's own, but should two requests ever share one, one
+    # caller's id seen before must not make another caller's request on a deprecated route
+    # count as already seen.
     def call(actor: str, client: str) -> Observed:
         return event(
             DECISION,

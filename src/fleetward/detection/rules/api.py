@@ -37,7 +37,8 @@ class DeprecatedApiUse(BaseRule):
             return ()
         caller = event.client_id or event.actor
         if event.request_id is not None:
-            # Request ids are the caller's to choose (X-Request-Id): an event is of a request
+            # Request ids are the platform's own (api/middleware.py); should two requests
+            # ever share one (another process, a replayed record), an event is of a request
             # already counted only when it is that caller's (or names no client: the client
             # is bound to every event of an authenticated request), so an id another caller
             # used hides nothing.
