@@ -40,6 +40,7 @@ from fleetward.api import (
     tenancy,
     vehicles,
 )
+from fleetward.api.body_limit import BodyLimitMiddleware
 from fleetward.api.middleware import RequestIdentityMiddleware
 from fleetward.api.quota_guard import RateLimitHeaders
 from fleetward.api.revocation_gate import RevocationGate
@@ -143,9 +144,11 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
     app.state.quota_runtime = quota_runtime
     app.state.revocation_gate = gate
     problems.install(app)
-    # Outermost last: the request identity wraps everything, the RateLimit headers of an
-    # allowed request are added to its response inside it.
+    # Outermost last: the request identity wraps everything, then the body cap (before
+    # anything reads a body), the RateLimit headers of an allowed request are added to its
+    # response inside them.
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
     app.add_middleware(
         RequestIdentityMiddleware, trusted_proxies=[str(a) for a in settings.trusted_proxies]
     )

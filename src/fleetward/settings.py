@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Reverse proxies (IP addresses) whose X-Forwarded-For is believed for the client address
     # recorded on audit events. Empty: the TCP peer is the client.
     trusted_proxies: list[IPvAnyAddress] = []
+    # The largest HTTP request body served (api/body_limit.py): anything larger is a 413
+    # before any of it is buffered or parsed (FastAPI reads a body before authentication).
+    # The largest legitimate body is a bulk command's 500 vehicle ids (~20 KiB).
+    max_request_body_bytes: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 1024 * 1024
     # How often the audit log's hash chain is extended (fleetward audit seal does it too).
     audit_seal_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
 
