@@ -9,6 +9,10 @@ returned as ``X-Client-Request-Id`` and bound to the request's log lines. A call
 ``traceparent`` is continued (a trace spans services by design; an investigation by trace id
 lists every caller and address it saw).
 
+Every answer also gets ``X-Content-Type-Options: nosniff`` and, unless its route set a
+``Cache-Control`` of its own (the discovery documents and keys are cacheable),
+``Cache-Control: no-store``: answers carry personal data and vehicle state.
+
 The client IP (an audit risk signal) is the peer address of the ASGI connection. The
 ``X-Forwarded-For`` header is believed only when the peer is one of ``trusted_proxies``
 (empty by default: no header is trusted), and then only its right-most address that is not
@@ -32,6 +36,8 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+# Added to an answer that does not set them itself (see the module docstring).
+_DEFAULT_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:
@@ -99,13 +105,16 @@ class RequestIdentityMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                headers = list(message.get("headers", []))
                 extra = [
                     (b"x-request-id", request_id.encode("ascii")),
                     (b"traceparent", traceparent),
                 ]
                 if client_request_id is not None:
                     extra.append((b"x-client-request-id", client_request_id.encode("ascii")))
-                message["headers"] = list(message.get("headers", [])) + extra
+                named = {name.lower() for name, _ in headers}
+                extra.extend(h for h in _DEFAULT_HEADERS if h[0] not in named)
+                message["headers"] = headers + extra
             await send(message)
 
         try:

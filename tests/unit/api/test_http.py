@@ -158,6 +158,23 @@ async def test_request_id_and_traceparent_are_created(app: FastAPI) -> None:
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", response.headers["traceparent"])
 
 
+async def test_answers_are_not_cached_or_sniffed_unless_the_route_says_so(app: FastAPI) -> None:
+    # Answers carry personal data and vehicle state: no cache keeps one by default, and no
+    # browser reads a JSON answer as something else. A route's own Cache-Control stands
+    # (the signing keys are cacheable), and a header is never sent twice.
+    async with client_for(app) as client:
+        answers = {
+            path: await client.get(path)
+            for path in ("/healthz", "/mobile/v1/test/crash", "/.well-known/jwks.json")
+        }
+    for path, response in answers.items():
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"], path
+    assert answers["/healthz"].headers.get_list("cache-control") == ["no-store"]
+    assert answers["/mobile/v1/test/crash"].headers.get_list("cache-control") == ["no-store"]
+    jwks = answers["/.well-known/jwks.json"].headers.get_list("cache-control")
+    assert len(jwks) == 1 and jwks[0].startswith("public"), jwks
+
+
 async def test_valid_incoming_ids_are_kept(app: FastAPI) -> None:
     # The trace is continued; the caller's request id is returned as theirs, never made the
     # platform's (audit records and investigations key on that: a caller reusing another
