@@ -27,8 +27,13 @@ from fleetward.services import ServiceContext
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
 
+def is_valid_name(value: object) -> bool:
+    """Whether ``value`` could be a slug or username (the shape every stored one has)."""
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
+
+
 def _check_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+    if not is_valid_name(value):
         raise InvalidName(
             f"{kind} must be 2-64 characters of a-z, 0-9, '.', '_' or '-'", reason=kind
         )

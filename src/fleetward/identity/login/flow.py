@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from fleetward.audit.recorder import Target
 from fleetward.identity.acr import Acr, Amr
+from fleetward.identity.directory import is_valid_name
 from fleetward.identity.login import policy, trail
 from fleetward.identity.login.limits import (
     Factor,
@@ -148,11 +149,12 @@ class PasswordStep:
 
 
 async def _find(ctx: ServiceContext, username: str) -> User | None:
-    if len(username) > MAX_USERNAME:
+    name = normalise_username(username)
+    if len(username) > MAX_USERNAME or not is_valid_name(name):
+        # No account has such a name; not asked of the store, which may not even hold it
+        # (PostgreSQL text cannot contain NUL). The caller still spends the dummy hash.
         return None
-    return await ctx.session.scalar(
-        select(User).where(User.username == normalise_username(username))
-    )
+    return await ctx.session.scalar(select(User).where(User.username == name))
 
 
 async def _known_client(ctx: ServiceContext, client_id: str | None) -> str | None:

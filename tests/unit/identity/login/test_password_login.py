@@ -63,6 +63,10 @@ async def _huge_password(b: Browser, p: dict[str, Person]) -> httpx.Response:
     return await b.login("casey", p["casey"].password + "x" * 5000)
 
 
+async def _nul_in_username(b: Browser, p: dict[str, Person]) -> httpx.Response:
+    return await b.login("casey\x00", p["casey"].password)
+
+
 async def _password_of_another(b: Browser, p: dict[str, Person]) -> httpx.Response:
     return await b.login("casey", p["tina"].password)
 
@@ -108,6 +112,9 @@ REFUSED = [
     Case("empty-fields", _empty_fields, 403, BAD_CREDENTIALS),
     # Resource abuse: an enormous password is refused without special treatment.
     Case("huge-password", _huge_password, 403, BAD_CREDENTIALS),
+    # Bad input: a name no account can have (a NUL, which PostgreSQL text cannot even hold)
+    # is an unknown user, never a store error.
+    Case("nul-in-username", _nul_in_username, 403, BAD_CREDENTIALS),
     # Cross-account: another person's valid password does not open this account.
     Case("password-of-another-user", _password_of_another, 403, BAD_CREDENTIALS),
     # Login CSRF: a post without the token, or with a made-up one, is refused.
