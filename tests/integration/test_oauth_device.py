@@ -20,6 +20,7 @@ from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
 from fleetward.identity.login.limits import LIMITS, Dimension, Factor
+from fleetward.identity.oauth.device import DeviceGrant
 from fleetward.identity.oauth.device_approval import USER_CODE_ALPHABET, DevicePage
 from fleetward.identity.oauth.policy import DEVICE_CODE
 from fleetward.identity.oauth_models import DeviceAuthorization, DeviceAuthorizationStatus
@@ -228,6 +229,50 @@ async def test_an_approval_racing_a_revocation_does_not_write_over_it(
     assert reads == [True, True]
     assert done.status_code == 400 and "unknown_user_code" in done.text
     assert (await _poll(world, started["device_code"])).json()["error"] == "access_denied"
+
+
+async def test_a_poll_racing_the_approval_is_an_answer_not_an_error(
+    world: OAuthWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The person approves between a poll's read of the pending code and that poll's write
+    # of its polling time: the poll answers authorization_pending (never a 500, which would
+    # also undo the poll's bookkeeping), and the next poll gets the tokens.
+    started = await _start(world)
+    alice = world.users["alice"]
+    original = DeviceGrant.query_device_credential
+
+    async def approved_elsewhere(row_id: str) -> None:
+        async with world.platform.services() as (uow, ctx):
+            await ctx.session.execute(
+                update(DeviceAuthorization)
+                .where(DeviceAuthorization.id == row_id)
+                .values(
+                    status=DeviceAuthorizationStatus.APPROVED,
+                    user_id=alice.id,
+                    tenant_id=world.tenants["consumer"].id,
+                    auth_time=world.platform.clock.now(),
+                    acr=Acr.MFA.value,
+                    amr=[Amr.PASSWORD.value, Amr.OTP.value],
+                )
+            )
+            await uow.commit()
+
+    def read_then_approved(grant: DeviceGrant, device_code: object) -> Any:
+        record = original(grant, device_code)
+        if record is not None:
+            await_(approved_elsewhere(record.row.id))
+        return record
+
+    monkeypatch.setattr(DeviceGrant, "query_device_credential", read_then_approved)
+    raced = await _poll(world, started["device_code"])
+    assert raced.status_code == 400, raced.text
+    assert raced.json()["error"] == "authorization_pending"
+    monkeypatch.undo()
+    _clock(world).advance(timedelta(seconds=6))
+    granted = await _poll(world, started["device_code"])
+    assert granted.status_code == 200, granted.text
+    claims = await world.claims(granted.json()["access_token"], Surface.MOBILE)
+    assert claims.sub == alice.id
 
 
 USER_CODE_LIMIT = LIMITS[(Factor.USER_CODE, Dimension.ACCOUNT)]

@@ -145,10 +145,24 @@ class DeviceGrant(DeviceCodeGrant):  # type: ignore[misc]
                 seconds=row.interval_seconds
             )
             # These writes are committed with the error response (the flow commits OAuth
-            # errors), so the slower interval holds for every later poll.
-            row.last_polled_at = now
-            if too_soon:
-                row.interval_seconds += int(_SLOW_DOWN_STEP.total_seconds())
+            # errors), so the slower interval holds for every later poll. A conditional
+            # UPDATE, not the ORM (whose version check on the status would fail the whole
+            # request): if the person approved or denied since our read, nothing is written
+            # and the next poll reads the new status.
+            step = int(_SLOW_DOWN_STEP.total_seconds()) if too_soon else 0
+            still_pending = changed_rows(
+                self.exchange.session,
+                update(DeviceAuthorization)
+                .where(
+                    DeviceAuthorization.id == row.id,
+                    DeviceAuthorization.status == DeviceAuthorizationStatus.PENDING,
+                )
+                .values(
+                    last_polled_at=now,
+                    interval_seconds=DeviceAuthorization.interval_seconds + step,
+                ),
+            )
+            if too_soon and still_pending:
                 raise SlowDownError()
             raise AuthorizationPendingError()
         return self._approved(row)
