@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from fleetward.api.objects import encode_cursor
 from fleetward.audit.recorder import Actor
 from fleetward.authz.permissions import Permission
 from fleetward.commands.models import CommandJob, JobState, JobTransition
@@ -530,6 +531,24 @@ async def test_other_staff_get_no_diagnostics(
     response = await api.get(who, A, "/diagnostics")
     assert response.status_code == 403, why
     assert api.vehicle_id("ALICE-1") not in response.text
+
+
+@pytest.mark.parametrize("who", ["judy", "heidi"])
+@pytest.mark.parametrize("with_records", [False, True])
+async def test_other_staff_are_refused_diagnostics_on_an_empty_page(
+    api: Api, who: str, with_records: bool
+) -> None:
+    # BFLA: the function is refused whatever the page holds. A platform admin or support
+    # agent asking for a page past the last report (or before any report exists) must not
+    # get a 200, which would also tell them whether reports exist after a given id.
+    if with_records:
+        await _add(api, _report(api.vehicle_id("ALICE-1"), _clock(api).now()))
+    past_the_end = encode_cursor("dgr_" + "z" * 26)
+    for path in ("/diagnostics", f"/diagnostics?cursor={past_the_end}"):
+        response = await api.get(who, A, path)
+        assert response.status_code == 403, (path, response.status_code)
+    engineer = await api.get("ken", A, f"/diagnostics?cursor={past_the_end}")
+    assert engineer.status_code == 200 and engineer.json()["items"] == []
 
 
 async def test_command_jobs_follow_the_command_permission(api: Api, records: Records) -> None:

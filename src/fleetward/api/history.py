@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import NotPermitted, decide_many
@@ -328,7 +328,8 @@ async def admin_list_diagnostics(
     """Each report's vehicle is decided by the PDP (engineers are allowed with the
     ``pseudonymise`` obligation); reports of vehicles not allowed are left out. The view is
     pseudonymised whatever the decision says, so a policy change never widens it. A page of
-    which no report is allowed is a 403: the caller may not use this function at all."""
+    which no report is allowed is a 403: the caller may not use this function at all; so is
+    an empty page, decided on the store's first vehicle."""
     platform = platform_of(request)
     size = page_size(platform, limit)
     after = decode_cursor(cursor)
@@ -343,6 +344,12 @@ async def admin_list_diagnostics(
         ).all()
         rows, more = cut_page([(report, model) for report, model in found], size)
         vehicles = sorted({report.vehicle_id for report, _ in rows})
+        if not vehicles:
+            # An empty page (no reports, or a cursor past the last) answers only whoever may
+            # use the function, asked on a vehicle that exists: the store's first. Without
+            # any vehicle there is no report to show.
+            anchor = await ctx.session.scalar(select(func.min(Vehicle.id)))
+            vehicles = [anchor] if anchor is not None else []
         decisions = await decide_many(
             request,
             caller,
@@ -352,7 +359,7 @@ async def admin_list_diagnostics(
         )
         await uow.commit()
     allowed = {v for v, d in zip(vehicles, decisions, strict=True) if applicable(d, PSEUDONYMISED)}
-    if rows and not allowed:
+    if vehicles and not allowed:
         # Not an engineer: refuse the function rather than page through ids it may not see.
         raise NotPermitted("this operation is not permitted to the caller")
     key = pseudonym_key(platform.identity.data_key)
