@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -67,7 +68,10 @@ class Directory:
             target=Target("tenant", tenant.id, tenant.id),
             details={"kind": tenant.kind.value},
         )
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:  # a concurrent create took the slug after the check above
+            raise DuplicateName(f"a tenant named {slug!r} exists", reason="tenant") from None
         return tenant
 
     async def tenant(self, slug: str) -> Tenant:
