@@ -11,6 +11,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AwareDatetime,
@@ -190,6 +191,35 @@ class Settings(BaseSettings):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_shape(cls, value: str | None) -> str | None:
+        # The token issuer, the DPoP URL's origin and the WebAuthn origin: an http(s) origin
+        # with an optional path prefix, nothing else. (Never echoed: it may hold a password.)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or not port_ok
+            or parts.username is not None
+            or parts.password is not None
+            or parts.query
+            or parts.fragment
+            or "?" in value
+            or "#" in value
+        ):
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, and no credentials, query "
+                "or fragment"
+            )
         return value
 
     @field_validator("host")

@@ -73,6 +73,38 @@ def test_invalid_settings_stop_start(
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "fleetward.example.com",  # no scheme: the issuer and the WebAuthn origin need one
+        "ftp://fleetward.example.com",
+        "https://",  # no host
+        "https://fleetward.example.com/?tenant=x",  # a query or fragment is no issuer
+        "https://fleetward.example.com/#top",
+        "https://admin:topsecret@fleetward.example.com",  # credentials published as issuer
+        "https://fleetward.example.com:99999",  # no such port
+    ],
+)
+def test_a_malformed_public_url_stops_start(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # The public URL is the token issuer, the DPoP URL and the WebAuthn origin: a malformed
+    # one must stop start-up, not start a platform whose every sign-in fails with a 500.
+    monkeypatch.setenv("FLEETWARD_PUBLIC_URL", url)
+    with pytest.raises(SettingsError, match="FLEETWARD_PUBLIC_URL") as raised:
+        load_settings()
+    assert "topsecret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://fleetward.example.com", "http://127.0.0.1:8000", "https://example.com/fleetward"],
+)
+def test_a_well_formed_public_url_is_the_base_url(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("FLEETWARD_PUBLIC_URL", url)
+    assert load_settings().base_url == url
+
+
 def test_invalid_database_url_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETWARD_DATABASE_URL", "mysql://u:topsecret@h/d")
     with pytest.raises(SettingsError) as raised:
