@@ -30,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 CONFIG_FILE_ENV = "FLEETWARD_CONFIG"
 
@@ -182,6 +184,14 @@ class Settings(BaseSettings):
         raw = value.get_secret_value()
         if not raw.startswith(_SQLITE_PREFIXES + _POSTGRES_PREFIXES):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        # Parsed here as the engine will parse it, so an unusable URL stops start-up with
+        # the field named. The parser's message is not repeated: it may quote the URL.
+        try:
+            database = make_url(raw).database
+        except (ArgumentError, ValueError):
+            raise ValueError("is not a valid database URL") from None
+        if raw.startswith(_SQLITE_PREFIXES) and database in (None, "", ":memory:"):
+            raise ValueError("a sqlite:/// URL must name a database file")
         return value
 
     @field_validator("redis_url")

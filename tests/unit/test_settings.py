@@ -105,6 +105,24 @@ def test_a_well_formed_public_url_is_the_base_url(
     assert load_settings().base_url == url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://fw:topsecret@db:notaport/fleetward",  # the engine could not be built
+        "postgresql://fw:topsecret@db:5432:1/fleetward",
+        "sqlite:///",  # no file: an in-memory store per connection, gone at every restart
+        "sqlite:///:memory:",
+    ],
+)
+def test_an_unusable_database_url_stops_start(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # Refused with the field named, not a traceback from the engine at start-up (or a
+    # platform that starts on a store nothing persists to); the password is never echoed.
+    monkeypatch.setenv("FLEETWARD_DATABASE_URL", url)
+    with pytest.raises(SettingsError, match="FLEETWARD_DATABASE_URL") as raised:
+        load_settings()
+    assert "topsecret" not in str(raised.value)
+
+
 def test_invalid_database_url_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETWARD_DATABASE_URL", "mysql://u:topsecret@h/d")
     with pytest.raises(SettingsError) as raised:
