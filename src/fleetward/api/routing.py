@@ -39,8 +39,12 @@ class CataloguedRoute(APIRoute):
     answers as its lifecycle says (see the module docstring).
 
     A missing entry is not an error here: the start-up inventory refuses the whole app,
-    which also catches routes added without this class.
+    which also catches routes added without this class. Only this class keeps a lifecycle,
+    so the inventory refuses a deprecated or retired entry on any other route
+    (``enforces_lifecycle``).
     """
+
+    enforces_lifecycle = True
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         entry = entry_of(endpoint)

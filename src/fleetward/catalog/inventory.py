@@ -8,11 +8,12 @@ from typing import Any
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
-from fleetward.catalog.entry import CatalogEntry, entry_of
+from fleetward.catalog.entry import CatalogEntry, Lifecycle, entry_of
 
 
 class UncataloguedRoute(RuntimeError):
-    """Raised at start-up: a route is served that the inventory does not know."""
+    """Raised at start-up: a route is served that the inventory does not know, or whose
+    deprecated or retired entry nothing enforces."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +53,21 @@ def inventory(routes: list[BaseRoute]) -> list[CatalogItem]:
         if entry is None:
             missing.append(f"{','.join(methods)} {path}")
             continue
+        if entry.lifecycle is not Lifecycle.ACTIVE and not getattr(
+            original, "enforces_lifecycle", False
+        ):
+            # Listed as deprecated or retired, served by a route that never answers 410 (a
+            # plain router's, a WebSocket's): a zombie the inventory would report as gone.
+            missing.append(
+                f"{','.join(methods)} {path} ({entry.lifecycle.value}, but its route does not"
+                " enforce the lifecycle)"
+            )
+            continue
         items.append(CatalogItem(methods, path, context.name or original.name, entry))
     if missing:
-        raise UncataloguedRoute("routes without a catalog entry: " + "; ".join(missing))
+        raise UncataloguedRoute(
+            "routes without a catalog entry the app can keep: " + "; ".join(missing)
+        )
     return items
 
 

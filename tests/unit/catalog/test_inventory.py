@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from datetime import date
 
+import httpx
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, WebSocket
 from starlette.routing import Mount
 
 from fleetward.app import build_app
@@ -84,6 +85,49 @@ def test_catalogued_route_added_later_is_accepted(app: FastAPI) -> None:
 
     app.include_router(router)
     assert "/fleet/v1/groups" in {i.path for i in inventory(app.router.routes)}
+
+
+def _retiring(lifecycle: Lifecycle) -> CatalogEntry:
+    return CatalogEntry(
+        surface=Surface.MOBILE,
+        owner="team",
+        purpose=f"a {lifecycle.value} route",
+        callers=frozenset({CallerType.USER}),
+        permission=Permission.VEHICLE_READ_STATUS,
+        data_class=DataClass.VEHICLE_STATE,
+        lifecycle=lifecycle,
+        sunset=date(2026, 1, 1),
+    )
+
+
+@pytest.mark.parametrize("lifecycle", [Lifecycle.DEPRECATED, Lifecycle.RETIRED])
+async def test_a_retiring_route_that_nothing_retires_refuses_start(
+    app: FastAPI, lifecycle: Lifecycle
+) -> None:
+    # Zombie API (OWASP API9): only CataloguedRoute answers 410 past a sunset. A route of a
+    # plain router (or a WebSocket route) listed as deprecated or retired would be reported
+    # as gone by the inventory while it still answers, so the app must not start.
+    router = APIRouter(prefix="/mobile/v1")
+
+    @router.get("/old-status")
+    @catalogued(_retiring(lifecycle))
+    async def old_status() -> dict[str, str]:
+        return {"status": "still here"}
+
+    @router.websocket("/old-stream")
+    @catalogued(_retiring(lifecycle))
+    async def old_stream(websocket: WebSocket) -> None:
+        await websocket.close()  # pragma: no cover - never served
+
+    app.include_router(router)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        # What the inventory would have let through: past its sunset, still answering.
+        assert (await client.get("/mobile/v1/old-status")).status_code == 200
+    with pytest.raises(UncataloguedRoute) as refused:
+        inventory(app.router.routes)
+    assert "GET /mobile/v1/old-status" in str(refused.value)
+    assert "WEBSOCKET /mobile/v1/old-stream" in str(refused.value)
 
 
 def test_export_and_openapi_carry_the_entries(app: FastAPI) -> None:
