@@ -176,6 +176,29 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _production_profile(self) -> Settings:
+        """``environment = "production"`` refuses what is only fit for a developer's machine
+        (docs/operations.md, "Production settings")."""
+        if self.environment is not Environment.PRODUCTION:
+            return self
+        problems = []
+        if self.public_url is None or urlsplit(self.public_url).scheme != "https":
+            problems.append(
+                "public_url must be an https:// URL (the token issuer, the origin of DPoP "
+                "proofs and of passkeys)"
+            )
+        if self.data_key is None:
+            problems.append(
+                "data_key must be set (a key generated on the data directory's disk suits one "
+                "development machine; replicas share one from a secret store)"
+            )
+        if self.log_level == "DEBUG":
+            problems.append("log_level must not be DEBUG")
+        if problems:
+            raise ValueError("environment=production: " + "; ".join(problems))
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: SecretStr | None) -> SecretStr | None:

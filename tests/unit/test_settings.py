@@ -73,6 +73,50 @@ def test_invalid_settings_stop_start(
         load_settings()
 
 
+PRODUCTION_KEY = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="  # a test fixture
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        # Tokens and passkeys over plain http, or no public URL at all (an issuer of
+        # http://127.0.0.1:8000 in front of real cars).
+        ({"FLEETWARD_PUBLIC_URL": "http://fleetward.example.com"}, "public_url"),
+        ({"FLEETWARD_PUBLIC_URL": None}, "public_url"),
+        # A data key generated on one machine's disk: replicas would not share it.
+        ({"FLEETWARD_DATA_KEY": None}, "data_key"),
+        ({"FLEETWARD_LOG_LEVEL": "DEBUG"}, "log_level"),
+    ],
+)
+def test_production_refuses_what_suits_a_developer_machine(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None], needle: str
+) -> None:
+    complete = {
+        "FLEETWARD_ENVIRONMENT": "production",
+        "FLEETWARD_PUBLIC_URL": "https://fleetward.example.com",
+        "FLEETWARD_DATA_KEY": PRODUCTION_KEY,
+    }
+    for key, value in {**complete, **env}.items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError, match=needle) as raised:
+        load_settings()
+    assert PRODUCTION_KEY not in str(raised.value)
+
+
+def test_complete_production_settings_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARD_ENVIRONMENT", "production")
+    monkeypatch.setenv("FLEETWARD_PUBLIC_URL", "https://fleetward.example.com")
+    monkeypatch.setenv("FLEETWARD_DATA_KEY", PRODUCTION_KEY)
+    assert load_settings().environment == "production"
+    # The same gaps are fine on a developer's machine.
+    monkeypatch.setenv("FLEETWARD_ENVIRONMENT", "development")
+    monkeypatch.delenv("FLEETWARD_DATA_KEY")
+    monkeypatch.setenv("FLEETWARD_PUBLIC_URL", "http://127.0.0.1:8000")
+    monkeypatch.setenv("FLEETWARD_LOG_LEVEL", "DEBUG")
+    assert load_settings().environment == "development"
+
+
 @pytest.mark.parametrize(
     "url",
     [

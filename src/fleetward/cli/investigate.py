@@ -18,7 +18,7 @@ from fleetward.audit.investigate import BlastQuery, BlastRadius, Subject, trace_
 from fleetward.audit.operations import investigate
 from fleetward.audit.recorder import Actor
 from fleetward.catalog.inventory import inventory
-from fleetward.cli.runtime import load_or_exit, parse_instant
+from fleetward.cli.runtime import demo_only, load_or_exit, parse_instant
 from fleetward.demo.incident import THIEF_ADDRESS, DemoWorldMissing, Incident, stage_incident
 from fleetward.platform import Platform
 from fleetward.settings import Settings
@@ -141,6 +141,7 @@ def demo_incident_command(
     against three vehicles, docs/operations.md) and investigate it: the blast radius of the
     stolen token family."""
     settings = load_or_exit()
+    demo_only(settings, "fleetward investigate demo-incident")
     # The staged requests go through an in-process client: its request log is noise here.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -18,7 +18,14 @@ from fleetward.cli import keys as keys_cli
 from fleetward.cli import probe as probe_cli
 from fleetward.cli import sim as sim_cli
 from fleetward.cli import token as token_cli
-from fleetward.cli.runtime import demo_setup, load_or_exit, migrate_store, serve_app, serve_demo
+from fleetward.cli.runtime import (
+    demo_only,
+    demo_setup,
+    load_or_exit,
+    migrate_store,
+    serve_app,
+    serve_demo,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fleetward platform")
 app.add_typer(catalog_cli.app, name="catalog")
@@ -59,6 +66,7 @@ def demo(
 ) -> None:
     """First run: migrate, seed the demo world and write its logins; then serve."""
     settings = load_or_exit()
+    demo_only(settings, "fleetward demo")
     credentials = asyncio.run(demo_setup(settings))
     base = settings.base_url
     typer.echo(

@@ -17,7 +17,7 @@ from fleetward.demo.credentials import write_credentials
 from fleetward.demo.world import reset_passwords, seed_demo_world
 from fleetward.observability.logging import configure_logging
 from fleetward.platform import Platform
-from fleetward.settings import Settings, SettingsError, load_settings
+from fleetward.settings import Environment, Settings, SettingsError, load_settings
 from fleetward.sim.demo import serve_with_fleet
 from fleetward.store.migrate import upgrade
 
@@ -46,6 +46,16 @@ def load_or_exit() -> Settings:
         sys.exit(2)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return settings
+
+
+def demo_only(settings: Settings, what: str) -> None:
+    """Exit with status 2 when ``settings`` are a production deployment's: the demo world's
+    tenants, people, vehicles and staged incidents never go into a production store."""
+    if settings.environment is Environment.PRODUCTION:
+        typer.echo(
+            f"fleetward: {what} is for development stores, not environment=production", err=True
+        )
+        sys.exit(2)
 
 
 def _prepare_data_dir(settings: Settings) -> None:

@@ -39,3 +39,26 @@ def test_bad_settings_exit_2(env: Path, monkeypatch: pytest.MonkeyPatch) -> None
     result = CliRunner().invoke(app, ["catalog", "export"])
     assert result.exit_code == 2
     assert "FLEETWARD_PORT" in result.output
+
+
+PRODUCTION = {
+    "FLEETWARD_ENVIRONMENT": "production",
+    "FLEETWARD_PUBLIC_URL": "https://fleetward.example.com",
+    "FLEETWARD_DATA_KEY": "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",  # test fixture
+}
+
+
+@pytest.mark.parametrize(
+    "command", [["demo", "--no-serve"], ["investigate", "demo-incident"]], ids=" ".join
+)
+def test_the_demo_world_never_goes_into_a_production_store(
+    env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # The demo's tenants, people (with their logins written to disk), vehicles and staged
+    # incident are for development stores: with production settings nothing is created.
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert "environment=production" in result.output
+    assert not (env / "var").exists()
