@@ -113,6 +113,14 @@ class NoAcknowledgmentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialStuffingConfig:
+    enabled: bool = True
+    # Distinct accounts failing to sign in through one client application in the window.
+    distinct_accounts: int = 50
+    window: timedelta = HOUR
+
+
+@dataclass(frozen=True, slots=True)
 class RulesConfig:
     cross_tenant: CrossTenantConfig = CrossTenantConfig()
     enumeration: EnumerationConfig = EnumerationConfig()
@@ -124,6 +132,7 @@ class RulesConfig:
     deprecated_api: DeprecatedApiConfig = DeprecatedApiConfig()
     telemetry_volume: TelemetryVolumeConfig = TelemetryVolumeConfig()
     no_acknowledgment: NoAcknowledgmentConfig = NoAcknowledgmentConfig()
+    credential_stuffing: CredentialStuffingConfig = CredentialStuffingConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +166,7 @@ RULE_SECTIONS: Final = {
     "deprecated-api-use": "deprecated_api",
     "telemetry-volume": "telemetry_volume",
     "command-no-acknowledgment": "no_acknowledgment",
+    "credential-stuffing": "credential_stuffing",
 }
 CONFIG_FILE: Final = "detection.toml"
 

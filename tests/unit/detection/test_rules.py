@@ -318,7 +318,54 @@ CASES: dict[str, Case] = {
         lambda: [event(E.DEVICE_SESSION_OPENED.value, object_type="device", object_id="dev_1")],
         0,
     ),
+    # Credential stuffing: a password list tried once per account through the mobile app,
+    # each failure from another network (below every per-account and per-network limit).
+    "stuffing: fifty accounts through one app": Case(
+        "credential-stuffing",
+        lambda: [failed_login(f"acct_{i}", "fleetward-mobile", after=i) for i in range(50)],
+        1,
+    ),
+    # ... and through the login page with no client named.
+    "stuffing: fifty accounts without a client": Case(
+        "credential-stuffing",
+        lambda: [failed_login(f"acct_{i}", None, after=i) for i in range(50)],
+        1,
+    ),
+    # Normal: one person mistyping many times, and people of several apps mistyping.
+    "stuffing: one account's typos are quiet": Case(
+        "credential-stuffing",
+        lambda: [failed_login("acct_1", "fleetward-mobile", after=i) for i in range(60)],
+        0,
+    ),
+    "stuffing: failures spread over apps are quiet": Case(
+        "credential-stuffing",
+        lambda: [failed_login(f"acct_{i}", f"app-{i % 5}", after=i) for i in range(60)],
+        0,
+    ),
+    # Normal: fifty typos through one app spread over a day (the window is an hour).
+    "stuffing: failures spread over a day are quiet": Case(
+        "credential-stuffing",
+        lambda: [failed_login(f"acct_{i}", "fleetward-mobile", after=30 * i) for i in range(50)],
+        0,
+    ),
 }
+
+
+def failed_login(account: str, client: str | None, *, after: int) -> Observed:
+    details = {"factor": "password", "network": f"198.51.100.{after % 250}"}
+    if client is not None:
+        details["client"] = client
+    return event(
+        E.LOGIN_FAILED.value,
+        after=minutes(after),
+        actor="login",
+        actor_type="system",
+        object_type="account",
+        object_id=account,
+        decision="denied",
+        reason="bad_credentials",
+        details=details,
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))

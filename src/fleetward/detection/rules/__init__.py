@@ -19,6 +19,7 @@ from fleetward.detection.rules.changes import (
     ServiceAccountPrivilegeChange,
 )
 from fleetward.detection.rules.infrastructure import TokenNewInfrastructure
+from fleetward.detection.rules.logins import CredentialStuffing
 from fleetward.detection.rules.vehicles import CommandNoAcknowledgment, DeviceQuarantine
 
 
@@ -41,6 +42,7 @@ def build_rules(config: RulesConfig, deprecated_endpoints: Iterable[str] = ()) -
         ),
         (config.telemetry_volume.enabled, DeviceQuarantine(config.telemetry_volume)),
         (config.no_acknowledgment.enabled, CommandNoAcknowledgment(config.no_acknowledgment)),
+        (config.credential_stuffing.enabled, CredentialStuffing(config.credential_stuffing)),
     ]
     return [rule for enabled, rule in candidates if enabled]
 
@@ -56,6 +58,7 @@ RULE_IDS = (
     DeprecatedApiUse.id,
     DeviceQuarantine.id,
     CommandNoAcknowledgment.id,
+    CredentialStuffing.id,
 )
 
 __all__ = ["RULE_IDS", "build_rules"]

@@ -75,7 +75,7 @@ class PasswordStep:
         account = account_of(username)
         async with self._platform.services() as (uow, ctx):
             client_id = await _known_client(ctx, request.client_id)
-            keys = keys_for(Factor.PASSWORD, account=account, network=network, client_id=client_id)
+            keys = keys_for(Factor.PASSWORD, account=account, network=network)
             reserved = await Throttle(ctx).reserve(keys)
             await uow.commit()
         if isinstance(reserved, Blocked):
@@ -92,6 +92,7 @@ class PasswordStep:
                     factor=Factor.PASSWORD,
                     reason=Failure.BAD_CREDENTIALS,
                     network=network,
+                    client=client_id,
                 )
                 record_lockouts(ctx, target, reserved)
                 if await Throttle(ctx).record_spray(network, account):
@@ -138,6 +139,7 @@ class PasswordStep:
                 factor=Factor.PASSWORD,
                 reason=reason,
                 network=network,
+                client=request.client_id,
             )
             return Refused(reason)
         if needed.second_factor:

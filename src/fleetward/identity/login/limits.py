@@ -15,6 +15,12 @@ Policy:
 * Accounts are keyed by a hash of the submitted username, so unknown usernames are counted
   and locked exactly like real ones (no enumeration through lockout behaviour).
 * IPv6 addresses are counted per /64: one subscriber usually holds a whole /64.
+* Nothing is counted per client application: a block there would refuse every person signing
+  in through that app (anyone with a few dozen addresses could keep a whole mobile app's
+  logins refused, and at scale ordinary typos alone would), and every attempt of the app
+  would update one row. Stuffing through one app is an alert instead: the
+  ``credential-stuffing`` detection rule, over the ``user:login:failed`` events, which name
+  the client.
 """
 
 from __future__ import annotations
@@ -48,24 +54,19 @@ class Factor(StrEnum):
 class Dimension(StrEnum):
     ACCOUNT = "account"
     IP = "ip"
-    CLIENT = "client"
 
 
 # Per-account limits are low (a person mistypes a few times); per-network limits allow a
-# shared NAT some mistakes; per-client limits only catch stuffing through one application.
+# shared NAT some mistakes.
 LIMITS: dict[tuple[Factor, Dimension], int] = {
     (Factor.PASSWORD, Dimension.ACCOUNT): 5,
     (Factor.PASSWORD, Dimension.IP): 30,
-    (Factor.PASSWORD, Dimension.CLIENT): 500,
     (Factor.TOTP, Dimension.ACCOUNT): 5,
     (Factor.TOTP, Dimension.IP): 30,
-    (Factor.TOTP, Dimension.CLIENT): 500,
     (Factor.RECOVERY, Dimension.ACCOUNT): 3,
     (Factor.RECOVERY, Dimension.IP): 10,
-    (Factor.RECOVERY, Dimension.CLIENT): 100,
     (Factor.WEBAUTHN, Dimension.ACCOUNT): 10,
     (Factor.WEBAUTHN, Dimension.IP): 30,
-    (Factor.WEBAUTHN, Dimension.CLIENT): 500,
     # Codes are ~34 bits and live 10 minutes; a person types one or two wrong per device.
     (Factor.USER_CODE, Dimension.ACCOUNT): 10,
     (Factor.USER_CODE, Dimension.IP): 30,
@@ -128,14 +129,10 @@ def account_of(username: str) -> str:
     return hashlib.sha256(normalise_username(username).encode("utf-8")).hexdigest()[:32]
 
 
-def keys_for(
-    factor: Factor, *, account: str, network: str, client_id: str | None
-) -> tuple[ThrottleKey, ...]:
+def keys_for(factor: Factor, *, account: str, network: str) -> tuple[ThrottleKey, ...]:
     keys = [
         ThrottleKey(factor, Dimension.ACCOUNT, account),
         ThrottleKey(factor, Dimension.IP, network),
     ]
-    if client_id is not None:
-        keys.append(ThrottleKey(factor, Dimension.CLIENT, client_id))
     # Sorted, so concurrent requests lock rows in the same order (no deadlocks).
     return tuple(sorted(keys, key=lambda k: k.key))

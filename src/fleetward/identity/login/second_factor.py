@@ -141,15 +141,12 @@ class SecondFactor:
                     factor=method.factor,
                     reason=refused.reason,
                     network=network,
+                    client=pending.client_id,
                 )
                 await uow.commit()
                 return refused
-            keys = keys_for(
-                method.factor,
-                account=pending.user_id,
-                network=network,
-                client_id=pending.client_id,
-            )
+            keys = keys_for(method.factor, account=pending.user_id, network=network)
+            client = pending.client_id
             reserved = await Throttle(ctx).reserve(keys)
             await uow.commit()
         if isinstance(reserved, Blocked):
@@ -177,7 +174,9 @@ class SecondFactor:
         failure = Failure.NO_PENDING_LOGIN if verdict == ACCEPTED else Failure(verdict)
         async with self._platform.services() as (uow, ctx):
             target = trail.user_target(user)
-            trail.failed(ctx, target, factor=method.factor, reason=failure, network=network)
+            trail.failed(
+                ctx, target, factor=method.factor, reason=failure, network=network, client=client
+            )
             record_lockouts(ctx, target, reserved)
             await uow.commit()
         return Refused(failure)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fleetward.audit.events import Decision, EventName
 from fleetward.audit.recorder import Actor, Target
+from fleetward.core.errors import JsonValue
 from fleetward.identity.acr import Acr, Amr
 from fleetward.identity.login.limits import Factor, ThrottleKey
 from fleetward.identity.models import User
@@ -23,8 +24,19 @@ def target_for(user: User | None, account: str) -> Target:
 
 
 def failed(
-    ctx: ServiceContext, target: Target, *, factor: Factor, reason: str, network: str
+    ctx: ServiceContext,
+    target: Target,
+    *,
+    factor: Factor,
+    reason: str,
+    network: str,
+    client: str | None,
 ) -> None:
+    """``client``: the registered client the login was started for (None: none named, or
+    not a registered one); the credential-stuffing rule counts failures per client."""
+    details: dict[str, JsonValue] = {"factor": factor.value, "network": network}
+    if client is not None:
+        details["client"] = client
     ctx.audit.record(
         ctx.session,
         EventName.LOGIN_FAILED,
@@ -32,7 +44,7 @@ def failed(
         target=target,
         decision=Decision.DENIED,
         reason=reason,
-        details={"factor": factor.value, "network": network},
+        details=details,
     )
 
 

@@ -229,7 +229,7 @@ async def _count_lookup(
     if login is None or raw_code is None or normalise_user_code(raw_code) is None:
         return None
     network = client_network(request.client.host if request.client else None)
-    keys = keys_for(Factor.USER_CODE, account=login.user_id, network=network, client_id=None)
+    keys = keys_for(Factor.USER_CODE, account=login.user_id, network=network)
     reserved = await Throttle(ctx).reserve(keys)
     if isinstance(reserved, Reservation):
         # A block this lookup started is an audit event, as a login lockout is.

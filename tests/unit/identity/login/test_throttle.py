@@ -34,6 +34,7 @@ from fleetward.identity.login.outcomes import Failure, Refused
 from fleetward.identity.login.request import LoginRequest
 from fleetward.identity.login.runtime import LoginRuntime
 from fleetward.identity.login.throttle import Throttle
+from fleetward.identity.oauth_models import Client, ClientType
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from unit.identity.login.login_support import Browser, Person
@@ -189,6 +190,58 @@ async def test_behind_a_trusted_proxy_each_client_has_its_own_network_budget(
     async with Browser(proxied, ip="198.51.100.66") as direct:
         direct.http.headers["x-forwarded-for"] = "192.0.2.78"
         _locked(await direct.login("casey", people["casey"].password))
+
+
+async def test_failures_through_one_app_never_lock_everyone_out_of_it(
+    app: FastAPI, platform: Platform, people: dict[str, Person], clock: FrozenClock
+) -> None:
+    # Denial of service on a whole application: failures from many networks through the
+    # mobile app (stuffing, or at scale just everyone's typos) must not refuse the next
+    # person's right password through the same app. Stuffing through one app is the
+    # credential-stuffing alert's to find: each failure names its client.
+    async with platform.services() as (uow, ctx):
+        ctx.session.add(
+            Client(
+                id="fleetward-mobile",
+                name="Fleetward mobile app",
+                client_type=ClientType.PUBLIC_MOBILE,
+                tenant_id=None,
+                redirect_uris=["https://app.example/cb"],
+                grant_types=["authorization_code"],
+                scopes=[],
+                surfaces=["mobile"],
+                jwks=None,
+                require_dpop=True,
+                created_at=clock.now(),
+                disabled_at=None,
+            )
+        )
+        await uow.commit()
+    stuffed = 12
+    for n in range(stuffed):
+        async with Browser(app, ip=f"198.51.100.{n + 1}") as stuffer:
+            response = await stuffer.login(
+                f"leaked-{n}", "Summer2026!", client_id="fleetward-mobile"
+            )
+            assert response.status_code == 403, n
+    # No budget is kept per application at all (it was 500 failures an hour, then every
+    # login through the app refused): only accounts and networks are counted.
+    async with platform.services() as (_uow, ctx):
+        keys = (await ctx.session.scalars(select(LoginThrottle.key))).all()
+    assert keys and not [k for k in keys if "fleetward-mobile" in k], keys
+    async with Browser(app, ip="192.0.2.99") as person:
+        response = await person.login(
+            "casey", people["casey"].password, client_id="fleetward-mobile"
+        )
+        assert response.status_code == 303, response.status_code
+    async with platform.services() as (_uow, ctx):
+        failures = (
+            await ctx.session.scalars(
+                select(AuditRecord).where(AuditRecord.name == EventName.LOGIN_FAILED)
+            )
+        ).all()
+    assert len(failures) == stuffed
+    assert {f.details.get("client") for f in failures} == {"fleetward-mobile"}
 
 
 async def test_totp_guessing_is_limited_per_account(
