@@ -85,6 +85,22 @@ def app(settings: Settings, platform_: Platform) -> FastAPI:
     ) -> dict[str, str]:
         return {"sub": caller.claims.sub}
 
+    @router.get("/items/{item}")
+    @catalogued(
+        CatalogEntry(
+            surface=Surface.MOBILE,
+            owner="test",
+            purpose="a DPoP-bound read with a path parameter",
+            callers=frozenset({CallerType.USER}),
+            permission=Permission.VEHICLE_READ_STATUS,
+            data_class=DataClass.VEHICLE_STATE,
+        )
+    )
+    async def item(
+        item: str, caller: Annotated[Caller, Depends(authenticate(Surface.MOBILE))]
+    ) -> dict[str, str]:
+        return {"item": item}
+
     app.include_router(router)
     return app
 
@@ -345,3 +361,36 @@ async def test_a_dpop_proof_is_checked_against_the_configured_url_not_the_host_h
         )
     assert response.status_code == 401
     assert response.json()["reason"] == "dpop-wrong-url"
+
+
+@pytest.mark.parametrize(
+    ("proof_path", "request_path", "status"),
+    [
+        # An encoded "?" or "#" is part of the path, not its end: a proof for /items/a is
+        # not a proof for /items/a%3Fb (the decoded path cut there matched it).
+        ("/items/a", "/items/a%3Fb", 401),
+        ("/items/a", "/items/a%23b", 401),
+        # The same URL encoded alike, or with an unreserved character encoded, still matches.
+        ("/items/a%3Fb", "/items/a%3Fb", 200),
+        ("/items/a%20b", "/items/a%20b", 200),
+        ("/items/a%2Db", "/items/a-b", 200),
+    ],
+)
+async def test_a_dpop_proof_names_the_path_as_sent(
+    app: FastAPI,
+    platform_: Platform,
+    clock: FrozenClock,
+    proof_path: str,
+    request_path: str,
+    status: int,
+) -> None:
+    key, token = _bound(platform_, clock)
+    base = f"{PUBLIC_URL}/mobile/v1/test"
+    proof = make_dpop_proof(key, "GET", base + proof_path, token, iat=clock.now())
+    async with client_for(app) as client:
+        response = await client.get(
+            base + request_path, headers={"authorization": f"DPoP {token}", "dpop": proof}
+        )
+    assert response.status_code == status, response.text
+    if status == 401:
+        assert response.json()["reason"] == "dpop-wrong-url"

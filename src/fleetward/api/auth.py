@@ -226,8 +226,12 @@ def _public_url(platform: Platform, request: Request) -> str:
     and prefix with the request's path (a DPoP ``htu`` has no query). Never the Host header
     or the connection's scheme, as at the token endpoint: the Host is the caller's to choose,
     and behind a TLS-terminating proxy the scheme here is ``http`` while the client's proof
-    says ``https``."""
-    return platform.identity.issuer.rstrip("/") + request.url.path
+    says ``https``. The path is the one the client sent, still percent-encoded (the htu
+    comparison normalises encodings itself): decoded, an encoded space made every proof for
+    such a path fail, and an encoded ``?`` or ``#`` would read as the path's end."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) and raw else request.url.path
+    return platform.identity.issuer.rstrip("/") + path
 
 
 def _check_step_up(claims: AccessTokenClaims, step_up: StepUp, platform: Platform) -> None:
