@@ -178,8 +178,12 @@ def _names_another(
     ``vehicle_id`` twice, another vehicle's first and its own last, would pass on the last;
     whoever reads the kept raw payload (the quarantine table) may take the first. When an
     identity field is present (rare: it is optional), every occurrence of it is read.
+
+    A null decodes to None like an absent field, so a last occurrence ``null`` would hide
+    the ones before it: both None means absent only when the payload holds no ``null`` (no
+    accepted signal is null, so the common payload pays one byte search).
     """
-    if vehicle_id is None and device_id is None:
+    if vehicle_id is None and device_id is None and b"null" not in payload:
         return False
     if vehicle_id not in (None, session.vehicle_id) or device_id not in (None, session.device_id):
         return True

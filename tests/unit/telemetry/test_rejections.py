@@ -180,6 +180,20 @@ async def names_itself_escaped_then_another(rig: Rig, dev: Device) -> object:
     return dev.frame(body.encode())
 
 
+async def names_another_vehicle_then_null(rig: Rig, dev: Device) -> object:
+    # A null last: the decoder keeps None, as if the field were absent, and the first
+    # occurrence (another vehicle) was never looked at.
+    other = rig.other_vehicle_id
+    body = f'{{"vehicle_id": "{other}", "vehicle_id": null, "signals": {{"{SPEED}": 1}}}}'
+    return dev.frame(body.encode())
+
+
+async def names_another_device_then_null(rig: Rig, dev: Device) -> object:
+    other = rig.device().session.device_id
+    body = f'{{"device_id": "{other}", "device_id": null, "signals": {{"{SPEED}": 1}}}}'
+    return dev.frame(body.encode())
+
+
 async def device_quota(rig: Rig, dev: Device) -> object:
     for _ in range(4):  # the test burst
         await rig.accept(dev, dev.frame())
@@ -288,6 +302,15 @@ CASES: list[tuple[str, Build, Status]] = [
     (
         "names-another-vehicle-then-itself-escaped",
         names_itself_escaped_then_another,
+        Status.FOREIGN_IDENTITY,
+    ),
+    # ... and a trailing null does not hide the occurrence naming another.
+    ("names-another-vehicle-then-null", names_another_vehicle_then_null, Status.FOREIGN_IDENTITY),
+    ("names-another-device-then-null", names_another_device_then_null, Status.FOREIGN_IDENTITY),
+    # A null names no one, so it is not the session's own: refused like any other name.
+    (
+        "names-null-vehicle",
+        frame_with(b'{"vehicle_id": null, "signals": {"Vehicle.Speed": 1}}'),
         Status.FOREIGN_IDENTITY,
     ),
     # Schema: only catalogued VSS paths, with their types and ranges.
