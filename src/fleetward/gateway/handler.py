@@ -34,7 +34,9 @@ class SessionObserver(Protocol):
     def device_status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
         """A device with live sessions became QUARANTINED (its frames must be set apart from
         now on) or ACTIVE again (released by an operator). Also called when the first session
-        of an already quarantined device opens. Ending statuses close the sessions instead."""
+        of an already quarantined device opens, and for an operator's change committed in
+        this process while the device has no session here. Ending statuses close the sessions
+        instead."""
         ...
 
 

@@ -228,6 +228,9 @@ class SessionRegistry:
             return
         self._changes += 1
         self._changed_at[device_id] = self._changes
+        self._tell(device_id, status, reason)
+
+    def _tell(self, device_id: str, status: DeviceStatus, reason: str) -> None:
         try:
             self._observer.device_status_changed(device_id, status, reason)
         except Exception as exc:  # the observer's failure must not take the gateway down
@@ -237,7 +240,13 @@ class SessionRegistry:
         """A lifecycle change committed in this process: close or inform the sessions."""
         code = close_code_for(status)
         if code is None:
-            self.status_changed(device_id, status, reason)
+            if device_id in self._by_device:
+                self.status_changed(device_id, status, reason)
+            else:
+                # No session here, but the pipeline's quarantine outlives sessions: a release
+                # committed now must reach it, or the device's next session (admitted active,
+                # which is no change to the registry) would stay set apart for good.
+                self._tell(device_id, status, reason)
         else:
             await self.close_device(device_id, code)
 

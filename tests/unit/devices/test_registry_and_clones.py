@@ -241,6 +241,21 @@ async def test_apply_closes_or_informs(
     await registry.idle()
 
 
+async def test_a_release_reaches_the_observer_without_a_live_session(
+    registry: SessionRegistry, clock: FrozenClock, observer: FakeObserver
+) -> None:
+    live, _closed = _live(clock, "ses_1")
+    registry.claim(live, status=ACTIVE)
+    registry.status_changed("dev_a", DeviceStatus.QUARANTINED, "telemetry-repeated-rejections")
+    registry.release(live)  # the session ended; the pipeline keeps the device set apart
+    # An operator's release committed while the device has no session here: without it the
+    # pipeline kept the device's frames apart for good (its next session is admitted active,
+    # which the registry takes for no change), and its data never reached telemetry again.
+    await registry.apply("dev_a", ACTIVE, "false-positive")
+    assert observer.changes[-1] == ("dev_a", ACTIVE)
+    await registry.idle()
+
+
 class SlowCheck(FakeCheck):
     """A credential read that answers what the store said when it read, but returns only
     once the test lets it: something may happen in this process meanwhile."""
