@@ -41,6 +41,10 @@ class MqttHandshakes:
         self._publish = publish
         self._peer = peer
         self._pending: dict[str, _Pending] = {}
+        # Devices whose refusal is being recorded: one at a time per device. A device can
+        # publish on session/up without waiting for any answer, and each refusal is a write.
+        self._refusing: set[str] = set()
+        self.dropped_refusals = 0
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -99,7 +103,19 @@ class MqttHandshakes:
 
     async def refuse(self, device_id: str, failure: HandshakeFailure) -> None:
         """Audit a refusal (the device id is the broker-authenticated one of the topic) and
-        tell the device its close code."""
+        tell the device its close code. While one of the device's refusals is being recorded,
+        its next ones are dropped unrecorded and unanswered (counted): a device flooding its
+        session topic costs one write at a time, not a task and a transaction per message."""
+        if device_id in self._refusing:
+            self.dropped_refusals += 1
+            return
+        self._refusing.add(device_id)
+        try:
+            await self._refuse(device_id, failure)
+        finally:
+            self._refusing.discard(device_id)
+
+    async def _refuse(self, device_id: str, failure: HandshakeFailure) -> None:
         try:
             async with self._gateway.platform.unit_of_work() as uow:
                 record_refusal(
