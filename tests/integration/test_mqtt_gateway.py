@@ -558,6 +558,38 @@ async def test_revoking_through_the_api_closes_the_mqtt_session_at_once(mqtt_rig
     assert closed == 1
 
 
+async def test_a_new_session_ends_the_one_it_replaces(mqtt_rig: Rig) -> None:
+    # Threat: over MQTT a device opens sessions with HELLO and RESPONSE on one broker
+    # connection, and only its newest session is reachable (the consumer routes the device's
+    # topics to it). The ones it replaced lingered, unreachable, in the registry and as tasks
+    # until their idle timeout: one connection could hold any number of sessions.
+    credentials, tls = await mqtt_rig.enrol()
+    device = await mqtt_rig.session(credentials, tls)
+    replaced = [device.session_id]
+    for _ in range(2):
+        await device.open_session(
+            credentials,
+            server_id=mqtt_rig.gateway.server_id,
+            software_version=SOFTWARE,
+            vehicle_config=CONFIG,
+            now=mqtt_rig.clock.now,
+        )
+        replaced.append(device.session_id)
+    newest = replaced.pop()
+    registry = mqtt_rig.gateway.registry
+    for _ in range(int(WAIT_S / 0.05)):
+        closes = await mqtt_rig.audit(EventName.DEVICE_SESSION_CLOSED)
+        if len(closes) == len(replaced):
+            break
+        await asyncio.sleep(0.05)
+    assert [s.session.session_id for s in registry.sessions(credentials.device_id)] == [newest]
+    assert sorted(c.details["session"] for c in closes) == sorted(replaced)
+    assert {c.details["close"] for c in closes} == {CloseCode.SUPERSEDED.phrase}
+    # The newest session is the device's: its frames are judged and answered.
+    reply = open_reply(device.session_key, await device.request(mqtt_rig.frame(device, 1)))
+    assert reply.status is Status.ACCEPTED
+
+
 async def test_a_device_cannot_take_over_another_clients_connection(mqtt_rig: Rig) -> None:
     # MQTT client ids are one namespace across the broker's listeners, and a CONNECT with a
     # client id already connected disconnects the holder (session takeover). A device's

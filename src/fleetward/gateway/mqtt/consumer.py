@@ -173,8 +173,15 @@ class MqttGateway:
         )
         if not await self._handshakes.response(device_id, message, session):
             return
+        previous = self._sessions.get(device_id)
         self._sessions[device_id] = session
         self._spawn(self._serve(session))
+        if previous is not None and previous.live is not None:
+            # Only a device's newest session is reachable here (its topics are routed to it):
+            # the one it replaces would linger, unreachable, until its idle timeout, and one
+            # broker connection could hold any number of sessions.
+            self._gateway.registry.release(previous.live)
+            await previous.live.close(CloseCode.SUPERSEDED)
 
     async def _serve(self, session: MqttSession) -> None:
         try:
