@@ -167,6 +167,7 @@ class TelemetryPipeline:
                 window=config.quarantine_window,
                 already_quarantined=already_quarantined,
                 monotonic=monotonic,
+                keep_rate=config.device_rate,
             ),
             quarantine_sink=StoreQuarantineSink(writer),
             metrics=metrics,
@@ -296,13 +297,17 @@ class TelemetryPipeline:
             verdict = Status.ACCEPTED
         except Rejected as rejection:
             verdict = rejection.status
-        admission = self._quotas.admit(session)
-        if not admission.admitted:
-            raise Rejected(
-                Status.QUOTA_EXCEEDED,
-                f"{admission.scope} quota",
-                retry_after_ms=admission.retry_after_ms,
-            )
+        if verdict is Status.ACCEPTED:
+            admission = self._quotas.admit(session)
+            if not admission.admitted:
+                raise Rejected(
+                    Status.QUOTA_EXCEEDED,
+                    f"{admission.scope} quota",
+                    retry_after_ms=admission.retry_after_ms,
+                )
+        elif not self._quarantine.keeps_refused(session.device_id):
+            # Answered as it would be unquarantined (a refusal spends no quota); not kept.
+            raise Rejected(verdict, "quarantined device, beyond what is kept")
         try:
             await self._stages.quarantine_sink.put(
                 Quarantined(

@@ -27,6 +27,7 @@ from fleetward.observability.logging import get_logger
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import QuarantinedMessage
 from fleetward.telemetry.persist import BatchWriter, Target
+from fleetward.telemetry.quotas import DEFAULT_DEVICE_RATE, Rate, TokenBucket
 
 _log = get_logger("fleetward.telemetry.quarantine")
 
@@ -138,9 +139,14 @@ class QuarantinePolicy:
         window: timedelta = DEFAULT_WINDOW,
         already_quarantined: Iterable[str] = (),
         monotonic: Monotonic = time.monotonic,
+        keep_rate: Rate = DEFAULT_DEVICE_RATE,
     ) -> None:
         if threshold < 1 or window <= timedelta(0):
             raise ValueError("threshold and window must be positive")
+        # How many refused frames of a quarantined device are kept: a budget of their own,
+        # never the device's quota (see keeps_refused).
+        self._keep_rate = keep_rate
+        self._kept: dict[str, TokenBucket] = {}
         self._status = status
         self._threshold = threshold
         self._window = window.total_seconds()
@@ -164,6 +170,22 @@ class QuarantinePolicy:
         self._quarantined.pop(device_id, None)
         self._scores.pop(device_id, None)
         self._unreported.discard(device_id)
+        self._kept.pop(device_id, None)
+
+    def keeps_refused(self, device_id: str) -> bool:
+        """Whether a refused frame of a quarantined device is kept for investigation: at most
+        at the device's rate. The budget is not the device's quota: a refused frame never
+        spends an unquarantined device's quota, and spending a quarantined one's would change
+        the replies to its next frames (quota-exceeded), telling a compromised TCU that it
+        was noticed."""
+        now = self._now()
+        bucket = self._kept.get(device_id)
+        if bucket is None:
+            bucket = self._kept[device_id] = TokenBucket(self._keep_rate, now)
+        if bucket.available(now) < 1:
+            return False
+        bucket.take(1)
+        return True
 
     async def record(self, device_id: str, status: Status) -> None:
         """Count a refused frame; quarantine the device when its score reaches the threshold."""

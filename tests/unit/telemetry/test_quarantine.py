@@ -170,3 +170,17 @@ async def test_replays_from_a_quarantined_device_are_not_stored(rig: Rig) -> Non
         Status.CLOCK_DRIFT
     )
     assert len(await rig.quarantined()) == 1
+
+
+async def test_refused_frames_of_a_quarantined_device_do_not_spend_its_quota(rig: Rig) -> None:
+    # Threat: a compromised TCU probes whether it was noticed. Refused frames never spend an
+    # unquarantined device's quota; when a quarantined device's did, a burst of junk then a
+    # valid frame came back quota-exceeded instead of accepted: an oracle for the quarantine.
+    dev = rig.device()
+    await send_bad(rig, dev, 10)
+    assert rig.pipeline.stages.quarantine.reason(dev.session.device_id) == REASON_REPEATED
+    await send_bad(rig, dev, 6)  # beyond the test burst of 4: still the usual refusal
+    await rig.accept(dev, dev.frame())
+    kept = [q.verdict for q in await rig.quarantined()]
+    # Refused frames are still kept for investigation, but never more than the device's rate.
+    assert kept.count("accepted") == 1 and 1 <= kept.count("unknown-signal") <= 4
