@@ -232,13 +232,13 @@ class TelemetryPipeline:
             status, counter=verified.counter, sequence=verified.sequence, server_time_ms=now_ms
         )
 
-    async def _accept(self, session: DeviceSession, frame: VerifiedFrame, now: datetime) -> Status:
-        device_id, sequence = session.device_id, frame.sequence
+    async def _duplicate(self, device_id: str, sequence: int) -> bool:
+        """Whether ``sequence`` of the device was already stored (waiting for a first copy
+        still being written: answered when it is, never before)."""
         seen, pending = self._ordering.classify(device_id, sequence)
         if seen is Seen.STORED:
-            return Status.DUPLICATE
+            return True
         if pending is not None:
-            # The first copy is still being written: answer when it is (never before).
             await asyncio.wait([pending])
             if pending.cancelled() or pending.exception() is not None:
                 raise Rejected(
@@ -246,6 +246,12 @@ class TelemetryPipeline:
                     "first copy not committed",
                     retry_after_ms=STORE_RETRY_AFTER_MS,
                 )
+            return True
+        return False
+
+    async def _accept(self, session: DeviceSession, frame: VerifiedFrame, now: datetime) -> Status:
+        device_id, sequence = session.device_id, frame.sequence
+        if await self._duplicate(device_id, sequence):
             return Status.DUPLICATE
         signals, values = checked_signals(frame.payload, session)
         verdict = self._quotas.admit(session)
@@ -292,6 +298,10 @@ class TelemetryPipeline:
         self, session: DeviceSession, frame: VerifiedFrame, now: datetime, reason: str
     ) -> Status:
         await self._quarantine.report(session.device_id)
+        # Answered as it would be unquarantined: a stored sequence is a duplicate (an
+        # ``accepted`` here would tell the device it is being set apart).
+        if await self._duplicate(session.device_id, frame.sequence):
+            return Status.DUPLICATE
         try:
             validate_payload(frame.payload, session)
             verdict = Status.ACCEPTED
@@ -335,6 +345,9 @@ class TelemetryPipeline:
             ) from None
         if verdict is not Status.ACCEPTED:
             raise Rejected(verdict, "quarantined device, kept apart")
+        # Kept (durably): its retransmissions are duplicates, as for a stored message.
+        self._ordering.admit(session.device_id, frame.sequence)
+        self._ordering.settle(session.device_id, frame.sequence, stored=True)
         return verdict
 
     def _session_macs(self, session: DeviceSession) -> SessionMacs:

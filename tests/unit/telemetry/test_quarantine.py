@@ -184,3 +184,26 @@ async def test_refused_frames_of_a_quarantined_device_do_not_spend_its_quota(rig
     kept = [q.verdict for q in await rig.quarantined()]
     # Refused frames are still kept for investigation, but never more than the device's rate.
     assert kept.count("accepted") == 1 and 1 <= kept.count("unknown-signal") <= 4
+
+
+async def test_a_quarantined_devices_retransmission_is_answered_duplicate(rig: Rig) -> None:
+    # Threat: the same oracle through the duplicate check. An unquarantined device's
+    # retransmission of a stored sequence is answered duplicate; a quarantined one's was
+    # answered accepted (and kept again), which told the TCU it had been noticed.
+    dev = rig.device()
+    await rig.accept(dev, dev.frame())
+    stored_before = dev.sequence
+    await send_bad(rig, dev, 10)
+    assert (await rig.send(dev, dev.frame(sequence=stored_before))).status is Status.DUPLICATE
+    await rig.accept(dev, dev.frame())
+    kept_once = dev.sequence
+    assert (await rig.send(dev, dev.frame(sequence=kept_once))).status is Status.DUPLICATE
+    assert [q.sequence for q in await rig.quarantined()] == [kept_once]
+
+
+async def test_a_device_quarantined_before_any_message_also_gets_duplicates(rig: Rig) -> None:
+    dev = rig.device()
+    reply = await rig.send(dev, dev.frame(payload(vehicle_id=rig.other_vehicle_id)))
+    assert reply.status is Status.FOREIGN_IDENTITY  # quarantined at once, nothing stored
+    await rig.accept(dev, dev.frame())
+    assert (await rig.send(dev, dev.frame(sequence=dev.sequence))).status is Status.DUPLICATE
