@@ -214,6 +214,12 @@ class DeviceHandshake:
         if not hmac.compare_digest(challenge.server_id.encode(), self._server_id.encode()):
             # Signing a challenge from another server would let it act as this device there.
             raise HandshakeRefused("unexpected-server")
+        try:
+            shared = self._ephemeral.exchange(
+                x25519.X25519PublicKey.from_public_bytes(challenge.server_public)
+            )
+        except ValueError:  # a low-order point gives an all-zero secret: refused, unsigned
+            raise HandshakeRefused("key-exchange") from None
         unsigned = Response(
             challenge=challenge.challenge,
             device_nonce=secrets.token_bytes(NONCE_BYTES),
@@ -228,9 +234,7 @@ class DeviceHandshake:
         signature = sign(self._credentials.key, signature_input(challenge, unsigned))
         message = replace(unsigned, signature=signature).encode()
         self._transcript = transcript_hash(challenge_message, message)
-        self._shared = self._ephemeral.exchange(
-            x25519.X25519PublicKey.from_public_bytes(challenge.server_public)
-        )
+        self._shared = shared
         return message
 
     def finish(self, welcome_message: bytes) -> tuple[Welcome, SessionKeys]:

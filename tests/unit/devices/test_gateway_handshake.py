@@ -425,6 +425,17 @@ def test_device_refuses_another_servers_challenge(kit: Kit) -> None:
         kit.device().respond(other.challenge_message, T0)
 
 
+def test_device_refuses_a_low_order_server_key_before_signing(kit: Kit) -> None:
+    # Threat: a server (or a relay rewriting the CHALLENGE) sends a low-order X25519 point,
+    # forcing an all-zero shared secret, i.e. a session key it knows without the device's
+    # ephemeral key. Both sides must refuse it; the device with a handshake refusal (what a
+    # TCU backs off on), not a stray ValueError, and without signing that challenge.
+    challenge = Challenge.decode(kit.server().challenge_message)
+    low_order = replace(challenge, server_public=bytes(32)).encode()
+    with pytest.raises(HandshakeRefused, match="key-exchange"):
+        kit.device().respond(low_order, T0)
+
+
 def test_device_refuses_a_welcome_without_key_confirmation(kit: Kit) -> None:
     server, device = kit.server(), kit.device()
     proven = server.verify(device.respond(server.challenge_message, T0))
