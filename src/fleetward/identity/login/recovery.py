@@ -68,6 +68,15 @@ class RecoveryCodes:
     async def regenerate(self, user: User, *, actor: Actor) -> list[str]:
         """A new batch; unused old codes stop working. Returns the codes (show them once)."""
         session = self._ctx.session
+        # One regeneration per person at a time: the person's row is locked until this
+        # transaction ends (PostgreSQL; on SQLite the first write takes the store's write
+        # lock). Otherwise two at once each withdraw only what they can see, neither sees the
+        # other's uncommitted batch, and both batches stay valid. A second regeneration waits
+        # here and then withdraws the first one's codes. (NO KEY: rows that merely refer to
+        # the person, such as sessions, are not held up.)
+        await session.execute(
+            select(User.id).where(User.id == user.id).with_for_update(key_share=True)
+        )
         # Used codes stay as history; unused ones are withdrawn.
         await session.execute(
             delete(RecoveryCode).where(

@@ -6,22 +6,28 @@ Each case names the threat it covers. Runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 
 import pyotp
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.audit.recorder import Actor
 from fleetward.core.clock import FrozenClock
 from fleetward.identity.acr import Acr
 from fleetward.identity.credential_models import LoginSession, RecoveryCode
 from fleetward.identity.login.answers import BAD_CODE
 from fleetward.identity.login.limits import LIMITS, RECOVERY_COOLDOWN, Dimension, Factor
-from fleetward.identity.login.recovery import CODES_PER_BATCH
+from fleetward.identity.login.recovery import CODES_PER_BATCH, RecoveryCodes, RecoveryVerdict
+from fleetward.identity.login.runtime import LoginRuntime
+from fleetward.identity.models import User
 from fleetward.platform import Platform
+from support.locks import settled
 from unit.identity.login.login_support import Browser, Person
 
 CODE = re.compile(r"<li>([a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4})</li>")
@@ -175,3 +181,46 @@ async def test_regeneration_needs_a_fresh_mfa_login(
         await _mfa_login(browser, people["adam"], clock)
         forged = await browser.http.post("/account/recovery-codes", data={"csrf_token": "x"})
         assert forged.status_code == 403 and not CODE.search(forged.text)
+
+
+# PostgreSQL only: on SQLite (one writer) the second regeneration waits for the first's
+# write lock and then withdraws its batch.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_concurrent_regenerations_leave_one_batch(
+    platform: Platform, people: dict[str, Person]
+) -> None:
+    # Two "new codes" at once (a double click, two tabs, an attacker with a stolen session
+    # racing the owner): each withdraws the unused codes it can see, and neither can see the
+    # other's uncommitted batch. Both batches must not stay valid: the sheet the owner keeps
+    # would not be the only one that works.
+    pepper = LoginRuntime.build(platform).recovery_pepper
+    adam = people["adam"]
+    actor = Actor.user(adam.user_id, None)
+
+    async def regenerate() -> list[str]:
+        async with platform.services() as (uow, ctx):
+            user = await ctx.session.get(User, adam.user_id)
+            assert user is not None
+            codes = await RecoveryCodes(ctx, pepper).regenerate(user, actor=actor)
+            await uow.commit()
+            return codes
+
+    old = await regenerate()
+    async with platform.services() as (first_uow, first_ctx):
+        user = await first_ctx.session.get(User, adam.user_id)
+        assert user is not None
+        first = await RecoveryCodes(first_ctx, pepper).regenerate(user, actor=actor)
+        second_task = asyncio.create_task(regenerate())
+        await settled(platform, second_task)
+        await first_uow.commit()
+    second = await second_task
+
+    async with platform.services() as (_uow, ctx):
+        user = await ctx.session.get(User, adam.user_id)
+        assert user is not None
+        codes = RecoveryCodes(ctx, pepper)
+        assert await codes.remaining(adam.user_id) == CODES_PER_BATCH
+        # The later batch is the one that works; the earlier two are withdrawn.
+        assert await codes.use(user, old[0]) is RecoveryVerdict.BAD_CODE
+        assert await codes.use(user, first[0]) is RecoveryVerdict.BAD_CODE
+        assert await codes.use(user, second[0]) is RecoveryVerdict.ACCEPTED
