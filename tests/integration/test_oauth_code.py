@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from joserfc.jwk import ECKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
@@ -19,9 +21,12 @@ from fleetward.identity.acr import Acr, Amr
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role
 from fleetward.identity.oauth.client_side import Pkce
+from fleetward.identity.oauth.consent import ConsentSubject, record_consent
+from fleetward.identity.oauth_models import ConsentGrant
 from fleetward.identity.tokens import InvalidToken
 from fleetward.platform import Platform
 from support.factories import FACTORY
+from support.locks import settled
 from unit.identity.oauth.kit import (
     CLI,
     CONSOLE,
@@ -545,3 +550,47 @@ async def test_concurrent_code_exchanges_have_one_winner(world: OAuthWorld) -> N
         world.token({**code_request(CONSOLE, code, pkce), **world.auth(CONSOLE)}),
     )
     assert sorted(a.status_code for a in answers) == [200, 400], [a.text for a in answers]
+
+
+# PostgreSQL only: on SQLite (one writer) the second decision waits for the first's write
+# lock and then reads what it wrote.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_concurrent_consent_decisions_leave_one_remembered_consent(
+    world: OAuthWorld,
+) -> None:
+    # Two consent decisions at once for one person, client, surface and tenant (two tabs; a
+    # device approval and a browser consent): each ends the rows it can see and adds its own,
+    # and neither sees the other's. Two active rows would break "the current consent is one
+    # row that says exactly what was allowed", and the second answer would silently drop
+    # what the first allowed.
+    platform = world.platform
+    alice = world.users["alice"]
+    subject = ConsentSubject(alice.id, CLI, Surface.MOBILE, world.tenants["consumer"].id)
+    now = platform.clock.now()
+
+    def remember(scope: str) -> Callable[[Session], ConsentGrant]:
+        return lambda session: record_consent(session, subject, scopes=[scope], now=now)
+
+    async def decide_alone(scope: str) -> None:
+        async with platform.services() as (uow, ctx):
+            await ctx.session.run_sync(remember(scope))
+            await uow.commit()
+
+    await decide_alone(READ)  # an earlier consent, superseded by both decisions
+    async with platform.services() as (first_uow, first):
+        await first.session.run_sync(remember(LOCATION))
+        await first.session.flush()
+        second = asyncio.create_task(decide_alone(LOCK))
+        await settled(platform, second)
+        await first_uow.commit()
+    await second
+    async with platform.services() as (_uow, ctx):
+        active = list(
+            await ctx.session.scalars(
+                select(ConsentGrant).where(
+                    ConsentGrant.user_id == alice.id, ConsentGrant.revoked_at.is_(None)
+                )
+            )
+        )
+    assert len(active) == 1, [grant.scopes for grant in active]
+    assert set(active[0].scopes) == {READ, LOCATION, LOCK}

@@ -7,7 +7,8 @@ authorization request whose scopes are all covered by remembered consent for its
 tenant skips the consent screen; anything new shows it. A new decision supersedes the
 earlier rows (they are ended, not deleted), so the current consent is always one row that
 says exactly what was allowed. A scope shown on the screen and left unticked is withdrawn
-from it.
+from it. Decisions of one person are taken one at a time (their row is locked), so two at
+once cannot each add a row without ending the other's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
+from fleetward.identity.models import User
 from fleetward.identity.oauth_models import ConsentGrant
 
 
@@ -63,6 +65,14 @@ def record_consent(
     """Remember ``scopes`` on top of what was allowed before, minus ``withheld``: scopes the
     person was shown and left unticked. Their latest answer wins, or a scope they just took
     back would stay remembered and the client would get it on its next silent request."""
+    # The person's row is locked until the transaction ends (PostgreSQL; on SQLite the
+    # first write takes the store's write lock): a second decision waits here, then reads
+    # this one's row as earlier and ends it. Without it, two decisions at once each end only
+    # the rows they can see and both stay active. (NO KEY: rows that merely refer to the
+    # person are not held up.)
+    session.execute(
+        select(User.id).where(User.id == subject.user_id).with_for_update(key_share=True)
+    )
     earlier = _active(session, subject)
     kept = {s for grant in earlier for s in grant.scopes} - set(withheld)
     allowed = sorted({*scopes, *kept})
