@@ -11,7 +11,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from authlib.oauth2.rfc8628 import endpoint as authlib_device
+from sqlalchemy import func, select, update
 from sqlalchemy.util import await_
 
 from fleetward.audit.events import EventName
@@ -159,6 +160,55 @@ async def test_forged_device_decision_is_refused(world: OAuthWorld) -> None:
     )
     assert response.status_code == 403
     assert (await _poll(world, started["device_code"])).json()["error"] == "authorization_pending"
+
+
+def _draws(monkeypatch: pytest.MonkeyPatch, *codes: str) -> None:
+    """Authlib's user code generator, answering ``codes`` in turn (the last one forever)."""
+    answers = iter(codes)
+    last = codes[-1]
+    monkeypatch.setattr(authlib_device, "create_string_user_code", lambda: next(answers, last))
+
+
+async def _stored(world: OAuthWorld) -> int:
+    async with world.platform.services() as (_uow, ctx):
+        count = await ctx.session.scalar(select(func.count()).select_from(DeviceAuthorization))
+    return int(count or 0)
+
+
+@pytest.mark.parametrize("first_expired", [False, True], ids=["live", "expired"])
+async def test_a_user_code_already_stored_is_drawn_again(
+    world: OAuthWorld, monkeypatch: pytest.MonkeyPatch, first_expired: bool
+) -> None:
+    # A user code repeats now and then (~34 bits), and stored rows keep theirs, live or
+    # expired or used: a repeat must not fail the request (a 500 from the unique index), nor
+    # ever hand two devices one code. It is drawn again.
+    _draws(monkeypatch, "BCDF-GHJK", "BCDF-GHJK", "LMNP-QRST")
+    first = await _start(world)
+    assert first["user_code"] == "BCDF-GHJK"
+    if first_expired:
+        _clock(world).advance(timedelta(minutes=11))
+    second = await _start(world)
+    assert second["user_code"] == "LMNP-QRST"
+    assert str(second["verification_uri_complete"]).endswith("user_code=LMNP-QRST")
+    assert await _stored(world) == 2
+    # The first request is untouched: its device code still answers for itself.
+    expected = "expired_token" if first_expired else "authorization_pending"
+    assert (await _poll(world, first["device_code"])).json()["error"] == expected
+
+
+async def test_a_generator_that_only_repeats_is_a_retryable_refusal(
+    world: OAuthWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The draws are bounded: a generator stuck on a stored code ends in a 503 problem that
+    # the client may retry, with nothing stored, never a loop or a shared code.
+    _draws(monkeypatch, "BCDF-GHJK")
+    await _start(world)
+    data = {"client_id": CLI, "scope": READ, "resource": Surface.MOBILE.audience}
+    response = await world.http.post("/oauth/device_authorization", data=data)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["retry-after"] == "1"
+    assert await _stored(world) == 1
 
 
 START_REFUSALS = [

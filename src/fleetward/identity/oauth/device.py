@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
+from fleetward.core.errors import ServiceUnavailable
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.identity.oauth import hashing
@@ -53,6 +54,8 @@ from fleetward.identity.oauth.targets import requested_surface
 from fleetward.identity.oauth_models import DeviceAuthorization, DeviceAuthorizationStatus
 
 _SLOW_DOWN_STEP = timedelta(seconds=DEVICE_POLL_INTERVAL)
+# Draws of a user code before giving up: a repeat is rare (~34 bits), two in a row rarer.
+_USER_CODE_DRAWS = 5
 
 
 class DeviceAuthorizationStart(DeviceAuthorizationEndpoint):  # type: ignore[misc]
@@ -81,13 +84,30 @@ class DeviceAuthorizationStart(DeviceAuthorizationEndpoint):  # type: ignore[mis
     def get_verification_uri(self) -> str:
         return self.exchange.urls.device
 
+    def generate_user_code(self) -> str:
+        # The user code has ~34 bits from a 20-letter alphabet, and every stored row keeps its
+        # code (used and expired ones too: the unique index covers them all). A code already
+        # stored is drawn again, a bounded number of times; two requests that draw the same
+        # free code at once still meet the unique index, and one of them fails rather than
+        # sharing a code.
+        for _ in range(_USER_CODE_DRAWS):
+            code: str = super().generate_user_code()
+            taken = self.exchange.session.scalar(
+                select(DeviceAuthorization.id).where(DeviceAuthorization.user_code == code)
+            )
+            if taken is None:
+                return code
+        raise ServiceUnavailable(
+            "no free user code was found; try again",
+            reason="user-code",
+            headers={"Retry-After": "1"},
+        )
+
     def save_device_credential(self, client_id: str, scope: object, data: dict[str, Any]) -> None:
         if self._admitted is None:
             raise RuntimeError("save_device_credential before authenticate_client")
         granted, surface = self._admitted
         exchange = self.exchange
-        # The user code has ~34 bits from a 20-letter alphabet; a collision with a live code
-        # hits the unique constraint and fails this request rather than sharing a code.
         exchange.session.add(
             DeviceAuthorization(
                 id=new_id("dva"),
