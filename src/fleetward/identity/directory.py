@@ -115,7 +115,10 @@ class Directory:
             actor=actor,
             target=Target("user", user.id, home_tenant.id),
         )
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:  # a concurrent create took the username after the check above
+            raise DuplicateName("that username is taken", reason="username") from None
         return user
 
     async def user(self, username: str) -> User:
