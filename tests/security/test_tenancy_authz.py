@@ -95,6 +95,14 @@ async def test_bad_tenant_bodies_change_nothing(api: Api) -> None:
         (NEW | {"slug": "x" * 65}, "slug too long"),
         (NEW | {"name": ""}, "empty name"),
         (NEW | {"name": "Ini\ntech"}, "control characters in the name"),
+        # Text spoofing where tenant names are shown (consent screen, admin lists, audit):
+        (NEW | {"name": "Initech \u202egnp.exe"}, "bidi override (RLO) in the name"),
+        (NEW | {"name": "\u202aInitech\u202c"}, "bidi embedding in the name"),
+        (NEW | {"name": "Ini\u2067hcet\u2069"}, "bidi isolate in the name"),
+        (NEW | {"name": "Ini\u200btech"}, "zero-width space (format) in the name"),
+        (NEW | {"name": "\ufeffInitech"}, "byte order mark (format) in the name"),
+        (NEW | {"name": "Ini\u0085tech"}, "C1 control (NEL) in the name"),
+        (NEW | {"name": "Ini\u2028tech"}, "line separator in the name"),
         (NEW | {"id": "ten_aaaaaaaaaaaaaaaaaaaaaaaaaa"}, "mass assignment: id"),
         (NEW | {"tenant_id": "ten_x"}, "mass assignment: tenant_id"),
         (NEW | {"status": "active"}, "mass assignment: status"),
@@ -108,11 +116,23 @@ async def test_bad_tenant_bodies_change_nothing(api: Api) -> None:
         response = await api.post("judy", A, "/tenants", body)
         if response.status_code != 422:
             wrong.append(f"{why}: {response.status_code}")
+    spoof = await api.post("judy", A, "/tenants", NEW | {"name": "Initech \u202egnp.exe"})
+    assert spoof.headers["content-type"].startswith("application/problem+json")
+    assert spoof.json()["errors"][0]["location"] == ["body", "name"]
+    assert "gnp.exe" not in spoof.text  # the refused value is never repeated
     duplicate = await api.post("judy", A, "/tenants", NEW | {"slug": "acme-logistics"})
     if duplicate.status_code != 409:
         wrong.append(f"duplicate slug: {duplicate.status_code}")
     assert not wrong, "\n".join(wrong)
     assert await _slugs(api) == before
+
+
+async def test_tenant_names_in_any_script_are_kept(api: Api) -> None:
+    # The refusal is of invisible and control characters, not of languages.
+    name = "Soci\u00e9t\u00e9 M\u00fcller \u2013 \u682a\u5f0f\u4f1a\u793e \u0634\u0631\u0643\u0629"
+    response = await api.post("judy", A, "/tenants", NEW | {"name": name})
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == name
 
 
 async def test_client_registrations_carry_no_secrets_or_keys(api: Api) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Final
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from fleetward.core.text import is_printable_text
 
 
 class StrictBody(BaseModel):
@@ -10,3 +14,18 @@ class StrictBody(BaseModel):
     cannot slip server-owned fields (owner, tenant, role, status) into a write."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, frozen=True)
+
+
+def _printable(value: str) -> str:
+    if not is_printable_text(value):
+        # The value is never repeated: the problem names the field only.
+        raise ValueError(
+            "must be printable text: no control, format (bidi, zero-width) or separator "
+            "characters other than the space"
+        )
+    return value
+
+
+# For every free-text field a client sets and others are shown (display names, labels):
+# ``Annotated[str, StringConstraints(...), PRINTABLE]``. See fleetward.core.text.
+PRINTABLE: Final = AfterValidator(_printable)

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
-from fleetward.api.bodies import StrictBody
+from fleetward.api.bodies import PRINTABLE, StrictBody
 from fleetward.api.objects import (
     Cursor,
     Limit,
@@ -54,9 +54,7 @@ CLIENTS: Final = Permission.ADMIN_MANAGE_CLIENTS
 Slug = Annotated[
     str, StringConstraints(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")
 ]
-DisplayName = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+DisplayName = Annotated[str, StringConstraints(min_length=1, max_length=200), PRINTABLE]
 
 router = surface_router(Surface.ADMIN)
 admin = Depends(authenticate(Surface.ADMIN))

@@ -20,6 +20,7 @@ from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.errors import Conflict, InvalidInput
 from fleetward.core.ids import is_id, new_id
+from fleetward.core.text import is_printable_text
 from fleetward.identity.models import Tenant, TenantKind
 from fleetward.services import ServiceContext
 from fleetward.vehicles.models import Vehicle
@@ -46,7 +47,7 @@ class AppointmentStateConflict(Conflict):
 def check_note(note: str) -> None:
     if len(note) > MAX_NOTE:
         raise AppointmentRefused(f"the note may hold at most {MAX_NOTE} characters", reason="note")
-    if any(not (c.isprintable() or c in _TEXT_CONTROLS) for c in note):
+    if not is_printable_text(note, also=_TEXT_CONTROLS):
         raise AppointmentRefused("the note holds control characters", reason="note")
 
 
