@@ -7,6 +7,8 @@ appear in reprs or logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -224,6 +226,22 @@ class Settings(BaseSettings):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("data_key")
+    @classmethod
+    def _data_key_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        # Decoded here as the identity runtime decodes it (core.datakey), so a malformed key
+        # stops start-up with the field named rather than a traceback from the runtime. The
+        # key and the decoder's message are never repeated.
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be standard base64 (with padding)") from None
+        if len(raw) != 32:
+            raise ValueError("must be the base64 of exactly 32 bytes")
         return value
 
     @field_validator("public_url")

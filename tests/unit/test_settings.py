@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,43 @@ def test_invalid_database_url_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert "topsecret" not in str(raised.value)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "topsecret not base64!",  # not base64 at all
+        _b64(b"topsecret" * 4)[:-3] + "!!!",  # a character outside the alphabet
+        _b64(b"topsecret" * 4).rstrip("="),  # padding missing
+        _b64(b"topsecret-16byte"),  # 16 bytes: an AES-128 key is not the data key
+        _b64(b"topsecret" * 4),  # 36 bytes
+        "",
+        "t\u00f6psecret" * 4,  # not ASCII
+    ],
+    ids=["not-base64", "bad-char", "no-padding", "16-bytes", "36-bytes", "empty", "non-ascii"],
+)
+def test_a_malformed_data_key_stops_start(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    # The data key encrypts TOTP seeds and the signing keys: a malformed one must stop start-up
+    # with the field named, not a traceback from deep in the identity runtime, and the message
+    # must never repeat the key (or any part of it).
+    monkeypatch.setenv("FLEETWARD_DATA_KEY", key)
+    with pytest.raises(SettingsError, match="FLEETWARD_DATA_KEY") as raised:
+        load_settings()
+    assert "topsecret" not in str(raised.value) and "dG9wc2VjcmV0" not in str(raised.value)
+    if key:
+        assert key not in str(raised.value)
+
+
+def test_a_well_formed_data_key_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = _b64(bytes(range(32)))
+    monkeypatch.setenv("FLEETWARD_DATA_KEY", key)
+    settings = load_settings()
+    assert settings.data_key is not None and settings.data_key.get_secret_value() == key
+    assert key not in repr(settings)
 
 
 def test_unknown_key_in_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
