@@ -146,15 +146,7 @@ async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
     seen = await world.http.get(path, headers=fleet_auth(world, "frank"))
     assert seen.status_code == 200, seen.text
     assert [j["vehicle_id"] for j in seen.json()["jobs"]] == [world.vehicles["ACME-N1"].id]
-    async with world.platform.services() as (uow, ctx):
-        (assignment,) = await ctx.session.scalars(
-            select(OperatorAssignment).where(
-                OperatorAssignment.group_id == north,
-                OperatorAssignment.user_id == world.users["frank"].id,
-            )
-        )
-        await FleetService(ctx).unassign_operator(assignment, actor=Actor.system("test"))
-        await uow.commit()
+    await unassign(world, "frank", north)
     gone = await world.http.get(path, headers=fleet_auth(world, "frank"))
     assert gone.status_code == 404, gone.text
     # The key is frank's for that one client: another client's request with it is refused.
@@ -170,10 +162,7 @@ async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
 async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWorld) -> None:
     # A large bulk unlock waits: no job, no car acts, the requester cannot approve it
     # herself, an operator cannot; a second fleet admin with step-up can.
-    runtime = commands_of(world.app)
-    world.app.state.commands = dataclasses.replace(
-        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
-    )
+    approval_above_one(world)
     response = await bulk(world, "erin", "unlock", list(CARS))
     assert response.status_code == 202, response.text
     view = response.json()
@@ -204,10 +193,7 @@ async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWor
 
 async def test_an_approval_after_its_window_is_refused(world: CommandWorld) -> None:
     # A stale approval request cannot be approved a day later.
-    runtime = commands_of(world.app)
-    world.app.state.commands = dataclasses.replace(
-        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
-    )
+    approval_above_one(world)
     response = await bulk(world, "erin", "lock", list(CARS))
     await second_admin(world)
     world.clock.advance(timedelta(hours=2))
@@ -302,12 +288,17 @@ async def test_the_same_bulk_request_twice_at_once_creates_one_bulk(
     assert await jobs_of(world, first.json()["id"]) == len(CARS)
 
 
-async def waiting_unlock(world: CommandWorld) -> str:
-    """A bulk unlock of both cars waiting for a second admin (olga); its approve path."""
+def approval_above_one(world: CommandWorld) -> None:
+    """From now on a bulk of two or more cars waits for a second fleet admin."""
     runtime = commands_of(world.app)
     world.app.state.commands = dataclasses.replace(
         runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
     )
+
+
+async def waiting_unlock(world: CommandWorld) -> str:
+    """A bulk unlock of both cars waiting for a second admin (olga); its approve path."""
+    approval_above_one(world)
     response = await bulk(world, "erin", "unlock", list(CARS))
     assert response.json()["state"] == "awaiting_approval"
     await second_admin(world)
@@ -426,28 +417,12 @@ async def test_an_operator_moved_off_the_group_has_nothing_approved(
 ) -> None:
     # frank, an operator of north, asks for a bulk lock of the group's two cars above the
     # threshold; he is moved off north before a fleet admin approves: refused, no job.
-    runtime = commands_of(world.app)
-    world.app.state.commands = dataclasses.replace(
-        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
-    )
-    north = next(g for g in await groups(world) if g[1] == "north")[0]
-    asked = await bulk(world, "frank", "lock", list(CARS), group=north, key="f-wait")
-    assert asked.status_code == 202 and asked.json()["state"] == "awaiting_approval"
-    await second_admin(world)
-    path = f"/fleet/v1/bulk-commands/{asked.json()['id']}/approve"
-    async with world.platform.services() as (uow, ctx):
-        (assignment,) = await ctx.session.scalars(
-            select(OperatorAssignment).where(
-                OperatorAssignment.group_id == north,
-                OperatorAssignment.user_id == world.users["frank"].id,
-            )
-        )
-        await FleetService(ctx).unassign_operator(assignment, actor=Actor.system("test"))
-        await uow.commit()
-    refused = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    bulk_id, north = await franks_waiting_lock(world, "f-wait")
+    await unassign(world, "frank", north)
+    refused = await world.http.post(approve_path(bulk_id), headers=fleet_auth(world, "olga"))
     assert refused.status_code == 422, refused.text
     assert refused.json()["reason"] == "requester-not-allowed"
-    assert await jobs_of(world, asked.json()["id"]) == 0
+    assert await jobs_of(world, bulk_id) == 0
 
 
 async def test_an_operators_waiting_group_bulk_is_approved_while_he_holds_the_group(
@@ -455,28 +430,45 @@ async def test_an_operators_waiting_group_bulk_is_approved_while_he_holds_the_gr
 ) -> None:
     # The re-check judges the group the request was asked on, not the whole fleet: an
     # operator's bulk lock of his own group is approved and reaches both cars.
-    runtime = commands_of(world.app)
-    world.app.state.commands = dataclasses.replace(
-        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
-    )
-    north = next(g for g in await groups(world) if g[1] == "north")[0]
-    asked = await bulk(world, "frank", "lock", list(CARS), group=north, key="f-ok")
-    assert asked.status_code == 202 and asked.json()["state"] == "awaiting_approval"
-    await second_admin(world)
-    path = f"/fleet/v1/bulk-commands/{asked.json()['id']}/approve"
-    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    bulk_id, _north = await franks_waiting_lock(world, "f-ok")
+    approved = await world.http.post(approve_path(bulk_id), headers=fleet_auth(world, "olga"))
     assert approved.status_code == 200, approved.text
     assert approved.json()["state"] == "dispatched" and len(approved.json()["jobs"]) == 2
+
+
+async def franks_waiting_lock(world: CommandWorld, key: str) -> tuple[str, str]:
+    """frank's bulk lock of north's two cars, waiting for a second admin (olga, created
+    here): (the bulk's id, north's id)."""
+    approval_above_one(world)
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    asked = await bulk(world, "frank", "lock", list(CARS), group=north, key=key)
+    assert asked.status_code == 202 and asked.json()["state"] == "awaiting_approval"
+    await second_admin(world)
+    return asked.json()["id"], north
+
+
+def approve_path(bulk_id: str) -> str:
+    return f"/fleet/v1/bulk-commands/{bulk_id}/approve"
+
+
+async def unassign(world: CommandWorld, who: str, group_id: str) -> None:
+    """End ``who``'s operator assignment to the group."""
+    async with world.platform.services() as (uow, ctx):
+        (assignment,) = await ctx.session.scalars(
+            select(OperatorAssignment).where(
+                OperatorAssignment.group_id == group_id,
+                OperatorAssignment.user_id == world.users[who].id,
+            )
+        )
+        await FleetService(ctx).unassign_operator(assignment, actor=Actor.system("test"))
+        await uow.commit()
 
 
 async def test_an_approved_bulk_keeps_the_requested_ttl(world: CommandWorld) -> None:
     # A TTL only ever shortens a command's lifetime: "unlock these cars, but only within the
     # next 5 s". Below the threshold the jobs keep it; a bulk that waits for a second admin
     # must keep it too, never stretch the jobs to the command's full lifetime.
-    runtime = commands_of(world.app)
-    world.app.state.commands = dataclasses.replace(
-        runtime, config=dataclasses.replace(runtime.config, approval_threshold=1)
-    )
+    approval_above_one(world)
     await second_admin(world)
     response = await world.http.post(
         "/fleet/v1/bulk-commands",

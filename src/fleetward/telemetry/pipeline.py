@@ -249,18 +249,22 @@ class TelemetryPipeline:
             return True
         return False
 
+    def _admit(self, session: DeviceSession) -> None:
+        """Spend one frame of the device's (and the fleet's) quota, or refuse the frame."""
+        admission = self._quotas.admit(session)
+        if not admission.admitted:
+            raise Rejected(
+                Status.QUOTA_EXCEEDED,
+                f"{admission.scope} quota",
+                retry_after_ms=admission.retry_after_ms,
+            )
+
     async def _accept(self, session: DeviceSession, frame: VerifiedFrame, now: datetime) -> Status:
         device_id, sequence = session.device_id, frame.sequence
         if await self._duplicate(device_id, sequence):
             return Status.DUPLICATE
         signals, values = checked_signals(frame.payload, session)
-        verdict = self._quotas.admit(session)
-        if not verdict.admitted:
-            raise Rejected(
-                Status.QUOTA_EXCEEDED,
-                f"{verdict.scope} quota",
-                retry_after_ms=verdict.retry_after_ms,
-            )
+        self._admit(session)
         write = self._writer.submit(
             TELEMETRY_TARGET,
             {
@@ -308,13 +312,7 @@ class TelemetryPipeline:
         except Rejected as rejection:
             verdict = rejection.status
         if verdict is Status.ACCEPTED:
-            admission = self._quotas.admit(session)
-            if not admission.admitted:
-                raise Rejected(
-                    Status.QUOTA_EXCEEDED,
-                    f"{admission.scope} quota",
-                    retry_after_ms=admission.retry_after_ms,
-                )
+            self._admit(session)
         elif not self._quarantine.keeps_refused(session.device_id):
             # Answered as it would be unquarantined (a refusal spends no quota); not kept.
             raise Rejected(verdict, "quarantined device, beyond what is kept")
