@@ -70,16 +70,7 @@ def app(settings: Settings, platform_: Platform) -> FastAPI:
     router = APIRouter(prefix="/mobile/v1/test", route_class=CataloguedRoute)
 
     @router.post("/unlock")
-    @catalogued(
-        CatalogEntry(
-            surface=Surface.MOBILE,
-            owner="test",
-            purpose="step-up check",
-            callers=frozenset({CallerType.USER}),
-            permission=Permission.VEHICLE_UNLOCK,
-            data_class=DataClass.VEHICLE_STATE,
-        )
-    )
+    @catalogued(_test_entry("step-up check", Permission.VEHICLE_UNLOCK))
     async def unlock(
         caller: Annotated[Caller, Depends(authenticate(Surface.MOBILE, step_up=StepUp()))],
     ) -> dict[str, str]:
@@ -87,14 +78,7 @@ def app(settings: Settings, platform_: Platform) -> FastAPI:
 
     @router.get("/items/{item}")
     @catalogued(
-        CatalogEntry(
-            surface=Surface.MOBILE,
-            owner="test",
-            purpose="a DPoP-bound read with a path parameter",
-            callers=frozenset({CallerType.USER}),
-            permission=Permission.VEHICLE_READ_STATUS,
-            data_class=DataClass.VEHICLE_STATE,
-        )
+        _test_entry("a DPoP-bound read with a path parameter", Permission.VEHICLE_READ_STATUS)
     )
     async def item(
         item: str, caller: Annotated[Caller, Depends(authenticate(Surface.MOBILE))]
@@ -103,6 +87,17 @@ def app(settings: Settings, platform_: Platform) -> FastAPI:
 
     app.include_router(router)
     return app
+
+
+def _test_entry(purpose: str, permission: Permission) -> CatalogEntry:
+    return CatalogEntry(
+        surface=Surface.MOBILE,
+        owner="test",
+        purpose=purpose,
+        callers=frozenset({CallerType.USER}),
+        permission=permission,
+        data_class=DataClass.VEHICLE_STATE,
+    )
 
 
 def mint(runtime: IdentityRuntime, clock: FrozenClock, surface: Surface, **changes: Any) -> str:
