@@ -76,7 +76,12 @@ class FleetService:
             actor=actor,
             target=Target("fleet_group", group.id, fleet.id),
         )
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:  # a concurrent create took the name after the check above
+            raise DuplicateName(
+                "the fleet already has a group of that name", reason="group"
+            ) from None
         return group
 
     async def add_to_group(

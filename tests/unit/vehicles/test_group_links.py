@@ -9,12 +9,15 @@ second of two racing requests would. Both stores.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import func, select
 
 from fleetward.core.errors import Conflict
 from fleetward.identity.directory import Directory
-from fleetward.identity.models import Role, TenantKind, User
+from fleetward.identity.errors import DuplicateName
+from fleetward.identity.models import Role, Tenant, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.vehicles.fleets import FleetService
@@ -75,3 +78,38 @@ async def test_an_operator_assigned_twice_at_once_is_assigned_once(
         .where(OperatorAssignment.group_id == group_id, OperatorAssignment.valid_until.is_(None))
     )
     assert open_assignments == 1
+
+
+async def test_a_group_name_taken_while_a_creation_looked_is_a_conflict(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two fleet admins create "north" at once: both look before either writes. The second
+    # insert meets the store's unique (fleet, name): the same 409 as a name already taken,
+    # never a store error (a 500 from POST /fleet/v1/groups), and one group stands.
+    async with platform.services() as (uow, setup):
+        fleet = await WorldFactory(setup).tenant(TenantKind.FLEET)
+        await uow.commit()
+        fleet_id = fleet.id
+    async with platform.services() as (_uow, late):
+        late_fleet = await late.session.get(Tenant, fleet_id)
+        assert late_fleet is not None
+        look = late.session.scalar
+
+        async def look_then_lose_the_race(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            found = await look(statement, *args, **kwargs)
+            async with platform.services() as (uow, early):
+                early_fleet = await early.session.get(Tenant, fleet_id)
+                assert early_fleet is not None
+                await FleetService(early).create_group(early_fleet, "north", actor=FACTORY)
+                await uow.commit()
+            return found
+
+        monkeypatch.setattr(late.session, "scalar", look_then_lose_the_race)
+        with pytest.raises(DuplicateName) as refused:
+            await FleetService(late).create_group(late_fleet, "north", actor=FACTORY)
+        assert refused.value.reason == "group"
+    async with platform.services() as (_uow, ctx):
+        count = await ctx.session.scalar(
+            select(func.count()).select_from(FleetGroup).where(FleetGroup.tenant_id == fleet_id)
+        )
+    assert count == 1
