@@ -27,6 +27,7 @@ from fleetward.identity.acr import Acr
 from fleetward.identity.models import Membership, Role, TenantKind
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, SupportCase
+from fleetward.vehicles.ownership import OwnershipService
 from support.api import UNKNOWN_VEHICLE, Api
 from support.factories import WorldFactory, accepted_message
 from support.snapshot import snapshot
@@ -445,3 +446,32 @@ def test_support_has_no_search(api: Api) -> None:
         assert queries <= {"limit", "cursor"}, path
         checked += 1
     assert checked >= 5
+
+
+async def test_a_support_case_on_a_vehicle_ends_with_the_sale_of_that_vehicle(api: Api) -> None:
+    # Former owners lose everything, and the agent helping one with them: a case opened on
+    # alice's account naming ALICE-1 covers the car while alice owns it, never the buyer's
+    # car after the sale (status, list and the PDP alike). The account itself stays open.
+    world = api.world
+    async with api.platform.services() as (uow, ctx):
+        case = await CaseService(ctx).open_support_case(
+            world.users["ivan"],
+            world.users["alice"],
+            "app shows the wrong car",
+            vehicle=world.vehicles["ALICE-1"],
+            actor=SEED,
+        )
+        await uow.commit()
+    car = world.vehicles["ALICE-1"].id
+    status = f"/cases/{case.id}/vehicles/{car}/status"
+    assert (await api.get("ivan", S, status)).status_code == 200
+    listed = (await api.get("ivan", S, f"/cases/{case.id}/vehicles")).json()["items"]
+    assert [v["id"] for v in listed] == [car]
+    async with api.platform.services() as (uow, ctx):
+        await OwnershipService(ctx).transfer(
+            world.vehicles["ALICE-1"], world.users["alice"], world.users["carol"], actor=SEED
+        )
+        await uow.commit()
+    assert (await api.get("ivan", S, status)).status_code == 404  # the buyer's car now
+    assert (await api.get("ivan", S, f"/cases/{case.id}/vehicles")).json()["items"] == []
+    assert (await api.get("ivan", S, f"/cases/{case.id}/account")).status_code == 200

@@ -125,10 +125,12 @@ def _owned_now(user_id: str, now: datetime) -> Any:
 
 def _case_vehicles(case: SupportCase, now: datetime) -> Any:
     """The vehicles a case covers, as a WHERE clause: its vehicle if it names one, else every
-    vehicle the account owns now (as the PDP's entity builder reads it)."""
+    vehicle the account owns now; a named vehicle only while the account owns it (as the
+    PDP's entity builder reads it)."""
+    owned = Vehicle.id.in_(_owned_now(case.subject_user_id, now))
     if case.vehicle_id is not None:
-        return Vehicle.id == case.vehicle_id
-    return Vehicle.id.in_(_owned_now(case.subject_user_id, now))
+        return (Vehicle.id == case.vehicle_id) & owned
+    return owned
 
 
 async def _my_case(session: AsyncSession, caller: Caller, case_id: str) -> SupportCase:

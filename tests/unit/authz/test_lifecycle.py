@@ -110,6 +110,27 @@ async def test_support_case_closure(world: World) -> None:
     assert (vehicle.allowed, vehicle.reason) == (False, Reason.CASE_CLOSED)
 
 
+async def test_a_support_case_naming_a_vehicle_ends_with_its_sale(world: World) -> None:
+    # The case covers the car it names while its account owns it: after the sale the agent
+    # reads nothing of the buyer's car, though the case (and the account) stays open.
+    await CaseService(world.ctx).open_support_case(
+        world.users["ivan"],
+        world.users["alice"],
+        "wrong car in the app",
+        vehicle=world.vehicles["ALICE-1"],
+        actor=SEEDER,
+    )
+    for permission in (Permission.SUPPORT_READ_VEHICLE, STATUS):
+        assert (await world.ask("ivan", permission, "ALICE-1")).allowed, permission
+    await OwnershipService(world.ctx).transfer(
+        world.vehicles["ALICE-1"], world.users["alice"], world.users["carol"], actor=SEEDER
+    )
+    for permission in (Permission.SUPPORT_READ_VEHICLE, STATUS):
+        decision = await world.ask("ivan", permission, "ALICE-1")
+        assert (decision.allowed, decision.reason) == (False, Reason.NO_RELATIONSHIP), permission
+    assert (await world.ask("ivan", Permission.SUPPORT_READ_ACCOUNT, "account:alice")).allowed
+
+
 async def test_consent_revocation(world: World) -> None:
     assert (await world.ask(PARTNER_APP, STATUS, "ALICE-1")).allowed
     consent = await world.ctx.session.scalar(select(PartnerConsent))

@@ -341,8 +341,10 @@ class Loader:
         lapsed: dict[str, Reason] = {}
         for case_id, subject, vid, status in rows:
             # A case covers its account, and its vehicle if it names one, else every vehicle
-            # the account owns now.
-            covered = [vid] if vid is not None else owned.get(subject, [])
+            # the account owns now; a named vehicle only while the account owns it (a sale
+            # ends the case's reach to the buyer's car, as it ends the seller's own).
+            now_owned = owned.get(subject, [])
+            covered = now_owned if vid is None else [v for v in now_owned if v == vid]
             covered = [v for v in covered if v in self.vehicles]
             if status is not CaseStatus.OPEN:
                 lapsed.update(dict.fromkeys(covered, Reason.CASE_CLOSED))
