@@ -54,7 +54,7 @@ class OwnershipService:
         current.valid_until = now
         current.ended_reason = TRANSFERRED
         await session.flush()  # the partial unique index needs the old row closed first
-        await session.execute(
+        delegations = await session.execute(
             update(DriverDelegation)
             .where(
                 DriverDelegation.vehicle_id == vehicle.id,
@@ -63,8 +63,19 @@ class OwnershipService:
                 DriverDelegation.valid_until > now,
             )
             .values(revoked_at=now, revoked_reason=TRANSFERRED)
+            .returning(DriverDelegation.id)
         )
-        await session.execute(
+        # Each grant the sale ends is audited as a revocation of its own would be.
+        for (delegation_id,) in delegations.all():
+            self._ctx.audit.record(
+                session,
+                EventName.DRIVER_REVOKED,
+                actor=actor,
+                target=Target("delegation", delegation_id),
+                reason=TRANSFERRED,
+                details={"vehicle": vehicle.id},
+            )
+        consents = await session.execute(
             update(PartnerConsent)
             .where(
                 PartnerConsent.vehicle_id == vehicle.id,
@@ -73,7 +84,17 @@ class OwnershipService:
                 PartnerConsent.valid_until > now,
             )
             .values(revoked_at=now, revoked_reason=TRANSFERRED)
+            .returning(PartnerConsent.id, PartnerConsent.partner_tenant_id)
         )
+        for consent_id, partner_id in consents.all():
+            self._ctx.audit.record(
+                session,
+                EventName.PARTNER_CONSENT_REVOKED,
+                actor=actor,
+                target=Target("partner_consent", consent_id, partner_id),
+                reason=TRANSFERRED,
+                details={"vehicle": vehicle.id},
+            )
         ownership = self._begin(vehicle, buyer, actor, EventName.OWNERSHIP_TRANSFERRED)
         await session.flush()
         return ownership

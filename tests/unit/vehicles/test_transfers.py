@@ -190,3 +190,48 @@ async def test_pending_invitations_of_other_vehicles_survive(
     await TransferService(ctx).accept(issued.code, car.vin, buyer, actor=FACTORY)
     row = await ctx.session.get(DriverInvitation, kept.invitation.id)
     assert row is not None and row.status is HandoverStatus.PENDING
+
+
+async def test_the_grants_a_sale_ends_are_each_audited(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    # Investigation follows a driver or a partner to the vehicles they could reach: the sale
+    # that ended their grant must say so for each grant, as a manual revocation does (the
+    # pending invitations it withdraws already are), with the sale as the reason.
+    seller, buyer, driver, car = await _cast(ctx)
+    partner = await WorldFactory(ctx).tenant(TenantKind.PARTNER)
+    delegation = await DelegationService(ctx).delegate(
+        car,
+        seller,
+        driver,
+        [Permission.VEHICLE_LOCK],
+        valid_until=clock.now() + timedelta(days=3),
+        actor=FACTORY,
+    )
+    consent = await ConsentService(ctx).grant(
+        partner,
+        car,
+        seller,
+        [Permission.VEHICLE_READ_STATUS],
+        valid_until=clock.now() + timedelta(days=3),
+        actor=FACTORY,
+    )
+    issued = await TransferService(ctx).start(car, seller, actor=FACTORY)
+    await TransferService(ctx).accept(issued.code, car.vin, buyer, actor=FACTORY)
+    await ctx.session.commit()
+    async with platform.services() as (_uow, fresh):
+        records = list(
+            await fresh.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name.in_(
+                        [EventName.DRIVER_REVOKED.value, EventName.PARTNER_CONSENT_REVOKED.value]
+                    )
+                )
+            )
+        )
+    assert sorted((r.name, r.object_id, r.reason) for r in records) == sorted(
+        [
+            (EventName.DRIVER_REVOKED.value, delegation.id, "transferred"),
+            (EventName.PARTNER_CONSENT_REVOKED.value, consent.id, "transferred"),
+        ]
+    )
