@@ -16,6 +16,8 @@ from fleetward.authz.entities import SessionRelations
 from fleetward.authz.pdp import CedarPdp, PdpConfig
 from fleetward.authz.permissions import Permission
 from fleetward.identity.acr import Acr
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import Role
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.consents import ConsentService
 from fleetward.vehicles.delegation import DelegationService
@@ -86,6 +88,32 @@ async def test_operator_unassignment(world: World) -> None:
     assert (await world.ask("erin", STATUS, "ACME-N1")).allowed
 
 
+async def test_an_operator_rehired_does_not_get_old_groups_back(world: World) -> None:
+    # An assignment never outlives the membership it was made under: an operator whose
+    # contract ended and who is taken on again later starts with no group, not with every
+    # group someone assigned them to in their previous membership.
+    acme = world.tenants["acme-logistics"]
+    directory = Directory(world.ctx)
+    olga = await directory.create_user("olga", "Olga", acme, password_hash=None, actor=SEEDER)
+    now = world.clock.now()
+    await directory.grant_membership(
+        olga, acme, Role.FLEET_OPERATOR, valid_until=now + timedelta(days=30), actor=SEEDER
+    )
+    world.users["olga"] = olga
+    north = world.groups[("acme-logistics", "north")]
+    await FleetService(world.ctx).assign_operator(north, olga, actor=SEEDER)
+    asked = {"tenant_slug": "acme-logistics"}
+    assert (await world.ask("olga", STATUS, "ACME-N1", **asked)).allowed
+    world.clock.advance(timedelta(days=60))
+    await directory.grant_membership(olga, acme, Role.FLEET_OPERATOR, actor=SEEDER)
+    decision = await world.ask("olga", STATUS, "ACME-N1", **asked)
+    assert (decision.allowed, decision.reason) == (False, Reason.UNASSIGNED)
+    group = await world.ask(
+        "olga", Permission.FLEET_READ_GROUPS, "group:acme-logistics/north", **asked
+    )
+    assert not group.allowed
+
+
 async def test_dealer_case_closure(world: World) -> None:
     # harry's case was closed at seed time.
     closed = await world.ask("harry", Permission.VEHICLE_DIAGNOSTICS_READ, "DAVE-1")
@@ -99,6 +127,35 @@ async def test_dealer_case_closure(world: World) -> None:
     ):
         decision = await world.ask("grace", permission, target)
         assert (decision.allowed, decision.reason) == (False, Reason.CASE_CLOSED), permission
+
+
+async def test_a_technician_rehired_does_not_get_an_old_case_back(world: World) -> None:
+    # The same for a dealer technician: the case link made in an ended membership stays
+    # ended when the dealer takes them on again, though the case is still open.
+    dealer = world.tenants["downtown-motors"]
+    directory = Directory(world.ctx)
+    tess = await directory.create_user("tess", "Tess", dealer, password_hash=None, actor=SEEDER)
+    now = world.clock.now()
+    await directory.grant_membership(
+        tess, dealer, Role.DEALER_TECHNICIAN, valid_until=now + timedelta(days=30), actor=SEEDER
+    )
+    world.users["tess"] = tess
+    await CaseService(world.ctx).assign_technician(
+        world.dealer_cases["ALICE-1"], tess, actor=SEEDER
+    )
+    asked = {"tenant_slug": "downtown-motors"}
+    diagnostics = Permission.VEHICLE_DIAGNOSTICS_READ
+    assert (await world.ask("tess", diagnostics, "ALICE-1", **asked)).allowed
+    world.clock.advance(timedelta(days=60))
+    await directory.grant_membership(tess, dealer, Role.DEALER_TECHNICIAN, actor=SEEDER)
+    for permission, target in (
+        (diagnostics, "ALICE-1"),
+        (Permission.DEALER_MANAGE_CASE, "case:ALICE-1"),
+    ):
+        decision = await world.ask("tess", permission, target, **asked)
+        assert (decision.allowed, decision.reason) == (False, Reason.UNASSIGNED), permission
+    # grace, on the case since her one membership began, keeps it.
+    assert (await world.ask("grace", diagnostics, "ALICE-1")).allowed
 
 
 async def test_support_case_closure(world: World) -> None:
