@@ -49,13 +49,12 @@ from fleetward.catalog.entry import (
 from fleetward.core.errors import InvalidInput
 from fleetward.core.ids import is_id
 from fleetward.core.surfaces import Surface
-from fleetward.core.windows import OverlappingWindow
 from fleetward.identity.models import Tenant, TenantKind
 from fleetward.identity.oauth_models import Client, ClientType
 from fleetward.services import ServiceContext
 from fleetward.store.base import ID_LENGTH
 from fleetward.vehicles.consents import ConsentService
-from fleetward.vehicles.models import PartnerConsent, Vehicle
+from fleetward.vehicles.models import PartnerConsent
 
 OWNER: Final = "partners-team"
 _TAGS: Final = ("consents",)
@@ -147,7 +146,6 @@ async def grant_consent(
             request, caller, Permission.VEHICLE_MANAGE_CONSENTS, vehicle_id, ctx
         )
         partner = await _partner(ctx, body.partner_id)
-        await _refuse_overlap(ctx, vehicle, partner)
         consent = await ConsentService(ctx).grant(
             partner,
             vehicle,
@@ -158,23 +156,6 @@ async def grant_consent(
         )
         await uow.commit()
     return _view(consent)
-
-
-async def _refuse_overlap(ctx: ServiceContext, vehicle: Vehicle, partner: Tenant) -> None:
-    """One consent in force per partner and vehicle: the PDP reads one grant per pair, so a
-    second would make the answer depend on row order. Narrowing is revoke, then grant."""
-    existing = await ctx.session.scalar(
-        select(PartnerConsent.id).where(
-            PartnerConsent.vehicle_id == vehicle.id,
-            PartnerConsent.partner_tenant_id == partner.id,
-            PartnerConsent.revoked_at.is_(None),
-            PartnerConsent.valid_until > ctx.clock.now(),
-        )
-    )
-    if existing is not None:
-        raise OverlappingWindow(
-            "this partner already has a consent for this vehicle", reason="consent"
-        )
 
 
 @mobile_router.get(

@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from sqlalchemy import select
+
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.authz.permissions import CONSENTABLE_PERMISSIONS
 from fleetward.core.ids import new_id
-from fleetward.core.windows import check_window
+from fleetward.core.windows import OverlappingWindow, check_window
 from fleetward.identity.models import Tenant, TenantKind, User
 from fleetward.services import ServiceContext
 from fleetward.vehicles.delegation import parse_permissions
@@ -46,6 +48,7 @@ class ConsentService:
         ownership = await OwnershipService(self._ctx).current(vehicle)
         if ownership is None or ownership.owner_user_id != owner.id:
             raise NotCurrentOwner("only the current owner can consent for this vehicle")
+        await self._refuse_overlap(vehicle, partner)
         consent = PartnerConsent(
             id=new_id("cns"),
             partner_tenant_id=partner.id,
@@ -70,7 +73,29 @@ class ConsentService:
         # check would otherwise leave the seller's consent standing for the buyer's car.
         if not await OwnershipService(self._ctx).held_by(vehicle, owner):
             raise NotCurrentOwner("only the current owner can consent for this vehicle")
+        # And the overlap, now that grants on this car wait for the ownership lock: two
+        # grants at once each passed the first look without seeing the other (PostgreSQL).
+        await self._refuse_overlap(vehicle, partner, besides=consent.id)
         return consent
+
+    async def _refuse_overlap(
+        self, vehicle: Vehicle, partner: Tenant, *, besides: str | None = None
+    ) -> None:
+        """One consent in force per partner and vehicle: the PDP reads one grant per pair, so
+        a second would make the answer depend on row order. Narrowing is revoke, then grant."""
+        existing = await self._ctx.session.scalar(
+            select(PartnerConsent.id).where(
+                PartnerConsent.vehicle_id == vehicle.id,
+                PartnerConsent.partner_tenant_id == partner.id,
+                PartnerConsent.revoked_at.is_(None),
+                PartnerConsent.valid_until > self._ctx.clock.now(),
+                PartnerConsent.id != (besides or ""),
+            )
+        )
+        if existing is not None:
+            raise OverlappingWindow(
+                "this partner already has a consent for this vehicle", reason="consent"
+            )
 
     async def revoke(self, consent: PartnerConsent, *, actor: Actor) -> None:
         if consent.revoked_at is not None:

@@ -67,18 +67,7 @@ class DelegationService:
         if driver.id == owner.id:
             raise RelationshipRefused("the owner cannot delegate to themselves", reason="self")
         session = self._ctx.session
-        existing = await session.scalars(
-            select(DriverDelegation).where(
-                DriverDelegation.vehicle_id == vehicle.id,
-                DriverDelegation.driver_user_id == driver.id,
-                DriverDelegation.revoked_at.is_(None),
-            )
-        )
-        for other in existing:
-            if overlaps(start, valid_until, other.valid_from, other.valid_until):
-                raise OverlappingWindow(
-                    "the driver already has a delegation in that period", reason="delegation"
-                )
+        await self._refuse_overlap(vehicle, driver, start, valid_until)
         delegation = DriverDelegation(
             id=new_id("dlg"),
             vehicle_id=vehicle.id,
@@ -105,7 +94,34 @@ class DelegationService:
         # the buyer's car; one that completes later waits for this grant and revokes it.
         if not await OwnershipService(self._ctx).held_by(vehicle, owner):
             raise NotCurrentOwner("only the current owner can delegate this vehicle")
+        # And the overlap, now that grants on this car wait for the ownership lock: two
+        # grants at once each passed the first look without seeing the other (PostgreSQL).
+        await self._refuse_overlap(vehicle, driver, start, valid_until, besides=delegation.id)
         return delegation
+
+    async def _refuse_overlap(
+        self,
+        vehicle: Vehicle,
+        driver: User,
+        start: datetime,
+        valid_until: datetime | None,
+        *,
+        besides: str | None = None,
+    ) -> None:
+        """One delegation per driver, vehicle and moment: the PDP reads one grant per pair."""
+        existing = await self._ctx.session.scalars(
+            select(DriverDelegation).where(
+                DriverDelegation.vehicle_id == vehicle.id,
+                DriverDelegation.driver_user_id == driver.id,
+                DriverDelegation.revoked_at.is_(None),
+                DriverDelegation.id != (besides or ""),
+            )
+        )
+        for other in existing:
+            if overlaps(start, valid_until, other.valid_from, other.valid_until):
+                raise OverlappingWindow(
+                    "the driver already has a delegation in that period", reason="delegation"
+                )
 
     async def revoke(
         self, delegation: DriverDelegation, *, actor: Actor, reason: str = "revoked"

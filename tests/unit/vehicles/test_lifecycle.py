@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,8 @@ from sqlalchemy import func, select
 from fleetward.audit.models import AuditRecord
 from fleetward.authz.permissions import Permission
 from fleetward.core.clock import FrozenClock
-from fleetward.identity.models import TenantKind, User
+from fleetward.core.windows import OverlappingWindow
+from fleetward.identity.models import Tenant, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.vehicles.consents import ConsentService
@@ -20,6 +22,7 @@ from fleetward.vehicles.errors import AlreadyOwned, NotCurrentOwner
 from fleetward.vehicles.models import DriverDelegation, Ownership, PartnerConsent, Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from support.factories import FACTORY, WorldFactory
+from support.locks import settled
 
 
 async def test_transfer_ends_seller_access_and_keeps_history(
@@ -182,3 +185,74 @@ async def test_a_consent_granted_while_the_car_is_sold_does_not_survive_the_sale
         .where(PartnerConsent.vehicle_id == car_id, PartnerConsent.revoked_at.is_(None))
     )
     assert standing == 0
+
+
+# PostgreSQL only: on SQLite (one writer) the second grant's write waits for the first's
+# commit and then finds its snapshot stale.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("kind", ["delegation", "consent"])
+async def test_two_grants_at_once_leave_one(
+    ctx: ServiceContext, platform: Platform, clock: FrozenClock, kind: str
+) -> None:
+    # A double submit, or two devices of the owner: two delegations to one driver (or two
+    # consents to one partner) for one car at once. Each looked for an overlapping grant
+    # before the other was written; the PDP reads one grant per pair, so with two standing
+    # its answer would depend on row order. The second waits for the first (the ownership
+    # lock) and is then refused.
+    world = WorldFactory(ctx)
+    consumers = await world.tenant(TenantKind.CONSUMER)
+    partner = await world.tenant(TenantKind.PARTNER)
+    owner = await world.user(consumers)
+    driver = await world.user(consumers)
+    car = await world.owned_vehicle(owner)
+    await ctx.session.commit()
+    ids = (car.id, owner.id, driver.id, partner.id)
+    until = clock.now() + timedelta(days=5)
+
+    async def grant(other: ServiceContext) -> None:
+        vehicle = await other.session.get(Vehicle, ids[0])
+        granter = await other.session.get(User, ids[1])
+        assert vehicle is not None and granter is not None
+        if kind == "delegation":
+            holder = await other.session.get(User, ids[2])
+            assert holder is not None
+            await DelegationService(other).delegate(
+                vehicle,
+                granter,
+                holder,
+                [Permission.VEHICLE_LOCK],
+                valid_until=until,
+                actor=FACTORY,
+            )
+        else:
+            tenant = await other.session.get(Tenant, ids[3])
+            assert tenant is not None
+            await ConsentService(other).grant(
+                tenant,
+                vehicle,
+                granter,
+                [Permission.VEHICLE_READ_STATUS],
+                valid_until=until,
+                actor=FACTORY,
+            )
+
+    async def second() -> None:
+        async with platform.services() as (uow, other):
+            await grant(other)
+            await uow.commit()
+
+    async with platform.services() as (first_uow, first):
+        await grant(first)
+        racing = asyncio.create_task(second())
+        await settled(platform, racing)
+        await first_uow.commit()
+    with pytest.raises(OverlappingWindow):
+        await racing
+    model = DriverDelegation if kind == "delegation" else PartnerConsent
+    async with platform.services() as (_uow, check):
+        standing = await check.session.scalar(
+            select(func.count())
+            .select_from(model)
+            .where(model.vehicle_id == ids[0], model.revoked_at.is_(None))
+        )
+    assert standing == 1
