@@ -695,3 +695,51 @@ async def test_rotation_hands_the_session_over_and_revokes_the_old_certificate(
     assert rotated.certificate.public_bytes(serialization.Encoding.DER) != (
         credentials.certificate_der
     )
+
+
+# --------------------------------------------------------------------------- refusal floods
+
+
+async def _garbage_handshake(server: Server, local_host: str = "127.0.0.1") -> int | None:
+    """An anonymous peer: takes the challenge, answers with bytes that prove nothing."""
+    async with ws_connect(server.url, compression=None, local_addr=(local_host, 0)) as websocket:
+        assert isinstance(await websocket.recv(), bytes)
+        await websocket.send(b"\x02\x01garbage")
+        with pytest.raises(ConnectionClosed) as closed:
+            await websocket.recv()
+    received = closed.value.rcvd
+    return received.code if received else None
+
+
+async def test_a_flood_of_anonymous_refusals_is_recorded_within_a_budget_and_counted(
+    server: Server,
+) -> None:
+    # Threat: a peer that never proves any device key opens connection after connection with
+    # garbage; each refusal was an audit write, without limit: anyone on the internet drove
+    # the store's writes. Now a network's refusals are recorded up to a small budget per
+    # window, and the rest are counted into one event an investigator can find.
+    flood = 40
+    for _ in range(flood):
+        assert await _garbage_handshake(server) == CloseCode.PROTOCOL
+    recorded = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert 0 < len(recorded) < flood
+    assert {(r.reason, r.details["peer"]) for r in recorded} == {("malformed", "127.0.0.1")}
+    # Another network's refusal is not swallowed by the flooder's budget.
+    assert await _garbage_handshake(server, "127.0.0.2") == CloseCode.PROTOCOL
+    assert [r.details["peer"] for r in await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)][
+        -1
+    ] == "127.0.0.2"
+    assert await server.audit(EventName.DEVICE_HANDSHAKES_UNRECORDED) == []
+    # Once the window is over, the next refusal (from anywhere) writes the flood's count.
+    server.clock.advance(server.gateway.config.refusal_window)
+    assert await _garbage_handshake(server, "127.0.0.2") == CloseCode.PROTOCOL
+    [summary] = await server.audit(EventName.DEVICE_HANDSHAKES_UNRECORDED)
+    assert (summary.object_type, summary.object_id) == ("network", "127.0.0.1")
+    assert summary.details["recorded"] == len(recorded)
+    assert summary.details["unrecorded"] == flood - len(recorded)
+    assert server.gateway.refusals.unrecorded == flood - len(recorded)
+    # The flooder's network starts a new window: its next refusal is recorded again.
+    assert await _garbage_handshake(server) == CloseCode.PROTOCOL
+    assert [r.details["peer"] for r in await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)][
+        -1
+    ] == "127.0.0.1"

@@ -81,6 +81,8 @@ class EventName(StrEnum):
     DEVICE_OPERATION_ALLOWED = "device:operation:allowed"
     DEVICE_OPERATION_DENIED = "device:operation:denied"
     DEVICE_HANDSHAKE_FAILED = "device:handshake:failed"
+    # Refused handshakes a network sent beyond what the gateway records one by one, per window.
+    DEVICE_HANDSHAKES_UNRECORDED = "device:handshake:unrecorded"
     DEVICE_SESSION_OPENED = "device:session:opened"
     DEVICE_SESSION_SUPERSEDED = "device:session:superseded"
     DEVICE_SESSION_CLOSED = "device:session:closed"

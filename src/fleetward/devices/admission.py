@@ -192,6 +192,37 @@ def record_refusal(
     )
 
 
+def record_unrecorded(
+    audit: AuditRecorder,
+    session: AsyncSession,
+    *,
+    network: str,
+    started: datetime,
+    recorded: int,
+    unrecorded: int,
+    window_seconds: float,
+) -> None:
+    """Refused handshakes from ``network`` that were counted, not recorded one by one, in the
+    window that began at ``started`` (``recorded`` were). Written while another connection is
+    handled: none of that request's facts (address, ids) belong on it."""
+    row = audit.record(
+        session,
+        EventName.DEVICE_HANDSHAKES_UNRECORDED,
+        actor=Actor.system("gateway"),
+        target=Target("network", network),
+        decision=Decision.DENIED,
+        reason="refusal-budget",
+        details={
+            "network": network,
+            "window_started_at": started.isoformat(),
+            "window_seconds": window_seconds,
+            "recorded": recorded,
+            "unrecorded": unrecorded,
+        },
+    )
+    row.update(source_ip=None, request_id=None, trace_id=None)
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """What the store says about the credentials of live sessions."""

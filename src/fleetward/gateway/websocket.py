@@ -42,6 +42,7 @@ from fleetward.devices.admission import (
     SessionOpened,
     StoreCredentialCheck,
     record_refusal,
+    record_unrecorded,
 )
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.clones import DEFAULT_LIVENESS_WINDOW, CloneResponse, CloneRules
@@ -54,8 +55,10 @@ from fleetward.gateway.handler import (
     UnavailableHandler,
 )
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ProvenDevice, ServerHandshake
+from fleetward.gateway.refusals import RefusalBudget
 from fleetward.gateway.registry import Claim, LiveSession, SessionRegistry
 from fleetward.gateway.session import DeviceSession, Transport
+from fleetward.identity.login.limits import client_network
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.store.busy import is_store_busy
@@ -78,6 +81,12 @@ class GatewayConfig:
     max_frame_bytes: int = 64 * 1024
     # How often live sessions are re-checked against the store (changes by other processes).
     credential_poll: timedelta = timedelta(seconds=2)
+    # Refused handshakes recorded one by one per source network (IPv4 address, IPv6 /64) and
+    # window; the rest are counted into one event per network and window (gateway.refusals).
+    refusals_per_network: int = 10
+    refusal_window: timedelta = timedelta(minutes=1)
+    # Networks tracked at once; refusals from more are counted, never recorded one by one.
+    refusal_networks: int = 4096
 
 
 @dataclass(eq=False)
@@ -90,6 +99,8 @@ class Gateway:
     config: GatewayConfig
     registry: SessionRegistry = field(init=False)
     ledger: SessionLedger = field(init=False)
+    # Which refused handshakes are recorded one by one (per source network, bounded).
+    refusals: RefusalBudget = field(init=False)
     # The command service, once the composition root wires it in.
     commands: CommandPort = field(default_factory=NoCommands, init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
@@ -104,6 +115,11 @@ class Gateway:
             self.observer,
             liveness_window=self.config.liveness_window,
             poll_interval=self.config.credential_poll,
+        )
+        self.refusals = RefusalBudget(
+            per_network=self.config.refusals_per_network,
+            window=self.config.refusal_window,
+            networks=self.config.refusal_networks,
         )
 
     @property
@@ -322,19 +338,34 @@ class Gateway:
         await _close_replaced(claim)
 
     async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
-        try:
-            async with self.platform.unit_of_work() as uow:
-                record_refusal(
-                    self.platform.audit,
-                    uow.session,
-                    reason=failure.reason,
-                    device_id=failure.device_id,
-                    peer=peer,
-                    close=failure.close.phrase,
-                )
-                await uow.commit()
-        except Exception as exc:  # the refusal stands even if its record cannot be written
-            logger.error("gateway.refusal_not_recorded", error=type(exc).__name__)
+        # Anyone can make a handshake fail, without any key: past its network's budget a
+        # refusal is counted, not written (the close code is the same either way).
+        record, ended = self.refusals.admit(client_network(peer), self.platform.clock.now())
+        if record or ended:
+            try:
+                async with self.platform.unit_of_work() as uow:
+                    if record:
+                        record_refusal(
+                            self.platform.audit,
+                            uow.session,
+                            reason=failure.reason,
+                            device_id=failure.device_id,
+                            peer=peer,
+                            close=failure.close.phrase,
+                        )
+                    for window in ended:
+                        record_unrecorded(
+                            self.platform.audit,
+                            uow.session,
+                            network=window.network,
+                            started=window.started,
+                            recorded=window.recorded,
+                            unrecorded=window.unrecorded,
+                            window_seconds=self.config.refusal_window.total_seconds(),
+                        )
+                    await uow.commit()
+            except Exception as exc:  # the refusal stands even if its record cannot be written
+                logger.error("gateway.refusal_not_recorded", error=type(exc).__name__)
         await _close(websocket, failure.close)
 
     # ------------------------------------------------------------------ session
