@@ -743,3 +743,30 @@ async def test_a_flood_of_anonymous_refusals_is_recorded_within_a_budget_and_cou
     assert [r.details["peer"] for r in await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)][
         -1
     ] == "127.0.0.1"
+
+
+async def test_one_identity_cannot_hold_more_than_a_few_sessions(server: Server) -> None:
+    # Threat: a stolen device key opens session after session. The clone finding quarantines
+    # the device but keeps its sessions open (the copy is not told), so nothing bounded how
+    # many one identity held: each a socket, a task and a registry entry that every sweep and
+    # command walks. Past a small cap the extra session is refused, told only "try again".
+    credentials = await server.enrol()
+    first = await server.open(credentials)
+    second = await server.open(credentials)  # concurrent: the clone finding, still open
+    assert (await server.device(credentials.device_id)).status is DeviceStatus.QUARANTINED
+    with pytest.raises(HandshakeRefused) as refused:
+        await server.open(credentials)
+    assert refused.value.code == CloseCode.TRY_AGAIN_LATER
+    live = server.gateway.registry.sessions(credentials.device_id)
+    assert {s.session.session_id for s in live} == {first.session_id, second.session_id}
+    failures = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert [(f.reason, f.object_id) for f in failures] == [("session-limit", credentials.device_id)]
+    assert first.close_code is None and second.close_code is None
+    assert await first.request(b"a") == b"ack:a"
+    # Sessions gone silent do not count: a device reconnecting after losing them gets in,
+    # and they are superseded as before.
+    server.clock.advance(timedelta(seconds=31))
+    fresh = await server.open(credentials)
+    assert await _closed_with(first) == CloseCode.SUPERSEDED
+    assert await _closed_with(second) == CloseCode.SUPERSEDED
+    assert await fresh.request(b"x") == b"ack:x"

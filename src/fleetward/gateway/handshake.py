@@ -79,8 +79,9 @@ class CloseCode(IntEnum):
     TOO_LARGE = 4413
     CLOCK_SKEW = 4425  # the device's clock is outside the accepted window: fix it, retry
     INTERNAL = 1011
-    # The store could not record the session now (contention): nothing was recorded and
-    # the credentials were not judged wanting; retry with back-off (RFC 6455's 1013).
+    # The session cannot be taken now: the store could not record it (contention), or the
+    # device already holds as many live sessions as allowed. Nothing was recorded and the
+    # credentials were not judged wanting; retry with back-off (RFC 6455's 1013).
     TRY_AGAIN_LATER = 1013
 
     @property

@@ -112,6 +112,10 @@ class Claim:
     handed_over: tuple[LiveSession, ...] = ()
 
 
+class SessionLimitReached(Exception):
+    """The device already holds as many live sessions as allowed; nothing was changed."""
+
+
 class SessionRegistry:
     def __init__(
         self,
@@ -121,7 +125,13 @@ class SessionRegistry:
         *,
         liveness_window: timedelta,
         poll_interval: timedelta,
+        max_sessions: int = 2,
     ) -> None:
+        if max_sessions < 2:
+            # A second live session is the concurrent-session clone finding: refusing it would
+            # leave a copy of the key undetected. The cap bounds what comes after the finding.
+            raise ValueError("a device must be allowed at least two live sessions")
+        self._max_sessions = max_sessions
         self._clock = clock
         self._check = check
         self._observer = observer
@@ -174,7 +184,12 @@ class SessionRegistry:
         handover_serials: frozenset[str] = frozenset(),
     ) -> Claim:
         """Register ``new`` (of a device admitted with ``status``) and sort the device's
-        other sessions into live, silent and handed over."""
+        other sessions into live, silent and handed over.
+
+        Raises :class:`SessionLimitReached`, registering and releasing nothing, when the
+        device's live sessions (silent and handed-over ones do not count: they end here)
+        already number ``max_sessions``. A clone finding keeps the sessions open, so without
+        this one stolen key could hold any number of them."""
         now = self._clock.now()
         device_id = new.session.device_id
         existing = self.sessions(device_id)
@@ -182,6 +197,8 @@ class SessionRegistry:
         rest = [s for s in existing if s not in handed_over]
         silent = tuple(s for s in rest if now - s.last_activity >= self._window)
         live = tuple(s for s in rest if s not in silent)
+        if len(live) >= self._max_sessions:
+            raise SessionLimitReached()
         for old in handed_over + silent:
             self.release(old)
         self._by_device.setdefault(device_id, {})[new.session.session_id] = new

@@ -56,7 +56,12 @@ from fleetward.gateway.handler import (
 )
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ProvenDevice, ServerHandshake
 from fleetward.gateway.refusals import RefusalBudget
-from fleetward.gateway.registry import Claim, LiveSession, SessionRegistry
+from fleetward.gateway.registry import (
+    Claim,
+    LiveSession,
+    SessionLimitReached,
+    SessionRegistry,
+)
 from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.identity.login.limits import client_network
 from fleetward.observability.logging import get_logger
@@ -79,6 +84,9 @@ class GatewayConfig:
     # A session that sends nothing for this long is closed (4006).
     idle_timeout: timedelta = timedelta(seconds=120)
     max_frame_bytes: int = 64 * 1024
+    # Live sessions one device identity may hold: one, two while a reconnect overlaps. A
+    # handshake beyond is refused with 1013 (try again later); silent sessions do not count.
+    max_sessions_per_device: int = 2
     # How often live sessions are re-checked against the store (changes by other processes).
     credential_poll: timedelta = timedelta(seconds=2)
     # Refused handshakes recorded one by one per source network (IPv4 address, IPv6 /64) and
@@ -115,6 +123,7 @@ class Gateway:
             self.observer,
             liveness_window=self.config.liveness_window,
             poll_interval=self.config.credential_poll,
+            max_sessions=self.config.max_sessions_per_device,
         )
         self.refusals = RefusalBudget(
             per_network=self.config.refusals_per_network,
@@ -258,7 +267,14 @@ class Gateway:
                 else frozenset()
             )
             device = admitted.device
-            claim = self.registry.claim(live, status=device.status, handover_serials=handover)
+            try:
+                claim = self.registry.claim(live, status=device.status, handover_serials=handover)
+            except SessionLimitReached:
+                # Told only to try again later, as when the store is busy: a copy of the key
+                # must not learn that another session (the genuine device's) is live.
+                raise HandshakeFailure(
+                    "session-limit", CloseCode.TRY_AGAIN_LATER, proven.device_id
+                ) from None
             suspicion = rules.assess(
                 peer=peer,
                 now=now,
