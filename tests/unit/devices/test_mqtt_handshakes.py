@@ -9,17 +9,22 @@ gateway refuses is an audit write and a CLOSED. Runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from sqlalchemy import func, select
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.ids import new_id
+from fleetward.gateway.device_client import DeviceHandshake
 from fleetward.gateway.handler import NoObserver, UnavailableHandler
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure
 from fleetward.gateway.mqtt.handshakes import MqttHandshakes
+from fleetward.gateway.mqtt.sessions import MqttSession
+from fleetward.gateway.mqtt.topics import Channel, device_topic
 from fleetward.gateway.websocket import Gateway, GatewayConfig
 from fleetward.platform import Platform
+from unit.devices.kit import build_device_world
 
 PEER = "mqtt:broker.test"
 
@@ -67,3 +72,74 @@ async def test_a_flood_of_refused_session_messages_costs_one_write_at_a_time(
     # Once the flooder's refusal is recorded, its next one is recorded again.
     await refuse(flooder)
     assert await _refusals(platform) == 3
+
+
+class HeldPublish:
+    """A broker whose acknowledgements have not come back yet: every publish waits for
+    ``release``. Records what was published, and how many publishes per topic were waiting at
+    once (``reached`` is set when ``watched`` is first published to)."""
+
+    def __init__(self, watched: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.release = asyncio.Event()
+        self.reached = asyncio.Event()
+        self.most_waiting: Counter[str] = Counter()
+        self._watched = watched
+        self._waiting: Counter[str] = Counter()
+
+    async def __call__(self, topic: str, payload: bytes) -> None:
+        self.messages.append((topic, payload))
+        self._waiting[topic] += 1
+        self.most_waiting[topic] = max(self.most_waiting[topic], self._waiting[topic])
+        if topic == self._watched:
+            self.reached.set()
+        try:
+            await self.release.wait()
+        finally:
+            self._waiting[topic] -= 1
+
+
+async def test_a_hello_flood_makes_one_challenge_at_a_time_and_the_last_hello_is_answered(
+    platform: Platform,
+) -> None:
+    # Threat: one device (or a thief of its broker credentials) floods session/up with HELLO;
+    # each one cost a key generation and a publish, all running at once, without limit. Now
+    # one challenge per device is being made at a time: HELLOs that arrive meanwhile are
+    # folded into one more challenge, made after the latest of them, so a device that
+    # retries its HELLO still gets a challenge it can answer.
+    async with platform.services() as (uow, ctx):
+        world = await build_device_world(platform, ctx)
+        credentials, _ = await world.enrol()
+        await uow.commit()
+    gateway = Gateway(platform, UnavailableHandler(), NoObserver(), GatewayConfig())
+    device_id, neighbour = credentials.device_id, new_id("dev")
+    down = device_topic(device_id, Channel.SESSION_DOWN)
+    published = HeldPublish(watched=device_topic(neighbour, Channel.SESSION_DOWN))
+    handshakes = MqttHandshakes(gateway, published, PEER)
+    loop = asyncio.get_running_loop()
+    flood = [loop.create_task(handshakes.hello(device_id)) for _ in range(50)]
+    # Another device's HELLO, after the flood's: answered while the flood's is in flight.
+    other = loop.create_task(handshakes.hello(neighbour))
+    await published.reached.wait()
+    assert published.most_waiting[down] == 1
+    published.release.set()
+    await asyncio.gather(*flood, other)
+    challenges = [payload for topic, payload in published.messages if topic == down]
+    assert len(challenges) == 2
+    assert len(handshakes) == 2  # one pending challenge per device
+    # The device answers the last challenge it received: that one is the pending one.
+    response = DeviceHandshake(
+        credentials,
+        server_id=gateway.server_id,
+        software_version="tcu-4.2.0",
+        vehicle_config="cfg-eu-2026a",
+    ).respond(challenges[-1], platform.clock.now())
+    session = MqttSession(gateway, device_id, published, 8)
+    try:
+        assert await handshakes.response(device_id, response, session)
+        assert session.live is not None and session.live.closed_with is None
+    finally:
+        await handshakes.stop()
+        if session.live is not None:
+            gateway.registry.release(session.live)
+        await gateway.registry.idle()

@@ -4,9 +4,12 @@ carried on ``session/up`` and ``session/down``.
 
 HELLO asks for a CHALLENGE; the RESPONSE must arrive within the handshake timeout and answer
 that challenge (one pending challenge per device: a new HELLO replaces it, so an old RESPONSE
-fails as a replay). One more check than on a WebSocket: the certificate proven in the
-handshake must name the device whose topic carried it (the broker authenticated the sender as
-that device; a RESPONSE carrying another device's certificate is refused, ``topic-mismatch``).
+fails as a replay). One challenge per device is made at a time: HELLOs that arrive while it
+is published are folded into one more, made after them.
+
+One more check than on a WebSocket: the certificate proven in the handshake must name the
+device whose topic carried it (the broker authenticated the sender as that device; a RESPONSE
+carrying another device's certificate is refused, ``topic-mismatch``).
 Every refusal is audited like a WebSocket refusal and answered with CLOSED(code).
 """
 
@@ -45,11 +48,37 @@ class MqttHandshakes:
         # publish on session/up without waiting for any answer, and each refusal is a write.
         self._refusing: set[str] = set()
         self.dropped_refusals = 0
+        # Devices whose challenge is being made and published: one at a time per device. A
+        # HELLO that arrives meanwhile marks the device for one more challenge, made after it.
+        self._greeting: set[str] = set()
+        self._greet_again: set[str] = set()
+        self.folded_hellos = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
     async def hello(self, device_id: str) -> None:
+        """A new challenge for the device, replacing its pending one. While one is being made
+        and published for the device, a further HELLO only asks for one more after it (counted
+        in ``folded_hellos``): a device flooding HELLO costs one key generation and one publish
+        at a time, not one each running at once, and the challenge left pending was made after
+        its latest HELLO (a device that retries answers the last CHALLENGE it received)."""
+        if device_id in self._greeting:
+            self._greet_again.add(device_id)
+            self.folded_hellos += 1
+            return
+        self._greeting.add(device_id)
+        try:
+            while True:
+                await self._challenge(device_id)
+                if device_id not in self._greet_again:
+                    return
+                self._greet_again.discard(device_id)
+        finally:
+            self._greeting.discard(device_id)
+            self._greet_again.discard(device_id)
+
+    async def _challenge(self, device_id: str) -> None:
         gateway = self._gateway
         handshake = ServerHandshake(
             gateway.server_id,
