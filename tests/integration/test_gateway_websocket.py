@@ -521,7 +521,10 @@ async def test_a_revocation_committed_during_the_handshake_refuses_it(
     monkeypatch.setattr(DeviceAdmission, "check", check_then_revoke)
     with pytest.raises(HandshakeRefused) as refused:
         await server.open(credentials)
-    assert refused.value.code == CloseCode.UNAUTHENTICATED
+    # Refused by the session's own re-read of its credentials (4401), or, when the
+    # registry's credential sweep runs between the claim and that re-read (a loaded
+    # machine), closed by the sweep as revoked first (4001): never opened either way.
+    assert refused.value.code in (CloseCode.UNAUTHENTICATED, CloseCode.REVOKED)
     assert server.gateway.registry.sessions(device_id) == []
     [failure] = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
     assert (failure.reason, failure.object_id) == ("device-revoked", device_id)
