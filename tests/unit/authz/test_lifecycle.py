@@ -17,12 +17,17 @@ from fleetward.authz.pdp import CedarPdp, PdpConfig
 from fleetward.authz.permissions import Permission
 from fleetward.identity.acr import Acr
 from fleetward.identity.directory import Directory
-from fleetward.identity.models import Role
+from fleetward.identity.models import Role, TenantKind
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.consents import ConsentService
 from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.fleets import FleetService
-from fleetward.vehicles.models import DriverDelegation, OperatorAssignment, PartnerConsent
+from fleetward.vehicles.models import (
+    DriverDelegation,
+    GroupVehicle,
+    OperatorAssignment,
+    PartnerConsent,
+)
 from fleetward.vehicles.ownership import OwnershipService
 from unit.authz.kit import PARTNER_APP, SEEDER, World
 
@@ -88,6 +93,25 @@ async def test_operator_unassignment(world: World) -> None:
     assert (await world.ask("erin", STATUS, "ACME-N1")).allowed
 
 
+async def test_a_car_removed_from_a_group_leaves_its_operators(world: World) -> None:
+    # Group membership has a window too: once ACME-N1 leaves north, frank (north's operator)
+    # no longer reaches it, while the group's other cars and the fleet admin are unaffected.
+    north = world.groups[("acme-logistics", "north")]
+    assert (await world.ask("frank", STATUS, "ACME-N1")).allowed
+    link = await world.ctx.session.scalar(
+        select(GroupVehicle).where(
+            GroupVehicle.group_id == north.id,
+            GroupVehicle.vehicle_id == world.vehicles["ACME-N1"].id,
+        )
+    )
+    assert link is not None
+    await FleetService(world.ctx).remove_from_group(north, link, actor=SEEDER)
+    decision = await world.ask("frank", STATUS, "ACME-N1")
+    assert (decision.allowed, decision.reason) == (False, Reason.NO_RELATIONSHIP)
+    assert (await world.ask("frank", STATUS, "ACME-N2")).allowed
+    assert (await world.ask("erin", STATUS, "ACME-N1")).allowed
+
+
 async def test_an_operator_rehired_does_not_get_old_groups_back(world: World) -> None:
     # An assignment never outlives the membership it was made under: an operator whose
     # contract ended and who is taken on again later starts with no group, not with every
@@ -112,6 +136,29 @@ async def test_an_operator_rehired_does_not_get_old_groups_back(world: World) ->
         "olga", Permission.FLEET_READ_GROUPS, "group:acme-logistics/north", **asked
     )
     assert not group.allowed
+
+
+async def test_an_operator_renewed_without_a_gap_keeps_their_groups(world: World) -> None:
+    # The other side of the rehire rule: a membership renewed to begin the very instant the
+    # old one ends is one unbroken tenure, so the groups assigned under the first membership
+    # stay (a renewal is not a rehire, and an operator must not silently lose their fleet).
+    acme = world.tenants["acme-logistics"]
+    directory = Directory(world.ctx)
+    olga = await directory.create_user("olga", "Olga", acme, password_hash=None, actor=SEEDER)
+    now = world.clock.now()
+    ends = now + timedelta(days=30)
+    await directory.grant_membership(
+        olga, acme, Role.FLEET_OPERATOR, valid_until=ends, actor=SEEDER
+    )
+    await directory.grant_membership(olga, acme, Role.FLEET_OPERATOR, valid_from=ends, actor=SEEDER)
+    world.users["olga"] = olga
+    north = world.groups[("acme-logistics", "north")]
+    await FleetService(world.ctx).assign_operator(north, olga, actor=SEEDER)
+    asked = {"tenant_slug": "acme-logistics"}
+    assert (await world.ask("olga", STATUS, "ACME-N1", **asked)).allowed
+    world.clock.advance(timedelta(days=31))
+    decision = await world.ask("olga", STATUS, "ACME-N1", **asked)
+    assert (decision.allowed, decision.reason) == (True, Reason.FLEET_OPERATOR)
 
 
 async def test_dealer_case_closure(world: World) -> None:
@@ -197,6 +244,25 @@ async def test_consent_revocation(world: World) -> None:
     assert (decision.allowed, decision.reason) == (False, Reason.REVOKED)
 
 
+async def test_a_revocation_recorded_ahead_of_the_clock_is_final(world: World) -> None:
+    # Revocation is final whenever it was recorded (docs/authorization.md): a revocation
+    # written by a replica whose clock runs ahead (revoked_at later than this replica's now)
+    # ends the delegation and the consent at once, not when this clock catches up.
+    delegation = await world.ctx.session.scalar(select(DriverDelegation))
+    consent = await world.ctx.session.scalar(select(PartnerConsent))
+    assert delegation is not None and consent is not None
+    world.clock.advance(timedelta(hours=1))
+    assert (await world.ask("bob", STATUS, "ALICE-1")).allowed
+    assert (await world.ask(PARTNER_APP, STATUS, "ALICE-1")).allowed
+    await DelegationService(world.ctx).revoke(delegation, actor=SEEDER)
+    await ConsentService(world.ctx).revoke(consent, actor=SEEDER)
+    world.clock.advance(-timedelta(seconds=5))
+    driver = await world.ask("bob", STATUS, "ALICE-1")
+    partner = await world.ask(PARTNER_APP, STATUS, "ALICE-1")
+    assert (driver.allowed, driver.reason) == (False, Reason.REVOKED)
+    assert (partner.allowed, partner.reason) == (False, Reason.REVOKED)
+
+
 async def test_consent_expiry(world: World) -> None:
     world.clock.advance(timedelta(days=30))
     decision = await world.ask(PARTNER_APP, STATUS, "ALICE-1")
@@ -211,6 +277,57 @@ async def test_tenant_mismatch(world: World) -> None:
     # A token naming globex, where erin holds no membership, is refused outright.
     forged = await world.ask("erin", STATUS, "GLOBEX-1", tenant_slug="globex")
     assert (forged.allowed, forged.reason) == (False, Reason.TOKEN_TENANT_MISMATCH)
+
+
+async def test_a_technician_of_two_dealers_uses_each_dealers_cases_only_in_its_tenant(
+    world: World,
+) -> None:
+    # Tenancy of dealer cases: grace also works for a second dealer, which has a case on
+    # MALLORY-1 assigned to her. With her downtown-motors token she reaches only downtown's
+    # cases; the other dealer's case counts only when she acts for that dealer.
+    directory = Directory(world.ctx)
+    other = await directory.create_tenant(
+        "uptown-motors", "Uptown Motors", TenantKind.DEALER, actor=SEEDER
+    )
+    world.tenants["uptown-motors"] = other
+    grace = world.users["grace"]
+    await directory.grant_membership(grace, other, Role.DEALER_TECHNICIAN, actor=SEEDER)
+    cases = CaseService(world.ctx)
+    case = await cases.open_dealer_case(other, world.vehicles["MALLORY-1"], "tyres", actor=SEEDER)
+    await cases.assign_technician(case, grace, actor=SEEDER)
+    diagnostics = Permission.VEHICLE_DIAGNOSTICS_READ
+    there = await world.ask("grace", diagnostics, "MALLORY-1", tenant_slug="uptown-motors")
+    assert (there.allowed, there.reason) == (True, Reason.DEALER_CASE)
+    here = await world.ask("grace", diagnostics, "MALLORY-1")
+    assert (here.allowed, here.reason) == (False, Reason.NO_RELATIONSHIP)
+    # Her own dealer's case is unaffected.
+    assert (await world.ask("grace", diagnostics, "ALICE-1")).allowed
+
+
+async def test_an_operator_of_two_fleets_holds_each_fleets_groups_only_in_its_tenant(
+    world: World,
+) -> None:
+    # Tenancy of operator assignments: frank is also an operator of globex, assigned to its
+    # main group. Acting for acme, the relations read for him name no globex group and link
+    # no globex car to one (the tenant-mismatch forbids are not the only guard).
+    directory = Directory(world.ctx)
+    globex = world.tenants["globex"]
+    frank = world.users["frank"]
+    await directory.grant_membership(frank, globex, Role.FLEET_OPERATOR, actor=SEEDER)
+    main = world.groups[("globex", "main")]
+    await FleetService(world.ctx).assign_operator(main, frank, actor=SEEDER)
+    there = await world.ask("frank", STATUS, "GLOBEX-1", tenant_slug="globex")
+    assert (there.allowed, there.reason) == (True, Reason.FLEET_OPERATOR)
+    ask = world.request("frank", STATUS, "GLOBEX-1")
+    group = world.target("group:globex/main")
+    relations = await SessionRelations(world.ctx.session).relations(
+        ask.principal, ask.context, [ask.resource, group]
+    )
+    north = world.groups[("acme-logistics", "north")]
+    assert relations.principal.operator_groups == frozenset({north.id})
+    assert relations.vehicles[ask.resource.id].groups == frozenset()
+    decision = await world.pdp.decide(ask)
+    assert (decision.allowed, decision.reason) == (False, Reason.TENANT_MISMATCH)
 
 
 async def test_step_up_missing_or_stale_for_unlock(world: World) -> None:
