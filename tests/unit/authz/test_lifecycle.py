@@ -263,6 +263,26 @@ async def test_a_revocation_recorded_ahead_of_the_clock_is_final(world: World) -
     assert (partner.allowed, partner.reason) == (False, Reason.REVOKED)
 
 
+async def test_a_consent_to_another_partner_grants_this_partner_nothing(world: World) -> None:
+    # Consents are per partner tenant: mallory consents to a second insurer, not to
+    # insureco; insureco's application still reads nothing of MALLORY-1 (and keeps
+    # alice's consent to itself).
+    directory = Directory(world.ctx)
+    rival = await directory.create_tenant("rival-ins", "Rival", TenantKind.PARTNER, actor=SEEDER)
+    mallory = world.users["mallory"]
+    await ConsentService(world.ctx).grant(
+        rival,
+        world.vehicles["MALLORY-1"],
+        mallory,
+        (Permission.VEHICLE_READ_STATUS,),
+        valid_until=world.clock.now() + timedelta(days=7),
+        actor=SEEDER,
+    )
+    decision = await world.ask(PARTNER_APP, STATUS, "MALLORY-1")
+    assert (decision.allowed, decision.reason) == (False, Reason.NO_RELATIONSHIP)
+    assert (await world.ask(PARTNER_APP, STATUS, "ALICE-1")).allowed
+
+
 async def test_consent_expiry(world: World) -> None:
     world.clock.advance(timedelta(days=30))
     decision = await world.ask(PARTNER_APP, STATUS, "ALICE-1")
