@@ -117,6 +117,13 @@ INVALID: list[tuple[str, PolicyText, str]] = [
         replace(PACKAGED, schema=PACKAGED.schema.replace("region: String,", "", 1)),
         "region",
     ),
+    # A schema that admits only some of the request shapes the PDP builds (here: a context
+    # without a command, i.e. every request but a bulk command's): refused, not half-used.
+    (
+        "schema-context-shape",
+        replace(PACKAGED, schema=PACKAGED.schema.replace("command?: Action", "command: Action", 1)),
+        "admits no request",
+    ),
 ]  # fmt: skip
 
 

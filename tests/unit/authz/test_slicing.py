@@ -152,6 +152,25 @@ def test_a_context_outside_the_schema_does_not_fit(field: str, value: object) ->
     assert not fits(bad, COMPILED.applies_to)
 
 
+@pytest.mark.parametrize(
+    ("part", "value"),
+    [
+        # The engine reads a resource id that is not a string as some other entity (or
+        # fails); without the schema's request check, only fits stops it.
+        ("resource", {"type": "Fleetward::Vehicle", "id": 7}),
+        # An action the schema does not let apply to this resource type.
+        ("resource", {"type": "Fleetward::Tenant", "id": CONSUMER}),
+        # A principal type the schema does not know.
+        ("principal", {"type": "Fleetward::Vehicle", "id": "usr_alice"}),
+    ],
+)
+def test_a_request_part_outside_the_schema_does_not_fit(part: str, value: object) -> None:
+    pdp = CedarPdp(FakeSource(relations(ALICE_FACTS, owned_car())))
+    good = pdp._cedar_request(request(ALICE, Permission.VEHICLE_READ_STATUS))
+    assert fits(good, COMPILED.applies_to)
+    assert not fits({**good, part: value}, COMPILED.applies_to)
+
+
 async def test_a_request_outside_the_schema_is_a_pdp_error() -> None:
     tenant = ResourceRef(ResourceKind.TENANT, CONSUMER)
     world = relations(
