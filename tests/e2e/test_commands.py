@@ -26,11 +26,13 @@ from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import settle
 from fleetward.identity.acr import Acr
+from fleetward.identity.models import User
 from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.platform import Platform
 from fleetward.sim.vehicle import Mode
 from fleetward.vehicles.delegation import DelegationService
-from fleetward.vehicles.models import DriverDelegation
+from fleetward.vehicles.models import DriverDelegation, Vehicle
+from fleetward.vehicles.ownership import OwnershipService
 from support.commands import CommandWorld, RunningClock, command_world, reported
 
 
@@ -282,6 +284,95 @@ async def test_a_grant_revoked_while_the_job_waits_never_reaches_the_vehicle(
     assert final["rejected_link"] == "delivery_recheck"
     await asyncio.sleep(0.3)
     assert car.acted() == 0
+
+
+async def test_a_sale_while_the_owners_job_waits_never_reaches_the_car(
+    world: CommandWorld,
+) -> None:
+    # The delivery re-check decides as of the delivery, not of the request: alice's lock,
+    # queued while the car is offline, is never sent once she has sold the car (her
+    # ownership ended after the job was created; asked "as of creation" it still held).
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "lock", key="sold-lock")
+    assert response.status_code == 202, response.text
+    async with world.platform.services() as (uow, ctx):
+        vehicle = await ctx.session.get(Vehicle, world.vehicles["ALICE-1"].id)
+        seller = await ctx.session.get(User, world.users["alice"].id)
+        buyer = await ctx.session.get(User, world.users["carol"].id)
+        assert vehicle is not None and seller is not None and buyer is not None
+        await OwnershipService(ctx).transfer(vehicle, seller, buyer, actor=Actor.system("t"))
+        await uow.commit()
+    car.online()
+    job_id = response.json()["id"]
+    for _ in range(200):  # alice no longer sees the job's car: read it from the store
+        async with world.platform.unit_of_work() as uow:
+            job = await uow.session.get(CommandJob, job_id)
+        assert job is not None
+        if job.state is not JobState.QUEUED:
+            break
+        await asyncio.sleep(0.05)
+    assert job.state is JobState.REJECTED, job.state
+    assert job.rejected_link == "delivery_recheck"
+    recheck = [c["detail"] for c in job.chain or [] if c["link"] == "delivery_recheck"]
+    assert recheck == [Reason.FORMER_OWNER.value]
+    await asyncio.sleep(0.3)
+    assert car.acted() == 0
+
+
+async def test_a_delegation_that_ends_while_the_job_waits_never_reaches_the_car(
+    world: CommandWorld,
+) -> None:
+    # A window that simply runs out (no revocation) ends the grant too: dave may lock
+    # ALICE-1 for 30 s; his lock, queued while the car is offline, is delivered after the
+    # window closed (within the command's own lifetime) and is rejected, never sent.
+    async with world.platform.services() as (uow, ctx):
+        vehicle = await ctx.session.get(Vehicle, world.vehicles["ALICE-1"].id)
+        owner = await ctx.session.get(User, world.users["alice"].id)
+        driver = await ctx.session.get(User, world.users["dave"].id)
+        assert vehicle is not None and owner is not None and driver is not None
+        await DelegationService(ctx).delegate(
+            vehicle,
+            owner,
+            driver,
+            ["vehicle:lock", "vehicle:read_status"],
+            valid_until=ctx.clock.now() + timedelta(seconds=30),
+            actor=Actor.user(owner.id),
+        )
+        await uow.commit()
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("dave", "ALICE-1", "lock", key="dave-lock")
+    assert response.status_code == 202, response.text
+    world.clock.advance(timedelta(seconds=40))
+    car.online()
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    assert final["state"] == "rejected", final
+    assert final["rejected_link"] == "delivery_recheck"
+    recheck = [c["detail"] for c in final["chain"] if c["link"] == "delivery_recheck"]
+    assert recheck == [Reason.WINDOW_EXPIRED.value]
+    await asyncio.sleep(0.3)
+    assert car.acted() == 0
+
+
+async def test_step_up_is_not_asked_again_at_a_late_delivery(world: CommandWorld) -> None:
+    # Step-up is the request's link (RFC 9470 challenge at the request), not the delivery's:
+    # an immobilize asked with a fresh MFA sign-in, queued while the car is offline and
+    # delivered ten minutes later (within its lifetime), still reaches the car. A re-check
+    # that asked for step-up again would reject every long-queued step-up command.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("alice", "ALICE-1", "immobilize", key="late-immobilize")
+    assert response.status_code == 202, response.text
+    world.clock.advance(timedelta(minutes=10))
+    car.online()
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    recheck = [c for c in final["chain"] if c["link"] == "delivery_recheck"]
+    assert [c["ok"] for c in recheck] == [True], final
+    assert final["delivered_at"] is not None, final
 
 
 @pytest.mark.parametrize("revoked", ["user", "family"])
