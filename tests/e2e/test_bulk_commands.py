@@ -26,10 +26,11 @@ from fleetward.core.surfaces import Surface
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Membership, Role
 from fleetward.identity.oauth.revocation import RevocationService
+from fleetward.identity.oauth_models import Client
 from fleetward.platform import Platform
 from fleetward.vehicles.fleets import FleetService
 from fleetward.vehicles.models import FleetGroup, OperatorAssignment
-from support.commands import CommandWorld, RunningClock, command_world, reported
+from support.commands import CLIENT_OF, CommandWorld, RunningClock, command_world, reported
 
 CARS = ("ACME-N1", "ACME-N2")
 
@@ -379,22 +380,7 @@ async def test_a_requester_demoted_before_the_approval_has_nothing_approved(
     # An unaware second admin's approval must not send it on her behalf.
     path = await waiting_unlock(world)
     north = next(g for g in await groups(world) if g[1] == "north")[0]
-    async with world.platform.services() as (uow, ctx):
-        erin = world.users["erin"]
-        (admin,) = await ctx.session.scalars(
-            select(Membership).where(
-                Membership.user_id == erin.id, Membership.role == Role.FLEET_ADMIN
-            )
-        )
-        admin.valid_until, admin.ended_reason = ctx.clock.now(), "demoted"
-        acme = world.tenants["acme-logistics"]
-        await Directory(ctx).grant_membership(
-            erin, acme, Role.FLEET_OPERATOR, actor=Actor.system("test")
-        )
-        group = await ctx.session.get(FleetGroup, north)
-        assert group is not None
-        await FleetService(ctx).assign_operator(group, erin, actor=Actor.system("test"))
-        await uow.commit()
+    await demote_erin_to_operator_of(world, north)
     world.clock.advance(timedelta(seconds=5))
     refused = await world.http.post(path, headers=fleet_auth(world, "olga"))
     assert refused.status_code == 422, refused.text
@@ -410,6 +396,54 @@ async def test_a_requester_demoted_before_the_approval_has_nothing_approved(
     await asyncio.sleep(0.3)
     assert all(world.cars[x].acted() == 0 for x in CARS)
     assert all(world.cars[x].vehicle.state.locked is True for x in CARS)
+
+
+async def test_a_requester_demoted_to_an_operator_has_no_bulk_immobilize_approved(
+    world: CommandWorld,
+) -> None:
+    # erin, a fleet admin, asks for a bulk immobilize of north; while it waits she becomes
+    # an operator of north. North is still hers to command in bulk, but an operator never
+    # immobilises in bulk (no-bulk-immobilize): the approval decides for the bulk's command,
+    # not for "a bulk command" in general, and refuses it. (The fleet's console is
+    # registered for immobilize here: a deployment may approve it.)
+    async with world.platform.services() as (uow, ctx):
+        console = await ctx.session.get(Client, CLIENT_OF[Surface.FLEET])
+        assert console is not None
+        console.scopes = [*console.scopes, "vehicle:immobilize"]
+        await uow.commit()
+    approval_above_one(world)
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    asked = await bulk(world, "erin", "immobilize", list(CARS), group=north, key="e-imm")
+    assert asked.status_code == 202 and asked.json()["state"] == "awaiting_approval", asked.text
+    await second_admin(world)
+    await demote_erin_to_operator_of(world, north)
+    world.clock.advance(timedelta(seconds=5))
+    refused = await world.http.post(
+        approve_path(asked.json()["id"]), headers=fleet_auth(world, "olga")
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["reason"] == "requester-not-allowed"
+    assert await jobs_of(world, asked.json()["id"]) == 0
+
+
+async def demote_erin_to_operator_of(world: CommandWorld, group_id: str) -> None:
+    """End erin's fleet admin membership now; she becomes an operator of the group."""
+    async with world.platform.services() as (uow, ctx):
+        erin = world.users["erin"]
+        (admin,) = await ctx.session.scalars(
+            select(Membership).where(
+                Membership.user_id == erin.id, Membership.role == Role.FLEET_ADMIN
+            )
+        )
+        admin.valid_until, admin.ended_reason = ctx.clock.now(), "demoted"
+        acme = world.tenants["acme-logistics"]
+        await Directory(ctx).grant_membership(
+            erin, acme, Role.FLEET_OPERATOR, actor=Actor.system("test")
+        )
+        group = await ctx.session.get(FleetGroup, group_id)
+        assert group is not None
+        await FleetService(ctx).assign_operator(group, erin, actor=Actor.system("test"))
+        await uow.commit()
 
 
 async def test_an_operator_moved_off_the_group_has_nothing_approved(
@@ -431,6 +465,19 @@ async def test_an_operators_waiting_group_bulk_is_approved_while_he_holds_the_gr
     # The re-check judges the group the request was asked on, not the whole fleet: an
     # operator's bulk lock of his own group is approved and reaches both cars.
     bulk_id, _north = await franks_waiting_lock(world, "f-ok")
+    approved = await world.http.post(approve_path(bulk_id), headers=fleet_auth(world, "olga"))
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["state"] == "dispatched" and len(approved.json()["jobs"]) == 2
+
+
+async def test_a_bulk_approved_long_after_its_request_is_not_asked_for_step_up_again(
+    world: CommandWorld,
+) -> None:
+    # Step-up is the request's link: the requester signed in with MFA when asking, and the
+    # approval (by a second admin with her own fresh step-up) 20 minutes later, well within
+    # the approval window, does not need the requester's sign-in to be fresh again.
+    bulk_id, _north = await franks_waiting_lock(world, "f-late")
+    world.clock.advance(timedelta(minutes=20))
     approved = await world.http.post(approve_path(bulk_id), headers=fleet_auth(world, "olga"))
     assert approved.status_code == 200, approved.text
     assert approved.json()["state"] == "dispatched" and len(approved.json()["jobs"]) == 2
