@@ -317,6 +317,8 @@ async def test_a_sale_while_the_owners_job_waits_never_reaches_the_car(
     assert job.rejected_link == "delivery_recheck"
     recheck = [c["detail"] for c in job.chain or [] if c["link"] == "delivery_recheck"]
     assert recheck == [Reason.FORMER_OWNER.value]
+    # A job rejected at delivery is finished: it leaves the queue for good.
+    assert job.finished_at is not None
     await asyncio.sleep(0.3)
     assert car.acted() == 0
 
