@@ -7,13 +7,16 @@ import random
 from datetime import datetime, timedelta
 
 from fleetward.audit.recorder import Actor
+from fleetward.authz.permissions import Permission
 from fleetward.core.ids import new_id
 from fleetward.core.vin import random_vin
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import ROLES_BY_TENANT_KIND, Role, Tenant, TenantKind, User
 from fleetward.services import ServiceContext
 from fleetward.telemetry.models import TelemetryMessage
-from fleetward.vehicles.models import Vehicle
+from fleetward.vehicles.consents import ConsentService
+from fleetward.vehicles.delegation import DelegationService
+from fleetward.vehicles.models import DriverDelegation, PartnerConsent, Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from fleetward.vehicles.records import Trip
 from fleetward.vehicles.registry import VehicleRegistry
@@ -58,6 +61,24 @@ class WorldFactory:
         vehicle = await self.vehicle(tenant)
         await OwnershipService(self.ctx).start(vehicle, owner, actor=FACTORY)
         return vehicle
+
+    async def grants(
+        self, vehicle: Vehicle, owner: User, driver: User, partner: Tenant, *, until: datetime
+    ) -> tuple[DriverDelegation, PartnerConsent]:
+        """The owner's delegation of ``lock`` to ``driver`` and consent of ``read_status`` to
+        ``partner``, both until ``until``."""
+        delegation = await DelegationService(self.ctx).delegate(
+            vehicle, owner, driver, [Permission.VEHICLE_LOCK], valid_until=until, actor=FACTORY
+        )
+        consent = await ConsentService(self.ctx).grant(
+            partner,
+            vehicle,
+            owner,
+            [Permission.VEHICLE_READ_STATUS],
+            valid_until=until,
+            actor=FACTORY,
+        )
+        return delegation, consent
 
 
 def trip(vehicle_id: str, at: datetime) -> Trip:

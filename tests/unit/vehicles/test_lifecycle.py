@@ -35,21 +35,8 @@ async def test_transfer_ends_seller_access_and_keeps_history(
     buyer = await world.user(consumers)
     driver = await world.user(consumers)
     car = await world.owned_vehicle(seller)
-    delegation = await DelegationService(ctx).delegate(
-        car,
-        seller,
-        driver,
-        [Permission.VEHICLE_LOCK],
-        valid_until=clock.now() + timedelta(days=5),
-        actor=FACTORY,
-    )
-    consent = await ConsentService(ctx).grant(
-        partner,
-        car,
-        seller,
-        [Permission.VEHICLE_READ_STATUS],
-        valid_until=clock.now() + timedelta(days=5),
-        actor=FACTORY,
+    delegation, consent = await world.grants(
+        car, seller, driver, partner, until=clock.now() + timedelta(days=5)
     )
     clock.advance(timedelta(hours=1))
     sale_time = clock.now()

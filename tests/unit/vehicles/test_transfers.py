@@ -15,8 +15,6 @@ from fleetward.core.clock import FrozenClock
 from fleetward.identity.models import TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
-from fleetward.vehicles.consents import ConsentService
-from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.errors import NotCurrentOwner, RelationshipRefused
 from fleetward.vehicles.handover_models import (
     DriverInvitation,
@@ -62,21 +60,8 @@ def test_vin_comparison(given: str, same: bool) -> None:
 async def test_accept_moves_everything_at_once(ctx: ServiceContext, clock: FrozenClock) -> None:
     seller, buyer, driver, car = await _cast(ctx)
     partner = await WorldFactory(ctx).tenant(TenantKind.PARTNER)
-    await DelegationService(ctx).delegate(
-        car,
-        seller,
-        driver,
-        [Permission.VEHICLE_LOCK],
-        valid_until=clock.now() + timedelta(days=3),
-        actor=FACTORY,
-    )
-    await ConsentService(ctx).grant(
-        partner,
-        car,
-        seller,
-        [Permission.VEHICLE_READ_STATUS],
-        valid_until=clock.now() + timedelta(days=3),
-        actor=FACTORY,
+    await WorldFactory(ctx).grants(
+        car, seller, driver, partner, until=clock.now() + timedelta(days=3)
     )
     invitation = await InvitationService(ctx).invite(
         car,
@@ -200,21 +185,8 @@ async def test_the_grants_a_sale_ends_are_each_audited(
     # pending invitations it withdraws already are), with the sale as the reason.
     seller, buyer, driver, car = await _cast(ctx)
     partner = await WorldFactory(ctx).tenant(TenantKind.PARTNER)
-    delegation = await DelegationService(ctx).delegate(
-        car,
-        seller,
-        driver,
-        [Permission.VEHICLE_LOCK],
-        valid_until=clock.now() + timedelta(days=3),
-        actor=FACTORY,
-    )
-    consent = await ConsentService(ctx).grant(
-        partner,
-        car,
-        seller,
-        [Permission.VEHICLE_READ_STATUS],
-        valid_until=clock.now() + timedelta(days=3),
-        actor=FACTORY,
+    delegation, consent = await WorldFactory(ctx).grants(
+        car, seller, driver, partner, until=clock.now() + timedelta(days=3)
     )
     issued = await TransferService(ctx).start(car, seller, actor=FACTORY)
     await TransferService(ctx).accept(issued.code, car.vin, buyer, actor=FACTORY)
