@@ -21,7 +21,7 @@ from fleetward.api import commands as api_commands
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
 from fleetward.authz.decision import Decision, Reason
-from fleetward.commands import dispatch as dispatch_module
+from fleetward.commands import recheck as recheck_module
 from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import settle
@@ -454,7 +454,7 @@ async def test_a_job_rejected_at_its_own_delivery_binds_no_key(
     # delivery_recheck). A rejected attempt binds nothing: the retry with the same key once
     # the grant holds again is judged afresh, never answered 202 with the rejected job.
     await reported(world, "ALICE-1")
-    original = dispatch_module.decide_audited
+    original = recheck_module.decide_audited
     calls: list[int] = []
 
     async def denied_once(*args: Any) -> list[Decision]:
@@ -464,7 +464,7 @@ async def test_a_job_rejected_at_its_own_delivery_binds_no_key(
             return decisions
         return [Decision.deny(Reason.REVOKED, d.policy_version) for d in decisions]
 
-    monkeypatch.setattr(dispatch_module, "decide_audited", denied_once)
+    monkeypatch.setattr(recheck_module, "decide_audited", denied_once)
     first = await world.command("alice", "ALICE-1", "horn_lights", key="recheck-1")
     assert first.status_code == 403, first.text
     assert first.json()["link"] == "delivery_recheck"

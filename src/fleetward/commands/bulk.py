@@ -22,21 +22,13 @@ from datetime import datetime, timedelta
 from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
-from fleetward.authz.audited import decide_audited
-from fleetward.authz.decision import (
-    AuthzRequest,
-    Decision,
-    PrincipalKind,
-    PrincipalRef,
-    RequestContext,
-    ResourceKind,
-    ResourceRef,
-)
+from fleetward.authz.decision import Decision, ResourceKind, ResourceRef
 from fleetward.authz.pdp import CedarPdp
 from fleetward.authz.permissions import Permission
 from fleetward.commands.chain import PDP_LINKS, Chain, Link
 from fleetward.commands.families import CommandSpec, ParameterValue
 from fleetward.commands.models import BulkState, CommandBulk, CommandJob
+from fleetward.commands.recheck import decide_again
 from fleetward.commands.service import (
     CommandConfig,
     CommandService,
@@ -174,27 +166,24 @@ async def requester_still_may(
     at approval: a requester demoted or moved off the group while the bulk waited has
     nothing approved, even where each car's own command would still be theirs to send
     (an operator never immobilises in bulk). Step-up was the request's link: it is not
-    asked again (as at delivery). Recorded as a decision of the requester's."""
+    asked again (as at delivery)."""
     target = (
         ResourceRef(ResourceKind.FLEET_GROUP, bulk.group_id)
         if bulk.group_id is not None
         else ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
     )
-    ask = AuthzRequest(
-        PrincipalRef(PrincipalKind.USER, bulk.requested_by),
-        Permission.FLEET_BULK_COMMAND,
-        target,
-        RequestContext(
-            now=now,
-            tenant_id=bulk.tenant_id,
-            scopes=frozenset(bulk.token_scopes),
-            acr=bulk.acr,
-            auth_time=now,
-            command=Permission(bulk.command),
-        ),
+    return await decide_again(
+        ctx,
+        pdp,
+        user_id=bulk.requested_by,
+        permission=Permission.FLEET_BULK_COMMAND,
+        resource=target,
+        tenant_id=bulk.tenant_id,
+        scopes=bulk.token_scopes,
+        acr=bulk.acr,
+        now=now,
+        command=Permission(bulk.command),
     )
-    (decision,) = await decide_audited(pdp, ctx.session, ctx.audit, [ask])
-    return decision
 
 
 def approve(ctx: ServiceContext, bulk: CommandBulk, approver: str, now: datetime) -> None:

@@ -32,13 +32,8 @@ from typing import Any, Final
 
 from sqlalchemy import bindparam, or_, select, update
 
-from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
-    AuthzRequest,
     Decision,
-    PrincipalKind,
-    PrincipalRef,
-    RequestContext,
     ResourceRef,
 )
 from fleetward.authz.permissions import Permission
@@ -52,6 +47,7 @@ from fleetward.commands.envelope import (
 )
 from fleetward.commands.families import BY_PERMISSION
 from fleetward.commands.models import CommandBulk, CommandJob, JobState, VehicleCommandCounter
+from fleetward.commands.recheck import decide_again
 from fleetward.commands.results import append_link, record_result
 from fleetward.commands.service import CommandConfig, settle
 from fleetward.commands.signing import CommandSigner
@@ -358,19 +354,17 @@ class Dispatcher:
         if not token_checked and await _token_revoked(ctx, job):
             reason = "token-revoked"
         elif job.command in BY_PERMISSION:
-            ask = AuthzRequest(
-                PrincipalRef(PrincipalKind.USER, job.requested_by),
-                Permission(job.command),
-                ResourceRef.vehicle(job.vehicle_id),
-                RequestContext(
-                    now=now,
-                    tenant_id=job.token_tenant_id or "",
-                    scopes=frozenset(job.token_scopes or ()),
-                    acr=job.acr or "",
-                    auth_time=now,
-                ),
+            decision = await decide_again(
+                ctx,
+                self._platform.pdp,
+                user_id=job.requested_by,
+                permission=Permission(job.command),
+                resource=ResourceRef.vehicle(job.vehicle_id),
+                tenant_id=job.token_tenant_id or "",
+                scopes=job.token_scopes or (),
+                acr=job.acr or "",
+                now=now,
             )
-            (decision,) = await decide_audited(self._platform.pdp, ctx.session, ctx.audit, [ask])
             allowed, reason = decision.allowed, decision.reason.value
         if allowed:
             append_link(job, Link.DELIVERY_RECHECK, True, reason)

@@ -39,10 +39,17 @@ class PrincipalFacts:
     tenant_id: str
     tenant_kind: TenantKind
     roles: frozenset[Role] = frozenset()
+    # Per role held now: when the unbroken hold of it began (renewals without a gap
+    # included). Links to groups or cases made before were made under an earlier membership.
+    held_since: tuple[tuple[Role, datetime], ...] = ()
     client_type: ClientType | None = None
     operator_groups: frozenset[str] = frozenset()
     dealer_cases: frozenset[str] = frozenset()
     support_cases: frozenset[str] = frozenset()
+
+    def tenure_start(self, role: Role, now: datetime) -> datetime:
+        """When the hold of ``role`` held now began (``now`` when it is not held)."""
+        return next((since for held, since in self.held_since if held is role), now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from fleetward.authz.decision import PLATFORM_ID, PrincipalKind, Reason, Resourc
 from fleetward.authz.permissions import Permission
 from fleetward.authz.relations.facts import Grant, ObjectFacts, PrincipalFacts, VehicleFacts
 from fleetward.core.windows import is_active
-from fleetward.identity.models import Membership, Role, Tenant, TenantKind, User
+from fleetward.identity.models import Role, Tenant, TenantKind, User
 from fleetward.identity.oauth_models import Client, ClientType
 from fleetward.store.reads import read_rows
 from fleetward.vehicles.models import (
@@ -210,28 +210,6 @@ class Loader:
             self._set(vid, delegation=grant)
         self._note_vehicles(lapsed, held)
 
-    async def _tenure_start(self, role: Role) -> datetime:
-        """When the principal's unbroken hold of ``role`` in its tenant, held now, began
-        (renewals without a gap included). A link to a group or a case made before it was made
-        under an earlier membership, which ended it: someone taken on again starts afresh."""
-        p = self.principal
-        rows = await read_rows(
-            self.session,
-            select(Membership.valid_from, Membership.valid_until).where(
-                Membership.user_id == p.ref.id,
-                Membership.tenant_id == p.tenant_id,
-                Membership.role == role,
-            ),
-        )
-        since = self.now
-        extended = True
-        while extended:
-            extended = False
-            for start, end in rows:
-                if start < since and (end is None or end >= since):
-                    since, extended = start, True
-        return since
-
     async def _fleet(self) -> None:
         p = self.principal
         ids = list(self.vehicles)
@@ -257,7 +235,7 @@ class Loader:
             .join(FleetGroup, FleetGroup.id == OperatorAssignment.group_id)
             .where(OperatorAssignment.user_id == p.ref.id, FleetGroup.tenant_id == p.tenant_id),
         )
-        since = await self._tenure_start(Role.FLEET_OPERATOR) if rows else self.now
+        since = p.tenure_start(Role.FLEET_OPERATOR, self.now)
         assigned: set[str] = set()
         ended: set[str] = set()
         for group_id, start, end in rows:
@@ -314,7 +292,7 @@ class Loader:
                 or_(DealerCase.vehicle_id.in_(vehicle_ids), DealerCase.id.in_(case_ids)),
             ),
         )
-        since = await self._tenure_start(Role.DEALER_TECHNICIAN) if rows else self.now
+        since = self.principal.tenure_start(Role.DEALER_TECHNICIAN, self.now)
         open_cases: dict[str, set[str]] = {}
         lapsed: dict[str, Reason] = {}
         for case_id, vid, status, start, end in rows:

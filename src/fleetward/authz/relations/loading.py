@@ -100,6 +100,19 @@ async def load_relations(
     )
 
 
+def _held_since(windows: list[tuple[datetime, datetime | None]], now: datetime) -> datetime:
+    """When the unbroken run of ``windows`` (one role's memberships) holding ``now`` began:
+    renewals without a gap included, so someone taken on again starts afresh."""
+    since = now
+    extended = True
+    while extended:
+        extended = False
+        for start, end in windows:
+            if start < since and (end is None or end >= since):
+                since, extended = start, True
+    return since
+
+
 async def _principal(
     session: AsyncSession, ref: PrincipalRef, tenant_id: str, now: datetime
 ) -> PrincipalFacts:
@@ -116,7 +129,11 @@ async def _principal(
         if not roles:
             # The token names a tenant this person does not belong to (now).
             raise RelationsRefused(Reason.TOKEN_TENANT_MISMATCH)
-        return PrincipalFacts(ref, tenant_id, TenantKind(kind), roles=roles)
+        held_since = tuple(
+            (role, _held_since([(r[4], r[5]) for r in rows if r[3] == role], now))
+            for role in sorted(roles)
+        )
+        return PrincipalFacts(ref, tenant_id, TenantKind(kind), roles=roles, held_since=held_since)
 
     expected = ClientType.PARTNER if ref.kind is PrincipalKind.PARTNER else ClientType.WORKLOAD
     found = await read_rows(session, _CLIENT, {"client": ref.id})
