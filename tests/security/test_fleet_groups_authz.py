@@ -392,7 +392,21 @@ async def test_members_carry_roles_and_no_secrets(api: Api) -> None:
         ("erin", "fleet_admin"),
         ("frank", "fleet_operator"),
     ]
-    assert "password" not in response.text and "totp" not in response.text
+    # The member's fields are exactly these: no credential field (password hash, TOTP
+    # secret) can ride along. Field names, not the raw text: a random id may spell "totp".
+    assert all(
+        set(m)
+        == {
+            "membership_id",
+            "user_id",
+            "username",
+            "display_name",
+            "role",
+            "valid_from",
+            "valid_until",
+        }
+        for m in items
+    )
 
 
 async def test_admin_manages_a_group_end_to_end(api: Api) -> None:
