@@ -28,6 +28,7 @@ from typing import Any, Final, Protocol
 
 import cedarpy
 import msgspec
+from cedarpy import _internal as _engine
 
 from fleetward.authz.decision import (
     AuthzRequest,
@@ -241,7 +242,7 @@ class CedarPdp:
         # the text, so the next request parses the new set). An invalid text raises and is
         # not kept.
         self._parse: Callable[[str], Any] = functools.lru_cache(maxsize=ENTITY_PARSE_CACHE)(
-            functools.partial(cedarpy.Entities.from_json_str, schema=self._compiled.schema)
+            functools.partial(_engine.Entities.from_json_str, schema=self._compiled.schema)
         )
         self._outcome: Callable[[tuple[str, ...]], Decision | None] = functools.lru_cache(
             maxsize=OUTCOME_CACHE
@@ -329,7 +330,7 @@ class CedarPdp:
         for action, asks in pending.items():
             wire = [{**ask, "context": _json(unschematised(ask["context"]))} for _, ask in asks]
             # No schema here: fits() above stands for the request validation (slicing.py).
-            results = cedarpy.is_authorized_batch(wire, compiled.sliced[action], entities)
+            results = _authorize(wire, compiled.sliced[action], entities)
             for (index, _), result in zip(asks, results, strict=True):
                 decision = self._read(result)
                 if decision is None:
@@ -346,18 +347,16 @@ class CedarPdp:
             "context": cedar_context(request.context, request.action, barred),
         }
 
-    def _read(self, result: Any) -> Decision | None:
+    def _read(self, result: _Answer) -> Decision | None:
         """The decision of one evaluation of a slice (every policy a permit; see slicing.py),
         or None for a plain deny (no permit satisfied). Any error at all is a deny: an
         erroring policy is skipped by Cedar, and an erroring forbid could let a permit
         through."""
-        if result.diagnostics.errors or result.decision not in (
-            cedarpy.Decision.Allow,
-            cedarpy.Decision.Deny,
-        ):
-            logger.warning("authz.pdp_error", stage="policy", errors=len(result.diagnostics.errors))
+        diagnostics = result.diagnostics
+        if diagnostics.errors or result.decision not in _DECIDED:
+            logger.warning("authz.pdp_error", stage="policy", errors=len(diagnostics.errors))
             return self._deny(Reason.PDP_ERROR)
-        return self._outcome(tuple(result.diagnostics.reasons))
+        return self._outcome(tuple(diagnostics.reason))
 
     def _default_deny(self, request: AuthzRequest, relations: Relations) -> Decision:
         return self._deny(relations.notes.get(request.resource, Reason.NO_RELATIONSHIP))
@@ -402,6 +401,38 @@ def bare_evaluator(
         return result.decision is cedarpy.Decision.Allow
 
     return evaluate
+
+
+class _Diagnostics(msgspec.Struct, frozen=True):
+    """What the engine says about one evaluation: the satisfied policies' ids (``reason``)
+    and the errors of any policy that could not be evaluated."""
+
+    reason: tuple[str, ...]
+    errors: tuple[Any, ...]
+
+
+class _Answer(msgspec.Struct, frozen=True):
+    """One request's answer as the engine writes it (JSON); its other fields are not read."""
+
+    decision: str
+    diagnostics: _Diagnostics
+
+
+_ANSWER: Final = msgspec.json.Decoder(_Answer)
+_DECIDED: Final = frozenset({"Allow", "Deny"})
+
+
+def _authorize(wire: list[dict[str, Any]], policies: Any, entities: Any) -> list[_Answer]:
+    """Evaluate ``wire`` (requests whose context is JSON text) with no schema (``fits``
+    stands for the request validation). The engine's own entry point, typed in cedarpy's
+    ``_internal.pyi``: the package's Python wrapper around it parses each answer with
+    ``json`` into objects, ~6 us per decision (a tenth of the evaluation); here one msgspec
+    decode into the two fields read. A field missing or of another type is a ValidationError,
+    which the caller turns into a deny (``pdp-error``), as any engine failure."""
+    return [
+        _ANSWER.decode(text)
+        for text in _engine.is_authorized_batch(wire, policies, entities, None, False)
+    ]
 
 
 _ENCODER: Final = msgspec.json.Encoder()

@@ -7,12 +7,12 @@ deny cannot come from a broken setup.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-import cedarpy
 import pytest
 
 from fleetward.authz import pdp as pdp_module
@@ -185,22 +185,39 @@ async def test_engine_exception_denies(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_args: object, **_kwargs: object) -> object:
         raise RuntimeError("engine panic")
 
-    monkeypatch.setattr(cedarpy, "is_authorized_batch", broken)
+    monkeypatch.setattr(pdp_module._engine, "is_authorized_batch", broken)
     decision = await pdp.decide(request(ALICE, STATUS))
     assert (decision.allowed, decision.reason) == (False, Reason.PDP_ERROR)
 
 
 async def test_no_decision_denies(monkeypatch: pytest.MonkeyPatch) -> None:
     pdp = pdp_for(FakeSource(OWNER_WORLD))
-    real = cedarpy.is_authorized_batch
+    real = pdp_module._engine.is_authorized_batch
 
-    def undecided(*args: Any, **kwargs: Any) -> list[Any]:
-        results = real(*args, **kwargs)
-        for result in results:
-            result._authz_resp["decision"] = "NoDecision"
-        return results
+    def undecided(*args: Any, **kwargs: Any) -> list[str]:
+        answers = [json.loads(text) for text in real(*args, **kwargs)]
+        assert answers and all(a["decision"] == "Allow" for a in answers)
+        return [json.dumps({**a, "decision": "NoDecision"}) for a in answers]
 
-    monkeypatch.setattr(cedarpy, "is_authorized_batch", undecided)
+    monkeypatch.setattr(pdp_module._engine, "is_authorized_batch", undecided)
+    decision = await pdp.decide(request(ALICE, STATUS))
+    assert (decision.allowed, decision.reason) == (False, Reason.PDP_ERROR)
+
+
+async def test_an_answer_the_engine_did_not_write_whole_denies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The engine's answers are read with a strict decoder: an Allow without its diagnostics
+    # (or with them in another shape) is not an Allow.
+    pdp = pdp_for(FakeSource(OWNER_WORLD))
+    real = pdp_module._engine.is_authorized_batch
+
+    def truncated(*args: Any, **kwargs: Any) -> list[str]:
+        answers = [json.loads(text) for text in real(*args, **kwargs)]
+        assert answers and all(a["decision"] == "Allow" for a in answers)
+        return [json.dumps({"decision": "Allow", "diagnostics": {"reason": "owner"}})]
+
+    monkeypatch.setattr(pdp_module._engine, "is_authorized_batch", truncated)
     decision = await pdp.decide(request(ALICE, STATUS))
     assert (decision.allowed, decision.reason) == (False, Reason.PDP_ERROR)
 

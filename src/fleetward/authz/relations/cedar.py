@@ -62,13 +62,12 @@ def _uids(type_name: str, ids: Iterable[str]) -> list[dict[str, str]]:
     return [entity_uid(type_name, i) for i in sorted(ids)]
 
 
-def _grant(holder_key: str, holder: Any, grant: Grant) -> dict[str, Any]:
-    return {
-        holder_key: holder,
-        "actions": [action_uid(p) for p in sorted(grant.permissions)],
-        "valid_from": epoch(grant.valid_from),
-        "valid_until": epoch(grant.valid_until),
-    }
+def _grant(attrs: dict[str, Any], prefix: str, holder: Any, grant: Grant) -> None:
+    """A delegation (``driver``) or consent (``partner``) as four flat attributes."""
+    attrs[prefix] = holder
+    attrs[prefix + "_actions"] = [action_uid(p) for p in sorted(grant.permissions)]
+    attrs[prefix + "_from"] = epoch(grant.valid_from)
+    attrs[prefix + "_until"] = epoch(grant.valid_until)
 
 
 def cedar_entities(relations: Relations) -> list[dict[str, Any]]:
@@ -85,18 +84,19 @@ def cedar_entities(relations: Relations) -> list[dict[str, Any]]:
         }
 
     if p.ref.kind is PrincipalKind.USER:
-        put(
-            "User",
-            p.ref.id,
-            {
-                "tenant": p.tenant_id,
-                "tenant_kind": p.tenant_kind.value,
-                "roles": sorted(r.value for r in p.roles),
-                "operator_groups": _uids("FleetGroup", p.operator_groups),
-                "dealer_cases": _uids("DealerCase", p.dealer_cases),
-                "support_cases": _uids("SupportCase", p.support_cases),
-            },
-        )
+        user: dict[str, Any] = {
+            "tenant": p.tenant_id,
+            "tenant_kind": p.tenant_kind.value,
+            "roles": sorted(r.value for r in p.roles),
+        }
+        # Left out when empty (optional in the schema: the policies ask `has` first).
+        if p.operator_groups:
+            user["operator_groups"] = _uids("FleetGroup", p.operator_groups)
+        if p.dealer_cases:
+            user["dealer_cases"] = _uids("DealerCase", p.dealer_cases)
+        if p.support_cases:
+            user["support_cases"] = _uids("SupportCase", p.support_cases)
+        put("User", p.ref.id, user)
     else:
         kind = p.client_type.value if p.client_type is not None else ""
         put("Client", p.ref.id, {"tenant": p.tenant_id, "kind": kind})
@@ -114,10 +114,9 @@ def cedar_entities(relations: Relations) -> list[dict[str, Any]]:
         if v.fleet_id is not None:
             attrs["fleet"] = v.fleet_id
         if v.delegation is not None:
-            driver = entity_uid("User", v.delegation.holder_id)
-            attrs["delegation"] = _grant("driver", driver, v.delegation)
+            _grant(attrs, "driver", entity_uid("User", v.delegation.holder_id), v.delegation)
         if v.consent is not None:
-            attrs["consent"] = _grant("partner", v.consent.holder_id, v.consent)
+            _grant(attrs, "partner", v.consent.holder_id, v.consent)
         parents = [
             *_uids("FleetGroup", v.groups),
             *_uids("DealerCase", v.dealer_cases),
