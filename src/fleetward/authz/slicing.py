@@ -42,7 +42,7 @@ from fleetward.authz.relations.cedar import (
 _ACTION: Final = NAMESPACE + "Action"
 _LONG: Final = range(-(2**63), 2**63)
 _REQUIRED: Final = frozenset(
-    {"now", "auth_time", "acr_level", "tenant", "region", "scopes", "barred_regions"}
+    {"now", "auth_age", "acr_level", "tenant", "region", "scopes", "barred_regions"}
 )
 _OPTIONAL: Final = frozenset({"command"})
 
@@ -156,7 +156,7 @@ def fits(request: Mapping[str, Any], applies_to: frozenset[tuple[str, str, str]]
         keys = context.keys()
         if not keys >= _REQUIRED or not keys <= _REQUIRED | _OPTIONAL:
             return False
-        longs = (context["now"], context["auth_time"], context["acr_level"])
+        longs = (context["now"], context["auth_age"], context["acr_level"])
         return (
             all(type(v) is int and v in _LONG for v in longs)
             and type(context["tenant"]) is str

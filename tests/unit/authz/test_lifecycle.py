@@ -356,6 +356,7 @@ async def test_step_up_missing_or_stale_for_unlock(world: World) -> None:
     for acr, age in (
         (Acr.PASSWORD.value, timedelta(seconds=30)),  # no second factor
         (Acr.MFA.value, timedelta(seconds=301)),  # a second factor, too long ago
+        (Acr.MFA.value, timedelta(seconds=300, milliseconds=1)),  # by a millisecond
         (Acr.MFA.value, timedelta(seconds=-60)),  # a sign-in "from the future"
     ):
         decision = await world.ask(

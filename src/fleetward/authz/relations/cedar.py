@@ -58,6 +58,13 @@ def epoch(moment: datetime) -> int:
     return math.floor(moment.timestamp())
 
 
+def seconds_since(then: datetime, now: datetime) -> int:
+    """Whole seconds from ``then`` to ``now``, rounded up (negative when ``then`` is later):
+    an age compared with a maximum is never shorter than the real one."""
+    elapsed = now - then
+    return elapsed.days * 86_400 + elapsed.seconds + (1 if elapsed.microseconds else 0)
+
+
 def _uids(type_name: str, ids: Iterable[str]) -> list[dict[str, str]]:
     return [entity_uid(type_name, i) for i in sorted(ids)]
 
@@ -153,7 +160,7 @@ def cedar_context(
     asked = {action} if context.command is None else {action, context.command}
     out: dict[str, Any] = {
         "now": epoch(context.now),
-        "auth_time": epoch(context.auth_time),
+        "auth_age": seconds_since(context.auth_time, context.now),
         "acr_level": context.acr_level,
         "tenant": context.tenant_id,
         "region": context.region or "",
@@ -176,4 +183,5 @@ __all__ = [
     "epoch",
     "principal_uid",
     "resource_uid",
+    "seconds_since",
 ]
