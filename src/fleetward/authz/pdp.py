@@ -263,7 +263,10 @@ class CedarPdp:
         return self._compiled.version
 
     async def decide(self, request: AuthzRequest) -> Decision:
-        return (await self.decide_many([request]))[0]
+        # decide_many for one request, without its grouping into batches.
+        if not in_scope(request):
+            return self._deny(Reason.SCOPE)
+        return (await self._batch([request]))[0]
 
     async def decide_many(self, requests: Sequence[AuthzRequest]) -> list[Decision]:
         answers: list[Decision | None] = [None] * len(requests)
