@@ -113,11 +113,21 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
             # Detection follows the audit log (its cursor table needs the migrated store).
             await detection.start(app.router.routes)
             sealer = asyncio.create_task(_seal_audit_log(the_platform))
+        # Refusal floods that stop are summarised too (gateway/refusals.py); the gateway
+        # serving is the one on app.state (a test may install its own).
+        serving_gateway = gateway_websocket.gateway_of(app)
+        refusal_flush = (
+            asyncio.create_task(serving_gateway.run_refusal_flush())
+            if serving_gateway is not None
+            else None
+        )
         freeze_start_up_objects()
         try:
             yield
         finally:
             watcher.cancel()
+            if refusal_flush is not None:
+                refusal_flush.cancel()
             if sealer is not None:
                 sealer.cancel()
             if telemetry_started:

@@ -110,6 +110,16 @@ class Settings(BaseSettings):
     # How often the audit log's hash chain is extended (fleetward audit seal does it too).
     audit_seal_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
 
+    # The vehicle gateway's WebSocket limits (gateway/websocket.py GatewayConfig). Live
+    # sessions one device identity may hold (one, two while a reconnect overlaps; a third
+    # handshake is refused with 1013). Refused handshakes recorded one by one per source
+    # network (IPv4 address, IPv6 /64) and window, the rest counted into one summary event;
+    # networks tracked at once (refusals from more are only counted).
+    gateway_max_sessions_per_device: Annotated[int, Field(ge=1, le=16)] = 2
+    gateway_refusals_per_network: Annotated[int, Field(ge=1, le=10_000)] = 10
+    gateway_refusal_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+    gateway_refusal_networks: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+
     # The MQTT transport of the vehicle gateway (docs/mqtt.md). Off unless a broker host is
     # set; then the broker's CA and the gateway's own service identity are required (TLS with
     # client certificates is not optional).

@@ -57,6 +57,7 @@ from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.gateway.websocket import Gateway, GatewayConfig, install
 from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
+from fleetward.settings import Settings
 from fleetward.store.busy import StoreBusy
 from support.factories import FACTORY
 from unit.devices.kit import DeviceWorld, build_device_world
@@ -188,7 +189,9 @@ async def serving(platform: Platform, port: int, config: GatewayConfig) -> Async
 
 
 FAST = GatewayConfig(
-    handshake_timeout=timedelta(seconds=1), credential_poll=timedelta(milliseconds=200)
+    handshake_timeout=timedelta(seconds=1),
+    credential_poll=timedelta(milliseconds=200),
+    refusal_flush=timedelta(milliseconds=50),
 )
 
 
@@ -746,6 +749,52 @@ async def test_a_flood_of_anonymous_refusals_is_recorded_within_a_budget_and_cou
     assert [r.details["peer"] for r in await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)][
         -1
     ] == "127.0.0.1"
+
+
+async def test_a_flood_that_stops_is_summarised_without_another_refusal(server: Server) -> None:
+    # The summary of a window's unrecorded refusals was written only at the next refusal: a
+    # flood that stopped (the usual end of one) was never summarised, and the refusals past
+    # the budget were in no record at all. The app's timer now writes it once the window ends.
+    flood = server.gateway.config.refusals_per_network + 5
+    for _ in range(flood):
+        assert await _garbage_handshake(server) == CloseCode.PROTOCOL
+    recorded = len(await server.audit(EventName.DEVICE_HANDSHAKE_FAILED))
+    await asyncio.sleep(0.3)  # several flushes: the window is not over, nothing to write
+    assert await server.audit(EventName.DEVICE_HANDSHAKES_UNRECORDED) == []
+    server.clock.advance(server.gateway.config.refusal_window)
+    summaries: list[AuditRecord] = []
+    for _ in range(100):  # the timer runs every 50 ms here; wait for its pass, boundedly
+        summaries = await server.audit(EventName.DEVICE_HANDSHAKES_UNRECORDED)
+        if summaries:
+            break
+        await asyncio.sleep(0.05)
+    [summary] = summaries
+    assert (summary.object_type, summary.object_id) == ("network", "127.0.0.1")
+    assert (summary.details["recorded"], summary.details["unrecorded"]) == (
+        recorded,
+        flood - recorded,
+    )
+    assert len(await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)) == recorded
+
+
+def test_the_gateway_limits_are_settings(platform: Platform) -> None:
+    settings = platform.settings.model_copy(
+        update={
+            "gateway_max_sessions_per_device": 3,
+            "gateway_refusals_per_network": 7,
+            "gateway_refusal_window_seconds": 120,
+            "gateway_refusal_networks": 99,
+        }
+    )
+    config = GatewayConfig.from_settings(settings)
+    assert (
+        config.max_sessions_per_device,
+        config.refusals_per_network,
+        config.refusal_window,
+        config.refusal_networks,
+    ) == (3, 7, timedelta(minutes=2), 99)
+    with pytest.raises(ValueError, match="gateway_refusals_per_network"):
+        Settings(gateway_refusals_per_network=0)
 
 
 async def test_one_identity_cannot_hold_more_than_a_few_sessions(server: Server) -> None:

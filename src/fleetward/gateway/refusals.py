@@ -6,7 +6,9 @@ login throttle's :func:`~fleetward.identity.login.limits.network_of`: an IPv4 ad
 /64), at most ``per_network`` refusals are recorded per window and the rest are only counted.
 When a network's window is over, its count is handed back once (:class:`Unrecorded`) for one
 summary event (``device:handshake:unrecorded``), so an investigator sees the flood and its
-size; ``unrecorded`` is the running total an operator watches.
+size; ``unrecorded`` is the running total an operator watches. Handed back at the next
+refusal, or by :meth:`RefusalBudget.ended`, which the gateway asks on a timer: a flood that
+stops is summarised all the same.
 
 In memory and bounded: at most ``networks`` networks are tracked at once. A refusal from one
 more network while every tracked window is current is counted under :data:`UNTRACKED` and
@@ -79,6 +81,11 @@ class RefusalBudget:
         tally.unrecorded += 1
         self.unrecorded += 1
         return False, ended
+
+    def ended(self, now: datetime) -> list[Unrecorded]:
+        """The windows over at ``now`` that left refusals unrecorded (each handed back once,
+        here or by :meth:`admit`)."""
+        return self._expire(now)
 
     def _expire(self, now: datetime) -> list[Unrecorded]:
         ended: list[Unrecorded] = []

@@ -55,7 +55,7 @@ from fleetward.gateway.handler import (
     UnavailableHandler,
 )
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ProvenDevice, ServerHandshake
-from fleetward.gateway.refusals import RefusalBudget
+from fleetward.gateway.refusals import RefusalBudget, Unrecorded
 from fleetward.gateway.registry import (
     Claim,
     LiveSession,
@@ -66,6 +66,7 @@ from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.identity.login.limits import client_network
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
+from fleetward.settings import Settings
 from fleetward.store.busy import is_store_busy
 
 logger = get_logger(__name__)
@@ -95,6 +96,18 @@ class GatewayConfig:
     refusal_window: timedelta = timedelta(minutes=1)
     # Networks tracked at once; refusals from more are counted, never recorded one by one.
     refusal_networks: int = 4096
+    # How often windows that are over are summarised when no new refusal does it.
+    refusal_flush: timedelta = timedelta(seconds=10)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewayConfig:
+        """The limits an operator sets (``gateway_*`` settings); the rest are defaults."""
+        return cls(
+            max_sessions_per_device=settings.gateway_max_sessions_per_device,
+            refusals_per_network=settings.gateway_refusals_per_network,
+            refusal_window=timedelta(seconds=settings.gateway_refusal_window_seconds),
+            refusal_networks=settings.gateway_refusal_networks,
+        )
 
 
 @dataclass(eq=False)
@@ -357,32 +370,50 @@ class Gateway:
         # Anyone can make a handshake fail, without any key: past its network's budget a
         # refusal is counted, not written (the close code is the same either way).
         record, ended = self.refusals.admit(client_network(peer), self.platform.clock.now())
-        if record or ended:
-            try:
-                async with self.platform.unit_of_work() as uow:
-                    if record:
-                        record_refusal(
-                            self.platform.audit,
-                            uow.session,
-                            reason=failure.reason,
-                            device_id=failure.device_id,
-                            peer=peer,
-                            close=failure.close.phrase,
-                        )
-                    for window in ended:
-                        record_unrecorded(
-                            self.platform.audit,
-                            uow.session,
-                            network=window.network,
-                            started=window.started,
-                            recorded=window.recorded,
-                            unrecorded=window.unrecorded,
-                            window_seconds=self.config.refusal_window.total_seconds(),
-                        )
-                    await uow.commit()
-            except Exception as exc:  # the refusal stands even if its record cannot be written
-                logger.error("gateway.refusal_not_recorded", error=type(exc).__name__)
+        await self._record_refusals(failure if record else None, peer, ended)
         await _close(websocket, failure.close)
+
+    async def flush_refusals(self) -> None:
+        """Summarise the refusal windows that are over (the next refusal would, but a flood
+        that stops has no next refusal). Run on a timer by the app (``refusal_flush``)."""
+        ended = self.refusals.ended(self.platform.clock.now())
+        await self._record_refusals(None, "", ended)
+
+    async def run_refusal_flush(self) -> None:
+        """:meth:`flush_refusals` every ``refusal_flush``, until cancelled."""
+        while True:
+            await asyncio.sleep(self.config.refusal_flush.total_seconds())
+            await self.flush_refusals()
+
+    async def _record_refusals(
+        self, failure: HandshakeFailure | None, peer: str, ended: list[Unrecorded]
+    ) -> None:
+        if failure is None and not ended:
+            return
+        try:
+            async with self.platform.unit_of_work() as uow:
+                if failure is not None:
+                    record_refusal(
+                        self.platform.audit,
+                        uow.session,
+                        reason=failure.reason,
+                        device_id=failure.device_id,
+                        peer=peer,
+                        close=failure.close.phrase,
+                    )
+                for window in ended:
+                    record_unrecorded(
+                        self.platform.audit,
+                        uow.session,
+                        network=window.network,
+                        started=window.started,
+                        recorded=window.recorded,
+                        unrecorded=window.unrecorded,
+                        window_seconds=self.config.refusal_window.total_seconds(),
+                    )
+                await uow.commit()
+        except Exception as exc:  # the refusal stands even if its record cannot be written
+            logger.error("gateway.refusal_not_recorded", error=type(exc).__name__)
 
     # ------------------------------------------------------------------ session
 
@@ -517,7 +548,7 @@ def install(
         platform,
         handler or UnavailableHandler(),
         observer or NoObserver(),
-        config or GatewayConfig(),
+        config or GatewayConfig.from_settings(platform.settings),
     )
     app.state.gateway = gateway
     app.include_router(router)
