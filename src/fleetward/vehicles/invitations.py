@@ -195,13 +195,14 @@ class InvitationService:
             raise RelationshipRefused("the owner cannot accept their own invitation", reason="self")
         vehicle = await session.get(Vehicle, invitation.vehicle_id)
         owner = await session.get(User, invitation.invited_by_user_id)
-        ownership = await OwnershipService(self._ctx).current(vehicle) if vehicle else None
         if (
             vehicle is None
             or owner is None
-            or ownership is None
-            or ownership.owner_user_id != owner.id  # it changed hands: the invitation is void
             or vehicle.tenant_id != invitee.home_tenant_id  # the invitee could never drive it
+            # Changed hands: the invitation is void. Asked with the open ownership locked
+            # BEFORE the invitation's row is: a sale locks the ownership, then the car's
+            # pending invitations, and the other order deadlocked with it (PostgreSQL).
+            or not await OwnershipService(self._ctx).held_by(vehicle, owner)
         ):
             raise invalid_code()
         if not await self._close(invitation, HandoverStatus.ACCEPTED, now, accepted_by=invitee.id):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +18,8 @@ from fleetward.core.windows import InvalidWindow
 from fleetward.identity.models import TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
+from fleetward.vehicles import invitations as invitations_module
+from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.errors import (
     DelegationTooWide,
     NotCurrentOwner,
@@ -34,6 +37,7 @@ from fleetward.vehicles.models import DriverDelegation, Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from fleetward.vehicles.transfers import TransferService
 from support.factories import FACTORY, WorldFactory
+from support.locks import settled
 
 STATUS = Permission.VEHICLE_READ_STATUS
 
@@ -232,6 +236,46 @@ async def test_an_invitation_accepted_while_the_car_is_sold_ends_with_the_sale(
         await asyncio.sleep(0.5)
         await accept_uow.commit()
     await sold
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(DriverDelegation, delegation.id)
+        owned = await OwnershipService(check).current(car)
+    assert owned is not None and owned.owner_user_id == buyer.id
+    assert row is not None and row.revoked_at is not None, "the seller's driver kept the car"
+
+
+# PostgreSQL only: on SQLite (one writer) the two transactions cannot interleave.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_an_acceptance_and_a_sale_at_once_do_not_deadlock(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acceptance closed the invitation (its row locked) and then locked the ownership;
+    a sale locks the ownership and then revokes the car's pending invitations. Interleaved,
+    each waited on the other: PostgreSQL broke the deadlock by failing one of them (a 503
+    for its caller). The acceptance now takes the ownership lock first, as the sale does."""
+    owner, invitee, buyer, car = await _cast(ctx)
+    issued = await _invite(ctx, clock, car, owner)
+    sale = await TransferService(ctx).start(car, owner, actor=FACTORY)
+    await ctx.session.commit()
+    sold: list[asyncio.Task[None]] = []
+
+    async def sell() -> None:
+        async with platform.services() as (uow, selling):
+            await TransferService(selling).accept(sale.code, car.vin, buyer, actor=FACTORY)
+            await uow.commit()
+
+    class SaleMeanwhile(DelegationService):
+        async def delegate(self, *args: Any, **kwargs: Any) -> DriverDelegation:
+            # The invitation is closed (its row locked): the sale starts now and runs until
+            # it waits on a lock this acceptance holds.
+            sold.append(asyncio.create_task(sell()))
+            await settled(platform, sold[0])
+            return await super().delegate(*args, **kwargs)
+
+    monkeypatch.setattr(invitations_module, "DelegationService", SaleMeanwhile)
+    async with platform.services() as (accept_uow, accepting):
+        delegation = await InvitationService(accepting).accept(issued.code, invitee, actor=FACTORY)
+        await accept_uow.commit()
+    await sold[0]
     async with platform.services() as (_uow, check):
         row = await check.session.get(DriverDelegation, delegation.id)
         owned = await OwnershipService(check).current(car)
