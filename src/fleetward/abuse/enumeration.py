@@ -114,8 +114,12 @@ def vehicle_touched(vehicle_id: str) -> Touched:
 
 
 def vin_touched(vin: str) -> Touched:
-    """A VIN as typed. Its serial (positions 12-17) in base 36, under the VIN without its
-    check digit (position 9, which changes with the serial) and without the serial."""
+    """A VIN as typed, read as the transfer accept compares it (whitespace around it and
+    case do not matter: ``vehicles.transfers.normalise_vin``), so a variant is the same
+    object and never a way out of a run. Its serial (positions 12-17) in base 36, under the
+    VIN without its check digit (position 9, which changes with the serial) and without the
+    serial."""
+    vin = vin.strip().upper()
     if not _VIN.fullmatch(vin):
         return Touched(f"vin:{vin[:32]}")
     family = vin[:8] + vin[9:11]

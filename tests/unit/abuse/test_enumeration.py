@@ -255,3 +255,18 @@ def test_settings_set_flow_capacities() -> None:
     assert policy.flows[Flow.REMOTE_UNLOCK].limit.capacity == 30  # the others keep theirs
     with pytest.raises(ValueError, match="not a flow"):
         QuotaPolicy.from_settings(Settings(quota_flows={"teleport": 5}))
+
+
+async def test_vins_typed_in_lower_case_or_with_spaces_are_the_vins_the_route_compares() -> None:
+    # The transfer accept compares VINs whatever their case and surrounding whitespace
+    # (vehicles/transfers.normalise_vin); the guard read only upper-case VINs as serials, so
+    # a walker typing consecutive VINs in lower case (or with a space) was never sequenced.
+    assert vin_touched(f" {_vin(7).lower()} ").key == vin_touched(_vin(7)).key
+    guard = EnumerationGuard(RUNS_ONLY)
+    levels = []
+    for n in range(1, 6):
+        typed = _vin(n).lower() if n % 2 else f" {_vin(n)}\t"
+        verdict = await guard.observe("mallory", [vin_touched(typed)], T0)
+        levels.append((verdict.level, verdict.signal))
+    assert levels[2] == (Level.SLOWED, Signal.SEQUENCE)
+    assert levels[-1] == (Level.STOPPED, Signal.SEQUENCE)
