@@ -28,7 +28,8 @@ What verify reports, in chain order (the first one is where tampering starts):
 Limits, stated: a record committed later than the lag after the sealer moved past its seq, or
 one dated on a day before the newest day already sealed (a backdated record: a record is dated
 when it is made, so only a transaction open across midnight does this honestly), is sealed at
-the end of its day's chain with ``late = true`` (listed by verify for review); the
+the end of its day's chain with ``late = true`` (listed by verify for review; the flag is
+part of the keyed link, so clearing it is ``seal-altered``); the
 end of each chain (its head) is printed by verify, and deleting the newest records together
 with their seals is only seen by comparing heads with a copy kept elsewhere.
 """
@@ -131,8 +132,14 @@ class ChainKey:
     def genesis(self, partition: str) -> str:
         return self._mac(f"genesis|{partition}")
 
-    def link(self, prev_hash: str, record_digest: str, partition: str, position: int) -> str:
-        return self._mac(f"{prev_hash}|{record_digest}|{partition}|{position}")
+    def link(
+        self, prev_hash: str, record_digest: str, partition: str, position: int, *, late: bool
+    ) -> str:
+        """A link; a late one says so under the key (the flag is what lists a backdated
+        record for review: clearing it must break the link). An ordinary link's text is
+        what it always was, so seals made before late links were keyed verify unchanged."""
+        text = f"{prev_hash}|{record_digest}|{partition}|{position}"
+        return self._mac(f"{text}|late" if late else text)
 
     def _mac(self, text: str) -> str:
         return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
@@ -180,7 +187,7 @@ async def seal(
             heads[partition] = await _head(session, key, partition)
         position, prev = heads[partition]
         digest = record_hash(record)
-        chained = key.link(prev, digest, partition, position)
+        chained = key.link(prev, digest, partition, position, late=is_late)
         seals.append(
             {
                 "event_seq": record.seq,
@@ -357,15 +364,24 @@ def _check_link(
         )
         if seal_row.prev_hash != expected_prev:
             problem(ProblemKind.SEAL_ALTERED, "the link does not follow from the previous one")
-    if not hmac.compare_digest(
-        seal_row.chain_hash,
-        key.link(seal_row.prev_hash, seal_row.record_hash, seal_row.partition, seal_row.position),
-    ):
+    if not _link_holds(key, seal_row):
         problem(ProblemKind.SEAL_ALTERED, "the link's hash is not the key's")
     if record is None:
         problem(ProblemKind.DELETED, "the sealed record is gone")
     elif record_hash(record) != seal_row.record_hash or record.id != seal_row.event_id:
         problem(ProblemKind.MODIFIED, "the record differs from what was sealed")
+
+
+def _link_holds(key: ChainKey, seal_row: AuditSeal) -> bool:
+    """Whether the seal's chain hash is the key's link of its fields. A seal marked late may
+    also carry an ordinary link (sealed before late links were keyed, or marked late since):
+    that only adds it to the review list. A seal not marked late must carry an ordinary
+    link, so a late one whose flag was cleared does not verify."""
+    parts = (seal_row.prev_hash, seal_row.record_hash, seal_row.partition, seal_row.position)
+    forms = (True, False) if seal_row.late else (False,)
+    return any(
+        hmac.compare_digest(seal_row.chain_hash, key.link(*parts, late=late)) for late in forms
+    )
 
 
 async def _check_unsealed(

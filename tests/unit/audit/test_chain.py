@@ -250,3 +250,41 @@ async def test_a_backdated_record_is_sealed_late(platform: Platform, clock: Froz
     await seal_pending(platform, lag=timedelta(0))
     report = await verify_log(platform)
     assert report.late == [seqs[-1] + 100]
+
+
+async def test_a_late_seal_cannot_be_passed_off_as_an_ordinary_one(
+    platform: Platform, clock: FrozenClock
+) -> None:
+    # The late flag is what lists a backdated insert for review; someone with write access
+    # to the database (but not the key) cleared it, and verify found nothing to review.
+    seqs = await _sealed_log(platform)
+    yesterday = clock.now() - timedelta(days=1)
+    async with platform.unit_of_work() as uow:
+        uow.session.add(_forged(seqs[-1] + 100, "evt_backdated", yesterday))
+        await uow.commit()
+    await seal_pending(platform, lag=timedelta(0))
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(
+            update(AuditSeal).where(AuditSeal.event_seq == seqs[-1] + 100).values(late=False)
+        )
+        await uow.commit()
+    report = await verify_log(platform)
+    assert [(p.kind, p.seq) for p in report.problems] == [
+        (ProblemKind.SEAL_ALTERED, seqs[-1] + 100)
+    ]
+
+
+async def test_an_ordinary_seal_marked_late_still_verifies_and_is_listed(
+    platform: Platform,
+) -> None:
+    # Seals made before the flag was part of the link (late or not) verify as they were; a
+    # flag set afterwards can only add a record to the review list, never take one off it.
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(
+            update(AuditSeal).where(AuditSeal.event_seq == seqs[2]).values(late=True)
+        )
+        await uow.commit()
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert report.late == [seqs[2]]
