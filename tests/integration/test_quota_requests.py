@@ -37,10 +37,13 @@ from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.core.vin import make_vin
+from fleetward.demo.clients import seed_demo_clients
+from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from support.api import Api
 from support.factories import trip
+from unit.authz.kit import ALL_SCOPES
 
 M, F, D = Surface.MOBILE, Surface.FLEET, Surface.DEALER
 HOUR = timedelta(hours=1)
@@ -139,6 +142,61 @@ async def test_a_body_naming_many_vehicles_pays_each(api: Api) -> None:
     assert _limit_fields(response) == ("flow-bulk-fleet-command", 19)
     after = await api.get("erin", F, f"/vehicles/{api.vehicle_id('ACME-N1')}/status")
     assert _limit_fields(after) == ("user-objects", 600 - 3 - 1)
+
+
+async def _fleet_console(api: Api, who: str) -> dict[str, str]:
+    """Authorization for ``who`` through a registered client (bulk commands check it)."""
+    async with api.platform.services() as (uow, ctx):
+        await seed_demo_clients(ctx, api.platform.settings.data_dir)
+        await uow.commit()
+    user = api.world.users[who]
+    token = api.platform.identity.tokens.issue(
+        subject=user.id,
+        client_id="fleet-console",
+        tenant=user.home_tenant_id,
+        surface=F,
+        scopes=sorted(ALL_SCOPES),
+        auth_time=api.platform.clock.now(),
+        acr=Acr.MFA.value,
+        amr=["pwd", "otp"],
+        token_family=None,
+        subject_type="user",
+    ).token
+    return {"authorization": f"Bearer {token}"}
+
+
+async def _bulk_lock_of_three(api: Api, auth: dict[str, str]) -> tuple[str, list[str]]:
+    cars = [api.vehicle_id(name) for name in ("ACME-N1", "ACME-N2", "ACME-N3")]
+    body = {"command": "lock", "vehicle_ids": cars, "parameters": {}}
+    created = await api.client.post(
+        "/fleet/v1/bulk-commands", json=body, headers={**auth, "Idempotency-Key": "bulk-read"}
+    )
+    assert created.status_code == 202, created.text
+    return str(created.json()["id"]), cars
+
+
+async def test_reading_a_bulk_command_pays_each_of_its_vehicles(api: Api) -> None:
+    # A bulk's read decides, audits and shows the job of every vehicle it names (up to
+    # max_bulk): it cost 1 however many, so polling one bulk of 500 cars read 500 vehicles'
+    # states (and wrote 500 decision records) for one object of the user's quota.
+    auth = await _fleet_console(api, "erin")
+    bulk_id, cars = await _bulk_lock_of_three(api, auth)
+    read = await api.client.get(f"/fleet/v1/bulk-commands/{bulk_id}", headers=auth)
+    assert read.status_code == 200, read.text
+    assert len(read.json()["jobs"]) == 3
+    after = await api.client.get(f"/fleet/v1/vehicles/{cars[0]}/status", headers=auth)
+    assert _limit_fields(after) == ("user-objects", 600 - 3 - 3 - 1)
+
+
+@pytest.mark.parametrize("settings", [{"quota_user_per_minute": 5}], indirect=True)
+async def test_a_bulk_read_over_quota_is_refused_and_audited(api: Api) -> None:
+    auth = await _fleet_console(api, "erin")
+    bulk_id, _cars = await _bulk_lock_of_three(api, auth)  # 3 of 5 spent
+    refused = await api.client.get(f"/fleet/v1/bulk-commands/{bulk_id}", headers=auth)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["reason"] == "user-objects"
+    (event,) = await _events(api.platform, EventName.QUOTA_EXCEEDED)
+    assert event.details["route"] == "fleet:bulk-commands:read"
 
 
 @pytest.mark.parametrize("content_type", ["application/JSON", "Application/Json; charset=utf-8"])

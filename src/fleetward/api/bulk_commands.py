@@ -21,7 +21,7 @@ from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, ste
 from fleetward.api.authorize import NotPermitted, decide_many, not_found
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
-from fleetward.api.quota_guard import RetryOf, charge_command_flow, charge_flow
+from fleetward.api.quota_guard import RetryOf, charge_command_flow, charge_flow, charge_objects
 from fleetward.api.routing import surface_router
 from fleetward.authz.decision import (
     Decision,
@@ -339,7 +339,12 @@ async def read_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> 
             await uow.commit()
             if not decision.allowed and decision.reason is not Reason.STEP_UP_REQUIRED:
                 raise not_found()
+            # Every vehicle's job is shown: each one is paid for, as reading it would be.
+            await charge_objects(request, caller, len(bulk.vehicle_ids))
             return await _view(ctx, bulk, caller)
+        # Each vehicle is decided, audited and shown: each one is paid for (before the
+        # decisions; only reads so far in this transaction).
+        await charge_objects(request, caller, len(bulk.vehicle_ids))
         # The requester sees their own bulk as far as they still see its vehicles, decided
         # now (an operator moved off the group, a member who left the fleet: nothing).
         seen = await _still_seen(request, caller, ctx, bulk)

@@ -98,6 +98,27 @@ async def charge_request(request: Request, caller: Caller) -> None:
     _attach(request, verdict)
 
 
+async def charge_objects(request: Request, caller: Caller, objects: int) -> None:
+    """Charge the objects a request turned out to target beyond the one
+    :func:`charge_request` paid for it: a route whose targets are stored, not named in the
+    request (a bulk command's vehicles, read back), pays each of them like a request naming
+    them would, against the same user, client, tenant and global limits, all or nothing.
+    Call it before the route decides or reads them, and outside a transaction that has
+    written (a refusal is recorded in one of its own)."""
+    extra = objects - 1
+    if extra <= 0:
+        return
+    runtime, platform = _wiring(request)
+    now = platform.clock.now()
+    claims = caller.claims
+    plan = runtime.policy.plan(
+        tenant=claims.tenant, client=claims.client_id, now=now, user=_user(caller), objects=extra
+    )
+    entry = entry_of(request.scope.get("endpoint"))
+    verdict = await _enforce(request, caller, runtime, plan, now, _degrade(entry, request.method))
+    _attach(request, verdict)
+
+
 async def charge_flow(
     request: Request,
     caller: Caller,
@@ -469,6 +490,7 @@ __all__ = [
     "RateLimitHeaders",
     "charge_command_flow",
     "charge_flow",
+    "charge_objects",
     "charge_request",
     "watch_vin",
 ]
