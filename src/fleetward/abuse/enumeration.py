@@ -291,6 +291,12 @@ class EnumerationGuard:
         for item in touched:
             state.distinct = max(state.distinct, await self._count(actor, item.key, now))
             self._step(state, item)
+        # A concurrent request may have stopped the actor while this one awaited its count
+        # (a shared counter answers in any order): this one is refused with it, not judged
+        # on its own count (served if smaller, a second escalation if larger).
+        held = self.stopped(actor, now)
+        if held is not None:
+            return held
         return self._judge(state, now)
 
     async def _count(self, actor: str, member: str, now: datetime) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -270,3 +271,40 @@ async def test_vins_typed_in_lower_case_or_with_spaces_are_the_vins_the_route_co
         levels.append((verdict.level, verdict.signal))
     assert levels[2] == (Level.SLOWED, Signal.SEQUENCE)
     assert levels[-1] == (Level.STOPPED, Signal.SEQUENCE)
+
+
+class _GatedCounter:
+    """A shared distinct counter (Redis-like: each answer awaits the store) whose answers
+    the test releases one member at a time, in the order it chooses."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        self.gates = {member: asyncio.Event() for member in counts}
+
+    async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int:
+        await self.gates[member].wait()
+        return self.counts[member]
+
+
+@pytest.mark.parametrize("first", ["in order", "out of order"])
+async def test_requests_counted_while_another_stopped_the_actor_are_refused(first: str) -> None:
+    # With a shared counter each request awaits its count; one that was counting while a
+    # concurrent one stopped the actor was judged on its own count afterwards: a smaller
+    # count (answers arrive in any order) was served as merely slowed, a larger one stopped
+    # the actor again and recorded a second escalation.
+    a, b = "veh_" + "q" * 26, "veh_" + "z" * 26  # never a run: only the distinct count
+    counts = {f"vehicle:{a}": 5, f"vehicle:{b}": 6}
+    if first == "out of order":
+        counts = {f"vehicle:{a}": 6, f"vehicle:{b}": 5}
+    counter = _GatedCounter(counts)
+    guard = EnumerationGuard(CONFIG, counter)
+    task_a = asyncio.create_task(guard.observe("mallory", [vehicle_touched(a)], T0))
+    task_b = asyncio.create_task(guard.observe("mallory", [vehicle_touched(b)], T0))
+    await asyncio.sleep(0)  # both are counting
+    counter.gates[f"vehicle:{a}"].set()
+    stopped = await task_a
+    counter.gates[f"vehicle:{b}"].set()
+    late = await task_b
+    assert (stopped.level, stopped.escalated) == (Level.STOPPED, True)
+    assert (late.level, late.escalated) == (Level.STOPPED, False)
+    assert late.retry_after == CONFIG.cooldown
