@@ -46,6 +46,13 @@ class Request:
     # How to obtain the credential when it is not the actor's ordinary token:
     # "garbage", "expired", "other-surface:<surface>".
     credential: str | None = None
+    # Headers given a new unique value every time the request is sent (a command's
+    # Idempotency-Key: a case sent again is asked again, never answered from the first).
+    fresh_headers: tuple[str, ...] = ()
+    # For a read-back list that records refusals: the fields of such a record. Read back
+    # around refused writes, the list may gain items holding these values (a rejected
+    # command job), and nothing else may change.
+    refusal_record: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,12 @@ class Case:
     # For DENY_HIDDEN: the same request naming an object that does not exist; a hidden denial
     # must answer exactly its 404 body (``instance`` aside). None: only the 404 is checked.
     hidden_reference: Request | None = None
+    # A command (spec operation "command"): allowed means accepted, a 202 whose JSON body
+    # names the job it created (``id``).
+    job: bool = False
+    # For an allowed command: the request that cancels the job it created, its path holding
+    # ``{id}`` for the job's id; sent by the runner right after the case is judged.
+    cancel: Request | None = None
 
 
 class Verdict(StrEnum):

@@ -15,12 +15,20 @@ One shared ``httpx.AsyncClient`` (keep-alive, bounded connections), a fixed pool
 * UNAUTHENTICATED: a 401 with a ``WWW-Authenticate`` challenge.
 * A ``store-busy`` 503 (the deployment's "nothing written, retry") is sent again, at most
   BUSY_RETRIES times; any other 5xx is judged at once.
-* A refused write with a ``read_back``: the read answers the same before and after.
+* A refused write with a ``read_back``: the read answers the same before and after (but
+  for the list's ``refusal_record``: a refused command may leave its rejected job in the
+  vehicle's job list, and nothing else).
+* A command (``Case.job``): every send carries a fresh ``Idempotency-Key``
+  (``Request.fresh_headers``); allowed means a 202 whose body names its job (``id``), and
+  the job is cancelled by its requester as soon as the case is judged (``Case.cancel``), so
+  that no job of the probe's stays in flight to meet the next command on the vehicle.
 
-Cases run in three phases so that no write the oracle allows can change what another case
-reads back: reads first, then writes that must be refused, then writes that must succeed. The
-refused writes are read back once per object before and after their phase; only an object
-that changed has its writes sent again one by one, each read back, to name the culprit.
+Cases run in phases so that no write the oracle allows can change what another case reads
+back: reads first, then writes that must be refused, then commands that must be accepted
+(one at a time: a vehicle takes one security-relevant command at a time, and each is
+cancelled before the next is sent), then writes that must succeed. The refused writes are
+read back once per object before and after their phase; only an object that changed has its
+writes sent again one by one, each read back, to name the culprit.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -117,6 +126,12 @@ def _field_sets(body: Any) -> list[set[str]]:
     return []
 
 
+def _job_id(answer: Answer) -> str | None:
+    body = answer.json()
+    found = body.get("id") if isinstance(body, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
 def judge(case: Case, answer: Answer, reference: Answer | None) -> str:
     """Why the answer is wrong for the case ("" when it is right)."""
     status = answer.status
@@ -126,6 +141,11 @@ def judge(case: Case, answer: Answer, reference: Answer | None) -> str:
     if expect is Expect.ALLOW:
         if not 200 <= status < 300:
             return f"expected a 2xx (allowed), got {status}"
+        if case.job:
+            if status != 202:
+                return f"expected 202 (a command is accepted as a job), got {status}"
+            if _job_id(answer) is None:
+                return "the accepted command names no job (no id in the body)"
         if case.allowed_fields is not None:
             for fields in _field_sets(answer.json()):
                 extra = sorted(fields - case.allowed_fields)
@@ -170,6 +190,8 @@ class _Session:
     async def send(self, request: Request) -> Answer:
         url = self._base + request.path
         headers = dict(request.headers)
+        for name in request.fresh_headers:
+            headers[name] = f"probe-{secrets.token_hex(16)}"
         try:
             credential = self._tokens.resolve(request.actor, request.credential, request.path)
         except TokenError as error:
@@ -265,10 +287,16 @@ class _Session:
             reason = judge(case, answer, reference)
             if not reason and before is not None and case.read_back is not None:
                 after = await self.read(case.read_back)
-                reason = _side_effect(before, after)
+                reason = _side_effect(before, after, case.read_back.refusal_record)
+            verdict = Verdict.FAIL if reason else Verdict.PASS
+            if case.cancel is not None and 200 <= answer.status < 300:
+                undone = await self._cancel(case.cancel, answer)
+                if undone and not reason:
+                    # Not a finding about the deployment: the probe could not clean up, and
+                    # the next command on the vehicle may meet its job in flight.
+                    verdict, reason = Verdict.ERROR, undone
         except _CaseError as error:
             return self._result(case, Verdict.ERROR, answer, str(error), started)
-        verdict = Verdict.FAIL if reason else Verdict.PASS
         return Result(
             case=case,
             verdict=verdict,
@@ -278,6 +306,18 @@ class _Session:
             policy_version=answer.headers.get("x-fleetward-policy-version", self.policy_version),
             response_excerpt=excerpt(answer.text),
         )
+
+    async def _cancel(self, cancel: Request, accepted: Answer) -> str:
+        """Cancel the job an accepted command created; why it failed ("" when it did not)."""
+        job = _job_id(accepted)
+        if job is None:
+            return "the accepted command names no job to cancel"
+        answer = await self.send(
+            replace(cancel, path=cancel.path.replace("{id}", quote(job, safe="")))
+        )
+        if not 200 <= answer.status < 300:
+            return f"the probe could not cancel its accepted job {job}: {answer.status}"
+        return ""
 
     def _result(
         self, case: Case, verdict: Verdict, answer: Answer | None, reason: str, started: float
@@ -327,31 +367,63 @@ def _with_cursor(path: str, cursor: str) -> str:
     return f"{parts.path}?{urlencode(query)}"
 
 
-def _side_effect(before: Answer, after: Answer) -> str:
+def _side_effect(before: Answer, after: Answer, record: tuple[tuple[str, Any], ...] = ()) -> str:
     if before.status >= 500 or after.status >= 500:
         return f"the read-back failed ({before.status} then {after.status})"
-    if before.status != after.status or before.json() != after.json():
+    if before.status != after.status or not _unchanged(before.json(), after.json(), record):
         return "the refused write changed the object (read-back differs)"
     return ""
+
+
+def _unchanged(before: Any, after: Any, record: tuple[tuple[str, Any], ...]) -> bool:
+    """The read-back says the same, but for list items holding ``record``'s values that
+    the refusals may have added (their own records, e.g. a rejected command job)."""
+    if before == after:
+        return True
+    if not record or not isinstance(before, dict) or not isinstance(after, dict):
+        return False
+    if {k: v for k, v in before.items() if k != "items"} != {
+        k: v for k, v in after.items() if k != "items"
+    }:
+        return False
+    old, new = before.get("items"), after.get("items")
+    if not isinstance(old, list) or not isinstance(new, list):
+        return False
+    added = list(new)
+    for item in old:
+        if item not in added:
+            return False  # an item changed or went away
+        added.remove(item)
+    return all(
+        isinstance(item, dict) and all(item.get(k) == v for k, v in record) for item in added
+    )
 
 
 def _is_write(case: Case) -> bool:
     return case.request.method.upper() not in _SAFE_METHODS
 
 
+def _is_command(case: Case) -> bool:
+    return case.job and _is_write(case) and case.expect is Expect.ALLOW
+
+
 def phases(cases: list[Case]) -> list[list[int]]:
-    """Case indexes in run order: reads, then refused writes, then allowed writes."""
+    """Case indexes in run order: reads, then refused writes, then allowed commands, then
+    allowed writes."""
     reads: list[int] = []
     refused: list[int] = []
+    commands: list[int] = []
     allowed: list[int] = []
     for index, case in enumerate(cases):
         if not _is_write(case):
             reads.append(index)
+        elif _is_command(case):
+            commands.append(index)
         elif case.expect is Expect.ALLOW:
             allowed.append(index)
         else:
             refused.append(index)
-    return [phase for phase in (reads, refused, allowed) if phase]
+    return [phase for phase in (reads, refused, commands, allowed) if phase]
 
 
 async def _policy_version(http: httpx.AsyncClient, base: str) -> str | None:
@@ -410,7 +482,7 @@ class _Phase:
         await self.run(indexes, width, read_back=False)
         after = await self._snapshot(list(groups), width)
         for read, members in groups.items():
-            if _same(before.get(read), after.get(read)):
+            if _same(before.get(read), after.get(read), read.refusal_record):
                 continue
             await self._name_culprits(members)
 
@@ -452,10 +524,12 @@ class _Phase:
                 )
 
 
-def _same(before: Answer | None, after: Answer | None) -> bool:
+def _same(
+    before: Answer | None, after: Answer | None, record: tuple[tuple[str, Any], ...] = ()
+) -> bool:
     if before is None or after is None or before.status >= 500 or after.status >= 500:
         return False
-    return before.status == after.status and before.json() == after.json()
+    return before.status == after.status and _unchanged(before.json(), after.json(), record)
 
 
 async def run(
@@ -488,6 +562,8 @@ async def run(
             first = ordered[indexes[0]]
             if not _is_write(first):
                 await phase.run(indexes, width)
+            elif _is_command(first):
+                await phase.run(indexes, 1)
             elif first.expect is Expect.ALLOW:
                 await phase.run(indexes, min(width, WRITE_CONCURRENCY))
             else:

@@ -246,6 +246,7 @@ class SideSeeder:
         v = {"vehicle_id": vehicle.id}
         w = self.world
         w.add("vehicle", "consumer", v, canaries=[vehicle.label])
+        w.add("remote_command", "consumer", v, canaries=[vehicle.label])
         w.add("status", "consumer", v, canaries=[vehicle.label])
         w.add("location", "consumer", v)
         await self._appointments("consumer", vehicle, owner, dealer="dealer")
@@ -349,6 +350,7 @@ class SideSeeder:
         v = {"vehicle_id": main.id}
         w = self.world
         w.add("vehicle", "fleet", v, canaries=[main.label])
+        w.add("remote_command", "fleet", v, canaries=[main.label])
         w.add("status", "fleet", v, canaries=[main.label])
         w.add("location", "fleet", v)
         # The assigned operator may cancel too: a spare of its own, so both cancels can run.

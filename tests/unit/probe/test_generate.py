@@ -352,3 +352,40 @@ def test_unknown_ids_keep_the_shape() -> None:
     assert twin.split("_")[0] == "veh" and len(twin) == len(real)
     assert unknown_id("1HGCM82633A004352") is None  # a VIN: no safe twin
     assert path_params("/a/{x}/b/{y}") == ("x", "y")
+
+
+async def test_every_command_request_asks_for_a_fresh_idempotency_key(world: World) -> None:
+    commands = {r.name for _o, r in world.spec.routes() if r.operation == "command"}
+    assert commands
+    cases = generate(world.spec, world.manifest, world.openapi)
+    seen: Counter[Family] = Counter()
+    for case in cases:
+        if case.route_id not in commands:
+            continue
+        seen[case.family] += 1
+        assert case.request.fresh_headers == ("Idempotency-Key",), case.id
+        if case.hidden_reference is not None:
+            assert case.hidden_reference.fresh_headers == ("Idempotency-Key",), case.id
+        if case.read_back is not None:
+            # The job list may gain the rejected jobs of refusals, and nothing else.
+            assert case.read_back.refusal_record == (("state", "rejected"),), case.id
+            assert case.read_back.fresh_headers == ()
+    assert {Family.MATRIX, Family.REPLAY, Family.FUNCTION, Family.PROPERTY} <= set(seen), seen
+
+
+async def test_matrix_commands_are_jobs_their_sender_cancels(world: World) -> None:
+    found = 0
+    for case in _family(world, Family.MATRIX):
+        _obj, route = world.spec.route(case.route_id)
+        if route.operation != "command":
+            assert not case.job and case.cancel is None
+            continue
+        found += 1
+        record = _record_of(world, case)
+        assert case.job
+        assert case.cancel is not None
+        assert case.cancel.method == "POST"
+        assert case.cancel.actor == case.request.actor
+        assert case.cancel.path == fill(route.cancel or "", {**record.ids, "id": "{id}"})
+        assert case.cancel.path.endswith("/{id}/cancel")
+    assert found > 0

@@ -5,6 +5,7 @@ Each row is one way a deployment can answer wrongly (or rightly); the runner mus
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.probe.auth import Credential, TokenBook, TokenError, expired_of, login_of
 from fleetward.probe.manifest import LoginClient, Manifest, ManifestActor, PartnerKey
 from fleetward.probe.model import Case, Expect, Family, Request, Result, Verdict
-from fleetward.probe.runner import EXCERPT_LIMIT, excerpt, phases, run
+from fleetward.probe.runner import EXCERPT_LIMIT, _unchanged, excerpt, phases, run
 
 CANARY = "canary-7f3a9c"
 HIDDEN = {"type": "about:blank#not-found", "title": "Not found", "status": 404}
@@ -347,3 +348,180 @@ def test_manifest_actors_sign_in_as_their_kind() -> None:
     assert expired_of(manifest) == {Surface.MOBILE: "old"}
     # Secrets stay out of reprs (and so out of logs and reports).
     assert "pw" not in repr(login) and "JBSWY3DPEHPK3PXP" not in repr(login)
+
+
+# ------------------------------------------------------------------------------ commands
+
+KEY = "Idempotency-Key"
+JOBS = "/mobile/v1/vehicles/v1/commands"
+LIST = Request("GET", JOBS, "alice", refusal_record=(("state", "rejected"),))
+
+
+class Commands:
+    """A vehicle that takes one command at a time (a lock holds its slot until the job is
+    cancelled), stores a refused command as a rejected job, and lists its jobs."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict[str, Any]] = []
+        self.keys: list[str | None] = []
+        self.cancelled: list[str] = []
+        self.refuse_cancel = False
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/readyz", self.ready),
+                Route(JOBS, self.listing),
+                Route(JOBS + "/{job}/cancel", self.cancel, methods=["POST"]),
+                Route(JOBS + "/{name}", self.create, methods=["POST"]),
+            ]
+        )
+
+    async def ready(self, request: HttpRequest) -> Response:
+        return JSONResponse({"status": "ready", "policy_version": "pv-123"})
+
+    async def listing(self, request: HttpRequest) -> Response:
+        return JSONResponse({"items": self.jobs, "next_cursor": None})
+
+    def _job(self, state: str) -> dict[str, Any]:
+        job = {"id": f"job_{len(self.jobs)}", "state": state}
+        self.jobs.append(job)
+        return job
+
+    async def create(self, request: HttpRequest) -> Response:
+        name = request.path_params["name"]
+        self.keys.append(request.headers.get(KEY))
+        if request.headers.get(KEY) is None:
+            return JSONResponse({"title": "Idempotency-Key required"}, status_code=400)
+        if name == "lock":
+            if any(job["state"] == "queued" for job in self.jobs):
+                return JSONResponse({"reason": "conflict"}, status_code=409)
+            return JSONResponse(self._job("queued"), status_code=202)
+        if name == "refused":
+            job = self._job("rejected")
+            return JSONResponse({"job_id": job["id"], "state": "rejected"}, status_code=403)
+        if name == "refused-but-queued":
+            self._job("queued")
+            return JSONResponse({"title": "Forbidden"}, status_code=403)
+        if name == "hidden":
+            return JSONResponse(HIDDEN, status_code=404)
+        if name == "no-job":
+            return JSONResponse({"state": "queued"}, status_code=202)
+        return JSONResponse(self._job("queued"), status_code=200)  # "ok-200"
+
+    async def cancel(self, request: HttpRequest) -> Response:
+        job_id = request.path_params["job"]
+        found = next((job for job in self.jobs if job["id"] == job_id), None)
+        if found is None or self.refuse_cancel:
+            return JSONResponse(HIDDEN, status_code=404)
+        found["state"] = "cancelled"
+        self.cancelled.append(job_id)
+        return JSONResponse(found)
+
+
+def _command(name: str, expect: Expect) -> Case:
+    return Case(
+        id=f"test/{name}/{expect.value}",
+        family=Family.MATRIX,
+        route_id=f"mobile:commands:{name}",
+        request=Request("POST", f"{JOBS}/{name}", "alice", body={}, fresh_headers=(KEY,)),
+        expect=expect,
+        why="test",
+        read_back=LIST if expect is not Expect.ALLOW else None,
+        job=True,
+        cancel=Request("POST", JOBS + "/{id}/cancel", "alice"),
+    )
+
+
+async def test_every_command_request_carries_a_fresh_idempotency_key() -> None:
+    server = Commands()
+    cases = [_command("hidden", Expect.DENY_HIDDEN), _command("refused-but-queued", Expect.DENY)]
+    results = await _run_commands(server, cases)
+    # The list changed: both are sent again alone to name the culprit, each with a new key.
+    assert results[1].verdict is Verdict.FAIL
+    assert len(server.keys) == 4
+    assert all(key and key.startswith("probe-") for key in server.keys)
+    assert len(set(server.keys)) == 4
+
+
+async def test_allowed_commands_are_accepted_one_at_a_time_and_cancelled() -> None:
+    server = Commands()
+    cases = [_command("lock", Expect.ALLOW), _command("lock", Expect.ALLOW)]
+    cases[1] = replace(cases[1], id="test/lock/second")
+    assert phases(cases) == [[0, 1]]
+    results = await _run_commands(server, cases)
+    # The vehicle takes one lock at a time: the second passes only because the first job was
+    # cancelled before it was sent.
+    assert [r.verdict for r in results] == [Verdict.PASS, Verdict.PASS], [r.reason for r in results]
+    assert server.cancelled == ["job_0", "job_1"]
+    assert [job["state"] for job in server.jobs] == ["cancelled", "cancelled"]
+
+
+async def test_allowed_commands_run_after_refused_writes_and_before_other_writes() -> None:
+    cases = [
+        _case("write-allowed", Expect.ALLOW, method="PATCH"),
+        _command("lock", Expect.ALLOW),
+        _command("refused", Expect.DENY),
+        _case("state", Expect.ALLOW),
+    ]
+    assert phases(cases) == [[3], [2], [1], [0]]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("ok-200", "expected 202"),
+        ("no-job", "names no job"),
+    ],
+)
+async def test_an_accepted_command_is_a_202_naming_its_job(name: str, reason: str) -> None:
+    [result] = await _run_commands(Commands(), [_command(name, Expect.ALLOW)])
+    assert result.verdict is Verdict.FAIL
+    assert reason in result.reason
+
+
+async def test_a_job_the_probe_cannot_cancel_is_an_error() -> None:
+    server = Commands()
+    server.refuse_cancel = True
+    [result] = await _run_commands(server, [_command("lock", Expect.ALLOW)])
+    assert result.verdict is Verdict.ERROR
+    assert "could not cancel" in result.reason
+
+
+async def test_a_refused_command_may_leave_its_rejected_job_and_nothing_else() -> None:
+    server = Commands()
+    cases = [_command("refused", Expect.DENY), _command("hidden", Expect.DENY_HIDDEN)]
+    results = await _run_commands(server, cases)
+    assert all(r.verdict is Verdict.PASS for r in results), [r.reason for r in results]
+    assert [job["state"] for job in server.jobs] == ["rejected"]
+
+    server = Commands()
+    cases = [_command("refused", Expect.DENY), _command("refused-but-queued", Expect.DENY)]
+    first, second = await _run_commands(server, cases)
+    assert first.verdict is Verdict.PASS, first.reason
+    assert second.verdict is Verdict.FAIL
+    assert "read-back differs" in second.reason
+
+
+async def test_a_changed_job_is_not_excused_by_the_refusal_record() -> None:
+    server = Commands()
+    server.jobs.append({"id": "job_seeded", "state": "executed"})
+    case = _command("refused", Expect.DENY)
+    results = await _run_commands(server, [case])
+    assert results[0].verdict is Verdict.PASS
+    # The same refusal, but the seeded job was changed meanwhile: a difference.
+    before = {"items": [{"id": "job_seeded", "state": "executed"}], "next_cursor": None}
+    after = {
+        "items": [{"id": "job_seeded", "state": "cancelled"}, {"id": "j", "state": "rejected"}],
+        "next_cursor": None,
+    }
+    assert not _unchanged(before, after, LIST.refusal_record)
+    assert _unchanged(
+        before, {**before, "items": [*before["items"], after["items"][1]]}, (("state", "rejected"),)
+    )
+    assert not _unchanged(before, {**before, "items": []}, LIST.refusal_record)
+
+
+async def _run_commands(server: Commands, cases: list[Case]) -> Any:
+    transport = httpx.ASGITransport(app=server.app())
+    return await run(cases, target=TARGET, tokens=_tokens(), transport=transport)

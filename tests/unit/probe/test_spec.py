@@ -63,7 +63,7 @@ OBJECTS = {
     "vehicle", "status", "location", "trip", "charging_session", "diagnostic_report",
     "appointment", "command_job", "driver_invitation", "driver", "transfer", "consent",
     "fleet_group", "group_vehicle", "operator", "dealer_case", "support_case",
-    "support_account", "ota_campaign", "tenant", "client",
+    "support_account", "ota_campaign", "tenant", "client", "remote_command",
 }  # fmt: skip
 
 
@@ -106,6 +106,18 @@ def test_a_minimal_spec_loads() -> None:
         (
             ('surfaces = ["mobile"]\nstates', 'surfaces = ["fleet"]\nstates'),
             "role 'owner': unknown surface 'fleet'",
+        ),
+        (
+            ('operation = "read"', 'operation = "read"\ncancel = "/v/{vehicle_id}/jobs/{id}"'),
+            "only a command creates a job to cancel",
+        ),
+        (
+            ('operation = "read"', 'operation = "command"\ncancel = "/v/{vehicle_id}/cancel"'),
+            "must name the accepted job as {id}",
+        ),
+        (
+            ('operation = "read"', 'operation = "read"\nrefusal_record = { state = "rejected" }'),
+            "only a list (a GET) records refusals",
         ),
     ],
 )
@@ -193,9 +205,11 @@ def test_the_demo_spec_covers_every_role_and_state_of_the_policy_table(demo: Spe
 def test_the_demo_spec_covers_every_object_type_and_operation(demo: Spec) -> None:
     assert {obj.name for obj in demo.objects} == OBJECTS
     operations = {route.operation for _obj, route in demo.routes()}
-    assert {"list", "read", "write"} <= operations
+    assert {"list", "read", "write", "command"} <= operations
     for obj in demo.objects:
-        if obj.name != "transfer":  # a transfer is only ever started or cancelled
+        # A transfer is only ever started or cancelled; a command is sent (its jobs are read
+        # as command_job).
+        if obj.name not in {"transfer", "remote_command"}:
             assert any(r.operation in {"read", "list"} for r in obj.routes), obj.name
 
 
@@ -249,6 +263,62 @@ def test_the_demo_routes_are_the_apps_routes(tmp_path: Path) -> None:
         methods, path = served[route.name]
         assert route.method in methods, route.name
         assert re.sub(r"\{[^}]+\}", "{}", route.path) == path, route.name
+
+
+COMMAND_ROUTES = {
+    "mobile:commands:horn_lights",
+    "mobile:commands:lock",
+    "fleet:commands:horn_lights",
+    "fleet:commands:lock",
+}
+# Who may create each command on their own vehicle (the policy table: owner, driver with the
+# command delegated inside the window, fleet admin, operator of the vehicle's group); the
+# demo driver is delegated read_status, climate and lock, never horn and lights.
+MAY_COMMAND = {
+    ("owner", "active"): {"mobile:commands:horn_lights", "mobile:commands:lock"},
+    ("driver", "active"): {"mobile:commands:lock"},
+    ("fleet_admin", "active"): {"fleet:commands:horn_lights", "fleet:commands:lock"},
+    ("fleet_operator", "assigned"): {"fleet:commands:horn_lights", "fleet:commands:lock"},
+}
+
+
+def test_the_demo_spec_says_who_may_create_a_command(demo: Spec) -> None:
+    oracle = Oracle(demo)
+    assert {route.name for _obj, route in demo.routes() if route.operation == "command"} == (
+        COMMAND_ROUTES
+    )
+    for actor in demo.actors():
+        role = demo.role(actor.role)
+        for route_name in sorted(COMMAND_ROUTES):
+            obj, route = demo.route(route_name)
+            for tenant in ("same", "other"):
+                decided = oracle.decide(
+                    role=actor.role,
+                    state=actor.state,
+                    tenant=tenant,
+                    obj=obj.name,
+                    route=route_name,
+                ).expect.value
+                allowed = MAY_COMMAND.get((actor.role, actor.state), set())
+                if route.surface not in role.surfaces:
+                    expected = "unauthenticated"
+                elif tenant == "same" and route_name in allowed:
+                    expected = "allow"
+                elif tenant == "same" and (actor.role, actor.state) == ("driver", "active"):
+                    expected = "deny"  # sees the vehicle: 403, the job rejected
+                else:
+                    expected = "deny-hidden"  # cannot see it: the unknown vehicle's 404
+                assert decided == expected, (actor.name, route_name, tenant)
+
+
+def test_demo_commands_carry_a_key_read_back_and_cancel(demo: Spec) -> None:
+    for route_name in COMMAND_ROUTES:
+        _obj, route = demo.route(route_name)
+        assert route.fresh_headers == ("Idempotency-Key",)
+        assert route.read_back is not None and route.cancel is not None
+        _list_obj, listing = demo.route(route.read_back)
+        assert listing.refusal_record == {"state": "rejected"}
+        assert route.cancel.startswith(route.path.rsplit("/", 1)[0] + "/{id}")
 
 
 def test_each_demo_role_has_both_sides(demo: Spec) -> None:

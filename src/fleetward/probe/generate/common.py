@@ -178,7 +178,16 @@ class World:
         reader = self.allowed_actor(read_obj, read_route, record) if path else None
         if path is None or reader is None:
             return None
-        return Request("GET", path, reader.name)
+        record_fields = tuple(sorted(read_route.refusal_record.items()))
+        return Request("GET", path, reader.name, refusal_record=record_fields)
+
+    def cancel(self, route: Route, record: ObjectRecord, actor: str) -> Request | None:
+        """For a command: the request that cancels the job it created (``{id}`` left in the
+        path for the runner to fill with the job's id)."""
+        if route.cancel is None:
+            return None
+        path = fill(route.cancel, {**record.ids, "id": "{id}"})
+        return None if path is None else Request("POST", path, actor)
 
     def hidden_reference(
         self, route: Route, record: ObjectRecord, actor: str | None
@@ -197,7 +206,7 @@ class World:
             body = fill_body(route.body, record.ids)
         except KeyError:
             return None
-        return Request(route.method, path, actor, body=body)
+        return Request(route.method, path, actor, body=body, fresh_headers=route.fresh_headers)
 
     def allowed_fields(self, obj: ObjectType, role: str) -> frozenset[str] | None:
         fields = obj.fields.get(role, obj.fields.get("*"))

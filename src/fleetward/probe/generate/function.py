@@ -49,6 +49,7 @@ def other_roles(world: World) -> Iterator[Case]:
         name = route_id(world, method, template)
         known = world.spec_route(method, template)
         body = replay_body(known[1].body if known is not None else None, ids)
+        fresh = known[1].fresh_headers if known is not None else ()
         for actor in actors:
             if surface in actor.surfaces:
                 continue  # the matrix decides for roles that hold this surface
@@ -56,7 +57,7 @@ def other_roles(world: World) -> Iterator[Case]:
                 id=f"function/{name}/{actor.role}",
                 family=Family.FUNCTION,
                 route_id=name,
-                request=Request(method, path, actor.name, body=body),
+                request=Request(method, path, actor.name, body=body, fresh_headers=fresh),
                 expect=Expect.UNAUTHENTICATED,
                 why=f"a {actor.role} reaches a {surface} function with its own token",
                 canaries=canaries,
@@ -80,7 +81,9 @@ def tampering(world: World) -> Iterator[Case]:
             done.add(record.side)
             path, body = parts
             yield from _tampered(
-                Request(route.method, path, actor.name, body=body),
+                Request(
+                    route.method, path, actor.name, body=body, fresh_headers=route.fresh_headers
+                ),
                 name=route.name,
                 declared=declared,
                 read_back=world.read_back(obj, route, record),
@@ -91,7 +94,7 @@ def tampering(world: World) -> Iterator[Case]:
 def _tampered(
     real: Request, *, name: str, declared: set[str], read_back: Request | None, side: str
 ) -> Iterator[Case]:
-    path, actor, body = real.path, real.actor, real.body
+    path, actor, body, fresh = real.path, real.actor, real.body, real.fresh_headers
     for method in HTTP_METHODS:
         if method in declared:
             continue
@@ -99,7 +102,13 @@ def _tampered(
             id=f"function/{name}/verb-{method}/{side}",
             family=Family.FUNCTION,
             route_id=name,
-            request=Request(method, path, actor, body=body if method != "GET" else None),
+            request=Request(
+                method,
+                path,
+                actor,
+                body=body if method != "GET" else None,
+                fresh_headers=fresh,
+            ),
             expect=Expect.DENY,
             why=f"verb tampering: {method} on a path that does not declare it does something",
             read_back=read_back,
@@ -120,6 +129,7 @@ def _tampered(
                 actor,
                 headers=((header, real.method),),
                 body=body if carrier != "GET" else None,
+                fresh_headers=fresh,
             ),
             expect=Expect.DENY,
             why=f"{header} turns a {carrier} into a {real.method}",

@@ -58,11 +58,17 @@ def _case(
         id=f"matrix/{route.name}/{actor.name}/{record.anchor}-{record.side}",
         family=Family.MATRIX,
         route_id=route.name,
-        request=Request(route.method, path, actor.name, body=body),
+        request=Request(
+            route.method, path, actor.name, body=body, fresh_headers=route.fresh_headers
+        ),
         expect=expect,
         why=decision.why,
         canaries=tuple(record.canaries),
         read_back=world.read_back(obj, route, record) if refused and writes else None,
+        job=route.operation == "command",
+        # Any job the command created is cancelled, a wrongly accepted one too: it must not
+        # stay in flight to meet the next command on the vehicle.
+        cancel=world.cancel(route, record, actor.name),
         allowed_fields=(
             world.allowed_fields(obj, actor.role)
             if not refused and route.operation in _READS

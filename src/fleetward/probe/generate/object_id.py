@@ -85,7 +85,13 @@ def confusing_ids(world: World) -> Iterator[Case]:
                     id=f"object-id/{route.name}/{variant}/{victim.anchor}/{victim.side}",
                     family=Family.OBJECT_ID,
                     route_id=route.name,
-                    request=Request(route.method, path, attacker.name, body=body),
+                    request=Request(
+                        route.method,
+                        path,
+                        attacker.name,
+                        body=body,
+                        fresh_headers=route.fresh_headers,
+                    ),
                     expect=Expect.DENY,
                     why=f"another tenant's id spelled as {variant} slips past the object check",
                     canaries=tuple(victim.canaries),
@@ -131,7 +137,9 @@ def wrong_parent(world: World) -> Iterator[Case]:
                 id=f"object-id/{route.name}/wrong-parent/{own.anchor}/{own.side}",
                 family=Family.OBJECT_ID,
                 route_id=route.name,
-                request=Request(route.method, path, actor.name, body=body),
+                request=Request(
+                    route.method, path, actor.name, body=body, fresh_headers=route.fresh_headers
+                ),
                 expect=Expect.DENY_HIDDEN,
                 why="a child reached through a parent the caller may use, not its own parent",
                 canaries=tuple(victim.canaries),
@@ -182,7 +190,9 @@ def ids_in_bodies(world: World) -> Iterator[Case]:
                 id=f"object-id/{route.name}/body-ids/{own.anchor}/{own.side}",
                 family=Family.OBJECT_ID,
                 route_id=route.name,
-                request=Request(route.method, path, actor.name, body=body),
+                request=Request(
+                    route.method, path, actor.name, body=body, fresh_headers=route.fresh_headers
+                ),
                 expect=Expect.DENY,
                 why="another tenant's ids in the request body are not checked like path ids",
                 canaries=tuple(victim.canaries),

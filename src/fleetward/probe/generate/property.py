@@ -82,7 +82,11 @@ def cases(world: World) -> Iterator[Case]:
                     family=Family.PROPERTY,
                     route_id=route.name,
                     request=Request(
-                        route.method, path, actor.name, body={**base, name: _attack(value, values)}
+                        route.method,
+                        path,
+                        actor.name,
+                        body={**base, name: _attack(value, values)},
+                        fresh_headers=route.fresh_headers,
                     ),
                     expect=Expect.DENY,
                     why=f"mass assignment: a client sets the server-owned field {name!r}",

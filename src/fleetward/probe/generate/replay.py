@@ -72,6 +72,7 @@ def cases(world: World) -> Iterator[Case]:
         known = world.spec_route(method, template)
         body = route_body(known[1].body if known is not None else None, ids)
         name = route_id(world, method, template)
+        fresh = known[1].fresh_headers if known is not None else ()
         variants: list[tuple[str, str | None, str | None, str]] = [
             ("none", None, None, "a route that answers without credentials"),
             ("garbage", None, GARBAGE, "a forged, unsigned token accepted"),
@@ -92,7 +93,9 @@ def cases(world: World) -> Iterator[Case]:
                 id=f"replay/{name}/{variant}",
                 family=Family.REPLAY,
                 route_id=name,
-                request=Request(method, path, actor, body=body, credential=credential),
+                request=Request(
+                    method, path, actor, body=body, credential=credential, fresh_headers=fresh
+                ),
                 expect=Expect.UNAUTHENTICATED,
                 why=why,
                 canaries=canaries,

@@ -42,6 +42,9 @@ TenantPattern = Literal["same", "other", "*"]
 OperationPattern = Literal["list", "read", "write", "command", "*"]
 
 ANY = "*"
+# Sent with a fresh unique value on every request of a "command" route (a retry of the same
+# key would answer the first job instead of asking again).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ROUTE_NAME = re.compile(r"^[a-z][a-z0-9_:.-]*$")
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -137,6 +140,16 @@ class Route(_Strict):
     # True: an allowed call consumes its target (a revoke, a cancel, a close); it is sent to
     # the spare instance the seed made for it (``ObjectRecord.spare``), never the main one.
     spare: bool = False
+    # Operation "command" only: the path (template; ``{id}`` is the accepted job's id, the
+    # other params come from the manifest) that cancels the job an allowed command created.
+    # The same actor POSTs it as soon as the case is judged, so that the probe's own job
+    # never stays in flight (a vehicle takes one security-relevant command at a time).
+    cancel: str | None = None
+    # A list that records refusals (a vehicle's command jobs: a command refused past the
+    # object check is stored as a rejected job): the fields such a record holds. Read back
+    # around a refused write, the list may gain items holding these values; nothing else in
+    # it may change.
+    refusal_record: dict[str, str | bool | int] = Field(default_factory=dict)
 
     @field_validator("name", "read_back")
     @classmethod
@@ -148,15 +161,33 @@ class Route(_Strict):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        if not value.startswith("/") or "?" in value or "#" in value:
-            raise ValueError(f"{value!r} must be an absolute path template without a query")
-        if value.count("{") != value.count("}") or len(path_params(value)) != value.count("{"):
-            raise ValueError(f"{value!r} has a malformed {{param}}")
+        return _path_template(value)
+
+    @field_validator("cancel")
+    @classmethod
+    def _cancel(cls, value: str | None) -> str | None:
+        if value is not None:
+            _path_template(value)
+            if "id" not in path_params(value):
+                raise ValueError(f"{value!r} must name the accepted job as {{id}}")
         return value
+
+    @model_validator(mode="after")
+    def _command_fields(self) -> Route:
+        if self.cancel is not None and self.operation != "command":
+            raise ValueError("cancel: only a command creates a job to cancel")
+        if self.refusal_record and (self.method != "GET" or self.operation != "list"):
+            raise ValueError("refusal_record: only a list (a GET) records refusals")
+        return self
 
     @property
     def params(self) -> tuple[str, ...]:
         return path_params(self.path)
+
+    @property
+    def fresh_headers(self) -> tuple[str, ...]:
+        """Headers that take a new unique value every time the request is sent."""
+        return (IDEMPOTENCY_HEADER,) if self.operation == "command" else ()
 
 
 class ObjectType(_Strict):
@@ -309,6 +340,14 @@ class Target:
     anchor: str
     side: Side
     tenant: Tenant
+
+
+def _path_template(value: str) -> str:
+    if not value.startswith("/") or "?" in value or "#" in value:
+        raise ValueError(f"{value!r} must be an absolute path template without a query")
+    if value.count("{") != value.count("}") or len(path_params(value)) != value.count("{"):
+        raise ValueError(f"{value!r} has a malformed {{param}}")
+    return value
 
 
 def _any_tenant() -> list[TenantPattern]:
