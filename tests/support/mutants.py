@@ -22,6 +22,7 @@ from pydantic import ConfigDict
 from sqlalchemy import select, true
 
 import fleetward.api.authorize as authorize_module
+import fleetward.api.commands as command_routes
 import fleetward.api.ota as ota_routes
 import fleetward.api.support_cases as support_routes
 import fleetward.api.tenancy as tenancy_routes
@@ -209,6 +210,18 @@ def support_list_unfiltered(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(support_routes.list_cases, "__code__", list_cases.__code__)
 
 
+def command_permission_unchecked(patch: pytest.MonkeyPatch) -> None:
+    """Creating a command asks only whether the caller sees the vehicle, never the command's
+    own permission: a driver sends a command the owner did not delegate."""
+    real = command_routes.decide_each
+
+    async def decide_each(request: Request, caller: Caller, asks: Any, **kwargs: Any) -> Any:
+        decisions = await real(request, caller, asks, **kwargs)
+        return [decisions[0]] * len(decisions)  # the read_status decision stands for all
+
+    patch.setattr(command_routes, "decide_each", decide_each)
+
+
 def _m(
     name: str,
     breaks: str,
@@ -221,6 +234,12 @@ def _m(
 
 
 MATRIX: Final = (Family.MATRIX,)
+COMMANDS: Final = (
+    "mobile:commands:horn_lights",
+    "mobile:commands:lock",
+    "fleet:commands:horn_lights",
+    "fleet:commands:lock",
+)
 VEHICLE_READS: Final = (
     "mobile:vehicles:read",
     "mobile:vehicles:status",
@@ -422,5 +441,14 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         (Family.REPLAY,),
         ("mobile:vehicles:list", "fleet:vehicles:list", "admin:tenants:list"),
         ("mobile:vehicles:list", "fleet:vehicles:list", "admin:tenants:list"),
+    ),
+    _m(
+        "command-permission-unchecked",
+        "creating a command asks whether the caller sees the vehicle, never whether they may "
+        "send that command: a driver honks a car whose owner delegated lock only",
+        command_permission_unchecked,
+        MATRIX,
+        COMMANDS,
+        ("mobile:commands:horn_lights",),
     ),
 )
