@@ -27,6 +27,7 @@ import fleetward.api.ota as ota_routes
 import fleetward.api.support_cases as support_routes
 import fleetward.api.tenancy as tenancy_routes
 import fleetward.api.vehicles as vehicle_routes
+import fleetward.authz.relations.loader as loader_module
 from fleetward.api.auth import Caller
 from fleetward.api.objects import Page, cut_page, decode_cursor, encode_cursor, page_size
 from fleetward.api.support_cases import SupportCaseView, _view
@@ -39,7 +40,7 @@ from fleetward.identity.tokens.access import AccessTokenValidator
 from fleetward.identity.tokens.claims import AccessTokenClaims
 from fleetward.ota.models import CampaignStatus, OtaCampaign
 from fleetward.probe.model import Family
-from fleetward.vehicles.models import CaseStatus, PartnerConsent, SupportCase
+from fleetward.vehicles.models import CaseStatus, DealerCase, PartnerConsent, SupportCase
 
 Apply = Callable[[pytest.MonkeyPatch], None]
 
@@ -315,26 +316,28 @@ def vehicles_filtered_after_paging(patch: pytest.MonkeyPatch) -> None:
 
 
 def closed_case_kept(patch: pytest.MonkeyPatch) -> None:
-    """A dealer case's status is not read: a technician keeps access after the case closed."""
-    real = Loader._dealer_cases
+    """A dealer case's status is not read: a technician keeps access after the case closed.
+    (The loader's statement of the technician's cases is answered with every case OPEN; its
+    other statements are answered as they are.)"""
+    real = loader_module.read_rows
+    status = DealerCase.__table__.c.status
 
-    class Reopened:
-        def __init__(self, session: Any) -> None:
-            self.session = session
+    async def read_rows(session: Any, statement: Any, params: Any = None) -> Any:
+        rows = await real(session, statement, params)
+        columns = list(getattr(statement, "selected_columns", ()))
+        at = next(
+            (
+                i
+                for i, c in enumerate(columns)
+                if getattr(c, "table", None) is status.table and c.name == "status"
+            ),
+            None,
+        )
+        if at is None:
+            return rows
+        return [(*row[:at], CaseStatus.OPEN, *row[at + 1 :]) for row in rows]
 
-        async def execute(self, statement: Any) -> list[tuple[Any, ...]]:
-            rows = await self.session.execute(statement)
-            return [(case, vid, CaseStatus.OPEN, start, end) for case, vid, _, start, end in rows]
-
-    async def dealer_cases(self: Loader) -> None:
-        session = self.session
-        self.session = Reopened(session)  # type: ignore[assignment]
-        try:
-            await real(self)
-        finally:
-            self.session = session
-
-    patch.setattr(Loader, "_dealer_cases", dealer_cases)
+    patch.setattr(loader_module, "read_rows", read_rows)
 
 
 MUTANTS: Final[tuple[Mutant, ...]] = (
