@@ -492,6 +492,37 @@ async def test_a_job_past_its_deadline_is_never_delivered(world: CommandWorld) -
     assert car.acted() == 0
 
 
+async def test_a_job_whose_deadline_passes_while_it_is_judged_is_not_sealed(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A short TTL (1 s) and a slow judgement (here the quota store takes 2 s): by the time
+    # the authorizing transaction would deliver to the connected car, the job's deadline has
+    # passed. It is not signed (an envelope issued at or after its own expiry: before, a
+    # 500 with the quota charged); it stays queued, is answered 202, and the dispatcher's
+    # deadline check expires it. The car never acts.
+    await reported(world, "ALICE-1")
+    quotas = commands_of(world.app).quotas
+    charge = quotas.charge
+
+    async def slow(*args: Any) -> Any:
+        answer = await charge(*args)
+        world.clock.advance(timedelta(seconds=2))
+        return answer
+
+    monkeypatch.setattr(quotas, "charge", slow)
+    response = await world.http.post(
+        f"/mobile/v1/vehicles/{world.vehicles['ALICE-1'].id}/commands/horn_lights",
+        json={"ttl_seconds": 1},
+        headers={"authorization": f"Bearer {world.token('alice')}", "idempotency-key": "ttl-1"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "queued"
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    assert final["state"] == "expired", final
+    assert final["delivered_at"] is None
+    assert world.cars["ALICE-1"].acted() == 0
+
+
 async def test_a_queued_job_can_be_cancelled_by_its_requester(world: CommandWorld) -> None:
     # Cancelling before delivery: the car never gets it; after that, cancel is refused.
     car = world.cars["ALICE-1"]

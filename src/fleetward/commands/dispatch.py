@@ -277,8 +277,9 @@ class Dispatcher:
         """Deliver a job in the transaction that authorized it (the create route's) when its
         vehicle has a commandable session here: sealed and marked ``delivered`` now, sent by
         :meth:`send_sealed` once the caller committed. None: not delivered now (no session
-        here: the job stays ``queued`` for :meth:`notify` after the commit; or the grant
-        ended meanwhile: the job is ``rejected`` at the delivery re-check).
+        here, or its deadline passed while it was judged: the job stays ``queued`` for
+        :meth:`notify` after the commit; or the grant ended meanwhile: the job is
+        ``rejected`` at the delivery re-check).
 
         ``decided``: the command's decision, made in this transaction while it held the
         store's write lock from its start (``UnitOfWork.serialized``). No other transaction
@@ -292,6 +293,11 @@ class Dispatcher:
         if live is None or job.state is not JobState.QUEUED:
             return None
         now = ctx.clock.now()
+        if epoch_ms(job.expires_at) <= epoch_ms(now):
+            # Its deadline passed while it was judged (a short TTL, a slow step): never
+            # sealed (an envelope issued at its own expiry is out of format). It stays queued
+            # and the dispatcher's deadline check expires it, as for any late delivery.
+            return None
         # Not flushed before the counter's UPDATE: the job is INSERTed once, as delivered.
         with ctx.session.no_autoflush:
             counter = await _next_counter(ctx, job.vehicle_id)
