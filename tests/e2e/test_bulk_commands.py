@@ -543,3 +543,50 @@ async def test_an_approved_bulk_keeps_the_requested_ttl(world: CommandWorld) -> 
     assert all(j.expires_at - j.created_at == timedelta(seconds=5) for j in created), [
         j.expires_at - j.created_at for j in created
     ]
+
+
+# PostgreSQL: two writers run at once there (on SQLite the approval's transaction holds the
+# write lock once it wrote, and the single command waits for it).
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_an_approval_racing_a_single_command_for_one_of_its_cars_is_judged_again(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While a second admin's approval creates the bulk unlock's jobs, a single unlock of one
+    # of its cars commits first and takes that car's security slot. The approval's commit
+    # then finds the slot taken (the unique index): it is judged again, and that car's job
+    # is rejected at the conflict link, never a 500 that leaves the approval undone.
+    path = await waiting_unlock(world)
+    await world.cars[CARS[0]].offline()  # the single unlock then waits, holding the slot
+    first_car = world.vehicles[CARS[0]].id
+    made = bulk_api._service
+    raced: list[httpx.Response] = []
+
+    def racing_service(ctx: Any, runtime: Any) -> Any:
+        service = made(ctx, runtime)
+        create = service.create
+
+        async def create_then_race(*args: Any, **kwargs: Any) -> Any:
+            created = await create(*args, **kwargs)
+            if args[1].vehicle_id == first_car and not raced:
+                raced.append(
+                    await world.command(
+                        "erin", CARS[0], "unlock", key="single", surface=Surface.FLEET
+                    )
+                )
+            return created
+
+        monkeypatch.setattr(service, "create", create_then_race)
+        return service
+
+    monkeypatch.setattr(bulk_api, "_service", racing_service)
+    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert [r.status_code for r in raced] == [202], raced[0].text if raced else None
+    assert approved.status_code == 200, approved.text
+    jobs = {j["vehicle_id"]: j for j in approved.json()["jobs"]}
+    assert jobs[first_car]["state"] == "rejected"
+    assert jobs[first_car]["rejected_link"] == "conflict"
+    other = jobs[world.vehicles[CARS[1]].id]
+    final = await world.settle("erin", CARS[1], other["job_id"], surface=Surface.FLEET)
+    assert final["state"] == "confirmed", final
+    assert raced[0].json()["state"] == "queued"
+    assert [world.cars[x].acted() for x in CARS] == [0, 1]

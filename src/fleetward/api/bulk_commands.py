@@ -366,8 +366,12 @@ async def _still_seen(
 @catalogued(_entry("a second fleet admin approves a large bulk command: its jobs are created"))
 async def approve_bulk(bulk_id: str, request: Request, caller: Caller = _FLEET) -> BulkView:
     # A bulk decided by someone else between this request's read and its write is not
-    # overwritten (its state is its version): judged again against what was decided.
-    return await judged_again(lambda: _approve_once(bulk_id, request, caller), StaleDataError)
+    # overwritten (its state is its version), and a car whose security slot another job
+    # took meanwhile (the slot's unique index) is not a 500: judged again against what was
+    # decided, that car's job is then rejected at the conflict link.
+    return await judged_again(
+        lambda: _approve_once(bulk_id, request, caller), StaleDataError, IntegrityError
+    )
 
 
 async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkView:
