@@ -7,6 +7,7 @@ Cases are one comment each on the threat or behaviour they cover.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from fleetward.commands import recheck as recheck_module
 from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import settle
+from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import User
 from fleetward.identity.oauth.revocation import RevocationService
@@ -808,3 +810,51 @@ async def test_every_transition_is_an_audit_event(world: CommandWorld) -> None:
     assert [e.name.rsplit(":", 1)[-1] for e in mine] == [t["to_state"] for t in job["transitions"]]
     assert all(e.details["client_id"] == "fleetward-mobile" for e in mine)
     assert all(e.details["token_id"] for e in mine)
+
+
+async def test_queued_jobs_of_offline_cars_never_starve_the_sweep(
+    platform: Platform, clock: RunningClock, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep delivers jobs queued by another replica (or left by a busy store) to the
+    # cars connected here. Many jobs queued for cars that are offline (a bulk "charge" to a
+    # parked fleet: an hour each) must not fill the sweep's batch: a connected car's job
+    # behind them is delivered all the same. Before, the sweep took the first `batch`
+    # queued jobs whatever their car, and a connected car's job waited until it expired.
+    cars = ("ACME-N1", "ACME-N2")
+    async with command_world(platform, clock, free_port, cars=cars) as world:
+        for label in cars:
+            await reported(world, label)
+        # The offline car sorts first by id, and its jobs are queued first.
+        away, here = sorted(cars, key=lambda label: world.vehicles[label].id)
+        await world.cars[away].offline()
+        dispatcher = commands_of(world.app).dispatcher
+        monkeypatch.setattr(
+            dispatcher, "_dispatch", dataclasses.replace(dispatcher._dispatch, batch=2)
+        )
+        for n in range(2):
+            waiting = await world.command(
+                "erin",
+                away,
+                "climate",
+                {"cabin_celsius": 21},
+                key=f"away-{n}",
+                surface=Surface.FLEET,
+            )
+            assert waiting.json()["state"] == "queued", waiting.text
+        # A job queued by another replica: not delivered in its transaction, no notice here.
+        deliver_in, notify = dispatcher.deliver_in, dispatcher.notify
+
+        async def elsewhere(*_args: Any, **_kwargs: Any) -> None:
+            return None
+
+        monkeypatch.setattr(dispatcher, "deliver_in", elsewhere)
+        monkeypatch.setattr(dispatcher, "notify", lambda *_args: None)
+        response = await world.command("erin", here, "lock", key="here-1", surface=Surface.FLEET)
+        assert response.status_code == 202 and response.json()["state"] == "queued"
+        monkeypatch.setattr(dispatcher, "deliver_in", deliver_in)
+        monkeypatch.setattr(dispatcher, "notify", notify)
+        await world.sweep()
+        final = await world.settle("erin", here, response.json()["id"], surface=Surface.FLEET)
+        assert final["state"] == "confirmed", final
+        assert world.cars[here].acted() == 1
+        assert world.cars[away].acted() == 0

@@ -407,13 +407,7 @@ class Dispatcher:
         reachable = self._registry.vehicles()
         async with self._platform.services() as (uow, ctx):
             now = ctx.clock.now()
-            queued = set(
-                await ctx.session.scalars(
-                    select(CommandJob.vehicle_id)
-                    .where(CommandJob.state == JobState.QUEUED)
-                    .limit(self._dispatch.batch)
-                )
-            )
+            queued = await self._queued_among(ctx, reachable)
             overdue = list(
                 await ctx.session.scalars(
                     select(CommandJob)
@@ -444,8 +438,28 @@ class Dispatcher:
                 await uow.commit()
         for job_id in (*moved, *confirmed):
             self.touched(job_id)
-        for vehicle_id in queued & reachable:
+        for vehicle_id in queued:
             await self.deliver_pending(vehicle_id)
+
+    async def _queued_among(self, ctx: ServiceContext, reachable: set[str]) -> set[str]:
+        """The vehicles connected here that have a queued job. Asked only about them (in
+        chunks of ``batch``): jobs queued for cars that are not here, however many, never
+        fill the answer and hide a connected car's job."""
+        found: set[str] = set()
+        ordered = sorted(reachable)
+        size = self._dispatch.batch
+        for start in range(0, len(ordered), size):
+            found.update(
+                await ctx.session.scalars(
+                    select(CommandJob.vehicle_id)
+                    .where(
+                        CommandJob.state == JobState.QUEUED,
+                        CommandJob.vehicle_id.in_(ordered[start : start + size]),
+                    )
+                    .distinct()
+                )
+            )
+        return found
 
 
 # A revocation of the job's token, person, client or tenant recorded since the job was
