@@ -108,6 +108,32 @@ async def test_over_the_cap_nothing_is_created(world: CommandWorld) -> None:
     assert await bulks(world) == 0
 
 
+@pytest.mark.parametrize("where", ["vehicle_ids", "group_id"])
+async def test_an_id_with_a_control_character_is_invalid_input(
+    world: CommandWorld, where: str
+) -> None:
+    # No vehicle or group id holds a control character. PostgreSQL refuses a NUL in text
+    # with an error: the id reached the store and the request was a 500 there (on SQLite
+    # the 404 of an unknown id). Refused as invalid input before anything is read.
+    body: dict[str, Any] = {"command": "lock", "vehicle_ids": [world.vehicles["ACME-N1"].id]}
+    if where == "vehicle_ids":
+        body["vehicle_ids"] = [*body["vehicle_ids"], "veh_\x00"]
+    else:
+        body["group_id"] = "grp_\x00"
+    response = await world.http.post(
+        "/fleet/v1/bulk-commands",
+        json=body,
+        headers={
+            "authorization": f"Bearer {world.token('erin', Surface.FLEET)}",
+            "idempotency-key": "nul-1",
+        },
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await bulks(world) == 0
+    assert world.cars["ACME-N1"].acted() == 0
+
+
 async def test_without_step_up_nothing_is_created(world: CommandWorld) -> None:
     # Bulk commands need a recent multi-factor sign-in.
     response = await bulk(world, "erin", "lock", list(CARS), auth_age=timedelta(minutes=10))

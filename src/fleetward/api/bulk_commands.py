@@ -19,6 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from fleetward.abuse.policy import Flow
 from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, step_up_challenge
 from fleetward.api.authorize import NotPermitted, decide_many, not_found
+from fleetward.api.bodies import PRINTABLE
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
 from fleetward.api.quota_guard import RetryOf, charge_command_flow, charge_flow, charge_objects
@@ -53,15 +54,18 @@ _HARD_CAP: Final = 10_000  # what the body may hold at all; the configured cap i
 _BULK: Final = Permission.FLEET_BULK_COMMAND
 
 
+# An id in the body, as a path id: no id holds a control character, and PostgreSQL refuses a
+# NUL in text with an error (a 500), so such an id is invalid input before any store sees it.
+_Id = Annotated[str, Field(min_length=1, max_length=64), PRINTABLE]
+
+
 class BulkBody(CommandBody):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     command: str = Field(min_length=1, max_length=32)
-    vehicle_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        min_length=1, max_length=_HARD_CAP
-    )
+    vehicle_ids: list[_Id] = Field(min_length=1, max_length=_HARD_CAP)
     # An operator's bulk request names the group it is for (their permission is per group).
-    group_id: str | None = Field(default=None, max_length=64)
+    group_id: _Id | None = None
 
 
 class BulkJobView(BaseModel):
