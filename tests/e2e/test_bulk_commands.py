@@ -108,18 +108,27 @@ async def test_over_the_cap_nothing_is_created(world: CommandWorld) -> None:
     assert await bulks(world) == 0
 
 
-@pytest.mark.parametrize("where", ["vehicle_ids", "group_id"])
-async def test_an_id_with_a_control_character_is_invalid_input(
-    world: CommandWorld, where: str
+@pytest.mark.parametrize(
+    ("where", "bad"),
+    [
+        ("vehicle_ids", "veh_\x00"),
+        ("group_id", "grp_\x00"),
+        ("vehicle_ids", "veh_" + "a" * 37),
+        ("group_id", "grp_" + "a" * 37),
+    ],
+)
+async def test_an_id_no_object_can_have_is_invalid_input(
+    world: CommandWorld, where: str, bad: str
 ) -> None:
-    # No vehicle or group id holds a control character. PostgreSQL refuses a NUL in text
-    # with an error: the id reached the store and the request was a 500 there (on SQLite
-    # the 404 of an unknown id). Refused as invalid input before anything is read.
+    # No vehicle or group id holds a control character or is longer than the store's id
+    # column (40). PostgreSQL refuses a NUL in text with an error, and a longer vehicle id
+    # reached the 40-character vehicle_id of the decision's audit record: the request was a
+    # 500 there (on SQLite the 404 of an unknown id). Invalid input before anything is read.
     body: dict[str, Any] = {"command": "lock", "vehicle_ids": [world.vehicles["ACME-N1"].id]}
     if where == "vehicle_ids":
-        body["vehicle_ids"] = [*body["vehicle_ids"], "veh_\x00"]
+        body["vehicle_ids"] = [*body["vehicle_ids"], bad]
     else:
-        body["group_id"] = "grp_\x00"
+        body["group_id"] = bad
     response = await world.http.post(
         "/fleet/v1/bulk-commands",
         json=body,

@@ -696,6 +696,21 @@ async def test_a_stranger_gets_not_found_and_no_job(world: CommandWorld) -> None
     assert listed.json()["items"] == []
 
 
+async def test_a_vehicle_id_longer_than_any_id_is_not_found(world: CommandWorld) -> None:
+    # No vehicle id is longer than the store's id column (40 characters). On PostgreSQL such
+    # a path id reached the audit record of the decision about it (the record's vehicle_id
+    # is that column): the create was a 500, and the job routes' denial records were lost.
+    # It is the missing object's 404, before any store sees it (as a control character).
+    headers = {"authorization": f"Bearer {world.token('alice')}", "idempotency-key": "long"}
+    base = f"/mobile/v1/vehicles/veh_{'a' * 37}/commands"
+    created = await world.http.post(f"{base}/lock", json={}, headers=headers)
+    assert created.status_code == 404, created.text
+    assert created.json()["type"] == "urn:fleetward:problem:not-found"
+    for path in (base, f"{base}/job_x", f"{base}/job_x/events"):
+        assert (await world.http.get(path, headers=headers)).status_code == 404, path
+    assert (await world.http.post(f"{base}/job_x/cancel", headers=headers)).status_code == 404
+
+
 async def test_following_a_job_streams_its_states(world: CommandWorld) -> None:
     # Server-sent events from queued to confirmed: the state, never a bare "ok".
     await reported(world, "ALICE-1")

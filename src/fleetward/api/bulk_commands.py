@@ -46,6 +46,7 @@ from fleetward.commands.runtime import CommandRuntime, commands_of
 from fleetward.commands.service import CommandService, Grant, client_link
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
+from fleetward.store.base import ID_LENGTH
 from fleetward.store.races import judged_again
 from fleetward.vehicles.models import FleetGroup, GroupVehicle, Vehicle
 
@@ -54,9 +55,11 @@ _HARD_CAP: Final = 10_000  # what the body may hold at all; the configured cap i
 _BULK: Final = Permission.FLEET_BULK_COMMAND
 
 
-# An id in the body, as a path id: no id holds a control character, and PostgreSQL refuses a
-# NUL in text with an error (a 500), so such an id is invalid input before any store sees it.
-_Id = Annotated[str, Field(min_length=1, max_length=64), PRINTABLE]
+# An id in the body, as a path id: no id holds a control character or is longer than the
+# store's id column. PostgreSQL refuses a NUL in text, and a longer vehicle id does not fit
+# the audit record of the decision about it (an error: a 500), so such an id is invalid
+# input before any store sees it.
+_Id = Annotated[str, Field(min_length=1, max_length=ID_LENGTH), PRINTABLE]
 
 
 class BulkBody(CommandBody):

@@ -26,6 +26,7 @@ from fleetward.api.authorize import not_found
 from fleetward.catalog.entry import CatalogEntry, Lifecycle, entry_of
 from fleetward.core.errors import FleetwardError
 from fleetward.core.surfaces import Surface
+from fleetward.store.base import ID_LENGTH
 
 
 class RouteRetired(FleetwardError):
@@ -64,6 +65,12 @@ class CataloguedRoute(APIRoute):
         if any(isinstance(v, str) and not v.isprintable() for v in params.values()):
             # No object id holds a control character (PostgreSQL refuses a NUL in text with an
             # error, a 500): the answer for a missing object, before any store sees it.
+            raise not_found()
+        vehicle = params.get("vehicle_id")
+        if isinstance(vehicle, str) and len(vehicle) > ID_LENGTH:
+            # Nor is a vehicle id longer than the store's id column: on PostgreSQL it did not
+            # fit the audit record of the decision about it (an error: a 500, or the record
+            # lost).
             raise not_found()
         entry = self.catalog_entry
         if entry is None or entry.lifecycle is Lifecycle.ACTIVE:
