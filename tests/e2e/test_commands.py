@@ -27,6 +27,7 @@ from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
 from fleetward.commands.service import settle
 from fleetward.core.surfaces import Surface
+from fleetward.gateway.websocket import gateway_of
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import User
 from fleetward.identity.oauth.revocation import RevocationService
@@ -873,3 +874,56 @@ async def test_queued_jobs_of_offline_cars_never_starve_the_sweep(
         assert final["state"] == "confirmed", final
         assert world.cars[here].acted() == 1
         assert world.cars[away].acted() == 0
+
+
+async def test_a_car_that_stops_reading_never_stalls_the_sweep(
+    platform: Platform, clock: RunningClock, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A TCU that keeps its session but stops reading (a rooted one, or a stalled link):
+    # sending it an envelope waits for the socket. The sweep must not wait with it: it
+    # also expires overdue jobs, confirms effects and delivers to every other car. Before,
+    # it sent inline, car after car, and one such car held up all of that.
+    cars = ("ACME-N1", "ACME-N2")
+    async with command_world(platform, clock, free_port, cars=cars) as world:
+        for label in cars:
+            await reported(world, label)
+        stuck, fine = cars
+        gateway = gateway_of(world.app)
+        assert gateway is not None
+        live = gateway.registry.commandable(world.vehicles[stuck].id)
+        assert live is not None
+        released = asyncio.Event()
+        send = live.sender
+        assert send is not None
+
+        async def drains_once_released(message: bytes) -> None:
+            await released.wait()
+            await send(message)
+
+        live.sender = drains_once_released
+        dispatcher = commands_of(world.app).dispatcher
+
+        async def elsewhere(*_args: Any, **_kwargs: Any) -> None:
+            return None
+
+        # Jobs queued by another replica: found here by the sweep only.
+        with monkeypatch.context() as patched:
+            patched.setattr(dispatcher, "deliver_in", elsewhere)
+            patched.setattr(dispatcher, "notify", lambda *_args: None)
+            queued = {
+                label: await world.command(
+                    "erin", label, "lock", key=f"lock-{label}", surface=Surface.FLEET
+                )
+                for label in cars
+            }
+        assert all(r.json()["state"] == "queued" for r in queued.values())
+        sweeping = asyncio.create_task(world.sweep())
+        try:
+            final = await world.settle(
+                "erin", fine, queued[fine].json()["id"], surface=Surface.FLEET
+            )
+            assert final["state"] == "confirmed", final
+            assert sweeping.done()
+        finally:
+            released.set()
+            await sweeping

@@ -439,7 +439,11 @@ class Dispatcher:
         for job_id in (*moved, *confirmed):
             self.touched(job_id)
         for vehicle_id in queued:
-            await self.deliver_pending(vehicle_id)
+            # Each car's deliveries run on their own: one whose socket does not drain (a TCU
+            # that stopped reading) holds up only itself, never this sweep's other work.
+            lock = self._locks.get(vehicle_id)
+            if lock is None or not lock.locked():
+                self._spawn(self.deliver_pending(vehicle_id))
 
     async def _queued_among(self, ctx: ServiceContext, reachable: set[str]) -> set[str]:
         """The vehicles connected here that have a queued job. Asked only about them (in
