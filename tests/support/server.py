@@ -85,6 +85,20 @@ class LoggedProcess(subprocess.Popen[str]):
         self._output: tuple[str, str] | None = None
         super().__init__(args, env=dict(env), stdout=self._out, stderr=self._err, text=True)
 
+    def stop(self, timeout: float = 60) -> tuple[str, str]:
+        """SIGTERM, then its output once it has exited. A process still running after
+        ``timeout`` is killed and the test fails with the end of its log (where it hung)."""
+        self.terminate()
+        try:
+            return self.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            _out, err = self.communicate()
+            raise AssertionError(
+                f"fleetward did not stop within {timeout:.0f} s of SIGTERM; its log ends:\n"
+                + err[-3000:]
+            ) from None
+
     def communicate(
         self, input: str | None = None, timeout: float | None = None
     ) -> tuple[str, str]:
