@@ -15,6 +15,7 @@ from sqlalchemy import select
 from fleetward.audit.recorder import Actor
 from fleetward.core.surfaces import Surface
 from fleetward.identity.models import User
+from fleetward.store.base import ID_LENGTH
 from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.models import DriverDelegation, Vehicle
 from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
@@ -225,4 +226,16 @@ async def test_an_id_with_a_control_character_is_not_found(api: Api) -> None:
         response = await api.get(who, surface, path)
         if response.status_code != 404 or response.json()["type"] != NOT_FOUND:
             wrong.append(f"{who} {path}: {response.status_code}")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_an_id_longer_than_any_id_is_not_found(api: Api) -> None:
+    # No stored object's id is longer than the store's id column, whatever the parameter:
+    # the missing object's 404 before any store sees it (as for a control character).
+    wrong = []
+    for who, surface, path in NUL_IDS:
+        long = path.replace("a%00b", "a" * (ID_LENGTH + 1))
+        response = await api.get(who, surface, long)
+        if response.status_code != 404 or response.json()["type"] != NOT_FOUND:
+            wrong.append(f"{who} {long}: {response.status_code}")
     assert not wrong, "\n".join(wrong)

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import NotPermitted, authorize, not_found
+from fleetward.api.bodies import ObjectId as Id
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
     Cursor,
@@ -40,7 +41,6 @@ from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
-from fleetward.store.base import ID_LENGTH
 from fleetward.vehicles.appointments import MAX_NOTE, AppointmentService
 from fleetward.vehicles.history import history_since
 from fleetward.vehicles.models import Vehicle
@@ -49,11 +49,6 @@ from fleetward.vehicles.records import ServiceAppointment
 OWNER: Final = "vehicles-team"
 BOOK: Final = Permission.VEHICLE_BOOK_SERVICE
 DEALER: Final = Permission.DEALER_MANAGE_CASE
-
-# Shaped like the ids in paths; whether it names a dealer is the service's question.
-# No id is longer than the store's id column: a longer one (PostgreSQL) did not fit the
-# audit record of the decision about it (a 500, the records lost).
-Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_LENGTH, pattern=r"^[a-z0-9_]+$")]
 
 
 class AppointmentBody(StrictBody):

@@ -19,7 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from fleetward.abuse.policy import Flow
 from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, step_up_challenge
 from fleetward.api.authorize import NotPermitted, decide_many, not_found
-from fleetward.api.bodies import PRINTABLE
+from fleetward.api.bodies import LooseId
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
 from fleetward.api.objects import object_entry, platform_of
 from fleetward.api.quota_guard import RetryOf, charge_command_flow, charge_flow, charge_objects
@@ -46,7 +46,6 @@ from fleetward.commands.runtime import CommandRuntime, commands_of
 from fleetward.commands.service import CommandService, Grant, client_link
 from fleetward.core.surfaces import Surface
 from fleetward.services import ServiceContext
-from fleetward.store.base import ID_LENGTH
 from fleetward.store.races import judged_again
 from fleetward.vehicles.models import FleetGroup, GroupVehicle, Vehicle
 
@@ -55,20 +54,13 @@ _HARD_CAP: Final = 10_000  # what the body may hold at all; the configured cap i
 _BULK: Final = Permission.FLEET_BULK_COMMAND
 
 
-# An id in the body, as a path id: no id holds a control character or is longer than the
-# store's id column. PostgreSQL refuses a NUL in text, and a longer vehicle id does not fit
-# the audit record of the decision about it (an error: a 500), so such an id is invalid
-# input before any store sees it.
-_Id = Annotated[str, Field(min_length=1, max_length=ID_LENGTH), PRINTABLE]
-
-
 class BulkBody(CommandBody):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     command: str = Field(min_length=1, max_length=32)
-    vehicle_ids: list[_Id] = Field(min_length=1, max_length=_HARD_CAP)
+    vehicle_ids: list[LooseId] = Field(min_length=1, max_length=_HARD_CAP)
     # An operator's bulk request names the group it is for (their permission is per group).
-    group_id: _Id | None = None
+    group_id: LooseId | None = None
 
 
 class BulkJobView(BaseModel):

@@ -24,6 +24,7 @@ from sqlalchemy import and_, func, or_, select
 
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import NotPermitted, authorize, decide_many, not_found
+from fleetward.api.bodies import ObjectId as Id
 from fleetward.api.bodies import StrictBody
 from fleetward.api.objects import (
     Cursor,
@@ -45,7 +46,6 @@ from fleetward.core.errors import Conflict, InvalidInput
 from fleetward.core.surfaces import Surface
 from fleetward.identity.models import Membership, Role, Tenant, User
 from fleetward.services import ServiceContext
-from fleetward.store.base import ID_LENGTH
 from fleetward.store.uow import UnitOfWork
 from fleetward.vehicles.fleets import FleetService
 from fleetward.vehicles.models import (
@@ -64,9 +64,6 @@ MEMBERS: Final = Permission.FLEET_MANAGE_MEMBERS
 # A denial that says only "no permit applies" to a principal the PDP accepted.
 _SOUND_DENIAL: Final = frozenset({Reason.NO_RELATIONSHIP})
 
-# No id is longer than the store's id column: a longer one (PostgreSQL) did not fit the
-# audit record of the decision about it (a 500, the records lost).
-Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_LENGTH, pattern=r"^[a-z0-9_]+$")]
 GroupName = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
 ]

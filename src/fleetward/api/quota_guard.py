@@ -80,22 +80,11 @@ _LIMIT: Final = TypeAdapter(int)
 async def charge_request(request: Request, caller: Caller) -> None:
     """Charge one authenticated request; raises the 429/503/422 problem that refuses it."""
     runtime, platform = _wiring(request)
-    entry = entry_of(request.scope.get("endpoint"))
     now = platform.clock.now()
     vehicle = request.path_params.get("vehicle_id")
     touched = [vehicle_touched(vehicle[:_MAX_ID])] if isinstance(vehicle, str) else []
     await _watch(request, caller, runtime, touched, now)
-    claims = caller.claims
-    plan = runtime.policy.plan(
-        tenant=claims.tenant,
-        client=claims.client_id,
-        now=now,
-        user=_user(caller),
-        objects=await _targets(request, platform),
-    )
-    degrade = _degrade(entry, request.method)
-    verdict = await _enforce(request, caller, runtime, plan, now, degrade)
-    _attach(request, verdict)
+    await _charge(request, caller, runtime, now, await _targets(request, platform))
 
 
 async def charge_objects(request: Request, caller: Caller, objects: int) -> None:
@@ -105,14 +94,20 @@ async def charge_objects(request: Request, caller: Caller, objects: int) -> None
     them would, against the same user, client, tenant and global limits, all or nothing.
     Call it before the route decides or reads them, and outside a transaction that has
     written (a refusal is recorded in one of its own)."""
-    extra = objects - 1
-    if extra <= 0:
+    if objects <= 1:
         return
     runtime, platform = _wiring(request)
-    now = platform.clock.now()
+    await _charge(request, caller, runtime, platform.clock.now(), objects - 1)
+
+
+async def _charge(
+    request: Request, caller: Caller, runtime: QuotaRuntime, now: datetime, objects: int
+) -> None:
+    """``objects`` against the caller's user, client, tenant and global limits, all or
+    nothing; raises the problem that refuses it, else attaches the RateLimit headers."""
     claims = caller.claims
     plan = runtime.policy.plan(
-        tenant=claims.tenant, client=claims.client_id, now=now, user=_user(caller), objects=extra
+        tenant=claims.tenant, client=claims.client_id, now=now, user=_user(caller), objects=objects
     )
     entry = entry_of(request.scope.get("endpoint"))
     verdict = await _enforce(request, caller, runtime, plan, now, _degrade(entry, request.method))

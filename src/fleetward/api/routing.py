@@ -62,15 +62,7 @@ class CataloguedRoute(APIRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         params: dict[str, Any] = scope.get("path_params") or {}
-        if any(isinstance(v, str) and not v.isprintable() for v in params.values()):
-            # No object id holds a control character (PostgreSQL refuses a NUL in text with an
-            # error, a 500): the answer for a missing object, before any store sees it.
-            raise not_found()
-        vehicle = params.get("vehicle_id")
-        if isinstance(vehicle, str) and len(vehicle) > ID_LENGTH:
-            # Nor is a vehicle id longer than the store's id column: on PostgreSQL it did not
-            # fit the audit record of the decision about it (an error: a 500, or the record
-            # lost).
+        if any(_no_object(name, value) for name, value in params.items()):
             raise not_found()
         entry = self.catalog_entry
         if entry is None or entry.lifecycle is Lifecycle.ACTIVE:
@@ -90,6 +82,16 @@ class CataloguedRoute(APIRoute):
             await send(message)
 
         await super().handle(scope, receive, with_sunset)
+
+
+def _no_object(name: str, value: object) -> bool:
+    """Whether a path parameter can name no stored object: none holds a control character
+    (PostgreSQL refuses a NUL in text, a 500), and no ``*_id`` is longer than the store's id
+    column (on PostgreSQL a longer vehicle id did not fit the audit record of the decision
+    about it: a 500, or the record lost). The missing object's 404, before any store sees it."""
+    if not isinstance(value, str):
+        return False
+    return not value.isprintable() or (name.endswith("_id") and len(value) > ID_LENGTH)
 
 
 def _sunset_instant(entry: CatalogEntry) -> datetime | None:
