@@ -41,10 +41,8 @@ from fleetward.authz.relations.cedar import (
 
 _ACTION: Final = NAMESPACE + "Action"
 _LONG: Final = range(-(2**63), 2**63)
-_REQUIRED: Final = frozenset(
-    {"now", "auth_age", "acr_level", "tenant", "region", "scopes", "barred_regions"}
-)
-_OPTIONAL: Final = frozenset({"command"})
+_REQUIRED: Final = frozenset({"now", "auth_age", "acr_level", "tenant", "scopes"})
+_OPTIONAL: Final = frozenset({"region", "barred_regions", "command"})
 
 
 def action_ancestors(schema: Any) -> dict[str, frozenset[str]]:
@@ -160,9 +158,9 @@ def fits(request: Mapping[str, Any], applies_to: frozenset[tuple[str, str, str]]
         return (
             all(type(v) is int and v in _LONG for v in longs)
             and type(context["tenant"]) is str
-            and type(context["region"]) is str
+            and type(context.get("region", "")) is str
             and all(_is_action_uid(a) for a in context["scopes"])
-            and all(type(r) is str for r in context["barred_regions"])
+            and all(type(r) is str for r in context.get("barred_regions", ()))
             and ("command" not in context or _is_action_uid(context["command"]))
         )
     except (KeyError, TypeError, AttributeError):

@@ -24,6 +24,9 @@ d. ``decide_store``: the same as (b) reading its facts from a seeded demo world 
 
 The request mix covers an owner read, a driver command, an operator's bulk command, a
 partner read, a stranger (no relationship) and a stale step-up (two evaluations).
+The collector is set as the app sets it once started (``core/collector.py``: what start-up
+built frozen, the young generation collected every 20,000 allocations), for every
+measurement alike.
 Run: ``python -m fleetward.bench.authz [seconds]`` (seconds per measurement, default 2).
 """
 
@@ -63,6 +66,7 @@ from fleetward.authz.entities import (
 )
 from fleetward.authz.pdp import CedarPdp, PolicyText, bare_evaluator
 from fleetward.authz.permissions import Permission
+from fleetward.core.collector import freeze_start_up_objects
 from fleetward.demo.world import seed_demo_world
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import Role, Tenant, TenantKind, User
@@ -218,8 +222,10 @@ async def _measure(seconds: float, with_store: bool) -> dict[str, float]:
     if with_store:
         async with _store_call(pdp) as store:
             calls["decide_store"] = store
+            freeze_start_up_objects()
             samples = await _run(calls, seconds)
     else:
+        freeze_start_up_objects()
         samples = await _run(calls, seconds)
     result = {
         **_summary("bare", samples["bare"]),

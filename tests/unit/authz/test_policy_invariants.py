@@ -353,3 +353,27 @@ def test_scopes_module_is_the_only_scope_rule() -> None:
 
     assert pdp_module.in_scope is scopes.in_scope
     assert scopes.permissions_in({*EVERY_SCOPE, "openid", "vehicle:*"}) == frozenset(P)
+
+
+@pytest.mark.parametrize(
+    ("car_region", "request_region", "allowed"),
+    [
+        ("EU", None, False),  # the car's market is barred; where the request comes from is unknown
+        ("NA", "EU", False),  # the request comes from a barred region
+        ("EU", "NA", False),
+        ("NA", None, True),  # the request's region is left out of the context
+        ("NA", "NA", True),
+    ],
+)
+async def test_a_region_bar_holds_by_the_cars_region_and_the_requests(
+    car_region: str, request_region: str | None, allowed: bool
+) -> None:
+    config = PdpConfig(barred_regions={P.VEHICLE_REMOTE_START: frozenset({"EU"})})
+    pdp = CedarPdp(FakeSource(relations(ALICE_FACTS, owned_car(region=car_region))), config=config)
+    decision = await pdp.decide(_ask(ALICE_FACTS, P.VEHICLE_REMOTE_START, region=request_region))
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.reason is Reason.REGION_BARRED
+    # Another action, with no barred region at all, is not touched by the bar.
+    other = await pdp.decide(_ask(ALICE_FACTS, P.VEHICLE_LOCK, region=request_region))
+    assert other.allowed
