@@ -95,13 +95,14 @@ class DetectionRuntime:
         await self.sample_telemetry()
 
     async def sample_telemetry(self) -> int:
-        """Judge the pipeline's rates once the longest window has filled (before that, every
-        rate looks like a surge against a window still mostly empty). Alerts raised or counted."""
+        """Judge the pipeline's rates once there is a baseline to judge them against:
+        :func:`baseline_seconds` of traffic since the process started (the rates are over
+        the seconds counted, ``telemetry/metrics.py``). Alerts raised or counted."""
         rules = self._config.rules.telemetry_volume
         if self._metrics is None or not rules.enabled:
             return 0
         rates = FleetRates.of(self._metrics())
-        if self._monotonic() - self._started_at < rates.long_window:
+        if self._monotonic() - self._started_at < baseline_seconds(rates, rules.rate_factor):
             return 0
         findings = self._fleet.sample(rates, self._platform.clock.now())
         if not findings:
@@ -123,3 +124,13 @@ class DetectionRuntime:
             except Exception as exc:  # keep following; the next round retries from the cursor
                 _log.error("detection round failed", error_type=type(exc).__name__)
             await asyncio.sleep(self._config.evaluator.poll_seconds)
+
+
+def baseline_seconds(rates: FleetRates, rate_factor: float) -> float:
+    """How long after start the fleet-wide rule can judge: the long window, or as soon as it
+    holds ``2 * rate_factor`` short windows if that is sooner (100 s with the defaults, where
+    waiting for the whole window left every restart blind to a flood for 300 s). Over a
+    baseline of B seconds, the short window's share is at most B / short of it, so a baseline
+    shorter than ``rate_factor`` short windows could never show a surge; at twice that, a
+    flood of ~9x the fleet's rate shows at once, ~6x once the window has filled."""
+    return min(float(rates.long_window), 2 * rate_factor * rates.short_window)

@@ -7,6 +7,13 @@ sums the buckets of each window. A signal whose short-window rate departs from i
 long-window rate (a fleet going quiet, or a flood of door-unlock events) is visible as the
 ``change`` ratio.
 
+A window's rate is its count over the part of the window the process has been counting
+(``MetricsSnapshot.covered``), not over the whole window: a process started 30 s ago saw
+30 s of a 300 s window, and dividing by 300 would put a steady fleet's long-window rate at a
+tenth of its short-window rate, the shape of a flood, after every restart (a false
+``telemetry-volume`` alert each time the fleet reconnected). The price: a flood already under
+way when the process starts is its own baseline until the long window holds normal traffic.
+
 Recording takes the validated signals as a tuple in catalogue order (absent ones UNSET) and
 costs two list updates per present signal. Not thread-safe: one event loop.
 """
@@ -63,6 +70,8 @@ class MetricsSnapshot:
     # device id -> frames refused for its quota over the shortest window (a device sending
     # above its rate: the per-device half of abnormal volume).
     quota_devices: Mapping[str, int] = field(default_factory=dict)
+    # window seconds -> the seconds of it the process has counted (the rates' divisor).
+    covered: Mapping[int, int] = field(default_factory=dict)
 
 
 class TelemetryMetrics:
@@ -79,6 +88,7 @@ class TelemetryMetrics:
         self._windows = tuple(sorted(set(windows)))
         self._horizon = self._windows[-1]
         self._now = monotonic
+        self._started = int(monotonic())
         self._buckets: deque[_Bucket] = deque()
 
     def _bucket(self) -> _Bucket:
@@ -115,6 +125,9 @@ class TelemetryMetrics:
 
     def snapshot(self) -> MetricsSnapshot:
         now_index = int(self._now())
+        # Whole seconds counted of each window, the current one included.
+        counted = now_index - self._started + 1
+        covered = {window: max(1, min(window, counted)) for window in self._windows}
         counts: dict[str, dict[int, int]] = {}
         sums: dict[str, dict[int, float]] = {}
         refused: dict[str, dict[int, float]] = {}
@@ -137,12 +150,12 @@ class TelemetryMetrics:
                     sum_window[window] = sum_window.get(window, 0.0) + total
                 for slug, count in bucket.refused.items():
                     refused_window = refused.setdefault(slug, {})
-                    refused_window[window] = refused_window.get(window, 0) + count / window
+                    refused_window[window] = refused_window.get(window, 0) + count / covered[window]
                 drift[window] += bucket.drift
         signals = {
             path: {
                 window: SignalWindow(
-                    messages_per_s=per_window.get(window, 0) / window,
+                    messages_per_s=per_window.get(window, 0) / covered[window],
                     mean=(sums[path][window] / per_window[window])
                     if window in per_window
                     else None,
@@ -157,4 +170,6 @@ class TelemetryMetrics:
             for path, stats in signals.items()
             if stats[long].messages_per_s > 0
         }
-        return MetricsSnapshot(self._windows, signals, refused, drift, change, quota_devices)
+        return MetricsSnapshot(
+            self._windows, signals, refused, drift, change, quota_devices, covered
+        )

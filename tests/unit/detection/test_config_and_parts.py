@@ -144,3 +144,35 @@ def test_the_pipeline_metrics_count_quota_refusals_per_device() -> None:
     assert metrics.snapshot().quota_devices == {"dev_flooding": 25}
     clock[0] += 60  # past the shortest window
     assert metrics.snapshot().quota_devices == {}
+
+
+def test_a_restart_is_not_a_flood_and_a_flood_after_it_is() -> None:
+    # The fleet sends 30 speed messages a second, steadily; the process started 45 s ago.
+    clock = [100.0]
+    metrics = TelemetryMetrics(["Vehicle.Speed"], monotonic=lambda: clock[0])
+    rule = FleetTelemetryVolume(DetectionConfig().rules.telemetry_volume)
+
+    def run(seconds: int, per_second: int) -> list[str]:
+        for _ in range(seconds):
+            clock[0] += 1
+            for _ in range(per_second):
+                metrics.accepted((50.0,))
+        return [f.subject_id for f in rule.sample(FleetRates.of(metrics.snapshot()), T0)]
+
+    assert run(45, 30) == []
+    # Five minutes of it, then ten times as much: that is a flood.
+    assert run(300, 30) == []
+    assert run(10, 300) == ["Vehicle.Speed"]
+
+
+def test_a_flood_soon_after_a_restart_shows() -> None:
+    # 100 s after a restart (the runtime's baseline_seconds), a tenfold flood already shows.
+    clock = [100.0]
+    metrics = TelemetryMetrics(["Vehicle.Speed"], monotonic=lambda: clock[0])
+    rule = FleetTelemetryVolume(DetectionConfig().rules.telemetry_volume)
+    for per_second in [30] * 100 + [300] * 10:
+        clock[0] += 1
+        for _ in range(per_second):
+            metrics.accepted((50.0,))
+    found = rule.sample(FleetRates.of(metrics.snapshot()), T0)
+    assert [f.subject_id for f in found] == ["Vehicle.Speed"]

@@ -1,5 +1,5 @@
-"""The runtime's fleet-wide telemetry sample: judged only once the longest window has
-filled (before that every rate looks like a surge), then raised and counted as alerts."""
+"""The runtime's fleet-wide telemetry sample: judged only once there is a baseline (twice
+rate_factor short windows, or the long window), then raised and counted as alerts."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ def flood() -> MetricsSnapshot:
     return MetricsSnapshot((10, 60, 300), {"doors.locked": surge})
 
 
-async def test_fleet_sample_waits_for_the_long_window(platform: Platform) -> None:
+async def test_fleet_sample_waits_for_a_baseline(platform: Platform) -> None:
     now = [1000.0]
     runtime = DetectionRuntime(platform, DetectionConfig(), metrics=flood, monotonic=lambda: now[0])
-    now[0] += 299
+    now[0] += 99  # 2 x rate_factor (5) x the short window (10 s) = 100 s
     assert await runtime.sample_telemetry() == 0
     now[0] += 1
     assert await runtime.sample_telemetry() == 1
