@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     gateway_refusals_per_network: Annotated[int, Field(ge=1, le=10_000)] = 10
     gateway_refusal_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
     gateway_refusal_networks: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    # The longest one message to a vehicle may take to write (replies, commands, the close
+    # frame): a TCU that stops reading fills the buffers and its session is then closed
+    # (4007 send-timeout) instead of holding its sends, and every close of it, for ever.
+    gateway_send_timeout_seconds: Annotated[float, Field(ge=0.1, le=300)] = 10.0
 
     # The MQTT transport of the vehicle gateway (docs/mqtt.md). Off unless a broker host is
     # set; then the broker's CA and the gateway's own service identity are required (TLS with

@@ -9,6 +9,8 @@ and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -19,6 +21,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -822,3 +825,69 @@ async def test_one_identity_cannot_hold_more_than_a_few_sessions(server: Server)
     assert await _closed_with(first) == CloseCode.SUPERSEDED
     assert await _closed_with(second) == CloseCode.SUPERSEDED
     assert await fresh.request(b"x") == b"ack:x"
+
+
+# --------------------------------------------------------------------------- a peer that stops reading
+
+
+async def _not_reading(server: Server, credentials: DeviceCredentials) -> ClientConnection:
+    """A valid session whose device then reads nothing: a small receive buffer, a client queue
+    of one message (the library stops reading the socket past it), no pings of its own."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    host, port = server.base.removeprefix("http://").split(":")
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    websocket = await ws_connect(
+        server.url, sock=sock, compression=None, max_queue=1, ping_interval=None
+    )
+    device = _device(credentials, server)
+    challenge = await websocket.recv()
+    assert isinstance(challenge, bytes)
+    await websocket.send(device.respond(challenge, server.clock.now()))
+    welcome = await websocket.recv()
+    assert isinstance(welcome, bytes)
+    device.finish(welcome)
+    return websocket
+
+
+async def test_a_device_that_stops_reading_is_closed_after_the_send_timeout(
+    platform: Platform, free_port: int
+) -> None:
+    # Threat: a TCU (or a copy of its key) that stops reading its socket. Every frame the
+    # gateway writes then waits for the buffers to drain, for ever: the session's replies and
+    # commands, its close (so a revocation or the credential watcher's sweep, which closes
+    # sessions for every device, waits with it). Each write is bounded: past the send timeout
+    # the session is closed (4007 send-timeout) and released, and the others go on.
+    config = replace(FAST, send_timeout=timedelta(milliseconds=500))
+    async with serving(platform, free_port, config) as server:
+        stalled = await server.enrol()
+        other = await server.enrol(server.world.other_car.id)
+        healthy = await server.open(other)
+        websocket = await _not_reading(server, stalled)
+        flooding = asyncio.create_task(_send_unread(websocket))
+        try:
+            (live,) = server.gateway.registry.sessions(stalled.device_id)
+            async with asyncio.timeout(10):
+                while server.gateway.registry.sessions(stalled.device_id):
+                    await asyncio.sleep(0.05)
+            assert live.closed_with is CloseCode.SEND_TIMEOUT
+            assert await live.send(b"x") is False  # nothing more is written to it
+            # The watcher still reaches every other device: a suspension elsewhere closes it.
+            await server.change(
+                lambda lc, d: lc.suspend(d, reason="test", actor=FACTORY), other.device_id
+            )
+            assert await _closed_with(healthy) == CloseCode.SUSPENDED
+            closed = await server.audit(EventName.DEVICE_SESSION_CLOSED)
+            by_session = {c.details.get("session"): c.details.get("close") for c in closed}
+            assert by_session.get(live.session.session_id) == "send-timeout"
+        finally:
+            flooding.cancel()
+            websocket.transport.abort()
+
+
+async def _send_unread(websocket: ClientConnection) -> None:
+    """Frames whose echoes (about 60 KiB each) the device never reads."""
+    with contextlib.suppress(ConnectionClosed):
+        for _ in range(200):
+            await websocket.send(bytes(60_000))

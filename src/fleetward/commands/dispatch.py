@@ -12,7 +12,10 @@ One :class:`Dispatcher` per gateway process (it implements the gateway's ``Comma
   with the PDP (a delegation revoked while the job waited stops it here), check its deadline,
   take the vehicle's next envelope counter, sign the envelope, mark it ``delivered``; commit;
   only then send it. A send that fails leaves the job delivered: the vehicle may have got it,
-  so without an answer it ends ``outcome_unknown``, never a guess.
+  so without an answer it ends ``outcome_unknown``, never a guess. A send is bounded by the
+  gateway's send timeout: a vehicle that stops reading has its session closed, so the send,
+  the vehicle's delivery lock and its task end, and its other jobs stay ``queued`` (never
+  sealed for a session that cannot take them) until it connects again or they expire.
 * A result is verified with the session's device key, then bound to the envelope (job,
   vehicle, device, counter, digest) before anything is recorded; anything else is refused
   and audited.
@@ -215,7 +218,7 @@ class Dispatcher:
                         break
                     frame = await self._deliver(job_id, live)
                     self.touched(job_id)
-                    if frame is not None and await self._send(live, frame):
+                    if frame is not None and await self._send(live, frame, job_id):
                         sent += 1
                     if only is not None:
                         break
@@ -233,12 +236,20 @@ class Dispatcher:
             )
             return found
 
-    async def _send(self, live: LiveSession, frame: bytes) -> bool:
+    async def _send(self, live: LiveSession, frame: bytes, job_id: str) -> bool:
+        """Send a sealed envelope. Not sent (the session closed, or the send timed out and
+        closed it): the job stays delivered, since the frame may sit in the session's
+        buffers and reach the car before its deadline, so it keeps the vehicle's security
+        slot and, without an answer, ends ``outcome_unknown`` after deadline and grace."""
         try:
-            return await live.send(frame)
+            sent = await live.send(frame)
         except Exception as exc:  # the job stays delivered: its outcome is now unknown
-            logger.warning("commands.send_failed", error=type(exc).__name__)
+            logger.warning("commands.send_failed", job_id=job_id, error=type(exc).__name__)
             return False
+        if not sent:
+            closed = live.closed_with.phrase if live.closed_with else "unknown"
+            logger.warning("commands.not_sent", job_id=job_id, closed=closed)
+        return sent
 
     async def _deliver(self, job_id: str, live: LiveSession) -> bytes | None:
         """One job's delivery transaction; the signed frame, or None if it must not go."""
@@ -316,7 +327,7 @@ class Dispatcher:
     def send_sealed(self, sealed: Sealed) -> None:
         """Send a job sealed by :meth:`deliver_in`, once its transaction committed."""
         self.touched(sealed.job_id)
-        self._spawn(self._send(sealed.live, sealed.frame))
+        self._spawn(self._send(sealed.live, sealed.frame, sealed.job_id))
 
     def _seal(
         self, ctx: ServiceContext, job: CommandJob, live: LiveSession, now: datetime, counter: int

@@ -73,6 +73,9 @@ class CloseCode(IntEnum):
     SUPERSEDED = 4004  # a new session of the same device replaced a silent one
     ROTATED = 4005  # the device's new certificate was used: the old session ends
     IDLE = 4006  # nothing received within the idle timeout
+    # A message to the device could not be written within the send timeout: the device does
+    # not read what it is sent (its socket does not drain), so the session is given up.
+    SEND_TIMEOUT = 4007
     PROTOCOL = 4400  # a malformed, unexpected or non-binary message
     UNAUTHENTICATED = 4401
     TIMEOUT = 4408  # the handshake did not complete in time

@@ -62,7 +62,13 @@ class CredentialCheck(Protocol):
 class LiveSession:
     """One established session. ``closer`` ends the transport; it is called at most once.
     ``sender`` (set by a transport that carries commands down) sends one binary message;
-    :meth:`send` serialises it with the session's replies."""
+    :meth:`send` serialises it with the session's replies.
+
+    ``send_timeout`` (seconds, set by the transport; None: unbounded) bounds each
+    :meth:`send`, its wait behind the session's other sends included. A send that takes
+    longer means the device does not read what it is sent (a WebSocket peer that stopped
+    reading fills the server's buffers, and a write then waits for them to drain, for ever):
+    the session is closed (``SEND_TIMEOUT``) and the send reports False."""
 
     session: DeviceSession
     last_activity: datetime
@@ -72,19 +78,42 @@ class LiveSession:
     # Command results this session sent that changed no job (refused, or nothing to
     # change): each one cost an audited write; past a small budget the session ends.
     refused_results: int = 0
+    send_timeout: float | None = None
     _sending: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    # Sends begun and not finished. A healthy WebSocket write finishes without yielding to
+    # the event loop, so another task that sees one pending sees a session whose writes wait.
+    _pending: int = field(default=0, repr=False)
 
     def touch(self, now: datetime) -> None:
         self.last_activity = now
 
+    @property
+    def sending(self) -> bool:
+        """A send is under way (on a WebSocket: waiting for the peer to drain its buffers)."""
+        return self._pending > 0
+
     async def send(self, message: bytes) -> bool:
-        """Send ``message`` down the session; False when it is closed or cannot send."""
+        """Send ``message`` down the session; False when it is closed, cannot send, or the
+        send did not finish within ``send_timeout`` (the session is then closed)."""
         if self.sender is None or self.closed_with is not None:
             return False
-        async with self._sending:
-            if self.closed_with is not None:
-                return False
-            await self.sender(message)
+        self._pending += 1
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                async with self._sending:
+                    if self.closed_with is not None:
+                        return False
+                    await self.sender(message)
+        except TimeoutError:
+            logger.warning(
+                "gateway.send_timeout",
+                session_id=self.session.session_id,
+                timeout_s=self.send_timeout,
+            )
+            await self.close(CloseCode.SEND_TIMEOUT)
+            return False
+        finally:
+            self._pending -= 1
         return True
 
     def other(self) -> OtherSession:
@@ -157,9 +186,10 @@ class SessionRegistry:
         return list(self._by_device.get(device_id, {}).values())
 
     def commandable(self, vehicle_id: str) -> LiveSession | None:
-        """The session a command for ``vehicle_id`` may go down: open, able to send, of a
-        device last known ACTIVE (never a quarantined one: its credentials may be a clone's),
-        the one heard from most recently. None: the vehicle is not reachable here."""
+        """The session a command for ``vehicle_id`` may go down: open, able to send, with no
+        send waiting, of a device last known ACTIVE (never a quarantined one: its credentials
+        may be a clone's), the one heard from most recently. None: the vehicle is not
+        reachable here."""
         device_id = self._device_of.get(vehicle_id)
         if device_id is None or self._known.get(device_id, DeviceStatus.ACTIVE) is not (
             DeviceStatus.ACTIVE
@@ -168,7 +198,9 @@ class SessionRegistry:
         candidates = [
             s
             for s in self._by_device.get(device_id, {}).values()
-            if s.closed_with is None and s.sender is not None
+            # Not one whose writes wait (a peer that stopped reading): a job sealed for it
+            # would be marked delivered and sit behind them until the send timeout.
+            if s.closed_with is None and s.sender is not None and not s.sending
         ]
         return max(candidates, key=lambda s: s.last_activity, default=None)
 

@@ -85,6 +85,11 @@ class GatewayConfig:
     # A session that sends nothing for this long is closed (4006).
     idle_timeout: timedelta = timedelta(seconds=120)
     max_frame_bytes: int = 64 * 1024
+    # The longest one message to a device may take to write (CHALLENGE, WELCOME, replies,
+    # commands, the close frame), its wait behind the session's other sends included. A peer
+    # that stops reading fills the server's buffers, and then a write waits for them to drain
+    # for ever: past this the session is closed with 4007 (send-timeout).
+    send_timeout: timedelta = timedelta(seconds=10)
     # Live sessions one device identity may hold: one, two while a reconnect overlaps. A
     # handshake beyond is refused with 1013 (try again later); silent sessions do not count.
     max_sessions_per_device: int = 2
@@ -104,6 +109,7 @@ class GatewayConfig:
         """The limits an operator sets (``gateway_*`` settings); the rest are defaults."""
         return cls(
             max_sessions_per_device=settings.gateway_max_sessions_per_device,
+            send_timeout=timedelta(seconds=settings.gateway_send_timeout_seconds),
             refusals_per_network=settings.gateway_refusals_per_network,
             refusal_window=timedelta(seconds=settings.gateway_refusal_window_seconds),
             refusal_networks=settings.gateway_refusal_networks,
@@ -161,16 +167,21 @@ class Gateway:
         peer = websocket.client.host if websocket.client else "unknown"
         await websocket.accept()
         try:
-            live = await self._handshake(websocket, peer)
+            live, welcome = await self._handshake(websocket, peer)
         except HandshakeFailure as failure:
             await self._refuse(websocket, peer, failure)
             return
         except Exception as exc:
             logger.error("gateway.handshake_error", error=type(exc).__name__)
-            await _close(websocket, CloseCode.INTERNAL)
+            await self._close(websocket, CloseCode.INTERNAL)
             return
         try:
             live.sender = _sender(websocket)
+            live.send_timeout = self.config.send_timeout.total_seconds()
+            # The WELCOME goes as any other message (bounded); the session is registered,
+            # so a failure here is closed and recorded like any session's.
+            if not await live.send(welcome):
+                return
             self.commands.session_ready(live)
             await self._run(websocket, live)
         except Exception as exc:
@@ -186,12 +197,17 @@ class Gateway:
 
     # ------------------------------------------------------------------ handshake
 
-    async def _handshake(self, websocket: WebSocket, peer: str) -> LiveSession:
+    async def _handshake(self, websocket: WebSocket, peer: str) -> tuple[LiveSession, bytes]:
+        """The admitted session and its WELCOME, for the caller to send."""
         config = self.config
         handshake = ServerHandshake(
             self.server_id, self.ca_certificate(), self.platform.clock, config.clock_skew
         )
-        await websocket.send_bytes(handshake.challenge_message)
+        try:
+            async with asyncio.timeout(config.send_timeout.total_seconds()):
+                await websocket.send_bytes(handshake.challenge_message)
+        except TimeoutError:
+            raise HandshakeFailure("send-timeout", CloseCode.SEND_TIMEOUT) from None
         try:
             async with asyncio.timeout(config.handshake_timeout.total_seconds()):
                 message = await websocket.receive()
@@ -204,13 +220,12 @@ class Gateway:
             raise HandshakeFailure("not-binary", CloseCode.PROTOCOL)
         proven = handshake.verify(data)
         live = await self.admit(
-            proven, peer=peer, transport=Transport.WEBSOCKET, closer=_closer(websocket)
+            proven, peer=peer, transport=Transport.WEBSOCKET, closer=self._closer(websocket)
         )
         welcome = handshake.welcome(
             proven, live.session.session_id, config.idle_timeout, config.max_frame_bytes
         )
-        await websocket.send_bytes(welcome)
-        return live
+        return live, welcome
 
     async def admit(
         self,
@@ -359,6 +374,15 @@ class Gateway:
         await _close_replaced(claim)
         return live
 
+    def _closer(self, websocket: WebSocket) -> Callable[[CloseCode], Awaitable[None]]:
+        async def close(code: CloseCode) -> None:
+            await self._close(websocket, code)
+
+        return close
+
+    async def _close(self, websocket: WebSocket, code: CloseCode) -> None:
+        await _close(websocket, code, self.config.send_timeout.total_seconds())
+
     async def _abandon(self, live: LiveSession, claim: Claim) -> None:
         """A handshake that failed after its claim: forget its session, and still close the
         sessions the claim took out of the registry. Left open they would be reachable by
@@ -371,7 +395,7 @@ class Gateway:
         # refusal is counted, not written (the close code is the same either way).
         record, ended = self.refusals.admit(client_network(peer), self.platform.clock.now())
         await self._record_refusals(failure if record else None, peer, ended)
-        await _close(websocket, failure.close)
+        await self._close(websocket, failure.close)
 
     async def flush_refusals(self) -> None:
         """Summarise the refusal windows that are over (the next refusal would, but a flood
@@ -445,6 +469,7 @@ class Gateway:
             if live.closed_with is not None:
                 return  # closed (revoked, quarantined) while the frame was handled
             try:
+                # False when it could not be written in time: the session is then closed.
                 await live.send(reply)
             except WebSocketDisconnect:
                 return
@@ -483,18 +508,19 @@ def _sender(websocket: WebSocket) -> Callable[[bytes], Awaitable[None]]:
     return send
 
 
-def _closer(websocket: WebSocket) -> Callable[[CloseCode], Awaitable[None]]:
-    async def close(code: CloseCode) -> None:
-        await _close(websocket, code)
-
-    return close
-
-
-async def _close(websocket: WebSocket, code: CloseCode) -> None:
+async def _close(websocket: WebSocket, code: CloseCode, within: float) -> None:
+    """Send the close frame, waiting at most ``within`` seconds: it queues behind whatever the peer
+    has not read, and a peer that stopped reading would hold every caller of a session's
+    close (a revocation, the credential watcher's sweep, a superseding handshake) for ever."""
     if websocket.application_state is WebSocketState.DISCONNECTED:
         return
     try:
-        await websocket.close(code=int(code), reason=code.phrase)
+        async with asyncio.timeout(within):
+            await websocket.close(code=int(code), reason=code.phrase)
+    except TimeoutError:
+        # The handler returns and the server drops the connection; the peer, which reads
+        # nothing, would not have seen the frame anyway.
+        logger.warning("gateway.close_timeout", code=int(code))
     except (RuntimeError, WebSocketDisconnect, OSError):
         # The peer went away first; there is nothing left to close.
         logger.debug("gateway.close_after_disconnect", code=int(code))
