@@ -827,7 +827,7 @@ async def test_one_identity_cannot_hold_more_than_a_few_sessions(server: Server)
     assert await fresh.request(b"x") == b"ack:x"
 
 
-# --------------------------------------------------------------------------- a peer that stops reading
+# ------------------------------------------------------------- a peer that stops reading
 
 
 async def _not_reading(server: Server, credentials: DeviceCredentials) -> ClientConnection:
@@ -869,7 +869,7 @@ async def test_a_device_that_stops_reading_is_closed_after_the_send_timeout(
         try:
             (live,) = server.gateway.registry.sessions(stalled.device_id)
             async with asyncio.timeout(10):
-                while server.gateway.registry.sessions(stalled.device_id):
+                while server.gateway.registry.sessions(stalled.device_id):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             assert live.closed_with is CloseCode.SEND_TIMEOUT
             assert await live.send(b"x") is False  # nothing more is written to it

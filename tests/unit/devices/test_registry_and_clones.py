@@ -379,3 +379,32 @@ def test_clone_rules(case: str, facts: dict[str, object], kind: IncidentKind | N
     arguments.update(facts)
     suspicion = CloneRules(WINDOW).assess(**arguments)  # type: ignore[arg-type]
     assert (suspicion.kind if suspicion else None) is kind
+
+
+async def test_a_send_that_does_not_drain_closes_the_session_and_seals_nothing_for_it(
+    clock: FrozenClock, registry: SessionRegistry
+) -> None:
+    # A peer that stops reading: the transport's write never finishes. While it waits the
+    # session is not commandable (a job sealed for it would be marked delivered and sit
+    # behind it); past the send timeout the session is closed and nothing more is written.
+    live, closed = _live(clock, "ses_1")
+    written: list[bytes] = []
+    drained = asyncio.Event()
+
+    async def stalled(message: bytes) -> None:
+        await drained.wait()  # never set: the peer never reads
+        written.append(message)
+
+    live.sender = stalled
+    live.send_timeout = 0.2
+    registry.claim(live, status=ACTIVE)
+    assert registry.commandable("veh_a") is live
+    first = asyncio.create_task(live.send(b"reply"))
+    second = asyncio.create_task(live.send(b"command"))  # queued behind it
+    await asyncio.sleep(0)
+    assert live.sending and registry.commandable("veh_a") is None
+    assert await first is False and await second is False
+    assert closed.codes == [CloseCode.SEND_TIMEOUT] and live.closed_with is CloseCode.SEND_TIMEOUT
+    assert written == [] and not live.sending
+    assert registry.commandable("veh_a") is None  # closed: the vehicle's jobs stay queued
+    registry.release(live)
