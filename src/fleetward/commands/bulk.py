@@ -15,9 +15,11 @@ own vehicle-state and conflict links, and the delivery re-check like any other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.events import EventName
@@ -34,8 +36,8 @@ from fleetward.commands.service import (
     CommandService,
     Grant,
     NewCommand,
-    request_hash,
 )
+from fleetward.core.digest import framed_sha256
 from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
@@ -52,11 +54,30 @@ class BulkAsk:
     ttl_seconds: int | None
 
 
+# The version of the bulk request hash (a stored bulk from before it no longer matches a
+# retry of itself: the retry is a 409, never a replay of another request).
+_BULK_HASH_FORMAT: Final = "fleetward:bulk-request:v2"
+
+
 def bulk_hash(ask: BulkAsk) -> str:
-    return request_hash(
-        ",".join(ask.vehicle_ids),
-        ask.spec,
-        {**ask.parameters, "ttl": ask.ttl_seconds, "group": ask.group_id},
+    """SHA-256 of every field of the ask a retry must repeat: what "the same body" means for
+    a bulk's Idempotency-Key. Each field is framed by its length (``framed_sha256``), and the
+    vehicle ids are counted and framed one by one: a vehicle id is any printable text
+    (``LooseId``), commas included, so ``["A,B"]`` and ``["A", "B"]`` never hash alike (a
+    joined list did: the second was served as the first's replay instead of a 409). The
+    order of the vehicles counts (it is the order the jobs are created in)."""
+    parameters = json.dumps(ask.parameters, sort_keys=True, separators=(",", ":"))
+    return framed_sha256(
+        [
+            _BULK_HASH_FORMAT,
+            ask.spec.name,
+            parameters,
+            "ttl:none" if ask.ttl_seconds is None else f"ttl:{ask.ttl_seconds}",
+            "group:none" if ask.group_id is None else "group:id",
+            ask.group_id or "",
+            str(len(ask.vehicle_ids)),
+            *ask.vehicle_ids,
+        ]
     )
 
 
