@@ -156,3 +156,110 @@ async def test_a_time_without_an_offset_is_a_problem_not_a_500(api: Api) -> None
     aware = "subject=window&since=2026-01-01T00:00:00Z"
     response = await api.get("judy", Surface.ADMIN, f"/investigations/blast-radius?{aware}")
     assert response.status_code == 200, response.text
+
+
+PADDED_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def _padding(api: Api, count: int) -> None:
+    """``count`` reads of the caller's own vehicle under one trace id (bulk-inserted: the
+    same rows ``count`` real reads with that ``traceparent`` would leave)."""
+    now = api.platform.clock.now()
+    rows = [
+        {
+            "id": f"evt_pad_{i:08d}",
+            "occurred_at": now,
+            "name": EventName.AUTHZ_DECISION_MADE.value,
+            "actor_type": ActorType.USER,
+            "actor_id": api.world.users["frank"].id,
+            "object_type": "vehicle",
+            "object_id": api.vehicle_id("ACME-N1"),
+            "action": Permission.VEHICLE_READ_STATUS.value,
+            "decision": Decision.ALLOWED,
+            "details": {},
+            "token_family": STOLEN_FAMILY,
+            "client_id": "cli_fleet",
+            "vehicle_id": api.vehicle_id("ACME-N1"),
+            "trace_id": PADDED_TRACE,
+        }
+        for i in range(count)
+    ]
+    async with api.platform.unit_of_work() as uow:
+        await uow.session.execute(insert(AuditRecord), rows)
+        await uow.commit()
+
+
+async def test_padding_a_trace_neither_hides_its_decisive_records_nor_drops_any_silently(
+    api: Api,
+) -> None:
+    # Threat: a trace id is the caller's to choose (its traceparent is continued), so a thief
+    # first pads the trace with more cheap reads than a listing holds, then acts under it:
+    # listed in order up to the cap, the records that mattered were never shown, and the
+    # answer did not say it was cut.
+    await _padding(api, 10_000)
+    headers = {
+        "authorization": f"Bearer {_stolen_token(api)}",
+        "traceparent": f"00-{PADDED_TRACE}-00f067aa0ba902b7-01",
+    }
+    # Under the padded trace: a refused read of a car frank may not see, and a command
+    # record (what the thief came for).
+    refused = await api.client.get(
+        f"/fleet/v1/vehicles/{api.vehicle_id('ACME-S1')}/status", headers=headers
+    )
+    assert refused.status_code == 404
+    assert PADDED_TRACE in refused.headers["traceparent"]
+    now = api.platform.clock.now()
+    async with api.platform.unit_of_work() as uow:
+        await uow.session.execute(
+            insert(AuditRecord),
+            [
+                {
+                    "id": "evt_pad_command",
+                    "occurred_at": now,
+                    "name": EventName.COMMAND_REQUESTED.value,
+                    "actor_type": ActorType.USER,
+                    "actor_id": api.world.users["frank"].id,
+                    "object_type": "vehicle",
+                    "object_id": api.vehicle_id("ACME-N2"),
+                    "action": Permission.VEHICLE_UNLOCK.value,
+                    "decision": Decision.ALLOWED,
+                    "details": {"command": "unlock"},
+                    "vehicle_id": api.vehicle_id("ACME-N2"),
+                    "trace_id": PADDED_TRACE,
+                }
+            ],
+        )
+        await uow.commit()
+
+    response = await api.get("judy", Surface.ADMIN, f"/investigations/requests/{PADDED_TRACE}")
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert page["total"] == 10_002
+    assert page["listed"] == 10_000 and len(page["events"]) == 10_000
+    assert page["truncated"] is True and page["next_cursor"]
+    # The decisive records come first, whatever was added before them.
+    first = page["events"][:2]
+    assert [e["name"] for e in first] == [
+        EventName.COMMAND_REQUESTED.value,
+        EventName.AUTHZ_DECISION_MADE.value,
+    ]
+    assert first[1]["decision"] == Decision.DENIED.value
+    assert first[1]["vehicle_id"] == api.vehicle_id("ACME-S1")
+    assert api.vehicle_id("ACME-N2") in [v["vehicle_id"] for v in page["vehicles"]]
+    # The rest is one page on, nothing dropped.
+    more = await api.get(
+        "judy",
+        Surface.ADMIN,
+        f"/investigations/requests/{PADDED_TRACE}?cursor={page['next_cursor']}",
+    )
+    assert more.status_code == 200, more.text
+    rest = more.json()
+    assert rest["listed"] == 2 and rest["truncated"] is False and rest["next_cursor"] is None
+    listed = {e["id"] for e in page["events"]} | {e["id"] for e in rest["events"]}
+    assert len(listed) == 10_002
+    # A cursor no page returned is a problem, not a 500 and not the first page again.
+    bad = await api.get(
+        "judy", Surface.ADMIN, f"/investigations/requests/{PADDED_TRACE}?cursor=7.1"
+    )
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")

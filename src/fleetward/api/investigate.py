@@ -18,7 +18,7 @@ from fleetward.api.authorize import authorize
 from fleetward.api.objects import Instant, object_entry, platform_of
 from fleetward.api.routing import surface_router
 from fleetward.audit.governance import command_figures, data_figures, route_figures
-from fleetward.audit.investigate import BlastQuery, Subject, trace_request
+from fleetward.audit.investigate import BlastQuery, Subject, TraceCursor, trace_request
 from fleetward.audit.operations import investigate
 from fleetward.audit.recorder import Actor
 from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
@@ -33,6 +33,7 @@ PERMISSION: Final = Permission.ADMIN_INVESTIGATE
 PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
 
 Key = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Cursor = Annotated[str | None, Query(min_length=3, max_length=24, pattern=r"^[0-9]+\.[0-9]+$")]
 Value = Annotated[str | None, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 router = surface_router(Surface.ADMIN)
@@ -56,11 +57,19 @@ def _entry(purpose: str) -> CatalogEntry:
 
 @router.get("/investigations/requests/{key}", name="admin:investigations:request")
 @catalogued(_entry("the chain of one request or trace: caller, token, vehicles, jobs, telemetry"))
-async def request_chain(key: Key, request: Request, caller: Caller = investigator) -> Any:
+async def request_chain(
+    key: Key, request: Request, cursor: Cursor = None, caller: Caller = investigator
+) -> Any:
+    # A page of the records, the decisive ones first; ``truncated`` and ``next_cursor`` when
+    # more follow (a trace id is the caller's to choose: anyone may add records to it).
+    try:
+        after = TraceCursor.parse(cursor) if cursor is not None else None
+    except ValueError as exc:
+        raise InvalidInput(str(exc), reason="cursor") from None
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         await authorize(request, caller, PERMISSION, PLATFORM, object_route=False, ctx=ctx)
-        trace = await trace_request(ctx.session, key)
+        trace = await trace_request(ctx.session, key, cursor=after)
         await uow.commit()
     return trace.to_json()
 

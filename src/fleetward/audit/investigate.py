@@ -18,8 +18,9 @@ from typing import Any, Final
 
 from sqlalchemy import ColumnElement, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
-from fleetward.audit.events import Decision, EventName
+from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.authz.permissions import Permission
 from fleetward.commands.models import CommandJob, JobTransition
@@ -287,11 +288,42 @@ class JobChain:
     states: list[dict[str, Any]]
 
 
+class TraceCursor:
+    """Where a page of a trace's records ends: ``<tier>.<seq>`` (see :func:`trace_request`)."""
+
+    __slots__ = ("seq", "tier")
+
+    def __init__(self, tier: int, seq: int) -> None:
+        self.tier, self.seq = tier, seq
+
+    def __str__(self) -> str:
+        return f"{self.tier}.{self.seq}"
+
+    @classmethod
+    def parse(cls, value: str) -> TraceCursor:
+        """The cursor a previous page returned; anything else is a ``ValueError``."""
+        tier, sep, seq = value.partition(".")
+        if (
+            not sep
+            or not tier.isdigit()
+            or not seq.isdigit()
+            or len(seq) > 19
+            or int(tier) not in _TIERS
+        ):
+            raise ValueError("not a cursor this listing returned")
+        return cls(int(tier), int(seq))
+
+
 @dataclass(slots=True)
 class RequestTrace:
-    """Everything one request (or one trace) led to."""
+    """Everything one request (or one trace) led to. ``events`` is one page of at most
+    ``limit`` records, the decisive ones first (see :func:`trace_request`); ``truncated``
+    says more follow, from ``next_cursor``. ``total`` counts every record of the key."""
 
     key: str
+    total: int = 0
+    truncated: bool = False
+    next_cursor: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
     clients: list[str] = field(default_factory=list)
@@ -306,6 +338,10 @@ class RequestTrace:
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
+            "total": self.total,
+            "listed": len(self.events),
+            "truncated": self.truncated,
+            "next_cursor": self.next_cursor,
             "users": self.users,
             "clients": self.clients,
             "tokens": self.tokens,
@@ -336,29 +372,68 @@ _EVENT_FIELDS: Final = (
 )
 
 
+# A trace id is the caller's to choose (a W3C ``traceparent`` is continued), so anyone can
+# add records to a trace: the padding must never hide the records that matter. Records are
+# listed by tier, then in order: tier 0, everything but authorization decisions on data
+# reads (commands and their jobs, changes, sign-ins, tokens, devices, detections, decisions
+# on any other action); tier 1, denied reads; tier 2, allowed reads (the cheapest to make).
+_READ_DECISION: Final = (AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value) & (
+    AuditRecord.action.in_(sorted(READ_ACTIONS))
+)
+_TIER: Final = case(
+    (_READ_DECISION & (AuditRecord.decision == Decision.ALLOWED), 2),
+    (_READ_DECISION, 1),
+    else_=0,
+)
+_TIERS: Final = (0, 1, 2)
+
+
 async def trace_request(
-    session: AsyncSession, key: str, *, after: timedelta = timedelta(minutes=15)
+    session: AsyncSession,
+    key: str,
+    *,
+    after: timedelta = timedelta(minutes=15),
+    cursor: TraceCursor | None = None,
+    limit: int = _MAX_LISTED,
 ) -> RequestTrace:
-    """``key`` is a request id or a trace id. Telemetry is listed from the request until
-    ``after`` past the last job's end (signal names only: values may be personal data)."""
-    records = (
-        await session.scalars(
-            select(AuditRecord)
-            .where(or_(AuditRecord.request_id == key, AuditRecord.trace_id == key))
-            .order_by(AuditRecord.seq)
-            .limit(_MAX_LISTED)
+    """``key`` is a request id or a trace id. One page of at most ``limit`` of its records,
+    the decisive ones first (``_TIER``) so that no number of padding reads added under the
+    same trace id pushes a command or a denial off the page; ``truncated`` and
+    ``next_cursor`` when more follow (pass it as ``cursor`` for the next page). The
+    summaries (users, clients, tokens, addresses, endpoints) and ``total`` cover every
+    record of the key; vehicles, jobs and telemetry those of the page. Telemetry is listed
+    from the request until ``after`` past the last job's end (signal names only: values
+    may be personal data)."""
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    of_key = or_(AuditRecord.request_id == key, AuditRecord.trace_id == key)
+    page = select(AuditRecord, _TIER).where(of_key)
+    if cursor is not None:
+        tier = _TIER  # a column expression (ruff reads the capitals as a constant)
+        page = page.where(
+            or_(tier > cursor.tier, (tier == cursor.tier) & (AuditRecord.seq > cursor.seq))
         )
-    ).all()
+    rows = (await session.execute(page.order_by(_TIER, AuditRecord.seq).limit(limit + 1))).all()
     trace = RequestTrace(key)
+    trace.total = int(await session.scalar(select(func.count()).where(of_key)) or 0)
+    if len(rows) > limit:
+        rows = rows[:limit]
+        trace.truncated = True
+        last, tier = rows[-1]
+        trace.next_cursor = str(TraceCursor(int(tier), last.seq))
+    if trace.total == 0:
+        return trace
+    user = AuditRecord.actor_type == ActorType.USER
+    trace.users = await _distinct_of(session, AuditRecord.actor_id, of_key, user)
+    trace.clients = await _distinct_of(session, AuditRecord.client_id, of_key)
+    trace.tokens = await _distinct_of(session, AuditRecord.token_id, of_key)
+    trace.token_families = await _distinct_of(session, AuditRecord.token_family, of_key)
+    trace.source_ips = await _distinct_of(session, AuditRecord.source_ip, of_key)
+    trace.endpoints = await _distinct_of(session, AuditRecord.endpoint, of_key)
+    records = sorted((r for r, _ in rows), key=lambda r: r.seq)
     if not records:
         return trace
-    trace.events = [_event(r) for r in records]
-    trace.users = _distinct(r.actor_id for r in records if r.actor_type.value == "user")
-    trace.clients = _distinct(r.client_id for r in records)
-    trace.tokens = _distinct(r.token_id for r in records)
-    trace.token_families = _distinct(r.token_family for r in records)
-    trace.source_ips = _distinct(r.source_ip for r in records)
-    trace.endpoints = _distinct(r.endpoint for r in records)
+    trace.events = [_event(r) for r, _ in rows]
     job_ids = _distinct(
         r.details.get("job_id") if isinstance(r.details.get("job_id"), str) else None
         for r in records
@@ -370,6 +445,21 @@ async def trace_request(
     until = max([started] + [_job_end(j) for j in trace.jobs]) + after
     trace.telemetry = await _telemetry(session, vehicle_ids, started, until)
     return trace
+
+
+async def _distinct_of(
+    session: AsyncSession, column: InstrumentedAttribute[Any], *where: ColumnElement[bool]
+) -> list[str]:
+    """The distinct values of one column over every record of a trace, in first-seen order
+    (at most ``_MAX_LISTED``)."""
+    rows = await session.execute(
+        select(column)
+        .where(*where, column.is_not(None))
+        .group_by(column)
+        .order_by(func.min(AuditRecord.seq))
+        .limit(_MAX_LISTED)
+    )
+    return _distinct(value for (value,) in rows.all())
 
 
 def _event(record: AuditRecord) -> dict[str, Any]:

@@ -14,7 +14,13 @@ import typer
 
 from fleetward.app import build_app
 from fleetward.audit.governance import command_figures, data_figures, route_figures
-from fleetward.audit.investigate import BlastQuery, BlastRadius, Subject, trace_request
+from fleetward.audit.investigate import (
+    BlastQuery,
+    BlastRadius,
+    Subject,
+    TraceCursor,
+    trace_request,
+)
 from fleetward.audit.operations import investigate
 from fleetward.audit.recorder import Actor
 from fleetward.catalog.inventory import inventory
@@ -53,20 +59,27 @@ def _show(result: BlastRadius, output_format: str) -> None:
 @app.command("request")
 def request_command(
     key: Annotated[str, typer.Argument(help="a request id or a W3C trace id")],
+    cursor: Annotated[str | None, typer.Option(help="the next_cursor of the previous page")] = None,
 ) -> None:
-    """The full chain of one request: caller, token, vehicles, software, jobs, telemetry."""
+    """The full chain of one request: caller, token, vehicles, software, jobs, telemetry.
+    One page of records, the decisive ones first; ``truncated`` and ``next_cursor`` when
+    more follow."""
     settings = load_or_exit()
+    try:
+        after = TraceCursor.parse(cursor) if cursor is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cursor") from None
 
     async def main() -> dict[str, Any]:
         platform = Platform.build(settings)
         try:
             async with platform.unit_of_work() as uow:
-                return (await trace_request(uow.session, key)).to_json()
+                return (await trace_request(uow.session, key, cursor=after)).to_json()
         finally:
             await platform.close()
 
     document = asyncio.run(main())
-    if not document["events"]:
+    if not document["total"]:
         typer.echo(f"fleetward: no audit event for request or trace {key}", err=True)
         raise typer.Exit(1)
     _echo(document)
