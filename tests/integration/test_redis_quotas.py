@@ -15,7 +15,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ from fleetward.abuse.enumeration import (
     EnumerationGuard,
     Level,
     RedisDistinct,
+    Signal,
     vehicle_touched,
 )
 from fleetward.abuse.errors import QuotaStoreDown
@@ -356,6 +357,33 @@ async def test_enumeration_distinct_sets_are_shared_by_replicas(replicas: Replic
     keys = [k async for k in replicas.admin.scan_iter(match=replicas.prefix + "enum:*")]
     ttls = [await replicas.admin.pttl(k) for k in keys]
     assert ttls and all(0 < ttl <= 2 * 3_600_000 for ttl in ttls)
+
+
+async def test_enumeration_across_midnight_gets_one_budget_on_redis(replicas: Replicas) -> None:
+    """Threat: with day windows, a walker took a day's budget of distinct vehicles just
+    before midnight and another just after. The replicas' shared sets slide: the vehicles
+    of the day before still count after midnight, on whichever replica is asked."""
+    window = timedelta(days=1)
+    counters = [
+        RedisDistinct(c, window, prefix=replicas.prefix + "enum:") for c in replicas.clients
+    ]
+    config = EnumerationConfig(window=window, slow_distinct=3, stop_distinct=6)
+    guards = [EnumerationGuard(config, counter) for counter in counters]
+    midnight = datetime(2026, 11, 27, tzinfo=UTC)
+    for n, letter in enumerate("qzmbk"):  # stop_distinct - 1, on every replica in turn
+        touched = [vehicle_touched("veh_" + letter * 26)]
+        verdict = await guards[n % 3].observe(
+            "usr_walker", touched, midnight - timedelta(seconds=1)
+        )
+        assert verdict.level is not Level.STOPPED
+    after = await guards[1].observe(
+        "usr_walker", [vehicle_touched("veh_" + "r" * 26)], midnight + timedelta(seconds=1)
+    )
+    assert after.level is Level.STOPPED and after.signal is Signal.DISTINCT
+    # A vehicle seen on both sides of midnight counts once.
+    assert await counters[2].add("usr_both", "m", midnight - timedelta(seconds=1), cap=100) == 1
+    assert await counters[0].add("usr_both", "m", midnight + timedelta(seconds=1), cap=100) == 1
+    assert await counters[1].add("usr_both", "n", midnight + timedelta(hours=12), cap=100) == 2
 
 
 async def test_enumeration_counts_locally_when_redis_is_down() -> None:

@@ -2,9 +2,9 @@
 
 Two signals per actor (a user, or a client acting as itself):
 
-* **distinct objects** touched in a window (vehicle ids in request paths, VINs typed into the
-  ownership-transfer accept): a person has a handful of vehicles, so hundreds of distinct
-  ones in a day is a walk whatever the pace. Counted by a :class:`DistinctCounter`
+* **distinct objects** touched in a sliding window (vehicle ids in request paths, VINs typed
+  into the ownership-transfer accept): a person has a handful of vehicles, so hundreds of
+  distinct ones in a day is a walk whatever the pace. Counted by a :class:`DistinctCounter`
   (in-process, or Redis shared by every replica);
 * **sequential patterns**: each id is read as a number in its family (a vehicle id's suffix
   in base 36 under its prefix; a VIN's serial, positions 12-17, under the rest of the VIN
@@ -127,10 +127,19 @@ def vin_touched(vin: str) -> Touched:
 
 
 class DistinctCounter(Protocol):
-    """Distinct members per actor per fixed window. ``add`` records ``member`` for ``actor``
-    in the window holding ``now`` and returns how many distinct members that window holds
-    (it may stop counting above ``cap``). Safe for concurrent use on one event loop; raises
-    :class:`~fleetward.abuse.store.QuotaUnavailable` when it cannot answer."""
+    """Distinct members per actor over a sliding window. ``add`` records ``member`` for
+    ``actor`` at ``now`` and returns about how many distinct members the last ``window``
+    before ``now`` holds (it may stop counting above ``cap``). Safe for concurrent use on one
+    event loop; raises :class:`~fleetward.abuse.store.QuotaUnavailable` when it cannot
+    answer.
+
+    The sliding window is approximated with two fixed windows: the members of the current
+    window, plus those of the previous window not seen again in this one, weighted by the
+    share of the previous window the sliding window still covers (all of it at the
+    boundary, none of it a window later). Fixed windows alone reset at their boundary: an
+    actor got a whole budget just before midnight (a day's window) and another just after.
+    Members of the previous window are assumed spread evenly over it; a burst at its very
+    end is under-weighted by at most the share of the window elapsed since the boundary."""
 
     async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int: ...
 
@@ -139,33 +148,58 @@ def _window_index(now: datetime, window: timedelta) -> int:
     return epoch_ms(now) // (window // timedelta(milliseconds=1))
 
 
+def _sliding(current: int, previous_only: int, now: datetime, window: timedelta) -> int:
+    """The sliding estimate: ``current`` plus the share of ``previous_only`` (members of the
+    previous window not in the current one) the sliding window still covers, rounded up (a
+    fraction of an object rounded down let one more through than the budget)."""
+    window_ms = window // timedelta(milliseconds=1)
+    remaining = window_ms - epoch_ms(now) % window_ms
+    return current + -(-previous_only * remaining // window_ms)
+
+
+@dataclass(slots=True)
+class _Windows:
+    index: int
+    current: set[str] = field(default_factory=set)
+    previous: frozenset[str] = frozenset()
+    previous_only: int = 0  # members of ``previous`` not (yet) in ``current``
+
+
 class InMemoryDistinct:
     """A :class:`DistinctCounter` in this process (one loop; not thread-safe)."""
 
     def __init__(self, window: timedelta, *, max_actors: int = 100_000) -> None:
         self._window = window
         self._max = max_actors
-        self._sets: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()
+        self._sets: OrderedDict[str, _Windows] = OrderedDict()
 
     async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int:
         index = _window_index(now, self._window)
         found = self._sets.get(actor)
-        if found is None or found[0] != index:
-            found = (index, set())
+        if found is None or found.index != index:
+            previous = (
+                frozenset(found.current)
+                if found is not None and found.index == index - 1
+                else frozenset()
+            )
+            found = _Windows(index, previous=previous, previous_only=len(previous))
             self._sets[actor] = found
         self._sets.move_to_end(actor)
-        members = found[1]
-        if len(members) < cap:  # bounded: above the cap the answer no longer changes
-            members.add(member)
+        members = found.current
+        if len(members) < cap and member not in members:  # bounded: above the cap the
+            members.add(member)  # answer no longer changes
+            if member in found.previous:
+                found.previous_only -= 1
         while len(self._sets) > self._max:
             self._sets.popitem(last=False)
-        return len(members)
+        return min(cap, _sliding(len(members), found.previous_only, now, self._window))
 
 
 class RedisDistinct:
     """A :class:`DistinctCounter` in Redis, shared by every replica: one set per actor and
-    window (``SADD`` + ``SCARD`` in one MULTI), expiring with its window. Any error or
-    timeout raises :class:`QuotaUnavailable`."""
+    window (``SADD`` + ``SCARD`` in one MULTI, with the previous window's ``SCARD`` and its
+    ``SINTERCARD`` with the current one, Redis 7 or later), expiring one window after its
+    own. Any error or timeout raises :class:`QuotaUnavailable`."""
 
     def __init__(
         self,
@@ -185,20 +219,26 @@ class RedisDistinct:
     async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int:
         index = _window_index(now, self._window)
         key = f"{self._prefix}{index}|{actor}"
+        previous = f"{self._prefix}{index - 1}|{actor}"
         try:
             async with asyncio.timeout(self._timeout):
                 pipe = self._redis.pipeline(transaction=True)
                 pipe.scard(key)
                 pipe.sadd(key, member)
-                # Kept one window past its own end: no information after that.
+                # Kept one window past its own end: the previous window of the next one.
                 pipe.pexpire(key, 2 * (self._window // timedelta(milliseconds=1)))
                 pipe.scard(key)
-                size_before, _added, _expiry, size = await pipe.execute()
+                pipe.scard(previous)
+                pipe.sintercard(2, [previous, key])
+                size_before, _added, _expiry, size, before, both = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise QuotaUnavailable(f"distinct counter unavailable: {type(exc).__name__}") from exc
-        if type(size) is not int or type(size_before) is not int:
+        counts = (size_before, size, before, both)
+        if any(type(n) is not int for n in counts):
             raise QuotaUnavailable("distinct counter: malformed reply")
-        return min(size, max(cap, size_before))
+        size_before, size, before, both = (int(n) for n in counts)
+        estimate = _sliding(size, max(0, before - both), now, self._window)
+        return min(estimate, max(cap, size_before))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -163,14 +163,50 @@ async def test_after_the_cool_down_known_objects_pass_and_a_new_one_stops_again(
     assert again.level is Level.STOPPED and again.escalated
 
 
-async def test_the_window_resets_the_distinct_count() -> None:
+async def test_the_count_slides_out_a_window_after_the_objects() -> None:
     guard = EnumerationGuard(CONFIG)
     ids = [f"veh_{c * 26}" for c in "qzmb"]
     for vehicle in ids:
         await guard.observe("a", [vehicle_touched(vehicle)], T0)
-    next_day = T0 + CONFIG.window
-    verdict = await guard.observe("a", [vehicle_touched("veh_" + "k" * 26)], next_day)
+    two_windows_on = T0 + 2 * CONFIG.window
+    verdict = await guard.observe("a", [vehicle_touched("veh_" + "k" * 26)], two_windows_on)
     assert verdict.level is Level.NORMAL and verdict.distinct == 1
+
+
+MIDNIGHT = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("after", [timedelta(seconds=1), timedelta(minutes=30), timedelta(hours=2)])
+async def test_a_walk_across_midnight_gets_one_budget_not_two(after: timedelta) -> None:
+    # Threat: counted in fixed UTC-day windows, a walker took a whole day's budget of
+    # distinct vehicles just before midnight and another just after (2x the budget in
+    # minutes). Over a sliding day, what it took before midnight still counts after.
+    guard = EnumerationGuard(CONFIG)
+    before = [f"veh_{c * 26}" for c in "qzmb"]  # stop_distinct - 1: served, slowed
+    for vehicle in before:
+        verdict = await guard.observe("a", [vehicle_touched(vehicle)], MIDNIGHT - after)
+        assert verdict.level is not Level.STOPPED
+    served_after = 0
+    for c in "krxyw":
+        verdict = await guard.observe("a", [vehicle_touched("veh_" + c * 26)], MIDNIGHT + after)
+        if verdict.level is Level.STOPPED:
+            break
+        served_after += 1
+    assert verdict.level is Level.STOPPED and verdict.signal is Signal.DISTINCT
+    # The first new vehicle after midnight already reached the one budget.
+    assert len(before) + served_after < CONFIG.stop_distinct
+
+
+async def test_the_sliding_count_weighs_the_previous_window_by_what_it_still_covers() -> None:
+    counter = InMemoryDistinct(timedelta(days=1))
+    for n in range(100):
+        await counter.add("a", f"m{n}", MIDNIGHT - timedelta(minutes=1), cap=1_000)
+    # At the boundary the previous day counts whole; six hours on, three quarters of it
+    # (rounded up);
+    # a member seen on both days counts once; a day on, nothing from before midnight.
+    assert await counter.add("a", "m0", MIDNIGHT, cap=1_000) == 100
+    assert await counter.add("a", "new", MIDNIGHT + timedelta(hours=6), cap=1_000) == 2 + 75
+    assert await counter.add("a", "new2", MIDNIGHT + timedelta(days=1), cap=1_000) == 1 + 2
 
 
 async def test_memory_is_bounded() -> None:
