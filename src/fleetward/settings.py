@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     # frame): a TCU that stops reading fills the buffers and its session is then closed
     # (4007 send-timeout) instead of holding its sends, and every close of it, for ever.
     gateway_send_timeout_seconds: Annotated[float, Field(ge=0.1, le=300)] = 10.0
+    # How long data the server sent may stay unacknowledged (or the peer's window shut)
+    # before the kernel aborts the connection (TCP_USER_TIMEOUT on the listening socket,
+    # Linux). The send timeout ends a session whose peer stopped reading, but its TCP
+    # connection would stay open (a close waits for the buffers to drain): a peer holding
+    # valid credentials could pile such connections up, one per reconnect.
+    tcp_user_timeout_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
 
     # The MQTT transport of the vehicle gateway (docs/mqtt.md). Off unless a broker host is
     # set; then the broker's CA and the gateway's own service identity are required (TLS with

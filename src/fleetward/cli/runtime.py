@@ -12,6 +12,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from fleetward.app import build_app
+from fleetward.cli.listener import listening_sockets
 from fleetward.demo.clients import seed_demo_clients
 from fleetward.demo.credentials import write_credentials
 from fleetward.demo.world import reset_passwords, seed_demo_world
@@ -99,7 +100,8 @@ async def demo_setup(settings: Settings) -> Path:
 
 def serve_app(settings: Settings) -> None:
     _prepare_data_dir(settings)
-    uvicorn.Server(_server_config(build_app(settings), settings)).run()
+    config = _server_config(build_app(settings), settings)
+    uvicorn.Server(config).run(sockets=listening_sockets(config, settings))
 
 
 def serve_demo(settings: Settings, *, sim: bool) -> None:
@@ -110,8 +112,9 @@ def serve_demo(settings: Settings, *, sim: bool) -> None:
         return
     _prepare_data_dir(settings)
     platform = Platform.build(settings)
-    app = build_app(settings, platform=platform)
-    asyncio.run(serve_with_fleet(uvicorn.Server(_server_config(app, settings)), platform))
+    config = _server_config(build_app(settings, platform=platform), settings)
+    sockets = listening_sockets(config, settings)
+    asyncio.run(serve_with_fleet(uvicorn.Server(config), platform, sockets))
 
 
 def _server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:

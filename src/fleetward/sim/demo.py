@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Final
 
 import httpx
@@ -33,9 +34,12 @@ PROGRESS_EVERY_S: Final = 30.0
 _START_POLL_S: Final = 0.05
 
 
-async def serve_with_fleet(server: uvicorn.Server, platform: Platform) -> None:
-    """Serve until the server stops; meanwhile run the demo fleet against it."""
-    serving = asyncio.create_task(server.serve())
+async def serve_with_fleet(
+    server: uvicorn.Server, platform: Platform, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve (on ``sockets`` when given, bound by the caller) until the server stops;
+    meanwhile run the demo fleet against it."""
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started:
         if serving.done():
             await serving  # start-up failed: its error, not a hang
