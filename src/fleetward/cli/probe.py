@@ -38,6 +38,7 @@ from fleetward.probe.auth import (
     expired_of,
     login_of,
     obtain_tokens,
+    stale_of,
 )
 from fleetward.probe.generate import generate
 from fleetward.probe.manifest import Manifest, ManifestActor
@@ -331,7 +332,9 @@ async def _execute(
     options: RunOptions, manifest: Manifest, cases: list[Case], console: Console
 ) -> list[Result]:
     logins = [login_of(actor, manifest) for actor in _actors_needed(cases, manifest)]
-    tokens = await obtain_tokens(options.target, logins, expired=expired_of(manifest))
+    tokens = await obtain_tokens(
+        options.target, logins, expired=expired_of(manifest), stale=stale_of(manifest)
+    )
     with ConsoleProgress(console, len(cases)) as progress:
         return await runner.run(
             cases,

@@ -16,7 +16,8 @@ Secrets (passwords, TOTP seeds, keys, tokens) are never logged or put in an exce
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,6 +41,11 @@ from fleetward.probe.manifest import Manifest, ManifestActor
 GARBAGE: Final = "garbage"
 EXPIRED: Final = "expired"
 OTHER_SURFACE: Final = "other-surface:"
+# The actor's own token from a multi-factor sign-in long past the step-up window (the seed's).
+STALE_AUTH: Final = "stale-auth"
+# How old (seconds) a sign-in may be for a step-up command: the platform's window is 300 s;
+# the margin covers the request's own time and a clock step between the hosts.
+STEP_UP_MAX_AGE: Final = 240.0
 
 # Shaped like a signed JWT so that it reaches the signature check, but signed by nobody.
 _GARBAGE_TOKEN: Final = ".".join(
@@ -91,8 +97,17 @@ class Login:
         return self.username is not None
 
 
+Tokens = dict[tuple[str, Surface], Credential]
+# Signs one actor in again (a new browser: a new multi-factor sign-in) and returns its tokens.
+Renew = Callable[[str], Awaitable[Tokens]]
+
+
 class TokenBook:
-    """The run's tokens: per (actor, surface), plus the special credentials cases ask for."""
+    """The run's tokens: per (actor, surface), plus the special credentials cases ask for.
+
+    ``signed_in``: when (``monotonic`` seconds) each actor's sign-in started, so that a step-up
+    command is sent only with a token from a sign-in younger than STEP_UP_MAX_AGE
+    (:meth:`fresh` signs the actor in again through ``renew`` when it is older)."""
 
     def __init__(
         self,
@@ -100,12 +115,36 @@ class TokenBook:
         home: Mapping[str, Surface],
         *,
         expired: Mapping[Surface, str] | None = None,
+        stale: Mapping[tuple[str, Surface], str] | None = None,
         clock: Clock | None = None,
+        signed_in: Mapping[str, float] | None = None,
+        renew: Renew | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tokens = dict(tokens)
         self._home = dict(home)
         self._expired = dict(expired or {})
+        self._stale = dict(stale or {})
         self.clock: Clock = clock or SystemClock()
+        self._signed_in = dict(signed_in or {})
+        self._renew = renew
+        self._monotonic = monotonic
+        self._renewing = asyncio.Lock()
+        self.renewals = 0
+
+    async def fresh(self, actor: str, max_age: float = STEP_UP_MAX_AGE) -> None:
+        """Make sure the actor's tokens come from a sign-in at most ``max_age`` seconds old
+        (signing it in again if not). Raises TokenError when it cannot."""
+        async with self._renewing:
+            started = self._signed_in.get(actor)
+            if started is not None and self._monotonic() - started <= max_age:
+                return
+            if self._renew is None:
+                raise TokenError(f"actor {actor!r}: no sign-in recent enough for a step-up")
+            started = self._monotonic()
+            self._tokens.update(await self._renew(actor))
+            self._signed_in[actor] = started
+            self.renewals += 1
 
     @property
     def actors(self) -> tuple[str, ...]:
@@ -139,6 +178,16 @@ class TokenBook:
             stale = self._expired.get(surface) if surface is not None else None
             if stale is None:
                 raise TokenError(f"no expired token for surface {surface}")
+            return Credential(stale)
+        if credential == STALE_AUTH:
+            surface = _surface_of_path(path)
+            stale = (
+                self._stale.get((actor, surface))
+                if actor is not None and surface is not None
+                else None
+            )
+            if stale is None:
+                raise TokenError(f"no stale-auth token for actor {actor!r} on surface {surface}")
             return Credential(stale)
         if credential.startswith(OTHER_SURFACE):
             try:
@@ -198,6 +247,18 @@ def expired_of(manifest: Manifest) -> dict[Surface, str]:
             found[Surface(name)] = token
         except ValueError:
             continue  # a surface this prober does not know: no case asks for it
+    return found
+
+
+def stale_of(manifest: Manifest) -> dict[tuple[str, Surface], str]:
+    """The manifest's "no step-up" tokens, per (actor, surface)."""
+    found: dict[tuple[str, Surface], str] = {}
+    for actor, by_surface in manifest.stale_auth_tokens.items():
+        for name, token in by_surface.items():
+            try:
+                found[(actor, Surface(name))] = token
+            except ValueError:
+                continue  # a surface this prober does not know: no case asks for it
     return found
 
 
@@ -266,6 +327,7 @@ async def obtain_tokens(
     logins: Iterable[Login],
     *,
     expired: Mapping[Surface, str] | None = None,
+    stale: Mapping[tuple[str, Surface], str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock | None = None,
     concurrency: int = 4,
@@ -274,12 +336,16 @@ async def obtain_tokens(
     """Sign every actor in once (a few at a time) and return the run's token book.
 
     Raises TokenError naming the first actor that could not obtain its home-surface token.
+    The book can sign a person in again later (a new browser, so a new multi-factor sign-in)
+    when a step-up command needs a recent one (``TokenBook.fresh``).
     A network block (HTTP 429 or a refused login on an actor that worked before) is reported
     as such: the probe never retries a login in a loop, which would look like a guessing attack.
     """
     chosen_clock: Clock = clock or SystemClock()
     all_logins = list(logins)
+    by_actor = {login.actor: login for login in all_logins}
     gate = asyncio.Semaphore(max(1, concurrency))
+    signed_in: dict[str, float] = {}
 
     async def one(login: Login) -> dict[tuple[str, Surface], Credential]:
         # One client (one cookie jar) per actor: sessions never mix between actors.
@@ -287,6 +353,7 @@ async def obtain_tokens(
             gate,
             httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as http,
         ):
+            signed_in[login.actor] = time.monotonic()  # the sign-in is at least this recent
             try:
                 if login.is_person:
                     return await _person_tokens(http, target, login, chosen_clock)
@@ -296,9 +363,21 @@ async def obtain_tokens(
                     f"actor {login.actor!r}: {type(error).__name__} while signing in"
                 ) from None
 
+    async def renew(actor: str) -> Tokens:
+        login = by_actor.get(actor)
+        if login is None or not login.is_person:
+            raise TokenError(f"actor {actor!r} cannot sign in again with a second factor")
+        return await one(login)
+
     found: dict[tuple[str, Surface], Credential] = {}
     for tokens in await asyncio.gather(*(one(login) for login in all_logins)):
         found.update(tokens)
     return TokenBook(
-        found, {login.actor: login.surface for login in all_logins}, expired=expired, clock=clock
+        found,
+        {login.actor: login.surface for login in all_logins},
+        expired=expired,
+        stale=stale,
+        clock=clock,
+        signed_in=signed_in,
+        renew=renew,
     )

@@ -98,6 +98,10 @@ class Manifest(_Strict):
     objects: list[ObjectRecord]
     # Surface -> an access token minted by the platform's issuer, already expired.
     expired_tokens: dict[str, str] = Field(default_factory=dict)
+    # Actor -> surface -> a valid access token minted by the platform's issuer from a
+    # multi-factor sign-in an hour before the seed: past any step-up window (the probe's
+    # "no step-up" credential, ``stale-auth``). Valid for the issuer's longest lifetime.
+    stale_auth_tokens: dict[str, dict[str, str]] = Field(default_factory=dict)
     # Notes on how states were made real when a service refused (e.g. rows written directly).
     notes: list[str] = Field(default_factory=list)
 

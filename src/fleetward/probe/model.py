@@ -23,6 +23,10 @@ class Expect(StrEnum):
     # A list filtered to what the caller may see: a 2xx whose body and headers carry none of
     # the object's canaries (the object is simply not in it).
     FILTERED = "filtered"
+    # A command that needs a step-up, sent with a stale sign-in's token by an actor who would
+    # otherwise be allowed: 401 with the RFC 9470 challenge (``insufficient_user_authentication``),
+    # no canary, no side effect.
+    STEP_UP = "step-up"
 
 
 class Family(StrEnum):
@@ -44,7 +48,8 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
     body: Any = None  # JSON body, or None
     # How to obtain the credential when it is not the actor's ordinary token:
-    # "garbage", "expired", "other-surface:<surface>".
+    # "garbage", "expired", "other-surface:<surface>", "stale-auth" (the actor's own token
+    # from a multi-factor sign-in long past the step-up window).
     credential: str | None = None
     # Headers given a new unique value every time the request is sent (a command's
     # Idempotency-Key: a case sent again is asked again, never answered from the first).
@@ -78,6 +83,9 @@ class Case:
     # For an allowed command: the request that cancels the job it created, its path holding
     # ``{id}`` for the job's id; sent by the runner right after the case is judged.
     cancel: Request | None = None
+    # An allowed command that needs a step-up: its actor's token must come from a sign-in
+    # recent enough when the request is sent (``TokenBook.fresh``).
+    step_up: bool = False
 
 
 class Verdict(StrEnum):

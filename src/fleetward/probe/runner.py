@@ -56,6 +56,8 @@ BUSY_RETRIES: Final = 2
 MAX_RETRY_AFTER: Final = 1.0
 WRITE_CONCURRENCY: Final = 4
 _READ_RETRIES: Final = (0.05, 0.25)
+# RFC 9470: the error a resource server answers when the sign-in is too weak or too old.
+STEP_UP_CHALLENGE: Final = "insufficient_user_authentication"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # Characters sent as they are in a request target; anything else is percent-encoded.
 _TARGET_SAFE: Final = "/?&=%:@!$'()*+,;~-._"
@@ -164,6 +166,11 @@ def judge(case: Case, answer: Answer, reference: Answer | None) -> str:
             return f"expected 401 (unauthenticated), got {status}"
         if "www-authenticate" not in answer.headers:
             return "401 without a WWW-Authenticate challenge"
+    elif expect is Expect.STEP_UP:
+        if status != 401:
+            return f"expected 401 (a step-up challenge), got {status}"
+        if STEP_UP_CHALLENGE not in answer.headers.get("www-authenticate", ""):
+            return f"401 without the step-up challenge ({STEP_UP_CHALLENGE})"
     elif 200 <= status < 300:
         return f"expected a refusal ({expect.value}), got {status}"
     elif expect is Expect.DENY_HIDDEN:
@@ -276,6 +283,12 @@ class _Session:
                 read_back and case.read_back is not None and case.expect is not Expect.ALLOW
             )
             before = await self.read(case.read_back) if checks_writes and case.read_back else None
+            if case.step_up and case.request.actor is not None and case.request.credential is None:
+                # A step-up command: sent with a token from a recent enough sign-in.
+                try:
+                    await self._tokens.fresh(case.request.actor)
+                except TokenError as error:
+                    raise _CaseError(str(error)) from None
             started = time.perf_counter()
             answer = await self.answer(case.request)
             if _walks(case):

@@ -11,6 +11,8 @@ probe touches the store; the prober itself speaks HTTP only). Every run makes a 
 * the objects each actor is probed against, with random canary strings in their labels,
   notes, names and summaries, and spare twins for the routes that consume their target;
 * one already-expired access token per surface, signed by the platform's own keys;
+* per person actor on the mobile and fleet surfaces, a valid token from a multi-factor
+  sign-in an hour old (the step-up commands' "no step-up" credential);
 * the policy version the platform runs.
 
 The manifest is written with mode 0600: it holds passwords, TOTP seeds and private keys of the
@@ -31,7 +33,7 @@ from fleetward.identity.acr import Acr, Amr
 from fleetward.identity.oauth.clients import ClientRegistry, ClientSpec
 from fleetward.identity.oauth.policy import AUTHORIZATION_CODE, REFRESH_TOKEN
 from fleetward.identity.oauth_models import ClientType
-from fleetward.identity.tokens.issuing import AccessTokenIssuer
+from fleetward.identity.tokens.issuing import DEFAULT_MAX_LIFETIME, AccessTokenIssuer
 from fleetward.platform import Platform
 from fleetward.probe.manifest import LoginClient, Manifest, ManifestActor
 from fleetward.probe.seed_records import SEEDER, SideWorld
@@ -50,6 +52,12 @@ LOGIN_SURFACES: Final = (
 # Minted this long ago with the shortest lifetime: expired for minutes when the probe runs.
 EXPIRED_AGO: Final = timedelta(minutes=10)
 EXPIRED_LIFETIME: Final = timedelta(seconds=60)
+# The "no step-up" tokens: valid for the issuer's longest lifetime from the seed, from a
+# multi-factor sign-in this long before it (the step-up window is five minutes).
+STALE_AUTH_AGO: Final = timedelta(hours=1)
+STALE_AUTH_LIFETIME: Final = DEFAULT_MAX_LIFETIME
+# The surfaces where step-up commands are offered.
+STEP_UP_SURFACES: Final = (Surface.MOBILE, Surface.FLEET)
 NOTES: Final = (
     "expired delegation: granted through DelegationService with the clock set five days back",
     "former owner: OwnershipService.start ten days back, OwnershipService.transfer five days back",
@@ -112,6 +120,39 @@ def _expired_tokens(
     return tokens
 
 
+def _stale_auth_tokens(
+    platform: Platform, actors: list[ManifestActor], client_id: str
+) -> dict[str, dict[str, str]]:
+    """Per person actor and step-up surface: a valid token whose multi-factor sign-in is an
+    hour old, with every scope the login client holds (as the probe's real sign-ins ask)."""
+    identity = platform.identity
+    now = platform.clock.now()
+    issuer = AccessTokenIssuer(
+        identity.keyring, identity.issuer, FrozenClock(now), STALE_AUTH_LIFETIME
+    )
+    tokens: dict[str, dict[str, str]] = {}
+    for actor in actors:
+        if actor.user_id is None or actor.client is not None:
+            continue
+        for surface in STEP_UP_SURFACES:
+            if surface.value not in actor.surfaces:
+                continue
+            issued = issuer.issue(
+                subject=actor.user_id,
+                client_id=client_id,
+                tenant=actor.tenant_id,
+                surface=surface,
+                scopes=[p.value for p in Permission],
+                auth_time=now - STALE_AUTH_AGO,
+                acr=Acr.MFA.value,
+                amr=[Amr.PASSWORD.value, Amr.OTP.value],
+                token_family=None,
+                subject_type="user",
+            )
+            tokens.setdefault(actor.name, {})[surface.value] = issued.token
+    return tokens
+
+
 async def seed_probe_world(
     platform: Platform, *, out: Path, spec_name: str = "fleetward-demo"
 ) -> Manifest:
@@ -141,6 +182,7 @@ async def seed_probe_world(
         actors=actors,
         objects=[record for world in worlds for record in world.objects],
         expired_tokens=_expired_tokens(platform, actors, login.client_id),
+        stale_auth_tokens=_stale_auth_tokens(platform, actors, login.client_id),
         notes=list(NOTES),
     )
     manifest.write(out)

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from fleetward.probe.auth import STALE_AUTH
 from fleetward.probe.generate.common import World, tenant_of
 from fleetward.probe.manifest import Manifest, ManifestActor, ObjectRecord
 from fleetward.probe.model import Case, Expect, Family, Request
@@ -69,6 +70,7 @@ def _case(
         # Any job the command created is cancelled, a wrongly accepted one too: it must not
         # stay in flight to meet the next command on the vehicle.
         cancel=world.cancel(route, record, actor.name),
+        step_up=route.step_up and not refused,
         allowed_fields=(
             world.allowed_fields(obj, actor.role)
             if not refused and route.operation in _READS
@@ -100,7 +102,28 @@ def cases(world: World) -> Iterator[Case]:
                         if spare in consumed:
                             continue
                         consumed.add(spare)
-                    yield _case(world, actor, obj, route, record, parts, decision)
+                    case = _case(world, actor, obj, route, record, parts, decision)
+                    yield case
+                    if route.step_up and case.expect is Expect.ALLOW:
+                        yield without_step_up(world, obj, route, record, case)
+
+
+def without_step_up(
+    world: World, obj: ObjectType, route: Route, record: ObjectRecord, allowed: Case
+) -> Case:
+    """An allowed step-up command sent again with the actor's token from a multi-factor
+    sign-in an hour old: the step-up challenge (401), and nothing on the vehicle's job list
+    but the rejected job."""
+    return replace(
+        allowed,
+        id=f"{allowed.id}/no-step-up",
+        request=replace(allowed.request, credential=STALE_AUTH),
+        expect=Expect.STEP_UP,
+        why=f"{allowed.why}; without a recent multi-factor sign-in (step-up): refused with "
+        "the step-up challenge",
+        read_back=world.read_back(obj, route, record),
+        step_up=False,
+    )
 
 
 def paged_cases(world: World) -> Iterator[Case]:

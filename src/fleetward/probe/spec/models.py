@@ -150,6 +150,12 @@ class Route(_Strict):
     # around a refused write, the list may gain items holding these values; nothing else in
     # it may change.
     refusal_record: dict[str, str | bool | int] = Field(default_factory=dict)
+    # Operation "command" only: the command needs a step-up (a multi-factor sign-in at most
+    # ``step_up_max_age`` seconds old, RFC 9470). An allowed case is sent with a token from a
+    # sign-in that recent (the runner signs the actor in again when its token is older), and
+    # every allowed case is also sent with a stale sign-in's token: that must be refused with
+    # the step-up challenge (401 ``insufficient_user_authentication``), side-effect free.
+    step_up: bool = False
 
     @field_validator("name", "read_back")
     @classmethod
@@ -176,6 +182,8 @@ class Route(_Strict):
     def _command_fields(self) -> Route:
         if self.cancel is not None and self.operation != "command":
             raise ValueError("cancel: only a command creates a job to cancel")
+        if self.step_up and self.operation != "command":
+            raise ValueError("step_up: only a command is probed with and without a step-up")
         if self.refusal_record and (self.method != "GET" or self.operation != "list"):
             raise ValueError("refusal_record: only a list (a GET) records refusals")
         return self
