@@ -119,4 +119,13 @@ async def test_every_mutant_is_flagged_and_the_real_platform_is_not(
         through = {r.case.route_id for r in wrong if r.status is not None and r.status < 500}
         if not through & mutant.flagged or not failed <= mutant.routes:
             missed.append(f"{mutant.name} ({mutant.breaks}): flagged {sorted(failed)}")
+        if mutant.exact is not None:
+            # Exactly the cases the broken check guards: no more, no fewer.
+            expected = {case.id for case in cases if mutant.exact(case.id)}
+            got = {r.case.id for r in wrong}
+            if not expected or got != expected:
+                missed.append(
+                    f"{mutant.name}: missed {sorted(expected - got)}, "
+                    f"beyond it {sorted(got - expected)}"
+                )
     assert not missed, "\n".join(missed)

@@ -31,7 +31,7 @@ import fleetward.authz.relations.loader as loader_module
 from fleetward.api.auth import Caller
 from fleetward.api.objects import Page, cut_page, decode_cursor, encode_cursor, page_size
 from fleetward.api.support_cases import SupportCaseView, _view
-from fleetward.authz.decision import Decision, ResourceKind
+from fleetward.authz.decision import Decision, Reason, ResourceKind
 from fleetward.authz.permissions import Permission
 from fleetward.authz.relations.facts import Grant
 from fleetward.authz.relations.loader import Loader
@@ -55,6 +55,8 @@ class Mutant:
     families: frozenset[Family]
     routes: frozenset[str]  # the routes whose cases the probe runs against the mutant
     flagged: frozenset[str]  # the routes the probe must name in its failures
+    # When set: the probe must fail exactly the selected cases whose id it holds for.
+    exact: Callable[[str], bool] | None = None
 
 
 def _route_name(request: Request) -> str:
@@ -223,6 +225,30 @@ def command_permission_unchecked(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(command_routes, "decide_each", decide_each)
 
 
+def step_up_unchecked_for_unlock(patch: pytest.MonkeyPatch) -> None:
+    """Creating an unlock never asks for a step-up: the PDP's step-up-required answer on
+    the unlock permission is taken for the allow it would otherwise be (a stolen or hour-old
+    session opens the car). The other step-up commands keep their check."""
+    real = command_routes.decide_each
+
+    async def decide_each(request: Request, caller: Caller, asks: Any, **kwargs: Any) -> Any:
+        decisions = list(await real(request, caller, asks, **kwargs))
+        for index, ((permission, _), decision) in enumerate(zip(asks, decisions, strict=True)):
+            if (
+                permission is Permission.VEHICLE_UNLOCK
+                and decision.reason is Reason.STEP_UP_REQUIRED
+            ):
+                decisions[index] = Decision(True, decisions[0].reason, decision.policy_version)
+        return decisions
+
+    patch.setattr(command_routes, "decide_each", decide_each)
+
+
+def _no_step_up_unlock(case_id: str) -> bool:
+    """A case of the unlock routes sent with an hour-old sign-in's token."""
+    return ":commands:unlock/" in case_id and case_id.endswith("/no-step-up")
+
+
 def _m(
     name: str,
     breaks: str,
@@ -230,8 +256,17 @@ def _m(
     families: Iterable[Family],
     routes: Iterable[str],
     flagged: Iterable[str],
+    exact: Callable[[str], bool] | None = None,
 ) -> Mutant:
-    return Mutant(name, breaks, apply, frozenset(families), frozenset(routes), frozenset(flagged))
+    return Mutant(
+        name,
+        breaks,
+        apply,
+        frozenset(families),
+        frozenset(routes),
+        frozenset(flagged),
+        exact,
+    )
 
 
 MATRIX: Final = (Family.MATRIX,)
@@ -240,6 +275,11 @@ COMMANDS: Final = (
     "mobile:commands:lock",
     "fleet:commands:horn_lights",
     "fleet:commands:lock",
+)
+STEP_UP_COMMANDS: Final = tuple(
+    f"{surface}:commands:{command}"
+    for surface in ("mobile", "fleet")
+    for command in ("unlock", "remote_start", "immobilize")
 )
 VEHICLE_READS: Final = (
     "mobile:vehicles:read",
@@ -453,5 +493,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         MATRIX,
         COMMANDS,
         ("mobile:commands:horn_lights",),
+    ),
+    _m(
+        "step-up-unchecked-for-unlock",
+        "creating an unlock takes the PDP's step-up-required for the allow it would otherwise "
+        "be: an owner, fleet admin or operator whose multi-factor sign-in is an hour old "
+        "opens the car",
+        step_up_unchecked_for_unlock,
+        MATRIX,
+        (*COMMANDS, *STEP_UP_COMMANDS),
+        ("mobile:commands:unlock", "fleet:commands:unlock"),
+        exact=_no_step_up_unlock,
     ),
 )

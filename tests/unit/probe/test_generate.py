@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from joserfc.jwk import ECKey
 from fleetward.app import build_app
 from fleetward.core.ids import new_id
 from fleetward.platform import Platform
+from fleetward.probe.auth import STALE_AUTH
 from fleetward.probe.generate import FAMILIES, generate
 from fleetward.probe.generate.common import (
     World,
@@ -389,3 +391,28 @@ async def test_matrix_commands_are_jobs_their_sender_cancels(world: World) -> No
         assert case.cancel.path == fill(route.cancel or "", {**record.ids, "id": "{id}"})
         assert case.cancel.path.endswith("/{id}/cancel")
     assert found > 0
+
+
+async def test_allowed_step_up_commands_are_also_sent_without_a_step_up(world: World) -> None:
+    matrix = {case.id: case for case in _family(world, Family.MATRIX)}
+    allowed = 0
+    for case in matrix.values():
+        _obj, route = world.spec.route(case.route_id)
+        if case.id.endswith("/no-step-up"):
+            assert route.step_up, case.id
+            twin = matrix[case.id.removesuffix("/no-step-up")]
+            # The allowed case's request, with the actor's hour-old sign-in's token.
+            assert twin.expect is Expect.ALLOW and twin.step_up
+            assert case.request == replace(twin.request, credential=STALE_AUTH)
+            assert case.expect is Expect.STEP_UP and not case.step_up
+            assert case.read_back is not None
+            assert case.read_back.refusal_record == (("state", "rejected"),)
+            assert case.cancel == twin.cancel
+            continue
+        # Only an allowed step-up command asks the runner for a recent sign-in.
+        assert case.step_up == (route.step_up and case.expect is Expect.ALLOW), case.id
+        if case.step_up:
+            allowed += 1
+            assert f"{case.id}/no-step-up" in matrix, case.id
+    # owner (mobile) and fleet admin and operator (fleet), both sides, three commands each.
+    assert allowed == 18

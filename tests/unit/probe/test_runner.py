@@ -17,7 +17,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fleetward.core.surfaces import Surface
-from fleetward.probe.auth import Credential, TokenBook, TokenError, expired_of, login_of
+from fleetward.probe.auth import (
+    STALE_AUTH,
+    Credential,
+    TokenBook,
+    TokenError,
+    expired_of,
+    login_of,
+)
 from fleetward.probe.manifest import LoginClient, Manifest, ManifestActor, PartnerKey
 from fleetward.probe.model import Case, Expect, Family, Request, Result, Verdict
 from fleetward.probe.runner import EXCERPT_LIMIT, _unchanged, excerpt, phases, run
@@ -393,6 +400,19 @@ class Commands:
         self.keys.append(request.headers.get(KEY))
         if request.headers.get(KEY) is None:
             return JSONResponse({"title": "Idempotency-Key required"}, status_code=400)
+        if name in ("unlock", "unlock-unchecked"):
+            # A step-up command: only a recent multi-factor sign-in's token ("alice-fresh").
+            token = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if token != "alice-fresh" and name == "unlock":
+                job = self._job("rejected")
+                challenge = 'Bearer error="insufficient_user_authentication", max_age="300"'
+                return JSONResponse(
+                    {"job_id": job["id"]}, status_code=401, headers={"WWW-Authenticate": challenge}
+                )
+            return JSONResponse(self._job("queued"), status_code=202)
+        if name == "unlock-plain-401":
+            self._job("rejected")
+            return JSONResponse({}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         if name == "lock":
             if any(job["state"] == "queued" for job in self.jobs):
                 return JSONResponse({"reason": "conflict"}, status_code=409)
@@ -419,18 +439,120 @@ class Commands:
         return JSONResponse(found)
 
 
-def _command(name: str, expect: Expect) -> Case:
+def _command(
+    name: str, expect: Expect, *, credential: str | None = None, step_up: bool = False
+) -> Case:
     return Case(
         id=f"test/{name}/{expect.value}",
         family=Family.MATRIX,
         route_id=f"mobile:commands:{name}",
-        request=Request("POST", f"{JOBS}/{name}", "alice", body={}, fresh_headers=(KEY,)),
+        request=Request(
+            "POST",
+            f"{JOBS}/{name}",
+            "alice",
+            body={},
+            fresh_headers=(KEY,),
+            credential=credential,
+        ),
         expect=expect,
         why="test",
         read_back=LIST if expect is not Expect.ALLOW else None,
         job=True,
         cancel=Request("POST", JOBS + "/{id}/cancel", "alice"),
+        step_up=step_up,
     )
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _step_up_tokens(clock: Clock, renew: bool = True) -> tuple[TokenBook, list[str]]:
+    """Alice signed in at 0 s; signing her in again gives "alice-fresh"."""
+    renewed: list[str] = []
+
+    async def sign_in_again(actor: str) -> dict[tuple[str, Surface], Credential]:
+        renewed.append(actor)
+        return {(actor, Surface.MOBILE): Credential("alice-fresh")}
+
+    book = TokenBook(
+        {("alice", Surface.MOBILE): Credential("alice-token")},
+        {"alice": Surface.MOBILE},
+        stale={("alice", Surface.MOBILE): "stale-token"},
+        signed_in={"alice": 0.0},
+        renew=sign_in_again if renew else None,
+        monotonic=clock,
+    )
+    return book, renewed
+
+
+@pytest.mark.parametrize(
+    ("name", "verdict", "reason"),
+    [
+        ("unlock", Verdict.PASS, ""),
+        ("unlock-unchecked", Verdict.FAIL, "expected 401 (a step-up challenge), got 202"),
+        ("unlock-plain-401", Verdict.FAIL, "insufficient_user_authentication"),
+    ],
+)
+async def test_a_step_up_command_without_a_recent_sign_in_must_be_challenged(
+    name: str, verdict: Verdict, reason: str
+) -> None:
+    server = Commands()
+    book, _renewed = _step_up_tokens(Clock(0.0))
+    case = _command(name, Expect.STEP_UP, credential=STALE_AUTH)
+    [result] = await _run_commands(server, [case], book)
+    assert result.verdict is verdict, result.reason
+    assert reason in result.reason
+    if name == "unlock":
+        assert [job["state"] for job in server.jobs] == ["rejected"]
+    if name == "unlock-unchecked":
+        assert server.cancelled == ["job_0"]  # a wrongly accepted job is cancelled too
+
+
+async def test_an_allowed_step_up_command_is_sent_with_a_recent_sign_in() -> None:
+    # 100 s after the sign-in: its token is recent enough, and the server takes it as such.
+    book, renewed = _step_up_tokens(Clock(100.0))
+    case = _command("unlock-unchecked", Expect.ALLOW, step_up=True)
+    [result] = await _run_commands(Commands(), [case], book)
+    assert result.verdict is Verdict.PASS and renewed == []
+
+    # 250 s after: past the probe's margin, so alice signs in again before the request.
+    clock = Clock(250.0)
+    book, renewed = _step_up_tokens(clock)
+    server = Commands()
+    [result] = await _run_commands(server, [_command("unlock", Expect.ALLOW, step_up=True)], book)
+    assert result.verdict is Verdict.PASS, result.reason
+    assert renewed == ["alice"] and book.renewals == 1
+    # Once renewed, the next step-up case within the window uses the same sign-in.
+    clock.now = 400.0
+    [again] = await _run_commands(server, [_command("unlock", Expect.ALLOW, step_up=True)], book)
+    assert again.verdict is Verdict.PASS, again.reason
+    assert renewed == ["alice"]
+
+
+async def test_a_step_up_case_that_cannot_sign_in_again_is_an_error() -> None:
+    book, _renewed = _step_up_tokens(Clock(1000.0), renew=False)
+    server = Commands()
+    [result] = await _run_commands(server, [_command("unlock", Expect.ALLOW, step_up=True)], book)
+    assert result.verdict is Verdict.ERROR
+    assert "step-up" in result.reason
+    assert server.keys == []  # nothing was sent with a sign-in too old
+
+
+def test_the_stale_auth_credential_is_the_actors_own() -> None:
+    book, _renewed = _step_up_tokens(Clock(0.0))
+    found = book.resolve("alice", STALE_AUTH, "/mobile/v1/vehicles/v/commands/unlock")
+    assert found is not None and found.access_token == "stale-token"
+    with pytest.raises(TokenError, match="stale-auth"):
+        book.resolve("alice", STALE_AUTH, "/fleet/v1/vehicles/v/commands/unlock")
+    with pytest.raises(TokenError, match="stale-auth"):
+        book.resolve("bob", STALE_AUTH, "/mobile/v1/vehicles/v/commands/unlock")
 
 
 async def test_every_command_request_carries_a_fresh_idempotency_key() -> None:
@@ -522,6 +644,8 @@ async def test_a_changed_job_is_not_excused_by_the_refusal_record() -> None:
     assert not _unchanged(before, {**before, "items": []}, LIST.refusal_record)
 
 
-async def _run_commands(server: Commands, cases: list[Case]) -> Any:
+async def _run_commands(
+    server: Commands, cases: list[Case], tokens: TokenBook | None = None
+) -> Any:
     transport = httpx.ASGITransport(app=server.app())
-    return await run(cases, target=TARGET, tokens=_tokens(), transport=transport)
+    return await run(cases, target=TARGET, tokens=tokens or _tokens(), transport=transport)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from fleetward.commands.models import CommandJob
 from fleetward.core.surfaces import Surface
+from fleetward.identity.acr import Acr
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Tenant, User
 from fleetward.identity.oauth.clients import ClientRegistry
@@ -212,6 +213,25 @@ async def test_expired_tokens_are_the_platforms_own_and_expired(
         with pytest.raises(InvalidToken) as refused:
             await validator.validate(token, surface=Surface(surface))
         assert refused.value.reason == "expired", surface
+
+
+async def test_stale_auth_tokens_are_valid_but_past_the_step_up_window(
+    platform: Platform, tmp_path: Path
+) -> None:
+    manifest = await seed_probe_world(platform, out=tmp_path / "world.json")
+    people = {a.name: a for a in manifest.actors if a.kind == "user"}
+    expected = {name for name, actor in people.items() if {"mobile", "fleet"} & set(actor.surfaces)}
+    assert set(manifest.stale_auth_tokens) == expected
+    validator = platform.identity.validator
+    now = platform.clock.now()
+    for name, by_surface in manifest.stale_auth_tokens.items():
+        assert set(by_surface) == {"mobile", "fleet"} & set(people[name].surfaces), name
+        for surface, token in by_surface.items():
+            claims = await validator.validate(token, surface=Surface(surface))
+            # The actor's own multi-factor sign-in, but an hour old: no step-up holds.
+            assert claims.sub == people[name].user_id
+            assert claims.acr == Acr.MFA.value
+            assert (now - claims.authenticated_at).total_seconds() > 300, (name, surface)
 
 
 async def test_seeding_twice_makes_two_worlds(platform: Platform, tmp_path: Path) -> None:

@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from fleetward.app import build_app
 from fleetward.catalog.inventory import inventory
 from fleetward.probe.oracle import Oracle
 from fleetward.probe.spec.load import SpecError, json_schema_text, load, load_demo, loads
-from fleetward.probe.spec.models import SIDES, Spec
+from fleetward.probe.spec.models import SIDES, Route, Spec
 from fleetward.probe.spec.render import render_body, render_path
 from fleetward.settings import Settings
 
@@ -265,20 +266,37 @@ def test_the_demo_routes_are_the_apps_routes(tmp_path: Path) -> None:
         assert re.sub(r"\{[^}]+\}", "{}", route.path) == path, route.name
 
 
+STEP_UP_ROUTES = {
+    f"{surface}:commands:{command}"
+    for surface in ("mobile", "fleet")
+    for command in ("unlock", "remote_start", "immobilize")
+}
 COMMAND_ROUTES = {
     "mobile:commands:horn_lights",
     "mobile:commands:lock",
     "fleet:commands:horn_lights",
     "fleet:commands:lock",
+    *STEP_UP_ROUTES,
 }
 # Who may create each command on their own vehicle (the policy table: owner, driver with the
 # command delegated inside the window, fleet admin, operator of the vehicle's group); the
-# demo driver is delegated read_status, climate and lock, never horn and lights.
+# demo driver is delegated read_status, climate and lock, never horn and lights nor a step-up
+# command.
+MOBILE_STEP_UP = {r for r in STEP_UP_ROUTES if r.startswith("mobile:")}
+FLEET_STEP_UP = {r for r in STEP_UP_ROUTES if r.startswith("fleet:")}
 MAY_COMMAND = {
-    ("owner", "active"): {"mobile:commands:horn_lights", "mobile:commands:lock"},
+    ("owner", "active"): {"mobile:commands:horn_lights", "mobile:commands:lock", *MOBILE_STEP_UP},
     ("driver", "active"): {"mobile:commands:lock"},
-    ("fleet_admin", "active"): {"fleet:commands:horn_lights", "fleet:commands:lock"},
-    ("fleet_operator", "assigned"): {"fleet:commands:horn_lights", "fleet:commands:lock"},
+    ("fleet_admin", "active"): {
+        "fleet:commands:horn_lights",
+        "fleet:commands:lock",
+        *FLEET_STEP_UP,
+    },
+    ("fleet_operator", "assigned"): {
+        "fleet:commands:horn_lights",
+        "fleet:commands:lock",
+        *FLEET_STEP_UP,
+    },
 }
 
 
@@ -319,6 +337,20 @@ def test_demo_commands_carry_a_key_read_back_and_cancel(demo: Spec) -> None:
         _list_obj, listing = demo.route(route.read_back)
         assert listing.refusal_record == {"state": "rejected"}
         assert route.cancel.startswith(route.path.rsplit("/", 1)[0] + "/{id}")
+        # Unlock, remote start and immobilize need a step-up; the others do not.
+        assert route.step_up == (route_name in STEP_UP_ROUTES), route_name
+
+
+def test_step_up_is_for_commands_only() -> None:
+    with pytest.raises(ValidationError, match="step_up: only a command"):
+        Route(
+            name="mobile:vehicles:read",
+            surface="mobile",
+            method="GET",
+            path="/mobile/v1/vehicles/{vehicle_id}",
+            operation="read",
+            step_up=True,
+        )
 
 
 def test_each_demo_role_has_both_sides(demo: Spec) -> None:
