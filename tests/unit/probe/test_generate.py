@@ -126,7 +126,7 @@ def _family(world: World, family: Family) -> list[Case]:
 
 def _record_of(world: World, case: Case) -> ObjectRecord:
     """The instance a matrix case targets (its id is matrix/<route>/<actor>/<anchor>-<side>)."""
-    _family_name, route_name, _actor, where = case.id.split("/")
+    _family_name, route_name, _actor, where = case.id.removesuffix("/no-step-up").split("/")
     anchor, side = where.rsplit("-", 1)
     obj, route = world.spec.route(route_name)
     record = world.manifest.find(
@@ -189,6 +189,9 @@ async def test_matrix_covers_every_actor_object_side_and_route(world: World) -> 
                     assert case.request.method == route.method
                     assert case.request.actor == actor.name
                     assert case.canaries == tuple(record.canaries)
+                    # An allowed step-up command's twin without a step-up (checked below).
+                    twin = cases.pop(f"{case.id}/no-step-up", None)
+                    assert (twin is not None) == (route.step_up and case.expect is Expect.ALLOW)
     assert cases == {}  # nothing else
     # Each spare is consumed by exactly one allowed write.
     consuming = Counter(
