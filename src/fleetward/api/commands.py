@@ -142,7 +142,7 @@ async def create_command(
         raise BadCommandParameters(
             f"parameter {bad.field}: {bad.problem}", reason="parameters", extra={"field": bad.field}
         ) from None
-    digest = request_hash(vehicle_id, spec, {**parameters, "ttl": body.ttl_seconds})
+    digest = request_hash(vehicle_id, spec, parameters, ttl_seconds=body.ttl_seconds)
     args = (request, caller, vehicle_id, spec, parameters, body, key, digest)
     async with commands_of(request.app).in_progress.hold((caller.claims.sub, key)):
         # A concurrent request committed first: the same key (replayed now), the vehicle's

@@ -10,7 +10,6 @@ after the step-up the rejection asked for) is judged afresh.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from fleetward.commands.families import CommandSpec, ParameterValue
 from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.preconditions import Outcome, judge, latest_state
 from fleetward.commands.states import IN_FLIGHT
+from fleetward.core.digest import framed_sha256
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
 from fleetward.identity.oauth_models import Client
@@ -121,14 +121,33 @@ class NewCommand:
     bulk_id: str | None = None
 
 
-def request_hash(vehicle_id: str, spec: CommandSpec, parameters: Mapping[str, object]) -> str:
-    """SHA-256 of the canonical request: what "the same body" means for idempotency."""
-    canonical = json.dumps(
-        {"vehicle": vehicle_id, "command": spec.name, "parameters": parameters},
-        sort_keys=True,
-        separators=(",", ":"),
+# The version of the single-command request hash (a job stored before it no longer matches
+# a retry of itself: the retry is a 409, never a replay of another request).
+_REQUEST_HASH_FORMAT: Final = "fleetward:command-request:v2"
+
+
+def request_hash(
+    vehicle_id: str,
+    spec: CommandSpec,
+    parameters: Mapping[str, ParameterValue],
+    *,
+    ttl_seconds: int | None,
+) -> str:
+    """SHA-256 of every field of the request a retry must repeat: what "the same body" means
+    for a command's Idempotency-Key. Each field is framed by its length (``framed_sha256``)
+    after a format tag: the vehicle, the command, the canonical (validated) parameters, and
+    the ttl with a presence tag. The ttl is a field of its own, never merged into the
+    parameters, so a parameter named ``ttl`` can never stand for it (nor the ttl for it)."""
+    canonical = json.dumps(dict(parameters), sort_keys=True, separators=(",", ":"))
+    return framed_sha256(
+        [
+            _REQUEST_HASH_FORMAT,
+            vehicle_id,
+            spec.name,
+            canonical,
+            "ttl:none" if ttl_seconds is None else f"ttl:{ttl_seconds}",
+        ]
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # Built once, bound per request (the statement's construction cost as much as its run). A
