@@ -263,3 +263,87 @@ async def test_padding_a_trace_neither_hides_its_decisive_records_nor_drops_any_
     )
     assert bad.status_code == 422
     assert bad.headers["content-type"].startswith("application/problem+json")
+
+
+async def _commands_sent(api: Api, count: int) -> None:
+    """``count`` command requests by the stolen token family (bulk-inserted: the rows its
+    jobs' ``requested`` transitions leave)."""
+    now = api.platform.clock.now()
+    vehicles = [api.vehicle_id(label) for label in ("ACME-N1", "ACME-N2", "ACME-N3")]
+    rows = [
+        {
+            "id": f"evt_cmd_{i:08d}",
+            "occurred_at": now,
+            "name": EventName.COMMAND_REQUESTED.value,
+            "actor_type": ActorType.USER,
+            "actor_id": api.world.users["frank"].id,
+            "object_type": "command_job",
+            "object_id": f"job_sent_{i:08d}",
+            "action": "requested",
+            "decision": Decision.ALLOWED,
+            "details": {"job_id": f"job_sent_{i:08d}", "command": "lock"},
+            "token_family": STOLEN_FAMILY,
+            "client_id": "cli_fleet",
+            "vehicle_id": vehicles[i % 3],
+        }
+        for i in range(count)
+    ]
+    async with api.platform.unit_of_work() as uow:
+        await uow.session.execute(insert(AuditRecord), rows)
+        await uow.commit()
+
+
+async def test_a_blast_radius_never_cuts_its_commands_without_saying_so(api: Api) -> None:
+    # Threat: a stolen token sends more commands than a listing holds; the answer listed the
+    # first 10,000 and counted 10,000 sent, so the investigator never learned of the rest.
+    await _commands_sent(api, 10_001)
+    path = f"/investigations/blast-radius?subject=token-family&value={STOLEN_FAMILY}"
+    response = await api.get("judy", Surface.ADMIN, path)
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert page["counts"]["commands_sent"] == 10_001
+    assert len(page["commands"]) == 10_000
+    assert page["truncated"] is True
+    commands = page["lists"]["commands"]
+    assert commands["total"] == 10_001 and commands["listed"] == 10_000
+    assert commands["truncated"] is True and commands["next_cursor"]
+    # The vehicles are complete (never cut), and say so.
+    assert page["lists"]["vehicles"] == {
+        "total": 3,
+        "listed": 3,
+        "truncated": False,
+        "next_cursor": None,
+    }
+    assert sorted(v["commands"] for v in page["vehicles"]) == [3_333, 3_334, 3_334]
+    # The rest is one page on, nothing dropped, in order.
+    more = await api.get("judy", Surface.ADMIN, f"{path}&cursor={commands['next_cursor']}")
+    assert more.status_code == 200, more.text
+    rest = more.json()
+    assert rest["truncated"] is False
+    assert rest["lists"]["commands"] == {
+        "total": 10_001,
+        "listed": 1,
+        "truncated": False,
+        "next_cursor": None,
+    }
+    listed = [c["job_id"] for c in page["commands"]] + [c["job_id"] for c in rest["commands"]]
+    assert listed == [f"job_sent_{i:08d}" for i in range(10_001)]
+    # A cursor no page returned is a problem (422, nothing recorded), not a 500 and not the
+    # first page again.
+    async with api.platform.unit_of_work() as uow:
+        runs = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.name == EventName.INVESTIGATION_RUN.value)
+        )
+    for bad in ("x1", "1.5", "-1", "9999999999999999999"):
+        response = await api.get("judy", Surface.ADMIN, f"{path}&cursor={bad}")
+        assert response.status_code == 422, (bad, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+    async with api.platform.unit_of_work() as uow:
+        after = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.name == EventName.INVESTIGATION_RUN.value)
+        )
+    assert after == runs

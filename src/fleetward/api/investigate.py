@@ -18,7 +18,13 @@ from fleetward.api.authorize import authorize
 from fleetward.api.objects import Instant, object_entry, platform_of
 from fleetward.api.routing import surface_router
 from fleetward.audit.governance import command_figures, data_figures, route_figures
-from fleetward.audit.investigate import BlastQuery, Subject, TraceCursor, trace_request
+from fleetward.audit.investigate import (
+    BlastQuery,
+    CommandCursor,
+    Subject,
+    TraceCursor,
+    trace_request,
+)
 from fleetward.audit.operations import investigate
 from fleetward.audit.recorder import Actor
 from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
@@ -34,6 +40,7 @@ PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
 
 Key = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Cursor = Annotated[str | None, Query(min_length=3, max_length=24, pattern=r"^[0-9]+\.[0-9]+$")]
+CommandsCursor = Annotated[str | None, Query(min_length=1, max_length=19, pattern=r"^[0-9]+$")]
 Value = Annotated[str | None, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 
 router = surface_router(Surface.ADMIN)
@@ -83,17 +90,24 @@ async def blast(
     since: Instant | None = None,
     until: Instant | None = None,
     output: Literal["json", "csv"] = "json",
+    cursor: CommandsCursor = None,
     caller: Caller = investigator,
 ) -> Any:
+    # Vehicles and reads are complete; commands are one page, in order, with ``truncated``
+    # and ``lists.commands.next_cursor`` when more follow (``?cursor=`` for the next page).
     try:
         query = BlastQuery(subject, value, since, until)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
+    try:
+        after = CommandCursor.parse(cursor) if cursor is not None else None
+    except ValueError as exc:
+        raise InvalidInput(str(exc), reason="cursor") from None
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         await authorize(request, caller, PERMISSION, PLATFORM, object_route=False, ctx=ctx)
         result = await investigate(
-            ctx, query, actor=Actor.user(caller.claims.sub, caller.claims.tenant)
+            ctx, query, actor=Actor.user(caller.claims.sub, caller.claims.tenant), cursor=after
         )
         await uow.commit()
     if output == "csv":

@@ -32,6 +32,7 @@ READ_ACTIONS: Final = frozenset(p.value for p in Permission if ":read" in p.valu
 }
 _COMMAND_SENT: Final = EventName.COMMAND_REQUESTED.value
 _MAX_LISTED: Final = 10_000
+_MAX_SEQ: Final = 2**63 - 1  # the largest audit record seq (a BIGINT)
 
 
 class Subject(StrEnum):
@@ -104,15 +105,46 @@ class CommandSent:
     requested_at: datetime
 
 
+class CommandCursor:
+    """Where a page of a blast radius's commands ends: the ``seq`` of its last record."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def __str__(self) -> str:
+        return str(self.seq)
+
+    @classmethod
+    def parse(cls, value: str) -> CommandCursor:
+        """The cursor a previous page returned; anything else is a ``ValueError``."""
+        if not value.isascii() or not value.isdigit() or int(value) > _MAX_SEQ:
+            raise ValueError("not a cursor this listing returned")
+        return cls(int(value))
+
+
 @dataclass(slots=True)
 class BlastRadius:
+    """``vehicles`` and ``reads`` are complete; ``commands`` is one page of at most
+    ``limit`` command requests, in order: ``commands_truncated`` says more follow, from
+    ``commands_next_cursor``. ``commands_total`` (and every count) covers every record."""
+
     query: BlastQuery
     vehicles: list[VehicleImpact]
     commands: list[CommandSent]
     reads: dict[str, int]  # allowed reads by permission
     events: int
     denied: int
+    commands_total: int = 0
+    commands_truncated: bool = False
+    commands_next_cursor: str | None = None
     elapsed_ms: float = 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """True when any list of the answer is cut (only the commands ever are)."""
+        return self.commands_truncated
 
     @property
     def touched(self) -> list[str]:
@@ -135,8 +167,24 @@ class BlastRadius:
                 "denied": self.denied,
                 "vehicles_touched": len(self.touched),
                 "vehicles_attempted_only": len(self.attempted_only),
-                "commands_sent": len(self.commands),
+                "commands_sent": self.commands_total,
                 "data_reads": sum(self.reads.values()),
+            },
+            # What each list holds of its whole: nothing is cut without saying so.
+            "truncated": self.truncated,
+            "lists": {
+                "vehicles": {
+                    "total": len(self.vehicles),
+                    "listed": len(self.vehicles),
+                    "truncated": False,
+                    "next_cursor": None,
+                },
+                "commands": {
+                    "total": self.commands_total,
+                    "listed": len(self.commands),
+                    "truncated": self.commands_truncated,
+                    "next_cursor": self.commands_next_cursor,
+                },
             },
             "vehicles": [asdict(v) | {"touched": v.touched} for v in self.vehicles],
             "commands": [
@@ -176,6 +224,11 @@ class BlastRadius:
                 f"command {c.command} job={c.job_id} vehicle={c.vehicle_id} "
                 f"state={c.state} at={c.requested_at.isoformat()}"
             )
+        if self.commands_truncated:
+            lines.append(
+                f"commands truncated: {len(self.commands)} listed of {self.commands_total}; "
+                f"the next page: --cursor {self.commands_next_cursor}"
+            )
         for action, count in sorted(self.reads.items()):
             lines.append(f"read {action}: {count}")
         return "\n".join(lines) + "\n"
@@ -185,8 +238,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-async def blast_radius(session: AsyncSession, query: BlastQuery) -> BlastRadius:
-    """Every vehicle touched or attempted, every command sent, every data read."""
+async def blast_radius(
+    session: AsyncSession,
+    query: BlastQuery,
+    *,
+    cursor: CommandCursor | None = None,
+    limit: int = _MAX_LISTED,
+) -> BlastRadius:
+    """Every vehicle touched or attempted, every data read (complete), and one page of at
+    most ``limit`` commands sent, in order: ``commands_truncated`` and
+    ``commands_next_cursor`` when more follow (pass it as ``cursor`` for the next page).
+    The counts cover every record, whatever the page."""
+    if limit < 1:
+        raise ValueError("limit must be positive")
     where = query.conditions()
     allowed = AuditRecord.decision == Decision.ALLOWED
     read = (
@@ -209,11 +273,12 @@ async def blast_radius(session: AsyncSession, query: BlastQuery) -> BlastRadius:
         .group_by(AuditRecord.vehicle_id)
     )
     vehicles: dict[str, VehicleImpact] = {}
-    events = denied = 0
+    events = denied = commands_total = 0
     for vehicle_id, count, allowed_count, sent, reads_count in per_vehicle.all():
         count, allowed_count = int(count), int(allowed_count or 0)
         events += count
         denied += count - allowed_count
+        commands_total += int(sent or 0)
         if vehicle_id is None:
             continue
         vehicles[vehicle_id] = VehicleImpact(
@@ -228,7 +293,7 @@ async def blast_radius(session: AsyncSession, query: BlastQuery) -> BlastRadius:
         select(AuditRecord.action, func.count()).where(*where, read).group_by(AuditRecord.action)
     )
     reads = {action: int(count) for action, count in by_action.all()}
-    commands = await _commands(session, where)
+    commands, next_cursor = await _commands(session, where, cursor, limit)
     return BlastRadius(
         query=query,
         vehicles=sorted(vehicles.values(), key=lambda v: (not v.touched, v.vehicle_id)),
@@ -236,19 +301,31 @@ async def blast_radius(session: AsyncSession, query: BlastQuery) -> BlastRadius:
         reads=reads,
         events=events,
         denied=denied,
+        commands_total=commands_total,
+        commands_truncated=next_cursor is not None,
+        commands_next_cursor=next_cursor,
     )
 
 
-async def _commands(session: AsyncSession, where: list[ColumnElement[bool]]) -> list[CommandSent]:
-    rows = (
-        await session.execute(
-            select(AuditRecord.vehicle_id, AuditRecord.occurred_at, AuditRecord.details)
-            .where(*where, AuditRecord.name == _COMMAND_SENT)
-            .order_by(AuditRecord.seq)
-            .limit(_MAX_LISTED)
-        )
-    ).all()
-    job_ids = [d.get("job_id") for _, _, d in rows if isinstance(d.get("job_id"), str)]
+async def _commands(
+    session: AsyncSession,
+    where: list[ColumnElement[bool]],
+    cursor: CommandCursor | None,
+    limit: int,
+) -> tuple[list[CommandSent], str | None]:
+    """One page of at most ``limit`` commands sent, in order, and the cursor of the next
+    page (None when this one ends the list)."""
+    page = select(
+        AuditRecord.seq, AuditRecord.vehicle_id, AuditRecord.occurred_at, AuditRecord.details
+    ).where(*where, AuditRecord.name == _COMMAND_SENT)
+    if cursor is not None:
+        page = page.where(AuditRecord.seq > cursor.seq)
+    rows = (await session.execute(page.order_by(AuditRecord.seq).limit(limit + 1))).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = str(CommandCursor(rows[-1][0]))
+    job_ids = [d.get("job_id") for _, _, _, d in rows if isinstance(d.get("job_id"), str)]
     states: dict[str, str] = {}
     for chunk in _chunks(job_ids, 500):
         result = await session.execute(
@@ -256,7 +333,7 @@ async def _commands(session: AsyncSession, where: list[ColumnElement[bool]]) -> 
         )
         states.update({job_id: state.value for job_id, state in result.all()})
     sent = []
-    for vehicle_id, at, details in rows:
+    for _seq, vehicle_id, at, details in rows:
         job_id = details.get("job_id")
         command = details.get("command")
         sent.append(
@@ -268,7 +345,7 @@ async def _commands(session: AsyncSession, where: list[ColumnElement[bool]]) -> 
                 requested_at=at,
             )
         )
-    return sent
+    return sent, next_cursor
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

@@ -22,7 +22,7 @@ from fleetward.audit.chain import (
     verify,
 )
 from fleetward.audit.events import EventName
-from fleetward.audit.investigate import BlastQuery, BlastRadius, blast_radius
+from fleetward.audit.investigate import BlastQuery, BlastRadius, CommandCursor, blast_radius
 from fleetward.audit.models import AuditRecord, AuditSeal
 from fleetward.audit.recorder import Actor, Target
 from fleetward.platform import Platform
@@ -145,11 +145,18 @@ async def export_log(
     return count
 
 
-async def investigate(ctx: ServiceContext, query: BlastQuery, *, actor: Actor) -> BlastRadius:
+async def investigate(
+    ctx: ServiceContext,
+    query: BlastQuery,
+    *,
+    actor: Actor,
+    cursor: CommandCursor | None = None,
+) -> BlastRadius:
     """Blast radius, timed, and recorded (who looked at what: investigations are audited too;
-    the timing feeds the governance figure "mean time to list affected vehicles")."""
+    the timing feeds the governance figure "mean time to list affected vehicles").
+    ``cursor``: the page of commands after the one that returned it."""
     started = time.perf_counter()
-    result = await blast_radius(ctx.session, query)
+    result = await blast_radius(ctx.session, query, cursor=cursor)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     ctx.audit.record(
         ctx.session,
@@ -161,6 +168,7 @@ async def investigate(ctx: ServiceContext, query: BlastQuery, *, actor: Actor) -
             "value": query.value,
             "since": query.since.isoformat() if query.since else None,
             "until": query.until.isoformat() if query.until else None,
+            "commands_cursor": str(cursor) if cursor is not None else None,
             "vehicles_touched": len(result.touched),
             "elapsed_ms": round(result.elapsed_ms, 3),
         },

@@ -17,6 +17,7 @@ from fleetward.audit.governance import command_figures, data_figures, route_figu
 from fleetward.audit.investigate import (
     BlastQuery,
     BlastRadius,
+    CommandCursor,
     Subject,
     TraceCursor,
     trace_request,
@@ -85,11 +86,13 @@ def request_command(
     _echo(document)
 
 
-async def run_blast(settings: Settings, query: BlastQuery) -> BlastRadius:
+async def run_blast(
+    settings: Settings, query: BlastQuery, cursor: CommandCursor | None = None
+) -> BlastRadius:
     platform = Platform.build(settings)
     try:
         async with platform.services() as (uow, ctx):
-            result = await investigate(ctx, query, actor=ACTOR)
+            result = await investigate(ctx, query, actor=ACTOR, cursor=cursor)
             await uow.commit()
             return result
     finally:
@@ -103,9 +106,14 @@ def blast_command(
     since: Annotated[str | None, typer.Option(help="ISO time, inclusive")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time, exclusive")] = None,
     output_format: OutputFormat = "table",
+    cursor: Annotated[
+        str | None, typer.Option(help="the commands' next_cursor of the previous page")
+    ] = None,
 ) -> None:
     """Every vehicle touched, command sent and data read by a user, token, token family,
-    client, partner, device or in a time window."""
+    client, partner, device or in a time window. Vehicles and reads are complete; commands
+    are one page, in order: ``truncated`` and the commands' ``next_cursor`` when more
+    follow."""
     settings = load_or_exit()
     try:
         query = BlastQuery(
@@ -113,7 +121,11 @@ def blast_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = asyncio.run(run_blast(settings, query))
+    try:
+        after = CommandCursor.parse(cursor) if cursor is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cursor") from None
+    result = asyncio.run(run_blast(settings, query, after))
     _show(result, output_format)
 
 
