@@ -385,6 +385,7 @@ class TraceCursor:
             or not tier.isdigit()
             or not seq.isdigit()
             or len(seq) > 19
+            or int(seq) > _MAX_SEQ  # past a BIGINT: the store refuses the bound (a 500)
             or int(tier) not in _TIERS
         ):
             raise ValueError("not a cursor this listing returned")
