@@ -244,6 +244,36 @@ def step_up_unchecked_for_unlock(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(command_routes, "decide_each", decide_each)
 
 
+# The delegable commands with no physical risk, asked as one: what the mutant below confuses.
+_COMFORT: Final = frozenset({Permission.VEHICLE_CHARGING_CONTROL, Permission.VEHICLE_DIAGNOSTICS_RUN})
+
+
+def delegation_family_widened(patch: pytest.MonkeyPatch) -> None:
+    """Creating a charging control or a diagnostics run asks the PDP for ``vehicle:climate``
+    instead of the command's own permission (one "comfort" delegation for all three): a
+    driver the owner lent climate stops the charging and runs diagnostics."""
+    real = command_routes.decide_each
+
+    async def decide_each(request: Request, caller: Caller, asks: Any, **kwargs: Any) -> Any:
+        asked = [
+            (Permission.VEHICLE_CLIMATE if permission in _COMFORT else permission, resource)
+            for permission, resource in asks
+        ]
+        return await real(request, caller, asked, **kwargs)
+
+    patch.setattr(command_routes, "decide_each", decide_each)
+
+
+def _driver_comfort(case_id: str) -> bool:
+    """The active driver's charging and diagnostics cases on their own side's vehicle."""
+    parts = case_id.split("/")
+    if len(parts) != 4 or parts[1] not in DELEGATION_FAMILY_FLAGGED:
+        return False
+    actor, target = parts[2], parts[3]
+    role, state, side = actor.split(":")
+    return (role, state) == ("driver", "active") and target == f"consumer-{side}"
+
+
 def _no_step_up_unlock(case_id: str) -> bool:
     """A case of the unlock routes sent with an hour-old sign-in's token."""
     return ":commands:unlock/" in case_id and case_id.endswith("/no-step-up")
@@ -270,6 +300,15 @@ def _m(
 
 
 MATRIX: Final = (Family.MATRIX,)
+DELEGATION_FAMILY_FLAGGED: Final = (
+    "mobile:commands:charging_control",
+    "mobile:commands:diagnostics_run",
+)
+NEW_COMMANDS: Final = tuple(
+    f"{surface}:commands:{command}"
+    for surface in ("mobile", "fleet")
+    for command in ("climate", "charging_control", "diagnostics_run")
+) + ("dealer:commands:diagnostics_run",)
 COMMANDS: Final = (
     "mobile:commands:horn_lights",
     "mobile:commands:lock",
@@ -504,5 +543,15 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         (*COMMANDS, *STEP_UP_COMMANDS),
         ("mobile:commands:unlock", "fleet:commands:unlock"),
         exact=_no_step_up_unlock,
+    ),
+    _m(
+        "delegation-family-widened",
+        "creating a charging control or diagnostics run asks the climate permission instead of "
+        "its own: a driver lent climate stops the charging and runs diagnostics",
+        delegation_family_widened,
+        MATRIX,
+        (*COMMANDS, *NEW_COMMANDS),
+        DELEGATION_FAMILY_FLAGGED,
+        exact=_driver_comfort,
     ),
 )

@@ -36,6 +36,8 @@ PROBED_QUOTAS: Final[dict[str, str]] = {
             )
         }
     ),
+    # The probe's accepted commands (each cancelled at once): 16 on the fleet's main vehicle.
+    "FLEETWARD_QUOTA_VEHICLE_COMMANDS_PER_MINUTE": "1000",
     "FLEETWARD_QUOTA_ENUMERATION_SLOW_DISTINCT": "1000000",
     "FLEETWARD_QUOTA_ENUMERATION_STOP_DISTINCT": "1000000",
     "FLEETWARD_QUOTA_ENUMERATION_SLOW_RUN": "1000",

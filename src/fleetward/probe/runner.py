@@ -134,6 +134,15 @@ def _job_id(answer: Answer) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+def _not_authz(status: int) -> str:
+    """What a command's 409 or 429 is: never an authorization answer, right or wrong."""
+    if status == 409:
+        return " (a vehicle-state or conflict refusal, not an authorization answer)"
+    if status == 429:
+        return " (a quota refusal, not an authorization answer)"
+    return ""
+
+
 def judge(case: Case, answer: Answer, reference: Answer | None) -> str:
     """Why the answer is wrong for the case ("" when it is right)."""
     status = answer.status
@@ -141,11 +150,14 @@ def judge(case: Case, answer: Answer, reference: Answer | None) -> str:
         return f"server error {status}"
     expect = case.expect
     if expect is Expect.ALLOW:
-        if not 200 <= status < 300:
+        if not 200 <= status < 300 and not case.job:
             return f"expected a 2xx (allowed), got {status}"
         if case.job:
             if status != 202:
-                return f"expected 202 (a command is accepted as a job), got {status}"
+                return (
+                    f"expected 202 (a command is accepted as a job), got {status}"
+                    f"{_not_authz(status)}"
+                )
             if _job_id(answer) is None:
                 return "the accepted command names no job (no id in the body)"
         if case.allowed_fields is not None:
@@ -173,6 +185,10 @@ def judge(case: Case, answer: Answer, reference: Answer | None) -> str:
             return f"401 without the step-up challenge ({STEP_UP_CHALLENGE})"
     elif 200 <= status < 300:
         return f"expected a refusal ({expect.value}), got {status}"
+    elif expect is Expect.DENY and case.job and status != 403:
+        # A command refused past the object check is refused for its permission (403); a
+        # 409 (vehicle state, conflict) or 429 (quota) says nothing about authorization.
+        return f"expected 403 (the command is not permitted), got {status}{_not_authz(status)}"
     elif expect is Expect.DENY_HIDDEN:
         if status != 404:
             return f"expected 404 (hidden), got {status}: the refusal reveals the object exists"

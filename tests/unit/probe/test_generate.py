@@ -159,6 +159,7 @@ async def test_matrix_covers_every_actor_object_side_and_route(world: World) -> 
     cases = {case.id: case for case in matrix}
     oracle = Oracle(world.spec)
     skipped: Counter[tuple[str, str, str, str | None]] = Counter()
+    uncancelled: list[str] = []
     for actor in world.manifest.actors:
         ref = ActorRef(role=actor.role, state=actor.state, side=actor.side)
         for obj in world.spec.objects:
@@ -178,6 +179,11 @@ async def test_matrix_covers_every_actor_object_side_and_route(world: World) -> 
                         obj=obj.name,
                         route=route.name,
                     )
+                    if case is None and route.operation == "command" and route.cancel is None:
+                        # An allowed command the probe could not cancel is never sent.
+                        assert decision.expect is Expect.ALLOW
+                        uncancelled.append(f"{route.name}/{actor.name}/{target.anchor}")
+                        continue
                     if case is None:
                         # Only a second allowed write on an already consumed spare is left out.
                         assert route.spare and decision.expect is Expect.ALLOW
@@ -193,6 +199,12 @@ async def test_matrix_covers_every_actor_object_side_and_route(world: World) -> 
                     twin = cases.pop(f"{case.id}/no-step-up", None)
                     assert (twin is not None) == (route.step_up and case.expect is Expect.ALLOW)
     assert cases == {}  # nothing else
+    # The dealer's diagnostics run (no job routes on the dealer surface): only the technician
+    # of the open case, on their own side's vehicle, is left out.
+    assert sorted(uncancelled) == [
+        f"dealer:commands:diagnostics_run/dealer_technician:case-open:{side}/consumer"
+        for side in ("away", "home")
+    ]
     # Each spare is consumed by exactly one allowed write.
     consuming = Counter(
         (r.type, r.anchor, r.side, r.actor)
@@ -388,6 +400,10 @@ async def test_matrix_commands_are_jobs_their_sender_cancels(world: World) -> No
         found += 1
         record = _record_of(world, case)
         assert case.job
+        if route.cancel is None:
+            # No way to cancel (the dealer's diagnostics run): only refusals are sent.
+            assert case.expect is not Expect.ALLOW and case.cancel is None, case.id
+            continue
         assert case.cancel is not None
         assert case.cancel.method == "POST"
         assert case.cancel.actor == case.request.actor

@@ -420,6 +420,12 @@ class Commands:
         if name == "refused":
             job = self._job("rejected")
             return JSONResponse({"job_id": job["id"], "state": "rejected"}, status_code=403)
+        if name in ("quota", "vehicle-state"):
+            # Refused past the permission: by the vehicle's quota or state, not authorization.
+            job = self._job("rejected")
+            link, status = ("quota", 429) if name == "quota" else ("vehicle_state", 409)
+            body = {"job_id": job["id"], "state": "rejected", "link": link}
+            return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
         if name == "refused-but-queued":
             self._job("queued")
             return JSONResponse({"title": "Forbidden"}, status_code=403)
@@ -600,6 +606,24 @@ async def test_an_accepted_command_is_a_202_naming_its_job(name: str, reason: st
     [result] = await _run_commands(Commands(), [_command(name, Expect.ALLOW)])
     assert result.verdict is Verdict.FAIL
     assert reason in result.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("quota", "a quota refusal, not an authorization answer"),
+        ("vehicle-state", "a vehicle-state or conflict refusal, not an authorization answer"),
+    ],
+)
+@pytest.mark.parametrize("expect", [Expect.ALLOW, Expect.DENY, Expect.DENY_HIDDEN])
+async def test_a_quota_or_state_refusal_is_never_an_authorization_answer(
+    name: str, reason: str, expect: Expect
+) -> None:
+    # Allowed: it must be accepted. Refused for its permission: 403; hidden: the 404. A 429 or
+    # 409 (with the rejected job, as the platform stores it) passes for none of them.
+    [result] = await _run_commands(Commands(), [_command(name, expect)])
+    assert result.verdict is Verdict.FAIL
+    assert ("expected 404" if expect is Expect.DENY_HIDDEN else reason) in result.reason
 
 
 async def test_a_job_the_probe_cannot_cancel_is_an_error() -> None:

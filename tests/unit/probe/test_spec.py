@@ -271,32 +271,25 @@ STEP_UP_ROUTES = {
     for surface in ("mobile", "fleet")
     for command in ("unlock", "remote_start", "immobilize")
 }
-COMMAND_ROUTES = {
-    "mobile:commands:horn_lights",
-    "mobile:commands:lock",
-    "fleet:commands:horn_lights",
-    "fleet:commands:lock",
-    *STEP_UP_ROUTES,
+PLAIN_ROUTES = {
+    f"{surface}:commands:{command}"
+    for surface in ("mobile", "fleet")
+    for command in ("horn_lights", "lock", "climate", "charging_control", "diagnostics_run")
 }
+DEALER_DIAGNOSTICS = "dealer:commands:diagnostics_run"
+COMMAND_ROUTES = {*PLAIN_ROUTES, *STEP_UP_ROUTES, DEALER_DIAGNOSTICS}
 # Who may create each command on their own vehicle (the policy table: owner, driver with the
-# command delegated inside the window, fleet admin, operator of the vehicle's group); the
-# demo driver is delegated read_status, climate and lock, never horn and lights nor a step-up
-# command.
-MOBILE_STEP_UP = {r for r in STEP_UP_ROUTES if r.startswith("mobile:")}
-FLEET_STEP_UP = {r for r in STEP_UP_ROUTES if r.startswith("fleet:")}
+# command delegated inside the window, fleet admin, operator of the vehicle's group, dealer
+# technician of an open case: a diagnostics run); the demo driver is delegated read_status,
+# climate and lock, never horn and lights, charging, diagnostics nor a step-up command.
+MOBILE = {r for r in PLAIN_ROUTES | STEP_UP_ROUTES if r.startswith("mobile:")}
+FLEET = {r for r in PLAIN_ROUTES | STEP_UP_ROUTES if r.startswith("fleet:")}
 MAY_COMMAND = {
-    ("owner", "active"): {"mobile:commands:horn_lights", "mobile:commands:lock", *MOBILE_STEP_UP},
-    ("driver", "active"): {"mobile:commands:lock"},
-    ("fleet_admin", "active"): {
-        "fleet:commands:horn_lights",
-        "fleet:commands:lock",
-        *FLEET_STEP_UP,
-    },
-    ("fleet_operator", "assigned"): {
-        "fleet:commands:horn_lights",
-        "fleet:commands:lock",
-        *FLEET_STEP_UP,
-    },
+    ("owner", "active"): MOBILE,
+    ("driver", "active"): {"mobile:commands:lock", "mobile:commands:climate"},
+    ("fleet_admin", "active"): FLEET,
+    ("fleet_operator", "assigned"): FLEET,
+    ("dealer_technician", "case-open"): {DEALER_DIAGNOSTICS},
 }
 
 
@@ -333,10 +326,14 @@ def test_demo_commands_carry_a_key_read_back_and_cancel(demo: Spec) -> None:
     for route_name in COMMAND_ROUTES:
         _obj, route = demo.route(route_name)
         assert route.fresh_headers == ("Idempotency-Key",)
-        assert route.read_back is not None and route.cancel is not None
+        assert route.read_back is not None
+        # The dealer surface has no job routes: its diagnostics run has nothing to cancel
+        # with (the probe never sends its allowed case).
+        assert (route.cancel is None) == (route_name == DEALER_DIAGNOSTICS), route_name
         _list_obj, listing = demo.route(route.read_back)
         assert listing.refusal_record == {"state": "rejected"}
-        assert route.cancel.startswith(route.path.rsplit("/", 1)[0] + "/{id}")
+        if route.cancel is not None:
+            assert route.cancel.startswith(route.path.rsplit("/", 1)[0] + "/{id}")
         # Unlock, remote start and immobilize need a step-up; the others do not.
         assert route.step_up == (route_name in STEP_UP_ROUTES), route_name
 

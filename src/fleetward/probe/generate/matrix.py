@@ -12,6 +12,10 @@ page (``limit=1``, when the route takes a ``limit``) and walked to its last page
 runner, with the object's ids in cursor form among the canaries: a list cut into pages
 before it is filtered names the object in a ``next_cursor`` (the cursor is the last row of
 the unfiltered page), even when the filter keeps it out of every page.
+
+A command route without a ``cancel`` (the dealer's diagnostics run: its surface has no job
+routes) gets no allowed case: an accepted job the probe cannot cancel would stay queued for
+the vehicle. Its refusals are probed as any other.
 """
 
 from __future__ import annotations
@@ -84,6 +88,12 @@ def _case(
     )
 
 
+def uncancellable(route: Route) -> bool:
+    """A command route with no ``cancel``: a job it created would stay queued for the
+    vehicle, so its allowed cases are not sent (its refusals are)."""
+    return route.operation == "command" and route.cancel is None
+
+
 def cases(world: World) -> Iterator[Case]:
     # A spare is consumed by the first write allowed on it: a second allowed write (another
     # actor, or another route on the same object) would meet a used object, not a decision.
@@ -97,6 +107,8 @@ def cases(world: World) -> Iterator[Case]:
                     if record is None or parts is None:
                         continue  # the seed made no instance with these ids
                     decision = world.decide(actor, obj, route, record)
+                    if uncancellable(route) and decision.expect is Expect.ALLOW:
+                        continue  # the probe never creates a job it cannot withdraw
                     if route.spare and decision.expect is Expect.ALLOW:
                         spare = (record.type, record.anchor, record.side, str(record.actor))
                         if spare in consumed:
