@@ -245,7 +245,9 @@ def step_up_unchecked_for_unlock(patch: pytest.MonkeyPatch) -> None:
 
 
 # The delegable commands with no physical risk, asked as one: what the mutant below confuses.
-_COMFORT: Final = frozenset({Permission.VEHICLE_CHARGING_CONTROL, Permission.VEHICLE_DIAGNOSTICS_RUN})
+_COMFORT: Final = frozenset(
+    {Permission.VEHICLE_CHARGING_CONTROL, Permission.VEHICLE_DIAGNOSTICS_RUN}
+)
 
 
 def delegation_family_widened(patch: pytest.MonkeyPatch) -> None:
@@ -304,11 +306,14 @@ DELEGATION_FAMILY_FLAGGED: Final = (
     "mobile:commands:charging_control",
     "mobile:commands:diagnostics_run",
 )
-NEW_COMMANDS: Final = tuple(
-    f"{surface}:commands:{command}"
-    for surface in ("mobile", "fleet")
-    for command in ("climate", "charging_control", "diagnostics_run")
-) + ("dealer:commands:diagnostics_run",)
+NEW_COMMANDS: Final = (
+    *(
+        f"{surface}:commands:{command}"
+        for surface in ("mobile", "fleet")
+        for command in ("climate", "charging_control", "diagnostics_run")
+    ),
+    "dealer:commands:diagnostics_run",
+)
 COMMANDS: Final = (
     "mobile:commands:horn_lights",
     "mobile:commands:lock",
