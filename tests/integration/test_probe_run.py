@@ -60,7 +60,14 @@ def live(tmp_path: Path, free_port: int) -> Iterator[tuple[str, Settings]]:
     env = fleetward_env(data, free_port, {"FLEETWARD_LOG_LEVEL": "WARNING", **PROBED_QUOTAS})
     demo = run_cli("demo", "--no-serve", env=env, timeout=300)
     assert demo.returncode == 0, demo.stderr[-2000:]
-    settings = Settings(data_dir=data, password_hash_memory_kib=19_456, password_hash_time_cost=2)
+    # The server's own address: the seed's tokens name it as their issuer.
+    settings = Settings(
+        data_dir=data,
+        host="127.0.0.1",
+        port=free_port,
+        password_hash_memory_kib=19_456,
+        password_hash_time_cost=2,
+    )
     with running("serve", env=env, port=free_port, ready_path="/readyz") as process:
         yield f"http://127.0.0.1:{free_port}", settings
         process.terminate()
