@@ -1,6 +1,7 @@
 """Remote command routes on the mobile, fleet and dealer surfaces: create (one catalogued route
-per command, each with its own permission), cancel and follow. The read side (list, read)
-is ``history_jobs``; bulk commands are ``bulk_commands``.
+per command, each with its own permission; a dealer technician only ``diagnostics_run``),
+cancel and follow, on each of the three. The read side (list, read) is ``history_jobs``;
+bulk commands are ``bulk_commands``.
 
 Creating a command:
 
@@ -445,8 +446,9 @@ def _router() -> APIRouter:
         sub = surface_router(surface)
         for name in names:
             _create_route(sub, surface, COMMANDS[name])
-        if surface is not Surface.DEALER:
-            _job_routes(sub, surface)
+        # Every surface that creates jobs lets their requester cancel and follow them (a
+        # technician their diagnostics run; which jobs are visible: ``history_jobs``).
+        _job_routes(sub, surface)
         router.include_router(sub)
     return router
 

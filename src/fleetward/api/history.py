@@ -236,8 +236,12 @@ def _diagnostic_routes(router: APIRouter, surface: Surface, authenticated: Any) 
 
 
 def _dealer_routes() -> APIRouter:
+    """Diagnostic reports and command jobs of a technician's case vehicle: the jobs of the
+    families they may send (a diagnostics run), never the owner's lock or unlock jobs."""
     router = surface_router(Surface.DEALER)
-    _diagnostic_routes(router, Surface.DEALER, Depends(authenticate(Surface.DEALER)))
+    authenticated = Depends(authenticate(Surface.DEALER))
+    _diagnostic_routes(router, Surface.DEALER, authenticated)
+    job_routes(router, Surface.DEALER, authenticated)
     return router
 
 

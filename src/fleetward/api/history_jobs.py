@@ -1,11 +1,14 @@
-"""The read side of command jobs (``/vehicles/{vehicle_id}/commands``) on the mobile and
-fleet surfaces.
+"""The read side of command jobs (``/vehicles/{vehicle_id}/commands``) on the mobile, fleet
+and dealer surfaces.
 
 A job is visible when it is inside the caller's history window AND the caller is allowed the
 job's own command family on the vehicle now: a driver allowed to lock sees lock jobs, never
-unlock jobs. Families are decided one by one (there are few), and the list is then filtered in
-the query to the allowed families. The decision is the plain one: a command family that needs
-a recent multi-factor sign-in is only listed to a caller who has one (fail closed).
+unlock jobs; a technician with an open case sees the diagnostics runs of the case's vehicle
+(theirs and the owner's, in the keeper's window), never its lock or unlock jobs, and nothing
+once the case is closed. Families are decided one by one (there are few), and the list is
+then filtered in the query to the allowed families. The decision is the plain one: a command
+family that needs a recent multi-factor sign-in is only listed to a caller who has one (fail
+closed).
 """
 
 from __future__ import annotations
