@@ -267,12 +267,16 @@ def delegation_family_widened(patch: pytest.MonkeyPatch) -> None:
 
 
 def _driver_comfort(case_id: str) -> bool:
-    """The active driver's charging and diagnostics cases on their own side's vehicle."""
+    """The active driver's charging and diagnostics cases on their own side's vehicle (let
+    through), and the open case's technician's diagnostics run on the case's vehicle (refused:
+    a technician holds no climate, so the mutant turns their allowed run into a 403)."""
     parts = case_id.split("/")
     if len(parts) != 4 or parts[1] not in DELEGATION_FAMILY_FLAGGED:
         return False
     actor, target = parts[2], parts[3]
     role, state, side = actor.split(":")
+    if parts[1] == DEALER_DIAGNOSTICS:
+        return (role, state) == ("dealer_technician", "case-open") and target == f"consumer-{side}"
     return (role, state) == ("driver", "active") and target == f"consumer-{side}"
 
 
@@ -302,9 +306,11 @@ def _m(
 
 
 MATRIX: Final = (Family.MATRIX,)
+DEALER_DIAGNOSTICS: Final = "dealer:commands:diagnostics_run"
 DELEGATION_FAMILY_FLAGGED: Final = (
     "mobile:commands:charging_control",
     "mobile:commands:diagnostics_run",
+    DEALER_DIAGNOSTICS,
 )
 NEW_COMMANDS: Final = (
     *(

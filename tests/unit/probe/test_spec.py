@@ -327,13 +327,13 @@ def test_demo_commands_carry_a_key_read_back_and_cancel(demo: Spec) -> None:
         _obj, route = demo.route(route_name)
         assert route.fresh_headers == ("Idempotency-Key",)
         assert route.read_back is not None
-        # The dealer surface has no job routes: its diagnostics run has nothing to cancel
-        # with (the probe never sends its allowed case).
-        assert (route.cancel is None) == (route_name == DEALER_DIAGNOSTICS), route_name
+        # Every command is withdrawn by its requester on its own surface (the dealer's
+        # diagnostics run too: its allowed case is sent, then cancelled by the technician).
+        assert route.cancel is not None, route_name
+        assert route.cancel.startswith(f"/{route.surface}/v1/"), route_name
         _list_obj, listing = demo.route(route.read_back)
         assert listing.refusal_record == {"state": "rejected"}
-        if route.cancel is not None:
-            assert route.cancel.startswith(route.path.rsplit("/", 1)[0] + "/{id}")
+        assert route.cancel.startswith(route.path.rsplit("/", 1)[0] + "/{id}")
         # Unlock, remote start and immobilize need a step-up; the others do not.
         assert route.step_up == (route_name in STEP_UP_ROUTES), route_name
 
@@ -391,3 +391,28 @@ def test_the_demo_spec_holds_responses_to_a_per_role_allow_list() -> None:
     assert "location" not in objects["vehicle"].fields["driver"]
     assert "vin" not in objects["vehicle"].fields["dealer_technician"]
     assert set(objects["status"].fields["partner"]) == {"id", "state"}
+
+
+DEALER_JOB_ROUTES = ("dealer:commands:read", "dealer:commands:follow", "dealer:commands:cancel")
+
+
+def test_the_demo_spec_probes_the_dealers_job_routes(demo: Spec) -> None:
+    """A technician with an open case lists the case vehicle's jobs (the families they may
+    send); the seeded job is the owner's lock: reading, following or cancelling it is the
+    unknown job's 404, for them and everyone else with a dealer token."""
+    oracle = Oracle(demo)
+    obj, _route = demo.route("dealer:commands:list")
+    assert obj.name == "command_job"
+
+    def decided(state: str, tenant: str, route: str) -> str:
+        return oracle.decide(
+            role="dealer_technician", state=state, tenant=tenant, obj=obj.name, route=route
+        ).expect.value
+
+    assert decided("case-open", "same", "dealer:commands:list") == "allow"
+    for route in DEALER_JOB_ROUTES:
+        assert demo.route(route)[0].name == "command_job"
+        assert decided("case-open", "same", route) == "deny-hidden", route
+    for state, tenant in (("case-closed", "same"), ("case-open", "other")):
+        for route in ("dealer:commands:list", *DEALER_JOB_ROUTES):
+            assert decided(state, tenant, route) == "deny-hidden", (state, tenant, route)
