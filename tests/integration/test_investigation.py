@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, insert, select
 
+from fleetward.audit import investigate as investigate_module
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.investigate import BlastQuery, Subject, blast_radius, trace_request
 from fleetward.audit.models import AuditRecord
 from fleetward.authz.permissions import Permission
 from fleetward.core.surfaces import Surface
+from fleetward.telemetry.models import TelemetryMessage
 from support.api import Api
 
 F = Surface.FLEET
@@ -349,3 +352,66 @@ async def test_a_blast_radius_never_cuts_its_commands_without_saying_so(api: Api
             .where(AuditRecord.name == EventName.INVESTIGATION_RUN.value)
         )
     assert after == runs
+
+
+async def test_a_request_chain_names_every_list_it_cut(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The summaries and the telemetry of a chain are capped too (10,000 and 200): an
+    # investigator told less than the truth must be told so. Caps lowered to keep it small.
+    monkeypatch.setattr(investigate_module, "_SUMMARY_LISTED", 2)
+    monkeypatch.setattr(investigate_module, "_TELEMETRY_LISTED", 2)
+    trace = "5cf92f3577b34da6a3ce929d0e0e4737"
+    now = api.platform.clock.now()
+    vehicle = api.vehicle_id("ACME-N1")
+    async with api.platform.unit_of_work() as uow:
+        await uow.session.execute(
+            insert(AuditRecord),
+            [
+                {
+                    "id": f"evt_cut_{i}",
+                    "occurred_at": now,
+                    "name": EventName.AUTHZ_DECISION_MADE.value,
+                    "actor_type": ActorType.USER,
+                    "actor_id": f"usr_cut_{i}",
+                    "object_type": "vehicle",
+                    "object_id": vehicle,
+                    "action": Permission.VEHICLE_READ_STATUS.value,
+                    "decision": Decision.ALLOWED,
+                    "details": {},
+                    "client_id": "cli_fleet",
+                    "vehicle_id": vehicle,
+                    "trace_id": trace,
+                }
+                for i in range(3)
+            ],
+        )
+        await uow.session.execute(
+            insert(TelemetryMessage),
+            [
+                {
+                    "device_id": "dev_cut",
+                    "sequence": i,
+                    "vehicle_id": vehicle,
+                    "tenant_id": api.world.tenants["acme-logistics"].id,
+                    "session_id": "ses_cut",
+                    "certificate_serial": "01",
+                    "software_version": "1.0.0",
+                    "vehicle_config": "base",
+                    "received_at": now + timedelta(seconds=i),
+                    "device_time": now + timedelta(seconds=i),
+                    "store_and_forward": False,
+                    "late": False,
+                    "signals": {"Vehicle.Speed": 10.0},
+                }
+                for i in range(3)
+            ],
+        )
+        await uow.commit()
+    response = await api.get("judy", Surface.ADMIN, f"/investigations/requests/{trace}")
+    assert response.status_code == 200, response.text
+    chain = response.json()
+    assert chain["cut"] == ["users", "telemetry"]
+    assert chain["users"] == ["usr_cut_0", "usr_cut_1"]
+    assert [m["sequence"] for m in chain["telemetry"]] == [0, 1]
+    assert chain["clients"] == ["cli_fleet"]  # under its cap: whole, and not named

@@ -32,6 +32,10 @@ READ_ACTIONS: Final = frozenset(p.value for p in Permission if ":read" in p.valu
 }
 _COMMAND_SENT: Final = EventName.COMMAND_REQUESTED.value
 _MAX_LISTED: Final = 10_000
+# A request chain's summaries (distinct users, clients, tokens, addresses, endpoints) and its
+# telemetry: lists capped at these, and named in ``RequestTrace.cut`` when they were.
+_SUMMARY_LISTED = 10_000
+_TELEMETRY_LISTED = 200
 _MAX_SEQ: Final = 2**63 - 1  # the largest audit record seq (a BIGINT)
 
 
@@ -412,6 +416,8 @@ class RequestTrace:
     vehicles: list[dict[str, Any]] = field(default_factory=list)
     jobs: list[JobChain] = field(default_factory=list)
     telemetry: list[dict[str, Any]] = field(default_factory=list)
+    # The other lists cut at their cap (``users``, ..., ``telemetry``): never silently.
+    cut: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -420,6 +426,7 @@ class RequestTrace:
             "listed": len(self.events),
             "truncated": self.truncated,
             "next_cursor": self.next_cursor,
+            "cut": self.cut,
             "users": self.users,
             "clients": self.clients,
             "tokens": self.tokens,
@@ -502,12 +509,20 @@ async def trace_request(
     if trace.total == 0:
         return trace
     user = AuditRecord.actor_type == ActorType.USER
-    trace.users = await _distinct_of(session, AuditRecord.actor_id, of_key, user)
-    trace.clients = await _distinct_of(session, AuditRecord.client_id, of_key)
-    trace.tokens = await _distinct_of(session, AuditRecord.token_id, of_key)
-    trace.token_families = await _distinct_of(session, AuditRecord.token_family, of_key)
-    trace.source_ips = await _distinct_of(session, AuditRecord.source_ip, of_key)
-    trace.endpoints = await _distinct_of(session, AuditRecord.endpoint, of_key)
+    summaries: list[tuple[str, InstrumentedAttribute[Any], tuple[ColumnElement[bool], ...]]] = [
+        ("users", AuditRecord.actor_id, (of_key, user)),
+        ("clients", AuditRecord.client_id, (of_key,)),
+        ("tokens", AuditRecord.token_id, (of_key,)),
+        ("token_families", AuditRecord.token_family, (of_key,)),
+        ("source_ips", AuditRecord.source_ip, (of_key,)),
+        ("endpoints", AuditRecord.endpoint, (of_key,)),
+    ]
+    for name, column, where in summaries:
+        values = await _distinct_of(session, column, *where)
+        if len(values) > _SUMMARY_LISTED:
+            values = values[:_SUMMARY_LISTED]
+            trace.cut.append(name)
+        setattr(trace, name, values)
     records = sorted((r for r, _ in rows), key=lambda r: r.seq)
     if not records:
         return trace
@@ -522,6 +537,9 @@ async def trace_request(
     trace.vehicles = [await _vehicle_state(session, v, started) for v in vehicle_ids]
     until = max([started] + [_job_end(j) for j in trace.jobs]) + after
     trace.telemetry = await _telemetry(session, vehicle_ids, started, until)
+    if len(trace.telemetry) > _TELEMETRY_LISTED:
+        trace.telemetry = trace.telemetry[:_TELEMETRY_LISTED]
+        trace.cut.append("telemetry")
     return trace
 
 
@@ -529,13 +547,13 @@ async def _distinct_of(
     session: AsyncSession, column: InstrumentedAttribute[Any], *where: ColumnElement[bool]
 ) -> list[str]:
     """The distinct values of one column over every record of a trace, in first-seen order
-    (at most ``_MAX_LISTED``)."""
+    (one more than ``_SUMMARY_LISTED`` at most: the caller tells a cut list by its length)."""
     rows = await session.execute(
         select(column)
         .where(*where, column.is_not(None))
         .group_by(column)
         .order_by(func.min(AuditRecord.seq))
-        .limit(_MAX_LISTED)
+        .limit(_SUMMARY_LISTED + 1)
     )
     return _distinct(value for (value,) in rows.all())
 
@@ -636,7 +654,7 @@ async def _telemetry(
                 TelemetryMessage.received_at <= until,
             )
             .order_by(TelemetryMessage.received_at)
-            .limit(200)
+            .limit(_TELEMETRY_LISTED + 1)  # one more: the caller tells a cut list
         )
     ).all()
     return [
