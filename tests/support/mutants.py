@@ -31,10 +31,11 @@ import fleetward.authz.relations.loader as loader_module
 from fleetward.api.auth import Caller
 from fleetward.api.objects import Page, cut_page, decode_cursor, encode_cursor, page_size
 from fleetward.api.support_cases import SupportCaseView, _view
-from fleetward.authz.decision import Decision, Reason, ResourceKind
+from fleetward.authz.decision import Decision, Reason, ResourceKind, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.authz.relations.facts import Grant
 from fleetward.authz.relations.loader import Loader
+from fleetward.commands.models import CommandJob
 from fleetward.core.surfaces import Surface
 from fleetward.identity.tokens.access import AccessTokenValidator
 from fleetward.identity.tokens.claims import AccessTokenClaims
@@ -278,6 +279,52 @@ def _driver_comfort(case_id: str) -> bool:
     if parts[1] == DEALER_DIAGNOSTICS:
         return (role, state) == ("dealer_technician", "case-open") and target == f"consumer-{side}"
     return (role, state) == ("driver", "active") and target == f"consumer-{side}"
+
+
+def cancel_requester_unchecked(patch: pytest.MonkeyPatch) -> None:
+    """Cancelling a job finds it on the vehicle and asks whether the caller may send its
+    command, but never whether the caller requested it: a driver lent climate cancels the
+    owner's climate job, an operator the fleet admin's (a denial of service)."""
+
+    async def own_job(
+        request: Request, caller: Caller, vehicle_id: str, job_id: str, ctx: Any
+    ) -> CommandJob:
+        job = await ctx.session.scalar(
+            select(CommandJob).where(CommandJob.id == job_id, CommandJob.vehicle_id == vehicle_id)
+        )
+        if job is None:
+            await command_routes.authorize(
+                request,
+                caller,
+                Permission.VEHICLE_READ_STATUS,
+                ResourceRef.vehicle(vehicle_id),
+                ctx=ctx,
+            )
+            raise command_routes.not_found()
+        await command_routes.authorize(
+            request, caller, Permission(job.command), ResourceRef.vehicle(vehicle_id), ctx=ctx
+        )
+        return job
+
+    patch.setattr(command_routes, "_own_job", own_job)
+
+
+JOB_CANCELS: Final = ("mobile:commands:cancel", "fleet:commands:cancel")
+
+
+def _cancel_by_another(case_id: str) -> bool:
+    """The refused cancels by someone who may send the job's command on the vehicle but did
+    not request it: the active driver (the owner's climate job) and the assigned operator
+    (the fleet admin's), on their own side's vehicle."""
+    parts = case_id.split("/")
+    if len(parts) != 4 or parts[1] not in JOB_CANCELS:
+        return False
+    role, state, side = parts[2].split(":")
+    if (role, state) == ("driver", "active"):
+        return parts[1] == JOB_CANCELS[0] and parts[3] == f"consumer-{side}"
+    if (role, state) == ("fleet_operator", "assigned"):
+        return parts[1] == JOB_CANCELS[1] and parts[3] == f"fleet-{side}"
+    return False
 
 
 def _no_step_up_unlock(case_id: str) -> bool:
@@ -564,5 +611,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         (*COMMANDS, *NEW_COMMANDS),
         DELEGATION_FAMILY_FLAGGED,
         exact=_driver_comfort,
+    ),
+    # Last: its broken cancels consume the seeded spare jobs the run shares.
+    _m(
+        "cancel-requester-unchecked",
+        "cancelling a job never asks whether the caller requested it: a driver cancels the "
+        "owner's climate job, an operator the fleet admin's",
+        cancel_requester_unchecked,
+        MATRIX,
+        JOB_CANCELS,
+        JOB_CANCELS,
+        exact=_cancel_by_another,
     ),
 )

@@ -263,9 +263,44 @@ async def seed_history(
         expires_at=at + timedelta(minutes=5),
         updated_at=at,
     )
-    ctx.session.add_all([trip, charging, report, job])
+    # For following on the mobile and fleet surfaces: the requester's lock, already ended
+    # (cancelled), so an allowed follow's stream ends after its first event (a job still
+    # pending would hold it open for the follow's 60 s).
+    ended = CommandJob(
+        id=new_id("job"),
+        vehicle_id=vehicle.id,
+        tenant_id=vehicle.tenant_id,
+        command=Permission.VEHICLE_LOCK.value,
+        parameters={},
+        state=JobState.CANCELLED,
+        requested_by=requester.id,
+        client_id="probe-seed",
+        created_at=at,
+        expires_at=at + timedelta(minutes=5),
+        updated_at=at,
+        finished_at=at,
+    )
+    # The spare for cancelling (an allowed cancel consumes it): the requester's climate job,
+    # still queued (climate is not security-exclusive, so it holds no slot and the probe's
+    # allowed commands meet no conflict); the active driver is lent climate, so sees it and
+    # may send it, but did not request it. Queued for longer than a probe run takes.
+    queued = CommandJob(
+        id=new_id("job"),
+        vehicle_id=vehicle.id,
+        tenant_id=vehicle.tenant_id,
+        command=Permission.VEHICLE_CLIMATE.value,
+        parameters={"cabin_celsius": 21},
+        state=JobState.QUEUED,
+        requested_by=requester.id,
+        client_id="probe-seed",
+        created_at=at,
+        expires_at=at + timedelta(minutes=15),
+        updated_at=at,
+    )
+    ctx.session.add_all([trip, charging, report, job, ended, queued])
     v = {"vehicle_id": vehicle.id}
     world.add("trip", anchor, v | {"trip_id": trip.id})
     world.add("charging_session", anchor, v | {"session_id": charging.id})
     world.add("diagnostic_report", anchor, v | {"report_id": report.id}, canaries=[summary])
-    world.add("command_job", anchor, v | {"job_id": job.id})
+    world.add("command_job", anchor, v | {"job_id": job.id, "ended_job_id": ended.id})
+    world.add("command_job", anchor, v | {"job_id": queued.id}, spare=True)

@@ -52,6 +52,7 @@ TABLES: dict[str, type[Any]] = {
     "session_id": ChargingSession,
     "report_id": DiagnosticReport,
     "job_id": CommandJob,
+    "ended_job_id": CommandJob,
     "appointment_id": ServiceAppointment,
     "confirm_appointment_id": ServiceAppointment,
     "invitation_id": DriverInvitation,

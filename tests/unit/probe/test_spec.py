@@ -416,3 +416,38 @@ def test_the_demo_spec_probes_the_dealers_job_routes(demo: Spec) -> None:
     for state, tenant in (("case-closed", "same"), ("case-open", "other")):
         for route in ("dealer:commands:list", *DEALER_JOB_ROUTES):
             assert decided(state, tenant, route) == "deny-hidden", (state, tenant, route)
+
+
+def test_the_demo_spec_probes_mobile_and_fleet_job_follow_and_cancel(demo: Spec) -> None:
+    """Cancel is the requester's alone (the spare job is the owner's, the fleet admin's): a
+    driver or an operator who may send its command still gets the unknown job's 404, as does
+    anyone who does not see the vehicle. Following the ended job is a read."""
+    oracle = Oracle(demo)
+
+    def decided(role: str, state: str, tenant: str, route: str) -> str:
+        return oracle.decide(
+            role=role, state=state, tenant=tenant, obj="command_job", route=route
+        ).expect.value
+
+    for surface, requester, other in (
+        ("mobile", ("owner", "active"), ("driver", "active")),
+        ("fleet", ("fleet_admin", "active"), ("fleet_operator", "assigned")),
+    ):
+        cancel, follow = f"{surface}:commands:cancel", f"{surface}:commands:follow"
+        assert demo.route(cancel)[0].name == "command_job"
+        assert demo.route(cancel)[1].spare
+        assert "{ended_job_id}" in demo.route(follow)[1].path
+        assert decided(*requester, "same", cancel) == "allow"
+        assert decided(*other, "same", cancel) == "deny-hidden"
+        assert decided(*requester, "same", follow) == "allow"
+        assert decided(*other, "same", follow) == "allow"
+        for role, state in (requester, other):
+            for route in (cancel, follow):
+                assert decided(role, state, "other", route) == "deny-hidden"
+    for role, state in (
+        ("former_owner", "transferred"),
+        ("driver", "expired"),
+        ("driver", "revoked"),
+    ):
+        assert decided(role, state, "same", "mobile:commands:cancel") == "deny-hidden"
+    assert decided("fleet_operator", "reassigned", "same", "fleet:commands:cancel") == "deny-hidden"
