@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 from joserfc.jwk import ECKey
 
@@ -249,53 +249,41 @@ async def seed_history(
         trouble_codes=["P0420"],
         summary=f"probe {summary}",
     )
-    # No command service writes jobs outside a delivery: the row is written directly.
-    job = CommandJob(
-        id=new_id("job"),
-        vehicle_id=vehicle.id,
-        tenant_id=vehicle.tenant_id,
-        command=Permission.VEHICLE_LOCK.value,
-        parameters={},
-        state=JobState.EXECUTED,
-        requested_by=requester.id,
-        client_id="probe-seed",
-        created_at=at,
-        expires_at=at + timedelta(minutes=5),
-        updated_at=at,
-    )
+
+    # No command service writes jobs outside a delivery: the rows are written directly.
+    def seeded_job(
+        command: Permission, state: JobState, lifetime: timedelta, **extra: Any
+    ) -> CommandJob:
+        return CommandJob(
+            id=new_id("job"),
+            vehicle_id=vehicle.id,
+            tenant_id=vehicle.tenant_id,
+            command=command.value,
+            parameters=extra.pop("parameters", {}),
+            state=state,
+            requested_by=requester.id,
+            client_id="probe-seed",
+            created_at=at,
+            expires_at=at + lifetime,
+            updated_at=at,
+            **extra,
+        )
+
+    five_minutes = timedelta(minutes=5)
+    job = seeded_job(Permission.VEHICLE_LOCK, JobState.EXECUTED, five_minutes)
     # For following on the mobile and fleet surfaces: the requester's lock, already ended
     # (cancelled), so an allowed follow's stream ends after its first event (a job still
     # pending would hold it open for the follow's 60 s).
-    ended = CommandJob(
-        id=new_id("job"),
-        vehicle_id=vehicle.id,
-        tenant_id=vehicle.tenant_id,
-        command=Permission.VEHICLE_LOCK.value,
-        parameters={},
-        state=JobState.CANCELLED,
-        requested_by=requester.id,
-        client_id="probe-seed",
-        created_at=at,
-        expires_at=at + timedelta(minutes=5),
-        updated_at=at,
-        finished_at=at,
-    )
+    ended = seeded_job(Permission.VEHICLE_LOCK, JobState.CANCELLED, five_minutes, finished_at=at)
     # The spare for cancelling (an allowed cancel consumes it): the requester's climate job,
     # still queued (climate is not security-exclusive, so it holds no slot and the probe's
     # allowed commands meet no conflict); the active driver is lent climate, so sees it and
     # may send it, but did not request it. Queued for longer than a probe run takes.
-    queued = CommandJob(
-        id=new_id("job"),
-        vehicle_id=vehicle.id,
-        tenant_id=vehicle.tenant_id,
-        command=Permission.VEHICLE_CLIMATE.value,
+    queued = seeded_job(
+        Permission.VEHICLE_CLIMATE,
+        JobState.QUEUED,
+        timedelta(minutes=15),
         parameters={"cabin_celsius": 21},
-        state=JobState.QUEUED,
-        requested_by=requester.id,
-        client_id="probe-seed",
-        created_at=at,
-        expires_at=at + timedelta(minutes=15),
-        updated_at=at,
     )
     ctx.session.add_all([trip, charging, report, job, ended, queued])
     v = {"vehicle_id": vehicle.id}
