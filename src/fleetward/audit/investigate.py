@@ -39,6 +39,14 @@ _TELEMETRY_LISTED = 200
 _MAX_SEQ: Final = 2**63 - 1  # the largest audit record seq (a BIGINT)
 
 
+def _seq(text: str) -> int:
+    """An audit record seq written in a cursor; anything else (not ASCII digits, or past a
+    BIGINT, which the store refuses as a bound: a 500) is a ``ValueError``."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > _MAX_SEQ:
+        raise ValueError("not a cursor this listing returned")
+    return int(text)
+
+
 class Subject(StrEnum):
     """What is compromised. ``window`` alone: everything in the time window."""
 
@@ -123,9 +131,7 @@ class CommandCursor:
     @classmethod
     def parse(cls, value: str) -> CommandCursor:
         """The cursor a previous page returned; anything else is a ``ValueError``."""
-        if not value.isascii() or not value.isdigit() or int(value) > _MAX_SEQ:
-            raise ValueError("not a cursor this listing returned")
-        return cls(int(value))
+        return cls(_seq(value))
 
 
 @dataclass(slots=True)
@@ -384,16 +390,9 @@ class TraceCursor:
     def parse(cls, value: str) -> TraceCursor:
         """The cursor a previous page returned; anything else is a ``ValueError``."""
         tier, sep, seq = value.partition(".")
-        if (
-            not sep
-            or not tier.isdigit()
-            or not seq.isdigit()
-            or len(seq) > 19
-            or int(seq) > _MAX_SEQ  # past a BIGINT: the store refuses the bound (a 500)
-            or int(tier) not in _TIERS
-        ):
+        if not sep or not tier.isascii() or not tier.isdigit() or int(tier) not in _TIERS:
             raise ValueError("not a cursor this listing returned")
-        return cls(int(tier), int(seq))
+        return cls(int(tier), _seq(seq))
 
 
 @dataclass(slots=True)

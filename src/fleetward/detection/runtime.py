@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterable
 
 from starlette.routing import BaseRoute
@@ -40,14 +39,10 @@ class DetectionRuntime:
         config: DetectionConfig,
         *,
         metrics: MetricsSource | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._platform = platform
         self._config = config
         self._metrics = metrics
-        self._monotonic = monotonic
-        # The pipeline's windows start filling when the process does (build_app).
-        self._started_at = monotonic()
         self._task: asyncio.Task[None] | None = None
         # Route names whose catalog entry is deprecated: known once every route is mounted.
         self._deprecated: frozenset[str] = frozenset()
@@ -96,13 +91,13 @@ class DetectionRuntime:
 
     async def sample_telemetry(self) -> int:
         """Judge the pipeline's rates once there is a baseline to judge them against:
-        :func:`baseline_seconds` of traffic since the process started (the rates are over
-        the seconds counted, ``telemetry/metrics.py``). Alerts raised or counted."""
+        :func:`baseline_seconds` of traffic counted in the long window (the metrics know how
+        long they have counted: ``telemetry/metrics.py``). Alerts raised or counted."""
         rules = self._config.rules.telemetry_volume
         if self._metrics is None or not rules.enabled:
             return 0
         rates = FleetRates.of(self._metrics())
-        if self._monotonic() - self._started_at < baseline_seconds(rates, rules.rate_factor):
+        if rates.counted < baseline_seconds(rates, rules.rate_factor):
             return 0
         findings = self._fleet.sample(rates, self._platform.clock.now())
         if not findings:

@@ -40,6 +40,9 @@ class FleetRates:
     quota_refusals_per_s: float
     # device id -> frames refused for its quota over the shortest window.
     quota_devices: Mapping[str, int] = field(default_factory=dict)
+    # Seconds of the longest window the metrics have counted (all of it once they have run
+    # that long): the baseline the rates are judged against.
+    counted: int = 0
 
     @classmethod
     def of(cls, snapshot: MetricsSnapshot) -> FleetRates:
@@ -49,7 +52,8 @@ class FleetRates:
             for path, windows in snapshot.signals.items()
         }
         refused = snapshot.refused.get(QUOTA_SLUG, {}).get(short, 0.0)
-        return cls(short, long, signals, refused, dict(snapshot.quota_devices))
+        counted = snapshot.covered.get(long, long)
+        return cls(short, long, signals, refused, dict(snapshot.quota_devices), counted)
 
 
 class FleetTelemetryVolume:
