@@ -49,6 +49,7 @@ from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending
 from fleetward.catalog.inventory import inventory
 from fleetward.commands.dispatch import Dispatcher
 from fleetward.commands.quotas import AbuseCommandQuotas
+from fleetward.commands.redis_bus import RedisCommandBus
 from fleetward.commands.runtime import CommandRuntime
 from fleetward.commands.service import CommandConfig
 from fleetward.commands.signing import CommandSigner
@@ -190,8 +191,18 @@ def _command_runtime(platform: Platform, gateway: Gateway, quotas: QuotaRuntime)
     delivers through this gateway, and the quotas commands are charged against."""
     signer = CommandSigner.load_or_create(platform.settings, platform.identity.data_key)
     config = CommandConfig()
+    settings = platform.settings
+    # Replicas share a Redis: jobs queued on one reach a vehicle connected to another at
+    # once (commands/bus.py); alone, a process needs no bus.
+    bus = (
+        RedisCommandBus.from_url(
+            settings.redis_url.get_secret_value(), settings.command_bus_channel
+        )
+        if settings.redis_url is not None
+        else None
+    )
     return CommandRuntime(
-        dispatcher=Dispatcher(platform, gateway.registry, signer, config=config),
+        dispatcher=Dispatcher(platform, gateway.registry, signer, config=config, bus=bus),
         quotas=AbuseCommandQuotas(quotas, platform.clock),
         config=config,
         signer=signer,

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
+    # The Redis publish/subscribe channel replicas tell each other about queued and changed
+    # command jobs on (with redis_url only; commands/bus.py). Replicas of one deployment
+    # share it; deployments sharing a Redis server need one each.
+    command_bus_channel: Annotated[str, Field(pattern=r"^[A-Za-z0-9:._-]{1,64}$")] = (
+        "fleetward:commands"
+    )
     # base64 of 32 bytes; unset = generated once in <data dir>/secrets/data.key (mode 0600).
     data_key: SecretStr | None = None
     access_token_minutes: Annotated[int, Field(ge=1, le=15)] = 5

@@ -6,7 +6,10 @@ One :class:`Dispatcher` per gateway process (it implements the gateway's ``Comma
 * A job is delivered when its vehicle has a commandable session HERE (an active device, never
   a quarantined one): at once when it is queued (``notify``), when the vehicle connects
   (``session_ready``), and by a sweep every ``sweep_interval`` (jobs queued by another
-  replica, retries after a busy store).
+  replica, retries after a busy store). A job queued on another replica for a vehicle
+  connected here arrives as a hint on the command bus (``commands/bus.py``) and is
+  delivered at once too; the hint only says where to look: the job is read from the store
+  and delivered only if it is still queued and is this vehicle's.
 * Delivery is one transaction: claim the job (compare-and-set on its state and update time,
   so a concurrent cancel or another dispatcher cannot deliver it too), re-check the grant
   with the PDP (a delegation revoked while the job waited stops it here), check its deadline,
@@ -41,6 +44,7 @@ from fleetward.authz.decision import (
 )
 from fleetward.authz.permissions import Permission
 from fleetward.commands import jobs
+from fleetward.commands.bus import CommandBus, Hint, HintKind, SingleReplica
 from fleetward.commands.chain import Link
 from fleetward.commands.confirm import confirm_effects
 from fleetward.commands.envelope import (
@@ -100,8 +104,10 @@ class Dispatcher:
         *,
         config: CommandConfig | None = None,
         dispatch: DispatchConfig | None = None,
+        bus: CommandBus | None = None,
     ) -> None:
         self._platform = platform
+        self._bus: CommandBus = bus or SingleReplica()
         self._registry = registry
         self._signer = signer
         self._config = config or CommandConfig()
@@ -121,6 +127,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         if self._sweeper is None:
+            await self._bus.start(self._on_hint)
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="command-sweeper")
 
     async def stop(self) -> None:
@@ -132,6 +139,7 @@ class Dispatcher:
                 await task
         self._sweeper = None
         self._tasks.clear()
+        await self._bus.stop()
 
     # ------------------------------------------------------------------ followers
 
@@ -147,19 +155,33 @@ class Dispatcher:
         return job_id in self._changed
 
     def touched(self, job_id: str) -> None:
-        """``job_id`` changed in this process: wake its followers (each then waits on a new
-        event)."""
+        """``job_id`` changed in this process: wake its followers here (each then waits on a
+        new event) and, through the bus, on the other replicas."""
+        self._wake(job_id)
+        self._bus.changed(job_id)
+
+    def _wake(self, job_id: str) -> None:
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
 
+    def _on_hint(self, hint: Hint) -> None:
+        """Another replica's hint (parsed strictly by the bus; see ``commands/bus.py``)."""
+        if hint.kind is HintKind.CHANGED:
+            self._wake(hint.job_id)
+        elif self._registry.commandable(hint.vehicle_id) is not None:
+            self._spawn(self.deliver_pending(hint.vehicle_id, hint.job_id))
+
     # ------------------------------------------------------------------ CommandPort
 
-    def notify(self, vehicle_id: str, job_id: str | None = None) -> None:
-        """A job for ``vehicle_id`` was queued (committed): deliver it now if reachable
-        (``job_id``: that job, without looking for others; the sweep finds any)."""
+    def notify(self, vehicle_id: str, job_id: str) -> None:
+        """Job ``job_id`` for ``vehicle_id`` was queued (committed): deliver it now if the
+        vehicle is reachable here, else tell the other replicas (the one holding its
+        session delivers it at once; without a bus, at its next sweep)."""
         if self._registry.commandable(vehicle_id) is not None:
             self._spawn(self.deliver_pending(vehicle_id, job_id))
+        else:
+            self._bus.queued(vehicle_id, job_id)
 
     def session_ready(self, live: LiveSession) -> None:
         self._spawn(self.deliver_pending(live.session.vehicle_id))
@@ -256,7 +278,13 @@ class Dispatcher:
         platform = self._platform
         async with platform.services(inline_writes=True) as (uow, ctx):
             job = await ctx.session.get(CommandJob, job_id)
-            if job is None or job.state is not JobState.QUEUED:
+            if (
+                job is None
+                or job.state is not JobState.QUEUED
+                or job.vehicle_id != live.session.vehicle_id
+            ):
+                # Not queued any more, or another vehicle's (a hint names both ids: a job is
+                # only ever sealed for the session of its own vehicle).
                 return None
             now = ctx.clock.now()
             claimed = await ctx.session.execute(

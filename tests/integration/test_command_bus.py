@@ -1,0 +1,221 @@
+"""Two replicas on one store and one Redis: a command created on one reaches a vehicle whose
+session is on the other through the command bus (commands/bus.py), not through the sweep
+(set to an hour here, so only the bus can deliver); the bus itself over the real Redis; and
+a hint that names a connected vehicle with another vehicle's job seals nothing.
+
+Redis is required (FLEETWARD_REQUIRE_SERVICES in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+
+from conftest import T0, require_service
+from fleetward.app import build_app
+from fleetward.commands import dispatch
+from fleetward.commands.bus import Hint, HintKind, new_origin
+from fleetward.commands.redis_bus import RedisCommandBus
+from fleetward.commands.runtime import commands_of
+from fleetward.core.surfaces import Surface
+from fleetward.platform import Platform
+from fleetward.settings import Settings
+from fleetward.store.engine import create_engine
+from support.commands import CommandWorld, RunningClock, command_world, reported
+
+REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    require_service("Redis", REDIS_URL)
+    return Settings(
+        data_dir=tmp_path / "var",
+        password_hash_memory_kib=19_456,
+        password_hash_time_cost=2,
+        quota_user_per_minute=100_000,
+        quota_tenant_per_minute=120_000,
+        redis_url=REDIS_URL,
+        # A channel of this test's own: other tests' replicas never hear its hints.
+        command_bus_channel=f"fw:test:{secrets.token_hex(6)}",
+    )
+
+
+@pytest.fixture
+def clock() -> RunningClock:
+    return RunningClock(T0)
+
+
+@pytest.fixture
+def no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every dispatcher built from here on sweeps once an hour: a job queued on one replica
+    reaches the other's vehicle within a test only through the bus."""
+
+    config = dispatch.DispatchConfig
+
+    def hourly() -> dispatch.DispatchConfig:
+        return config(sweep_interval=timedelta(hours=1))
+
+    monkeypatch.setattr(dispatch, "DispatchConfig", hourly)
+
+
+@pytest.fixture
+async def world(
+    platform: Platform, clock: RunningClock, free_port: int, no_sweep: None
+) -> AsyncIterator[CommandWorld]:
+    # Replica B: serves the vehicles (ALICE-1 and ACME-N1 connect here).
+    async with command_world(platform, clock, free_port, cars=("ALICE-1", "ACME-N1")) as running:
+        yield running
+
+
+@pytest.fixture
+async def replica_a(
+    platform: Platform, world: CommandWorld, clock: RunningClock
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Replica A: the same settings, store and keys, its own process state (gateway, sessions,
+    dispatcher), no vehicle connected to it."""
+    url = platform.engine.url.render_as_string(hide_password=False)
+    other = Platform.build(platform.settings, clock=clock, engine=create_engine(url))
+    app = build_app(platform.settings, platform=other)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "replica A stopped during start-up"
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_a_command_made_on_one_replica_reaches_a_car_connected_to_another(
+    world: CommandWorld, replica_a: httpx.AsyncClient
+) -> None:
+    await reported(world, "ALICE-1")
+    car = world.cars["ALICE-1"]
+    vehicle_id = world.vehicles["ALICE-1"].id
+    response = await replica_a.post(
+        f"/mobile/v1/vehicles/{vehicle_id}/commands/horn_lights",
+        json={"parameters": {}},
+        headers={
+            "authorization": f"Bearer {world.token('alice')}",
+            "idempotency-key": "across-replicas",
+        },
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    # Replica A holds no session of the car: the job waits, queued, for the replica that does.
+    assert job["state"] == "queued"
+    final = await world.settle("alice", "ALICE-1", job["id"], until={"executed"})
+    assert final["state"] == "executed", final
+    assert car.acted() == 1
+
+
+async def test_a_hint_naming_another_vehicles_job_seals_nothing(world: CommandWorld) -> None:
+    # A hint is only where to look: a queued job of ACME-N1 named in a hint for ALICE-1
+    # (both connected here) is never sealed for ALICE-1's session; it stays queued for its
+    # own car (whose delivery the sweep, an hour away here, would make).
+    await reported(world, "ALICE-1")
+    await reported(world, "ACME-N1")
+    await world.cars["ACME-N1"].offline()
+    response = await world.command(
+        "erin", "ACME-N1", "climate", {"cabin_celsius": 21}, key="fleet-car", surface=Surface.FLEET
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["state"] == "queued"
+    dispatcher = commands_of(world.app).dispatcher
+    alice_car = world.vehicles["ALICE-1"].id
+    dispatcher._on_hint(Hint(HintKind.QUEUED, new_origin(), job_id, alice_car))
+    sent = await dispatcher.deliver_pending(alice_car, job_id)
+    assert sent == 0
+    job = await world.job("erin", "ACME-N1", job_id, Surface.FLEET)
+    assert job["state"] == "queued"
+    assert world.cars["ALICE-1"].acted() == 0
+
+
+@pytest.fixture
+async def buses(settings: Settings) -> AsyncIterator[tuple[RedisCommandBus, RedisCommandBus]]:
+    channel = settings.command_bus_channel
+    first = RedisCommandBus.from_url(REDIS_URL, channel)
+    second = RedisCommandBus.from_url(REDIS_URL, channel)
+    yield first, second
+    await first.stop()
+    await second.stop()
+
+
+async def _heard(hints: list[Hint], count: int) -> None:
+    for _ in range(250):
+        if len(hints) >= count:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _subscribed(bus: RedisCommandBus, publish: Callable[[], None], hints: list[Hint]) -> None:
+    """Publish until the listener hears one (a subscription starts asynchronously)."""
+    for _ in range(100):
+        publish()
+        await _heard(hints, 1)
+        if hints:
+            return
+    raise AssertionError("the bus never delivered a hint")
+
+
+async def test_hints_reach_the_other_replicas_only(
+    buses: tuple[RedisCommandBus, RedisCommandBus],
+) -> None:
+    first, second = buses
+    heard_first: list[Hint] = []
+    heard_second: list[Hint] = []
+    await first.start(heard_first.append)
+    await second.start(heard_second.append)
+    job = "job_" + "a" * 26
+    await _subscribed(second, lambda: first.changed(job), heard_second)
+    heard_second.clear()
+    first.queued("veh_" + "b" * 26, job)
+    await _heard(heard_second, 1)
+    assert heard_second == [Hint(HintKind.QUEUED, first.origin, job, "veh_" + "b" * 26)]
+    # A replica never hears its own hints (it acted on them when it published them).
+    assert all(h.origin != first.origin for h in heard_first)
+
+
+async def test_messages_that_are_not_hints_are_refused(
+    buses: tuple[RedisCommandBus, RedisCommandBus], settings: Settings
+) -> None:
+    first, second = buses
+    heard: list[Hint] = []
+    await first.start(lambda _hint: None)
+    await second.start(heard.append)
+    job = "job_" + "c" * 26
+    await _subscribed(second, lambda: first.changed(job), heard)
+    heard.clear()
+    publisher = Redis.from_url(REDIS_URL)
+    try:
+        for junk in (
+            b"x",
+            b"q " + b"0" * 16 + b" job_" + b"c" * 26,  # queued without a vehicle
+            b"c " + b"0" * 16 + b" veh_" + b"c" * 26,  # a vehicle id as the job
+            b"c " + b"0" * 16 + b" job_" + b"c" * 26 + b" extra",
+            b"c " + b"z" * 16 + b" job_" + b"c" * 26,  # not a replica origin
+            b"c " + b"0" * 16 + b" job_" + b"c" * 26 + b" " * 200,  # too long
+        ):
+            await publisher.publish(settings.command_bus_channel, junk)
+        first.changed(job)  # a real one after them: when it arrives, they were all read
+        await _heard(heard, 1)
+    finally:
+        await publisher.aclose()
+    assert heard == [Hint(HintKind.CHANGED, first.origin, job)]
+    assert second.refused == 6
