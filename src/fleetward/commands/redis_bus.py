@@ -92,6 +92,11 @@ class RedisCommandBus:
                     logger.info("commands.bus_publishing_again")
                 failing = False
             except Exception as exc:  # Redis down: these hints are lost (the sweep stands)
+                # And those queued behind them: by the time Redis answers again the sweep
+                # has found their jobs, and a burst of stale hints would only cost the
+                # other replicas a store read each.
+                while not self._outbox.empty():
+                    batch.append(self._outbox.get_nowait())
                 self.dropped += len(batch)
                 if not failing:
                     logger.warning("commands.bus_publish_failed", error=type(exc).__name__)

@@ -3,9 +3,13 @@ nothing else reads as a hint (commands/bus.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 from fleetward.commands.bus import MAX_MESSAGE, Hint, HintKind, decode, encode, new_origin
+from fleetward.commands.redis_bus import RedisCommandBus
 from fleetward.core.ids import new_id
 
 
@@ -37,3 +41,26 @@ def test_hints_read_back_as_they_were_published() -> None:
 )
 def test_anything_else_is_not_a_hint(message: bytes) -> None:
     assert decode(message) is None
+
+
+async def test_a_bus_whose_redis_is_down_drops_hints_and_never_blocks() -> None:
+    # Nothing listens on this port: every publish fails. The callers' path (queued, changed)
+    # neither raises nor waits; the hints are counted as dropped (the sweep delivers their
+    # jobs) and the bus stops cleanly.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bus = RedisCommandBus.from_url(f"redis://127.0.0.1:{port}/0", "fw:test:down")
+    heard: list[Hint] = []
+    await bus.start(heard.append)
+    try:
+        bus.queued(new_id("veh"), new_id("job"))
+        bus.changed(new_id("job"))
+        for _ in range(200):
+            if bus.dropped >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert bus.dropped == 2
+        assert heard == []
+    finally:
+        await bus.stop()
