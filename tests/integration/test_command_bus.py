@@ -12,7 +12,6 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -35,17 +34,13 @@ REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with Redis and a bus channel of this test's own (other tests'
+    replicas never hear its hints)."""
     require_service("Redis", REDIS_URL)
-    return Settings(
-        data_dir=tmp_path / "var",
-        password_hash_memory_kib=19_456,
-        password_hash_time_cost=2,
-        quota_user_per_minute=100_000,
-        quota_tenant_per_minute=120_000,
-        redis_url=REDIS_URL,
-        # A channel of this test's own: other tests' replicas never hear its hints.
-        command_bus_channel=f"fw:test:{secrets.token_hex(6)}",
+    channel = f"fw:test:{secrets.token_hex(6)}"
+    return Settings.model_validate(
+        {**settings.model_dump(), "redis_url": REDIS_URL, "command_bus_channel": channel}
     )
 
 
