@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from conftest import T0, require_service
 from fleetward.app import build_app
 from fleetward.commands import dispatch
-from fleetward.commands.bus import Hint, HintKind, new_origin
+from fleetward.commands.bus import Hint, new_origin
 from fleetward.commands.redis_bus import RedisCommandBus
 from fleetward.commands.runtime import commands_of
 from fleetward.core.surfaces import Surface
@@ -134,7 +134,7 @@ async def test_a_hint_naming_another_vehicles_job_seals_nothing(world: CommandWo
     assert response.json()["state"] == "queued"
     dispatcher = commands_of(world.app).dispatcher
     alice_car = world.vehicles["ALICE-1"].id
-    dispatcher._on_hint(Hint(HintKind.QUEUED, new_origin(), job_id, alice_car))
+    dispatcher._on_hint(Hint(new_origin(), job_id, alice_car))
     sent = await dispatcher.deliver_pending(alice_car, job_id)
     assert sent == 0
     job = await world.job("erin", "ACME-N1", job_id, Surface.FLEET)
@@ -159,7 +159,7 @@ async def _heard(hints: list[Hint], count: int) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _subscribed(bus: RedisCommandBus, publish: Callable[[], None], hints: list[Hint]) -> None:
+async def _subscribed(publish: Callable[[], None], hints: list[Hint]) -> None:
     """Publish until the listener hears one (a subscription starts asynchronously)."""
     for _ in range(100):
         publish()
@@ -167,6 +167,14 @@ async def _subscribed(bus: RedisCommandBus, publish: Callable[[], None], hints: 
         if hints:
             return
     raise AssertionError("the bus never delivered a hint")
+
+
+async def _quiet(hints: list[Hint]) -> None:
+    """Until no more of the hints published while subscribing arrive."""
+    seen = -1
+    while seen != len(hints):
+        seen = len(hints)
+        await asyncio.sleep(0.1)
 
 
 async def test_hints_reach_the_other_replicas_only(
@@ -177,14 +185,11 @@ async def test_hints_reach_the_other_replicas_only(
     heard_second: list[Hint] = []
     await first.start(heard_first.append)
     await second.start(heard_second.append)
-    job = "job_" + "a" * 26
-    await _subscribed(second, lambda: first.changed(job), heard_second)
-    heard_second.clear()
-    first.queued("veh_" + "b" * 26, job)
-    await _heard(heard_second, 1)
-    assert heard_second == [Hint(HintKind.QUEUED, first.origin, job, "veh_" + "b" * 26)]
+    job, car = "job_" + "a" * 26, "veh_" + "b" * 26
+    await _subscribed(lambda: first.queued(car, job), heard_second)
+    assert set(heard_second) == {Hint(first.origin, job, car)}
     # A replica never hears its own hints (it acted on them when it published them).
-    assert all(h.origin != first.origin for h in heard_first)
+    assert heard_first == []
 
 
 async def test_messages_that_are_not_hints_are_refused(
@@ -194,23 +199,26 @@ async def test_messages_that_are_not_hints_are_refused(
     heard: list[Hint] = []
     await first.start(lambda _hint: None)
     await second.start(heard.append)
-    job = "job_" + "c" * 26
-    await _subscribed(second, lambda: first.changed(job), heard)
+    job, car = "job_" + "c" * 26, "veh_" + "c" * 26
+    await _subscribed(lambda: first.queued(car, job), heard)
+    await _quiet(heard)
     heard.clear()
+    refused = second.refused
+    origin = b"0" * 16
     publisher = Redis.from_url(REDIS_URL)
     try:
         for junk in (
             b"x",
-            b"q " + b"0" * 16 + b" job_" + b"c" * 26,  # queued without a vehicle
-            b"c " + b"0" * 16 + b" veh_" + b"c" * 26,  # a vehicle id as the job
-            b"c " + b"0" * 16 + b" job_" + b"c" * 26 + b" extra",
-            b"c " + b"z" * 16 + b" job_" + b"c" * 26,  # not a replica origin
-            b"c " + b"0" * 16 + b" job_" + b"c" * 26 + b" " * 200,  # too long
+            b"q " + origin + b" job_" + b"c" * 26,  # without a vehicle
+            b"q " + origin + b" veh_" + b"c" * 26 + b" job_" + b"c" * 26,  # ids swapped
+            b"q " + origin + b" job_" + b"c" * 26 + b" veh_" + b"c" * 26 + b" extra",
+            b"q " + b"z" * 16 + b" job_" + b"c" * 26 + b" veh_" + b"c" * 26,  # bad origin
+            b"q " + origin + b" job_" + b"c" * 26 + b" veh_" + b"c" * 26 + b" " * 200,
         ):
             await publisher.publish(settings.command_bus_channel, junk)
-        first.changed(job)  # a real one after them: when it arrives, they were all read
+        first.queued(car, job)  # a real one after them: when it arrives, they were all read
         await _heard(heard, 1)
     finally:
         await publisher.aclose()
-    assert heard == [Hint(HintKind.CHANGED, first.origin, job)]
-    assert second.refused == 6
+    assert heard == [Hint(first.origin, job, car)]
+    assert second.refused - refused == 6

@@ -44,7 +44,7 @@ from fleetward.authz.decision import (
 )
 from fleetward.authz.permissions import Permission
 from fleetward.commands import jobs
-from fleetward.commands.bus import CommandBus, Hint, HintKind, SingleReplica
+from fleetward.commands.bus import CommandBus, Hint, SingleReplica
 from fleetward.commands.chain import Link
 from fleetward.commands.confirm import confirm_effects
 from fleetward.commands.envelope import (
@@ -155,21 +155,16 @@ class Dispatcher:
         return job_id in self._changed
 
     def touched(self, job_id: str) -> None:
-        """``job_id`` changed in this process: wake its followers here (each then waits on a
-        new event) and, through the bus, on the other replicas."""
-        self._wake(job_id)
-        self._bus.changed(job_id)
-
-    def _wake(self, job_id: str) -> None:
+        """``job_id`` changed in this process: wake its followers (each then waits on a new
+        event). Followers on other replicas see it at their next poll."""
         event = self._changed.pop(job_id, None)
         if event is not None:
             event.set()
 
     def _on_hint(self, hint: Hint) -> None:
-        """Another replica's hint (parsed strictly by the bus; see ``commands/bus.py``)."""
-        if hint.kind is HintKind.CHANGED:
-            self._wake(hint.job_id)
-        elif self._registry.commandable(hint.vehicle_id) is not None:
+        """Another replica queued a job for a vehicle (parsed strictly by the bus; see
+        ``commands/bus.py``): delivered now if the vehicle is connected here."""
+        if self._registry.commandable(hint.vehicle_id) is not None:
             self._spawn(self.deliver_pending(hint.vehicle_id, hint.job_id))
 
     # ------------------------------------------------------------------ CommandPort

@@ -3,7 +3,7 @@
 Redis is already the replicas' shared fast path (revocations, replay caches, quotas), and its
 publish/subscribe is what a hint needs: fan-out to every replica, nothing stored, at most
 once. A replica that is not subscribed at that moment (starting, reconnecting) misses the
-hint and finds the job at its next sweep or poll, which is what happens without a bus.
+hint and finds the job at its next sweep, which is what happens without a bus.
 
 Publishing never waits on Redis in the caller's path: hints go to a bounded queue that one
 task drains, several per round trip (a pipeline). When Redis is down or slow, the queue fills
@@ -20,7 +20,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from fleetward.commands.bus import Hint, HintKind, OnHint, decode, encode, new_origin
+from fleetward.commands.bus import Hint, OnHint, decode, encode, new_origin
 from fleetward.observability.logging import get_logger
 
 logger = get_logger(__name__)
@@ -62,12 +62,7 @@ class RedisCommandBus:
         await self._redis.aclose()
 
     def queued(self, vehicle_id: str, job_id: str) -> None:
-        self._put(Hint(HintKind.QUEUED, self.origin, job_id, vehicle_id))
-
-    def changed(self, job_id: str) -> None:
-        self._put(Hint(HintKind.CHANGED, self.origin, job_id))
-
-    def _put(self, hint: Hint) -> None:
+        hint = Hint(self.origin, job_id, vehicle_id)
         if not self._tasks:
             return  # not started (or stopped): nobody would publish it
         try:
@@ -127,7 +122,7 @@ class RedisCommandBus:
                         logger.error("commands.bus_hint_failed", error=type(exc).__name__)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # reconnect: hints meanwhile are missed (sweep, polls)
+            except Exception as exc:  # reconnect: hints meanwhile are missed (the sweep)
                 logger.warning("commands.bus_listen_failed", error=type(exc).__name__)
             finally:
                 with contextlib.suppress(Exception):
