@@ -100,6 +100,7 @@ async def test_a_command_made_on_one_replica_reaches_a_car_connected_to_another(
     world: CommandWorld, replica_a: httpx.AsyncClient
 ) -> None:
     await reported(world, "ALICE-1")
+    await _listening(world.platform.settings.command_bus_channel, replicas=2)
     car = world.cars["ALICE-1"]
     vehicle_id = world.vehicles["ALICE-1"].id
     response = await replica_a.post(
@@ -117,6 +118,21 @@ async def test_a_command_made_on_one_replica_reaches_a_car_connected_to_another(
     final = await world.settle("alice", "ALICE-1", job["id"], until={"executed"})
     assert final["state"] == "executed", final
     assert car.acted() == 1
+
+
+async def _listening(channel: str, replicas: int) -> None:
+    """Until ``replicas`` subscribers listen on ``channel`` (a hint published before a
+    replica subscribed is not for it: publish/subscribe keeps nothing)."""
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        for _ in range(250):
+            ((_name, count),) = await redis.pubsub_numsub(channel)
+            if count >= replicas:
+                return
+            await asyncio.sleep(0.02)
+    finally:
+        await redis.aclose()
+    raise AssertionError(f"fewer than {replicas} replicas listen on the command bus")
 
 
 async def test_a_hint_naming_another_vehicles_job_seals_nothing(world: CommandWorld) -> None:
