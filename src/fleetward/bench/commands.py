@@ -62,29 +62,38 @@ import contextlib
 import json
 import math
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from fastapi import FastAPI, Response
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from fleetward.api.commands import CommandBody
 from fleetward.audit.recorder import Actor
 from fleetward.authz.permissions import Permission
+from fleetward.bench.command_servers import (
+    BODY_FILE,
+    HOST,
+    SETTINGS_FILE,
+    Server,
+    bare_app,
+    child_server,
+    combined,
+    free_port,
+    inprocess_server,
+    pinned,
+    process_cpu,
+    replica_servers,
+    serve,
+)
 from fleetward.bench.http_read import _store as fresh_store
 from fleetward.commands.families import COMMANDS
 from fleetward.commands.models import CommandJob
@@ -110,19 +119,10 @@ from fleetward.store.migrate import upgrade
 from fleetward.vehicles.models import Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 
-_HOST: Final = "127.0.0.1"
-_STORE_ENV: Final = "FLEETWARD_DATABASE_URL"
-_SETTINGS_FILE: Final = "bench-settings.json"
-# The core the parent kept free for the server (the child inherits the parent's affinity).
-_CORE_ENV: Final = "FLEETWARD_BENCH_SERVER_CORE"
-# A path: the app server runs under cProfile and writes its statistics there when stopped.
-_PROFILE_ENV: Final = "FLEETWARD_BENCH_PROFILE"
-_BODY_FILE: Final = "body.json"
 BENCH_ACTOR: Final = Actor.system("bench:commands")
 OWNER: Final = "bench-owner"
 CLIENT_ID: Final = "fleetward-mobile"
 CHUNK: Final = 250
-READY_TIMEOUT_S: Final = 60.0
 CONNECT_TIMEOUT_S: Final = 180.0
 # A job in one of these is still on its way; anything else is its recorded outcome.
 IN_FLIGHT: Final = frozenset({"requested", "authorized", "queued", "delivered"})
@@ -171,6 +171,11 @@ class BenchConfig:
     # of this process's stderr. Replaces this process's logging configuration.
     capture_logs: bool = True
     database_url: str | None = None  # a PostgreSQL server; None: SQLite
+    # App servers (each a process on a core of its own); more than one needs Redis, through
+    # which they hand each other commands (commands/bus.py). Every command is sent to another
+    # replica than its vehicle's: the hand-over is always on the path.
+    replicas: int = 1
+    redis_url: str | None = None
     # Freeze this process's objects once the fleet is connected (see _measure). Off for a
     # process that lives on after the run: frozen objects are never collected.
     freeze_fleet: bool = True
@@ -186,6 +191,10 @@ class BenchConfig:
             raise ValueError("need a positive rate (<= 5000/s) and 1..600 seconds")
         if any(not 0 < r <= 5000 for r in self.steps) or self.poll_ms <= 0:
             raise ValueError("step rates must be within 0..5000/s, the poll positive")
+        if not 1 <= self.replicas <= 16:
+            raise ValueError("need 1..16 replicas")
+        if self.replicas > 1 and (self.redis_url is None or self.inprocess):
+            raise ValueError("several replicas run as child processes and need a Redis URL")
 
 
 # --------------------------------------------------------------------------- settings
@@ -198,6 +207,8 @@ def _settings(directory: Path, port: int, database_url: str | None, tenant_id: s
 
 
 def _settings_fields(directory: Path, port: int, tenant_id: str) -> dict[str, Any]:
+    """The servers' settings file (never a secret: the store's and Redis's URLs travel in
+    the children's environment)."""
     expires = datetime.now(UTC) + timedelta(days=1)
     raised = [
         RaisedQuotaSetting(
@@ -213,7 +224,7 @@ def _settings_fields(directory: Path, port: int, tenant_id: str) -> dict[str, An
     ]
     return {
         "data_dir": str(directory / "var"),
-        "host": _HOST,
+        "host": HOST,
         "port": port,
         "password_hash_memory_kib": 19_456,
         "password_hash_time_cost": 2,
@@ -227,14 +238,9 @@ def _settings_fields(directory: Path, port: int, tenant_id: str) -> dict[str, An
         # (500): right for a person, not this benchmark's owner. The check still runs.
         "quota_enumeration_slow_distinct": 1_000_000,
         "quota_enumeration_stop_distinct": 1_000_000,
+        # A channel of this run's own (replicas only use it; runs sharing a Redis never mix).
+        "command_bus_channel": f"fleetward-bench:{directory.name}",
     }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((_HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- the world
@@ -348,12 +354,15 @@ class Fleet:
     """The simulated vehicles: one driver task each, parked, over the WebSocket."""
 
     def __init__(
-        self, credentials: Sequence[DeviceCredentials], base_url: str, interval_s: float
+        self, credentials: Sequence[DeviceCredentials], base_urls: Sequence[str], interval_s: float
     ) -> None:
-        transport = WebSocketTransport(Endpoint(base_url, base_url))
+        # Vehicle n connects to replica n modulo their count; every replica calls itself by
+        # the first one's address (their settings' base URL: one deployment, one name).
+        transports = [WebSocketTransport(Endpoint(url, base_urls[0])) for url in base_urls]
         gate = asyncio.Semaphore(64)
         self.drivers: list[VehicleDriver] = []
         for n, creds in enumerate(credentials):
+            transport = transports[n % len(transports)]
             # Each reports once connected, then at its own phase of the interval: a fleet's
             # reports are spread over it, not in bursts of every vehicle that connected
             # together (250 a second for ~4 s of every 30 here, without the phases).
@@ -637,177 +646,17 @@ async def _open_loop(
     return phase
 
 
-# --------------------------------------------------------------------------- servers
-
-
-@dataclass
-class Server:
-    base_url: str
-    cpu: Callable[[], float | None]
-    stop: Callable[[], Any]
-    threads: Callable[[], dict[str, float]] = dict
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _threads_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of ``pid``'s main thread (the event loop) and of its other threads (the
-    store driver's: aiosqlite runs each connection's calls in a thread of its own)."""
-    found: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                raw = (task / "stat").read_text()
-                name = "event loop" if task.name == str(pid) else "other threads"
-                fields = raw.rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / tick
-                found[name] = found.get(name, 0.0) + cpu
-    return {name: round(cpu, 2) for name, cpu in sorted(found.items())}
-
-
-def _process_cpu() -> float:
-    return time.process_time()
-
-
-async def _wait_ready(base_url: str, path: str, alive: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as http:
-        while time.monotonic() < deadline:
-            if not alive():
-                raise RuntimeError("the server exited during start-up")
-            try:
-                if (await http.get(path)).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the server did not become ready")
-
-
-def _spawn(
-    kind: str, directory: Path, port: int, database_url: str | None
-) -> subprocess.Popen[bytes]:
-    # The store's URL goes in the environment, never on a command line (``ps`` shows those).
-    environment = {k: v for k, v in os.environ.items() if k != _STORE_ENV}
-    if database_url is not None:
-        environment[_STORE_ENV] = database_url
-    module = "fleetward.bench.commands"
-    log = directory / f"{kind}.log"  # a file: a full pipe would stall the server
-    with log.open("wb") as sink:
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", module, "--serve", kind, str(directory), str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-
-
-@asynccontextmanager
-async def _child_server(
-    kind: str, directory: Path, port: int, database_url: str | None
-) -> AsyncIterator[Server]:
-    """``kind`` ("app" or "bare") under uvicorn in a child pinned to the first core."""
-    process = _spawn(kind, directory, port, database_url)
-
-    def stop() -> None:
-        # SIGINT, as ``fleetward serve`` is stopped: uvicorn shuts down cleanly, then
-        # re-raises it (a KeyboardInterrupt: the profile, if any, is still written).
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    base = f"http://{_HOST}:{port}"
-    try:
-        await _wait_ready(base, "/readyz" if kind == "app" else "/", lambda: process.poll() is None)
-        yield Server(
-            base, lambda: _cpu_seconds(process.pid), stop, lambda: _threads_cpu(process.pid)
-        )
-    finally:
-        stop()
-
-
-@asynccontextmanager
-async def _inprocess_server(app: Any, port: int) -> AsyncIterator[Server]:
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=_HOST,
-            port=port,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            ws_max_size=256 * 1024,
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            raise RuntimeError("the in-process server stopped during start-up")
-        await asyncio.sleep(0.02)
-    try:
-        yield Server(f"http://{_HOST}:{port}", lambda: None, lambda: None)
-    finally:
-        server.should_exit = True
-        await serving
-
-
-def _bare_app(body: Any) -> Any:
-    bare = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-
-    @bare.post("/mobile/v1/vehicles/{vehicle_id}/commands/{name}", status_code=202)
-    async def create(vehicle_id: str, name: str, payload: CommandBody, response: Response) -> Any:
-        response.headers["Location"] = f"/mobile/v1/vehicles/{vehicle_id}/commands/{body['id']}"
-        return body
-
-    @bare.get("/")
-    async def ready() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return bare
-
-
-@contextmanager
-def _pinned(enabled: bool) -> Iterator[str]:
-    """This process on every core but the first (the server's) while the run lasts."""
-    if not enabled or not hasattr(os, "sched_getaffinity"):
-        yield "not pinned (one process: server, vehicles and client share its core)"
-        return
-    before = os.sched_getaffinity(0)
-    cores = sorted(before)
-    if len(cores) < 2:
-        yield f"one core ({cores[0]}): client and server share it"
-        return
-    os.environ[_CORE_ENV] = str(cores[0])
-    os.sched_setaffinity(0, set(cores[1:]))
-    try:
-        yield f"server on core {cores[0]}, load generator and vehicles on {cores[1:]}"
-    finally:
-        os.sched_setaffinity(0, before)
-        os.environ.pop(_CORE_ENV, None)
-
-
 # --------------------------------------------------------------------------- the run
 
 
 def _log_errors(directory: Path) -> dict[str, int]:
     events: Counter[str] = Counter()
-    log = directory / "app.log"
-    if not log.exists():
-        return {}
-    for line in log.read_text(errors="replace").splitlines():
+    lines = [
+        line
+        for log in sorted(directory.glob("app*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+    ]
+    for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
@@ -834,7 +683,8 @@ def _load() -> dict[str, Any]:
 
 
 async def _run(config: BenchConfig, directory: Path, store: str | None) -> dict[str, Any]:
-    port = _free_port()
+    ports = [free_port() for _ in range(config.replicas)]
+    port = ports[0]
     # The tenant's id is known once seeded: settings without the raise first, to seed.
     settings = _settings(directory, port, store, "")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -847,7 +697,7 @@ async def _run(config: BenchConfig, directory: Path, store: str | None) -> dict[
     finally:
         await platform.close()
     fields = _settings_fields(directory, port, world.tenant_id)
-    (directory / _SETTINGS_FILE).write_text(json.dumps(fields))
+    (directory / SETTINGS_FILE).write_text(json.dumps(fields))
     settings = _settings(directory, port, store, world.tenant_id)
     platform = Platform.build(settings)
     try:
@@ -859,14 +709,14 @@ async def _run(config: BenchConfig, directory: Path, store: str | None) -> dict[
                 if config.capture_logs:
                     sink = stack.enter_context((directory / "app.log").open("w"))
                     configure_logging(level=settings.log_level, fmt="json", stream=sink)
-                async with _inprocess_server(app, port) as server:
-                    report.update(await _measure(config, platform, world, server, directory))
+                async with inprocess_server(app, port) as server:
+                    report.update(await _measure(config, platform, world, [server], directory))
                 if config.capture_logs:
                     configure_logging(level=settings.log_level, fmt="json")  # back to stderr
             report["server_log"] = _log_errors(directory)
         else:
-            async with _child_server("app", directory, port, store) as server:
-                report.update(await _measure(config, platform, world, server, directory))
+            async with replica_servers(directory, ports, store, config.redis_url) as servers:
+                report.update(await _measure(config, platform, world, servers, directory))
             report["server_log"] = _log_errors(directory)
     finally:
         await platform.close()
@@ -881,6 +731,7 @@ def _config_summary(config: BenchConfig) -> dict[str, Any]:
         "seconds": config.seconds,
         "command": config.command,
         "mode": "in-process" if config.inprocess else "server in a child process",
+        "replicas": config.replicas,
         "store": "sqlite" if config.database_url is None else "postgresql",
         "poll_ms": config.poll_ms,
         "report_interval_s": config.report_interval_s,
@@ -888,14 +739,19 @@ def _config_summary(config: BenchConfig) -> dict[str, Any]:
 
 
 async def _measure(
-    config: BenchConfig, platform: Platform, world: BenchWorld, server: Server, directory: Path
+    config: BenchConfig,
+    platform: Platform,
+    world: BenchWorld,
+    servers: Sequence[Server],
+    directory: Path,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {}
-    fleet = Fleet(world.credentials, server.base_url, config.report_interval_s)
+    server = servers[0] if len(servers) == 1 else combined(servers)
+    fleet = Fleet(world.credentials, [s.base_url for s in servers], config.report_interval_s)
     observer = Observer(platform.settings.resolved_database_url, config.poll_ms / 1000)
     observer.start()
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    cpu = server.cpu if not config.inprocess else _process_cpu
+    cpu = server.cpu if not config.inprocess else process_cpu
     ids = world.vehicle_ids
     parameters = {"cabin_celsius": 21} if config.command == "climate" else {}
     body = {"parameters": parameters}
@@ -926,7 +782,7 @@ async def _measure(
                 return await _open_loop(
                     http,
                     phase,
-                    lambda i: f"/mobile/v1/vehicles/{ids[i % len(ids)]}/commands/{command}",
+                    lambda i: _command_url(servers, ids, i, command),
                     lambda i: {"authorization": auth, "idempotency-key": f"{run_id}-{name}-{i}"},
                     cmd_body,
                     observer,
@@ -981,7 +837,7 @@ async def _measure(
                 # What one command may cost at the headline rate for the server to keep up
                 # on one core, beside its idle load; and what each measured phase cost.
                 report["cpu_budget_ms_per_command_at_rate"] = round(
-                    1000 * (1 - idle) / config.rate, 3
+                    1000 * (len(servers) - idle) / config.rate, 3
                 )
                 for phase, summary in zip(measured_steps, steps, strict=True):
                     summary["server_cpu_ms_per_command_above_idle"] = phase.above_idle_ms(idle)
@@ -1002,6 +858,16 @@ async def _measure(
     report["vehicles_did"] = fleet.counts()
     report["observer_polls"] = observer.polls
     return report
+
+
+def _command_url(servers: Sequence[Server], ids: Sequence[str], i: int, command: str) -> str:
+    """Request ``i``: the ``i``-th vehicle round robin; with replicas, sent to the one after
+    its vehicle's (vehicle n is connected to replica n modulo their count)."""
+    n = i % len(ids)
+    path = f"/mobile/v1/vehicles/{ids[n]}/commands/{command}"
+    if len(servers) == 1:
+        return path
+    return servers[(n + 1) % len(servers)].base_url + path
 
 
 async def _idle(cpu: Callable[[], float | None], seconds: float) -> float | None:
@@ -1033,8 +899,8 @@ async def _bare_phase(
     )
     if sample.status_code != 202:
         raise RuntimeError(f"the sample command answered {sample.status_code}: {sample.text}")
-    (directory / _BODY_FILE).write_bytes(sample.content)
-    port = _free_port()
+    (directory / BODY_FILE).write_bytes(sample.content)
+    port = free_port()
     count = max(1, int(config.rate * config.bare_seconds))
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
 
@@ -1050,9 +916,11 @@ async def _bare_phase(
             return phase.summary()
 
     if config.inprocess:
-        async with _inprocess_server(_bare_app(json.loads(sample.content)), port) as server:
-            return await measure(server, _process_cpu)
-    async with _child_server("bare", directory, port, None) as server:
+        async with inprocess_server(bare_app(json.loads(sample.content)), port) as server:
+            return await measure(server, process_cpu)
+    # Pinned to the first core: with replicas, that of the first.
+    core = min(os.sched_getaffinity(0)) if config.replicas > 1 else None
+    async with child_server("bare", directory, port, None, core=core) as server:
         return await measure(server, server.cpu)
 
 
@@ -1062,65 +930,11 @@ def run(config: BenchConfig | None = None) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="fleetward-bench-commands-") as name,
         fresh_store(config.database_url) as store,
-        _pinned(not config.inprocess) as placement,
+        pinned(not config.inprocess, config.replicas) as placement,
     ):
         report = asyncio.run(_run(config, Path(name), store))
         report["placement"] = placement
         return report
-
-
-# --------------------------------------------------------------------------- the child
-
-
-def _pin_to_server_core() -> None:
-    core = os.environ.get(_CORE_ENV)
-    if core is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(core)})
-
-
-def serve(kind: str, directory: Path, port: int) -> None:
-    """Serve ``kind`` ("app" or "bare") with one uvicorn worker (the child process)."""
-    import uvicorn
-
-    _pin_to_server_core()
-    if kind == "app":
-        from fleetward.app import build_app
-
-        fields = json.loads((directory / _SETTINGS_FILE).read_text())
-        settings = Settings(**fields, database_url=os.environ.get(_STORE_ENV))
-        configure_logging(level=settings.log_level, fmt=settings.log_format)
-        app = build_app(settings)
-    else:
-        app = _bare_app(json.loads((directory / _BODY_FILE).read_text()))
-    config = uvicorn.Config(
-        app,
-        host=_HOST,
-        port=port,
-        workers=1,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        ws_max_size=256 * 1024,
-    )
-    profile = os.environ.get(_PROFILE_ENV)
-    if not profile:
-        # Stopped with SIGINT, which uvicorn re-raises once it has shut down cleanly.
-        with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run()
-        return
-    import cProfile
-
-    # The event loop's thread only (the store driver's threads are not seen): for shares.
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run()
-    finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
 
 
 def main(argv: list[str]) -> None:

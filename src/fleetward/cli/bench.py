@@ -131,6 +131,21 @@ def commands_command(
         typer.Option(help="server in this process (one core for all) instead of a pinned child"),
     ] = False,
     database_url: DatabaseUrl = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="app servers, each on a core (more than one needs --redis-url: they hand"
+            " each other commands through it; each command goes to another than its car's)",
+        ),
+    ] = 1,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the Redis the replicas share (redis://host:port/db)", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Remote commands, API request to `executed`, with simulated vehicles connected."""
     try:
@@ -146,6 +161,8 @@ def commands_command(
             lock_seconds=lock_seconds,
             inprocess=inprocess,
             database_url=database_url,
+            replicas=replicas,
+            redis_url=redis_url,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
