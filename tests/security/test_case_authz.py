@@ -17,6 +17,7 @@ import httpx
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
+from fleetward.api.objects import encode_cursor
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
@@ -475,3 +476,40 @@ async def test_a_support_case_on_a_vehicle_ends_with_the_sale_of_that_vehicle(ap
     assert (await api.get("ivan", S, status)).status_code == 404  # the buyer's car now
     assert (await api.get("ivan", S, f"/cases/{case.id}/vehicles")).json()["items"] == []
     assert (await api.get("ivan", S, f"/cases/{case.id}/account")).status_code == 200
+
+
+async def test_an_agent_who_left_support_lists_no_vehicle_of_the_case(api: Api) -> None:
+    # The list of a case's vehicles is decided like every other route under the case: an
+    # agent whose support role ended (the case not yet reassigned) holds the case link but
+    # may no longer use it. The route answered 200 with no items, where its siblings answer
+    # 404, and the next page's cursor (the last row's id, base64) named the customer's car
+    # the PDP had just refused.
+    world = api.world
+    async with api.platform.services() as (uow, ctx):
+        second = await WorldFactory(ctx).owned_vehicle(world.users["alice"])
+        await uow.commit()
+    case = world.support_cases["heidi"].id
+    path = f"/cases/{case}/vehicles?limit=1"
+    first = await api.get("heidi", S, path)
+    assert first.status_code == 200 and first.json()["next_cursor"], first.text
+    async with api.platform.services() as (uow, ctx):
+        membership = await ctx.session.scalar(
+            select(Membership).where(
+                Membership.user_id == world.users["heidi"].id,
+                Membership.role == Role.SUPPORT_AGENT,
+            )
+        )
+        assert membership is not None
+        membership.valid_until = ctx.clock.now()
+        membership.ended_reason = "left"
+        await uow.commit()
+    unknown = await api.get("heidi", S, "/cases/scs_aaaaaaaaaaaaaaaaaaaaaaaaaa/vehicles?limit=1")
+    refused = await api.get("heidi", S, path)
+    assert (await api.get("heidi", S, f"/cases/{case}")).status_code == 404
+    assert refused.status_code == unknown.status_code == 404, refused.text
+    strip = {"instance"}
+    assert {k: v for k, v in refused.json().items() if k not in strip} == {
+        k: v for k, v in unknown.json().items() if k not in strip
+    }
+    for car in (world.vehicles["ALICE-1"].id, second.id):
+        assert encode_cursor(car) not in refused.text and car not in refused.text

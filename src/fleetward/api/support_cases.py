@@ -268,6 +268,10 @@ async def list_case_vehicles(
     after = decode_cursor(cursor)
     async with platform.services() as (uow, ctx):
         case = await _my_case(ctx.session, caller, case_id)
+        # The parent decided first, as on every route under the case: an agent who may no
+        # longer use it (role ended, account disabled) gets the one 404, never a page of
+        # refused rows whose cursor would name the customer's vehicle.
+        await authorize(request, caller, Permission.SUPPORT_READ_ACCOUNT, _account(case), ctx=ctx)
         query = select(Vehicle).where(_case_vehicles(case, ctx.clock.now()))
         if after is not None:
             query = query.where(Vehicle.id > after)
