@@ -14,8 +14,10 @@ from fleetward.api.authorize import ObjectNotFound, authorize
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.authz.decision import ResourceRef
+from fleetward.authz.entities import Relations, SessionRelations, StoreRelations
 from fleetward.authz.permissions import Permission
 from fleetward.core.surfaces import Surface
+from fleetward.store.busy import StoreBusy
 from support.api import Api
 
 
@@ -56,3 +58,33 @@ async def test_a_refusal_after_an_allow_records_both_at_once(api: Api) -> None:
     assert sorted((r.object_id, r.decision.value) for r in rows) == sorted(
         [(mine.id, "allowed"), (theirs.id, "denied")]
     )
+
+
+async def test_a_decision_cut_off_by_its_deadline_is_store_busy_on_both_paths(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bound to the route's transaction or reading in its own sessions, a decision the PDP
+    # could not make in time is no denial: the caller is told to retry (503), not that the
+    # object does not exist, and no decision is recorded.
+    request = _request(api)
+    caller = await _caller(api, "alice")
+    mine = ResourceRef.vehicle(api.vehicle_id("ALICE-1"))
+
+    async def cut_off(*_args: object) -> Relations:
+        raise TimeoutError  # what the PDP's deadline raises inside the relations' read
+
+    monkeypatch.setattr(SessionRelations, "relations", cut_off)
+    monkeypatch.setattr(StoreRelations, "relations", cut_off)
+    async with api.platform.services() as (_, ctx):
+        with pytest.raises(StoreBusy):
+            await authorize(request, caller, Permission.VEHICLE_READ_STATUS, mine, ctx=ctx)
+    with pytest.raises(StoreBusy):
+        await authorize(request, caller, Permission.VEHICLE_READ_STATUS, mine)
+    async with api.platform.services() as (_, ctx):
+        recorded = await ctx.session.scalar(
+            select(AuditRecord.id).where(
+                AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value,
+                AuditRecord.object_id == mine.id,
+            )
+        )
+    assert recorded is None

@@ -6,11 +6,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
+
+from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
+from fleetward.authz.relations.facts import Relations
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from support.api import PARTNER_APP, Api
 from support.factories import accepted_message
+from support.snapshot import snapshot
 
 M, P = Surface.MOBILE, Surface.PARTNER
 STATUS = Permission.VEHICLE_READ_STATUS.value
@@ -195,3 +200,33 @@ async def test_a_partner_sees_no_state_from_before_the_consent(
     after = await api.get(PARTNER_APP, P, path)
     assert after.status_code == 200
     assert after.json()["state"]["signals"] == {"Vehicle.Speed": 2}
+
+
+async def test_a_decision_cut_off_by_its_deadline_is_a_retryable_503(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relations' read outlasting the PDP's budget is no answer about the consent: the
+    # route must say "retry" (503 store-busy, Retry-After), as docs/authorization.md says,
+    # and write nothing. It answered the 404 of a vehicle without consent (a partner drops
+    # a car its customer still shares) and recorded a denial from a transaction cut off in
+    # the middle of a statement.
+    alice_1 = api.vehicle_id("ALICE-1")
+    path = f"/vehicles/{alice_1}/status"
+    assert (await api.get(PARTNER_APP, P, path)).status_code == 200
+    async with api.platform.services() as (_, ctx):
+        before = await snapshot(ctx.session)
+
+    async def cut_off(*_args: object) -> Relations:
+        raise TimeoutError  # what the PDP's deadline raises inside the relations' read
+
+    monkeypatch.setattr(SessionRelations, "relations", cut_off)
+    response = await api.get(PARTNER_APP, P, path)
+    monkeypatch.undo()
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["type"] == "urn:fleetward:problem:store-busy"
+    async with api.platform.services() as (_, ctx):
+        after = await snapshot(ctx.session)
+    assert before == after  # not even a decision's record
+    assert (await api.get(PARTNER_APP, P, path)).status_code == 200

@@ -28,12 +28,12 @@ from fleetward.authz.decision import (
     ResourceRef,
     audit_decision,
 )
-from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.core.errors import Forbidden, NotFound
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
+from fleetward.store.busy import StoreBusy
 
 logger = get_logger(__name__)
 
@@ -143,18 +143,21 @@ async def authorize(
     allowed decision (its obligations are the route's to apply)."""
     platform = _platform(request)
     ask = build_request(platform, caller, action, resource)
-    try:
-        pdp = platform.pdp if ctx is None else platform.pdp.bind(SessionRelations(ctx.session))
-        decision = await pdp.decide(ask)
-    except Exception as exc:  # fail closed
-        logger.warning("authz.route_error", error=type(exc).__name__)
-        decision = Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version)
     if ctx is not None:
-        # A decision's record is kept (store.pending): a refusal rolls the route's
-        # transaction back, and its unit of work then writes this and the request's earlier
-        # decisions in a transaction of their own.
-        audit_decision(platform.audit, ctx.session, ask, decision)
+        # The one path that asks in the route's transaction (decide_audited): fails closed,
+        # and a decision cut off by its deadline is a retryable 503 with nothing written,
+        # never this route's 404. A decision's record is kept (store.pending): a refusal
+        # rolls the route's transaction back, and its unit of work then writes this and the
+        # request's earlier decisions in a transaction of their own.
+        (decision,) = await decide_audited(platform.pdp, ctx.session, platform.audit, [ask])
     else:
+        try:
+            decision = await platform.pdp.decide(ask)
+        except Exception as exc:  # fail closed
+            logger.warning("authz.route_error", error=type(exc).__name__)
+            decision = Decision.deny(Reason.PDP_ERROR, platform.pdp.policy_version)
+        if decision.reason is Reason.PDP_TIMEOUT:
+            raise StoreBusy()  # no answer about the object: retry, as decide_audited says
         async with platform.unit_of_work() as uow:
             audit_decision(platform.audit, uow.session, ask, decision)
             await uow.commit()
