@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -238,3 +239,50 @@ async def test_messages_that_are_not_hints_are_refused(
         await publisher.aclose()
     assert heard == [Hint(first.origin, job, car)]
     assert second.refused - refused == 6
+
+
+async def test_replicas_sweeping_the_same_job_lose_nothing(
+    world: CommandWorld, platform: Platform, clock: RunningClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every replica's sweep reads the same executed jobs. Here replica A confirms alice's lock
+    # (its effect is in the car's telemetry) between replica B's read of it and B's commit:
+    # B's commit fails (the job's state is its version) and B's pass runs once more, finding
+    # the job confirmed. Before, B's whole pass raised and was lost (`commands.sweep_failed`),
+    # every other settlement and confirmation in it with it.
+    await reported(world, "ALICE-1")
+    response = await world.command("alice", "ALICE-1", "lock", key="swept-twice")
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert (await world.settle("alice", "ALICE-1", job_id, until={"executed"}))[
+        "state"
+    ] == "executed"
+    car = world.cars["ALICE-1"]
+    sent = car.driver.tally.replies.get("accepted", 0)
+    for _ in range(200):  # two reports accepted after the answer: the effect is in the store
+        if car.driver.tally.replies.get("accepted", 0) >= sent + 2:
+            break
+        await asyncio.sleep(0.05)
+    url = platform.engine.url.render_as_string(hide_password=False)
+    other = Platform.build(platform.settings, clock=clock, engine=create_engine(url))
+    replica_a = commands_of(build_app(platform.settings, platform=other)).dispatcher
+    replica_b = commands_of(world.app).dispatcher
+    real = dispatch.confirm_effects
+    passes: list[list[str]] = []
+
+    async def a_sweeps_meanwhile(*args: Any, **kwargs: Any) -> list[str]:
+        found = await real(*args, **kwargs)
+        passes.append(found)
+        if len(passes) == 1:  # B has read and moved the job, not yet committed: A sweeps
+            await replica_a.sweep()
+        return found
+
+    monkeypatch.setattr(dispatch, "confirm_effects", a_sweeps_meanwhile)
+    try:
+        await replica_b.sweep()
+    finally:
+        await other.close()
+    # B's first pass, A's, B's second (the job was A's by then).
+    assert passes == [[job_id], [job_id], []]
+    final = await world.job("alice", "ALICE-1", job_id)
+    assert final["state"] == "confirmed"
+    assert [t["to_state"] for t in final["transitions"]].count("confirmed") == 1

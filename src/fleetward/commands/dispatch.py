@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.authz.decision import (
     Decision,
@@ -66,6 +67,7 @@ from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.store.busy import is_store_busy
+from fleetward.store.races import judged_again
 
 logger = get_logger(__name__)
 
@@ -437,7 +439,26 @@ class Dispatcher:
                 logger.warning("commands.sweep_failed", error=type(exc).__name__)
 
     async def sweep(self) -> None:
-        """One pass: deliver what is reachable here, settle overdue jobs, confirm effects."""
+        """One pass: deliver what is reachable here, settle overdue jobs, confirm effects.
+
+        Every replica sweeps the same overdue and executed jobs: one that moved a job between
+        this pass's read and its commit (settled it, confirmed it) makes the commit fail
+        (``CommandJob``'s state is its version), and the pass runs once more from the top,
+        judging each job as the other left it (``store.races``). Before, the whole pass was
+        lost, its other jobs' settlements and confirmations with it."""
+        queued, changed = await judged_again(self._sweep_once, StaleDataError)
+        for job_id in changed:
+            self.touched(job_id)
+        for vehicle_id in queued:
+            # Each car's deliveries run on their own: one whose socket does not drain (a TCU
+            # that stopped reading) holds up only itself, never this sweep's other work.
+            lock = self._locks.get(vehicle_id)
+            if lock is None or not lock.locked():
+                self._spawn(self.deliver_pending(vehicle_id))
+
+    async def _sweep_once(self) -> tuple[set[str], list[str]]:
+        """One transaction of a sweep: the vehicles here with a queued job, and the jobs it
+        settled or confirmed (committed)."""
         reachable = self._registry.vehicles()
         async with self._platform.services() as (uow, ctx):
             now = ctx.clock.now()
@@ -470,14 +491,7 @@ class Dispatcher:
             )
             if moved or confirmed:
                 await uow.commit()
-        for job_id in (*moved, *confirmed):
-            self.touched(job_id)
-        for vehicle_id in queued:
-            # Each car's deliveries run on their own: one whose socket does not drain (a TCU
-            # that stopped reading) holds up only itself, never this sweep's other work.
-            lock = self._locks.get(vehicle_id)
-            if lock is None or not lock.locked():
-                self._spawn(self.deliver_pending(vehicle_id))
+        return queued, [*moved, *confirmed]
 
     async def _queued_among(self, ctx: ServiceContext, reachable: set[str]) -> set[str]:
         """The vehicles connected here that have a queued job. Asked only about them (in
