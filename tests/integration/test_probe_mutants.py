@@ -18,7 +18,14 @@ import pytest
 
 from fleetward.app import build_app
 from fleetward.platform import Platform
-from fleetward.probe.auth import TokenBook, expired_of, login_of, obtain_tokens, stale_of
+from fleetward.probe.auth import (
+    TokenBook,
+    expired_of,
+    login_of,
+    obtain_tokens,
+    password_only_of,
+    stale_of,
+)
 from fleetward.probe.generate import generate
 from fleetward.probe.model import Case, Expect, Result, Verdict
 from fleetward.probe.runner import run
@@ -93,6 +100,7 @@ async def probe(platform: Platform, tmp_path: Path) -> Probe:
         [login_of(actor, manifest) for actor in manifest.actors],
         expired=expired_of(manifest),
         stale=stale_of(manifest),
+        password_only=password_only_of(manifest),
         transport=transport,
         clock=platform.clock,
     )

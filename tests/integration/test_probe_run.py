@@ -19,7 +19,7 @@ from fastapi import Request as HttpRequest
 import fleetward.api.vehicles as vehicle_routes
 from fleetward.app import build_app
 from fleetward.platform import Platform
-from fleetward.probe.auth import expired_of, login_of, obtain_tokens, stale_of
+from fleetward.probe.auth import expired_of, login_of, obtain_tokens, password_only_of, stale_of
 from fleetward.probe.generate import generate
 from fleetward.probe.manifest import Manifest
 from fleetward.probe.model import Family, Result, Verdict
@@ -88,6 +88,7 @@ async def test_the_real_platform_passes_every_case(
         [login_of(actor, manifest) for actor in manifest.actors],
         expired=expired_of(manifest),
         stale=stale_of(manifest),
+        password_only=password_only_of(manifest),
     )
     assert set(tokens.actors) == {actor.name for actor in manifest.actors}
     cases = generate(spec, manifest, openapi)
@@ -134,6 +135,7 @@ async def test_a_missing_object_check_is_flagged(
         [login_of(actor, manifest) for actor in manifest.actors if "mobile" in actor.surfaces],
         expired=expired_of(manifest),
         stale=stale_of(manifest),
+        password_only=password_only_of(manifest),
         transport=transport,
         clock=platform.clock,
     )

@@ -38,6 +38,7 @@ from fleetward.probe.auth import (
     expired_of,
     login_of,
     obtain_tokens,
+    password_only_of,
     stale_of,
 )
 from fleetward.probe.generate import generate
@@ -333,7 +334,11 @@ async def _execute(
 ) -> list[Result]:
     logins = [login_of(actor, manifest) for actor in _actors_needed(cases, manifest)]
     tokens = await obtain_tokens(
-        options.target, logins, expired=expired_of(manifest), stale=stale_of(manifest)
+        options.target,
+        logins,
+        expired=expired_of(manifest),
+        stale=stale_of(manifest),
+        password_only=password_only_of(manifest),
     )
     with ConsoleProgress(console, len(cases)) as progress:
         return await runner.run(

@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import httpx
@@ -43,6 +44,9 @@ EXPIRED: Final = "expired"
 OTHER_SURFACE: Final = "other-surface:"
 # The actor's own token from a multi-factor sign-in long past the step-up window (the seed's).
 STALE_AUTH: Final = "stale-auth"
+# The actor's own token from a recent sign-in by password alone (the seed's): fresh enough for
+# a step-up, but not strong enough.
+PASSWORD_ONLY: Final = "password-only"  # noqa: S105 - a credential kind, not a secret
 # How old (seconds) a sign-in may be for a step-up command: the platform's window is 300 s;
 # the margin covers the request's own time and a clock step between the hosts.
 STEP_UP_MAX_AGE: Final = 240.0
@@ -59,6 +63,17 @@ _GARBAGE_TOKEN: Final = ".".join(
 
 class TokenError(Exception):
     """A token could not be obtained; the message names the actor, never a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordOnly:
+    """The seed's password-only tokens, per (actor, surface), and when their sign-in was.
+
+    A refusal of such a token proves the sign-in's strength is checked only while the
+    sign-in is young enough for a step-up: an older one is refused for its age alone."""
+
+    tokens: Mapping[tuple[str, Surface], str] = field(default_factory=dict, repr=False)
+    signed_in_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +131,7 @@ class TokenBook:
         *,
         expired: Mapping[Surface, str] | None = None,
         stale: Mapping[tuple[str, Surface], str] | None = None,
+        password_only: PasswordOnly | None = None,
         clock: Clock | None = None,
         signed_in: Mapping[str, float] | None = None,
         renew: Renew | None = None,
@@ -125,6 +141,7 @@ class TokenBook:
         self._home = dict(home)
         self._expired = dict(expired or {})
         self._stale = dict(stale or {})
+        self._password_only = password_only or PasswordOnly()
         self.clock: Clock = clock or SystemClock()
         self._signed_in = dict(signed_in or {})
         self._renew = renew
@@ -189,6 +206,8 @@ class TokenBook:
             if stale is None:
                 raise TokenError(f"no stale-auth token for actor {actor!r} on surface {surface}")
             return Credential(stale)
+        if credential == PASSWORD_ONLY:
+            return Credential(self._password_only_token(actor, path))
         if credential.startswith(OTHER_SURFACE):
             try:
                 surface = Surface(credential.removeprefix(OTHER_SURFACE))
@@ -201,6 +220,24 @@ class TokenBook:
                     return found
             raise TokenError(f"no token for surface {surface}")
         raise TokenError(f"unknown credential kind {credential!r}")
+
+    def _password_only_token(self, actor: str | None, path: str) -> str:
+        surface = _surface_of_path(path)
+        weak = self._password_only
+        found = (
+            weak.tokens.get((actor, surface)) if actor is not None and surface is not None else None
+        )
+        if found is None:
+            raise TokenError(f"no password-only token for actor {actor!r} on surface {surface}")
+        age = None if weak.signed_in_at is None else self.clock.now() - weak.signed_in_at
+        if age is None or age > timedelta(seconds=STEP_UP_MAX_AGE):
+            # Refused for its age alone, the case would pass on a platform that never reads
+            # the sign-in's strength: not a proof, so not sent.
+            raise TokenError(
+                f"actor {actor!r}: the password-only sign-in is older than the step-up window "
+                "(seed again just before the run)"
+            )
+        return found
 
 
 def _surface_of_path(path: str) -> Surface | None:
@@ -260,6 +297,19 @@ def stale_of(manifest: Manifest) -> dict[tuple[str, Surface], str]:
             except ValueError:
                 continue  # a surface this prober does not know: no case asks for it
     return found
+
+
+def password_only_of(manifest: Manifest) -> PasswordOnly:
+    """The manifest's "password only" tokens, per (actor, surface), and their sign-in time."""
+    found: dict[tuple[str, Surface], str] = {}
+    for actor, by_surface in manifest.password_only_tokens.items():
+        for name, token in by_surface.items():
+            try:
+                found[(actor, Surface(name))] = token
+            except ValueError:
+                continue  # a surface this prober does not know: no case asks for it
+    at = manifest.password_only_signed_in_at
+    return PasswordOnly(found, None if at is None else datetime.fromisoformat(at))
 
 
 async def _person_tokens(
@@ -328,6 +378,7 @@ async def obtain_tokens(
     *,
     expired: Mapping[Surface, str] | None = None,
     stale: Mapping[tuple[str, Surface], str] | None = None,
+    password_only: PasswordOnly | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock | None = None,
     concurrency: int = 4,
@@ -377,6 +428,7 @@ async def obtain_tokens(
         {login.actor: login.surface for login in all_logins},
         expired=expired,
         stale=stale,
+        password_only=password_only,
         clock=clock,
         signed_in=signed_in,
         renew=renew,

@@ -102,6 +102,13 @@ class Manifest(_Strict):
     # multi-factor sign-in an hour before the seed: past any step-up window (the probe's
     # "no step-up" credential, ``stale-auth``). Valid for the issuer's longest lifetime.
     stale_auth_tokens: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Actor -> surface -> a valid access token minted by the platform's issuer from a
+    # password-only sign-in (``acr`` password, ``amr`` pwd) at the seed: recent, but too weak
+    # for a step-up (the probe's "password only" credential). Valid for the issuer's longest
+    # lifetime; it proves the strength is checked only while the sign-in is younger than the
+    # step-up window (``password_only_signed_in_at``, ISO 8601 UTC).
+    password_only_tokens: dict[str, dict[str, str]] = Field(default_factory=dict)
+    password_only_signed_in_at: str | None = None
     # Notes on how states were made real when a service refused (e.g. rows written directly).
     notes: list[str] = Field(default_factory=list)
 

@@ -23,9 +23,9 @@ class Expect(StrEnum):
     # A list filtered to what the caller may see: a 2xx whose body and headers carry none of
     # the object's canaries (the object is simply not in it).
     FILTERED = "filtered"
-    # A command that needs a step-up, sent with a stale sign-in's token by an actor who would
-    # otherwise be allowed: 401 with the RFC 9470 challenge (``insufficient_user_authentication``),
-    # no canary, no side effect.
+    # A command that needs a step-up, sent with a stale or a password-only sign-in's token by
+    # an actor who would otherwise be allowed: 401 with the RFC 9470 challenge
+    # (``insufficient_user_authentication``), no canary, no side effect.
     STEP_UP = "step-up"
 
 
@@ -49,7 +49,8 @@ class Request:
     body: Any = None  # JSON body, or None
     # How to obtain the credential when it is not the actor's ordinary token:
     # "garbage", "expired", "other-surface:<surface>", "stale-auth" (the actor's own token
-    # from a multi-factor sign-in long past the step-up window).
+    # from a multi-factor sign-in long past the step-up window), "password-only" (the actor's
+    # own token from a recent sign-in by password alone: too weak for a step-up).
     credential: str | None = None
     # Headers given a new unique value every time the request is sent (a command's
     # Idempotency-Key: a case sent again is asked again, never answered from the first).

@@ -12,7 +12,8 @@ probe touches the store; the prober itself speaks HTTP only). Every run makes a 
   notes, names and summaries, and spare twins for the routes that consume their target;
 * one already-expired access token per surface, signed by the platform's own keys;
 * per person actor on the mobile and fleet surfaces, a valid token from a multi-factor
-  sign-in an hour old (the step-up commands' "no step-up" credential);
+  sign-in an hour old (the step-up commands' "no step-up" credential), and one from a
+  password-only sign-in at the seed (the "password only" credential: fresh, but too weak);
 * the policy version the platform runs.
 
 The manifest is written with mode 0600: it holds passwords, TOTP seeds and private keys of the
@@ -22,7 +23,7 @@ probe's fixtures. Use it against the probe's own deployment only.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -52,10 +53,11 @@ LOGIN_SURFACES: Final = (
 # Minted this long ago with the shortest lifetime: expired for minutes when the probe runs.
 EXPIRED_AGO: Final = timedelta(minutes=10)
 EXPIRED_LIFETIME: Final = timedelta(seconds=60)
-# The "no step-up" tokens: valid for the issuer's longest lifetime from the seed, from a
-# multi-factor sign-in this long before it (the step-up window is five minutes).
+# The "no step-up" tokens are from a multi-factor sign-in this long before the seed (the
+# step-up window is five minutes); they and the "password only" tokens (a password sign-in
+# at the seed) are valid for the issuer's longest lifetime from the seed.
 STALE_AUTH_AGO: Final = timedelta(hours=1)
-STALE_AUTH_LIFETIME: Final = DEFAULT_MAX_LIFETIME
+PERSON_TOKEN_LIFETIME: Final = DEFAULT_MAX_LIFETIME
 # The surfaces where step-up commands are offered.
 STEP_UP_SURFACES: Final = (Surface.MOBILE, Surface.FLEET)
 NOTES: Final = (
@@ -120,15 +122,21 @@ def _expired_tokens(
     return tokens
 
 
-def _stale_auth_tokens(
-    platform: Platform, actors: list[ManifestActor], client_id: str
+def _person_tokens(
+    platform: Platform,
+    actors: list[ManifestActor],
+    client_id: str,
+    *,
+    signed_in: datetime,
+    acr: Acr,
+    amr: list[str],
 ) -> dict[str, dict[str, str]]:
-    """Per person actor and step-up surface: a valid token whose multi-factor sign-in is an
-    hour old, with every scope the login client holds (as the probe's real sign-ins ask)."""
+    """Per person actor and step-up surface: a valid token (for the issuer's longest lifetime
+    from now) from a sign-in at ``signed_in`` of class ``acr`` by ``amr``, with every scope
+    the login client holds (as the probe's real sign-ins ask)."""
     identity = platform.identity
-    now = platform.clock.now()
     issuer = AccessTokenIssuer(
-        identity.keyring, identity.issuer, FrozenClock(now), STALE_AUTH_LIFETIME
+        identity.keyring, identity.issuer, FrozenClock(platform.clock.now()), PERSON_TOKEN_LIFETIME
     )
     tokens: dict[str, dict[str, str]] = {}
     for actor in actors:
@@ -143,14 +151,43 @@ def _stale_auth_tokens(
                 tenant=actor.tenant_id,
                 surface=surface,
                 scopes=[p.value for p in Permission],
-                auth_time=now - STALE_AUTH_AGO,
-                acr=Acr.MFA.value,
-                amr=[Amr.PASSWORD.value, Amr.OTP.value],
+                auth_time=signed_in,
+                acr=acr.value,
+                amr=amr,
                 token_family=None,
                 subject_type="user",
             )
             tokens.setdefault(actor.name, {})[surface.value] = issued.token
     return tokens
+
+
+def _stale_auth_tokens(
+    platform: Platform, actors: list[ManifestActor], client_id: str
+) -> dict[str, dict[str, str]]:
+    """The "no step-up" tokens: a multi-factor sign-in, but an hour old."""
+    return _person_tokens(
+        platform,
+        actors,
+        client_id,
+        signed_in=platform.clock.now() - STALE_AUTH_AGO,
+        acr=Acr.MFA,
+        amr=[Amr.PASSWORD.value, Amr.OTP.value],
+    )
+
+
+def _password_only_tokens(
+    platform: Platform, actors: list[ManifestActor], client_id: str, signed_in: datetime
+) -> dict[str, dict[str, str]]:
+    """The "password only" tokens: a sign-in as fresh as the seed, but by password alone
+    (``acr`` password, ``amr`` ``pwd``): too weak for any step-up, whatever its age."""
+    return _person_tokens(
+        platform,
+        actors,
+        client_id,
+        signed_in=signed_in,
+        acr=Acr.PASSWORD,
+        amr=[Amr.PASSWORD.value],
+    )
 
 
 async def seed_probe_world(
@@ -173,6 +210,7 @@ async def seed_probe_world(
             worlds.append(await seeder.seed())
         await uow.commit()
     actors = [actor for world in worlds for actor in world.actors]
+    signed_in = platform.clock.now()
     manifest = Manifest(
         run_id=run,
         created_at=platform.clock.now().astimezone(UTC).isoformat(),
@@ -183,6 +221,8 @@ async def seed_probe_world(
         objects=[record for world in worlds for record in world.objects],
         expired_tokens=_expired_tokens(platform, actors, login.client_id),
         stale_auth_tokens=_stale_auth_tokens(platform, actors, login.client_id),
+        password_only_tokens=_password_only_tokens(platform, actors, login.client_id, signed_in),
+        password_only_signed_in_at=signed_in.astimezone(UTC).isoformat(),
         notes=list(NOTES),
     )
     manifest.write(out)

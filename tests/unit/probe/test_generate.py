@@ -15,7 +15,7 @@ from joserfc.jwk import ECKey
 from fleetward.app import build_app
 from fleetward.core.ids import new_id
 from fleetward.platform import Platform
-from fleetward.probe.auth import STALE_AUTH
+from fleetward.probe.auth import PASSWORD_ONLY, STALE_AUTH
 from fleetward.probe.generate import FAMILIES, generate
 from fleetward.probe.generate.common import (
     World,
@@ -32,6 +32,9 @@ from fleetward.probe.oracle import Oracle
 from fleetward.probe.spec.load import load_demo
 from fleetward.probe.spec.models import SIDES, ActorRef, Spec, path_params
 from fleetward.settings import Settings
+
+# An allowed step-up command's twins: case id suffix -> the credential it is sent with.
+TWINS = {"no-step-up": STALE_AUTH, "password-only": PASSWORD_ONLY}
 
 
 def synthetic_manifest(spec: Spec) -> Manifest:
@@ -126,7 +129,7 @@ def _family(world: World, family: Family) -> list[Case]:
 
 def _record_of(world: World, case: Case) -> ObjectRecord:
     """The instance a matrix case targets (its id is matrix/<route>/<actor>/<anchor>-<side>)."""
-    _family_name, route_name, _actor, where = case.id.removesuffix("/no-step-up").split("/")
+    _family_name, route_name, _actor, where = case.id.split("/")[:4]
     anchor, side = where.rsplit("-", 1)
     obj, route = world.spec.route(route_name)
     record = world.manifest.find(
@@ -195,9 +198,13 @@ async def test_matrix_covers_every_actor_object_side_and_route(world: World) -> 
                     assert case.request.method == route.method
                     assert case.request.actor == actor.name
                     assert case.canaries == tuple(record.canaries)
-                    # An allowed step-up command's twin without a step-up (checked below).
-                    twin = cases.pop(f"{case.id}/no-step-up", None)
-                    assert (twin is not None) == (route.step_up and case.expect is Expect.ALLOW)
+                    # An allowed step-up command's twins without a valid step-up: an hour-old
+                    # sign-in, a recent password-only one (checked below).
+                    for suffix in TWINS:
+                        twin = cases.pop(f"{case.id}/{suffix}", None)
+                        assert (twin is not None) == (
+                            route.step_up and case.expect is Expect.ALLOW
+                        ), suffix
     assert cases == {}  # nothing else
     # Every command route of the demo has a cancel (the dealer's diagnostics run is cancelled
     # on the dealer surface): no allowed command case is left out.
@@ -412,23 +419,30 @@ async def test_matrix_commands_are_jobs_their_sender_cancels(world: World) -> No
 async def test_allowed_step_up_commands_are_also_sent_without_a_step_up(world: World) -> None:
     matrix = {case.id: case for case in _family(world, Family.MATRIX)}
     allowed = 0
+    twins: Counter[str] = Counter()
     for case in matrix.values():
         _obj, route = world.spec.route(case.route_id)
-        if case.id.endswith("/no-step-up"):
+        base, _, suffix = case.id.rpartition("/")
+        if suffix in TWINS:
             assert route.step_up, case.id
-            twin = matrix[case.id.removesuffix("/no-step-up")]
-            # The allowed case's request, with the actor's hour-old sign-in's token.
+            twin = matrix[base]
+            # The allowed case's request, with the actor's hour-old multi-factor sign-in's
+            # token, or its recent password-only sign-in's: refused the same way.
             assert twin.expect is Expect.ALLOW and twin.step_up
-            assert case.request == replace(twin.request, credential=STALE_AUTH)
+            assert case.request == replace(twin.request, credential=TWINS[suffix])
             assert case.expect is Expect.STEP_UP and not case.step_up
             assert case.read_back is not None
             assert case.read_back.refusal_record == (("state", "rejected"),)
             assert case.cancel == twin.cancel
+            twins[suffix] += 1
             continue
         # Only an allowed step-up command asks the runner for a recent sign-in.
         assert case.step_up == (route.step_up and case.expect is Expect.ALLOW), case.id
         if case.step_up:
             allowed += 1
-            assert f"{case.id}/no-step-up" in matrix, case.id
+            for suffix in TWINS:
+                assert f"{case.id}/{suffix}" in matrix, case.id
     # owner (mobile) and fleet admin and operator (fleet), both sides, three commands each.
     assert allowed == 18
+    assert twins == {"no-step-up": 18, "password-only": 18}
+

@@ -6,6 +6,7 @@ Each row is one way a deployment can answer wrongly (or rightly); the runner mus
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,10 +17,13 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.probe.auth import (
+    PASSWORD_ONLY,
     STALE_AUTH,
     Credential,
+    PasswordOnly,
     TokenBook,
     TokenError,
     expired_of,
@@ -400,10 +404,13 @@ class Commands:
         self.keys.append(request.headers.get(KEY))
         if request.headers.get(KEY) is None:
             return JSONResponse({"title": "Idempotency-Key required"}, status_code=400)
-        if name in ("unlock", "unlock-unchecked"):
-            # A step-up command: only a recent multi-factor sign-in's token ("alice-fresh").
+        if name in ("unlock", "unlock-unchecked", "unlock-age-only"):
+            # A step-up command: only a recent multi-factor sign-in's token ("alice-fresh");
+            # "unlock-age-only" reads the sign-in's age but not its strength, so it takes the
+            # recent password-only sign-in's token ("weak-token") too.
             token = request.headers.get("authorization", "").removeprefix("Bearer ")
-            if token != "alice-fresh" and name == "unlock":
+            taken = {"alice-fresh"} | ({"weak-token"} if name == "unlock-age-only" else set())
+            if token not in taken and name != "unlock-unchecked":
                 job = self._job("rejected")
                 challenge = 'Bearer error="insufficient_user_authentication", max_age="300"'
                 return JSONResponse(
@@ -559,6 +566,67 @@ def test_the_stale_auth_credential_is_the_actors_own() -> None:
         book.resolve("alice", STALE_AUTH, "/fleet/v1/vehicles/v/commands/unlock")
     with pytest.raises(TokenError, match="stale-auth"):
         book.resolve("bob", STALE_AUTH, "/mobile/v1/vehicles/v/commands/unlock")
+
+
+SIGNED_IN = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _weak_tokens(after: timedelta) -> TokenBook:
+    """Alice's recent password-only token, ``after`` its sign-in."""
+    return TokenBook(
+        {("alice", Surface.MOBILE): Credential("alice-token")},
+        {"alice": Surface.MOBILE},
+        stale={("alice", Surface.MOBILE): "stale-token"},
+        password_only=PasswordOnly({("alice", Surface.MOBILE): "weak-token"}, SIGNED_IN),
+        clock=FrozenClock(SIGNED_IN + after),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "credential", "verdict"),
+    [
+        ("unlock", PASSWORD_ONLY, Verdict.PASS),
+        ("unlock", STALE_AUTH, Verdict.PASS),
+        # A deployment that checks the sign-in's age but not its strength: only the
+        # password-only twin catches it.
+        ("unlock-age-only", PASSWORD_ONLY, Verdict.FAIL),
+        ("unlock-age-only", STALE_AUTH, Verdict.PASS),
+    ],
+)
+async def test_a_step_up_command_with_a_password_only_sign_in_must_be_challenged(
+    name: str, credential: str, verdict: Verdict
+) -> None:
+    server = Commands()
+    case = _command(name, Expect.STEP_UP, credential=credential)
+    [result] = await _run_commands(server, [case], _weak_tokens(timedelta(seconds=30)))
+    assert result.verdict is verdict, result.reason
+    if verdict is Verdict.FAIL:
+        assert "expected 401 (a step-up challenge), got 202" in result.reason
+        assert server.cancelled == ["job_0"]
+
+
+async def test_a_password_only_sign_in_past_the_step_up_window_proves_nothing() -> None:
+    # Refused for its age alone, it would pass on a deployment that never reads the
+    # strength: the case is an error, and nothing is sent.
+    server = Commands()
+    case = _command("unlock-age-only", Expect.STEP_UP, credential=PASSWORD_ONLY)
+    [result] = await _run_commands(server, [case], _weak_tokens(timedelta(seconds=241)))
+    assert result.verdict is Verdict.ERROR
+    assert "older than the step-up window" in result.reason
+    assert server.keys == []
+
+
+def test_the_password_only_credential_is_the_actors_own() -> None:
+    book = _weak_tokens(timedelta(seconds=0))
+    found = book.resolve("alice", PASSWORD_ONLY, "/mobile/v1/vehicles/v/commands/unlock")
+    assert found is not None and found.access_token == "weak-token"
+    with pytest.raises(TokenError, match="password-only"):
+        book.resolve("alice", PASSWORD_ONLY, "/fleet/v1/vehicles/v/commands/unlock")
+    with pytest.raises(TokenError, match="password-only"):
+        book.resolve("bob", PASSWORD_ONLY, "/mobile/v1/vehicles/v/commands/unlock")
+    unknown_time = TokenBook({}, {}, password_only=PasswordOnly({("alice", Surface.MOBILE): "t"}))
+    with pytest.raises(TokenError, match="older than the step-up window"):
+        unknown_time.resolve("alice", PASSWORD_ONLY, "/mobile/v1/vehicles/v/commands/unlock")
 
 
 async def test_every_command_request_carries_a_fresh_idempotency_key() -> None:

@@ -4,6 +4,7 @@ platform's own services, and a manifest file only its owner can read."""
 from __future__ import annotations
 
 import stat
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import select
 
 from fleetward.commands.models import CommandJob
 from fleetward.core.surfaces import Surface
-from fleetward.identity.acr import Acr
+from fleetward.identity.acr import Acr, Amr
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Tenant, User
 from fleetward.identity.oauth.clients import ClientRegistry
@@ -233,6 +234,28 @@ async def test_stale_auth_tokens_are_valid_but_past_the_step_up_window(
             assert claims.sub == people[name].user_id
             assert claims.acr == Acr.MFA.value
             assert (now - claims.authenticated_at).total_seconds() > 300, (name, surface)
+
+
+async def test_password_only_tokens_are_recent_but_too_weak_for_a_step_up(
+    platform: Platform, tmp_path: Path
+) -> None:
+    manifest = await seed_probe_world(platform, out=tmp_path / "world.json")
+    people = {a.name: a for a in manifest.actors if a.kind == "user"}
+    assert set(manifest.password_only_tokens) == set(manifest.stale_auth_tokens)
+    assert manifest.password_only_signed_in_at is not None
+    signed_in = datetime.fromisoformat(manifest.password_only_signed_in_at)
+    validator = platform.identity.validator
+    now = platform.clock.now()
+    for name, by_surface in manifest.password_only_tokens.items():
+        assert set(by_surface) == {"mobile", "fleet"} & set(people[name].surfaces), name
+        for surface, token in by_surface.items():
+            claims = await validator.validate(token, surface=Surface(surface))
+            # The actor's own sign-in, inside the step-up window, but by password alone.
+            assert claims.sub == people[name].user_id
+            assert claims.acr == Acr.PASSWORD.value
+            assert claims.amr == (Amr.PASSWORD.value,)
+            assert abs((claims.authenticated_at - signed_in).total_seconds()) < 1
+            assert (now - claims.authenticated_at).total_seconds() < 300, (name, surface)
 
 
 async def test_seeding_twice_makes_two_worlds(platform: Platform, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from fleetward.probe.auth import STALE_AUTH
+from fleetward.probe.auth import PASSWORD_ONLY, STALE_AUTH
 from fleetward.probe.generate.common import World, tenant_of
 from fleetward.probe.manifest import Manifest, ManifestActor, ObjectRecord
 from fleetward.probe.model import Case, Expect, Family, Request
@@ -118,6 +118,7 @@ def cases(world: World) -> Iterator[Case]:
                     yield case
                     if route.step_up and case.expect is Expect.ALLOW:
                         yield without_step_up(world, obj, route, record, case)
+                        yield password_only(world, obj, route, record, case)
 
 
 def without_step_up(
@@ -135,6 +136,23 @@ def without_step_up(
         "the step-up challenge",
         read_back=world.read_back(obj, route, record),
         step_up=False,
+    )
+
+
+def password_only(
+    world: World, obj: ObjectType, route: Route, record: ObjectRecord, allowed: Case
+) -> Case:
+    """An allowed step-up command sent again with the actor's token from a sign-in as recent
+    as a step-up asks, but by password alone (``acr`` password): refused exactly as the
+    hour-old sign-in is (a platform that checked the sign-in's age but not its strength
+    would accept it)."""
+    stale = without_step_up(world, obj, route, record, allowed)
+    return replace(
+        stale,
+        id=f"{allowed.id}/password-only",
+        request=replace(allowed.request, credential=PASSWORD_ONLY),
+        why=f"{allowed.why}; with a recent sign-in by password alone (too weak for a "
+        "step-up): refused with the step-up challenge",
     )
 
 
