@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from joserfc.jwk import ECKey
@@ -211,6 +211,47 @@ async def seed_platform(ctx: ServiceContext, world: SideWorld, slug: Callable[[s
     world.add("client", "platform", {"client_id": consented}, canaries=[world.canaries[consented]])
 
 
+def command_job(
+    vehicle: Vehicle,
+    requester: User,
+    command: Permission,
+    state: JobState,
+    at: datetime,
+    lifetime: timedelta,
+    **extra: Any,
+) -> CommandJob:
+    """A job row as a delivery would have written it. No command service writes jobs outside
+    a delivery: the probe's rows are written directly."""
+    return CommandJob(
+        id=new_id("job"),
+        vehicle_id=vehicle.id,
+        tenant_id=vehicle.tenant_id,
+        command=command.value,
+        parameters=extra.pop("parameters", {}),
+        state=state,
+        requested_by=requester.id,
+        client_id="probe-seed",
+        created_at=at,
+        expires_at=at + lifetime,
+        updated_at=at,
+        **extra,
+    )
+
+
+def queued_climate(vehicle: Vehicle, requester: User, at: datetime) -> CommandJob:
+    """A climate job still queued, for longer than a probe run takes (climate is not
+    security-exclusive: it holds no slot, so the probe's allowed commands meet no conflict)."""
+    return command_job(
+        vehicle,
+        requester,
+        Permission.VEHICLE_CLIMATE,
+        JobState.QUEUED,
+        at,
+        timedelta(minutes=15),
+        parameters={"cabin_celsius": 21},
+    )
+
+
 async def seed_history(
     ctx: ServiceContext, world: SideWorld, anchor: str, vehicle: Vehicle, requester: User
 ) -> None:
@@ -250,24 +291,10 @@ async def seed_history(
         summary=f"probe {summary}",
     )
 
-    # No command service writes jobs outside a delivery: the rows are written directly.
     def seeded_job(
         command: Permission, state: JobState, lifetime: timedelta, **extra: Any
     ) -> CommandJob:
-        return CommandJob(
-            id=new_id("job"),
-            vehicle_id=vehicle.id,
-            tenant_id=vehicle.tenant_id,
-            command=command.value,
-            parameters=extra.pop("parameters", {}),
-            state=state,
-            requested_by=requester.id,
-            client_id="probe-seed",
-            created_at=at,
-            expires_at=at + lifetime,
-            updated_at=at,
-            **extra,
-        )
+        return command_job(vehicle, requester, command, state, at, lifetime, **extra)
 
     five_minutes = timedelta(minutes=5)
     job = seeded_job(Permission.VEHICLE_LOCK, JobState.EXECUTED, five_minutes)
@@ -275,20 +302,23 @@ async def seed_history(
     # (cancelled), so an allowed follow's stream ends after its first event (a job still
     # pending would hold it open for the follow's 60 s).
     ended = seeded_job(Permission.VEHICLE_LOCK, JobState.CANCELLED, five_minutes, finished_at=at)
-    # The spare for cancelling (an allowed cancel consumes it): the requester's climate job,
-    # still queued (climate is not security-exclusive, so it holds no slot and the probe's
-    # allowed commands meet no conflict); the active driver is lent climate, so sees it and
-    # may send it, but did not request it. Queued for longer than a probe run takes.
-    queued = seeded_job(
-        Permission.VEHICLE_CLIMATE,
-        JobState.QUEUED,
-        timedelta(minutes=15),
-        parameters={"cabin_celsius": 21},
+    # For the dealer's follow: the requester's diagnostics run, ended (cancelled) as well; a
+    # technician with an open case on the vehicle sees it (never a lock job).
+    diagnostics = seeded_job(
+        Permission.VEHICLE_DIAGNOSTICS_RUN, JobState.CANCELLED, five_minutes, finished_at=at
     )
-    ctx.session.add_all([trip, charging, report, job, ended, queued])
+    # The spare for cancelling (an allowed cancel consumes it): the requester's climate job,
+    # still queued; the active driver is lent climate, so sees it and may send it, but did
+    # not request it.
+    queued = queued_climate(vehicle, requester, at)
+    ctx.session.add_all([trip, charging, report, job, ended, diagnostics, queued])
     v = {"vehicle_id": vehicle.id}
     world.add("trip", anchor, v | {"trip_id": trip.id})
     world.add("charging_session", anchor, v | {"session_id": charging.id})
     world.add("diagnostic_report", anchor, v | {"report_id": report.id}, canaries=[summary])
-    world.add("command_job", anchor, v | {"job_id": job.id, "ended_job_id": ended.id})
+    world.add(
+        "command_job",
+        anchor,
+        v | {"job_id": job.id, "ended_job_id": ended.id, "diagnostics_job_id": diagnostics.id},
+    )
     world.add("command_job", anchor, v | {"job_id": queued.id}, spare=True)

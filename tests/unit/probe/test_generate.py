@@ -446,3 +446,26 @@ async def test_allowed_step_up_commands_are_also_sent_without_a_step_up(world: W
     assert allowed == 18
     assert twins == {"no-step-up": 18, "password-only": 18}
 
+
+async def test_the_open_cases_technician_follows_an_ended_diagnostics_run(world: World) -> None:
+    """The dealer's follow is probed allowed too: the technician with the open case on their
+    own side's case vehicle, on the seeded diagnostics run (ended); everyone else is refused."""
+    follows = [
+        case for case in _family(world, Family.MATRIX) if case.route_id == "dealer:commands:follow"
+    ]
+    allowed = [case for case in follows if case.expect is Expect.ALLOW]
+    assert {case.id for case in allowed} == {
+        f"matrix/dealer:commands:follow/dealer_technician:case-open:{side}/consumer-{side}"
+        for side in SIDES
+    }
+    for case in allowed:
+        record = _record_of(world, case)
+        assert case.request.path == (
+            f"/dealer/v1/vehicles/{record.ids['vehicle_id']}/commands/"
+            f"{record.ids['diagnostics_job_id']}/events"
+        )
+    assert all(
+        case.expect in (Expect.DENY_HIDDEN, Expect.UNAUTHENTICATED)
+        for case in follows
+        if case not in allowed
+    )

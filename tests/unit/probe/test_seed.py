@@ -13,7 +13,7 @@ import pytest
 from joserfc.jwk import ECKey
 from sqlalchemy import select
 
-from fleetward.commands.models import CommandJob
+from fleetward.commands.models import CommandJob, JobState
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
 from fleetward.identity.directory import Directory
@@ -54,6 +54,7 @@ TABLES: dict[str, type[Any]] = {
     "report_id": DiagnosticReport,
     "job_id": CommandJob,
     "ended_job_id": CommandJob,
+    "diagnostics_job_id": CommandJob,
     "appointment_id": ServiceAppointment,
     "confirm_appointment_id": ServiceAppointment,
     "invitation_id": DriverInvitation,
@@ -256,6 +257,21 @@ async def test_password_only_tokens_are_recent_but_too_weak_for_a_step_up(
             assert claims.amr == (Amr.PASSWORD.value,)
             assert abs((claims.authenticated_at - signed_in).total_seconds()) < 1
             assert (now - claims.authenticated_at).total_seconds() < 300, (name, surface)
+
+
+async def test_the_dealer_follows_an_ended_diagnostics_run(
+    platform: Platform, tmp_path: Path
+) -> None:
+    manifest = await seed_probe_world(platform, out=tmp_path / "world.json")
+    users = {a.name: a.user_id for a in manifest.actors if a.user_id}
+    record = _one(manifest, "command_job")
+    async with platform.services() as (_uow, ctx):
+        job = await ctx.session.get(CommandJob, record.ids["diagnostics_job_id"])
+        assert job is not None and job.vehicle_id == record.ids["vehicle_id"]
+        # The keeper's run, already over: a follow's stream ends after its first event.
+        assert job.command == "vehicle:diagnostics_run"
+        assert job.requested_by == users["owner:active:home"]
+        assert job.state is JobState.CANCELLED and job.finished_at is not None
 
 
 async def test_seeding_twice_makes_two_worlds(platform: Platform, tmp_path: Path) -> None:

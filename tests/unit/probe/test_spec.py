@@ -398,8 +398,9 @@ DEALER_JOB_ROUTES = ("dealer:commands:read", "dealer:commands:follow", "dealer:c
 
 def test_the_demo_spec_probes_the_dealers_job_routes(demo: Spec) -> None:
     """A technician with an open case lists the case vehicle's jobs (the families they may
-    send); the seeded job is the owner's lock: reading, following or cancelling it is the
-    unknown job's 404, for them and everyone else with a dealer token."""
+    send) and follows its diagnostics run (the keeper's, ended); the job read and cancelled
+    is the owner's lock: the unknown job's 404, for them and everyone else with a dealer
+    token, as is the diagnostics run to follow for everyone but them."""
     oracle = Oracle(demo)
     obj, _route = demo.route("dealer:commands:list")
     assert obj.name == "command_job"
@@ -410,9 +411,13 @@ def test_the_demo_spec_probes_the_dealers_job_routes(demo: Spec) -> None:
         ).expect.value
 
     assert decided("case-open", "same", "dealer:commands:list") == "allow"
+    assert decided("case-open", "same", "dealer:commands:follow") == "allow"
+    assert "{diagnostics_job_id}" in demo.route("dealer:commands:follow")[1].path
     for route in DEALER_JOB_ROUTES:
         assert demo.route(route)[0].name == "command_job"
-        assert decided("case-open", "same", route) == "deny-hidden", route
+        if route != "dealer:commands:follow":
+            assert "{job_id}" in demo.route(route)[1].path
+            assert decided("case-open", "same", route) == "deny-hidden", route
     for state, tenant in (("case-closed", "same"), ("case-open", "other")):
         for route in ("dealer:commands:list", *DEALER_JOB_ROUTES):
             assert decided(state, tenant, route) == "deny-hidden", (state, tenant, route)
