@@ -30,6 +30,7 @@ from fleetward.probe.seed_records import (
     SEEDER,
     SideWorld,
     canary,
+    queued_climate,
     seed_cases,
     seed_history,
     seed_platform,
@@ -212,7 +213,13 @@ class SideSeeder:
                 valid_until=now + DRIVER_WINDOW,
                 actor=as_owner,
             )
-        await delegations.revoke(grants[self._name("driver", "revoked")], actor=as_owner)
+        # While in force, the revoked driver asked for climate: the job is still queued when
+        # the owner revokes (a revocation leaves it to the delivery's re-check), and its
+        # requester may no longer cancel it (cancel is the requester's while still allowed).
+        revoked = self._name("driver", "revoked")
+        lapsed = queued_climate(vehicle, people[revoked], self._ctx.clock.now())
+        self._ctx.session.add(lapsed)
+        await delegations.revoke(grants[revoked], actor=as_owner)
 
         invitations = InvitationService(self._ctx)
         invited = [
@@ -261,6 +268,7 @@ class SideSeeder:
             "driver", "consumer", v | {"delegation_id": grants[self._name("driver", "active")].id}
         )
         w.add("driver", "consumer", v | {"delegation_id": grants["spare-driver"].id}, spare=True)
+        w.add("command_job", "consumer", v | {"job_id": lapsed.id}, spare=True, actor=revoked)
         w.add("transfer", "consumer", v)
         w.add(
             "transfer",
@@ -342,6 +350,10 @@ class SideSeeder:
         # Reassigned: was on the group, moved to the other one.
         moved = people[self._name("fleet_operator", "reassigned")]
         earlier = await fleets.assign_operator(group, moved, actor=SEEDER)
+        # While on the group, the moved operator asked the main vehicle for climate: still
+        # queued, and no longer theirs to cancel once they left the group.
+        lapsed = queued_climate(vehicles["main"], moved, self._ctx.clock.now())
+        self._ctx.session.add(lapsed)
         await fleets.unassign_operator(earlier, actor=SEEDER)
         await fleets.assign_operator(other, moved, actor=SEEDER)
         spare = await fleets.assign_operator(group, people["spare-operator"], actor=SEEDER)
@@ -352,6 +364,8 @@ class SideSeeder:
         w.add("vehicle", "fleet", v, canaries=[main.label])
         w.add("remote_command", "fleet", v, canaries=[main.label])
         w.add("status", "fleet", v, canaries=[main.label])
+        reassigned = self._name("fleet_operator", "reassigned")
+        w.add("command_job", "fleet", v | {"job_id": lapsed.id}, spare=True, actor=reassigned)
         w.add("location", "fleet", v)
         # The assigned operator may cancel too: a spare of its own, so both cancels can run.
         operator = self._name("fleet_operator", "assigned")

@@ -259,6 +259,47 @@ async def test_password_only_tokens_are_recent_but_too_weak_for_a_step_up(
             assert (now - claims.authenticated_at).total_seconds() < 300, (name, surface)
 
 
+async def test_a_requester_who_lost_the_command_has_a_queued_job_to_cancel(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The revoked driver's climate job on the consumer's vehicle, the moved operator's on
+    the fleet's: theirs, still queued, asked while they were allowed, reserved for them."""
+    manifest = await seed_probe_world(platform, out=tmp_path / "world.json")
+    users = {a.name: a.user_id for a in manifest.actors if a.user_id}
+    async with platform.services() as (_uow, ctx):
+        for side in ("home", "away"):
+            for anchor, actor in (
+                ("consumer", f"driver:revoked:{side}"),
+                ("fleet", f"fleet_operator:reassigned:{side}"),
+            ):
+                record = manifest.find("command_job", anchor, side, spare=True, actor=actor)
+                assert record is not None and record.actor == actor, actor
+                shared = manifest.find("command_job", anchor, side, spare=True)
+                assert shared is not None and shared.ids["job_id"] != record.ids["job_id"]
+                job = await ctx.session.get(CommandJob, record.ids["job_id"])
+                assert job is not None and job.vehicle_id == record.ids["vehicle_id"]
+                assert job.requested_by == users[actor]
+                assert job.state is JobState.QUEUED and job.command == "vehicle:climate"
+                assert job.expires_at > platform.clock.now()
+            revoked = await ctx.session.scalar(
+                select(DriverDelegation).where(
+                    DriverDelegation.driver_user_id == users[f"driver:revoked:{side}"]
+                )
+            )
+            assert revoked is not None and revoked.revoked_at is not None
+            moved = list(
+                await ctx.session.scalars(
+                    select(OperatorAssignment).where(
+                        OperatorAssignment.user_id == users[f"fleet_operator:reassigned:{side}"]
+                    )
+                )
+            )
+            group = manifest.find("fleet_group", "fleet", side)
+            assert group is not None
+            on_group = [a for a in moved if a.group_id == group.ids["group_id"]]
+            assert on_group and all(a.valid_until is not None for a in on_group)
+
+
 async def test_the_dealer_follows_an_ended_diagnostics_run(
     platform: Platform, tmp_path: Path
 ) -> None:
