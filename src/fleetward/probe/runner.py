@@ -15,8 +15,8 @@ One shared ``httpx.AsyncClient`` (keep-alive, bounded connections), a fixed pool
 * UNAUTHENTICATED: a 401 with a ``WWW-Authenticate`` challenge.
 * A ``store-busy`` 503 (the deployment's "nothing written, retry") is sent again, at most
   BUSY_RETRIES times; any other 5xx is judged at once.
-* A refused write with a ``read_back``: the read answers the same before and after (but
-  for the list's ``refusal_record``: a refused command may leave its rejected job in the
+* A refused write with a ``read_back``: the read (a list: every page of it) answers the
+  same before and after (but for the list's ``refusal_record``: a refused command may leave its rejected job in the
   vehicle's job list, and nothing else).
 * A command (``Case.job``): every send carries a fresh ``Idempotency-Key``
   (``Request.fresh_headers``); allowed means a 202 whose body names its job (``id``), and
@@ -240,7 +240,32 @@ class _Session:
     async def read(self, request: Request) -> Answer:
         """A read-back: an idempotent GET, taken again when the store failed to answer it
         (the evidence must be the object's state, not a busy store). The case's own
-        request is never retried: its 5xx is a finding."""
+        request is never retried: its 5xx is a finding. A list is read to its last page
+        (``next_cursor``, at most MAX_PAGES) and judged whole: a list ordered by id gains a
+        refusal's record anywhere, so its first page alone would lose an item that did not
+        change (a false side effect), and a change past it would go unseen."""
+        first = await self._read_page(request)
+        items = _page_items(first)
+        if items is None:
+            return first
+        answer = first
+        for _ in range(MAX_PAGES):
+            cursor = _next_cursor(answer)
+            if cursor is None:
+                break
+            answer = await self._read_page(
+                replace(request, path=_with_cursor(request.path, cursor))
+            )
+            more = _page_items(answer)
+            if more is None:
+                return answer  # a page that is not a list page: judged as it is
+            items.extend(more)
+        if answer is first:
+            return first
+        whole = {**first.json(), "items": items, "next_cursor": None}
+        return Answer(first.status, first.headers, json.dumps(whole))
+
+    async def _read_page(self, request: Request) -> Answer:
         answer = await self.send(request)
         for pause in _READ_RETRIES:
             if answer.status < 500:
@@ -379,6 +404,15 @@ def _walks(case: Case) -> bool:
     """A filtered list asked for pages: walked to its last page."""
     query = urlsplit(case.request.path).query
     return case.expect is Expect.FILTERED and "limit" in parse_qs(query)
+
+
+def _page_items(answer: Answer) -> list[Any] | None:
+    """The items of a 2xx list page (``{"items": [...], ...}``); None for anything else."""
+    if not 200 <= answer.status < 300:
+        return None
+    body = answer.json()
+    items = body.get("items") if isinstance(body, dict) else None
+    return list(items) if isinstance(items, list) else None
 
 
 def _next_cursor(answer: Answer) -> str | None:

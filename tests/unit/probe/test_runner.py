@@ -377,6 +377,9 @@ class Commands:
         self.keys: list[str | None] = []
         self.cancelled: list[str] = []
         self.refuse_cancel = False
+        # Pages of this many jobs, newest first (None: one page): a new job pushes the
+        # oldest of a page onto the next.
+        self.page: int | None = None
 
     def app(self) -> Starlette:
         return Starlette(
@@ -392,7 +395,13 @@ class Commands:
         return JSONResponse({"status": "ready", "policy_version": "pv-123"})
 
     async def listing(self, request: HttpRequest) -> Response:
-        return JSONResponse({"items": self.jobs, "next_cursor": None})
+        if self.page is None:
+            return JSONResponse({"items": self.jobs, "next_cursor": None})
+        newest = list(reversed(self.jobs))
+        start = int(request.query_params.get("cursor", "0"))
+        end = start + self.page
+        cursor = str(end) if end < len(newest) else None
+        return JSONResponse({"items": newest[start:end], "next_cursor": cursor})
 
     def _job(self, state: str) -> dict[str, Any]:
         job = {"id": f"job_{len(self.jobs)}", "state": state}
@@ -433,6 +442,11 @@ class Commands:
             link, status = ("quota", 429) if name == "quota" else ("vehicle_state", 409)
             body = {"job_id": job["id"], "state": "rejected", "link": link}
             return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
+        if name == "refused-but-changed":
+            # Refused, yet the oldest job (on the list's last page) was changed.
+            self.jobs[0]["state"] = "cancelled"
+            job = self._job("rejected")
+            return JSONResponse({"job_id": job["id"], "state": "rejected"}, status_code=403)
         if name == "refused-but-queued":
             self._job("queued")
             return JSONResponse({"title": "Forbidden"}, status_code=403)
@@ -627,6 +641,23 @@ def test_the_password_only_credential_is_the_actors_own() -> None:
     unknown_time = TokenBook({}, {}, password_only=PasswordOnly({("alice", Surface.MOBILE): "t"}))
     with pytest.raises(TokenError, match="older than the step-up window"):
         unknown_time.resolve("alice", PASSWORD_ONLY, "/mobile/v1/vehicles/v/commands/unlock")
+
+
+@pytest.mark.parametrize(
+    ("name", "verdict"), [("refused", Verdict.PASS), ("refused-but-changed", Verdict.FAIL)]
+)
+async def test_a_paged_job_list_is_read_back_whole(name: str, verdict: Verdict) -> None:
+    # Three jobs, pages of two, newest first: a refusal's rejected job pushes a job that did
+    # not change onto the second page; one that changes the oldest job changes only the last
+    # page. The whole list is what is compared, page by page.
+    server = Commands()
+    server.page = 2
+    for state in ("queued", "executed", "cancelled"):
+        server._job(state)
+    [result] = await _run_commands(server, [_command(name, Expect.DENY)])
+    assert result.verdict is verdict, result.reason
+    if verdict is Verdict.FAIL:
+        assert "changed" in result.reason
 
 
 async def test_every_command_request_carries_a_fresh_idempotency_key() -> None:
