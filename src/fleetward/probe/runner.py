@@ -16,8 +16,8 @@ One shared ``httpx.AsyncClient`` (keep-alive, bounded connections), a fixed pool
 * A ``store-busy`` 503 (the deployment's "nothing written, retry") is sent again, at most
   BUSY_RETRIES times; any other 5xx is judged at once.
 * A refused write with a ``read_back``: the read (a list: every page of it) answers the
-  same before and after (but for the list's ``refusal_record``: a refused command may leave its rejected job in the
-  vehicle's job list, and nothing else).
+  same before and after (but for the list's ``refusal_record``: a refused command may leave
+  its rejected job in the vehicle's job list, and nothing else).
 * A command (``Case.job``): every send carries a fresh ``Idempotency-Key``
   (``Request.fresh_headers``); allowed means a 202 whose body names its job (``id``), and
   the job is cancelled by its requester as soon as the case is judged (``Case.cancel``), so
