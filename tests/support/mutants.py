@@ -31,12 +31,13 @@ import fleetward.authz.relations.loader as loader_module
 from fleetward.api.auth import Caller
 from fleetward.api.objects import Page, cut_page, decode_cursor, encode_cursor, page_size
 from fleetward.api.support_cases import SupportCaseView, _view
-from fleetward.authz.decision import Decision, Reason, ResourceKind, ResourceRef
+from fleetward.authz.decision import Decision, Reason, RequestContext, ResourceKind, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.authz.relations.facts import Grant
 from fleetward.authz.relations.loader import Loader
 from fleetward.commands.models import CommandJob
 from fleetward.core.surfaces import Surface
+from fleetward.identity.acr import Acr
 from fleetward.identity.tokens.access import AccessTokenValidator
 from fleetward.identity.tokens.claims import AccessTokenClaims
 from fleetward.ota.models import CampaignStatus, OtaCampaign
@@ -335,6 +336,64 @@ def _no_step_up_unlock(case_id: str) -> bool:
     return ":commands:unlock/" in case_id and case_id.endswith(WITHOUT_STEP_UP)
 
 
+def step_up_strength_ignored(patch: pytest.MonkeyPatch) -> None:
+    """The step-up reads the sign-in's age but not its strength: every known authentication
+    class (a password alone included) reaches the policy as multi-factor, so a password-only
+    sign-in from a minute ago opens, starts and immobilizes the car. An hour-old sign-in is
+    still refused (its age is read)."""
+    real = RequestContext.acr_level
+
+    def acr_level(self: RequestContext) -> int:
+        level: int = real.fget(self) if real.fget is not None else 0
+        return max(level, Acr.MFA.strength) if level else 0  # workloads (no class) stay 0
+
+    patch.setattr(RequestContext, "acr_level", property(acr_level))
+
+
+def _password_only(case_id: str) -> bool:
+    """A step-up command's case sent with a recent password-only sign-in's token."""
+    return case_id.endswith("/password-only")
+
+
+def cancel_permission_unchecked(patch: pytest.MonkeyPatch) -> None:
+    """Cancelling a job checks that the caller requested it, but never asks whether they may
+    still send its command: a driver revoked since asking (an operator moved off the group)
+    still cancels their own queued job."""
+
+    async def own_job(
+        request: Request, caller: Caller, vehicle_id: str, job_id: str, ctx: Any
+    ) -> CommandJob:
+        job = await ctx.session.scalar(
+            select(CommandJob).where(CommandJob.id == job_id, CommandJob.vehicle_id == vehicle_id)
+        )
+        if job is None or job.requested_by != caller.claims.sub:
+            await command_routes.authorize(
+                request,
+                caller,
+                Permission.VEHICLE_READ_STATUS,
+                ResourceRef.vehicle(vehicle_id),
+                ctx=ctx,
+            )
+            raise command_routes.not_found()
+        return job  # the requester's, whatever they may do now
+
+    patch.setattr(command_routes, "_own_job", own_job)
+
+
+def _cancel_by_lapsed_requester(case_id: str) -> bool:
+    """The refused cancels of their own queued job by a requester who lost its command: the
+    revoked driver (mobile) and the moved operator (fleet), on their own side's vehicle."""
+    parts = case_id.split("/")
+    if len(parts) != 4 or parts[1] not in JOB_CANCELS:
+        return False
+    role, state, side = parts[2].split(":")
+    if (role, state) == ("driver", "revoked"):
+        return parts[1] == JOB_CANCELS[0] and parts[3] == f"consumer-{side}"
+    if (role, state) == ("fleet_operator", "reassigned"):
+        return parts[1] == JOB_CANCELS[1] and parts[3] == f"fleet-{side}"
+    return False
+
+
 def _m(
     name: str,
     breaks: str,
@@ -615,7 +674,27 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         DELEGATION_FAMILY_FLAGGED,
         exact=_driver_comfort,
     ),
-    # Last: its broken cancels consume the seeded spare jobs the run shares.
+    _m(
+        "step-up-strength-unchecked",
+        "the step-up reads the sign-in's age but not its strength (acr): a password-only "
+        "sign-in from a minute ago unlocks, starts and immobilizes the car",
+        step_up_strength_ignored,
+        MATRIX,
+        (*COMMANDS, *STEP_UP_COMMANDS),
+        STEP_UP_COMMANDS,
+        exact=_password_only,
+    ),
+    # Last: their broken cancels consume the seeded spare jobs the run shares.
+    _m(
+        "cancel-permission-unchecked",
+        "cancelling a job checks its requester but never whether they may still send its "
+        "command: a driver revoked since asking, an operator moved off the group, cancels",
+        cancel_permission_unchecked,
+        MATRIX,
+        JOB_CANCELS,
+        JOB_CANCELS,
+        exact=_cancel_by_lapsed_requester,
+    ),
     _m(
         "cancel-requester-unchecked",
         "cancelling a job never asks whether the caller requested it: a driver cancels the "
