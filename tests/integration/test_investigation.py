@@ -4,17 +4,22 @@ names the token, and the audit columns were filled by the real requests."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, insert, select
 
+from fleetward.app import build_app
 from fleetward.audit import investigate as investigate_module
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.investigate import BlastQuery, Subject, blast_radius, trace_request
 from fleetward.audit.models import AuditRecord
 from fleetward.authz.permissions import Permission
 from fleetward.core.surfaces import Surface
+from fleetward.settings import Settings
 from fleetward.telemetry.models import TelemetryMessage
 from support.api import Api
 
@@ -415,3 +420,295 @@ async def test_a_request_chain_names_every_list_it_cut(
     assert chain["users"] == ["usr_cut_0", "usr_cut_1"]
     assert [m["sequence"] for m in chain["telemetry"]] == [0, 1]
     assert chain["clients"] == ["cli_fleet"]  # under its cap: whole, and not named
+
+
+THIEF = ("203.0.113.77", 51_000)
+
+
+def _client_at(api: Api, settings: Settings, address: tuple[str, int]) -> httpx.AsyncClient:
+    """The app over the same platform, reached from ``address`` (the recorded source)."""
+    app = build_app(settings, platform=api.platform)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=address), base_url="http://testserver"
+    )
+
+
+def _read_from(api: Api, source_ip: str, actor: str, vehicle: str, **extra: Any) -> dict[str, Any]:
+    """An allowed read of ``vehicle`` by ``actor`` from ``source_ip`` (a bulk-inserted row:
+    what a real request from there leaves)."""
+    return {
+        "id": f"evt_from_{actor}",
+        "occurred_at": api.platform.clock.now(),
+        "name": EventName.AUTHZ_DECISION_MADE.value,
+        "actor_type": ActorType.USER,
+        "actor_id": actor,
+        "object_type": "vehicle",
+        "object_id": vehicle,
+        "action": Permission.VEHICLE_READ_STATUS.value,
+        "decision": Decision.ALLOWED,
+        "details": {},
+        "client_id": "cli_fleet",
+        "vehicle_id": vehicle,
+        "source_ip": source_ip,
+        **extra,
+    }
+
+
+async def _investigations(api: Api) -> list[dict[str, Any]]:
+    async with api.platform.unit_of_work() as uow:
+        records = (
+            await uow.session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.name == EventName.INVESTIGATION_RUN.value)
+                .order_by(AuditRecord.seq)
+            )
+        ).all()
+    return [{"actor": r.actor_id, **r.details} for r in records]
+
+
+async def test_an_attackers_address_has_the_blast_radius_of_the_token_it_used(
+    api: Api, settings: Settings
+) -> None:
+    # Threat: an investigator holds only the address an attack came from (a firewall log,
+    # an abuse report). Every record from it must be found, with the principals and tokens
+    # that used it, as the token itself would find them; neighbours only when asked for.
+    await _noise(api)
+    async with _client_at(api, settings, THIEF) as thief:
+        headers = {"authorization": f"Bearer {_stolen_token(api)}"}
+        for label, status in (
+            ("ACME-N1", 200),
+            ("ACME-N2", 200),
+            ("ACME-N3", 200),
+            ("ACME-S1", 404),
+            ("GLOBEX-1", 404),
+        ):
+            response = await thief.get(
+                f"/fleet/v1/vehicles/{api.vehicle_id(label)}/status", headers=headers
+            )
+            assert response.status_code == status, response.text
+    # The owner keeps working, from elsewhere (127.0.0.1).
+    response = await api.get("erin", F, f"/vehicles/{api.vehicle_id('ACME-N1')}/status")
+    assert response.status_code == 200
+    now = api.platform.clock.now()
+    command = {
+        "id": "evt_from_thief_command",
+        "occurred_at": now,
+        "name": EventName.COMMAND_REQUESTED.value,
+        "actor_type": ActorType.USER,
+        "actor_id": api.world.users["frank"].id,
+        "object_type": "command_job",
+        "object_id": "job_from_thief",
+        "action": "requested",
+        "decision": Decision.ALLOWED,
+        "details": {"job_id": "job_from_thief", "command": "unlock"},
+        "token_family": STOLEN_FAMILY,
+        "client_id": "cli_fleet",
+        "vehicle_id": api.vehicle_id("ACME-N2"),
+        "source_ip": THIEF[0],
+    }
+    # The same network (one by its IPv4-mapped IPv6 form, as a dual-stack socket reports
+    # it), the next one, and IPv6 neighbours.
+    mapped = str(ipaddress.ip_address(f"::ffff:{THIEF[0].rsplit('.', 1)[0]}.9"))
+    near = [
+        _read_from(api, "203.0.113.5", "usr_neighbour", "veh_neighbour"),
+        _read_from(api, mapped, "usr_mapped", "veh_mapped"),
+        _read_from(api, "203.0.114.77", "usr_outside", "veh_outside"),
+        _read_from(api, "2001:db8:1:2::5", "usr_v6", "veh_v6"),
+        _read_from(api, "2001:db8:1:3::5", "usr_v6_outside", "veh_v6_outside"),
+    ]
+    async with api.platform.unit_of_work() as uow:
+        await uow.session.execute(insert(AuditRecord), [command, *near])
+        await uow.commit()
+
+    base = "/investigations/blast-radius"
+    by_token = await api.get(
+        "judy", Surface.ADMIN, f"{base}?subject=token-family&value={STOLEN_FAMILY}"
+    )
+    by_address = await api.get("judy", Surface.ADMIN, f"{base}?subject=source-ip&value={THIEF[0]}")
+    assert by_token.status_code == 200, by_token.text
+    assert by_address.status_code == 200, by_address.text
+    token, address = by_token.json(), by_address.json()
+    # The same blast radius: vehicles (touched and attempted), commands, reads, counts.
+    for part in ("counts", "vehicles", "commands", "reads", "principals", "tokens"):
+        assert address[part] == token[part], part
+    touched = sorted(v["vehicle_id"] for v in address["vehicles"] if v["touched"])
+    assert touched == sorted(api.vehicle_id(label) for label in ("ACME-N1", "ACME-N2", "ACME-N3"))
+    assert address["counts"]["vehicles_attempted_only"] == 2
+    assert address["counts"]["commands_sent"] == 1
+    assert address["reads"] == {Permission.VEHICLE_READ_STATUS.value: 3}
+    # Who used the address, and with what.
+    assert address["principals"] == [{"type": "user", "id": api.world.users["frank"].id}]
+    assert address["token_families"] == [STOLEN_FAMILY]
+    assert len(address["tokens"]) == 1 and address["clients"] == ["cli_fleet"]
+    assert address["source_ips"] == [THIEF[0]]
+    assert address["query"]["value"] == THIEF[0]
+    assert address["truncated"] is False
+    # The same address written as IPv4-mapped IPv6 is the same address.
+    as_mapped = await api.get(
+        "judy", Surface.ADMIN, f"{base}?subject=source-ip&value=::ffff:{THIEF[0]}"
+    )
+    assert as_mapped.status_code == 200, as_mapped.text
+    assert as_mapped.json()["vehicles"] == address["vehicles"]
+
+    # The network: the thief's records and its neighbours', nothing from the next one.
+    network = await api.get("judy", Surface.ADMIN, f"{base}?subject=source-ip&value=203.0.113.0/24")
+    assert network.status_code == 200, network.text
+    wide = network.json()
+    vehicles = {v["vehicle_id"] for v in wide["vehicles"]}
+    assert {"veh_neighbour", "veh_mapped"} <= vehicles
+    assert vehicles.isdisjoint({"veh_outside", "veh_v6", "veh_v6_outside"})
+    assert wide["counts"]["vehicles_touched"] == 5
+    assert {p["id"] for p in wide["principals"]} == {
+        api.world.users["frank"].id,
+        "usr_neighbour",
+        "usr_mapped",
+    }
+    assert wide["source_ips"] == [THIEF[0], "203.0.113.5", mapped]
+    six = await api.get("judy", Surface.ADMIN, f"{base}?subject=source-ip&value=2001:db8:1:2::/64")
+    assert six.status_code == 200, six.text
+    assert [v["vehicle_id"] for v in six.json()["vehicles"]] == ["veh_v6"]
+
+    # Each query is itself audited, as any other subject's, in the canonical form asked.
+    runs = await _investigations(api)
+    assert [(r["subject"], r["value"]) for r in runs[-5:]] == [
+        ("token-family", STOLEN_FAMILY),
+        ("source-ip", THIEF[0]),
+        ("source-ip", THIEF[0]),
+        ("source-ip", "203.0.113.0/24"),
+        ("source-ip", "2001:db8:1:2::/64"),
+    ]
+    assert {r["actor"] for r in runs} == {api.world.users["judy"].id}
+    # Authorized like the other subjects: anyone but a platform admin is refused.
+    refused = await api.get("erin", Surface.ADMIN, f"{base}?subject=source-ip&value={THIEF[0]}")
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert len(await _investigations(api)) == len(runs)
+
+
+async def test_a_source_address_is_an_address_or_a_narrow_network(api: Api) -> None:
+    # Threat: a network of millions is a fishing query over other people's traffic, and a
+    # malformed value must neither reach the store nor be read as some other address.
+    runs = len(await _investigations(api))
+    base = "/investigations/blast-radius?subject=source-ip"
+    for value in (
+        "10.0.0.0/8",  # wider than /16
+        "203.0.0.0/15",
+        "2001:db8::/32",  # wider than /48
+        "2001:db8::/47",
+        "::ffff:0:0/104",  # IPv4-mapped: an IPv4 /8
+        "::/40",  # holds every IPv4-mapped address
+        "203.0.113.77/24",  # host bits set
+        "203.0.113.256",
+        "203.0.113",
+        "01.2.3.4",
+        "fleet-123",
+        "2001:db8:::1",
+    ):
+        response = await api.get("judy", Surface.ADMIN, f"{base}&value={value}")
+        assert response.status_code == 422, (value, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["reason"] == "source-ip", value
+    for value in ("", "203.0.113.7%25eth0", "203.0.113.7 ", "x" * 129):
+        response = await api.get("judy", Surface.ADMIN, f"{base}&value={value}")
+        assert response.status_code == 422, (value, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    missing = await api.get("judy", Surface.ADMIN, base)
+    assert missing.status_code == 422 and missing.json()["reason"] == "source-ip"
+    assert len(await _investigations(api)) == runs  # nothing asked, nothing recorded
+    for value in ("203.0.0.0/16", "2001:db8:1::/48", "::ffff:203.0.0.0/112"):
+        response = await api.get("judy", Surface.ADMIN, f"{base}&value={value}")
+        assert response.status_code == 200, (value, response.text)
+
+
+async def _vehicles_reached(api: Api) -> list[str]:
+    """Five vehicles met in order by the stolen token family: the second, fourth and fifth
+    read (touched), the first and third refused (attempted only)."""
+    now = api.platform.clock.now()
+    vehicles = [f"veh_page_{i}" for i in range(5)]
+    rows = [
+        {
+            "id": f"evt_page_{i}",
+            "occurred_at": now,
+            "name": EventName.AUTHZ_DECISION_MADE.value,
+            "actor_type": ActorType.USER,
+            "actor_id": api.world.users["frank"].id,
+            "object_type": "vehicle",
+            "object_id": vehicle,
+            "action": Permission.VEHICLE_READ_STATUS.value,
+            "decision": Decision.DENIED if i in (0, 2) else Decision.ALLOWED,
+            "details": {},
+            "token_family": STOLEN_FAMILY,
+            "client_id": "cli_fleet",
+            "vehicle_id": vehicle,
+        }
+        for i, vehicle in enumerate(vehicles)
+    ]
+    async with api.platform.unit_of_work() as uow:
+        await uow.session.execute(insert(AuditRecord), rows)
+        await uow.commit()
+    return vehicles
+
+
+async def test_a_blast_radius_pages_its_vehicles_and_never_cuts_them_silently(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Threat: a window or a network over a large fleet answers with every vehicle at once (a
+    # response of unbounded size); pages must cover every vehicle, touched first, each once.
+    # The page size is lowered to keep it small.
+    monkeypatch.setattr(investigate_module, "_VEHICLES_LISTED", 2)
+    v = await _vehicles_reached(api)
+    path = f"/investigations/blast-radius?subject=token-family&value={STOLEN_FAMILY}"
+    pages: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        response = await api.get(
+            "judy", Surface.ADMIN, path + (f"&vehicles_cursor={cursor}" if cursor else "")
+        )
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+        cursor = pages[-1]["lists"]["vehicles"]["next_cursor"]
+        if cursor is None:
+            break
+        assert len(pages) < 5
+    assert [[x["vehicle_id"] for x in p["vehicles"]] for p in pages] == [
+        [v[1], v[3]],
+        [v[4], v[0]],
+        [v[2]],
+    ]
+    assert [p["lists"]["vehicles"]["truncated"] for p in pages] == [True, True, False]
+    assert [p["truncated"] for p in pages] == [True, True, False]
+    for page in pages:
+        assert page["lists"]["vehicles"]["total"] == 5
+        assert page["counts"]["vehicles_touched"] == 3
+        assert page["counts"]["vehicles_attempted_only"] == 2
+        assert page["counts"]["events"] == 5 and page["counts"]["denied"] == 2
+    assert [p["lists"]["vehicles"]["listed"] for p in pages] == [2, 2, 1]
+    # A CSV is a page too, and says where the next one starts.
+    csv_page = await api.get("judy", Surface.ADMIN, f"{path}&output=csv")
+    assert csv_page.status_code == 200, csv_page.text
+    assert csv_page.text.splitlines()[1:] == [
+        f"{v[1]},True,1,1,0,0,1",
+        f"{v[3]},True,1,1,0,0,1",
+    ]
+    assert csv_page.headers["fleetward-vehicles-total"] == "5"
+    assert (
+        csv_page.headers["fleetward-vehicles-next-cursor"]
+        == pages[0]["lists"]["vehicles"]["next_cursor"]
+    )
+    # A cursor no page returned is a problem (422, nothing recorded), not a 500 and not the
+    # first page again: past a BIGINT, too long, an unknown tier, not a cursor at all.
+    runs = len(await _investigations(api))
+    for bad in (
+        "0.9999999999999999999",
+        "1.99999999999999999999",
+        "2.1",
+        "1",
+        "x.1",
+        "0.1.2",
+        "-1.1",
+        "0." + "1" * 40,
+    ):
+        response = await api.get("judy", Surface.ADMIN, f"{path}&vehicles_cursor={bad}")
+        assert response.status_code == 422, (bad, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert len(await _investigations(api)) == runs

@@ -1,5 +1,5 @@
 """Investigation on the admin surface (``/admin/v1/investigations``): the chain of one
-request, the blast radius of a compromised credential, governance figures.
+request, the blast radius of a compromised credential or source address, governance figures.
 
 Each route asks the PDP for ``admin:investigate`` on the platform itself (policy
 ``platform-admin``): the audit log spans every tenant, so this is a platform function and
@@ -23,6 +23,7 @@ from fleetward.audit.investigate import (
     CommandCursor,
     Subject,
     TraceCursor,
+    VehicleCursor,
     trace_request,
 )
 from fleetward.audit.operations import investigate
@@ -41,7 +42,11 @@ PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
 Key = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Cursor = Annotated[str | None, Query(min_length=3, max_length=24, pattern=r"^[0-9]+\.[0-9]+$")]
 CommandsCursor = Annotated[str | None, Query(min_length=1, max_length=19, pattern=r"^[0-9]+$")]
-Value = Annotated[str | None, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+VehiclesCursor = Annotated[
+    str | None, Query(min_length=3, max_length=21, pattern=r"^[0-9]\.[0-9]+$")
+]
+# An id, or for ``source-ip`` an address or a CIDR network (checked by BlastQuery).
+Value = Annotated[str | None, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
 
 router = surface_router(Surface.ADMIN)
 investigator = Depends(authenticate(Surface.ADMIN))
@@ -82,7 +87,9 @@ async def request_chain(
 
 
 @router.get("/investigations/blast-radius", name="admin:investigations:blast_radius")
-@catalogued(_entry("every vehicle, command and read of a compromised credential or window"))
+@catalogued(
+    _entry("every vehicle, command and read of a compromised credential, address or window")
+)
 async def blast(
     request: Request,
     subject: Subject,
@@ -91,28 +98,44 @@ async def blast(
     until: Instant | None = None,
     output: Literal["json", "csv"] = "json",
     cursor: CommandsCursor = None,
+    vehicles_cursor: VehiclesCursor = None,
     caller: Caller = investigator,
 ) -> Any:
-    # Vehicles and reads are complete; commands are one page, in order, with ``truncated``
-    # and ``lists.commands.next_cursor`` when more follow (``?cursor=`` for the next page).
+    # Reads are complete; vehicles and commands are pages, with ``truncated`` and
+    # ``lists.<list>.next_cursor`` when more follow (``?vehicles_cursor=`` and ``?cursor=``
+    # for the next page of each). A CSV (the vehicles) says so in its headers.
     try:
         query = BlastQuery(subject, value, since, until)
     except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+        raise InvalidInput(str(exc), reason=_reason(subject)) from None
     try:
         after = CommandCursor.parse(cursor) if cursor is not None else None
+        vehicles_after = (
+            VehicleCursor.parse(vehicles_cursor) if vehicles_cursor is not None else None
+        )
     except ValueError as exc:
         raise InvalidInput(str(exc), reason="cursor") from None
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         await authorize(request, caller, PERMISSION, PLATFORM, object_route=False, ctx=ctx)
         result = await investigate(
-            ctx, query, actor=Actor.user(caller.claims.sub, caller.claims.tenant), cursor=after
+            ctx,
+            query,
+            actor=Actor.user(caller.claims.sub, caller.claims.tenant),
+            cursor=after,
+            vehicles_cursor=vehicles_after,
         )
         await uow.commit()
     if output == "csv":
-        return PlainTextResponse(result.to_csv(), media_type="text/csv")
+        headers = {"Fleetward-Vehicles-Total": str(result.vehicles_total)}
+        if result.vehicles_next_cursor is not None:
+            headers["Fleetward-Vehicles-Next-Cursor"] = result.vehicles_next_cursor
+        return PlainTextResponse(result.to_csv(), media_type="text/csv", headers=headers)
     return result.to_json()
+
+
+def _reason(subject: Subject) -> str | None:
+    return "source-ip" if subject is Subject.SOURCE_IP else None
 
 
 @router.get("/investigations/figures", name="admin:investigations:figures")

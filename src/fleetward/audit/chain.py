@@ -48,7 +48,7 @@ from typing import Any, Final
 from sqlalchemy import Row, and_, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fleetward.audit.models import AuditRecord, AuditSeal
+from fleetward.audit.models import AuditRecord, AuditSeal, source_key_of
 
 CHAIN_KEY_PURPOSE: Final = "fleetward/audit-chain/v1"
 # How far below the sealed horizon the sealer looks for records that committed late.
@@ -87,6 +87,9 @@ HASHED_COLUMNS: Final = (
     "source_ip",
     "vehicle_id",
 )
+# Columns derived from hashed ones, not hashed themselves (a record sealed before one was
+# added still verifies): verify recomputes each, so a changed one is a modified record.
+DERIVED_COLUMNS: Final = ("source_key",)  # source_ip as bytes (models.source_key_of)
 
 
 # The sealer reads records as rows of these columns (attribute access by name, like the ORM
@@ -370,6 +373,9 @@ def _check_link(
         problem(ProblemKind.DELETED, "the sealed record is gone")
     elif record_hash(record) != seal_row.record_hash or record.id != seal_row.event_id:
         problem(ProblemKind.MODIFIED, "the record differs from what was sealed")
+    elif record.source_key != source_key_of(record.source_ip):
+        # Rekeyed, its record would escape an investigation of its address.
+        problem(ProblemKind.MODIFIED, "the record's source_key is not its source_ip's")
 
 
 def _link_holds(key: ChainKey, seal_row: AuditSeal) -> bool:

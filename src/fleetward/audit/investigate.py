@@ -1,5 +1,6 @@
 """Investigation queries over the audit log: from one request to everything it caused, and
-from one compromised credential (or window) to every vehicle, command and read it reached.
+from one compromised credential, source address or network (or window) to every vehicle,
+command and read it reached.
 
 Read-only, on columns (never on JSON), so they answer from the covering indexes of
 ``audit_events`` (see models.py). Results are values the CLI and the admin API render as a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -21,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from fleetward.audit.events import ActorType, Decision, EventName
-from fleetward.audit.models import AuditRecord
+from fleetward.audit.models import AuditRecord, address_key
 from fleetward.authz.permissions import Permission
 from fleetward.commands.models import CommandJob, JobTransition
 from fleetward.telemetry.models import TelemetryMessage
@@ -37,6 +39,15 @@ _MAX_LISTED: Final = 10_000
 _SUMMARY_LISTED = 10_000
 _TELEMETRY_LISTED = 200
 _MAX_SEQ: Final = 2**63 - 1  # the largest audit record seq (a BIGINT)
+# A blast radius's vehicles: one page of at most this many (``VehicleCursor``).
+_VEHICLES_LISTED = 10_000
+# The widest network a source-address blast radius answers for: anything wider is a fishing
+# query over other people's traffic (an IPv4 /16 is 65,536 addresses; an IPv6 /48 one site).
+MAX_IPV4_NETWORK: Final = 16
+MAX_IPV6_NETWORK: Final = 48
+_V4_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _seq(text: str) -> int:
@@ -56,7 +67,39 @@ class Subject(StrEnum):
     CLIENT = "client"
     PARTNER = "partner"
     DEVICE = "device"
+    SOURCE_IP = "source-ip"  # an address or a CIDR network: what the records' source_ip held
     WINDOW = "window"
+
+
+def source_network(value: str) -> Network:
+    """The network a source-address blast radius asks for: an IP address (a network of one)
+    or a CIDR network with its host bits clear, no wider than ``MAX_IPV4_NETWORK`` /
+    ``MAX_IPV6_NETWORK``. An IPv4-mapped IPv6 network is the IPv4 one it maps.
+    Anything else is a ``ValueError`` saying what is wrong."""
+    try:
+        if "%" in value:  # a scope (fe80::1%eth0) names a link of one host, not an address
+            raise ValueError(value)
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            "a source-ip is an IP address or a CIDR network with its host bits clear "
+            "(203.0.113.7, 203.0.113.0/24, 2001:db8::/64)"
+        ) from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_V4_MAPPED):
+        # The IPv4 network it maps (one address, seen through an IPv6 socket or not).
+        low = int(network.network_address) & 0xFFFFFFFF
+        network = ipaddress.IPv4Network((low, network.prefixlen - _V4_MAPPED.prefixlen))
+    prefix, widest = network.prefixlen, MAX_IPV6_NETWORK
+    if isinstance(network, ipaddress.IPv4Network):
+        widest = MAX_IPV4_NETWORK
+    elif network.supernet_of(_V4_MAPPED):
+        prefix = 0  # it holds every IPv4 address
+    if prefix < widest:
+        raise ValueError(
+            f"a source network wider than /{MAX_IPV4_NETWORK} (IPv4) or /{MAX_IPV6_NETWORK} "
+            "(IPv6) is refused: name the attacker's address or a narrower network"
+        )
+    return network
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +109,21 @@ class BlastQuery:
     since: datetime | None = None
     until: datetime | None = None
 
+    network: Network | None = field(default=None, init=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.subject is Subject.WINDOW:
             if self.since is None and self.until is None:
                 raise ValueError("a window needs --since or --until")
         elif not self.value:
             raise ValueError(f"a {self.subject.value} id is required")
+        elif self.subject is Subject.SOURCE_IP:
+            network = source_network(self.value)
+            # Asked and recorded in its canonical form (an address alone, without /32).
+            single = network.num_addresses == 1
+            canonical = str(network.network_address) if single else str(network)
+            object.__setattr__(self, "network", network)
+            object.__setattr__(self, "value", canonical)
 
     def conditions(self) -> list[ColumnElement[bool]]:
         column = {
@@ -86,6 +138,12 @@ class BlastQuery:
         where: list[ColumnElement[bool]] = []
         if column is not None:
             where.append(column == self.value)
+        if self.network is not None:
+            # The records' address as 16 bytes (models.address_key): a network is one range.
+            low = address_key(self.network.network_address)
+            high = address_key(self.network.broadcast_address)
+            key = AuditRecord.source_key
+            where.append(key == low if low == high else key.between(low, high))
         if self.since is not None:
             where.append(AuditRecord.occurred_at >= self.since)
         if self.until is not None:
@@ -134,11 +192,68 @@ class CommandCursor:
         return cls(_seq(value))
 
 
+class VehicleCursor:
+    """Where a page of a blast radius's vehicles ends: ``<tier>.<seq>``, the tier of its last
+    vehicle (0 touched, 1 attempted only) and the ``seq`` of that vehicle's first record in
+    the answer (vehicles are listed touched first, then in the order they were first met)."""
+
+    __slots__ = ("seq", "tier")
+
+    def __init__(self, tier: int, seq: int) -> None:
+        self.tier, self.seq = tier, seq
+
+    def __str__(self) -> str:
+        return f"{self.tier}.{self.seq}"
+
+    @classmethod
+    def parse(cls, value: str) -> VehicleCursor:
+        """The cursor a previous page returned; anything else is a ``ValueError``."""
+        tier, sep, seq = value.partition(".")
+        if not sep or tier not in ("0", "1"):
+            raise ValueError("not a cursor this listing returned")
+        return cls(int(tier), _seq(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who acted in the records of a blast radius: a typed id, never a name."""
+
+    type: str
+    id: str
+
+
+@dataclass(slots=True)
+class Summary:
+    """The distinct values of one column over every record of a blast radius, in the order
+    they were first met: at most ``_SUMMARY_LISTED`` of ``total`` (``truncated`` if fewer)."""
+
+    values: list[Any] = field(default_factory=list)
+    total: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.values) < self.total
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "listed": len(self.values),
+            "truncated": self.truncated,
+            "next_cursor": None,
+        }
+
+
+_SUMMARIES: Final = ("principals", "clients", "tokens", "token_families", "source_ips")
+
+
 @dataclass(slots=True)
 class BlastRadius:
-    """``vehicles`` and ``reads`` are complete; ``commands`` is one page of at most
-    ``limit`` command requests, in order: ``commands_truncated`` says more follow, from
-    ``commands_next_cursor``. ``commands_total`` (and every count) covers every record."""
+    """``reads`` is complete; ``vehicles`` is one page of at most ``vehicles_limit``
+    vehicles, touched first (``vehicles_truncated`` says more follow, from
+    ``vehicles_next_cursor``); ``commands`` one page of at most ``limit`` command requests,
+    in order (``commands_truncated``, ``commands_next_cursor``). The summaries (principals,
+    clients, tokens, token families, source addresses) hold up to ``_SUMMARY_LISTED``
+    values each. Every count and total covers every record, whatever the page."""
 
     query: BlastQuery
     vehicles: list[VehicleImpact]
@@ -146,22 +261,37 @@ class BlastRadius:
     reads: dict[str, int]  # allowed reads by permission
     events: int
     denied: int
+    vehicles_total: int = 0
+    vehicles_touched: int = 0
+    vehicles_truncated: bool = False
+    vehicles_next_cursor: str | None = None
     commands_total: int = 0
     commands_truncated: bool = False
     commands_next_cursor: str | None = None
+    principals: Summary = field(default_factory=Summary)
+    clients: Summary = field(default_factory=Summary)
+    tokens: Summary = field(default_factory=Summary)
+    token_families: Summary = field(default_factory=Summary)
+    source_ips: Summary = field(default_factory=Summary)
     elapsed_ms: float = 0.0
 
     @property
     def truncated(self) -> bool:
-        """True when any list of the answer is cut (only the commands ever are)."""
-        return self.commands_truncated
+        """True when any list of the answer is cut."""
+        return (
+            self.vehicles_truncated
+            or self.commands_truncated
+            or any(getattr(self, name).truncated for name in _SUMMARIES)
+        )
 
     @property
     def touched(self) -> list[str]:
+        """The touched vehicles of this page (``vehicles_touched`` counts them all)."""
         return sorted(v.vehicle_id for v in self.vehicles if v.touched)
 
     @property
     def attempted_only(self) -> list[str]:
+        """The attempted-only vehicles of this page."""
         return sorted(v.vehicle_id for v in self.vehicles if not v.touched)
 
     def to_json(self) -> dict[str, Any]:
@@ -175,8 +305,8 @@ class BlastRadius:
             "counts": {
                 "events": self.events,
                 "denied": self.denied,
-                "vehicles_touched": len(self.touched),
-                "vehicles_attempted_only": len(self.attempted_only),
+                "vehicles_touched": self.vehicles_touched,
+                "vehicles_attempted_only": self.vehicles_total - self.vehicles_touched,
                 "commands_sent": self.commands_total,
                 "data_reads": sum(self.reads.values()),
             },
@@ -184,10 +314,10 @@ class BlastRadius:
             "truncated": self.truncated,
             "lists": {
                 "vehicles": {
-                    "total": len(self.vehicles),
+                    "total": self.vehicles_total,
                     "listed": len(self.vehicles),
-                    "truncated": False,
-                    "next_cursor": None,
+                    "truncated": self.vehicles_truncated,
+                    "next_cursor": self.vehicles_next_cursor,
                 },
                 "commands": {
                     "total": self.commands_total,
@@ -195,7 +325,13 @@ class BlastRadius:
                     "truncated": self.commands_truncated,
                     "next_cursor": self.commands_next_cursor,
                 },
+                **{name: getattr(self, name).listing() for name in _SUMMARIES},
             },
+            "principals": [asdict(p) for p in self.principals.values],
+            "clients": self.clients.values,
+            "tokens": self.tokens.values,
+            "token_families": self.token_families.values,
+            "source_ips": self.source_ips.values,
             "vehicles": [asdict(v) | {"touched": v.touched} for v in self.vehicles],
             "commands": [
                 asdict(c) | {"requested_at": c.requested_at.isoformat()} for c in self.commands
@@ -205,7 +341,7 @@ class BlastRadius:
         }
 
     def to_csv(self) -> str:
-        """One row per vehicle (the list an incident responder acts on)."""
+        """One row per vehicle of the page (the list an incident responder acts on)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(
@@ -220,6 +356,16 @@ class BlastRadius:
     def to_table(self) -> str:
         counts = self.to_json()["counts"]
         lines = [" ".join(f"{k}={v}" for k, v in counts.items())]
+        for p in self.principals.values:
+            lines.append(f"principal {p.type} {p.id}")
+        for name in _SUMMARIES[1:]:
+            values = getattr(self, name).values
+            if values:
+                lines.append(f"{name}: {' '.join(values)}")
+        for name in _SUMMARIES:
+            summary = getattr(self, name)
+            if summary.truncated:
+                lines.append(f"{name} cut: {len(summary.values)} listed of {summary.total}")
         lines.append(
             f"{'vehicle':<32} {'touched':>7} {'events':>7} {'denied':>7} "
             f"{'commands':>8} {'reads':>6}"
@@ -228,6 +374,11 @@ class BlastRadius:
             lines.append(
                 f"{v.vehicle_id:<32} {'yes' if v.touched else 'no':>7} {v.events:>7} "
                 f"{v.denied:>7} {v.commands:>8} {v.reads:>6}"
+            )
+        if self.vehicles_truncated:
+            lines.append(
+                f"vehicles truncated: {len(self.vehicles)} listed of {self.vehicles_total}; "
+                f"the next page: --vehicles-cursor {self.vehicles_next_cursor}"
             )
         for c in self.commands:
             lines.append(
@@ -248,73 +399,175 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+_ALLOWED: Final = AuditRecord.decision == Decision.ALLOWED
+_READ: Final = (
+    _ALLOWED
+    & (AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value)
+    & (AuditRecord.action.in_(sorted(READ_ACTIONS)))
+)
+
+
 async def blast_radius(
     session: AsyncSession,
     query: BlastQuery,
     *,
     cursor: CommandCursor | None = None,
     limit: int = _MAX_LISTED,
+    vehicles_cursor: VehicleCursor | None = None,
+    vehicles_limit: int | None = None,
 ) -> BlastRadius:
-    """Every vehicle touched or attempted, every data read (complete), and one page of at
-    most ``limit`` commands sent, in order: ``commands_truncated`` and
-    ``commands_next_cursor`` when more follow (pass it as ``cursor`` for the next page).
-    The counts cover every record, whatever the page."""
-    if limit < 1:
+    """Every data read (complete), one page of at most ``vehicles_limit`` vehicles touched
+    or attempted (touched first, then in the order they were first met), one page of at
+    most ``limit`` commands sent, in order, and who acted (principals, clients, tokens, token
+    families, source addresses). A page that does not end its list says so, with the
+    cursor of the next (pass it back as ``vehicles_cursor`` or ``cursor``). The counts
+    cover every record, whatever the page. A listing is stable under new records only if
+    the query has an ``until`` in the past."""
+    vehicles_limit = _VEHICLES_LISTED if vehicles_limit is None else vehicles_limit
+    if limit < 1 or vehicles_limit < 1:
         raise ValueError("limit must be positive")
     where = query.conditions()
-    allowed = AuditRecord.decision == Decision.ALLOWED
-    read = (
-        allowed
-        & (AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value)
-        & (AuditRecord.action.in_(sorted(READ_ACTIONS)))
-    )
-    # One row per vehicle, counted in the store (conditional sums over the covering index),
-    # and the reads per permission: a window of tens of thousands of events returns a row
-    # per vehicle, not one per (vehicle, event, action, decision).
-    per_vehicle = await session.execute(
+    # Counted in the store over the covering index: one row per vehicle in a subquery, then
+    # the totals of those rows (a window of tens of thousands of events returns one row).
+    per_vehicle = (
         select(
-            AuditRecord.vehicle_id,
-            func.count(),
-            func.sum(case((allowed, 1), else_=0)),
-            func.sum(case((AuditRecord.name == _COMMAND_SENT, 1), else_=0)),
-            func.sum(case((read, 1), else_=0)),
+            AuditRecord.vehicle_id.label("vehicle_id"),
+            func.count().label("events"),
+            func.sum(case((_ALLOWED, 1), else_=0)).label("allowed"),
+            func.sum(case((AuditRecord.name == _COMMAND_SENT, 1), else_=0)).label("sent"),
         )
         .where(*where)
         .group_by(AuditRecord.vehicle_id)
+        .subquery()
     )
-    vehicles: dict[str, VehicleImpact] = {}
-    events = denied = commands_total = 0
-    for vehicle_id, count, allowed_count, sent, reads_count in per_vehicle.all():
-        count, allowed_count = int(count), int(allowed_count or 0)
-        events += count
-        denied += count - allowed_count
-        commands_total += int(sent or 0)
-        if vehicle_id is None:
-            continue
-        vehicles[vehicle_id] = VehicleImpact(
-            vehicle_id,
-            events=count,
-            allowed=allowed_count,
-            denied=count - allowed_count,
-            commands=int(sent or 0),
-            reads=int(reads_count or 0),
+    totals = (
+        await session.execute(
+            select(
+                func.sum(per_vehicle.c.events),
+                func.sum(per_vehicle.c.allowed),
+                func.sum(per_vehicle.c.sent),
+                func.count(per_vehicle.c.vehicle_id),
+                func.sum(
+                    case(
+                        (per_vehicle.c.vehicle_id.is_not(None) & (per_vehicle.c.allowed > 0), 1),
+                        else_=0,
+                    )
+                ),
+            )
         )
+    ).one()
+    events, allowed = int(totals[0] or 0), int(totals[1] or 0)
+    vehicles, vehicles_next = await _vehicles(session, where, vehicles_cursor, vehicles_limit)
     by_action = await session.execute(
-        select(AuditRecord.action, func.count()).where(*where, read).group_by(AuditRecord.action)
+        select(AuditRecord.action, func.count()).where(*where, _READ).group_by(AuditRecord.action)
     )
     reads = {action: int(count) for action, count in by_action.all()}
     commands, next_cursor = await _commands(session, where, cursor, limit)
-    return BlastRadius(
+    result = BlastRadius(
         query=query,
-        vehicles=sorted(vehicles.values(), key=lambda v: (not v.touched, v.vehicle_id)),
+        vehicles=vehicles,
         commands=commands,
         reads=reads,
         events=events,
-        denied=denied,
-        commands_total=commands_total,
+        denied=events - allowed,
+        vehicles_total=int(totals[3] or 0),
+        vehicles_touched=int(totals[4] or 0),
+        vehicles_truncated=vehicles_next is not None,
+        vehicles_next_cursor=vehicles_next,
+        commands_total=int(totals[2] or 0),
         commands_truncated=next_cursor is not None,
         commands_next_cursor=next_cursor,
     )
+    if events:
+        await _summaries(session, where, result)
+    return result
+
+
+async def _vehicles(
+    session: AsyncSession,
+    where: list[ColumnElement[bool]],
+    cursor: VehicleCursor | None,
+    limit: int,
+) -> tuple[list[VehicleImpact], str | None]:
+    """One page of at most ``limit`` vehicles, touched first, then by their first record,
+    and the cursor of the next page (None when this one ends the list)."""
+    allowed = func.sum(case((_ALLOWED, 1), else_=0))
+    tier = case((allowed > 0, 0), else_=1)
+    first = func.min(AuditRecord.seq)
+    page = (
+        select(
+            AuditRecord.vehicle_id,
+            func.count(),
+            allowed,
+            func.sum(case((AuditRecord.name == _COMMAND_SENT, 1), else_=0)),
+            func.sum(case((_READ, 1), else_=0)),
+            tier,
+            first,
+        )
+        .where(*where, AuditRecord.vehicle_id.is_not(None))
+        .group_by(AuditRecord.vehicle_id)
+    )
+    if cursor is not None:
+        page = page.having(or_(tier > cursor.tier, (tier == cursor.tier) & (first > cursor.seq)))
+    rows = (await session.execute(page.order_by(tier, first).limit(limit + 1))).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = str(VehicleCursor(int(rows[-1][5]), int(rows[-1][6])))
+    vehicles = []
+    for vehicle_id, count, allowed_count, sent, reads_count, _tier, _first in rows:
+        count, allowed_count = int(count), int(allowed_count or 0)
+        vehicles.append(
+            VehicleImpact(
+                vehicle_id,
+                events=count,
+                allowed=allowed_count,
+                denied=count - allowed_count,
+                commands=int(sent or 0),
+                reads=int(reads_count or 0),
+            )
+        )
+    return vehicles, next_cursor
+
+
+async def _summaries(
+    session: AsyncSession, where: list[ColumnElement[bool]], result: BlastRadius
+) -> None:
+    """Who acted in the records, and from where: each list in the order first met, capped
+    at ``_SUMMARY_LISTED`` values, with the count of all of them."""
+    columns: list[tuple[str, tuple[InstrumentedAttribute[Any], ...]]] = [
+        ("principals", (AuditRecord.actor_type, AuditRecord.actor_id)),
+        ("clients", (AuditRecord.client_id,)),
+        ("tokens", (AuditRecord.token_id,)),
+        ("token_families", (AuditRecord.token_family,)),
+        ("source_ips", (AuditRecord.source_ip,)),
+    ]
+    for name, group in columns:
+        present = [column.is_not(None) for column in group]
+        rows = (
+            await session.execute(
+                select(*group)
+                .where(*where, *present)
+                .group_by(*group)
+                .order_by(func.min(AuditRecord.seq))
+                .limit(_SUMMARY_LISTED + 1)
+            )
+        ).all()
+        values: list[Any]
+        if name == "principals":
+            values = [Principal(_text_of(kind), str(value)) for kind, value in rows]
+        else:
+            values = [str(value) for (value,) in rows]
+        total = len(values)
+        if total > _SUMMARY_LISTED:
+            values = values[:_SUMMARY_LISTED]
+            distinct = select(*group).where(*where, *present).group_by(*group).subquery()
+            total = int(await session.scalar(select(func.count()).select_from(distinct)) or 0)
+        setattr(result, name, Summary(values, total))
+
+
+def _text_of(value: Any) -> str:
+    return str(value.value) if isinstance(value, StrEnum) else str(value)
 
 
 async def _commands(

@@ -14,12 +14,11 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, LargeBinary, String
-from sqlalchemy.engine.interfaces import ExecutionContext
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetward.audit.events import ActorType, Decision
 from fleetward.store.base import Base, str_enum
-
 
 _V4_MAPPED: Final = b"\x00" * 10 + b"\xff\xff"
 
@@ -43,10 +42,10 @@ def source_key_of(text: str | None) -> bytes | None:
         return None
 
 
-def _source_key(context: ExecutionContext) -> bytes | None:
+def _source_key(context: DefaultExecutionContext) -> bytes | None:
     # Derived from the row's own ``source_ip`` when it is written (the recorder's rows, and
     # rows a caller corrected before they were: ``devices.admission`` clears the address).
-    source_ip = context.get_current_parameters().get("source_ip")  # type: ignore[attr-defined]
+    source_ip = context.get_current_parameters().get("source_ip")  # type: ignore[no-untyped-call]
     return source_key_of(source_ip if isinstance(source_ip, str) else None)
 
 

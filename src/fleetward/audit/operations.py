@@ -22,7 +22,13 @@ from fleetward.audit.chain import (
     verify,
 )
 from fleetward.audit.events import EventName
-from fleetward.audit.investigate import BlastQuery, BlastRadius, CommandCursor, blast_radius
+from fleetward.audit.investigate import (
+    BlastQuery,
+    BlastRadius,
+    CommandCursor,
+    VehicleCursor,
+    blast_radius,
+)
 from fleetward.audit.models import AuditRecord, AuditSeal
 from fleetward.audit.recorder import Actor, Target
 from fleetward.platform import Platform
@@ -151,12 +157,14 @@ async def investigate(
     *,
     actor: Actor,
     cursor: CommandCursor | None = None,
+    vehicles_cursor: VehicleCursor | None = None,
 ) -> BlastRadius:
     """Blast radius, timed, and recorded (who looked at what: investigations are audited too;
     the timing feeds the governance figure "mean time to list affected vehicles").
-    ``cursor``: the page of commands after the one that returned it."""
+    ``cursor`` and ``vehicles_cursor``: the page of commands, and of vehicles, after the one
+    that returned it."""
     started = time.perf_counter()
-    result = await blast_radius(ctx.session, query, cursor=cursor)
+    result = await blast_radius(ctx.session, query, cursor=cursor, vehicles_cursor=vehicles_cursor)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     ctx.audit.record(
         ctx.session,
@@ -169,7 +177,8 @@ async def investigate(
             "since": query.since.isoformat() if query.since else None,
             "until": query.until.isoformat() if query.until else None,
             "commands_cursor": str(cursor) if cursor is not None else None,
-            "vehicles_touched": len(result.touched),
+            "vehicles_cursor": str(vehicles_cursor) if vehicles_cursor is not None else None,
+            "vehicles_touched": result.vehicles_touched,
             "elapsed_ms": round(result.elapsed_ms, 3),
         },
     )

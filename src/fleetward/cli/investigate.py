@@ -20,6 +20,7 @@ from fleetward.audit.investigate import (
     CommandCursor,
     Subject,
     TraceCursor,
+    VehicleCursor,
     trace_request,
 )
 from fleetward.audit.operations import investigate
@@ -53,6 +54,13 @@ def _show(result: BlastRadius, output_format: str) -> None:
         _echo(result.to_json())
     elif output_format == "csv":
         typer.echo(result.to_csv(), nl=False)
+        if result.vehicles_truncated:
+            typer.echo(
+                f"fleetward: {len(result.vehicles)} vehicles listed of "
+                f"{result.vehicles_total}; the next page: --vehicles-cursor "
+                f"{result.vehicles_next_cursor}",
+                err=True,
+            )
     else:
         typer.echo(result.to_table(), nl=False)
 
@@ -87,12 +95,17 @@ def request_command(
 
 
 async def run_blast(
-    settings: Settings, query: BlastQuery, cursor: CommandCursor | None = None
+    settings: Settings,
+    query: BlastQuery,
+    cursor: CommandCursor | None = None,
+    vehicles_cursor: VehicleCursor | None = None,
 ) -> BlastRadius:
     platform = Platform.build(settings)
     try:
         async with platform.services() as (uow, ctx):
-            result = await investigate(ctx, query, actor=ACTOR, cursor=cursor)
+            result = await investigate(
+                ctx, query, actor=ACTOR, cursor=cursor, vehicles_cursor=vehicles_cursor
+            )
             await uow.commit()
             return result
     finally:
@@ -102,18 +115,25 @@ async def run_blast(
 @app.command("blast-radius")
 def blast_command(
     subject: Annotated[Subject, typer.Argument(help="what is compromised")],
-    value: Annotated[str | None, typer.Argument(help="its id (none for window)")] = None,
+    value: Annotated[
+        str | None,
+        typer.Argument(help="its id (an address or CIDR network for source-ip; none for window)"),
+    ] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, inclusive")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time, exclusive")] = None,
     output_format: OutputFormat = "table",
     cursor: Annotated[
         str | None, typer.Option(help="the commands' next_cursor of the previous page")
     ] = None,
+    vehicles_cursor: Annotated[
+        str | None, typer.Option(help="the vehicles' next_cursor of the previous page")
+    ] = None,
 ) -> None:
     """Every vehicle touched, command sent and data read by a user, token, token family,
-    client, partner, device or in a time window. Vehicles and reads are complete; commands
-    are one page, in order: ``truncated`` and the commands' ``next_cursor`` when more
-    follow."""
+    client, partner, device, source address or network (source-ip 203.0.113.7, or
+    203.0.113.0/24: no wider than /16, IPv6 /48), or in a time window. Reads are complete;
+    vehicles (touched first) and commands (in order) are pages: ``truncated`` and each
+    list's ``next_cursor`` when more follow (--vehicles-cursor, --cursor)."""
     settings = load_or_exit()
     try:
         query = BlastQuery(
@@ -125,7 +145,13 @@ def blast_command(
         after = CommandCursor.parse(cursor) if cursor is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--cursor") from None
-    result = asyncio.run(run_blast(settings, query, after))
+    try:
+        vehicles_after = (
+            VehicleCursor.parse(vehicles_cursor) if vehicles_cursor is not None else None
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--vehicles-cursor") from None
+    result = asyncio.run(run_blast(settings, query, after, vehicles_after))
     _show(result, output_format)
 
 

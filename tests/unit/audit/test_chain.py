@@ -7,7 +7,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, event, inspect, select, update
 
-from fleetward.audit.chain import HASHED_COLUMNS, ProblemKind, partition_of, record_hash
+from fleetward.audit.chain import (
+    DERIVED_COLUMNS,
+    HASHED_COLUMNS,
+    ProblemKind,
+    partition_of,
+    record_hash,
+)
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord, AuditSeal
 from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending, verify_log
@@ -46,9 +52,26 @@ async def _sealed_log(platform: Platform, count: int = 6) -> list[int]:
     return seqs
 
 
-def test_every_column_is_hashed() -> None:
-    # A column added to the model but not to the canonical form would be unprotected.
-    assert set(HASHED_COLUMNS) == {c.key for c in inspect(AuditRecord).columns}
+def test_every_column_is_hashed_or_derived_from_a_hashed_one() -> None:
+    # A column added to the model but not to the canonical form would be unprotected; a
+    # derived one is recomputed by verify (below).
+    assert not set(HASHED_COLUMNS) & set(DERIVED_COLUMNS)
+    columns = {c.key for c in inspect(AuditRecord).columns}
+    assert set(HASHED_COLUMNS) | set(DERIVED_COLUMNS) == columns
+
+
+async def test_a_rekeyed_source_address_is_a_modified_record(platform: Platform) -> None:
+    # Threat: someone with write access moves a record's 16-byte address key elsewhere (its
+    # hashed source_ip untouched), so an investigation of the address no longer finds it.
+    seqs = await _sealed_log(platform)
+    async with platform.unit_of_work() as uow:
+        await uow.session.execute(
+            update(AuditRecord).where(AuditRecord.seq == seqs[1]).values(source_key=b"\x00" * 16)
+        )
+        await uow.commit()
+    report = await verify_log(platform)
+    assert [(p.kind, p.seq) for p in report.problems] == [(ProblemKind.MODIFIED, seqs[1])]
+    assert "source_key" in report.problems[0].detail
 
 
 async def test_an_untouched_log_verifies_and_sealing_is_idempotent(platform: Platform) -> None:

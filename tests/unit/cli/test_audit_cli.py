@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
+from fleetward.audit import investigate as investigate_module
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor, Target
@@ -151,3 +152,59 @@ def test_governance_figures(env: Path) -> None:
         "remote_start",
         "immobilize",
     }
+
+
+def test_blast_radius_of_a_source_address(env: Path) -> None:
+    # The records were written by the recorder from 192.0.2.7: the address, and its network,
+    # find them; a fishing network or something that is no address is refused (exit 2).
+    for value in ("192.0.2.7", "192.0.2.0/24", "::ffff:192.0.2.7"):
+        code, out, _ = _invoke(
+            "investigate", "blast-radius", "source-ip", value, "--format", "json"
+        )
+        assert code == 0, (value, out)
+        document = json.loads(out)
+        assert [v["vehicle_id"] for v in document["vehicles"]] == list(VEHICLES)
+        assert document["principals"] == [{"type": "user", "id": "usr_cli"}]
+        assert document["tokens"] == ["jti_1"] and document["source_ips"] == ["192.0.2.7"]
+    code, out, _ = _invoke(
+        "investigate", "blast-radius", "source-ip", "192.0.3.7", "--format", "json"
+    )
+    assert code == 0 and json.loads(out)["vehicles"] == []
+    runs = asyncio.run(_count(Settings(), EventName.INVESTIGATION_RUN))
+    for value in ("10.0.0.0/8", "192.0.2.7/24", "veh_cli_a"):
+        code, _, _ = _invoke("investigate", "blast-radius", "source-ip", value)
+        assert code == 2, value
+    assert asyncio.run(_count(Settings(), EventName.INVESTIGATION_RUN)) == runs
+
+
+def test_blast_radius_pages_its_vehicles(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(investigate_module, "_VEHICLES_LISTED", 1)
+    code, out, _ = _invoke("investigate", "blast-radius", "user", "usr_cli", "--format", "json")
+    assert code == 0
+    first = json.loads(out)
+    assert [v["vehicle_id"] for v in first["vehicles"]] == [VEHICLES[0]]
+    cursor = first["lists"]["vehicles"]["next_cursor"]
+    assert first["lists"]["vehicles"]["total"] == 2 and cursor
+    code, out, _ = _invoke("investigate", "blast-radius", "user", "usr_cli")
+    assert code == 0 and f"--vehicles-cursor {cursor}" in out  # the table says so
+    code, out, err = _invoke("investigate", "blast-radius", "user", "usr_cli", "--format", "csv")
+    assert code == 0 and f"--vehicles-cursor {cursor}" in err  # the CSV too, aside
+    code, out, _ = _invoke(
+        "investigate",
+        "blast-radius",
+        "user",
+        "usr_cli",
+        "--vehicles-cursor",
+        cursor,
+        "--format",
+        "json",
+    )
+    assert code == 0
+    rest = json.loads(out)
+    assert [v["vehicle_id"] for v in rest["vehicles"]] == [VEHICLES[1]]
+    assert rest["lists"]["vehicles"]["next_cursor"] is None
+    for bad in ("x", "2.1", "0.9999999999999999999"):
+        code, _, _ = _invoke(
+            "investigate", "blast-radius", "user", "usr_cli", "--vehicles-cursor", bad
+        )
+        assert code == 2, bad

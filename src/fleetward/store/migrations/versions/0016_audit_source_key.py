@@ -55,9 +55,7 @@ def upgrade() -> None:
     for text in list(addresses):
         key = _key(text)
         if key is not None:
-            bind.execute(
-                events.update().where(events.c.source_ip == text).values(source_key=key)
-            )
+            bind.execute(events.update().where(events.c.source_ip == text).values(source_key=key))
 
 
 def downgrade() -> None:
