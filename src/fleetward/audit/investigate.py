@@ -37,6 +37,9 @@ _MAX_LISTED: Final = 10_000
 # A request chain's summaries (distinct users, clients, tokens, addresses, endpoints) and its
 # telemetry: lists capped at these, and named in ``RequestTrace.cut`` when they were.
 _SUMMARY_LISTED = 10_000
+# A blast radius folds its summaries from one pass when its records hold at most this many
+# distinct (principal, client, token, family, address) combinations.
+_SUMMARY_TUPLES = 10_000
 _TELEMETRY_LISTED = 200
 _MAX_SEQ: Final = 2**63 - 1  # the largest audit record seq (a BIGINT)
 # A blast radius's vehicles: one page of at most this many (``VehicleCursor``).
@@ -530,44 +533,83 @@ async def _vehicles(
     return vehicles, next_cursor
 
 
+_SUMMARY_COLUMNS: Final[tuple[tuple[str, tuple[InstrumentedAttribute[Any], ...]], ...]] = (
+    ("principals", (AuditRecord.actor_type, AuditRecord.actor_id)),
+    ("clients", (AuditRecord.client_id,)),
+    ("tokens", (AuditRecord.token_id,)),
+    ("token_families", (AuditRecord.token_family,)),
+    ("source_ips", (AuditRecord.source_ip,)),
+)
+
+
 async def _summaries(
     session: AsyncSession, where: list[ColumnElement[bool]], result: BlastRadius
 ) -> None:
     """Who acted in the records, and from where: each list in the order first met, capped
-    at ``_SUMMARY_LISTED`` values, with the count of all of them."""
-    columns: list[tuple[str, tuple[InstrumentedAttribute[Any], ...]]] = [
-        ("principals", (AuditRecord.actor_type, AuditRecord.actor_id)),
-        ("clients", (AuditRecord.client_id,)),
-        ("tokens", (AuditRecord.token_id,)),
-        ("token_families", (AuditRecord.token_family,)),
-        ("source_ips", (AuditRecord.source_ip,)),
-    ]
-    for name, group in columns:
-        present = [column.is_not(None) for column in group]
-        rows = (
-            await session.execute(
-                select(*group)
-                .where(*where, *present)
-                .group_by(*group)
-                .order_by(func.min(AuditRecord.seq))
-                .limit(_SUMMARY_LISTED + 1)
-            )
-        ).all()
-        values: list[Any]
-        if name == "principals":
-            values = [Principal(_text_of(kind), str(value)) for kind, value in rows]
-        else:
-            values = [str(value) for (value,) in rows]
-        total = len(values)
-        if total > _SUMMARY_LISTED:
-            values = values[:_SUMMARY_LISTED]
-            distinct = select(*group).where(*where, *present).group_by(*group).subquery()
-            total = int(await session.scalar(select(func.count()).select_from(distinct)) or 0)
-        setattr(result, name, Summary(values, total))
+    at ``_SUMMARY_LISTED`` values, with the count of all of them. One pass over the records
+    when they hold at most ``_SUMMARY_TUPLES`` distinct combinations (each list is folded
+    from those); a pass per list otherwise."""
+    group = [column for _, columns in _SUMMARY_COLUMNS for column in columns]
+    rows = (
+        await session.execute(
+            select(*group, func.min(AuditRecord.seq))
+            .where(*where)
+            .group_by(*group)
+            .limit(_SUMMARY_TUPLES + 1)
+        )
+    ).all()
+    if len(rows) > _SUMMARY_TUPLES:
+        for name, columns in _SUMMARY_COLUMNS:
+            setattr(result, name, await _summary(session, where, name, columns))
+        return
+    first: dict[str, dict[Any, int]] = {name: {} for name, _ in _SUMMARY_COLUMNS}
+    for row in rows:
+        seq, at = row[-1], 0
+        for name, columns in _SUMMARY_COLUMNS:
+            parts = row[at : at + len(columns)]
+            at += len(columns)
+            if any(part is None for part in parts):
+                continue
+            value = _summary_value(name, parts)
+            seen = first[name]
+            if value not in seen or seq < seen[value]:
+                seen[value] = seq
+    for name, seen in first.items():
+        values = sorted(seen, key=seen.__getitem__)
+        setattr(result, name, Summary(values[:_SUMMARY_LISTED], len(values)))
 
 
-def _text_of(value: Any) -> str:
-    return str(value.value) if isinstance(value, StrEnum) else str(value)
+async def _summary(
+    session: AsyncSession,
+    where: list[ColumnElement[bool]],
+    name: str,
+    columns: tuple[InstrumentedAttribute[Any], ...],
+) -> Summary:
+    """One list, in the order first met, capped at ``_SUMMARY_LISTED``, with its total."""
+    present = [column.is_not(None) for column in columns]
+    rows = (
+        await session.execute(
+            select(*columns)
+            .where(*where, *present)
+            .group_by(*columns)
+            .order_by(func.min(AuditRecord.seq))
+            .limit(_SUMMARY_LISTED + 1)
+        )
+    ).all()
+    values = [_summary_value(name, tuple(row)) for row in rows]
+    total = len(values)
+    if total > _SUMMARY_LISTED:
+        values = values[:_SUMMARY_LISTED]
+        distinct = select(*columns).where(*where, *present).group_by(*columns).subquery()
+        total = int(await session.scalar(select(func.count()).select_from(distinct)) or 0)
+    return Summary(values, total)
+
+
+def _summary_value(name: str, parts: Sequence[Any]) -> Any:
+    if name == "principals":
+        kind, value = parts
+        return Principal(str(kind.value) if isinstance(kind, StrEnum) else str(kind), str(value))
+    return str(parts[0])
 
 
 async def _commands(

@@ -137,6 +137,8 @@ def _queries(users: int, token: str) -> dict[str, BlastQuery]:
         "token": BlastQuery(Subject.TOKEN, token),
         "user": BlastQuery(Subject.USER, f"usr_{user:06d}"),
         "client (1/20 of all events)": BlastQuery(Subject.CLIENT, "cli_07"),
+        "source address": BlastQuery(Subject.SOURCE_IP, f"198.51.{user % 256}.7"),
+        "source network /24": BlastQuery(Subject.SOURCE_IP, f"198.51.{user % 256}.0/24"),
         "window 1 hour": BlastQuery(
             Subject.WINDOW,
             since=START + timedelta(days=10),
