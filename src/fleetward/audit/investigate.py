@@ -119,7 +119,8 @@ class BlastQuery:
             if self.since is None and self.until is None:
                 raise ValueError("a window needs --since or --until")
         elif not self.value:
-            raise ValueError(f"a {self.subject.value} id is required")
+            what = "an address or a network" if self.subject is Subject.SOURCE_IP else "an id"
+            raise ValueError(f"a {self.subject.value} subject needs {what}")
         elif self.subject is Subject.SOURCE_IP:
             network = source_network(self.value)
             # Asked and recorded in its canonical form (an address alone, without /32).

@@ -31,6 +31,15 @@ def test_the_demo_incident_is_investigated_with_one_command(tmp_path: Path, free
     assert touched == ["ACME-N1", "ACME-N2", "ACME-N3"]
     assert attempted == ["ACME-S1", "ACME-S2"]  # refused: not the operator's group
     assert "Bearer" not in result.stdout + result.stderr  # the stolen token is never printed
+    # The thief's address alone finds the same vehicles, and the stolen family behind it.
+    by_address = run_cli(
+        "investigate", "blast-radius", "source-ip", "203.0.113.0/24", "--format", "json", env=env
+    )
+    assert by_address.returncode == 0, by_address.stderr
+    address = json.loads(by_address.stdout)
+    assert address["vehicles"] == report["vehicles"]
+    assert address["token_families"] == [report["query"]["value"]]
+    assert address["source_ips"] == ["203.0.113.77"]
 
 
 def test_without_the_demo_world_it_says_so(tmp_path: Path, free_port: int) -> None:
