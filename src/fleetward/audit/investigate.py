@@ -37,9 +37,6 @@ _MAX_LISTED: Final = 10_000
 # A request chain's summaries (distinct users, clients, tokens, addresses, endpoints) and its
 # telemetry: lists capped at these, and named in ``RequestTrace.cut`` when they were.
 _SUMMARY_LISTED = 10_000
-# A blast radius folds its summaries from one pass when its records hold at most this many
-# distinct (principal, client, token, family, address) combinations.
-_SUMMARY_TUPLES = 10_000
 _TELEMETRY_LISTED = 200
 _MAX_SEQ: Final = 2**63 - 1  # the largest audit record seq (a BIGINT)
 # A blast radius's vehicles: one page of at most this many (``VehicleCursor``).
@@ -548,62 +545,43 @@ async def _summaries(
 ) -> None:
     """Who acted in the records, and from where: each list in the order first met, capped
     at ``_SUMMARY_LISTED`` values, with the count of all of them. One pass over the records
-    when they hold at most ``_SUMMARY_TUPLES`` distinct combinations (each list is folded
-    from those); a pass per list otherwise."""
+    in order, streamed, that ends once every list is full; a list cut at its cap is then
+    counted in the store (one more pass for each)."""
     group = [column for _, columns in _SUMMARY_COLUMNS for column in columns]
-    rows = (
-        await session.execute(
-            select(*group, func.min(AuditRecord.seq))
-            .where(*where)
-            .group_by(*group)
-            .limit(_SUMMARY_TUPLES + 1)
-        )
-    ).all()
-    if len(rows) > _SUMMARY_TUPLES:
-        for name, columns in _SUMMARY_COLUMNS:
-            setattr(result, name, await _summary(session, where, name, columns))
-        return
-    first: dict[str, dict[Any, int]] = {name: {} for name, _ in _SUMMARY_COLUMNS}
-    for row in rows:
-        seq, at = row[-1], 0
-        for name, columns in _SUMMARY_COLUMNS:
-            parts = row[at : at + len(columns)]
-            at += len(columns)
-            if any(part is None for part in parts):
-                continue
-            value = _summary_value(name, parts)
-            seen = first[name]
-            if value not in seen or seq < seen[value]:
-                seen[value] = seq
-    for name, seen in first.items():
-        values = sorted(seen, key=seen.__getitem__)
-        setattr(result, name, Summary(values[:_SUMMARY_LISTED], len(values)))
-
-
-async def _summary(
-    session: AsyncSession,
-    where: list[ColumnElement[bool]],
-    name: str,
-    columns: tuple[InstrumentedAttribute[Any], ...],
-) -> Summary:
-    """One list, in the order first met, capped at ``_SUMMARY_LISTED``, with its total."""
-    present = [column.is_not(None) for column in columns]
-    rows = (
-        await session.execute(
-            select(*columns)
-            .where(*where, *present)
-            .group_by(*columns)
-            .order_by(func.min(AuditRecord.seq))
-            .limit(_SUMMARY_LISTED + 1)
-        )
-    ).all()
-    values = [_summary_value(name, tuple(row)) for row in rows]
-    total = len(values)
-    if total > _SUMMARY_LISTED:
-        values = values[:_SUMMARY_LISTED]
-        distinct = select(*columns).where(*where, *present).group_by(*columns).subquery()
-        total = int(await session.scalar(select(func.count()).select_from(distinct)) or 0)
-    return Summary(values, total)
+    listed: dict[str, dict[Any, None]] = {name: {} for name, _ in _SUMMARY_COLUMNS}
+    cut: set[str] = set()
+    rows = await session.stream(
+        select(*group).where(*where).order_by(AuditRecord.seq).execution_options(yield_per=2_000)
+    )
+    try:
+        async for partition in rows.partitions():
+            for row in partition:
+                at = 0
+                for name, columns in _SUMMARY_COLUMNS:
+                    parts = row[at : at + len(columns)]
+                    at += len(columns)
+                    if name in cut or any(part is None for part in parts):
+                        continue
+                    value = _summary_value(name, parts)
+                    seen = listed[name]
+                    if value in seen:
+                        continue
+                    if len(seen) < _SUMMARY_LISTED:
+                        seen[value] = None
+                    else:
+                        cut.add(name)
+            if len(cut) == len(_SUMMARY_COLUMNS):
+                break  # every list is full: the rest of the records adds nothing listed
+    finally:
+        await rows.close()
+    for name, columns in _SUMMARY_COLUMNS:
+        values = list(listed[name])
+        total = len(values)
+        if name in cut:
+            present = [column.is_not(None) for column in columns]
+            distinct = select(*columns).where(*where, *present).group_by(*columns).subquery()
+            total = int(await session.scalar(select(func.count()).select_from(distinct)) or 0)
+        setattr(result, name, Summary(values, total))
 
 
 def _summary_value(name: str, parts: Sequence[Any]) -> Any:
