@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, case, func, or_, select
+from sqlalchemy import ColumnElement, String, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -540,48 +540,67 @@ _SUMMARY_COLUMNS: Final[tuple[tuple[str, tuple[InstrumentedAttribute[Any], ...]]
 )
 
 
+def _distinct_count(columns: tuple[InstrumentedAttribute[Any], ...]) -> ColumnElement[int]:
+    # A principal is counted as "<type>:<id>": a type holds no colon, so no two collide.
+    value = columns[0] if len(columns) == 1 else cast(columns[0], String) + ":" + columns[1]
+    return func.count(func.distinct(value))
+
+
 async def _summaries(
     session: AsyncSession, where: list[ColumnElement[bool]], result: BlastRadius
 ) -> None:
     """Who acted in the records, and from where: each list in the order first met, capped
-    at ``_SUMMARY_LISTED`` values, with the count of all of them. One pass over the records
-    in order, streamed, that ends once every list is full; a list cut at its cap is then
-    counted in the store (one more pass for each)."""
-    group = [column for _, columns in _SUMMARY_COLUMNS for column in columns]
+    at ``_SUMMARY_LISTED`` values, with the count of all of them. The counts are one pass
+    in the store; the lists one streamed pass over the records in order that ends as soon
+    as every list holds all its values or is full (often long before the last record)."""
+    totals = (
+        await session.execute(
+            select(*(_distinct_count(columns) for _, columns in _SUMMARY_COLUMNS)).where(*where)
+        )
+    ).one()
+    wanted = {
+        name: min(int(total or 0), _SUMMARY_LISTED)
+        for (name, _), total in zip(_SUMMARY_COLUMNS, totals, strict=True)
+    }
     listed: dict[str, dict[Any, None]] = {name: {} for name, _ in _SUMMARY_COLUMNS}
-    cut: set[str] = set()
-    rows = await session.stream(
-        select(*group).where(*where).order_by(AuditRecord.seq).execution_options(yield_per=2_000)
-    )
-    try:
-        async for partition in rows.partitions():
-            for row in partition:
-                at = 0
-                for name, columns in _SUMMARY_COLUMNS:
-                    parts = row[at : at + len(columns)]
-                    at += len(columns)
-                    if name in cut or any(part is None for part in parts):
-                        continue
-                    value = _summary_value(name, parts)
-                    seen = listed[name]
-                    if value in seen:
-                        continue
-                    if len(seen) < _SUMMARY_LISTED:
-                        seen[value] = None
-                    else:
-                        cut.add(name)
-            if len(cut) == len(_SUMMARY_COLUMNS):
-                break  # every list is full: the rest of the records adds nothing listed
-    finally:
-        await rows.close()
+    open_lists = {name for name, count in wanted.items() if count > 0}
+    if open_lists:
+        group = [column for _, columns in _SUMMARY_COLUMNS for column in columns]
+        rows = await session.stream(
+            select(*group)
+            .where(*where)
+            .order_by(AuditRecord.seq)
+            .execution_options(yield_per=2_000)
+        )
+        try:
+            async for partition in rows.partitions():
+                for row in partition:
+                    _fold(row, listed, wanted, open_lists)
+                if not open_lists:
+                    break  # every list is whole or full: the other records add nothing
+        finally:
+            await rows.close()
+    for (name, _), total in zip(_SUMMARY_COLUMNS, totals, strict=True):
+        setattr(result, name, Summary(list(listed[name]), int(total or 0)))
+
+
+def _fold(
+    row: Sequence[Any],
+    listed: dict[str, dict[Any, None]],
+    wanted: dict[str, int],
+    open_lists: set[str],
+) -> None:
+    """Add one record's values to the lists still open (in ``_SUMMARY_COLUMNS`` order)."""
+    at = 0
     for name, columns in _SUMMARY_COLUMNS:
-        values = list(listed[name])
-        total = len(values)
-        if name in cut:
-            present = [column.is_not(None) for column in columns]
-            distinct = select(*columns).where(*where, *present).group_by(*columns).subquery()
-            total = int(await session.scalar(select(func.count()).select_from(distinct)) or 0)
-        setattr(result, name, Summary(values, total))
+        parts = row[at : at + len(columns)]
+        at += len(columns)
+        if name not in open_lists or any(part is None for part in parts):
+            continue
+        seen = listed[name]
+        seen.setdefault(_summary_value(name, parts), None)
+        if len(seen) >= wanted[name]:
+            open_lists.discard(name)
 
 
 def _summary_value(name: str, parts: Sequence[Any]) -> Any:
