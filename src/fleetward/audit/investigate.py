@@ -562,52 +562,43 @@ async def _summaries(
         name: min(int(total or 0), _SUMMARY_LISTED)
         for (name, _), total in zip(_SUMMARY_COLUMNS, totals, strict=True)
     }
-    listed: dict[str, dict[Any, None]] = {name: {} for name, _ in _SUMMARY_COLUMNS}
-    open_lists = {name for name, count in wanted.items() if count > 0}
+    # Each list keyed by its raw values (a principal by its (type, id) pair), in first-met
+    # order; ``open_lists`` holds the positions of the lists still short of their values.
+    listed: list[dict[Any, None]] = [{} for _ in _SUMMARY_COLUMNS]
+    want = list(wanted.values())
+    open_lists = [i for i, count in enumerate(want) if count > 0]
     if open_lists:
-        group = [column for _, columns in _SUMMARY_COLUMNS for column in columns]
+        connection = await session.connection()
+        if connection.dialect.name == "postgresql":
+            # A cursor is planned for its first rows by default (the primary key walked in
+            # order, the filter applied to every record of the table): this one is read
+            # through, so plan it for all of them (the transaction's cursors only).
+            await connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+        principal = (cast(AuditRecord.actor_type, String), AuditRecord.actor_id)
         rows = await session.stream(
-            select(*group)
+            select(*principal, *(columns[0] for _, columns in _SUMMARY_COLUMNS[1:]))
             .where(*where)
             .order_by(AuditRecord.seq)
-            .execution_options(yield_per=2_000)
+            .execution_options(yield_per=10_000)
         )
         try:
             async for partition in rows.partitions():
-                for row in partition:
-                    _fold(row, listed, wanted, open_lists)
+                for kind, actor, *values in partition:
+                    keys = ((kind, actor), *values)
+                    for i in open_lists:
+                        key = keys[i]
+                        if key is not None:
+                            listed[i].setdefault(key, None)
+                open_lists = [i for i in open_lists if len(listed[i]) < want[i]]
                 if not open_lists:
                     break  # every list is whole or full: the other records add nothing
         finally:
             await rows.close()
-    for (name, _), total in zip(_SUMMARY_COLUMNS, totals, strict=True):
-        setattr(result, name, Summary(list(listed[name]), int(total or 0)))
-
-
-def _fold(
-    row: Sequence[Any],
-    listed: dict[str, dict[Any, None]],
-    wanted: dict[str, int],
-    open_lists: set[str],
-) -> None:
-    """Add one record's values to the lists still open (in ``_SUMMARY_COLUMNS`` order)."""
-    at = 0
-    for name, columns in _SUMMARY_COLUMNS:
-        parts = row[at : at + len(columns)]
-        at += len(columns)
-        if name not in open_lists or any(part is None for part in parts):
-            continue
-        seen = listed[name]
-        seen.setdefault(_summary_value(name, parts), None)
-        if len(seen) >= wanted[name]:
-            open_lists.discard(name)
-
-
-def _summary_value(name: str, parts: Sequence[Any]) -> Any:
-    if name == "principals":
-        kind, value = parts
-        return Principal(str(kind.value) if isinstance(kind, StrEnum) else str(kind), str(value))
-    return str(parts[0])
+    for i, ((name, _), total) in enumerate(zip(_SUMMARY_COLUMNS, totals, strict=True)):
+        values = list(listed[i])[: want[i]]
+        if name == "principals":
+            values = [Principal(str(kind), str(actor)) for kind, actor in values]
+        setattr(result, name, Summary(values, int(total or 0)))
 
 
 async def _commands(
