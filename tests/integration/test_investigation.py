@@ -164,6 +164,12 @@ async def test_a_time_without_an_offset_is_a_problem_not_a_500(api: Api) -> None
     aware = "subject=window&since=2026-01-01T00:00:00Z"
     response = await api.get("judy", Surface.ADMIN, f"/investigations/blast-radius?{aware}")
     assert response.status_code == 200, response.text
+    # A sweep lists who acted only when asked (the summaries cost more than the rest of it).
+    assert response.json()["summarised"] is False and response.json()["principals"] is None
+    asked = f"/investigations/blast-radius?{aware}&summaries=true"
+    response = await api.get("judy", Surface.ADMIN, asked)
+    assert response.status_code == 200, response.text
+    assert response.json()["summarised"] is True and response.json()["principals"]
 
 
 PADDED_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

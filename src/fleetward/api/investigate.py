@@ -99,11 +99,14 @@ async def blast(
     output: Literal["json", "csv"] = "json",
     cursor: CommandsCursor = None,
     vehicles_cursor: VehiclesCursor = None,
+    summaries: bool | None = None,
     caller: Caller = investigator,
 ) -> Any:
     # Reads are complete; vehicles and commands are pages, with ``truncated`` and
     # ``lists.<list>.next_cursor`` when more follow (``?vehicles_cursor=`` and ``?cursor=``
-    # for the next page of each). A CSV (the vehicles) says so in its headers.
+    # for the next page of each). A CSV (the vehicles) says so in its headers. Who acted
+    # (principals, clients, tokens, families, addresses) is listed unless ?summaries=false,
+    # and for the broad sweeps (window, client, partner) only with ?summaries=true.
     try:
         query = BlastQuery(subject, value, since, until)
     except ValueError as exc:
@@ -124,6 +127,7 @@ async def blast(
             actor=Actor.user(caller.claims.sub, caller.claims.tenant),
             cursor=after,
             vehicles_cursor=vehicles_after,
+            summaries=summaries,
         )
         await uow.commit()
     if output == "csv":

@@ -245,6 +245,10 @@ class Summary:
 
 
 _SUMMARIES: Final = ("principals", "clients", "tokens", "token_families", "source_ips")
+# Sweeps rather than incidents: tens of thousands of records, whose summaries cost a store
+# lookup per record (2-4x the rest of the query at 1,000,000 events, docs/benchmarks.md).
+# They are computed for these only when asked; for every other subject unless declined.
+BROAD_SUBJECTS: Final = frozenset({Subject.WINDOW, Subject.CLIENT, Subject.PARTNER})
 
 
 @dataclass(slots=True)
@@ -274,6 +278,8 @@ class BlastRadius:
     tokens: Summary = field(default_factory=Summary)
     token_families: Summary = field(default_factory=Summary)
     source_ips: Summary = field(default_factory=Summary)
+    # False: the summaries were not computed (a broad sweep not asked for them).
+    summarised: bool = True
     elapsed_ms: float = 0.0
 
     @property
@@ -326,19 +332,31 @@ class BlastRadius:
                     "truncated": self.commands_truncated,
                     "next_cursor": self.commands_next_cursor,
                 },
-                **{name: getattr(self, name).listing() for name in _SUMMARIES},
+                **{
+                    name: getattr(self, name).listing() if self.summarised else None
+                    for name in _SUMMARIES
+                },
             },
-            "principals": [asdict(p) for p in self.principals.values],
-            "clients": self.clients.values,
-            "tokens": self.tokens.values,
-            "token_families": self.token_families.values,
-            "source_ips": self.source_ips.values,
+            # Not computed (None) is never shown as an empty list: "nobody" would be a claim.
+            "summarised": self.summarised,
+            **self._summary_values(),
             "vehicles": [asdict(v) | {"touched": v.touched} for v in self.vehicles],
             "commands": [
                 asdict(c) | {"requested_at": c.requested_at.isoformat()} for c in self.commands
             ],
             "reads": dict(sorted(self.reads.items())),
             "elapsed_ms": round(self.elapsed_ms, 3),
+        }
+
+    def _summary_values(self) -> dict[str, Any]:
+        if not self.summarised:
+            return dict.fromkeys(_SUMMARIES)
+        return {
+            "principals": [asdict(p) for p in self.principals.values],
+            "clients": self.clients.values,
+            "tokens": self.tokens.values,
+            "token_families": self.token_families.values,
+            "source_ips": self.source_ips.values,
         }
 
     def to_csv(self) -> str:
@@ -357,6 +375,8 @@ class BlastRadius:
     def to_table(self) -> str:
         counts = self.to_json()["counts"]
         lines = [" ".join(f"{k}={v}" for k, v in counts.items())]
+        if not self.summarised:
+            lines.append("who acted: not listed (a sweep: --summaries to list it)")
         for p in self.principals.values:
             lines.append(f"principal {p.type} {p.id}")
         for name in _SUMMARIES[1:]:
@@ -416,6 +436,7 @@ async def blast_radius(
     limit: int = _MAX_LISTED,
     vehicles_cursor: VehicleCursor | None = None,
     vehicles_limit: int | None = None,
+    summaries: bool | None = None,
 ) -> BlastRadius:
     """Every data read (complete), one page of at most ``vehicles_limit`` vehicles touched
     or attempted (touched first, then in the order they were first met), one page of at
@@ -423,7 +444,8 @@ async def blast_radius(
     families, source addresses). A page that does not end its list says so, with the
     cursor of the next (pass it back as ``vehicles_cursor`` or ``cursor``). The counts
     cover every record, whatever the page. A listing is stable under new records only if
-    the query has an ``until`` in the past."""
+    the query has an ``until`` in the past. ``summaries``: whether to list who acted (None:
+    yes, except for the sweeps of ``BROAD_SUBJECTS``)."""
     vehicles_limit = _VEHICLES_LISTED if vehicles_limit is None else vehicles_limit
     if limit < 1 or vehicles_limit < 1:
         raise ValueError("limit must be positive")
@@ -479,7 +501,8 @@ async def blast_radius(
         commands_truncated=next_cursor is not None,
         commands_next_cursor=next_cursor,
     )
-    if events:
+    result.summarised = summaries if summaries is not None else query.subject not in BROAD_SUBJECTS
+    if events and result.summarised:
         await _summaries(session, where, result)
     return result
 

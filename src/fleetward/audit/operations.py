@@ -158,13 +158,16 @@ async def investigate(
     actor: Actor,
     cursor: CommandCursor | None = None,
     vehicles_cursor: VehicleCursor | None = None,
+    summaries: bool | None = None,
 ) -> BlastRadius:
     """Blast radius, timed, and recorded (who looked at what: investigations are audited too;
     the timing feeds the governance figure "mean time to list affected vehicles").
     ``cursor`` and ``vehicles_cursor``: the page of commands, and of vehicles, after the one
-    that returned it."""
+    that returned it; ``summaries``: see :func:`blast_radius`."""
     started = time.perf_counter()
-    result = await blast_radius(ctx.session, query, cursor=cursor, vehicles_cursor=vehicles_cursor)
+    result = await blast_radius(
+        ctx.session, query, cursor=cursor, vehicles_cursor=vehicles_cursor, summaries=summaries
+    )
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     ctx.audit.record(
         ctx.session,

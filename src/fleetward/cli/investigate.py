@@ -99,12 +99,18 @@ async def run_blast(
     query: BlastQuery,
     cursor: CommandCursor | None = None,
     vehicles_cursor: VehicleCursor | None = None,
+    summaries: bool | None = None,
 ) -> BlastRadius:
     platform = Platform.build(settings)
     try:
         async with platform.services() as (uow, ctx):
             result = await investigate(
-                ctx, query, actor=ACTOR, cursor=cursor, vehicles_cursor=vehicles_cursor
+                ctx,
+                query,
+                actor=ACTOR,
+                cursor=cursor,
+                vehicles_cursor=vehicles_cursor,
+                summaries=summaries,
             )
             await uow.commit()
             return result
@@ -127,6 +133,15 @@ def blast_command(
     ] = None,
     vehicles_cursor: Annotated[
         str | None, typer.Option(help="the vehicles' next_cursor of the previous page")
+    ] = None,
+    summaries: Annotated[
+        bool | None,
+        typer.Option(
+            "--summaries/--no-summaries",
+            help="list who acted (principals, clients, tokens, families, addresses); default:"
+            " yes, but for the window, client and partner sweeps",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Every vehicle touched, command sent and data read by a user, token, token family,
@@ -151,7 +166,7 @@ def blast_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--vehicles-cursor") from None
-    result = asyncio.run(run_blast(settings, query, after, vehicles_after))
+    result = asyncio.run(run_blast(settings, query, after, vehicles_after, summaries))
     _show(result, output_format)
 
 

@@ -57,7 +57,7 @@ async def test_every_principal_token_and_address_in_the_order_first_met(
     await _records(platform)
     async with platform.unit_of_work() as uow:
         result = await blast_radius(
-            uow.session, BlastQuery(Subject.WINDOW, since=platform.clock.now())
+            uow.session, BlastQuery(Subject.WINDOW, since=platform.clock.now()), summaries=True
         )
     assert result.principals.values == [
         Principal("user", "usr_a"),
@@ -89,7 +89,7 @@ async def test_a_cut_summary_says_so_with_its_total(
     await _records(platform)
     async with platform.unit_of_work() as uow:
         result = await blast_radius(
-            uow.session, BlastQuery(Subject.WINDOW, since=platform.clock.now())
+            uow.session, BlastQuery(Subject.WINDOW, since=platform.clock.now()), summaries=True
         )
     assert result.truncated is True
     lists = result.to_json()["lists"]
@@ -112,3 +112,27 @@ async def test_a_cut_summary_says_so_with_its_total(
         result.principals.values == [Principal("user", "usr_a"), Principal("user", "usr_b")][:cap]
     )
     assert f"tokens cut: {cap} listed of 3" in result.to_table()
+
+
+async def test_a_sweep_lists_who_acted_only_when_asked(platform: Platform) -> None:
+    # A window (like a client or a partner) is a sweep of tens of thousands of records, where
+    # the summaries cost 2-4x the rest of the query: listed only when asked, and an answer
+    # without them says so (None, never an empty list: "nobody acted" would be a claim).
+    await _records(platform)
+    window = BlastQuery(Subject.WINDOW, since=platform.clock.now())
+    async with platform.unit_of_work() as uow:
+        swept = await blast_radius(uow.session, window)
+        token = await blast_radius(uow.session, BlastQuery(Subject.TOKEN, "jti_1"))
+        declined = await blast_radius(
+            uow.session, BlastQuery(Subject.TOKEN, "jti_1"), summaries=False
+        )
+    document = swept.to_json()
+    assert document["summarised"] is False
+    assert document["principals"] is None and document["source_ips"] is None
+    assert document["lists"]["principals"] is None
+    assert document["counts"]["events"] == len(RECORDS)
+    assert "who acted: not listed" in swept.to_table()
+    # An incident's subject lists them unless declined.
+    assert token.to_json()["summarised"] is True
+    assert token.principals.values == [Principal("user", "usr_a")]
+    assert declined.to_json()["tokens"] is None
