@@ -3,7 +3,8 @@
 An investigator who has only an attacker's address (or network) asks for the blast radius of
 that address: a network is one range of ``source_key`` (the address as bytes, IPv4 as its
 IPv4-mapped IPv6 form), which text forms cannot be on either backend. Rows from before are
-filled from their ``source_ip``, one distinct address at a time.
+filled from their ``source_ip``, one distinct address at a time; then the index on
+``source_ip`` alone is dropped (every lookup by address goes through ``source_key`` now).
 
 Revision ID: 0016
 Revises: 0015
@@ -56,9 +57,14 @@ def upgrade() -> None:
         key = _key(text)
         if key is not None:
             bind.execute(events.update().where(events.c.source_ip == text).values(source_key=key))
+    # Every lookup by address now goes through source_key: the text column's own index (used
+    # by the fill above) would only cost every audit insert.
+    with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_events_source_ip")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.create_index("ix_audit_events_source_ip", ["source_ip"], unique=False)
         batch_op.drop_index("ix_audit_events_source_vehicle")
         batch_op.drop_column("source_key")
