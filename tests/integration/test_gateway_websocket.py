@@ -618,6 +618,36 @@ async def test_a_quarantined_device_connects_and_is_reported(server: Server) -> 
     assert await connection.request(b"y") == b"ack:y"
 
 
+async def test_a_release_made_elsewhere_while_disconnected_reaches_the_pipeline(
+    server: Server,
+) -> None:
+    credentials = await server.enrol()
+    device_id = credentials.device_id
+    await server.change(
+        lambda lc, d: lc.quarantine(d, reason="telemetry", actor=FACTORY, details={}), device_id
+    )
+    connection = await server.open(credentials)
+    await connection.close()
+    await _closed_with(connection)
+    async with asyncio.timeout(3):
+        while server.gateway.registry.sessions(device_id):  # noqa: ASYNC110 - the server's side
+            await asyncio.sleep(0.01)
+    # Resumed while the device had no session here, committed straight to the store (as the
+    # CLI or another replica would): nothing in this process heard of it.
+    await server.change(
+        lambda lc, d: lc.resume(d, reason="false-positive", actor=FACTORY), device_id
+    )
+    server.clock.advance(timedelta(minutes=1))  # the device waited out the liveness window
+    again = await server.open(credentials)
+    # Its new session is admitted active: the pipeline must lift its quarantine, or the
+    # device's data went on to the quarantine table (answered accepted) for good.
+    assert server.handler.statuses == [
+        (device_id, DeviceStatus.QUARANTINED, "admitted"),
+        (device_id, DeviceStatus.ACTIVE, "admitted"),
+    ]
+    assert await again.request(b"x") == b"ack:x"
+
+
 async def test_a_new_network_identity_right_after_the_last_quarantines(server: Server) -> None:
     credentials = await server.enrol()
     first = await server.open(credentials)

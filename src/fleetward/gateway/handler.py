@@ -34,9 +34,10 @@ class SessionObserver(Protocol):
     def device_status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
         """A device with live sessions became QUARANTINED (its frames must be set apart from
         now on) or ACTIVE again (released by an operator). Also called when the first session
-        of an already quarantined device opens, and for an operator's change committed in
-        this process while the device has no session here. Ending statuses close the sessions
-        instead."""
+        of an already quarantined device opens, when the first session of a device last
+        reported quarantined is admitted active (released elsewhere meanwhile), and for an
+        operator's change committed in this process while the device has no session here.
+        Ending statuses close the sessions instead."""
         ...
 
 

@@ -175,6 +175,11 @@ class SessionRegistry:
         # latest: a store read begun before a device's latest change cannot overrule it.
         self._changes = 0
         self._changed_at: dict[str, int] = {}
+        # Devices the observer was last told are QUARANTINED (or holds apart since its start),
+        # kept after their sessions end: the pipeline's quarantine outlives them, so a device
+        # released elsewhere (the CLI, another replica) meanwhile is released by the active
+        # admission of its next session here. Only devices ever quarantined: small.
+        self._set_apart: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failed_checks = 0
@@ -266,12 +271,21 @@ class SessionRegistry:
         """The status last known for a device with live sessions (None: none here)."""
         return self._known.get(device_id)
 
+    def set_apart(self, device_id: str) -> None:
+        """The observer holds ``device_id`` apart already (seeded from the store at start):
+        its next session here, if admitted active, releases it."""
+        self._set_apart.add(device_id)
+
     def status_changed(self, device_id: str, status: DeviceStatus, reason: str) -> None:
         """Tell the observer when a device with live sessions changed between active and
-        quarantined (a device first seen is taken to have been active)."""
+        quarantined (a device first seen is taken to have been as the observer was last
+        told: quarantined if it was set apart, else active)."""
         if device_id not in self._by_device:
             return
-        before = self._known.get(device_id, DeviceStatus.ACTIVE)
+        last_told = (
+            DeviceStatus.QUARANTINED if device_id in self._set_apart else DeviceStatus.ACTIVE
+        )
+        before = self._known.get(device_id, last_told)
         self._known[device_id] = status
         if status is before:
             return
@@ -284,6 +298,11 @@ class SessionRegistry:
             self._observer.device_status_changed(device_id, status, reason)
         except Exception as exc:  # the observer's failure must not take the gateway down
             logger.error("gateway.observer_failed", error=type(exc).__name__)
+            return  # not remembered as told: the device's next first session tells it again
+        if status is DeviceStatus.QUARANTINED:
+            self._set_apart.add(device_id)
+        else:
+            self._set_apart.discard(device_id)
 
     async def apply(self, device_id: str, status: DeviceStatus, reason: str) -> None:
         """A lifecycle change committed in this process: close or inform the sessions."""

@@ -63,8 +63,13 @@ class TelemetryLink:
     async def start(self) -> None:
         await self.pipeline.start()
         # Devices quarantined before this process started stay set apart.
+        registry = self._reporting.registry
         for device_id in await self._status.quarantined_devices():
             self.pipeline.stages.quarantine.mark(device_id, "quarantined-before-start")
+            if registry is not None:
+                # So that a release committed while the device has no session here (the
+                # CLI, another replica) reaches the pipeline when its next session opens.
+                registry.set_apart(device_id)
 
     async def stop(self) -> None:
         await self.pipeline.stop()

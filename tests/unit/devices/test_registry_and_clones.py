@@ -314,6 +314,41 @@ async def test_an_admission_read_before_a_quarantine_does_not_release_it(
     await registry.idle()
 
 
+async def test_a_release_made_elsewhere_reaches_the_observer_at_the_next_session(
+    registry: SessionRegistry, clock: FrozenClock, observer: FakeObserver
+) -> None:
+    first, _ = _live(clock, "ses_1")
+    registry.claim(first, status=QUARANTINED)  # the pipeline sets the device apart
+    registry.release(first)  # the session ended; the pipeline's quarantine outlives it
+    # Resumed by the CLI or another replica while the device had no session here: nothing
+    # here heard of it. Its next session, admitted active, must lift the pipeline's
+    # quarantine, or every frame of it went on to the quarantine table for good.
+    second, _ = _live(clock, "ses_2")
+    registry.claim(second, status=ACTIVE)
+    assert observer.changes == [("dev_a", QUARANTINED), ("dev_a", ACTIVE)]
+    assert registry.status_of("dev_a") is ACTIVE
+    # Told once: the next session of the active device is no news.
+    registry.release(second)
+    third, _ = _live(clock, "ses_3")
+    registry.claim(third, status=ACTIVE)
+    assert observer.changes == [("dev_a", QUARANTINED), ("dev_a", ACTIVE)]
+    registry.release(third)
+    await registry.idle()
+
+
+async def test_a_device_set_apart_before_start_is_released_by_an_active_admission(
+    registry: SessionRegistry, clock: FrozenClock, observer: FakeObserver
+) -> None:
+    # The pipeline is seeded at start with the devices the store had quarantined; one
+    # resumed since (while it had no session here) is admitted active: the pipeline is told.
+    registry.set_apart("dev_a")
+    live, _ = _live(clock, "ses_1")
+    registry.claim(live, status=ACTIVE)
+    assert observer.changes == [("dev_a", ACTIVE)]
+    registry.release(live)
+    await registry.idle()
+
+
 async def test_watcher_fails_closed_only_after_repeated_failures(
     registry: SessionRegistry, clock: FrozenClock, check: FakeCheck
 ) -> None:

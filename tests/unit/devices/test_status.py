@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.devices.admission import StoreCredentialCheck
 from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import DeviceStatus
 from fleetward.devices.status import StoreDeviceStatus
+from fleetward.gateway.handshake import CloseCode
+from fleetward.gateway.registry import LiveSession, SessionRegistry
+from fleetward.gateway.session import DeviceSession, Transport
+from fleetward.gateway.telemetry_link import TelemetryLink
 from fleetward.platform import Platform
 from support.factories import FACTORY
 from unit.devices.kit import build_device_world
@@ -91,3 +98,58 @@ async def test_free_text_reason_is_replaced_by_a_code(
     await StoreDeviceStatus(platform).quarantine(active, "Frames from\nsomewhere odd")
     [event] = await _quarantine_events(platform)
     assert event.reason == "telemetry"
+
+
+async def test_a_device_quarantined_before_start_is_released_by_its_next_active_session(
+    platform: Platform, devices: tuple[str, str]
+) -> None:
+    # Quarantined in the store before this process started: the pipeline is seeded with it.
+    # Resumed since (by the CLI or another replica) while it had no session here, its next
+    # session is admitted active: the pipeline must let its data through again.
+    active, _revoked = devices
+    await StoreDeviceStatus(platform).quarantine(active, "telemetry-repeated-rejections")
+    link = TelemetryLink(platform)
+    registry = SessionRegistry(
+        platform.clock,
+        StoreCredentialCheck(platform.sessions, platform.clock),
+        link.observer,
+        liveness_window=timedelta(seconds=30),
+        poll_interval=timedelta(seconds=60),
+    )
+    link.attach(registry)
+    await link.start()
+    try:
+        quarantine = link.pipeline.stages.quarantine
+        assert quarantine.reason(active) == "quarantined-before-start"
+        async with platform.services() as (uow, ctx):
+            lifecycle = DeviceLifecycle(ctx)
+            await lifecycle.resume(await lifecycle.get(active), reason="ok", actor=FACTORY)
+            await uow.commit()
+        live = _live_session(platform, active)
+        registry.claim(live, status=DeviceStatus.ACTIVE)
+        assert quarantine.reason(active) is None
+        registry.release(live)
+        await registry.idle()
+    finally:
+        await link.stop()
+
+
+def _live_session(platform: Platform, device_id: str) -> LiveSession:
+    async def closer(code: CloseCode) -> None:
+        return None
+
+    now = platform.clock.now()
+    session = DeviceSession(
+        session_id="ses_" + "s" * 26,
+        device_id=device_id,
+        vehicle_id="veh_" + "v" * 26,
+        tenant_id="ten_" + "t" * 26,
+        certificate_serial="ab",
+        session_key=bytes(32),
+        transport=Transport.WEBSOCKET,
+        peer="10.0.0.1",
+        software_version="1",
+        vehicle_config="c",
+        established_at=now,
+    )
+    return LiveSession(session, now, closer)
