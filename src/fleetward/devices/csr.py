@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtensionOID, NameOID
@@ -75,6 +76,9 @@ def check_csr(pem: str, *, device_id: str, vehicle_id: str) -> CheckedRequest:
         signature_valid = csr.is_signature_valid
     except _UNPARSEABLE:
         raise CsrRefused("the CSR does not parse", reason="malformed") from None
+    except UnsupportedAlgorithm:
+        # A key the library cannot load (an unknown algorithm or curve): not a key we certify.
+        raise CsrRefused("device keys are Ed25519 or ECDSA P-256", reason="key-type") from None
     if not signature_valid:
         raise CsrRefused("the CSR's signature does not verify", reason="signature")
     algorithm = key_algorithm(key)

@@ -7,6 +7,7 @@ decision point says. Enrolment: a one-time token in the body. Runs on SQLite and
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -26,7 +29,7 @@ from fleetward.catalog.entry import AUTHENTICATED
 from fleetward.catalog.inventory import inventory
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
-from fleetward.devices.models import Device, DeviceStatus, EnrolmentKind
+from fleetward.devices.models import Device, DeviceStatus, EnrolmentKind, KeyAlgorithm
 from fleetward.devices.provisioning import Provisioning
 from fleetward.gateway.device_client import build_csr, generate_key
 from fleetward.gateway.websocket import install
@@ -380,6 +383,31 @@ async def test_refused_enrolment_is_audited_and_changes_nothing(api: Api) -> Non
         "/gateway/v1/enrol", json={"token": "t", "csr": "c", "device_id": "dev_mine"}
     )
     assert smuggled.status_code == 422  # a device cannot name its own identity
+
+
+async def test_a_csr_with_a_key_the_library_cannot_load_is_a_refusal(api: Api) -> None:
+    # A key on a curve the crypto library does not know escaped the CSR checks as its own
+    # exception: a 500, and a refusal nobody recorded.
+    async with api.platform.services() as (uow, ctx):
+        grant = await Provisioning(ctx).create_enrolment(api.world.car, actor=FACTORY)
+        await uow.commit()
+    key = generate_key(KeyAlgorithm.P256)
+    pem = build_csr(key, device_id=grant.device_id, vehicle_id=grant.vehicle_id)
+    raw = x509.load_pem_x509_csr(pem.encode()).public_bytes(serialization.Encoding.DER)
+    unknown_curve = raw.replace(
+        bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a8648ce3d030109")
+    )
+    body = base64.encodebytes(unknown_curve).decode("ascii")
+    csr = f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+    response = await api.http.post("/gateway/v1/enrol", json={"token": grant.token, "csr": csr})
+    assert response.status_code == 422, response.text
+    assert response.json()["type"] == "urn:fleetward:problem:csr-refused"
+    [refused] = await api.events(EventName.DEVICE_ENROLMENT_REFUSED.value)
+    assert refused.reason == "key-type"
+    # The token is not spent: the TCU retries with a key the platform certifies.
+    retry = build_csr(generate_key(), device_id=grant.device_id, vehicle_id=grant.vehicle_id)
+    enrolled = await api.http.post("/gateway/v1/enrol", json={"token": grant.token, "csr": retry})
+    assert enrolled.status_code == 200, enrolled.text
 
 
 def test_every_device_route_is_catalogued(api: Api) -> None:

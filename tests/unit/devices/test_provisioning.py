@@ -6,6 +6,7 @@ or certificate exists). Runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -167,6 +168,18 @@ def _tampered_signature(s: Scene) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
+def _unsupported_curve(s: Scene) -> str:
+    """A valid CSR whose key names a curve the crypto library does not know (its OID
+    rewritten: secp256r1 1.2.840.10045.3.1.7 -> 1.2.840.10045.3.1.9)."""
+    der = x509.load_pem_x509_csr(_csr(key=ec.generate_private_key(ec.SECP256R1()))(s).encode())
+    raw = der.public_bytes(serialization.Encoding.DER)
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    assert raw.count(p256) == 1
+    tampered = raw.replace(p256, bytes.fromhex("06082a8648ce3d030109"))
+    body = base64.encodebytes(tampered).decode("ascii")
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+
+
 def _other_vehicle(s: Scene) -> list[x509.GeneralName]:
     return [
         x509.UniformResourceIdentifier(device_urn(s.grant.device_id)),
@@ -270,6 +283,9 @@ CASES: list[tuple[str, Attempt, type[FleetwardError], str | None]] = [
         CsrRefused,
         "key-type",
     ),
+    # A key the library cannot even load is a key type we do not certify, not a crash
+    # (an unaudited 500 on the enrolment route).
+    ("csr-unsupported-curve", _redeem(_unsupported_curve), CsrRefused, "key-type"),
     # Proof of possession: a CSR whose signature does not verify proves nothing.
     ("csr-bad-signature", _redeem(_tampered_signature), CsrRefused, "signature"),
     # Hostile input never reaches the CA.
