@@ -143,3 +143,39 @@ async def test_a_hello_flood_makes_one_challenge_at_a_time_and_the_last_hello_is
         if session.live is not None:
             gateway.registry.release(session.live)
         await gateway.registry.idle()
+
+
+async def test_a_flood_of_byes_queues_one_end_of_session(platform: Platform) -> None:
+    # Threat: a device floods session/up with BYE naming its own session while its worker is
+    # held (a frame waiting on a slow store write): each BYE queued one more end marker, and
+    # nothing bounded the queue the frames' own allowance keeps bounded.
+    async with platform.services() as (uow, ctx):
+        world = await build_device_world(platform, ctx)
+        credentials, _ = await world.enrol()
+        await uow.commit()
+    gateway = Gateway(platform, UnavailableHandler(), NoObserver(), GatewayConfig())
+    device_id = credentials.device_id
+    published = Published()
+    handshakes = MqttHandshakes(gateway, published, PEER)
+    await handshakes.hello(device_id)
+    [(_topic, challenge)] = published.messages
+    response = DeviceHandshake(
+        credentials,
+        server_id=gateway.server_id,
+        software_version="tcu-4.2.0",
+        vehicle_config="cfg-eu-2026a",
+    ).respond(challenge, platform.clock.now())
+    session = MqttSession(gateway, device_id, published, 8)
+    try:
+        assert await handshakes.response(device_id, response, session)
+        assert session.offer(b"\x01frame")
+        for _ in range(1000):
+            session.end_by_device()
+        assert session.queued == 2  # the frame and one end of the session
+        await session.run()  # judges the frame, then ends: recorded closed by the device
+        assert session.live is not None and session.live.closed_with is None
+    finally:
+        await handshakes.stop()
+        if session.live is not None:
+            gateway.registry.release(session.live)
+        await gateway.registry.idle()

@@ -69,15 +69,28 @@ class MqttSession:
         self._queue: asyncio.Queue[bytes | _Stop] = asyncio.Queue()
         self._frames = 0  # telemetry frames queued
         self._results = 0  # results queued
+        self._ending = False  # the end marker is queued (at most once)
         self.live: LiveSession | None = None
 
     @property
     def session_id(self) -> str:
         return self.live.session.session_id if self.live else ""
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the worker: frames, results and the end of the session."""
+        return self._queue.qsize()
+
+    def _end(self) -> None:
+        # Once: a device can repeat BYE as fast as the broker forwards it, and the queue
+        # would otherwise grow with each while the worker is held by a slow frame.
+        if not self._ending:
+            self._ending = True
+            self._queue.put_nowait(_STOP)
+
     async def close(self, code: CloseCode) -> None:
         """The registry's closer (called at most once, after ``closed_with`` was set)."""
-        self._queue.put_nowait(_STOP)
+        self._end()
         if self.live is not None:
             await self._publish(
                 device_topic(self.device_id, Channel.SESSION_DOWN),
@@ -102,7 +115,7 @@ class MqttSession:
 
     def end_by_device(self) -> None:
         """A BYE: the device ends the session (recorded as closed by the device)."""
-        self._queue.put_nowait(_STOP)
+        self._end()
 
     async def run(self) -> None:
         """Judge frames until the session ends; then release it everywhere."""
