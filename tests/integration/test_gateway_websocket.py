@@ -416,6 +416,16 @@ async def _text(s: Server, c: DeviceCredentials, challenge: bytes) -> str:
     return '{"device_id": "' + c.device_id + '"}'
 
 
+async def _unreadable_issuer(s: Server, c: DeviceCredentials, challenge: bytes) -> bytes:
+    # The device's certificate with a byte of its issuer name that is not UTF-8: the library
+    # loads it and fails only when the issuer is read. Needs no key at all.
+    response = Response.decode(_device(c, s).respond(challenge, s.clock.now()))
+    issuer = c.certificate.issuer.public_bytes()
+    at = response.certificate.index(issuer) + issuer.index(b"Fleetward")
+    broken = response.certificate[:at] + b"\xff" + response.certificate[at + 1 :]
+    return replace(response, certificate=broken).encode()
+
+
 async def _silence(s: Server, c: DeviceCredentials, challenge: bytes) -> None:
     return None  # say nothing: the handshake times out
 
@@ -427,6 +437,8 @@ RAW: list[tuple[str, Answer, CloseCode, str]] = [
     ("clock-skew", _skewed, CloseCode.CLOCK_SKEW, "clock-skew"),
     # Identity never comes from a payload: a JSON hello naming a device is not a handshake.
     ("text-hello", _text, CloseCode.PROTOCOL, "not-binary"),
+    # A certificate the library cannot read is refused and recorded, not an internal error.
+    ("unreadable-issuer", _unreadable_issuer, CloseCode.UNAUTHENTICATED, "unknown-ca"),
     # An unauthenticated connection does not get to hold a socket open.
     ("silence", _silence, CloseCode.TIMEOUT, "timeout"),
 ]

@@ -323,9 +323,11 @@ def verify_signature(public_key: object, signature: bytes, data: bytes) -> bool:
 
 
 def issued_by(ca_certificate: x509.Certificate, certificate: x509.Certificate) -> bool:
-    if certificate.issuer != ca_certificate.subject:
-        return False
     try:
+        # Inside the try: the library parses a loaded certificate's issuer only when it is
+        # read, and an issuer that does not parse (ValueError) names no CA of ours.
+        if certificate.issuer != ca_certificate.subject:
+            return False
         certificate.verify_directly_issued_by(ca_certificate)
     except (InvalidSignature, ValueError, TypeError):
         return False
@@ -439,7 +441,7 @@ class ServerHandshake:
     def _chained(self, response: Response) -> x509.Certificate:
         try:
             certificate = x509.load_der_x509_certificate(response.certificate)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             raise HandshakeFailure("certificate-malformed", CloseCode.UNAUTHENTICATED) from None
         # The only chain there is: our CA directly. A second certificate, if sent, must be
         # the CA itself; anything else is another issuer's chain.

@@ -188,6 +188,33 @@ def _with_certificate(
     return mutate
 
 
+def _with_certificate_der(make: Callable[[Kit], bytes]) -> Mutation:
+    """The device's certificate replaced by raw bytes (re-signed by the device key)."""
+
+    def mutate(kit: Kit, server: ServerHandshake, device: DeviceHandshake) -> bytes:
+        response = Response.decode(_answer(kit, server, device))
+        return _resigned(kit, server, replace(response, certificate=make(kit)))
+
+    return mutate
+
+
+def _issuer_not_utf8(kit: Kit) -> bytes:
+    # The issuer's organisation (a UTF8String) with a byte that is not UTF-8: the library
+    # loads the certificate and parses the issuer only when it is read.
+    der = kit.credentials.certificate.public_bytes(serialization.Encoding.DER)
+    issuer = kit.ca.certificate.subject.public_bytes()
+    at = der.index(issuer) + issuer.index(b"Fleetward")
+    return der[:at] + b"\xff" + der[at + 1 :]
+
+
+def _invalid_version(kit: Kit) -> bytes:
+    # X.509 version 0x39 where v3 (2) is: the library refuses it with its own InvalidVersion.
+    der = kit.credentials.certificate.public_bytes(serialization.Encoding.DER)
+    v3 = bytes.fromhex("a00302010202")
+    assert der.count(v3) == 1
+    return der.replace(v3, bytes.fromhex("a00302013902"))
+
+
 def _other_ca_chain(kit: Kit, server: ServerHandshake, device: DeviceHandshake) -> bytes:
     response = Response.decode(_answer(kit, server, device))
     other = kit.other_ca.certificate.public_bytes(serialization.Encoding.DER)
@@ -287,6 +314,20 @@ CASES: list[tuple[str, Mutation, str, CloseCode]] = [
         "forged-issuer-name",
         _with_certificate(lambda k: _leaf(k, issuer=(k.ca.certificate, k.other_ca_key))),
         "unknown-ca",
+        CloseCode.UNAUTHENTICATED,
+    ),
+    # Certificates the library loads but cannot read (or refuses with an exception of its
+    # own) are refused like any other, never an internal error (1011, and no audit record).
+    (
+        "issuer-not-utf8",
+        _with_certificate_der(_issuer_not_utf8),
+        "unknown-ca",
+        CloseCode.UNAUTHENTICATED,
+    ),
+    (
+        "invalid-x509-version",
+        _with_certificate_der(_invalid_version),
+        "certificate-malformed",
         CloseCode.UNAUTHENTICATED,
     ),
     ("foreign-ca-chain", _other_ca_chain, "unknown-ca", CloseCode.UNAUTHENTICATED),
