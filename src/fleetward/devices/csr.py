@@ -33,6 +33,7 @@ _UNPARSEABLE: Final = (
     TypeError,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,  # the library's own exception for a version it does not define
 )
 _ALLOWED_EXTENSIONS: Final = frozenset(
     {ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.BASIC_CONSTRAINTS}

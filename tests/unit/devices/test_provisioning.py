@@ -180,6 +180,17 @@ def _unsupported_curve(s: Scene) -> str:
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
 
 
+def _invalid_version(s: Scene) -> str:
+    """A valid CSR with its version (v1, 0) rewritten to 57: the library refuses it with an
+    exception of its own (InvalidVersion), which is no ValueError."""
+    raw = x509.load_pem_x509_csr(_csr()(s).encode()).public_bytes(serialization.Encoding.DER)
+    version_then_subject = bytes.fromhex("02010030")
+    assert raw.count(version_then_subject) == 1
+    tampered = raw.replace(version_then_subject, bytes.fromhex("02013930"))
+    body = base64.encodebytes(tampered).decode("ascii")
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+
+
 def _other_vehicle(s: Scene) -> list[x509.GeneralName]:
     return [
         x509.UniformResourceIdentifier(device_urn(s.grant.device_id)),
@@ -295,6 +306,7 @@ CASES: list[tuple[str, Attempt, type[FleetwardError], str | None]] = [
         CsrRefused,
         "malformed",
     ),
+    ("csr-invalid-version", _redeem(_invalid_version), CsrRefused, "malformed"),
     ("csr-null", _redeem("null"), CsrRefused, "malformed"),
     ("csr-array", _redeem("[]"), CsrRefused, "malformed"),
     ("csr-empty", _redeem(""), CsrRefused, "malformed"),
