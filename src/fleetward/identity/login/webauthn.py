@@ -37,7 +37,8 @@ from fleetward.identity.models import User
 from fleetward.services import ServiceContext
 
 # Untrusted input can fail to parse in many ways; each of these means "not verified".
-BAD_INPUT = (WebAuthnException, ValueError, TypeError, KeyError)
+# RecursionError: clientDataJSON (and CBOR) nested deeper than the parsers recurse.
+BAD_INPUT = (WebAuthnException, ValueError, TypeError, KeyError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)

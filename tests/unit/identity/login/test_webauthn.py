@@ -119,6 +119,15 @@ def _tampered(key: SoftAuthenticator, challenge: str, _o: SoftAuthenticator) -> 
     return credential
 
 
+def _nested_client_data(
+    key: SoftAuthenticator, challenge: str, _o: SoftAuthenticator
+) -> dict[str, Any]:
+    credential = key.sign(challenge)
+    # Well-formed JSON nested deeper than any parser recurses: garbage, not a server error.
+    credential["response"]["clientDataJSON"] = b64url(b"[" * 5000 + b"]" * 5000)
+    return credential
+
+
 CASES = [
     # Cloned authenticator or replayed assertion: the counter did not move forward.
     Case("sign-count-equal", lambda k, c, o: k.sign(c, counter=k.counter), "webauthn-sign-count"),
@@ -143,6 +152,7 @@ CASES = [
     Case("unknown-key", lambda k, c, o: o.sign(c), "webauthn-unknown-credential"),
     # Garbage where a credential should be.
     Case("malformed", lambda k, c, o: {"id": 1, "response": []}, "webauthn-invalid"),
+    Case("nested-client-data", _nested_client_data, "webauthn-invalid"),
 ]
 
 
