@@ -131,6 +131,12 @@ def _hmac_with_public_key(world: OAuthWorld) -> dict[str, str]:
     return _credentials(world, WORKLOAD, token)
 
 
+def _nested_payload(world: OAuthWorld) -> dict[str, str]:
+    # Well-formed JSON nested deeper than the parser recurses, before any signature check.
+    payload = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode().rstrip("=")
+    return _credentials(world, WORKLOAD, f"{_b64({'alg': 'ES256'})}.{payload}.c2ln")
+
+
 def _impersonation(world: OAuthWorld) -> dict[str, str]:
     # The workload signs an assertion claiming to be the console, with its own key.
     assertion = _signed(world, CONSOLE, key=world.keys[WORKLOAD])
@@ -170,6 +176,7 @@ FORGERIES: list[tuple[str, Forge, str]] = [
     ),
     # Garbage in the assertion.
     ("assertion-garbage", lambda w: _credentials(w, WORKLOAD, "a.b.c"), "invalid_client"),
+    ("assertion-nested-payload", _nested_payload, "invalid_client"),
     # A public client has no credentials to use this grant with.
     (
         "public-client",

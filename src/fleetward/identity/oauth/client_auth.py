@@ -54,6 +54,15 @@ class PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]  # authlib 
             raise InvalidClientError(description="client_id does not match the assertion.")
         return client
 
+    def extract_assertion(self, assertion: str) -> tuple[Any, dict[str, Any]]:
+        # Authlib reads the unverified assertion first and only turns ValueError into
+        # invalid_client; JSON nested past the parser's recursion limit raises RecursionError.
+        try:
+            headers, claims = super().extract_assertion(assertion)
+        except RecursionError:
+            raise InvalidClientError(description="The client assertion is not valid.") from None
+        return headers, claims
+
     def get_audiences(self) -> list[str]:
         urls = self._exchange.urls
         return [urls.token, urls.issuer]
