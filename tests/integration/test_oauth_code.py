@@ -166,6 +166,13 @@ AUTHORIZE_REFUSALS: list[AuthorizeCase] = [
         lambda p: authorization_params(CONSOLE, p, scope="admin:manage_tenants"),
         "invalid_scope",
     ),
+    # dpop_jkt is a base64url thumbprint: other letters and digits (here Unicode ones that
+    # str.isalnum() accepts) are a malformed request, not a binding to a key that cannot exist.
+    (
+        "dpop-jkt-not-base64url",
+        lambda p: authorization_params(CONSOLE, p, scope=READ, dpop_jkt="\u00e9" * 42 + "\u0663"),
+        "invalid_request",
+    ),
     # Unknown authentication classes are refused, not ignored (no silent downgrade).
     (
         "acr-unknown",

@@ -43,7 +43,10 @@ def parse_dpop_jkt(value: str | None) -> str | None:
     """The optional ``dpop_jkt`` authorization request parameter (RFC 9449 section 10)."""
     if value is None:
         return None
-    if len(value) != _JKT_LENGTH or not all(c.isalnum() or c in "-_" for c in value):
+    # isalnum() alone also takes non-ASCII letters and digits ("é", "٣"): base64url is ASCII.
+    if len(value) != _JKT_LENGTH or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in value
+    ):
         raise InvalidRequestError("dpop_jkt must be a base64url SHA-256 thumbprint.")
     return value
 
