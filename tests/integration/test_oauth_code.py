@@ -133,6 +133,27 @@ AUTHORIZE_REFUSALS: list[AuthorizeCase] = [
         lambda p: authorization_params(CONSOLE, None, scope=READ, code_challenge=p.challenge),
         "invalid_request",
     ),
+    # An S256 challenge is a base64url SHA-256 (43 characters). A trailing newline slipped
+    # past the library's "$"-anchored pattern, and a 128-character one can never be met: both
+    # led to a code no verifier can redeem (on PostgreSQL the longer one was a 500).
+    (
+        "pkce-challenge-trailing-newline",
+        lambda p: authorization_params(
+            CONSOLE,
+            None,
+            scope=READ,
+            code_challenge=p.challenge + "\n",
+            code_challenge_method="S256",
+        ),
+        "invalid_request",
+    ),
+    (
+        "pkce-challenge-not-sha256",
+        lambda p: authorization_params(
+            CONSOLE, None, scope=READ, code_challenge="a" * 128, code_challenge_method="S256"
+        ),
+        "invalid_request",
+    ),
     # Implicit grant: tokens in the front channel; not offered.
     (
         "implicit",
