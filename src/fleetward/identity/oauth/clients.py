@@ -42,6 +42,9 @@ _CLIENT_ID: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{2,39}$")
 # JWK members only private or symmetric keys have.
 _PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _URI_FORBIDDEN: Final = frozenset("\"'\\<>`{}|^*; ,")
+# authorization_codes.redirect_uri holds at most this many characters: a longer registered URI
+# could never be recorded with a code, so every sign-in through the client would fail.
+MAX_REDIRECT_URI: Final = 500
 
 
 def valid_client_id(value: object) -> bool:
@@ -82,9 +85,12 @@ def _refuse(reason: str, detail: str) -> InvalidClientRegistration:
 
 
 def valid_redirect_uri(uri: str) -> bool:
-    """Absolute, no fragment or user info, ASCII without spaces or wildcard characters, and
-    HTTPS unless it is a loopback IP literal (RFC 8252 section 7.3)."""
-    if not uri.isascii() or any(ord(ch) < 0x21 or ch in _URI_FORBIDDEN for ch in uri):
+    """Absolute, no fragment or user info, ASCII without spaces or wildcard characters, at
+    most MAX_REDIRECT_URI characters, and HTTPS unless it is a loopback IP literal (RFC 8252
+    section 7.3)."""
+    if len(uri) > MAX_REDIRECT_URI or not uri.isascii():
+        return False
+    if any(ord(ch) < 0x21 or ch in _URI_FORBIDDEN for ch in uri):
         return False
     parts = urlsplit(uri)
     if parts.fragment or parts.username or parts.password or not parts.hostname:

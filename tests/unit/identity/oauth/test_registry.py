@@ -124,6 +124,13 @@ CASES: list[tuple[str, ClientSpec, type[FleetwardError], str | None]] = [
         "redirect-uri",
     ),
     ("redirect-missing", replace(WEB, redirect_uris=()), InvalidClientRegistration, "redirect-uri"),
+    # Longer than an authorization code can record: every sign-in would fail at the store.
+    (
+        "redirect-too-long",
+        replace(WEB, redirect_uris=("https://web.example/" + "a" * 481,)),
+        InvalidClientRegistration,
+        "redirect-uri",
+    ),
     # Keys: confidential clients need public ES256 keys; a leaked private key is refused.
     ("no-jwks", replace(WEB, jwks=None), InvalidClientRegistration, "jwks"),
     ("private-jwks", replace(WEB, jwks=_private_jwks()), InvalidClientRegistration, "jwks"),
