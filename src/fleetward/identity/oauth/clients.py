@@ -92,7 +92,11 @@ def valid_redirect_uri(uri: str) -> bool:
         return False
     if any(ord(ch) < 0x21 or ch in _URI_FORBIDDEN for ch in uri):
         return False
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+    except ValueError:  # e.g. an unclosed or invalid IPv6 literal
+        return False
     if parts.fragment or parts.username or parts.password or not parts.hostname:
         return False
     if parts.scheme == "https":

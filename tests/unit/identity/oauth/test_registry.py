@@ -124,6 +124,19 @@ CASES: list[tuple[str, ClientSpec, type[FleetwardError], str | None]] = [
         "redirect-uri",
     ),
     ("redirect-missing", replace(WEB, redirect_uris=()), InvalidClientRegistration, "redirect-uri"),
+    # Not URLs at all: an unclosed IPv6 literal (the parser raised) and a port that is no port.
+    (
+        "redirect-bad-ipv6",
+        replace(WEB, redirect_uris=("https://[::1/cb",)),
+        InvalidClientRegistration,
+        "redirect-uri",
+    ),
+    (
+        "redirect-bad-port",
+        replace(WEB, redirect_uris=("https://web.example:abc/cb",)),
+        InvalidClientRegistration,
+        "redirect-uri",
+    ),
     # Longer than an authorization code can record: every sign-in would fail at the store.
     (
         "redirect-too-long",
