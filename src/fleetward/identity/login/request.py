@@ -20,6 +20,9 @@ DEFAULT_RETURN_TO = "/account"
 RETURN_PREFIX = "/oauth/"
 MAX_RETURN_TO = 2048
 MAX_MAX_AGE = 31 * 24 * 3600
+# Digits of a max_age worth converting: int() refuses (ValueError) strings past 4300 digits,
+# and nothing longer than this can be within MAX_MAX_AGE anyway.
+_MAX_AGE_DIGITS = 9
 # Printable ASCII without space, backslash, quotes or angle brackets.
 _SAFE_CHARS = re.compile(r"^[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]^_`a-z{|}~]*$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -87,7 +90,12 @@ class LoginRequest:
                 raise InvalidLoginRequest("unknown acr value", reason="acr") from None
         age: int | None = None
         if max_age:
-            if not max_age.isascii() or not max_age.isdigit() or int(max_age) > MAX_MAX_AGE:
+            if (
+                len(max_age) > _MAX_AGE_DIGITS
+                or not max_age.isascii()
+                or not max_age.isdigit()
+                or int(max_age) > MAX_MAX_AGE
+            ):
                 raise InvalidLoginRequest("max_age must be a number of seconds", reason="max_age")
             age = int(max_age)
         return cls(target, chosen_client, required, age)

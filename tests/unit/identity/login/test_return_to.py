@@ -82,6 +82,7 @@ def test_client_id_comes_from_the_authorization_request_first() -> None:
         (None, "1e9"),  # not an integer
         (None, "\u0661\u0662"),  # Arabic-Indic digits are digits to str.isdigit()
         (None, str(10**12)),  # absurd age
+        (None, "9" * 5000),  # past int()'s digit limit: was a ValueError, a 500 at /login
     ],
 )
 def test_malformed_step_up_parameters_are_refused(acr: str | None, max_age: str | None) -> None:
