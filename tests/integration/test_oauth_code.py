@@ -160,6 +160,18 @@ AUTHORIZE_REFUSALS: list[AuthorizeCase] = [
         lambda p: {**authorization_params(CONSOLE, p, scope=READ), "response_type": "token"},
         "unsupported_response_type",
     ),
+    # A response type with characters an error description may not carry ('"', non-ASCII,
+    # controls): Authlib quoted it there and refused its own error, which was a 500.
+    (
+        "response-type-non-ascii",
+        lambda p: {**authorization_params(CONSOLE, p, scope=READ), "response_type": "\u00e9"},
+        "unsupported_response_type",
+    ),
+    (
+        "response-type-quote",
+        lambda p: {**authorization_params(CONSOLE, p, scope=READ), "response_type": '"'},
+        "unsupported_response_type",
+    ),
     # A surface the client may not use.
     (
         "resource-not-allowed",

@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationServer
+from authlib.oauth2.rfc6749.errors import UnsupportedResponseTypeError
 from authlib.oauth2.rfc9207 import IssuerParameter
 
 from fleetward.authz.permissions import Permission
@@ -72,6 +73,19 @@ class FleetwardAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if key not in self._clients:
             self._clients[key] = load_client(self.exchange.session, client_id)
         return self._clients[key]
+
+    def get_authorization_grant(self, request: Any) -> Any:
+        try:
+            return super().get_authorization_grant(request)
+        except ValueError:
+            # An unsupported response_type is quoted into the error's description, and Authlib
+            # refuses (ValueError) to build an error whose description holds characters
+            # RFC 6749 forbids there ('"', '\\', controls, non-ASCII). Same answer, without
+            # the echo: redirected only to a registered redirect URI of a known client.
+            client = self.query_client(request.payload.client_id)
+            uri = request.payload.redirect_uri
+            trusted = uri if client is not None and client.check_redirect_uri(uri) else None
+            raise UnsupportedResponseTypeError("(not shown)", redirect_uri=trusted) from None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         # The minter already stored what needs storing (the hashed refresh token); access
