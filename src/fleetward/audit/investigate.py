@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Self
 
 from sqlalchemy import ColumnElement, String, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -193,12 +193,12 @@ class CommandCursor:
         return cls(_seq(value))
 
 
-class VehicleCursor:
-    """Where a page of a blast radius's vehicles ends: ``<tier>.<seq>``, the tier of its last
-    vehicle (0 touched, 1 attempted only) and the ``seq`` of that vehicle's first record in
-    the answer (vehicles are listed touched first, then in the order they were first met)."""
+class _TieredCursor:
+    """``<tier>.<seq>``: a listing ordered by tier, then by record ``seq``; a subclass names
+    its tiers (single digits)."""
 
     __slots__ = ("seq", "tier")
+    TIERS: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, tier: int, seq: int) -> None:
         self.tier, self.seq = tier, seq
@@ -207,12 +207,21 @@ class VehicleCursor:
         return f"{self.tier}.{self.seq}"
 
     @classmethod
-    def parse(cls, value: str) -> VehicleCursor:
+    def parse(cls, value: str) -> Self:
         """The cursor a previous page returned; anything else is a ``ValueError``."""
         tier, sep, seq = value.partition(".")
-        if not sep or tier not in ("0", "1"):
+        if not sep or tier not in {str(t) for t in cls.TIERS}:
             raise ValueError("not a cursor this listing returned")
         return cls(int(tier), _seq(seq))
+
+
+class VehicleCursor(_TieredCursor):
+    """Where a page of a blast radius's vehicles ends: the tier of its last vehicle (0
+    touched, 1 attempted only) and the ``seq`` of that vehicle's first record in the answer
+    (vehicles are listed touched first, then in the order they were first met)."""
+
+    __slots__ = ()
+    TIERS = (0, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,24 +691,11 @@ class JobChain:
     states: list[dict[str, Any]]
 
 
-class TraceCursor:
-    """Where a page of a trace's records ends: ``<tier>.<seq>`` (see :func:`trace_request`)."""
+class TraceCursor(_TieredCursor):
+    """Where a page of a trace's records ends (see :func:`trace_request`)."""
 
-    __slots__ = ("seq", "tier")
-
-    def __init__(self, tier: int, seq: int) -> None:
-        self.tier, self.seq = tier, seq
-
-    def __str__(self) -> str:
-        return f"{self.tier}.{self.seq}"
-
-    @classmethod
-    def parse(cls, value: str) -> TraceCursor:
-        """The cursor a previous page returned; anything else is a ``ValueError``."""
-        tier, sep, seq = value.partition(".")
-        if not sep or not tier.isascii() or not tier.isdigit() or int(tier) not in _TIERS:
-            raise ValueError("not a cursor this listing returned")
-        return cls(int(tier), _seq(seq))
+    __slots__ = ()
+    TIERS = (0, 1, 2)  # the tiers of _TIER (decisive records first)
 
 
 @dataclass(slots=True)
@@ -776,7 +772,6 @@ _TIER: Final = case(
     (_READ_DECISION, 1),
     else_=0,
 )
-_TIERS: Final = (0, 1, 2)
 
 
 async def trace_request(
