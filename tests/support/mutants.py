@@ -315,19 +315,25 @@ def cancel_requester_unchecked(patch: pytest.MonkeyPatch) -> None:
 JOB_CANCELS: Final = ("mobile:commands:cancel", "fleet:commands:cancel")
 
 
-def _cancel_by_another(case_id: str) -> bool:
-    """The refused cancels by someone who may send the job's command on the vehicle but did
-    not request it: the active driver (the owner's climate job) and the assigned operator
-    (the fleet admin's), on their own side's vehicle."""
+def _cancel_on_own_side(case_id: str, driver_state: str, operator_state: str) -> bool:
+    """A cancel case of the driver in ``driver_state`` (mobile) or of the operator in
+    ``operator_state`` (fleet), on their own side's vehicle."""
     parts = case_id.split("/")
     if len(parts) != 4 or parts[1] not in JOB_CANCELS:
         return False
     role, state, side = parts[2].split(":")
-    if (role, state) == ("driver", "active"):
+    if (role, state) == ("driver", driver_state):
         return parts[1] == JOB_CANCELS[0] and parts[3] == f"consumer-{side}"
-    if (role, state) == ("fleet_operator", "assigned"):
+    if (role, state) == ("fleet_operator", operator_state):
         return parts[1] == JOB_CANCELS[1] and parts[3] == f"fleet-{side}"
     return False
+
+
+def _cancel_by_another(case_id: str) -> bool:
+    """The refused cancels by someone who may send the job's command on the vehicle but did
+    not request it: the active driver (the owner's climate job) and the assigned operator
+    (the fleet admin's), on their own side's vehicle."""
+    return _cancel_on_own_side(case_id, "active", "assigned")
 
 
 def _no_step_up_unlock(case_id: str) -> bool:
@@ -383,15 +389,7 @@ def cancel_permission_unchecked(patch: pytest.MonkeyPatch) -> None:
 def _cancel_by_lapsed_requester(case_id: str) -> bool:
     """The refused cancels of their own queued job by a requester who lost its command: the
     revoked driver (mobile) and the moved operator (fleet), on their own side's vehicle."""
-    parts = case_id.split("/")
-    if len(parts) != 4 or parts[1] not in JOB_CANCELS:
-        return False
-    role, state, side = parts[2].split(":")
-    if (role, state) == ("driver", "revoked"):
-        return parts[1] == JOB_CANCELS[0] and parts[3] == f"consumer-{side}"
-    if (role, state) == ("fleet_operator", "reassigned"):
-        return parts[1] == JOB_CANCELS[1] and parts[3] == f"fleet-{side}"
-    return False
+    return _cancel_on_own_side(case_id, "revoked", "reassigned")
 
 
 def _m(
