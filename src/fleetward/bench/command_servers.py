@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 from fastapi import FastAPI, Response
 
 from fleetward.api.commands import CommandBody
+from fleetward.bench.processes import cpu_seconds, free_port
 from fleetward.observability.logging import configure_logging
 from fleetward.settings import Settings
 
@@ -52,21 +52,6 @@ class Server:
     cpu: Callable[[], float | None]
     stop: Callable[[], Any]
     threads: Callable[[], dict[str, float]] = dict
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _threads_cpu(pid: int) -> dict[str, float]:
@@ -169,7 +154,7 @@ async def child_server(
     try:
         await _wait_ready(base, "/readyz" if kind == "app" else "/", lambda: process.poll() is None)
         yield Server(
-            base, lambda: _cpu_seconds(process.pid), stop, lambda: _threads_cpu(process.pid)
+            base, lambda: cpu_seconds(process.pid), stop, lambda: _threads_cpu(process.pid)
         )
     finally:
         stop()

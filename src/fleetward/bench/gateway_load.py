@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import httpx
 from sqlalchemy import insert
 
 from fleetward.audit.recorder import Actor
+from fleetward.bench.processes import cpu_seconds, free_port
 from fleetward.core.ids import new_id
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.provisioning import Provisioning
@@ -60,13 +60,6 @@ DEFAULT_SECONDS: Final = 30.0
 CHUNK: Final = 250
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _environment(directory: Path, port: int) -> dict[str, str]:
@@ -144,9 +137,11 @@ async def _provision(settings: Settings, vehicles: int) -> list[FleetMember]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The server's CPU seconds so far (Linux ``/proc``: the benchmark needs it)."""
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError("the server's CPU time cannot be read (no /proc, or it exited)")
+    return seconds
 
 
 async def _wait_ready(base_url: str, server: subprocess.Popen[bytes]) -> None:
@@ -209,7 +204,7 @@ def run(
         raise ValueError("need 1..10000 vehicles, 1..600 seconds and a non-negative interval")
     with tempfile.TemporaryDirectory(prefix="fleetward-gwload-") as raw:
         directory = Path(raw)
-        port = _free_port()
+        port = free_port()
         environment = _environment(directory, port)
         settings = Settings(data_dir=directory, host="127.0.0.1", port=port)
         started = time.perf_counter()

@@ -48,6 +48,7 @@ from sqlalchemy import make_url, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fleetward.authz.permissions import Permission
+from fleetward.bench.processes import cpu_seconds, free_port
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import Tenant, User
@@ -153,13 +154,6 @@ async def _prepare(directory: Path, port: int, database_url: str | None = None) 
         await platform.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((_HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _server(
     kind: str, directory: Path, port: int, database_url: str | None = None
@@ -197,15 +191,6 @@ def _server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _round(
@@ -247,11 +232,11 @@ async def _drive(
             await _round(client, url, headers, min(_WARMUP, requests), concurrency)
         for _ in range(rounds):
             for name, (url, headers, pid) in targets.items():
-                before = _cpu_seconds(pid)
+                before = cpu_seconds(pid)
                 seconds, latencies, failed = await _round(
                     client, url, headers, requests, concurrency
                 )
-                after = _cpu_seconds(pid)
+                after = cpu_seconds(pid)
                 wall[name] += seconds
                 samples[name].extend(latencies)
                 failures[name] += failed
@@ -296,7 +281,7 @@ def run(
         _store(database_url) as store,
     ):
         directory = Path(name)
-        app_port, bare_port = _free_port(), _free_port()
+        app_port, bare_port = free_port(), free_port()
         vehicle_id, token = asyncio.run(_prepare(directory, app_port, store))
         path = _PATH.format(vehicle_id)
         auth = {"authorization": f"Bearer {token}"}
