@@ -16,7 +16,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from conftest import T0
 from fleetward.api import bulk_commands as bulk_api
 from fleetward.audit.recorder import Actor
 from fleetward.commands import bulk as bulk_service
@@ -33,11 +32,6 @@ from fleetward.vehicles.models import FleetGroup, OperatorAssignment
 from support.commands import CLIENT_OF, CommandWorld, RunningClock, command_world, reported
 
 CARS = ("ACME-N1", "ACME-N2")
-
-
-@pytest.fixture
-def clock() -> RunningClock:
-    return RunningClock(T0)
 
 
 @pytest.fixture

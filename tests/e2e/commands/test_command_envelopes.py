@@ -9,7 +9,6 @@ Each case: one comment on the threat it covers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select
 
-from conftest import T0
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.commands import results
@@ -31,24 +29,10 @@ from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.handshake import CloseCode, epoch_ms
 from fleetward.gateway.registry import LiveSession
 from fleetward.gateway.websocket import Gateway, gateway_of
-from fleetward.platform import Platform
 from fleetward.sim.command_guard import CommandGuard, GuardAction
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.pipeline import TelemetryPipeline
-from support.commands import CommandWorld, RunningClock, command_world, reported
-
-
-@pytest.fixture
-def clock() -> RunningClock:
-    return RunningClock(T0)
-
-
-@pytest.fixture
-async def world(
-    platform: Platform, clock: RunningClock, free_port: int
-) -> AsyncIterator[CommandWorld]:
-    async with command_world(platform, clock, free_port) as running:
-        yield running
+from support.commands import CommandWorld, reported
 
 
 class Recorder:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import T0
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from support.commands import CommandWorld, RunningClock, command_world
@@ -22,11 +21,6 @@ def settings(tmp_path: Path) -> Settings:
         password_hash_time_cost=2,
         remote_start_barred_regions=["EU"],
     )
-
-
-@pytest.fixture
-def clock() -> RunningClock:
-    return RunningClock(T0)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm.exc import StaleDataError
 
-from conftest import T0
 from fleetward.api import commands as api_commands
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
@@ -37,19 +35,6 @@ from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.models import DriverDelegation, Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from support.commands import CommandWorld, RunningClock, command_world, reported
-
-
-@pytest.fixture
-def clock() -> RunningClock:
-    return RunningClock(T0)
-
-
-@pytest.fixture
-async def world(
-    platform: Platform, clock: RunningClock, free_port: int
-) -> AsyncIterator[CommandWorld]:
-    async with command_world(platform, clock, free_port) as running:
-        yield running
 
 
 async def test_alice_unlocks_her_car_and_watches_it_confirmed(world: CommandWorld) -> None:

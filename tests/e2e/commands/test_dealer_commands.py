@@ -11,38 +11,21 @@ case is closed she sees nothing of the car: the object routes' 404.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from conftest import T0
 from fleetward.audit.recorder import Actor
 from fleetward.core.surfaces import Surface
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, TenantKind
-from fleetward.platform import Platform
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.models import CaseStatus, DealerCase
-from support.commands import CommandWorld, RunningClock, command_world, reported
+from support.commands import CommandWorld, reported
 
 D = Surface.DEALER
 SEED = Actor.system("test")
-
-
-@pytest.fixture
-def clock() -> RunningClock:
-    return RunningClock(T0)
-
-
-@pytest.fixture
-async def world(
-    platform: Platform, clock: RunningClock, free_port: int
-) -> AsyncIterator[CommandWorld]:
-    async with command_world(platform, clock, free_port) as running:
-        yield running
 
 
 def _jobs(world: CommandWorld, surface: Surface = D) -> str:
