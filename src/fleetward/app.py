@@ -58,6 +58,7 @@ from fleetward.detection.runtime import DetectionRuntime
 from fleetward.gateway import websocket as gateway_websocket
 from fleetward.gateway.mqtt.config import MqttGatewayConfig
 from fleetward.gateway.mqtt.runtime import MqttTransport
+from fleetward.gateway.redis_directory import RedisSessionDirectory
 from fleetward.gateway.telemetry_link import TelemetryLink
 from fleetward.gateway.websocket import Gateway
 from fleetward.observability.logging import get_logger
@@ -122,6 +123,11 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
             if serving_gateway is not None
             else None
         )
+        directory_refresh = (
+            asyncio.create_task(serving_gateway.run_directory_refresh())
+            if serving_gateway is not None
+            else None
+        )
         freeze_start_up_objects()
         try:
             yield
@@ -129,6 +135,8 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
             watcher.cancel()
             if refusal_flush is not None:
                 refusal_flush.cancel()
+            if directory_refresh is not None:
+                directory_refresh.cancel()
             if sealer is not None:
                 sealer.cancel()
             if telemetry_started:
@@ -139,6 +147,8 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
                     await transport.stop()
                 await telemetry.stop()
             await quota_runtime.close()
+            if serving_gateway is not None:
+                await serving_gateway.directory.close()
             await the_platform.close()
 
     app = FastAPI(
@@ -176,6 +186,13 @@ def build_app(settings: Settings, *, platform: Platform | None = None) -> FastAP
         app, the_platform, handler=telemetry.pipeline, observer=telemetry.observer
     )
     telemetry.attach(gateway.registry)
+    if settings.redis_url is not None:
+        # Replicas share a Redis: a device's sessions on the others count for the clone
+        # rules and the session cap (gateway/directory.py).
+        gateway.directory = RedisSessionDirectory.from_url(
+            settings.redis_url.get_secret_value(),
+            liveness_window=gateway.config.liveness_window,
+        )
     mqtt.extend(_mqtt_transport(settings, gateway))
     command_runtime.append(_command_runtime(the_platform, gateway, quota_runtime))
     gateway.commands = command_runtime[0].dispatcher

@@ -213,18 +213,24 @@ class SessionRegistry:
         """Vehicles with a live session here."""
         return set(self._device_of)
 
+    def all_sessions(self) -> list[LiveSession]:
+        """Every session registered here."""
+        return [s for sessions in self._by_device.values() for s in sessions.values()]
+
     def claim(
         self,
         new: LiveSession,
         *,
         status: DeviceStatus,
         handover_serials: frozenset[str] = frozenset(),
+        live_elsewhere: int = 0,
     ) -> Claim:
         """Register ``new`` (of a device admitted with ``status``) and sort the device's
         other sessions into live, silent and handed over.
 
         Raises :class:`SessionLimitReached`, registering and releasing nothing, when the
-        device's live sessions (silent and handed-over ones do not count: they end here)
+        device's live sessions (silent and handed-over ones do not count: they end here),
+        with the ``live_elsewhere`` that other replicas hold (``gateway.directory``),
         already number ``max_sessions``. A clone finding keeps the sessions open, so without
         this one stolen key could hold any number of them."""
         now = self._clock.now()
@@ -234,7 +240,7 @@ class SessionRegistry:
         rest = [s for s in existing if s not in handed_over]
         silent = tuple(s for s in rest if now - s.last_activity >= self._window)
         live = tuple(s for s in rest if s not in silent)
-        if len(live) >= self._max_sessions:
+        if len(live) + live_elsewhere >= self._max_sessions:
             raise SessionLimitReached()
         for old in handed_over + silent:
             self.release(old)

@@ -45,9 +45,15 @@ from fleetward.devices.admission import (
     record_unrecorded,
 )
 from fleetward.devices.ca import load_device_ca
-from fleetward.devices.clones import DEFAULT_LIVENESS_WINDOW, CloneResponse, CloneRules
+from fleetward.devices.clones import (
+    DEFAULT_LIVENESS_WINDOW,
+    CloneResponse,
+    CloneRules,
+    OtherSession,
+)
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.command_port import RESULT_FIRST_BYTE, CommandPort, NoCommands
+from fleetward.gateway.directory import LocalDirectory, SessionDirectory
 from fleetward.gateway.handler import (
     FrameHandler,
     NoObserver,
@@ -73,6 +79,9 @@ logger = get_logger(__name__)
 
 GATEWAY_SURFACE: Final = "gateway"
 WEBSOCKET_PATH: Final = "/gateway/v1/ws"
+# A shared session directory's answer is waited for this long on a handshake (then the clone
+# rules judge with this replica's sessions only).
+DIRECTORY_TIMEOUT_S: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,8 @@ class Gateway:
     refusals: RefusalBudget = field(init=False)
     # The command service, once the composition root wires it in.
     commands: CommandPort = field(default_factory=NoCommands, init=False)
+    # Other replicas' sessions, for the clone rules and the session cap (gateway/directory.py).
+    directory: SessionDirectory = field(default_factory=LocalDirectory, init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -295,9 +306,16 @@ class Gateway:
                 else frozenset()
             )
             device = admitted.device
+            elsewhere = await self._elsewhere(live, rules, handover)
             try:
-                claim = self.registry.claim(live, status=device.status, handover_serials=handover)
+                claim = self.registry.claim(
+                    live,
+                    status=device.status,
+                    handover_serials=handover,
+                    live_elsewhere=len(elsewhere),
+                )
             except SessionLimitReached:
+                await self._leave(live)
                 # Told only to try again later, as when the store is busy: a copy of the key
                 # must not learn that another session (the genuine device's) is live.
                 raise HandshakeFailure(
@@ -306,7 +324,7 @@ class Gateway:
             suspicion = rules.assess(
                 peer=peer,
                 now=now,
-                live_sessions=[s.other() for s in claim.live],
+                live_sessions=[s.other() for s in claim.live] + list(elsewhere),
                 last_peer=device.last_peer,
                 last_seen_at=device.last_seen_at,
             )
@@ -388,7 +406,53 @@ class Gateway:
         sessions the claim took out of the registry. Left open they would be reachable by
         no revocation, suspension or sweep."""
         self.registry.release(live)
+        await self._leave(live)
         await _close_replaced(claim)
+
+    async def _elsewhere(
+        self, live: LiveSession, rules: CloneRules, handover: frozenset[str]
+    ) -> tuple[OtherSession, ...]:
+        """The device's live sessions on other replicas, ``live`` now among them for theirs
+        (``gateway.directory``); none when alone. A session of a certificate this one's
+        rotation replaces is the device handing over, not a second device. A directory that
+        cannot answer in time leaves the rules to this replica's own sessions, logged."""
+        if not self.directory.shared:
+            return ()
+        try:
+            async with asyncio.timeout(DIRECTORY_TIMEOUT_S):
+                remote = await self.directory.join(live)
+        except Exception as exc:
+            logger.warning("gateway.directory_unavailable", stage="join", error=type(exc).__name__)
+            return ()
+        now = live.last_activity
+        return tuple(
+            r.other
+            for r in remote
+            if rules.live(r.other, now) and r.certificate_serial not in handover
+        )
+
+    async def _leave(self, live: LiveSession) -> None:
+        if not self.directory.shared:
+            return
+        try:
+            async with asyncio.timeout(DIRECTORY_TIMEOUT_S):
+                await self.directory.leave(live)
+        except Exception as exc:  # its entry goes silent, then expires (gateway/directory.py)
+            logger.warning("gateway.directory_unavailable", stage="leave", error=type(exc).__name__)
+
+    async def run_directory_refresh(self) -> None:
+        """Write this replica's sessions' last activity to a shared directory every third of
+        the liveness window, until cancelled (nothing to write alone)."""
+        while True:
+            await asyncio.sleep(self.config.liveness_window.total_seconds() / 3)
+            if not self.directory.shared:
+                continue
+            try:
+                await self.directory.refresh(self.registry.all_sessions())
+            except Exception as exc:
+                logger.warning(
+                    "gateway.directory_unavailable", stage="refresh", error=type(exc).__name__
+                )
 
     async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
         # Anyone can make a handshake fail, without any key: past its network's budget a
@@ -476,6 +540,7 @@ class Gateway:
 
     async def record_close(self, live: LiveSession) -> None:
         session = live.session
+        await self._leave(live)
         try:
             await self.ledger.record(
                 SessionClosed(
