@@ -97,6 +97,30 @@ async def test_reuse_of_a_spent_token_revokes_the_whole_family(world: OAuthWorld
     assert "oauth:tokens:revoked" in events
 
 
+async def test_reuse_with_a_wider_scope_still_revokes_the_family(world: OAuthWorld) -> None:
+    # A thief holding a spent token adds a scope: reuse is detected before the scope is
+    # judged, so the answer is invalid_grant and the whole family dies (fail closed).
+    first = await code_flow(world, "erin", CONSOLE, scope=READ)
+    second = (await refresh(world, CONSOLE, first["refresh_token"])).json()
+    await world.claims(second["access_token"], Surface.FLEET)
+
+    widened = await world.token(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": first["refresh_token"],
+            "scope": f"{READ} fleet:manage_groups",
+            **world.auth(CONSOLE),
+        }
+    )
+    assert widened.json()["error"] == "invalid_grant"
+    with pytest.raises(InvalidToken):
+        await world.claims(second["access_token"], Surface.FLEET)
+    after = await refresh(world, CONSOLE, second["refresh_token"])
+    assert after.json()["error"] == "invalid_grant"
+    row = await _row(world, second["refresh_token"])
+    assert row.revoked_reason == "refresh-token-reused"
+
+
 async def test_concurrent_double_refresh_has_exactly_one_winner(world: OAuthWorld) -> None:
     first = await code_flow(world, "erin", CONSOLE, scope=READ)
     answers = await asyncio.gather(

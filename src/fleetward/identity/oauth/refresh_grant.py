@@ -2,7 +2,8 @@
 
 Authlib authenticates the client, finds the token, checks it belongs to that client (another
 client presenting it gets ``invalid_grant`` and nothing rotates) and that a narrower scope is
-a subset. Added here: every use rotates (the old token is spent by a conditional UPDATE, so
+a subset (judged only after the token's state, so reuse is detected whatever scope is asked
+for). Added here: every use rotates (the old token is spent by a conditional UPDATE, so
 of two concurrent refreshes exactly one wins); presenting a spent token, or losing that race,
 revokes the whole family; revoked and expired tokens are refused; a public client's token
 only works with a DPoP proof of the key it is bound to; and the person must still hold the
@@ -54,14 +55,22 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]  # authlib is untyp
         return None if row is None else RefreshRecord(row, self.exchange.now)
 
     def validate_token_request(self) -> None:
-        super().validate_token_request()  # client, grant type, token of this client, scope
-        row = self.request.refresh_token.row
+        # Authlib's own order (client, token of this client, scope), with the token's state
+        # judged before the requested scope: a spent token presented with a wider scope is
+        # still reuse and still revokes the family (otherwise invalid_scope would answer
+        # first and a thief could probe with a stolen spent token without consequence).
+        client = self._validate_request_client()
+        self.request.client = client
+        record: RefreshRecord = self._validate_request_token(client)
+        row = record.row
         if row.revoked_at is not None:
             raise InvalidGrantError(description="The refresh token was revoked.")
         if row.used_at is not None:
             raise self._reused(row, "refresh-token-reused")
         if row.expires_at <= self.exchange.now:
             raise InvalidGrantError(description="The refresh token expired.")
+        self._validate_token_scope(record)
+        self.request.refresh_token = record
         check_same_surface(self.request.payload.datalist.get("resource", []), Surface(row.surface))
         require_dpop_binding(self.exchange, self.request.client, row.dpop_jkt)
 
