@@ -222,6 +222,24 @@ async def test_a_body_naming_many_vehicles_pays_each_whatever_the_media_type_cas
     assert _limit_fields(after) == ("user-objects", 600 - 3 - 1)
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", None])
+async def test_a_deeply_nested_body_is_refused_not_a_500(
+    api: Api, content_type: str | None
+) -> None:
+    # The guard parses a body the framework left unparsed (no JSON media type): nesting deep
+    # enough to exhaust the parser's recursion was a RecursionError, answered 500 before the
+    # route could refuse the body. It pays one object and the route refuses it.
+    depth = 100_000
+    body = '{"command": "lock", "vehicle_ids": ' + "[" * depth + "]" * depth + "}"
+    headers = {**api.headers("erin", F), "Idempotency-Key": "bulk-deep"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await api.client.post("/fleet/v1/bulk-commands", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    after = await api.get("erin", F, f"/vehicles/{api.vehicle_id('ACME-N1')}/status")
+    assert _limit_fields(after) == ("user-objects", 600 - 1 - 1)
+
+
 # ------------------------------------------------------------------------- refusals
 
 

@@ -300,7 +300,7 @@ def _body_names_ids(route: object) -> bool:
 
 async def _ids_in_body(request: Request) -> int:
     """How many ids a JSON body names in its top-level ``*_ids`` lists (0: none, or not a
-    JSON object; validation answers a bad body afterwards).
+    JSON object, or nested too deep to parse; validation answers a bad body afterwards).
 
     The Content-Type is not consulted: the framework reads ``application/JSON`` or
     ``application/x+json`` as JSON too, and a guard parsing the header differently would
@@ -308,7 +308,10 @@ async def _ids_in_body(request: Request) -> int:
     the route then refuses for its media type has paid no more than it named."""
     try:
         body = json.loads(await request.body() or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser goes (the body cap allows a
+        # megabyte of brackets); the framework only parses a JSON media type itself, so
+        # such a body in text/plain reaches here first and must be refused, not a 500.
         return 0
     if not isinstance(body, dict):
         return 0
