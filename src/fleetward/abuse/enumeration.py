@@ -8,9 +8,10 @@ Two signals per actor (a user, or a client acting as itself):
   (in-process, or Redis shared by every replica);
 * **sequential patterns**: each id is read as a number in its family (a vehicle id's suffix
   in base 36 under its prefix; a VIN's serial, positions 12-17, under the rest of the VIN
-  without its check digit). A run grows when the next object is a small step above the
-  last one; random ids never make a run, so a handful of consecutive steps is a walk even
-  at one request an hour.
+  without its check digit). A run grows when the next object is a small step past the
+  last one, in the run's direction (a walk from the top down is a walk too); random ids
+  never make a run, so a handful of consecutive steps is a walk even at one request an
+  hour.
 
 Above the ``slow`` thresholds the actor is slowed: each request waits (a delay that grows
 with the excess, bounded by ``max_delay``). At the ``stop`` thresholds the actor is stopped:
@@ -267,11 +268,19 @@ _TAILS: Final = 8
 
 @dataclass(slots=True)
 class _Tail:
-    """One run being followed: its family, its last ordinal, its length."""
+    """One run being followed: its family, its last ordinal, its length and its direction
+    (1 up, -1 down; 0 for a run of one, which the next step in either direction extends)."""
 
     family: str
     last: int
     run: int
+    direction: int = 0
+
+    def continued_by(self, ordinal: int, max_step: int) -> bool:
+        gap = ordinal - self.last
+        if not 0 < abs(gap) <= max_step:
+            return False
+        return self.direction == 0 or (gap > 0) == (self.direction > 0)
 
 
 @dataclass(slots=True)
@@ -356,10 +365,13 @@ class EnumerationGuard:
         same = [t for t in state.tails if t.family == family]
         if any(t.last == ordinal for t in same):
             return  # the same object again neither extends nor breaks a run
-        steps = [t for t in same if 0 < ordinal - t.last <= self.config.max_step]
+        # Walkers go down as well as up: a step either way continues a run, in the
+        # direction the run took (a zig-zag around a start is two runs, not one).
+        steps = [t for t in same if t.continued_by(ordinal, self.config.max_step)]
         if steps:
             tail = max(steps, key=lambda t: t.run)
             state.tails.remove(tail)
+            tail.direction = 1 if ordinal > tail.last else -1
             tail.last, tail.run = ordinal, tail.run + 1
         else:
             tail = _Tail(family, ordinal, 1)

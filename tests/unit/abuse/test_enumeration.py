@@ -125,6 +125,31 @@ async def test_consecutive_ids_interleaved_with_a_decoy_still_make_a_run() -> No
     assert levels[-1] == (Level.STOPPED, Signal.SEQUENCE)
 
 
+@pytest.mark.parametrize("kind", ["ids", "vins"])
+async def test_a_walk_downwards_makes_a_run_too(kind: str) -> None:
+    # A run only grew by steps above its last object: the same walk taken from the top down
+    # (veh_..0049, ..0048, ..0047) never made a run, so it went as far as the distinct
+    # threshold instead of stop_run objects.
+    guard = EnumerationGuard(RUNS_ONLY)
+    levels = []
+    for n in range(49, 44, -1):  # base 36: 50 to 49 is no step of one
+        touched = vehicle_touched(f"veh_{n:026d}") if kind == "ids" else vin_touched(_vin(n))
+        verdict = await guard.observe("mallory", [touched], T0)
+        levels.append((verdict.level, verdict.signal))
+    assert levels[2] == (Level.SLOWED, Signal.SEQUENCE)
+    assert levels[-1] == (Level.STOPPED, Signal.SEQUENCE)
+
+
+async def test_a_run_keeps_its_direction() -> None:
+    # Zig-zagging around a start is two walks (one up, one down), each its own run; a step
+    # back down does not extend the run going up.
+    guard = EnumerationGuard(RUNS_ONLY)
+    verdict = None
+    for n in (100, 101, 99, 102, 98, 103, 97):
+        verdict = await guard.observe("mallory", [vehicle_touched(f"veh_{n:026d}")], T0)
+    assert verdict is not None and verdict.run == 4  # 100..103 up; 99, 98, 97 down: 3
+
+
 async def test_two_walks_taken_in_turns_each_make_a_run() -> None:
     guard = EnumerationGuard(RUNS_ONLY)
     verdict = None
