@@ -86,11 +86,12 @@ class BodyLimitMiddleware:
 
 def _content_length(scope: Scope) -> int | None:
     """The declared length, when there is one that is a number (the server refuses a
-    malformed one before the app sees it)."""
+    malformed one before the app sees it). ASCII digits only: ``str.isdigit`` also holds
+    for superscripts (``"\xb2"`` in latin-1), which ``int`` refuses."""
     for name, value in scope["headers"]:
         if name.lower() == b"content-length":
             text = value.decode("latin-1").strip()
-            return int(text) if text.isdigit() else None
+            return int(text) if text.isascii() and text.isdigit() else None
     return None
 
 
