@@ -298,10 +298,20 @@ class _Actor:
 class EnumerationGuard:
     """Per-actor enumeration state. Safe for concurrent use on one event loop."""
 
-    def __init__(self, config: EnumerationConfig, counter: DistinctCounter | None = None) -> None:
+    def __init__(
+        self,
+        config: EnumerationConfig,
+        counter: DistinctCounter | None = None,
+        *,
+        retry_shared_after: timedelta = timedelta(seconds=1),
+    ) -> None:
         self.config = config
         self._local = InMemoryDistinct(config.window, max_actors=config.max_actors)
         self._counter: DistinctCounter = counter if counter is not None else self._local
+        # After the shared counter failed it is not asked again before this (the callers'
+        # clock): every request during an outage would otherwise wait for its timeout.
+        self._retry_shared_after = retry_shared_after
+        self._shared_down_until: datetime | None = None
         self._actors: OrderedDict[str, _Actor] = OrderedDict()
         # Sets stop growing here; an actor at the cap is stopped after every cool-down.
         self._cap = _CAP_FACTOR * config.stop_distinct
@@ -350,13 +360,22 @@ class EnumerationGuard:
 
     async def _count(self, actor: str, member: str, now: datetime) -> int:
         cap = self._cap
-        try:
-            return await self._counter.add(actor, member, now, cap=cap)
-        except QuotaUnavailable as exc:
-            # The shared set is down: count in this process (a per-replica view) rather
-            # than stop every request, and rather than stop counting.
-            logger.warning("enumeration.counter.unavailable", error=str(exc))
-            return await self._local.add(actor, member, now, cap=cap)
+        down_until = self._shared_down_until
+        if self._counter is not self._local and (down_until is None or now >= down_until):
+            try:
+                count = await self._counter.add(actor, member, now, cap=cap)
+            except QuotaUnavailable as exc:
+                # The shared set is down: count in this process (a per-replica view) rather
+                # than stop every request, and rather than stop counting. Said once an outage.
+                if down_until is None:
+                    logger.warning("enumeration.counter.unavailable", error=str(exc))
+                self._shared_down_until = now + self._retry_shared_after
+            else:
+                if down_until is not None:
+                    logger.info("enumeration.counter.recovered")
+                    self._shared_down_until = None
+                return count
+        return await self._local.add(actor, member, now, cap=cap)
 
     def _step(self, state: _Actor, item: Touched) -> None:
         if item.family is None or item.ordinal is None:

@@ -22,6 +22,7 @@ from fleetward.abuse.notices import Notices
 from fleetward.abuse.policy import Degrade, Flow, QuotaPolicy
 from fleetward.abuse.quotas import Dimension
 from fleetward.abuse.runtime import enumeration_config
+from fleetward.abuse.store import QuotaUnavailable
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact
 from fleetward.core.surfaces import Surface
@@ -369,3 +370,35 @@ async def test_requests_counted_while_another_stopped_the_actor_are_refused(firs
     assert (stopped.level, stopped.escalated) == (Level.STOPPED, True)
     assert (late.level, late.escalated) == (Level.STOPPED, False)
     assert late.retry_after == CONFIG.cooldown
+
+
+class _FailingCounter:
+    """A shared counter that is down until told otherwise; counts the calls it gets."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+
+    async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int:
+        self.calls += 1
+        if self.down:
+            raise QuotaUnavailable("distinct counter unavailable: TimeoutError")
+        return 1
+
+
+async def test_a_shared_counter_that_failed_is_not_asked_again_for_a_second() -> None:
+    # Redis hanging: every request waited for the counter's timeout (250 ms) before counting
+    # locally. After a failure the guard counts locally at once, and asks again a second on.
+    counter = _FailingCounter()
+    guard = EnumerationGuard(CONFIG, counter, retry_shared_after=timedelta(seconds=1))
+    ids = ["veh_" + c * 26 for c in "qwzxy"]
+    await guard.observe("mallory", [vehicle_touched(ids[0])], T0)
+    assert counter.calls == 1
+    verdict = await guard.observe("mallory", [vehicle_touched(ids[1])], T0 + timedelta(seconds=0.5))
+    assert counter.calls == 1  # not asked: counted in this process
+    assert verdict.distinct == 2  # and still counted
+    counter.down = False
+    await guard.observe("mallory", [vehicle_touched(ids[2])], T0 + timedelta(seconds=1))
+    assert counter.calls == 2  # asked again, answered: the shared count is used from here
+    await guard.observe("mallory", [vehicle_touched(ids[3])], T0 + timedelta(seconds=1.1))
+    assert counter.calls == 3
