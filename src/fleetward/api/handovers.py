@@ -301,9 +301,12 @@ async def revoke_driver(
                 DriverDelegation.revoked_at.is_(None),
             )
         )
-        if delegation is None:
+        # Revoked meanwhile (by the sale, or a second click racing this one): nothing is
+        # left to revoke, the same 404 as when it was revoked before this request read it.
+        if delegation is None or not await DelegationService(ctx).revoke(
+            delegation, actor=actor_of(caller)
+        ):
             raise not_found()
-        await DelegationService(ctx).revoke(delegation, actor=actor_of(caller))
         await uow.commit()
     return Response(status_code=204)
 

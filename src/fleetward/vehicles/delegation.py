@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -125,16 +125,32 @@ class DelegationService:
 
     async def revoke(
         self, delegation: DriverDelegation, *, actor: Actor, reason: str = "revoked"
-    ) -> None:
+    ) -> bool:
+        """Revoke ``delegation``; False when it was revoked already (revoking twice is a
+        no-op, never an error that leaks state).
+
+        A conditional UPDATE, not a write of the row as it was read: a revocation that
+        committed after this request read the delegation (the sale's, which revokes every
+        grant of the seller, or the owner's own second click) is kept as it was, with its
+        time and reason, and is audited once."""
         if delegation.revoked_at is not None:
-            return  # revoking twice is a no-op, never an error that leaks state
-        delegation.revoked_at = self._ctx.clock.now()
-        delegation.revoked_reason = reason
+            return False
+        session = self._ctx.session
+        result = await session.execute(
+            update(DriverDelegation)
+            .where(DriverDelegation.id == delegation.id, DriverDelegation.revoked_at.is_(None))
+            .values(revoked_at=self._ctx.clock.now(), revoked_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        await session.refresh(delegation)
+        if not isinstance(result, CursorResult) or result.rowcount != 1:
+            return False
         self._ctx.audit.record(
-            self._ctx.session,
+            session,
             EventName.DRIVER_REVOKED,
             actor=actor,
             target=Target("delegation", delegation.id),
             reason=reason,
         )
-        await self._ctx.session.flush()
+        await session.flush()
+        return True
