@@ -444,9 +444,12 @@ async def remove_group_vehicle(
                 _current(GroupVehicle, ctx.clock.now()),
             )
         )
-        if link is None:
+        # Removed meanwhile by a request that committed after this one read the link: the
+        # same 404 as a link already closed when it was read.
+        if link is None or not await FleetService(ctx).remove_from_group(
+            group, link, actor=_actor(caller)
+        ):
             raise await _refuse(uow, not_found())
-        await FleetService(ctx).remove_from_group(group, link, actor=_actor(caller))
         await uow.commit()
     return Response(status_code=204)
 
@@ -590,9 +593,12 @@ async def unassign_operator(
                 _current(OperatorAssignment, ctx.clock.now()),
             )
         )
-        if assignment is None:
+        # Ended meanwhile by a request that committed after this one read it: the same 404
+        # as an assignment already ended when it was read.
+        if assignment is None or not await FleetService(ctx).unassign_operator(
+            assignment, actor=_actor(caller)
+        ):
             raise await _refuse(uow, not_found())
-        await FleetService(ctx).unassign_operator(assignment, actor=_actor(caller))
         await uow.commit()
     return Response(status_code=204)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import EventName
@@ -157,10 +159,13 @@ class FleetService:
             ) from None
         return assignment
 
-    async def unassign_operator(self, assignment: OperatorAssignment, *, actor: Actor) -> None:
+    async def unassign_operator(self, assignment: OperatorAssignment, *, actor: Actor) -> bool:
+        """End an operator's assignment; False when it had ended already (an unassignment
+        that committed after this request read it is kept as it was, audited once)."""
         if assignment.valid_until is not None:
-            return
-        assignment.valid_until = self._ctx.clock.now()
+            return False
+        if not await self._end(OperatorAssignment, assignment):
+            return False
         self._ctx.audit.record(
             self._ctx.session,
             EventName.FLEET_OPERATOR_UNASSIGNED,
@@ -168,17 +173,21 @@ class FleetService:
             target=Target("operator_assignment", assignment.id),
         )
         await self._ctx.session.flush()
+        return True
 
     async def remove_from_group(
         self, group: FleetGroup, link: GroupVehicle, *, actor: Actor
-    ) -> None:
-        """End a vehicle's membership of a group (the link stays, closed, as history)."""
+    ) -> bool:
+        """End a vehicle's membership of a group (the link stays, closed, as history); False
+        when it had ended already (a removal that committed after this request read the
+        link is kept as it was, audited once)."""
         if link.group_id != group.id:
             # A link reached through another group is a caller's bug, never a removal.
             raise RelationshipRefused("the vehicle is not in this group", reason="group")
         if link.valid_until is not None:
-            return
-        link.valid_until = self._ctx.clock.now()
+            return False
+        if not await self._end(GroupVehicle, link):
+            return False
         self._ctx.audit.record(
             self._ctx.session,
             EventName.FLEET_GROUP_VEHICLE_REMOVED,
@@ -187,3 +196,16 @@ class FleetService:
             details={"vehicle": link.vehicle_id},
         )
         await self._ctx.session.flush()
+        return True
+
+    async def _end(self, model: type[OperatorAssignment] | type[GroupVehicle], row: Any) -> bool:
+        """Close an open row now, by a conditional UPDATE (``valid_until IS NULL``): True
+        only for the one request whose UPDATE matched; the row is read back either way."""
+        result = await self._ctx.session.execute(
+            update(model)
+            .where(model.id == row.id, model.valid_until.is_(None))
+            .values(valid_until=self._ctx.clock.now())
+            .execution_options(synchronize_session=False)
+        )
+        await self._ctx.session.refresh(row)
+        return isinstance(result, CursorResult) and result.rowcount == 1

@@ -18,11 +18,19 @@ from sqlalchemy import func, select
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
-from fleetward.identity.models import TenantKind, User
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import Role, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.vehicles.delegation import DelegationService
-from fleetward.vehicles.models import DriverDelegation, Vehicle
+from fleetward.vehicles.fleets import FleetService
+from fleetward.vehicles.models import (
+    DriverDelegation,
+    FleetGroup,
+    GroupVehicle,
+    OperatorAssignment,
+    Vehicle,
+)
 from fleetward.vehicles.transfers import TransferService
 from support.factories import FACTORY, WorldFactory
 
@@ -74,3 +82,76 @@ async def test_a_driver_revoked_by_a_sale_meanwhile_keeps_the_sales_revocation(
         assert (row.revoked_at, row.revoked_reason) == (sold_at, "transferred")
         assert await _records(check, EventName.DRIVER_REVOKED, delegation.id) == 1
     assert revoked is False  # nothing was left to revoke (the route answers 404)
+
+
+async def _group(ctx: ServiceContext) -> tuple[FleetGroup, GroupVehicle, OperatorAssignment]:
+    world = WorldFactory(ctx)
+    fleet = await world.tenant(TenantKind.FLEET)
+    car = await world.vehicle(fleet)
+    fleets = FleetService(ctx)
+    await fleets.add_vehicle(fleet, car, actor=FACTORY)
+    group = await fleets.create_group(fleet, "north", actor=FACTORY)
+    operator = await world.user(fleet)
+    await Directory(ctx).grant_membership(operator, fleet, Role.FLEET_OPERATOR, actor=FACTORY)
+    link = await fleets.add_to_group(group, car, actor=FACTORY)
+    assignment = await fleets.assign_operator(group, operator, actor=FACTORY)
+    await ctx.session.commit()
+    return group, link, assignment
+
+
+async def test_an_operator_unassigned_twice_at_once_is_unassigned_once(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    _group_row, _link, assignment = await _group(ctx)
+    ended_at = clock.now()
+    async with platform.services() as (late_uow, late):
+        # Two admins (or one double click) unassign the operator: the late one has read the
+        # assignment as current (DELETE /groups/{gid}/operators/{aid})...
+        stale = await late.session.get(OperatorAssignment, assignment.id)
+        assert stale is not None and stale.valid_until is None
+        async with platform.services() as (uow, early):
+            row = await early.session.get(OperatorAssignment, assignment.id)
+            assert row is not None
+            await FleetService(early).unassign_operator(row, actor=FACTORY)
+            await uow.commit()
+        clock.advance(timedelta(seconds=5))
+        ended = await FleetService(late).unassign_operator(stale, actor=FACTORY)
+        await late_uow.commit()
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(OperatorAssignment, assignment.id)
+        assert row is not None and row.valid_until == ended_at  # the first end stands
+        assert await _records(check, EventName.FLEET_OPERATOR_UNASSIGNED, assignment.id) == 1
+    assert ended is False  # the route answers 404, as to an assignment already ended
+
+
+async def test_a_vehicle_removed_twice_at_once_is_removed_once(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    group, link, _assignment = await _group(ctx)
+    removed_at = clock.now()
+    async with platform.services() as (late_uow, late):
+        stale_group = await late.session.get(FleetGroup, group.id)
+        stale = await late.session.get(GroupVehicle, link.id)
+        assert stale_group is not None and stale is not None and stale.valid_until is None
+        async with platform.services() as (uow, early):
+            early_group = await early.session.get(FleetGroup, group.id)
+            row = await early.session.get(GroupVehicle, link.id)
+            assert early_group is not None and row is not None
+            await FleetService(early).remove_from_group(early_group, row, actor=FACTORY)
+            await uow.commit()
+        clock.advance(timedelta(seconds=5))
+        removed = await FleetService(late).remove_from_group(stale_group, stale, actor=FACTORY)
+        await late_uow.commit()
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(GroupVehicle, link.id)
+        assert row is not None and row.valid_until == removed_at  # the first end stands
+        records = await check.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(
+                AuditRecord.name == EventName.FLEET_GROUP_VEHICLE_REMOVED.value,
+                AuditRecord.object_id == group.id,
+            )
+        )
+        assert records == 1
+    assert removed is False  # the route answers 404, as to a link already closed
