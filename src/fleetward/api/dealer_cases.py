@@ -40,6 +40,7 @@ from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.surfaces import Surface
 from fleetward.vehicles.cases import CaseService
+from fleetward.vehicles.errors import CaseNotOpen
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase
 
 OWNER: Final = "authz-team"
@@ -230,9 +231,14 @@ async def close_case(
             ctx=ctx,
         )
         case = await _assigned_case(ctx.session, caller, case_id, ctx.clock.now())
-        await CaseService(ctx).close_dealer_case(
-            case, actor=Actor.user(caller.claims.sub, caller.claims.tenant)
-        )
+        try:
+            await CaseService(ctx).close_dealer_case(
+                case, actor=Actor.user(caller.claims.sub, caller.claims.tenant)
+            )
+        except CaseNotOpen:
+            # Closed meanwhile by a request that committed after this one read it open: the
+            # same 404 as a case closed before (no second close, no oracle).
+            raise not_found() from None
         await uow.commit()
     return _view(case)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import CursorResult, update
+
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.ids import new_id
@@ -69,10 +71,21 @@ class CaseService:
         return link
 
     async def close_dealer_case(self, case: DealerCase, *, actor: Actor) -> None:
+        """Close an open case (CaseNotOpen otherwise). A conditional UPDATE: a close that
+        committed after this request read the case open is kept as it was (its time), and
+        this one is refused, so a case is closed, and audited as closed, once."""
         if case.status is not CaseStatus.OPEN:
             raise CaseNotOpen("the case is already closed")
-        case.status = CaseStatus.CLOSED
-        case.closed_at = self._ctx.clock.now()
+        session = self._ctx.session
+        result = await session.execute(
+            update(DealerCase)
+            .where(DealerCase.id == case.id, DealerCase.status == CaseStatus.OPEN)
+            .values(status=CaseStatus.CLOSED, closed_at=self._ctx.clock.now())
+            .execution_options(synchronize_session=False)
+        )
+        await session.refresh(case)
+        if not isinstance(result, CursorResult) or result.rowcount != 1:
+            raise CaseNotOpen("the case is already closed")
         self._ctx.audit.record(
             self._ctx.session,
             EventName.DEALER_CASE_CLOSED,

@@ -22,9 +22,13 @@ from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
+from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.delegation import DelegationService
+from fleetward.vehicles.errors import CaseNotOpen
 from fleetward.vehicles.fleets import FleetService
 from fleetward.vehicles.models import (
+    CaseStatus,
+    DealerCase,
     DriverDelegation,
     FleetGroup,
     GroupVehicle,
@@ -155,3 +159,37 @@ async def test_a_vehicle_removed_twice_at_once_is_removed_once(
         )
         assert records == 1
     assert removed is False  # the route answers 404, as to a link already closed
+
+
+async def test_a_dealer_case_closed_twice_at_once_is_closed_once(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    world = WorldFactory(ctx)
+    dealer = await world.tenant(TenantKind.DEALER)
+    owner = await world.user(await world.tenant(TenantKind.CONSUMER))
+    car = await world.owned_vehicle(owner)
+    case = await CaseService(ctx).open_dealer_case(dealer, car, "brakes", actor=FACTORY)
+    await ctx.session.commit()
+    closed_at = clock.now()
+    async with platform.services() as (late_uow, late):
+        # Two technicians on the case close it at once (POST /cases/{cid}/close): the late
+        # one has read it open...
+        stale = await late.session.get(DealerCase, case.id)
+        assert stale is not None and stale.status is CaseStatus.OPEN
+        async with platform.services() as (uow, early):
+            row = await early.session.get(DealerCase, case.id)
+            assert row is not None
+            await CaseService(early).close_dealer_case(row, actor=FACTORY)
+            await uow.commit()
+        clock.advance(timedelta(seconds=5))
+        refused: CaseNotOpen | None = None
+        try:
+            await CaseService(late).close_dealer_case(stale, actor=FACTORY)
+        except CaseNotOpen as error:
+            refused = error
+        await late_uow.commit()
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(DealerCase, case.id)
+        assert row is not None and row.closed_at == closed_at  # the first close stands
+        assert await _records(check, EventName.DEALER_CASE_CLOSED, case.id) == 1
+    assert refused is not None  # the route answers 404, as to a case closed before
