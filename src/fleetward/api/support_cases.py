@@ -46,6 +46,7 @@ from fleetward.identity.models import User
 from fleetward.identity.oauth.policy import REFRESH_LIFETIMES, SURFACE_MIN_ACR
 from fleetward.services import ServiceContext
 from fleetward.vehicles.cases import CaseService
+from fleetward.vehicles.errors import CaseNotOpen
 from fleetward.vehicles.models import CaseStatus, Ownership, SupportCase, Vehicle
 
 OWNER: Final = "authz-team"
@@ -353,9 +354,14 @@ async def close_case(
         # The assigned agent only: the case is loaded with agent = caller.
         case = await _my_case(ctx.session, caller, case_id)
         await authorize(request, caller, Permission.SUPPORT_READ_ACCOUNT, _account(case), ctx=ctx)
-        await CaseService(ctx).close_support_case(
-            case, actor=Actor.user(caller.claims.sub, caller.claims.tenant)
-        )
+        try:
+            await CaseService(ctx).close_support_case(
+                case, actor=Actor.user(caller.claims.sub, caller.claims.tenant)
+            )
+        except CaseNotOpen:
+            # Closed meanwhile by a request that committed after this one read it open: the
+            # same 404 as a case closed before.
+            raise not_found() from None
         await uow.commit()
     return _view(case)
 

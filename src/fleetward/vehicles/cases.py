@@ -132,10 +132,20 @@ class CaseService:
         return case
 
     async def close_support_case(self, case: SupportCase, *, actor: Actor) -> None:
+        """Close an open case (CaseNotOpen otherwise), by a conditional UPDATE as for a
+        dealer case: a close racing another is refused, and the case is audited closed once."""
         if case.status is not CaseStatus.OPEN:
             raise CaseNotOpen("the case is already closed")
-        case.status = CaseStatus.CLOSED
-        case.closed_at = self._ctx.clock.now()
+        session = self._ctx.session
+        result = await session.execute(
+            update(SupportCase)
+            .where(SupportCase.id == case.id, SupportCase.status == CaseStatus.OPEN)
+            .values(status=CaseStatus.CLOSED, closed_at=self._ctx.clock.now())
+            .execution_options(synchronize_session=False)
+        )
+        await session.refresh(case)
+        if not isinstance(result, CursorResult) or result.rowcount != 1:
+            raise CaseNotOpen("the case is already closed")
         self._ctx.audit.record(
             self._ctx.session,
             EventName.SUPPORT_CASE_CLOSED,

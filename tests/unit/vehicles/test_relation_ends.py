@@ -33,6 +33,7 @@ from fleetward.vehicles.models import (
     FleetGroup,
     GroupVehicle,
     OperatorAssignment,
+    SupportCase,
     Vehicle,
 )
 from fleetward.vehicles.transfers import TransferService
@@ -192,4 +193,37 @@ async def test_a_dealer_case_closed_twice_at_once_is_closed_once(
         row = await check.session.get(DealerCase, case.id)
         assert row is not None and row.closed_at == closed_at  # the first close stands
         assert await _records(check, EventName.DEALER_CASE_CLOSED, case.id) == 1
+    assert refused is not None  # the route answers 404, as to a case closed before
+
+
+async def test_a_support_case_closed_twice_at_once_is_closed_once(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    world = WorldFactory(ctx)
+    staff = await world.tenant(TenantKind.OPERATOR)
+    agent = await world.user(staff, Role.SUPPORT_AGENT)
+    customer = await world.user(await world.tenant(TenantKind.CONSUMER))
+    case = await CaseService(ctx).open_support_case(agent, customer, "login", actor=FACTORY)
+    await ctx.session.commit()
+    closed_at = clock.now()
+    async with platform.services() as (late_uow, late):
+        # The agent's double click (POST /cases/{cid}/close twice): the late one read it open.
+        stale = await late.session.get(SupportCase, case.id)
+        assert stale is not None and stale.status is CaseStatus.OPEN
+        async with platform.services() as (uow, early):
+            row = await early.session.get(SupportCase, case.id)
+            assert row is not None
+            await CaseService(early).close_support_case(row, actor=FACTORY)
+            await uow.commit()
+        clock.advance(timedelta(seconds=5))
+        refused: CaseNotOpen | None = None
+        try:
+            await CaseService(late).close_support_case(stale, actor=FACTORY)
+        except CaseNotOpen as error:
+            refused = error
+        await late_uow.commit()
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(SupportCase, case.id)
+        assert row is not None and row.closed_at == closed_at  # the first close stands
+        assert await _records(check, EventName.SUPPORT_CASE_CLOSED, case.id) == 1
     assert refused is not None  # the route answers 404, as to a case closed before
