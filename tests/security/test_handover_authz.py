@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from fleetward.app import build_app
 from fleetward.audit.events import EventName
@@ -19,10 +20,11 @@ from fleetward.catalog.inventory import inventory
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
+from fleetward.identity.models import Membership, User
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from fleetward.vehicles.handover_models import DriverInvitation, HandoverStatus
-from fleetward.vehicles.models import DriverDelegation
+from fleetward.vehicles.models import DriverDelegation, Ownership
 from support.api import PARTNER_APP, Api
 
 M, P, D = Surface.MOBILE, Surface.PARTNER, Surface.DEALER
@@ -411,3 +413,46 @@ async def test_expired_transfer_is_a_wrong_code(api: Api, clock: FrozenClock) ->
     assert (
         await api.post("alice", M, f"/vehicles/{api.vehicle_id('ALICE-1')}/transfers")
     ).status_code == 201
+
+
+async def _strip_alice(api: Api, how: str) -> None:
+    """Alice loses her standing, as after an account takeover is found out: her account is
+    disabled, or her membership of the consumer tenant ends (she still owns ALICE-1)."""
+    alice = api.world.users["alice"].id
+    async with api.platform.services() as (uow, ctx):
+        now = ctx.clock.now()
+        if how == "disabled":
+            await ctx.session.execute(update(User).where(User.id == alice).values(disabled_at=now))
+        else:
+            await ctx.session.execute(
+                update(Membership).where(Membership.user_id == alice).values(valid_until=now)
+            )
+        await uow.commit()
+
+
+@pytest.mark.parametrize("how", ["disabled", "membership-ended"])
+async def test_handovers_die_with_the_owners_standing(api: Api, how: str) -> None:
+    # Account takeover: the attacker (with alice's password and MFA) offers the car to an
+    # accomplice; the account is disabled (or alice leaves) before the accomplice accepts.
+    # The sale and the invitation were made on alice's authority: they die with it.
+    alice_1 = api.vehicle_id("ALICE-1")
+    vin = api.world.vehicles["ALICE-1"].vin
+    invitation = await _invite(api)
+    transfer = await _start(api)
+    await _strip_alice(api, how)
+    # The invitation first (a sale would void it anyway).
+    invited = await api.post("mallory", M, "/invitations/accept", {"code": invitation["code"]})
+    body = {"code": transfer["code"], "vin": vin}
+    bought = await api.post("mallory", M, "/transfers/accept", body)
+    assert (invited.status_code, bought.status_code) == (404, 404)
+    # Read back: alice still owns the car, mallory reaches nothing and drives nothing.
+    mallory = api.world.users["mallory"].id
+    assert await _count(api, DriverDelegation, DriverDelegation.driver_user_id == mallory) == 0
+    async with api.platform.services() as (_uow, ctx):
+        owner = await ctx.session.scalar(
+            select(Ownership.owner_user_id).where(
+                Ownership.vehicle_id == alice_1, Ownership.valid_until.is_(None)
+            )
+        )
+    assert owner == api.world.users["alice"].id
+    assert (await api.get("mallory", M, f"/vehicles/{alice_1}/status")).status_code == 404

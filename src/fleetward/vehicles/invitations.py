@@ -199,6 +199,8 @@ class InvitationService:
             vehicle is None
             or owner is None
             or vehicle.tenant_id != invitee.home_tenant_id  # the invitee could never drive it
+            # The owner's authority is gone (disabled, no longer a customer): so is the offer.
+            or not await OwnershipService(self._ctx).in_good_standing(vehicle, owner)
             # Changed hands: the invitation is void. Asked with the open ownership locked
             # BEFORE the invitation's row is: a sale locks the ownership, then the car's
             # pending invitations, and the other order deadlocked with it (PostgreSQL).

@@ -13,7 +13,8 @@ from sqlalchemy import select, update
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.ids import new_id
-from fleetward.identity.models import User
+from fleetward.identity.directory import Directory
+from fleetward.identity.models import Role, Tenant, User
 from fleetward.services import ServiceContext
 from fleetward.vehicles.errors import AlreadyOwned, NotCurrentOwner, RelationshipRefused
 from fleetward.vehicles.models import DriverDelegation, Ownership, PartnerConsent, Vehicle
@@ -98,6 +99,19 @@ class OwnershipService:
         ownership = self._begin(vehicle, buyer, actor, EventName.OWNERSHIP_TRANSFERRED)
         await session.flush()
         return ownership
+
+    async def in_good_standing(self, vehicle: Vehicle, owner: User) -> bool:
+        """Whether ``owner`` could still act on ``vehicle`` as its owner now: not disabled,
+        and a customer of the vehicle's (enabled) tenant now. A handover the owner started (a
+        sale, a driver invitation) is accepted on the owner's authority: once that authority
+        is gone (the account disabled after a takeover, the membership ended), it is void,
+        as the owner's own requests are refused (``principal-disabled``)."""
+        if owner.disabled_at is not None:
+            return False
+        tenant = await self._ctx.session.get(Tenant, vehicle.tenant_id)
+        if tenant is None or tenant.disabled_at is not None:
+            return False
+        return Role.CUSTOMER in await Directory(self._ctx).active_roles(owner, tenant)
 
     async def held_by(self, vehicle: Vehicle, owner: User) -> bool:
         """Whether ``owner`` holds the vehicle's open ownership, the row locked until this

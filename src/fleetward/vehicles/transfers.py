@@ -155,6 +155,8 @@ class TransferService:
             raise invalid_code()
         if vehicle.tenant_id != buyer.home_tenant_id:
             raise invalid_code()  # the buyer could never act on this vehicle's tenant
+        if not await OwnershipService(self._ctx).in_good_standing(vehicle, seller):
+            raise invalid_code()  # the seller's authority is gone: so is the sale
         if not same_vin(vin, vehicle.vin):
             raise VinMismatch(transfer.id)
         ownership = await OwnershipService(self._ctx).current(vehicle)
