@@ -4,11 +4,9 @@ the row in the store with its provenance; a tampered frame is refused and stored
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
-import uvicorn
 from sqlalchemy import func, select
 
 from fleetward.app import build_app
@@ -20,6 +18,7 @@ from fleetward.telemetry.envelope import open_reply, seal
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import TelemetryMessage
 from support.factories import FACTORY
+from support.serve import served
 from unit.devices.kit import build_device_world
 
 
@@ -31,15 +30,7 @@ async def test_vehicle_frame_is_acked_after_it_is_stored(
         grant = await Provisioning(ctx).create_enrolment(world.car, actor=FACTORY)
         await uow.commit()
     app = build_app(platform.settings, platform=platform)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the server stopped during start-up"
-        await asyncio.sleep(0.02)
-    base = f"http://127.0.0.1:{free_port}"
-    try:
+    async with served(app, free_port) as base:
         async with httpx.AsyncClient(base_url=base) as http:
             credentials = await enrol(
                 http,
@@ -68,9 +59,6 @@ async def test_vehicle_frame_is_acked_after_it_is_stored(
         tampered[30] ^= 0x01  # one bit of the payload
         refused = open_reply(device.session_key, await device.request(bytes(tampered)))
         await device.close()
-    finally:
-        server.should_exit = True
-        await task
 
     assert (reply.status, reply.sequence) == (Status.ACCEPTED, 1)
     assert refused.status is Status.BAD_MAC

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 
 from conftest import T0, require_service
@@ -30,6 +29,7 @@ from fleetward.platform import Platform
 from fleetward.settings import Settings
 from fleetward.store.engine import create_engine
 from support.commands import CommandWorld, RunningClock, command_world, reported
+from support.serve import served
 
 REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -81,20 +81,11 @@ async def replica_a(
     url = platform.engine.url.render_as_string(hide_password=False)
     other = Platform.build(platform.settings, clock=clock, engine=create_engine(url))
     app = build_app(platform.settings, platform=other)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "replica A stopped during start-up"
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await serving
+    async with (
+        served(app) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        yield http
 
 
 async def test_a_command_made_on_one_replica_reaches_a_car_connected_to_another(

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 from sqlalchemy import select
 
@@ -44,6 +43,7 @@ from fleetward.settings import Settings
 from fleetward.store.engine import create_engine
 from support.factories import FACTORY
 from support.gateway import CONFIG, FAST, SOFTWARE, RecordingHandler, Server, serving
+from support.serve import served
 
 REDIS_URL = os.environ.get("FLEETWARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -94,20 +94,11 @@ async def replicas(platform: Platform, free_port: int, prefix: str) -> AsyncIter
         b = install(app, other, handler=handler, observer=handler, config=FAST)
         a.gateway.directory = _directory(prefix)
         b.directory = _directory(prefix)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-        )
-        serving_b = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not serving_b.done(), "replica B stopped during start-up"
-            await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
         try:
-            yield Replicas(a, b, f"http://127.0.0.1:{port}")
-        finally:
-            server.should_exit = True
-            await serving_b
+            async with served(app) as b_base:
+                yield Replicas(a, b, b_base)
             await b.registry.idle()
+        finally:
             await a.gateway.directory.close()
 
 

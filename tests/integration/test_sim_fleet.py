@@ -51,6 +51,7 @@ from fleetward.telemetry.quotas import DEFAULT_DEVICE_RATE, InProcessQuotas
 from fleetward.vehicles.models import Vehicle
 from fleetward.vehicles.registry import VehicleRegistry
 from support.factories import FACTORY
+from support.serve import served
 
 FLEET = 20
 MESSAGES = 9  # per vehicle (ticks); faults on ticks 3, 6 and 9
@@ -107,20 +108,10 @@ def held_quotas(monkeypatch: pytest.MonkeyPatch) -> None:
 async def serving(platform: Platform, port: int) -> AsyncIterator[str]:
     """The platform's app on loopback; yields the server's name (its base URL setting)."""
     app = build_app(platform.settings, platform=platform)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the server stopped during start-up"
-        await asyncio.sleep(0.02)
-    try:
+    async with served(app, port):
         gateway = gateway_of(app)
         assert gateway is not None
         yield gateway.server_id
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def run_fleet(platform: Platform, port: int, devices_file: Path) -> FleetReport:

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -38,6 +37,7 @@ from fleetward.sim.provision import provision_fleet
 from fleetward.sim.transport import Endpoint, WebSocketTransport
 from fleetward.sim.vehicle import SimVehicle
 from fleetward.vehicles.models import Vehicle
+from support.serve import served
 from unit.authz.kit import HOME
 
 # Reports often, and moves almost no simulated time per report: a parked car stays parked.
@@ -209,54 +209,47 @@ async def command_world(
         await seed_demo_clients(ctx, platform.settings.data_dir)
         await uow.commit()
     app = build_app(platform.settings, platform=platform)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "the server stopped during start-up"
-        await asyncio.sleep(0.02)
-    base = f"http://127.0.0.1:{port}"
     world: CommandWorld | None = None
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            async with platform.unit_of_work() as uow:
-                users = {u.username: u for u in await uow.session.scalars(select(User))}
-                tenants = {t.slug: t for t in await uow.session.scalars(select(Tenant))}
-                vehicles = {v.label: v for v in await uow.session.scalars(select(Vehicle))}
-            order = [label for label, *_rest in VEHICLES]
-            by_label = {}
-            if cars:
-                fleet = await provision_fleet(
-                    platform,
-                    http,
-                    max(order.index(label) for label in cars) + 1,
-                    path=platform.settings.data_dir / "sim-devices.json",
+    async with served(app, port) as base:
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                async with platform.unit_of_work() as uow:
+                    users = {u.username: u for u in await uow.session.scalars(select(User))}
+                    tenants = {t.slug: t for t in await uow.session.scalars(select(Tenant))}
+                    vehicles = {v.label: v for v in await uow.session.scalars(select(Vehicle))}
+                order = [label for label, *_rest in VEHICLES]
+                by_label = {}
+                if cars:
+                    fleet = await provision_fleet(
+                        platform,
+                        http,
+                        max(order.index(label) for label in cars) + 1,
+                        path=platform.settings.data_dir / "sim-devices.json",
+                    )
+                    by_label = {d.label: d for d in fleet.devices}
+                gateway = gateway_of(app)
+                assert gateway is not None
+                transport = WebSocketTransport(Endpoint(base, gateway.server_id))
+                simulated: dict[str, SimCar] = {}
+                for label in cars:
+                    device = by_label[label]
+                    vehicle = SimVehicle(seed=len(simulated) + 1)
+                    vehicle.sleep()  # parked and locked ...
+                    vehicle.wake()  # ... and awake: it reports, and stays parked (DRIVE)
+                    driver = VehicleDriver(
+                        vehicle, device.credentials, transport, DRIVE, clock=platform.clock.now
+                    )
+                    simulated[label] = SimCar(label, driver)
+                world = CommandWorld(
+                    platform, app, http, clock, users, tenants, vehicles, simulated
                 )
-                by_label = {d.label: d for d in fleet.devices}
-            gateway = gateway_of(app)
-            assert gateway is not None
-            transport = WebSocketTransport(Endpoint(base, gateway.server_id))
-            simulated: dict[str, SimCar] = {}
-            for label in cars:
-                device = by_label[label]
-                vehicle = SimVehicle(seed=len(simulated) + 1)
-                vehicle.sleep()  # parked and locked ...
-                vehicle.wake()  # ... and awake: it reports, and stays parked (DRIVE)
-                driver = VehicleDriver(
-                    vehicle, device.credentials, transport, DRIVE, clock=platform.clock.now
-                )
-                simulated[label] = SimCar(label, driver)
-            world = CommandWorld(platform, app, http, clock, users, tenants, vehicles, simulated)
-            for car in simulated.values():
-                car.online()
-            yield world
-    finally:
-        if world is not None:
-            for car in world.cars.values():
-                await car.offline()
-        server.should_exit = True
-        await serving
+                for car in simulated.values():
+                    car.online()
+                yield world
+        finally:
+            if world is not None:
+                for car in world.cars.values():
+                    await car.offline()
 
 
 async def reported(world: CommandWorld, label: str) -> None:

@@ -3,14 +3,12 @@ stand-in pipeline that records what it is given: the harness of the gateway suit
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import httpx
-import uvicorn
 from sqlalchemy import select
 
 from fleetward.app import build_app
@@ -32,6 +30,7 @@ from fleetward.gateway.session import DeviceSession
 from fleetward.gateway.websocket import Gateway, GatewayConfig, install
 from fleetward.platform import Platform
 from support.factories import FACTORY
+from support.serve import served
 from unit.devices.kit import DeviceWorld, build_device_world
 
 SOFTWARE = "tcu-4.2.0"
@@ -142,22 +141,14 @@ async def serving(platform: Platform, port: int, config: GatewayConfig) -> Async
     app = build_app(platform.settings, platform=platform)
     handler = RecordingHandler()
     gateway = install(app, platform, handler=handler, observer=handler, config=config)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the server stopped during start-up"
-        await asyncio.sleep(0.02)
-    running = Server(platform, clock, gateway, handler, f"http://127.0.0.1:{port}", world)
-    try:
-        yield running
-    finally:
-        for connection in running.sessions:
-            await connection.close()
-        server.should_exit = True
-        await task
-        await gateway.registry.idle()
+    async with served(app, port) as base:
+        running = Server(platform, clock, gateway, handler, base, world)
+        try:
+            yield running
+        finally:
+            for connection in running.sessions:
+                await connection.close()
+    await gateway.registry.idle()
 
 
 FAST = GatewayConfig(

@@ -162,68 +162,58 @@ async def test_a_vehicle_removed_twice_at_once_is_removed_once(
     assert removed is False  # the route answers 404, as to a link already closed
 
 
-async def test_a_dealer_case_closed_twice_at_once_is_closed_once(
-    platform: Platform, ctx: ServiceContext, clock: FrozenClock
-) -> None:
+async def _open_case(ctx: ServiceContext, kind: str) -> DealerCase | SupportCase:
     world = WorldFactory(ctx)
-    dealer = await world.tenant(TenantKind.DEALER)
-    owner = await world.user(await world.tenant(TenantKind.CONSUMER))
-    car = await world.owned_vehicle(owner)
-    case = await CaseService(ctx).open_dealer_case(dealer, car, "brakes", actor=FACTORY)
-    await ctx.session.commit()
-    closed_at = clock.now()
-    async with platform.services() as (late_uow, late):
-        # Two technicians on the case close it at once (POST /cases/{cid}/close): the late
-        # one has read it open...
-        stale = await late.session.get(DealerCase, case.id)
-        assert stale is not None and stale.status is CaseStatus.OPEN
-        async with platform.services() as (uow, early):
-            row = await early.session.get(DealerCase, case.id)
-            assert row is not None
-            await CaseService(early).close_dealer_case(row, actor=FACTORY)
-            await uow.commit()
-        clock.advance(timedelta(seconds=5))
-        refused: CaseNotOpen | None = None
-        try:
-            await CaseService(late).close_dealer_case(stale, actor=FACTORY)
-        except CaseNotOpen as error:
-            refused = error
-        await late_uow.commit()
-    async with platform.services() as (_uow, check):
-        row = await check.session.get(DealerCase, case.id)
-        assert row is not None and row.closed_at == closed_at  # the first close stands
-        assert await _records(check, EventName.DEALER_CASE_CLOSED, case.id) == 1
-    assert refused is not None  # the route answers 404, as to a case closed before
-
-
-async def test_a_support_case_closed_twice_at_once_is_closed_once(
-    platform: Platform, ctx: ServiceContext, clock: FrozenClock
-) -> None:
-    world = WorldFactory(ctx)
-    staff = await world.tenant(TenantKind.OPERATOR)
-    agent = await world.user(staff, Role.SUPPORT_AGENT)
     customer = await world.user(await world.tenant(TenantKind.CONSUMER))
-    case = await CaseService(ctx).open_support_case(agent, customer, "login", actor=FACTORY)
+    cases = CaseService(ctx)
+    if kind == "dealer":
+        car = await world.owned_vehicle(customer)
+        dealer = await world.tenant(TenantKind.DEALER)
+        return await cases.open_dealer_case(dealer, car, "brakes", actor=FACTORY)
+    agent = await world.user(await world.tenant(TenantKind.OPERATOR), Role.SUPPORT_AGENT)
+    return await cases.open_support_case(agent, customer, "login", actor=FACTORY)
+
+
+async def _read(
+    ctx: ServiceContext, case: DealerCase | SupportCase
+) -> DealerCase | SupportCase | None:
+    if isinstance(case, DealerCase):
+        return await ctx.session.get(DealerCase, case.id)
+    return await ctx.session.get(SupportCase, case.id)
+
+
+async def _close_case(ctx: ServiceContext, case: DealerCase | SupportCase) -> None:
+    if isinstance(case, DealerCase):
+        await CaseService(ctx).close_dealer_case(case, actor=FACTORY)
+    else:
+        await CaseService(ctx).close_support_case(case, actor=FACTORY)
+
+
+@pytest.mark.parametrize(
+    ("kind", "closed_event"),
+    [("dealer", EventName.DEALER_CASE_CLOSED), ("support", EventName.SUPPORT_CASE_CLOSED)],
+)
+async def test_a_case_closed_twice_at_once_is_closed_once(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock, kind: str, closed_event: EventName
+) -> None:
+    case = await _open_case(ctx, kind)
     await ctx.session.commit()
     closed_at = clock.now()
     async with platform.services() as (late_uow, late):
-        # The agent's double click (POST /cases/{cid}/close twice): the late one read it open.
-        stale = await late.session.get(SupportCase, case.id)
+        # Two closes at once (two technicians on a dealer case; an agent's double click on
+        # POST /cases/{cid}/close): the late one has read the case open...
+        stale = await _read(late, case)
         assert stale is not None and stale.status is CaseStatus.OPEN
         async with platform.services() as (uow, early):
-            row = await early.session.get(SupportCase, case.id)
+            row = await _read(early, case)
             assert row is not None
-            await CaseService(early).close_support_case(row, actor=FACTORY)
+            await _close_case(early, row)
             await uow.commit()
         clock.advance(timedelta(seconds=5))
-        refused: CaseNotOpen | None = None
-        try:
-            await CaseService(late).close_support_case(stale, actor=FACTORY)
-        except CaseNotOpen as error:
-            refused = error
+        with pytest.raises(CaseNotOpen):  # the route answers 404, as to a case closed before
+            await _close_case(late, stale)
         await late_uow.commit()
     async with platform.services() as (_uow, check):
-        row = await check.session.get(SupportCase, case.id)
+        row = await _read(check, case)
         assert row is not None and row.closed_at == closed_at  # the first close stands
-        assert await _records(check, EventName.SUPPORT_CASE_CLOSED, case.id) == 1
-    assert refused is not None  # the route answers 404, as to a case closed before
+        assert await _records(check, closed_event, case.id) == 1
