@@ -254,8 +254,8 @@ KEY_RELOAD_INTERVAL_SECONDS = 15.0
 
 async def _seal_audit_log(platform: Platform) -> None:
     """Extend the audit log's hash chain with what was committed (audit/chain.py): records
-    older than the sealer's lag, in order. Replicas may all run it: a second sealer's batch
-    collides on the chain position and rolls back."""
+    older than the sealer's lag, in order. Replicas may all run it: their batches take turns
+    (the sealers' lock, audit/chain.py)."""
     interval = platform.settings.audit_seal_interval_seconds
     while True:
         await asyncio.sleep(interval)

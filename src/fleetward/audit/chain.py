@@ -5,7 +5,12 @@ on PostgreSQL sequence values commit out of order. A chain computed at insert ti
 (two writers both extending the same head) or serialize every audited request. So records are
 written unchained and a sealer chains *committed* records afterwards, in ``seq`` order, once
 they are older than a safety lag, writing one :class:`AuditSeal` per record. One sealer runs at
-a time; a second one collides on the unique (partition, position) and its batch rolls back.
+a time: every batch first takes the sealers' lock (a transaction-scoped advisory lock on
+PostgreSQL; on SQLite the caller begins the batch holding the write lock, ``BEGIN IMMEDIATE``),
+so a second sealer (another replica, a cron ``fleetward audit seal``) waits for the first's
+commit and then reads the chain as it left it, instead of reading the same head, colliding on
+the unique (partition, position) and seeing a record the first sealed meanwhile as not late.
+The unique index stays as the last guard.
 
 Why a partition per UTC day (of ``occurred_at``): a day verifies, exports and is archived on
 its own, so retention can drop old days without breaking the chain of the rest, and a damaged
@@ -45,7 +50,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import Row, and_, func, insert, or_, select
+from sqlalchemy import Row, and_, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.audit.models import AuditRecord, AuditSeal, source_key_of
@@ -54,6 +59,14 @@ CHAIN_KEY_PURPOSE: Final = "fleetward/audit-chain/v1"
 # How far below the sealed horizon the sealer looks for records that committed late.
 LATE_WINDOW: Final = 10_000
 _PAGE: Final = 5_000
+# The sealers' PostgreSQL advisory lock (one 64-bit key for the whole store; the text is the
+# first 8 bytes of SHA-256("fleetward/audit-sealer"), so it names itself).
+SEALER_LOCK_KEY: Final = int.from_bytes(
+    hashlib.sha256(b"fleetward/audit-sealer").digest()[:8], "big", signed=True
+)
+_TAKE_SEALER_LOCK: Final = text("SELECT pg_advisory_xact_lock(:key)").bindparams(
+    key=SEALER_LOCK_KEY
+)
 
 # Every column of a record, in a fixed order: adding a column to the model without adding it
 # here would leave it unprotected, so a test compares this with the table.
@@ -166,7 +179,13 @@ async def seal(
     """Chain up to ``limit`` committed records older than ``lag``, in seq order, in the
     caller's transaction (commit it to publish the seals). Records up to ``late_window``
     below the sealed horizon are looked for too (each look reads that many records: a pass of
-    several batches looks once)."""
+    several batches looks once).
+
+    Sealers take turns: on PostgreSQL this takes the sealers' advisory lock for the caller's
+    transaction before reading anything; on SQLite the caller's transaction must hold the
+    write lock from its start (``UnitOfWork(write_lock=True)``, as :func:`seal_pending`
+    does), else a concurrent sealer may read the same head and one of the two fails."""
+    await lock_sealers(session)
     horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
     newest_day: str = await session.scalar(select(func.max(AuditSeal.partition))) or ""
     cutoff = now - lag
@@ -211,6 +230,14 @@ async def seal(
         # One multi-row INSERT of plain rows: an ORM object per seal cost half the sealing.
         await session.execute(insert(AuditSeal), seals)
     return SealResult(sealed, late)
+
+
+async def lock_sealers(session: AsyncSession) -> None:
+    """Wait for any other sealer's batch to end (PostgreSQL; released at the transaction's
+    end). SQLite serializes through the write lock the caller's transaction holds."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_TAKE_SEALER_LOCK)
 
 
 async def _head(session: AsyncSession, key: ChainKey, partition: str) -> tuple[int, str]:

@@ -57,7 +57,9 @@ async def seal_pending(
     total = late = 0
     look_below = True
     while True:
-        async with platform.unit_of_work() as uow:
+        # write_lock: on SQLite the batch reads the chain's head holding the write lock, so
+        # two sealers (replicas, a cron job) take turns (PostgreSQL: seal() takes a lock).
+        async with platform.unit_of_work(write_lock=True) as uow:
             result = await seal(
                 uow.session,
                 key,

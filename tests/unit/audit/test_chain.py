@@ -3,10 +3,13 @@ one; an untouched log verifies. Runs on SQLite and PostgreSQL (the ``platform`` 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, event, inspect, select, update
 
+from fleetward.audit import chain
 from fleetward.audit.chain import (
     DERIVED_COLUMNS,
     HASHED_COLUMNS,
@@ -20,6 +23,8 @@ from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending, verify_lo
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.clock import FrozenClock
 from fleetward.platform import Platform
+from fleetward.store import sqlite_driver
+from support.locks import settled
 
 ACTOR = Actor.system("chain-test")
 
@@ -134,6 +139,56 @@ async def test_records_that_commit_late_are_sealed_late_by_a_pass_of_small_batch
     report = await verify_log(platform)
     assert report.ok, report.problems
     assert 15 in report.late and len(report.late) == below and report.checked == 5
+
+
+async def test_two_sealers_at_once_take_turns(
+    platform: Platform, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two replicas seal the same store at once. The first has read the chain's head and the
+    # records to seal when the second starts: the second must wait for it (and then find
+    # nothing left), not read the same head, seal the same positions and make the first
+    # fail with an IntegrityError.
+    await _record(platform, 6)
+    first_read, first_goes_on = asyncio.Event(), asyncio.Event()
+    second_waits = asyncio.Event()
+    head, enter_gate = chain._head, sqlite_driver._enter
+    heads_read = 0
+
+    async def head_then_pause(*args: object, **kwargs: object) -> tuple[int, str]:
+        nonlocal heads_read
+        heads_read += 1
+        if heads_read == 1:  # the first sealer, after it read its records
+            first_read.set()
+            await first_goes_on.wait()
+        return await head(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def noticed_enter(gate: asyncio.Lock) -> None:
+        if gate.locked():  # SQLite: a writer waits for this process's write lock
+            second_waits.set()
+        await enter_gate(gate)
+
+    monkeypatch.setattr(chain, "_head", head_then_pause)
+    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    first = asyncio.create_task(seal_pending(platform, lag=timedelta(0)))
+    await first_read.wait()
+    second = asyncio.create_task(seal_pending(platform, lag=timedelta(0)))
+    # Until the second sealer is done, or waits for a lock the first holds.
+    if backend == "postgresql":
+        await settled(platform, second)
+    else:
+        waiting = asyncio.create_task(second_waits.wait())
+        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+    first_goes_on.set()
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert sorted((r.sealed, r.late) for r in results if not isinstance(r, BaseException)) == [
+        (0, 0),
+        (6, 0),
+    ]
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert (report.checked, report.pending, report.late) == (6, 0, [])
 
 
 async def test_records_younger_than_the_lag_wait(platform: Platform) -> None:
