@@ -5,6 +5,13 @@ filled an earlier gap), let the rules observe them, apply their findings to aler
 cursor. Alerts and cursor commit together, so a crash or restart replays nothing that was
 applied and skips nothing that was not.
 
+Replicas take turns: the step's transaction locks the cursor row on PostgreSQL (``SELECT ...
+FOR UPDATE``) and begins holding the store's write lock on SQLite (``BEGIN IMMEDIATE``: SQLite
+has no row locks, and without it two processes on one store file both read the cursor, both
+evaluated the batch and the second to write found the cursor moved, voiding its batch and
+replaying its rules). The rules are warmed up to the cursor before that, outside the lock: a
+replay reads up to ``warmup_events`` and must not hold every writer of the store.
+
 Rules keep their windows in memory. Whenever the evaluator's memory may differ from the
 cursor (at start, after a failed step), the rules are rebuilt and warmed by replaying the
 events before the cursor, their findings discarded: windows then hold what they would have
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +47,12 @@ _WARM_PAGE = 1_000
 RuleFactory = Callable[[], Sequence[Rule]]
 
 
+class Units(Protocol):
+    """A unit of work, optionally holding the store's write lock (``Platform.unit_of_work``)."""
+
+    def __call__(self, *, write_lock: bool = False) -> UnitOfWork: ...
+
+
 def evaluate(rules: Sequence[Rule], events: Sequence[Observed]) -> list[Finding]:
     """What ``rules`` find in ``events`` (in order). Pure: the rules' memory is the only state."""
     found: list[Finding] = []
@@ -55,7 +69,7 @@ class Evaluator:
 
     def __init__(
         self,
-        units: Callable[[], UnitOfWork],
+        units: Units,
         clock: Clock,
         audit: AuditRecorder,
         rules: RuleFactory,
@@ -81,7 +95,8 @@ class Evaluator:
     async def step(self) -> int:
         """Evaluate one batch; the number of events evaluated (0: nothing new)."""
         try:
-            async with self._units() as uow:
+            await self._catch_up()
+            async with self._units(write_lock=True) as uow:
                 evaluated = await self._step(uow.session)
                 await uow.commit()
                 return evaluated
@@ -95,6 +110,14 @@ class Evaluator:
         while (evaluated := await self.step()) > 0:
             total += evaluated
         return total
+
+    async def _catch_up(self) -> None:
+        """Rules warmed up to the cursor as it stands, before the step takes its lock (which
+        then has at most what another replica did meanwhile to catch up on)."""
+        async with self._units() as uow:
+            position = await cursor.read(uow.session, lock=False)
+            if position is not None and self._warm_at != position.seq:
+                await self._warm(uow.session, position, self._warm_at)
 
     async def _step(self, session: AsyncSession) -> int:
         now = self._clock.now()

@@ -4,8 +4,11 @@ repeats an event; a seq that commits late is still evaluated, once."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from fleetward.audit.alerts import Alert, AlertStatus
@@ -14,10 +17,15 @@ from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.clock import FrozenClock
 from fleetward.detection import cursor
+from fleetward.detection import evaluator as evaluator_module
 from fleetward.detection.config import EvaluatorConfig, RulesConfig
 from fleetward.detection.evaluator import Evaluator
+from fleetward.detection.finding import Finding, Rule
+from fleetward.detection.observed import Observed
 from fleetward.detection.rules import build_rules
 from fleetward.platform import Platform
+from fleetward.store import sqlite_driver
+from support.locks import settled
 
 MALLORY = Actor.user("usr_mallory", "ten_consumer")
 
@@ -165,3 +173,61 @@ async def test_replicas_taking_turns_see_the_whole_walk(platform: Platform) -> N
     (counted,) = await alerts(platform)
     assert counted.count == 2 and counted.evidence[-1] == sixth
     assert await raised_events(platform) == 1
+
+
+async def test_replicas_stepping_at_once_take_turns(
+    platform: Platform, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two replicas (on SQLite: two processes on one store file) step at the same moment. The
+    # first has read the cursor and the new events when the second starts: the second must
+    # wait for the first's commit and then go on from where it left the cursor (the one event
+    # it added: its alert's audit:alert:raised), not evaluate the same batch and void the
+    # first's with CursorMoved (logged as a failed round, the rules then replayed).
+    one, two = evaluator(platform), evaluator(platform)
+    await one.run_until_idle()
+    events = await deny(platform, *(f"veh_{i}" for i in range(5)))
+    one_evaluated, one_goes_on, two_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    evaluate, enter_gate = evaluator_module.evaluate, sqlite_driver._enter
+
+    def evaluate_then_note(rules: Sequence[Rule], batch: Sequence[Observed]) -> list[Finding]:
+        found = evaluate(rules, batch)
+        if batch and rules is one.rules:
+            one_evaluated.set()
+        return found
+
+    async def noticed_enter(gate: asyncio.Lock) -> None:
+        if gate.locked():  # SQLite: a writer waits for this process's write lock
+            two_waits.set()
+        await enter_gate(gate)
+
+    apply = evaluator_module.raising.apply
+    paused_once = False
+
+    async def apply_held_for_one(*args: object, **kwargs: object) -> list[Alert]:
+        # The first replica's step is held after it evaluated, before it writes anything.
+        nonlocal paused_once
+        if one_evaluated.is_set() and not paused_once:
+            paused_once = True
+            await one_goes_on.wait()
+        return await apply(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluator_module, "evaluate", evaluate_then_note)
+    monkeypatch.setattr(evaluator_module.raising, "apply", apply_held_for_one)
+    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    first = asyncio.create_task(one.step())
+    await one_evaluated.wait()
+    second = asyncio.create_task(two.step())
+    if backend == "postgresql":
+        await settled(platform, second)
+    else:
+        waiting = asyncio.create_task(two_waits.wait())
+        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+    one_goes_on.set()
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert results == [5, 1]
+    (alert,) = await alerts(platform)
+    assert alert.evidence == events and alert.count == 1
+    assert await raised_events(platform) == 1
+    # Both go on from the same cursor: nothing is evaluated again, nothing is left.
+    assert await one.run_until_idle() == 0 and await two.run_until_idle() == 0
