@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import JSON, BigInteger, Integer, String, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,10 +58,19 @@ async def read(session: AsyncSession, *, lock: bool) -> Position | None:
     return Position(row.seq, pending)
 
 
-async def create(session: AsyncSession, seq: int, now: datetime) -> Position:
-    session.add(DetectionCursor(stream=AUDIT_STREAM, seq=seq, pending={}, updated_at=now))
-    await session.flush()
-    return Position(seq, {})
+async def create(session: AsyncSession, seq: int, now: datetime) -> Position | None:
+    """Place the cursor at ``seq``; None if another evaluator placed it first (replicas
+    starting at once both find no row to lock: the second waits for the first's insert and
+    changes nothing, instead of failing on the key)."""
+    connection = await session.connection()
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(DetectionCursor)
+        .values(stream=AUDIT_STREAM, seq=seq, pending={}, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["stream"])
+    )
+    result = await connection.execute(statement)
+    return Position(seq, {}) if getattr(result, "rowcount", 0) == 1 else None
 
 
 async def move(session: AsyncSession, old: Position, new: Position, now: datetime) -> None:

@@ -124,8 +124,9 @@ class Evaluator:
         position = await cursor.read(session, lock=True)
         if position is None:
             newest = await session.scalar(select(func.max(AuditRecord.seq)))
-            position = await cursor.create(session, newest or 0, now)
-            self._rules, self._warm_at = self._make_rules(), position.seq
+            created = await cursor.create(session, newest or 0, now)
+            if created is not None:  # else another replica placed it: the next step reads it
+                self._rules, self._warm_at = self._make_rules(), created.seq
             return 0
         if self._warm_at != position.seq:
             await self._warm(session, position, self._warm_at)

@@ -231,3 +231,48 @@ async def test_replicas_stepping_at_once_take_turns(
     assert await raised_events(platform) == 1
     # Both go on from the same cursor: nothing is evaluated again, nothing is left.
     assert await one.run_until_idle() == 0 and await two.run_until_idle() == 0
+
+
+async def test_replicas_starting_at_once_place_one_cursor(
+    platform: Platform, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two replicas start on a store detection never ran on. The first has found no cursor
+    # and is about to place it when the second looks: the second must not fail on the
+    # cursor's key (an IntegrityError, logged as a failed round) but find the first's cursor
+    # (or wait for it) and go on from it.
+    one, two = evaluator(platform), evaluator(platform)
+    one_found_none, one_goes_on, two_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    read, enter_gate = cursor.read, sqlite_driver._enter
+
+    async def read_then_pause(*args: object, **kwargs: object) -> cursor.Position | None:
+        position = await read(*args, **kwargs)  # type: ignore[arg-type]
+        if position is None and kwargs.get("lock") and not one_found_none.is_set():
+            one_found_none.set()  # the first replica, in its step, before it writes
+            await one_goes_on.wait()
+        return position
+
+    async def noticed_enter(gate: asyncio.Lock) -> None:
+        if gate.locked():  # SQLite: a writer waits for this process's write lock
+            two_waits.set()
+        await enter_gate(gate)
+
+    monkeypatch.setattr(cursor, "read", read_then_pause)
+    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    first = asyncio.create_task(one.step())
+    await one_found_none.wait()
+    second = asyncio.create_task(two.step())
+    if backend == "postgresql":
+        await settled(platform, second)
+    else:
+        waiting = asyncio.create_task(two_waits.wait())
+        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+    one_goes_on.set()
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert results == [0, 0]
+    # Both follow the one cursor: what comes next is evaluated once, by one of them.
+    events = await deny(platform, *(f"veh_{i}" for i in range(5)))
+    assert await one.run_until_idle() == 5 + 1  # and its alert's audit:alert:raised
+    assert await two.run_until_idle() == 0
+    (alert,) = await alerts(platform)
+    assert alert.evidence == events and alert.count == 1
