@@ -18,7 +18,7 @@ import typer
 from fleetward.audit.alerts import Alert, AlertStatus
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
-from fleetward.cli.runtime import load_or_exit
+from fleetward.cli.runtime import load_or_exit, utc_instant
 from fleetward.core.errors import FleetwardError
 from fleetward.detection.service import AlertFilter, AlertService
 from fleetward.platform import Platform
@@ -105,8 +105,9 @@ def list_command(
     json_: Json = False,
 ) -> None:
     """Alerts (by id), filtered by status, rule and recency."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    if since is not None:
+        aware = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+        since = utc_instant(aware, "--since")
     where = AlertFilter(status=status, rule=rule, since=since)
 
     async def work(_u: UnitOfWork, ctx: ServiceContext) -> list[Alert]:

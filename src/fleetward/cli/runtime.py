@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from fleetward.app import build_app
 from fleetward.cli.listener import listening_sockets
+from fleetward.core.clock import in_utc
 from fleetward.demo.clients import seed_demo_clients
 from fleetward.demo.credentials import write_credentials
 from fleetward.demo.world import reset_passwords, seed_demo_world
@@ -35,7 +36,17 @@ def parse_instant(value: str | None, name: str) -> datetime | None:
         raise typer.BadParameter(
             "the time needs an offset, e.g. 2026-12-01T00:00Z", param_hint=name
         )
-    return parsed
+    return utc_instant(parsed, name)
+
+
+def utc_instant(moment: datetime, name: str) -> datetime:
+    """``moment`` (aware) in UTC, or a usage error when UTC cannot hold it (an offset at
+    either end of the calendar: 0001-01-01T00:00+05:00), as the admin API refuses it; the
+    store would fail on it with a traceback."""
+    try:
+        return in_utc(moment)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
 def load_or_exit() -> Settings:

@@ -208,3 +208,18 @@ def test_blast_radius_pages_its_vehicles(env: Path, monkeypatch: pytest.MonkeyPa
             "investigate", "blast-radius", "user", "usr_cli", "--vehicles-cursor", bad
         )
         assert code == 2, bad
+
+
+@pytest.mark.parametrize("bound", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"])
+def test_a_time_utc_cannot_hold_is_a_usage_error(env: Path, bound: str) -> None:
+    # Aware, but before 0001-01-01 or after 9999-12-31 in UTC: refused as the option it is
+    # (exit 2), as the admin API refuses it (422), not a traceback from the store (exit 1).
+    for args in (
+        ("investigate", "blast-radius", "window", "--since", bound),
+        ("investigate", "blast-radius", "user", "usr_cli", "--until", bound),
+        ("audit", "export", "-o", str(env / "out.jsonl"), "--since", bound),
+    ):
+        code, _, err = _invoke(*args)
+        assert code == 2, (args, err)
+        assert "UTC" in err, err
+    assert not (env / "out.jsonl").exists()

@@ -111,3 +111,11 @@ def test_unknown_alert_exits_1(env: Settings, args: list[str]) -> None:
 
 def test_bad_status_is_a_usage_error(env: Settings) -> None:
     assert CliRunner().invoke(app, ["alerts", "list", "--status", "closed"]).exit_code == 2
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"])
+def test_a_time_utc_cannot_hold_is_a_usage_error(env: Settings, since: str) -> None:
+    # Refused as the option it is, as the admin API refuses it, not a traceback from the store.
+    result = CliRunner().invoke(app, ["alerts", "list", "--since", since])
+    assert result.exit_code == 2, result.output
+    assert "UTC" in result.output and "Traceback" not in result.output
