@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +49,10 @@ MAX_IPV6_NETWORK: Final = 48
 _V4_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# What a subject's id may be (the admin API's query parameter takes the same): every id the
+# audit columns hold fits, and no JWT (three base64url parts, well over 128 characters) does.
+MAX_SUBJECT_ID: Final = 128
+_SUBJECT_ID: Final = re.compile(rf"[A-Za-z0-9._:@/-]{{1,{MAX_SUBJECT_ID}}}")
 
 
 def _seq(text: str) -> int:
@@ -112,12 +117,21 @@ class BlastQuery:
     network: Network | None = field(default=None, init=False, compare=False)
 
     def __post_init__(self) -> None:
+        # The value is recorded as asked (audit:investigation:run): it must be what the
+        # subject names, an id, never a credential pasted in its place (docs/operations.md).
         if self.subject is Subject.WINDOW:
             if self.since is None and self.until is None:
                 raise ValueError("a window needs --since or --until")
+            if self.value is not None:
+                raise ValueError("a window takes no id: name a subject, or bound the window")
         elif not self.value:
             what = "an address or a network" if self.subject is Subject.SOURCE_IP else "an id"
             raise ValueError(f"a {self.subject.value} subject needs {what}")
+        elif self.subject is not Subject.SOURCE_IP and not _SUBJECT_ID.fullmatch(self.value):
+            raise ValueError(
+                f"a {self.subject.value} subject is an id of at most {MAX_SUBJECT_ID} letters, "
+                "digits and ._:@/- (a token's id is its jti: never the token itself)"
+            )
         elif self.subject is Subject.SOURCE_IP:
             network = source_network(self.value)
             # Asked and recorded in its canonical form (an address alone, without /32).

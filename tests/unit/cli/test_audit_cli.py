@@ -21,6 +21,7 @@ from fleetward.cli.main import app
 from fleetward.core.context import RequestContext, set_request
 from fleetward.platform import Platform
 from fleetward.settings import Settings
+from support.secrets_samples import ES256_JWT
 
 REQUEST_ID = "req-cli-0001"
 VEHICLES = ("veh_cli_a", "veh_cli_b")
@@ -223,3 +224,33 @@ def test_a_time_utc_cannot_hold_is_a_usage_error(env: Path, bound: str) -> None:
         assert code == 2, (args, err)
         assert "UTC" in err, err
     assert not (env / "out.jsonl").exists()
+
+
+def test_a_credential_given_as_the_subject_is_refused_and_never_recorded(env: Path) -> None:
+    # Threat: in an incident the responder holds the stolen token itself and pastes it as
+    # the token subject. The investigation is audited with "the value as asked": the live
+    # bearer token would be written into the tamper-evident log (kept, exported, read by
+    # every platform admin) and the query, on token ids, would find nothing. The CLI takes
+    # what the admin API takes: an id (a token's is its jti), at most 128 characters.
+    for args in (
+        ("token", ES256_JWT),
+        ("token-family", "fam_" + "a" * 200),
+        ("user", "usr cli"),
+        ("window", "usr_cli", "--since", "2026-01-01T00:00Z"),  # a window takes no id
+    ):
+        code, _, err = _invoke("investigate", "blast-radius", *args)
+        assert code == 2, (args, err)
+    assert "jti" in _invoke("investigate", "blast-radius", "token", ES256_JWT)[2]
+    assert asyncio.run(_count(Settings(), EventName.INVESTIGATION_RUN)) == 0
+    assert ES256_JWT not in json.dumps(asyncio.run(_all_details(Settings())))
+    code, _, _ = _invoke("investigate", "blast-radius", "token", "jti_1")
+    assert code == 0
+
+
+async def _all_details(settings: Settings) -> list[object]:
+    platform = Platform.build(settings)
+    try:
+        async with platform.unit_of_work() as uow:
+            return list(await uow.session.scalars(select(AuditRecord.details)))
+    finally:
+        await platform.close()
