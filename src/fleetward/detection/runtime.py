@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 
 from fleetward.catalog.entry import Lifecycle
 from fleetward.catalog.inventory import inventory
-from fleetward.detection import raising
+from fleetward.detection import cursor, raising
 from fleetward.detection.config import CONFIG_FILE, DetectionConfig, load
 from fleetward.detection.evaluator import Evaluator
 from fleetward.detection.rules import build_rules
@@ -102,7 +102,11 @@ class DetectionRuntime:
         findings = self._fleet.sample(rates, self._platform.clock.now())
         if not findings:
             return 0
-        async with self._platform.unit_of_work() as uow:
+        # Alerts are read, counted and written back: this takes its turn with the other
+        # replicas' samples and evaluator steps (the cursor's lock, as a step does), or two
+        # at once would both count from the same value and one sample would be lost.
+        async with self._platform.unit_of_work(write_lock=True) as uow:
+            await cursor.read(uow.session, lock=True)
             await raising.apply(
                 uow.session,
                 self._platform.audit,
