@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from fleetward.audit.alerts import Alert, AlertStatus
 from fleetward.audit.events import EventName
@@ -67,10 +67,22 @@ class AlertService:
         """Acknowledge an open alert; False (and nothing recorded) when it already was."""
         if alert.status is AlertStatus.ACKNOWLEDGED:
             return False
-        now = self._ctx.clock.now()
-        alert.status = AlertStatus.ACKNOWLEDGED
-        alert.acknowledged_by = f"{by.type.value}:{by.id}"[:64]
-        alert.acknowledged_at = now
+        # Only if still open as the store has it: two operators acknowledging at once both
+        # read it open, and the second must change nothing and record nothing.
+        session = self._ctx.session
+        result = await session.execute(
+            update(Alert)
+            .where(Alert.id == alert.id, Alert.status == AlertStatus.OPEN)
+            .values(
+                status=AlertStatus.ACKNOWLEDGED,
+                acknowledged_by=f"{by.type.value}:{by.id}"[:64],
+                acknowledged_at=self._ctx.clock.now(),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.refresh(alert)  # ours, or the one who acknowledged it first
+        if getattr(result, "rowcount", 0) != 1:
+            return False
         self._ctx.audit.record(
             self._ctx.session,
             EventName.ALERT_ACKNOWLEDGED,
@@ -78,5 +90,5 @@ class AlertService:
             target=Target("alert", alert.id, alert.tenant_id),
             details={"rule": alert.rule, "severity": alert.severity.value},
         )
-        await self._ctx.session.flush()
+        await session.flush()
         return True
