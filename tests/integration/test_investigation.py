@@ -4,9 +4,12 @@ names the token, and the audit columns were filled by the real requests."""
 
 from __future__ import annotations
 
+import csv
+import io
 import ipaddress
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -718,3 +721,26 @@ async def test_a_blast_radius_pages_its_vehicles_and_never_cuts_them_silently(
         assert response.status_code == 422, (bad, response.text)
         assert response.headers["content-type"] == "application/problem+json"
     assert len(await _investigations(api)) == runs
+
+
+async def test_the_vehicles_csv_never_carries_a_formula_an_attacker_typed(api: Api) -> None:
+    # Threat: the thief asks for "vehicles" whose ids are spreadsheet formulas. Each refused
+    # attempt is recorded with the id as asked, so the blast radius lists it; the CSV is what
+    # the responder opens in a spreadsheet, where =HYPERLINK(...) or =cmd|... would run.
+    # A cell that starts like a formula is written as text (a leading '), nothing dropped.
+    headers = {"authorization": f"Bearer {_stolen_token(api)}"}
+    typed = ["=1+2", "=HYPERLINK(A1)", "+1+2", "-3+4", "@SUM(A1)"]
+    for vehicle in typed:
+        response = await api.client.get(
+            f"/fleet/v1/vehicles/{quote(vehicle, safe='')}/status", headers=headers
+        )
+        assert response.status_code == 404
+    path = f"/investigations/blast-radius?subject=token-family&value={STOLEN_FAMILY}"
+    response = await api.get("judy", Surface.ADMIN, f"{path}&output=csv")
+    assert response.status_code == 200, response.text
+    rows = list(csv.reader(io.StringIO(response.text)))[1:]
+    assert sorted(row[0] for row in rows) == sorted(f"'{vehicle}" for vehicle in typed)
+    assert not [row for row in rows if row[0][:1] in ("=", "+", "-", "@", "\t", "\r")]
+    # The JSON is data, not a spreadsheet: it keeps the ids as recorded.
+    document = (await api.get("judy", Surface.ADMIN, path)).json()
+    assert sorted(v["vehicle_id"] for v in document["vehicles"]) == sorted(typed)

@@ -181,6 +181,17 @@ class VehicleImpact:
         return self.allowed > 0
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP "CSV injection").
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as the text it is. A vehicle id in the log is the
+    id as asked: a refused attempt on "=HYPERLINK(...)" is recorded, and listed, as that, so
+    one that starts like a formula is written with a leading ' (the OWASP escape)."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
+
+
 @dataclass(frozen=True, slots=True)
 class CommandSent:
     job_id: str | None
@@ -391,7 +402,7 @@ class BlastRadius:
         )
         for v in self.vehicles:
             writer.writerow(
-                [v.vehicle_id, v.touched, v.events, v.allowed, v.denied, v.commands, v.reads]
+                [_cell(v.vehicle_id), v.touched, v.events, v.allowed, v.denied, v.commands, v.reads]
             )
         return out.getvalue()
 
