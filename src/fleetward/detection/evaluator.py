@@ -81,8 +81,10 @@ class Evaluator:
         self._make_rules = rules
         self._config = config
         self._rules: Sequence[Rule] = ()
-        # The cursor position the rules' memory corresponds to; None: rebuild before use.
+        # The cursor position the rules' memory corresponds to (its seq, and the seqs below
+        # it still pending then, which the rules have not seen); None: rebuild before use.
         self._warm_at: int | None = None
+        self._warm_pending: frozenset[int] = frozenset()
 
     @property
     def rules(self) -> Sequence[Rule]:
@@ -116,7 +118,7 @@ class Evaluator:
         then has at most what another replica did meanwhile to catch up on)."""
         async with self._units() as uow:
             position = await cursor.read(uow.session, lock=False)
-            if position is not None and self._warm_at != position.seq:
+            if position is not None and not self._warm_for(position):
                 await self._warm(uow.session, position, self._warm_at)
 
     async def _step(self, session: AsyncSession) -> int:
@@ -127,8 +129,9 @@ class Evaluator:
             created = await cursor.create(session, newest or 0, now)
             if created is not None:  # else another replica placed it: the next step reads it
                 self._rules, self._warm_at = self._make_rules(), created.seq
+                self._warm_pending = frozenset()
             return 0
-        if self._warm_at != position.seq:
+        if not self._warm_for(position):
             await self._warm(session, position, self._warm_at)
         records = list(
             await session.scalars(
@@ -158,7 +161,7 @@ class Evaluator:
         new = self._advance(position, late, records, now)
         await cursor.move(session, position, new, now)
         await session.flush()
-        self._warm_at = new.seq
+        self._warm_at, self._warm_pending = new.seq, frozenset(new.pending)
         if findings:
             _log.info("detection findings", events=len(events), findings=len(findings))
         return len(events)
@@ -186,15 +189,29 @@ class Evaluator:
         kept = {seq: at for seq, at in position.pending.items() if at >= horizon}
         return cursor.Position(position.seq, kept)
 
+    def _warm_for(self, position: cursor.Position) -> bool:
+        """Whether the rules have seen what the cursor says was evaluated: the same seq, and
+        the same gaps still pending (another replica may have evaluated a late commit that
+        filled one without moving the seq)."""
+        return self._warm_at == position.seq and self._warm_pending == position.pending.keys()
+
     async def _warm(
         self, session: AsyncSession, position: cursor.Position, warm_at: int | None
     ) -> None:
         """Rules that have seen the events up to the cursor (findings dropped): the current
-        ones caught up when another evaluator only moved the cursor ahead of them (replicas
-        taking turns), else fresh ones replaying up to ``warmup_events``."""
+        ones caught up when another evaluator only moved the cursor ahead of them or filled
+        some of its gaps (replicas taking turns), else fresh ones replaying up to
+        ``warmup_events``."""
         floor = max(0, position.seq - self._config.warmup_events)
-        if warm_at is not None and floor <= warm_at < position.seq:
+        if warm_at is not None and floor <= warm_at <= position.seq:
             rules, after = self._rules, warm_at
+            # Late commits evaluated since (no longer pending, below what the rules saw).
+            filled = [seq for seq in self._warm_pending - position.pending.keys() if seq <= after]
+            if filled:
+                late = await session.scalars(
+                    select(AuditRecord).where(AuditRecord.seq.in_(filled)).order_by(AuditRecord.seq)
+                )
+                evaluate(rules, [Observed.of(r) for r in late])
         else:
             rules, after = self._make_rules(), floor
         while True:
@@ -213,3 +230,4 @@ class Evaluator:
             events = [Observed.of(r) for r in page if r.seq not in position.pending]
             evaluate(rules, events)
         self._rules, self._warm_at = rules, position.seq
+        self._warm_pending = frozenset(position.pending)

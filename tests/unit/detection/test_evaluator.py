@@ -276,3 +276,24 @@ async def test_replicas_starting_at_once_place_one_cursor(
     assert await two.run_until_idle() == 0
     (alert,) = await alerts(platform)
     assert alert.evidence == events and alert.count == 1
+
+
+async def test_a_late_commit_another_replica_evaluated_is_in_every_replicas_windows(
+    platform: Platform,
+) -> None:
+    # Replica two evaluates a record that filled a gap (a late commit: the cursor's seq does
+    # not move, only its pending list shrinks). Replica one's windows must take it in too,
+    # or its next step judges the walk without it and the alert is never raised.
+    one, two = evaluator(platform), evaluator(platform)
+    await one.run_until_idle()
+    async with platform.unit_of_work() as uow:
+        base = int(await uow.session.scalar(select(func.max(AuditRecord.seq))) or 0)
+    walk = await deny(platform, "veh_1", "veh_2", "veh_3", seq=base + 1001)
+    assert await one.run_until_idle() == 3  # base + 1 .. base + 1000 pending
+    await two.run_until_idle()  # warmed up to the cursor: nothing new
+    (late,) = await deny(platform, "veh_0", seq=base + 1000)
+    assert await two.run_until_idle() == 1  # the late one: four distinct vehicles so far
+    (fifth,) = await deny(platform, "veh_4", seq=base + 2000)
+    assert await one.run_until_idle() == 1 + 1  # the fifth, then its alert's event
+    (alert,) = await alerts(platform)
+    assert sorted(alert.evidence) == sorted([*walk, late, fifth]) and alert.count == 1
