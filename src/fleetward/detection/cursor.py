@@ -73,8 +73,9 @@ async def create(session: AsyncSession, seq: int, now: datetime) -> Position | N
     return Position(seq, {}) if getattr(result, "rowcount", 0) == 1 else None
 
 
-async def move(session: AsyncSession, old: Position, new: Position, now: datetime) -> None:
-    """Move from ``old`` to ``new``; raises :class:`CursorMoved` if it is no longer at ``old``."""
+async def move(session: AsyncSession, old: Position, new: Position, now: datetime) -> Position:
+    """Move from ``old`` to ``new``; raises :class:`CursorMoved` if it is no longer at ``old``.
+    The position as stored (at most ``PENDING_MAX`` pending, the newest)."""
     kept = sorted(new.pending.items())[-PENDING_MAX:]
     result = await session.execute(
         update(DetectionCursor)
@@ -88,3 +89,4 @@ async def move(session: AsyncSession, old: Position, new: Position, now: datetim
     )
     if getattr(result, "rowcount", 0) != 1:
         raise CursorMoved("the detection cursor moved under this evaluator")
+    return Position(new.seq, dict(kept))

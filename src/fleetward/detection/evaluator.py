@@ -152,16 +152,17 @@ class Evaluator:
             )
         if not records and not late:
             moved = self._expire(position, now)
-            if moved.pending != position.pending:
-                await cursor.move(session, position, moved, now)
+            if moved.pending != position.pending:  # gaps given up: never seen, never to be
+                stored = await cursor.move(session, position, moved, now)
+                self._warm_pending = frozenset(stored.pending)
             return 0
         events = [Observed.of(r) for r in (*late, *records)]
         findings = evaluate(self._rules, events)
         await raising.apply(session, self._audit, findings, evidence_cap=self._config.evidence_cap)
         new = self._advance(position, late, records, now)
-        await cursor.move(session, position, new, now)
+        stored = await cursor.move(session, position, new, now)
         await session.flush()
-        self._warm_at, self._warm_pending = new.seq, frozenset(new.pending)
+        self._warm_at, self._warm_pending = stored.seq, frozenset(stored.pending)
         if findings:
             _log.info("detection findings", events=len(events), findings=len(findings))
         return len(events)
