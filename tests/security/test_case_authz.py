@@ -513,3 +513,29 @@ async def test_an_agent_who_left_support_lists_no_vehicle_of_the_case(api: Api) 
     }
     for car in (world.vehicles["ALICE-1"].id, second.id):
         assert encode_cursor(car) not in refused.text and car not in refused.text
+
+
+async def test_the_case_vehicle_route_decides_and_audits_the_case(api: Api) -> None:
+    # Every case route asks the PDP about the case itself (dealer:manage_case), not only
+    # about its vehicle: the decision on the case is in the audit trail, allowed for the
+    # assigned technician and denied for one who is not on it (who gets the same 404).
+    extra = await _seed(api)
+    case = extra.ids["grace-case"]
+    assert (await api.get("grace", D, f"/cases/{case}/vehicle")).status_code == 200
+    assert (await api.get("harry", D, f"/cases/{case}/vehicle")).status_code == 404
+    async with api.platform.services() as (_, ctx):
+        rows = list(
+            await ctx.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value,
+                    AuditRecord.object_id == case,
+                )
+            )
+        )
+    decided = sorted((r.actor_id, r.action, r.decision.value, r.endpoint) for r in rows)
+    assert decided == sorted(
+        [
+            (api.world.users["grace"].id, "dealer:manage_case", "allowed", "dealer:cases:vehicle"),
+            (api.world.users["harry"].id, "dealer:manage_case", "denied", "dealer:cases:vehicle"),
+        ]
+    )

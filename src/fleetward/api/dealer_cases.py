@@ -200,10 +200,20 @@ async def read_case(case_id: str, request: Request, caller: Caller = _DEALER) ->
 )
 async def read_case_vehicle(case_id: str, request: Request, caller: Caller = _DEALER) -> StatusView:
     platform = platform_of(request)
-    async with platform.services() as (_, ctx):
-        # The parent first: the case must be one of the caller's open cases.
+    async with platform.services() as (uow, ctx):
+        # The parent first, as on every case route: the PDP decides (and the audit trail
+        # records) dealer:manage_case on the case, and the case must be one of the caller's
+        # open cases. Either refusal is the one 404.
+        await authorize(
+            request,
+            caller,
+            Permission.DEALER_MANAGE_CASE,
+            ResourceRef(ResourceKind.DEALER_CASE, case_id),
+            ctx=ctx,
+        )
         case = await _assigned_case(ctx.session, caller, case_id, ctx.clock.now())
         vehicle_id = case.vehicle_id
+        await uow.commit()  # the case decision's audit record
     # The vehicle is decided again by the PDP (vehicle:read_status), as on /vehicles/{id}.
     return await vehicle_status(request, caller, vehicle_id)
 
