@@ -35,6 +35,8 @@ class EventName(StrEnum):
     OWNERSHIP_TRANSFER_STARTED = "vehicle:ownership:transfer_started"
     OWNERSHIP_TRANSFER_CANCELLED = "vehicle:ownership:transfer_cancelled"
     OWNERSHIP_TRANSFER_REFUSED = "vehicle:ownership:transfer_refused"
+    # A pending transfer past its deadline, closed as expired (nobody acted: no cancellation).
+    OWNERSHIP_TRANSFER_EXPIRED = "vehicle:ownership:transfer_expired"
     APPOINTMENT_BOOKED = "vehicle:appointment:booked"
     APPOINTMENT_CANCELLED = "vehicle:appointment:cancelled"
     APPOINTMENT_CONFIRMED = "vehicle:appointment:confirmed"

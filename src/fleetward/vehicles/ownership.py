@@ -43,8 +43,18 @@ class OwnershipService:
         return self._begin(vehicle, owner, actor, EventName.OWNERSHIP_STARTED)
 
     async def transfer(
-        self, vehicle: Vehicle, seller: User, buyer: User, *, actor: Actor
+        self,
+        vehicle: Vehicle,
+        seller: User,
+        buyer: User,
+        *,
+        actor: Actor,
+        transfer_id: str | None = None,
     ) -> Ownership:
+        """Move the ownership from ``seller`` to ``buyer`` now. The ``OWNERSHIP_TRANSFERRED``
+        record names the buyer (``owner``), the ``seller`` and the handover ``transfer`` the
+        buyer accepted (None for a move made without one: seeding, administration); ids
+        only, no personal data."""
         current = await self._open(vehicle)
         if current is None or current.owner_user_id != seller.id:
             raise NotCurrentOwner("the seller does not own this vehicle")
@@ -96,7 +106,13 @@ class OwnershipService:
                 reason=TRANSFERRED,
                 details={"vehicle": vehicle.id},
             )
-        ownership = self._begin(vehicle, buyer, actor, EventName.OWNERSHIP_TRANSFERRED)
+        ownership = self._begin(
+            vehicle,
+            buyer,
+            actor,
+            EventName.OWNERSHIP_TRANSFERRED,
+            details={"seller": seller.id, "transfer": transfer_id},
+        )
         await session.flush()
         return ownership
 
@@ -128,7 +144,15 @@ class OwnershipService:
         )
         return await self._ctx.session.scalar(query.with_for_update() if lock else query)
 
-    def _begin(self, vehicle: Vehicle, owner: User, actor: Actor, event: EventName) -> Ownership:
+    def _begin(
+        self,
+        vehicle: Vehicle,
+        owner: User,
+        actor: Actor,
+        event: EventName,
+        *,
+        details: dict[str, str | None] | None = None,
+    ) -> Ownership:
         ownership = Ownership(
             id=new_id("own"),
             vehicle_id=vehicle.id,
@@ -143,6 +167,6 @@ class OwnershipService:
             event,
             actor=actor,
             target=Target("vehicle", vehicle.id, vehicle.tenant_id),
-            details={"owner": owner.id},
+            details={"owner": owner.id, **(details or {})},
         )
         return ownership

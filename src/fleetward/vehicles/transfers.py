@@ -164,7 +164,9 @@ class TransferService:
             raise invalid_code()
         if not await self._close(transfer, HandoverStatus.ACCEPTED, now, buyer=buyer.id):
             raise invalid_code()  # another accept (or the seller's cancel) won the race
-        owned = await OwnershipService(self._ctx).transfer(vehicle, seller, buyer, actor=actor)
+        owned = await OwnershipService(self._ctx).transfer(
+            vehicle, seller, buyer, actor=actor, transfer_id=transfer.id
+        )
         await InvitationService(self._ctx).revoke_pending(
             vehicle, actor=actor, reason="ownership-transferred"
         )
@@ -221,8 +223,11 @@ class TransferService:
         return int(count or 0)
 
     async def _expire_lapsed(self, vehicle: Vehicle, now: datetime) -> None:
-        """A pending transfer past its deadline no longer blocks a new one."""
-        await self._ctx.session.execute(
+        """A pending transfer past its deadline no longer blocks a new one. Each transfer
+        this closes as expired is audited (``OWNERSHIP_TRANSFER_EXPIRED``, by the system:
+        nobody cancelled it), with its vehicle, seller and deadline; ids only."""
+        session = self._ctx.session
+        lapsed = await session.execute(
             update(OwnershipTransfer)
             .where(
                 OwnershipTransfer.vehicle_id == vehicle.id,
@@ -230,8 +235,26 @@ class TransferService:
                 OwnershipTransfer.expires_at <= now,
             )
             .values(status=HandoverStatus.EXPIRED, closed_at=now)
+            .returning(
+                OwnershipTransfer.id,
+                OwnershipTransfer.seller_user_id,
+                OwnershipTransfer.expires_at,
+            )
             .execution_options(synchronize_session=False)
         )
+        for transfer_id, seller_id, expires_at in lapsed.all():
+            self._ctx.audit.record(
+                session,
+                EventName.OWNERSHIP_TRANSFER_EXPIRED,
+                actor=Actor.system("transfers"),
+                target=Target(TRANSFER_TARGET, transfer_id),
+                reason="expired",
+                details={
+                    "vehicle": vehicle.id,
+                    "seller": seller_id,
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
 
     async def _close(
         self,

@@ -207,3 +207,51 @@ async def test_the_grants_a_sale_ends_are_each_audited(
             (EventName.PARTNER_CONSENT_REVOKED.value, consent.id, "transferred"),
         ]
     )
+
+
+async def test_the_sale_and_the_lapse_are_audited_with_their_transfer(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    # Investigation must tie an ownership change to the transfer the buyer accepted and to
+    # the seller, and see a transfer that lapsed unaccepted (its code is dead from then on):
+    # ids only, never the code or the VIN.
+    seller, buyer, _driver, car = await _cast(ctx)
+    service = TransferService(ctx)
+    lapsed = await service.start(car, seller, actor=FACTORY)
+    clock.advance(timedelta(hours=24))
+    sold = await service.start(car, seller, actor=FACTORY)  # closes the lapsed one
+    await service.accept(sold.code, car.vin, buyer, actor=FACTORY)
+    await ctx.session.commit()
+    async with platform.services() as (_uow, fresh):
+        records = list(
+            await fresh.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name.in_(
+                        [
+                            EventName.OWNERSHIP_TRANSFERRED.value,
+                            EventName.OWNERSHIP_TRANSFER_EXPIRED.value,
+                        ]
+                    )
+                )
+            )
+        )
+    by_name = {r.name: r for r in records}
+    assert len(records) == len(by_name) == 2
+    transferred = by_name[EventName.OWNERSHIP_TRANSFERRED.value]
+    assert (transferred.object_type, transferred.object_id) == ("vehicle", car.id)
+    assert transferred.details == {
+        "owner": buyer.id,
+        "seller": seller.id,
+        "transfer": sold.transfer.id,
+    }
+    expired = by_name[EventName.OWNERSHIP_TRANSFER_EXPIRED.value]
+    assert (expired.object_type, expired.object_id) == ("ownership_transfer", lapsed.transfer.id)
+    assert expired.actor_type.value == "system" and expired.reason == "expired"
+    assert expired.details == {
+        "vehicle": car.id,
+        "seller": seller.id,
+        "expires_at": lapsed.transfer.expires_at.isoformat(),
+    }
+    for record in records:
+        for secret in (car.vin, lapsed.code, sold.code):
+            assert secret not in str(record.details)
