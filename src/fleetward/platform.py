@@ -71,6 +71,7 @@ class Platform:
             ),
             limits=RelationshipLimits(
                 max_delegation=timedelta(days=settings.max_delegation_days),
+                max_delegation_lead=timedelta(days=settings.max_delegation_lead_days),
                 max_consent=timedelta(days=settings.max_consent_days),
             ),
             identity=IdentityRuntime.build(settings, the_clock),

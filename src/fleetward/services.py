@@ -17,6 +17,8 @@ from fleetward.core.clock import Clock
 @dataclass(frozen=True, slots=True)
 class RelationshipLimits:
     max_delegation: timedelta = timedelta(days=90)
+    # How far ahead a delegation (or a driver invitation's window) may start.
+    max_delegation_lead: timedelta = timedelta(days=90)
     max_consent: timedelta = timedelta(days=365)
 
 

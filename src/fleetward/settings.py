@@ -97,6 +97,9 @@ class Settings(BaseSettings):
 
     # Bounds for relationships created through the world model.
     max_delegation_days: Annotated[int, Field(ge=1, le=366)] = 90
+    # How far ahead a delegation or a driver invitation's window may start (its length is
+    # capped by max_delegation_days): without it a window could be parked in year 9999.
+    max_delegation_lead_days: Annotated[int, Field(ge=1, le=366)] = 90
     max_consent_days: Annotated[int, Field(ge=1, le=731)] = 365
 
     # Lists are capped so that no request can ask for an unbounded page.

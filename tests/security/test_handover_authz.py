@@ -5,7 +5,7 @@ back to show that nothing changed.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from fleetward.settings import Settings
 from fleetward.vehicles.handover_models import DriverInvitation, HandoverStatus
 from fleetward.vehicles.models import DriverDelegation, Ownership
 from support.api import PARTNER_APP, Api
+from support.snapshot import snapshot
 
 M, P, D = Surface.MOBILE, Surface.PARTNER, Surface.DEALER
 STATUS = Permission.VEHICLE_READ_STATUS.value
@@ -456,3 +457,41 @@ async def test_handovers_die_with_the_owners_standing(api: Api, how: str) -> Non
         )
     assert owner == api.world.users["alice"].id
     assert (await api.get("mallory", M, f"/vehicles/{alice_1}/status")).status_code == 404
+
+
+async def test_an_invitation_window_cannot_start_beyond_the_lead_cap(api: Api) -> None:
+    # Only the window's length was capped: a one-day window starting in year 9998 (or next
+    # year) was accepted, an offer parked out of sight for as long as anyone cares to wait.
+    # Starting more than max_delegation_lead ahead is a 422 problem and stores nothing.
+    alice_1 = api.vehicle_id("ALICE-1")
+    path = f"/vehicles/{alice_1}/invitations"
+    lead = api.platform.limits.max_delegation_lead
+    async with api.platform.services() as (_, ctx):
+        before = await snapshot(ctx.session)
+    for start in (
+        lead + timedelta(minutes=1),
+        timedelta(days=365),
+        datetime(9998, 1, 1, tzinfo=UTC) - api.platform.clock.now(),
+    ):
+        body = {
+            "permissions": [STATUS],
+            "valid_from": _when(api, seconds=start.total_seconds()),
+            "valid_until": _when(api, seconds=(start + timedelta(days=1)).total_seconds()),
+        }
+        response = await api.post("alice", M, path, body)
+        assert response.status_code == 422, (start, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["type"] == "urn:fleetward:problem:invalid-window"
+        assert problem["reason"] == "too-far-ahead"
+    async with api.platform.services() as (_, ctx):
+        after = await snapshot(ctx.session)
+    # Nothing stored (the owner's authorization decisions are recorded, as for any request).
+    assert sorted(t for t in before if before[t] != after[t] and t != "audit_events") == []
+    # Up to the cap, a window starting later is still an ordinary invitation.
+    body = {
+        "permissions": [STATUS],
+        "valid_from": _when(api, seconds=lead.total_seconds()),
+        "valid_until": _when(api, seconds=(lead + timedelta(days=1)).total_seconds()),
+    }
+    assert (await api.post("alice", M, path, body)).status_code == 201

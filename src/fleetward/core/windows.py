@@ -24,10 +24,13 @@ def check_window(
     *,
     now: datetime,
     max_length: timedelta | None = None,
+    max_lead: timedelta | None = None,
     open_end_allowed: bool = False,
     past_tolerance: timedelta = timedelta(minutes=5),
 ) -> None:
-    """Refuse naive, inverted, back-dated, open-ended (unless allowed) or over-long windows."""
+    """Refuse naive, inverted, back-dated, open-ended (unless allowed), over-long windows and
+    (with ``max_lead``) windows starting more than ``max_lead`` after ``now``: a cap on the
+    length alone let a grant be parked arbitrarily far in the future (year 9999)."""
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         raise InvalidWindow("window times must carry a time zone", reason="naive")
     try:
@@ -38,6 +41,11 @@ def check_window(
         raise InvalidWindow("window times are out of range", reason="out-of-range") from None
     if start < now - past_tolerance:
         raise InvalidWindow("a window cannot start in the past", reason="back-dated")
+    if max_lead is not None and start - now > max_lead:
+        days = max_lead.days
+        raise InvalidWindow(
+            f"the window may start at most {days} days from now", reason="too-far-ahead"
+        )
     if end is None:
         if not open_end_allowed:
             raise InvalidWindow("this relationship needs an end time", reason="open-ended")

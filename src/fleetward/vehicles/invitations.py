@@ -105,7 +105,13 @@ class InvitationService:
         now = self._ctx.clock.now()
         start = valid_from or now
         granted = delegable(permissions)
-        check_window(start, valid_until, now=now, max_length=self._ctx.limits.max_delegation)
+        check_window(
+            start,
+            valid_until,
+            now=now,
+            max_length=self._ctx.limits.max_delegation,
+            max_lead=self._ctx.limits.max_delegation_lead,
+        )
         ownership = await OwnershipService(self._ctx).current(vehicle)
         if ownership is None or ownership.owner_user_id != owner.id:
             raise NotCurrentOwner("only the current owner can invite drivers")

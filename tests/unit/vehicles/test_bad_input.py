@@ -245,6 +245,12 @@ CASES: list[tuple[str, Attempt, type[FleetwardError], str | None]] = [
     ),
     ("delegation-too-long", _delegate(["vehicle:lock"], days=400), InvalidWindow, "too-long"),
     (
+        "delegation-too-far-ahead",
+        _delegate(["vehicle:lock"], start_days=91),
+        InvalidWindow,
+        "too-far-ahead",
+    ),
+    (
         "delegation-overlapping",
         _delegate(["vehicle:climate"], grantee="driver"),
         OverlappingWindow,
