@@ -313,6 +313,26 @@ class QuotaPolicy:
             charges=tuple(raised), cost=request_cost(len(vehicles)), raised=used, may_degrade=False
         )
 
+    def plan_vehicle_commands(
+        self, *, tenant: str, now: datetime, vehicles: Sequence[str]
+    ) -> QuotaPlan:
+        """The per-vehicle command charges alone (``vehicle-commands``, one unit per targeted
+        vehicle, with the tenant's raises): what a car receiving commands pays when a bulk
+        request's jobs are created later than the request was charged (at its approval:
+        ``commands.bulk``). Never degrades."""
+        if not vehicles:
+            raise ValueError("a command targets at least one vehicle")
+        if len(vehicles) > self.max_targets:
+            raise TooManyTargets(len(vehicles), self.max_targets)
+        charges = [
+            Charge(Dimension.VEHICLE, vehicle, self.vehicle_commands, times)
+            for vehicle, times in Counter(vehicles).items()
+        ]
+        raised, used = self._apply_raises(charges, tenant, now)
+        return QuotaPlan(
+            charges=tuple(raised), cost=request_cost(len(vehicles)), raised=used, may_degrade=False
+        )
+
     def _apply_raises(
         self, charges: list[Charge], tenant: str, now: datetime
     ) -> tuple[list[Charge], tuple[RaisedQuota, ...]]:

@@ -401,6 +401,16 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
                 "the requester may no longer send this bulk command",
                 reason="requester-not-allowed",
             )
+        # The cars pay their per-vehicle limit when their jobs are created (now), not only
+        # when the bulk was asked for: see bulks.charge_at_approval.
+        answer = await bulks.charge_at_approval(runtime.quotas, bulk)
+        if not answer.allowed:
+            await uow.commit()  # the decisions' audit records; the bulk keeps waiting
+            raise CommandRejectedQuota(
+                "the bulk command's vehicles are over their command limit",
+                reason=answer.reason,
+                headers={"Retry-After": str(max(1, answer.retry_after_s))},
+            )
         bulks.approve(ctx, bulk, caller.claims.sub, now)
         created = await bulks.dispatch(
             ctx,

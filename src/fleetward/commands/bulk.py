@@ -9,8 +9,9 @@ for a second fleet admin (another person, in the same fleet, allowed the same bu
 with a fresh step-up) to approve it within ``approval_window``; then, or at once below the
 threshold, one job per vehicle is created with the requester's grant and a chain whose links
 up to the region are the bulk decision's. An approval first decides again whether the
-requester may still send the bulk (:func:`requester_still_may`). Each job then meets its
-own vehicle-state and conflict links, and the delivery re-check like any other.
+requester may still send the bulk (:func:`requester_still_may`), then charges every
+vehicle's command limit again (:func:`charge_at_approval`). Each job then meets its own
+vehicle-state and conflict links, and the delivery re-check like any other.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from fleetward.commands.models import BulkState, CommandBulk, CommandJob
 from fleetward.commands.recheck import decide_again
 from fleetward.commands.service import (
     CommandConfig,
+    CommandQuotas,
     CommandService,
     Grant,
     NewCommand,
+    QuotaAnswer,
 )
 from fleetward.core.digest import framed_sha256
 from fleetward.core.errors import JsonValue
@@ -205,6 +208,27 @@ async def requester_still_may(
         now=now,
         command=Permission(bulk.command),
     )
+
+
+async def charge_at_approval(quotas: CommandQuotas, bulk: CommandBulk) -> QuotaAnswer:
+    """Charge each vehicle of an approved bulk its per-vehicle command limit, now, all or
+    nothing; the approval goes ahead only if this is allowed.
+
+    The per-vehicle limit (``vehicle-commands``, 10 a minute by default) bounds what one car
+    is sent, whoever sends it: it has to be drawn when the car's job is created, and that is
+    when the bulk is dispatched. A bulk dispatched at once is charged once, when it is asked
+    for (the same moment). A bulk that waits for a second admin was charged then too, but
+    its jobs come up to ``approval_window`` later, when that charge says nothing about the
+    minute they are sent in: with it alone, bulks asked for over an hour (each within the
+    limit when asked) and approved together sent every car far more than its limit in one
+    minute. So an approval charges the cars again, as well as at the request: charging only
+    here would let anyone queue unlimited waiting bulks on a car, and charging only at the
+    request is the burst above. Counting a waiting bulk twice can only refuse earlier, never
+    send more than the limit. Refused (429 with Retry-After), the approval changes nothing:
+    the bulk keeps waiting and can be approved again once the cars have room. Only the
+    vehicle limit is drawn again: the requester's command-type limit paid for the request
+    and the approver sends nothing of their own."""
+    return await quotas.charge_vehicles(grant_of(bulk), list(bulk.vehicle_ids))
 
 
 def approve(ctx: ServiceContext, bulk: CommandBulk, approver: str, now: datetime) -> None:

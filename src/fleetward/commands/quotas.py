@@ -6,9 +6,11 @@ degrade to a local limit: an unreachable shared store refuses them (fail closed)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from datetime import datetime
 
 from fleetward.abuse.errors import QuotaStoreDown, TooManyTargets
-from fleetward.abuse.policy import Degrade
+from fleetward.abuse.policy import Degrade, QuotaPlan
 from fleetward.abuse.runtime import QuotaRuntime
 from fleetward.commands.families import CommandSpec
 from fleetward.commands.service import Grant, QuotaAnswer
@@ -26,11 +28,10 @@ class AbuseCommandQuotas:
         self._clock = clock
 
     async def charge(self, grant: Grant, spec: CommandSpec, vehicle_ids: list[str]) -> QuotaAnswer:
-        now = self._clock.now()
-        try:
-            # The request's user, client, tenant and global charges were drawn when it was
-            # authenticated (api/quota_guard.py): only the command's own limits are left.
-            plan = self._runtime.policy.plan_command(
+        # The request's user, client, tenant and global charges were drawn when it was
+        # authenticated (api/quota_guard.py): only the command's own limits are left.
+        return await self._consume(
+            lambda now: self._runtime.policy.plan_command(
                 spec.permission,
                 tenant=grant.tenant,
                 client=grant.client_id,
@@ -38,6 +39,21 @@ class AbuseCommandQuotas:
                 user=grant.sub if grant.sub_type == "user" else None,
                 vehicles=vehicle_ids,
             )
+        )
+
+    async def charge_vehicles(self, grant: Grant, vehicle_ids: list[str]) -> QuotaAnswer:
+        """The per-vehicle limit alone, for jobs created after their request was charged
+        (an approved bulk's): the cars pay when they are sent something."""
+        return await self._consume(
+            lambda now: self._runtime.policy.plan_vehicle_commands(
+                tenant=grant.tenant, now=now, vehicles=vehicle_ids
+            )
+        )
+
+    async def _consume(self, plan_of: Callable[[datetime], QuotaPlan]) -> QuotaAnswer:
+        now = self._clock.now()
+        try:
+            plan = plan_of(now)
             verdict = await self._runtime.quotas.consume(
                 plan.charges, plan.cost, now=now, degrade=Degrade.FAIL_CLOSED
             )

@@ -96,6 +96,11 @@ class CommandQuotas(Protocol):
         self, grant: Grant, spec: CommandSpec, vehicle_ids: list[str]
     ) -> QuotaAnswer: ...
 
+    async def charge_vehicles(self, grant: Grant, vehicle_ids: list[str]) -> QuotaAnswer:
+        """Only the per-vehicle command limit, one unit per vehicle, all or nothing (a bulk
+        request's jobs created at its approval, see ``commands.bulk.dispatch_charge``)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class CommandConfig:
