@@ -98,7 +98,7 @@ class CommandQuotas(Protocol):
 
     async def charge_vehicles(self, grant: Grant, vehicle_ids: list[str]) -> QuotaAnswer:
         """Only the per-vehicle command limit, one unit per vehicle, all or nothing (a bulk
-        request's jobs created at its approval, see ``commands.bulk.dispatch_charge``)."""
+        request's jobs created at its approval, see ``commands.bulk.charge_at_approval``)."""
         ...
 
 
