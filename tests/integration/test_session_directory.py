@@ -377,3 +377,18 @@ def test_an_origin_must_be_sixteen_hex_digits() -> None:
         RedisSessionDirectory(
             Redis.from_url(REDIS_URL), liveness_window=timedelta(seconds=30), origin="x y"
         )
+
+
+async def test_a_refresh_writes_every_session_whatever_their_number(
+    pair: tuple[RedisSessionDirectory, RedisSessionDirectory],
+) -> None:
+    # Written in several pipelines (a small batch each, to keep the event loop free).
+    one, two = pair
+    sessions = [_live(f"dev_{i}", f"ses_{i}") for i in range(250)]
+    later = T0 + timedelta(seconds=9)
+    for live in sessions:
+        live.touch(later)
+    await one.refresh(sessions)
+    for i in (0, 99, 100, 249):
+        [seen] = await two.join(_live(f"dev_{i}", f"ses_other_{i}", at=later))
+        assert (seen.other.session_id, seen.other.last_activity) == (f"ses_{i}", later)
