@@ -154,13 +154,24 @@ def _presented(request: Request) -> tuple[str, str]:
 async def still_valid(request: Request, caller: Caller) -> bool:
     """Whether the token this request was authenticated with is still valid now (signature,
     expiry, revocations since): for a request that goes on (a stream), asked again later."""
-    _scheme, token = _presented(request)
+    try:
+        await require_still_valid(request, caller)
+    except AuthenticationRequired:
+        return False
+    return True
+
+
+async def require_still_valid(request: Request, caller: Caller) -> None:
+    """The 401 an invalid token gets, unless the token this request was authenticated with
+    is still valid now: for a request that acts after waiting (a command judged after its
+    flow charge, a same-key twin or the store's write lock), asked before it commits."""
+    scheme_lower, token = _presented(request)
     platform: Platform = request.app.state.platform
     try:
         await platform.identity.validator.validate(token, surface=caller.surface)
-    except InvalidToken:
-        return False
-    return True
+    except InvalidToken as exc:
+        scheme_name = "DPoP" if scheme_lower == "dpop" else "Bearer"
+        raise _refused(scheme_name, exc.reason or "invalid") from None
 
 
 def _route_name(request: Request) -> str | None:

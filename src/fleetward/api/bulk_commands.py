@@ -17,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.abuse.policy import Flow
-from fleetward.api.auth import Caller, StepUp, StepUpRequired, authenticate, step_up_challenge
+from fleetward.api.auth import (
+    Caller,
+    StepUp,
+    StepUpRequired,
+    authenticate,
+    require_still_valid,
+    step_up_challenge,
+)
 from fleetward.api.authorize import NotPermitted, decide_many, not_found
 from fleetward.api.bodies import LooseId
 from fleetward.api.commands import OWNER, CommandBody, idempotency_key
@@ -295,6 +302,9 @@ async def _create_once(
                 reason=on_fleet.reason.value,
                 ttl_seconds=body.ttl_seconds,
             )
+        # A revocation while the request waited is older than the bulk: the delivery
+        # re-check of its jobs (revocations since the bulk request) never counts it.
+        await require_still_valid(request, caller)
         await uow.commit()
         view = await _view(ctx, bulk, caller)
     _notify(runtime, created)

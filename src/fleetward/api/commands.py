@@ -30,7 +30,14 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from fleetward.api.auth import Caller, StepUp, authenticate, step_up_challenge, still_valid
+from fleetward.api.auth import (
+    Caller,
+    StepUp,
+    authenticate,
+    require_still_valid,
+    step_up_challenge,
+    still_valid,
+)
 from fleetward.api.authorize import (
     ObjectNotFound,
     authorize,
@@ -219,6 +226,11 @@ async def _create_once(
         sealed = await runtime.dispatcher.deliver_in(
             ctx, job, decided=allowed if uow.serialized else None
         )
+        # The token was validated when the request came in, then it waited (its flow charge,
+        # a same-key twin, the write lock) and was judged. A revocation in between is older
+        # than the job, so the delivery re-check (revocations since the job) never counts
+        # it: asked here, before anything is written or sent (nothing is, when it fails).
+        await require_still_valid(request, caller)
         await uow.commit()
     if sealed is not None:
         runtime.dispatcher.send_sealed(sealed)

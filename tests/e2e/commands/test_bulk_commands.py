@@ -400,6 +400,36 @@ async def test_a_requester_revoked_before_the_approval_never_reaches_a_car(
     assert all(world.cars[x].vehicle.state.locked is True for x in CARS)
 
 
+async def test_a_token_revoked_while_its_bulk_request_waits_creates_nothing(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bulk unlock asked for with a stolen token: authenticated, then its owner revokes
+    # every token of theirs while it waits to be judged. The bulk is stamped after the
+    # revocation, so its jobs' delivery re-check (revocations since the bulk request) never
+    # counted it and every car unlocked. Nothing may be created.
+    original = bulk_api.charge_command_flow
+
+    async def revoked_meanwhile(*args: Any, **kwargs: Any) -> None:
+        await original(*args, **kwargs)
+        async with world.platform.services() as (uow, ctx):
+            revocations = RevocationService(ctx, world.platform.identity.revocations)
+            await revocations.revoke_user(
+                world.users["erin"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+            )
+            await uow.commit()
+        world.clock.advance(timedelta(seconds=1))
+
+    monkeypatch.setattr(bulk_api, "charge_command_flow", revoked_meanwhile)
+    response = await bulk(world, "erin", "unlock", list(CARS), key="stolen-bulk")
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await bulks(world) == 0
+    await world.sweep()
+    await asyncio.sleep(0.3)
+    for label in CARS:
+        assert world.cars[label].acted() == 0
+
+
 async def test_a_requester_demoted_before_the_approval_has_nothing_approved(
     world: CommandWorld,
 ) -> None:

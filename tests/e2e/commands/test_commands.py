@@ -432,6 +432,47 @@ async def test_a_revocation_racing_a_command_never_lets_it_act_after(
         assert datetime.fromisoformat(final["delivered_at"]) <= revoked_at
 
 
+@pytest.mark.parametrize("connected", [True, False])
+async def test_a_token_revoked_while_its_request_waits_creates_no_job(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch, connected: bool
+) -> None:
+    # A command asked for with a stolen token; it is authenticated, then waits (its flow
+    # charge, a twin with the same key, the store's write lock) while its owner revokes every
+    # token of theirs ("sign out everywhere"). The job was judged without the token and
+    # stamped after the revocation, so neither the authorizing transaction (delivering to a
+    # connected car) nor the delivery re-check (which counts revocations since the job) saw
+    # it: the car acted. Nothing may be created: the token was dead when the job was judged.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    if not connected:
+        await car.offline()
+    original = api_commands.charge_command_flow
+
+    async def revoked_meanwhile(*args: Any, **kwargs: Any) -> None:
+        await original(*args, **kwargs)
+        async with world.platform.services() as (uow, ctx):
+            revocations = RevocationService(ctx, world.platform.identity.revocations)
+            await revocations.revoke_user(
+                world.users["alice"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+            )
+            await uow.commit()
+        world.clock.advance(timedelta(seconds=1))
+
+    monkeypatch.setattr(api_commands, "charge_command_flow", revoked_meanwhile)
+    response = await world.command("alice", "ALICE-1", "unlock", key="stolen-wait")
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    if not connected:
+        car.online()
+        await reported(world, "ALICE-1")
+        await world.sweep()
+    async with world.platform.unit_of_work() as uow:
+        jobs = list(await uow.session.scalars(select(CommandJob)))
+    assert jobs == []
+    await asyncio.sleep(0.3)
+    assert car.acted() == 0
+
+
 # PostgreSQL only: on SQLite the authorizing decision is the delivery's (write lock).
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 async def test_a_job_rejected_at_its_own_delivery_binds_no_key(
