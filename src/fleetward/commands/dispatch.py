@@ -303,9 +303,20 @@ class Dispatcher:
             if not await self._recheck(ctx, job, now):
                 await uow.commit()
                 return None
-            frame = self._seal(ctx, job, live, now, await _next_counter(ctx, job.vehicle_id))
+            counter = await _next_counter(ctx, job.vehicle_id)
+            if not self._still_commandable(live):
+                return None  # rolled back: the job stays queued (see _still_commandable)
+            frame = self._seal(ctx, job, live, now, counter)
             await uow.commit()
         return frame
+
+    def _still_commandable(self, live: LiveSession) -> bool:
+        """Is ``live`` still the session a command for its vehicle may go down? It was
+        chosen before the delivery's awaits (the job's read, the revocations, the PDP, the
+        counter); meanwhile its device may have been quarantined (a frame naming another
+        vehicle, a clone finding) or the session closed. Asked again just before sealing:
+        an envelope is never signed for a device no command may reach."""
+        return self._registry.commandable(live.session.vehicle_id) is live
 
     async def deliver_in(
         self, ctx: ServiceContext, job: CommandJob, *, decided: Decision | None = None
@@ -346,6 +357,8 @@ class Dispatcher:
                 # binds no Idempotency-Key (the retry is judged afresh, not replayed).
                 job.idempotency_key = None
                 return None
+            if not self._still_commandable(live):
+                return None  # stays queued, for notify() after the commit
             frame = self._seal(ctx, job, live, now, counter)
         return Sealed(job.id, live, frame)
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.commands import dispatch as dispatch_module
 from fleetward.commands import results
 from fleetward.commands.dispatch import REFUSED_RESULTS_PER_SESSION
 from fleetward.commands.envelope import CommandEnvelope, seal_command
@@ -308,6 +309,55 @@ async def test_a_device_the_pipeline_quarantines_is_neither_answered_nor_command
     await gateway.handler.stages.quarantine.record(live.session.device_id, Status.FOREIGN_IDENTITY)
     assert gateway.registry.commandable(live.session.vehicle_id) is None
     await assert_refused_as_quarantined(world, unheard)
+
+
+@pytest.mark.parametrize("connected", [True, False])
+async def test_a_device_quarantined_while_its_job_is_sealed_gets_nothing(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch, connected: bool
+) -> None:
+    # The device is quarantined (its key may be a clone's) while a delivery transaction is
+    # under way: the session was chosen before its awaits (the job, the revocations, the
+    # PDP, the counter), and the envelope was sealed for it and sent all the same: a
+    # command went down to a quarantined device. Whether the job is delivered in
+    # the request that authorized it (car connected) or by the dispatcher when the car comes
+    # back: nothing is sealed, the job stays queued, the car does nothing.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    vehicle_id = world.vehicles["ALICE-1"].id
+    gateway = gateway_of(world.app)
+    assert gateway is not None
+    original = dispatch_module._next_counter
+    quarantined: list[str] = []
+
+    async def quarantined_meanwhile(ctx: Any, vehicle: str) -> int:
+        counter = await original(ctx, vehicle)
+        live = gateway.registry.commandable(vehicle)
+        if live is not None:
+            gateway.registry.status_changed(live.session.device_id, DeviceStatus.QUARANTINED, "t")
+            quarantined.append(live.session.device_id)
+        return counter
+
+    if not connected:
+        await car.offline()
+    monkeypatch.setattr(dispatch_module, "_next_counter", quarantined_meanwhile)
+    response = await world.command("alice", "ALICE-1", "horn_lights", key="sealed-q")
+    assert response.status_code == 202, response.text
+    if not connected:
+        car.online()
+        for _ in range(200):
+            if quarantined:
+                break
+            await asyncio.sleep(0.02)
+    assert quarantined
+    # The delivery that ran into the quarantine is over once its vehicle's lock is free.
+    lock = commands_of(world.app).dispatcher._locks.get(vehicle_id)
+    if lock is not None:
+        async with lock:
+            pass
+    job = await world.job("alice", "ALICE-1", response.json()["id"])
+    assert job["state"] == "queued", job
+    assert job["delivered_at"] is None
+    assert car.acted() == 0
 
 
 async def test_a_flood_of_answers_that_change_nothing_ends_the_session(
