@@ -306,6 +306,14 @@ class Dispatcher:
             counter = await _next_counter(ctx, job.vehicle_id)
             if not self._still_commandable(live):
                 return None  # rolled back: the job stays queued (see _still_commandable)
+            # The deadline again, at the moment of sealing: the re-check may have taken up
+            # to the PDP's budget, and an envelope must never be issued at or past its own
+            # expiry (a car whose clock runs behind would act after the user's deadline).
+            now = ctx.clock.now()
+            if epoch_ms(job.expires_at) <= epoch_ms(now):
+                settle(ctx, self._config, job, now)
+                await uow.commit()
+                return None
             frame = self._seal(ctx, job, live, now, counter)
             await uow.commit()
         return frame
@@ -359,6 +367,9 @@ class Dispatcher:
                 return None
             if not self._still_commandable(live):
                 return None  # stays queued, for notify() after the commit
+            now = ctx.clock.now()
+            if epoch_ms(job.expires_at) <= epoch_ms(now):
+                return None  # its deadline passed meanwhile: as above, never sealed
             frame = self._seal(ctx, job, live, now, counter)
         return Sealed(job.id, live, frame)
 

@@ -360,6 +360,50 @@ async def test_a_device_quarantined_while_its_job_is_sealed_gets_nothing(
     assert car.acted() == 0
 
 
+@pytest.mark.parametrize("connected", [True, False])
+async def test_a_deadline_that_passes_during_the_delivery_seals_nothing(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch, connected: bool
+) -> None:
+    # The deadline was checked at the start of the delivery transaction, then it waited (the
+    # revocations, the PDP re-check within its budget, the counter) and the envelope was
+    # sealed with the time read before: an envelope already past its own expiry went down
+    # to the car (one whose clock runs behind acts after the user's deadline). Checked again
+    # when sealing: nothing is sent, the job ends expired, the car gets no frame.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    guard = car.driver.guard
+    assert guard is not None
+    recorder = Recorder(guard)
+    vehicle_id = world.vehicles["ALICE-1"].id
+    original = dispatch_module._next_counter
+    slow: list[int] = []
+
+    async def slow_counter(ctx: Any, vehicle: str) -> int:
+        counter = await original(ctx, vehicle)
+        world.clock.advance(timedelta(seconds=10))  # past the 5 s TTL
+        slow.append(counter)
+        return counter
+
+    if not connected:
+        await car.offline()
+    monkeypatch.setattr(dispatch_module, "_next_counter", slow_counter)
+    response = await world.http.post(
+        f"/mobile/v1/vehicles/{vehicle_id}/commands/horn_lights",
+        json={"ttl_seconds": 5},
+        headers={"authorization": f"Bearer {world.token('alice')}", "idempotency-key": "late-1"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    if not connected:
+        car.online()
+    final = await world.settle("alice", "ALICE-1", job_id)
+    assert slow
+    assert final["state"] == "expired", final
+    assert final["delivered_at"] is None
+    assert recorder.frames == []
+    assert car.acted() == 0
+
+
 async def test_a_flood_of_answers_that_change_nothing_ends_the_session(
     world: CommandWorld,
 ) -> None:
