@@ -431,6 +431,9 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
             reason=decision.reason.value,
             ttl_seconds=bulk.ttl_seconds,
         )
+        # The approver's token, revoked while the approval waited to be judged (a stolen
+        # admin token signed out everywhere), approves nothing.
+        await require_still_valid(request, caller)
         await uow.commit()
         view = await _view(ctx, bulk, caller)
     _notify(runtime, created)

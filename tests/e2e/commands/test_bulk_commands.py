@@ -430,6 +430,40 @@ async def test_a_token_revoked_while_its_bulk_request_waits_creates_nothing(
         assert world.cars[label].acted() == 0
 
 
+async def test_an_approvers_token_revoked_while_the_approval_waits_approves_nothing(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second admin's stolen token approves a waiting bulk unlock: authenticated, then its
+    # owner signs out everywhere before the approval is judged. The approval went through
+    # on the dead token and every car unlocked. Nothing may be approved: 401, the bulk keeps
+    # waiting, no job, no car acts.
+    path = await waiting_unlock(world)
+    original = bulk_api._approve_once
+
+    async def revoked_meanwhile(*args: Any) -> Any:
+        async with world.platform.services() as (uow, ctx):
+            revocations = RevocationService(ctx, world.platform.identity.revocations)
+            await revocations.revoke_user(
+                world.users["olga"].id, reason="signed-out-everywhere", actor=Actor.system("t")
+            )
+            await uow.commit()
+        world.clock.advance(timedelta(seconds=1))
+        return await original(*args)
+
+    monkeypatch.setattr(bulk_api, "_approve_once", revoked_meanwhile)
+    response = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    bulk_id = path.split("/")[-2]
+    async with world.platform.unit_of_work() as uow:
+        stored = await uow.session.get(CommandBulk, bulk_id)
+    assert stored is not None and stored.state.value == "awaiting_approval"
+    assert await jobs_of(world, bulk_id) == 0
+    await world.sweep()
+    await asyncio.sleep(0.3)
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+
+
 async def test_a_requester_demoted_before_the_approval_has_nothing_approved(
     world: CommandWorld,
 ) -> None:
