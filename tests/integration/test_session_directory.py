@@ -385,6 +385,8 @@ async def test_a_refresh_writes_every_session_whatever_their_number(
     # Written in several pipelines (a small batch each, to keep the event loop free).
     one, two = pair
     sessions = [_live(f"dev_{i}", f"ses_{i}") for i in range(250)]
+    for live in sessions:
+        await one.join(live)  # a refresh rewrites the entries that are there
     later = T0 + timedelta(seconds=9)
     for live in sessions:
         live.touch(later)
@@ -392,3 +394,47 @@ async def test_a_refresh_writes_every_session_whatever_their_number(
     for i in (0, 99, 100, 249):
         [seen] = await two.join(_live(f"dev_{i}", f"ses_other_{i}", at=later))
         assert (seen.other.session_id, seen.other.last_activity) == (f"ses_{i}", later)
+
+
+async def test_a_refresh_that_overlaps_a_close_does_not_bring_the_session_back(
+    replicas: Replicas, prefix: str
+) -> None:
+    # A refresh takes B's sessions, then writes them (in batches, awaiting Redis): a session
+    # that ends in between has left already. Written back, it looked live for the window and
+    # the car reconnecting through A was quarantined as its own clone.
+    a, b = replicas.a, replicas.b
+    credentials = await a.enrol()
+    before = await replicas.open_on_b(credentials)
+    taken = b.registry.all_sessions()  # the refresh's view, before the close
+    await before.close()
+
+    async def left() -> bool:
+        return await _entries(prefix, credentials.device_id) == set()
+
+    await _until(left)
+    await b.directory.refresh(taken)  # the refresh's writes, after the leave
+    assert await _entries(prefix, credentials.device_id) == set()
+    after = await a.open(credentials)
+    assert await after.request(b"x") == b"ack:x"
+    assert (await a.device(credentials.device_id)).status is DeviceStatus.ACTIVE
+    assert await _incidents(a) == []
+
+
+async def test_a_session_the_directory_missed_joins_at_the_next_refresh(
+    replicas: Replicas, prefix: str
+) -> None:
+    # Admitted while Redis did not answer: once it does, the session is in the directory,
+    # and a copy of the key on A is the concurrent-session finding.
+    a, b = replicas.a, replicas.b
+    b.directory = _directory(prefix, url="redis://127.0.0.1:1/0")
+    credentials = await a.enrol()
+    genuine = await replicas.open_on_b(credentials)
+    await b.directory.close()
+    b.directory = _directory(prefix)
+    try:
+        await b.refresh_directory()
+        assert await _entries(prefix, credentials.device_id) == {genuine.session_id}
+        await a.open(credentials)
+        assert (await a.device(credentials.device_id)).status is DeviceStatus.QUARANTINED
+    finally:
+        await b.directory.close()

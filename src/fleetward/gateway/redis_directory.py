@@ -38,6 +38,17 @@ _SESSION_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # the event loop (~20 us a session): 100 keeps each stretch near 2 ms, where one pipeline for
 # a gateway's 1,000 sessions held it ~20 ms every refresh (docs/decisions.md, "small pieces").
 _REFRESH_BATCH: Final = 100
+# A refresh rewrites an entry only while it is there. A refresh takes its sessions before it
+# writes them: a session that ends meanwhile has already left (HDEL), and an unconditional
+# HSET would write it back, a live-looking entry for a session that is over (until the
+# window passes), read as a second device by the next handshake elsewhere.
+_REFRESH_ENTRY: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
 
 
 def _ms(at: datetime) -> int:
@@ -64,6 +75,7 @@ class RedisSessionDirectory:
         if self._ttl_ms <= 0:
             raise ValueError("the liveness window must be positive")
         self.malformed = 0  # values read that were not entries (pruned)
+        self._refresh_entry = redis.register_script(_REFRESH_ENTRY)
 
     @classmethod
     def from_url(cls, url: str, *, liveness_window: timedelta) -> RedisSessionDirectory:
@@ -115,12 +127,16 @@ class RedisSessionDirectory:
         await self._redis.hdel(self._key(live.session.device_id), live.session.session_id)
 
     async def refresh(self, sessions: Sequence[LiveSession]) -> None:
+        """Rewrite the entries of ``sessions`` that are still there (one that has left, or
+        never joined, is not written: see ``_REFRESH_ENTRY``)."""
         for start in range(0, len(sessions), _REFRESH_BATCH):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for live in sessions[start : start + _REFRESH_BATCH]:
-                    key = self._key(live.session.device_id)
-                    pipe.hset(key, live.session.session_id, self._entry(live))
-                    pipe.pexpire(key, self._ttl_ms)
+                    await self._refresh_entry(
+                        keys=[self._key(live.session.device_id)],
+                        args=[live.session.session_id, self._entry(live), self._ttl_ms],
+                        client=pipe,
+                    )
                 await pipe.execute()
 
     async def close(self) -> None:

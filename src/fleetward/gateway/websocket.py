@@ -141,6 +141,9 @@ class Gateway:
     commands: CommandPort = field(default_factory=NoCommands, init=False)
     # Other replicas' sessions, for the clone rules and the session cap (gateway/directory.py).
     directory: SessionDirectory = field(default_factory=LocalDirectory, init=False)
+    # Sessions whose join the directory did not answer: joined by the next refresh (a refresh
+    # rewrites only entries that are there, so that it never writes back one that has left).
+    _unjoined: dict[str, LiveSession] = field(default_factory=dict, init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -423,6 +426,7 @@ class Gateway:
                 remote = await self.directory.join(live)
         except Exception as exc:
             logger.warning("gateway.directory_unavailable", stage="join", error=type(exc).__name__)
+            self._unjoined[live.session.session_id] = live
             return ()
         now = live.last_activity
         return tuple(
@@ -434,6 +438,7 @@ class Gateway:
     async def _leave(self, live: LiveSession) -> None:
         if not self.directory.shared:
             return
+        self._unjoined.pop(live.session.session_id, None)
         try:
             async with asyncio.timeout(DIRECTORY_TIMEOUT_S):
                 await self.directory.leave(live)
@@ -445,14 +450,29 @@ class Gateway:
         the liveness window, until cancelled (nothing to write alone)."""
         while True:
             await asyncio.sleep(self.config.liveness_window.total_seconds() / 3)
-            if not self.directory.shared:
-                continue
             try:
-                await self.directory.refresh(self.registry.all_sessions())
+                await self.refresh_directory()
             except Exception as exc:
                 logger.warning(
                     "gateway.directory_unavailable", stage="refresh", error=type(exc).__name__
                 )
+
+    async def refresh_directory(self) -> None:
+        """One refresh: join the sessions whose handshake the directory did not answer, then
+        rewrite the last activity of every session still in it (raises when it cannot)."""
+        if not self.directory.shared:
+            return
+        sessions = self.registry.all_sessions()
+        registered = {live.session.session_id for live in sessions}
+        for session_id, live in list(self._unjoined.items()):
+            if session_id not in registered:
+                self._unjoined.pop(session_id, None)
+                continue
+            await self.directory.join(live)
+            if self._unjoined.pop(session_id, None) is None:
+                # It ended while joining: its leave may have run first, so leave again.
+                await self.directory.leave(live)
+        await self.directory.refresh(sessions)
 
     async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
         # Anyone can make a handshake fail, without any key: past its network's budget a
