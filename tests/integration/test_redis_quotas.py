@@ -397,3 +397,58 @@ async def test_enumeration_counts_locally_when_redis_is_down() -> None:
     ]
     # Never an exemption: the walk is still seen, in this process's own sets.
     assert levels == [Level.NORMAL, Level.SLOWED, Level.STOPPED]
+
+
+async def test_an_enumeration_stop_holds_on_every_replica(replicas: Replicas) -> None:
+    """Threat: a walker stopped on one replica (here by the sequence signal, which each
+    replica follows alone) went on through the others: the load balancer sent its next
+    requests elsewhere, where the stop was unknown. The stop is shared: every replica
+    refuses the actor for the rest of the cool-down, without a second escalation."""
+    window = timedelta(hours=1)
+    counters = [
+        RedisDistinct(c, window, prefix=replicas.prefix + "enum:") for c in replicas.clients
+    ]
+    config = EnumerationConfig(
+        window=window, slow_distinct=100, stop_distinct=200, slow_run=3, stop_run=5
+    )
+    guards = [EnumerationGuard(config, counter, stops=counter) for counter in counters]
+    now = SystemClock().now().replace(microsecond=0)  # whole milliseconds, as Redis keeps
+    verdicts = [
+        await guards[0].observe("usr_walker", [vehicle_touched(f"veh_{n:026d}")], now)
+        for n in range(1, 6)
+    ]
+    assert verdicts[-1].level is Level.STOPPED and verdicts[-1].escalated
+    later = now + timedelta(seconds=10)
+    for guard, n in ((guards[1], 6), (guards[2], 1), (guards[1], 7)):
+        verdict = await guard.observe("usr_walker", [vehicle_touched(f"veh_{n:026d}")], later)
+        assert verdict.level is Level.STOPPED and not verdict.escalated
+        assert verdict.retry_after == config.cooldown - timedelta(seconds=10)
+    # Another actor is not held; the stop expires with its cool-down.
+    other = await guards[1].observe("usr_other", [vehicle_touched("veh_" + "q" * 26)], later)
+    assert other.level is Level.NORMAL
+    [key] = [k async for k in replicas.admin.scan_iter(match=replicas.prefix + "enum:stop|*")]
+    assert 0 < await replicas.admin.pttl(key) <= config.cooldown // timedelta(milliseconds=1)
+    after = now + config.cooldown + timedelta(seconds=1)
+    again = await guards[2].observe("usr_walker", [vehicle_touched(f"veh_{1:026d}")], after)
+    assert again.level is Level.NORMAL
+
+
+async def test_replicas_built_with_redis_share_enumeration_stops(tmp_path: Path) -> None:
+    # As the app builds them: two replicas' runtimes from the same settings.
+    require_service("Redis", REDIS_URL)
+    settings = Settings(data_dir=tmp_path, redis_url=REDIS_URL)
+    one, two = QuotaRuntime.build(settings), QuotaRuntime.build(settings)
+    actor = f"usr_walker_{secrets.token_hex(6)}"
+    now = SystemClock().now()
+    try:
+        stop_run = one.enumeration.config.stop_run
+        for n in range(1, stop_run + 1):
+            last = await one.enumeration.observe(actor, [vehicle_touched(f"veh_{n:026d}")], now)
+        assert last.level is Level.STOPPED
+        elsewhere = await two.enumeration.observe(
+            actor, [vehicle_touched(f"veh_{stop_run + 1:026d}")], now
+        )
+        assert elsewhere.level is Level.STOPPED
+    finally:
+        await one.close()
+        await two.close()

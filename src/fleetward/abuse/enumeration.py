@@ -21,9 +21,10 @@ count is above the threshold (or by a new run). Each escalation is
 reported once (the caller audits it: ``abuse:enumeration:suspected``, then
 ``abuse:enumeration:stopped``), never once per request.
 
-State other than the distinct sets (runs, levels, stops) lives in this process: with several
-replicas, give the counter the Redis store so the distinct count is shared; a run split
-across replicas by the load balancer is seen in part on each (docs/operations.md).
+Runs and levels live in this process: with several replicas, give the counter the Redis
+store so the distinct count is shared, and the same store as ``stops`` so that a stop made on
+one replica holds on all (:class:`SharedStops`); a run split across replicas by the load
+balancer is seen in part on each (docs/operations.md).
 Memory is bounded: at most ``max_actors`` actors (least recently seen dropped first), and a
 distinct set stops growing at four times the stop threshold (an actor that far is stopped
 again after every cool-down).
@@ -36,7 +37,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, Protocol
 
@@ -53,6 +54,7 @@ DEFAULT_REDIS_PREFIX: Final = "fw:enum:"
 _CAP_FACTOR: Final = 4
 _SUFFIX = re.compile(r"[0-9a-z]{1,32}")
 _VIN = re.compile(r"[0-9A-HJ-NPR-Z]{17}")
+_HOLD = re.compile(rb"([0-9]{1,15}) ([0-9]{1,9})")
 
 
 class Level(StrEnum):
@@ -143,6 +145,24 @@ class DistinctCounter(Protocol):
     end is under-weighted by at most the share of the window elapsed since the boundary."""
 
     async def add(self, actor: str, member: str, now: datetime, *, cap: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A stop as every replica reads it: until when, and the distinct count it was made at
+    (after the cool-down, only a new object stops the actor again)."""
+
+    until: datetime
+    distinct: int
+
+
+class SharedStops(Protocol):
+    """Stops every replica honours. Both raise :class:`QuotaUnavailable` when they cannot
+    answer."""
+
+    async def hold(self, actor: str, hold: Hold, now: datetime) -> None: ...
+
+    async def held(self, actor: str, now: datetime) -> Hold | None: ...
 
 
 def _window_index(now: datetime, window: timedelta) -> int:
@@ -241,6 +261,37 @@ class RedisDistinct:
         estimate = _sliding(size, max(0, before - both), now, self._window)
         return min(estimate, max(cap, size_before))
 
+    # A stop is shared too (``SharedStops``): ``<prefix>stop|<actor>`` holds
+    # ``"<until, epoch ms> <distinct>"`` and expires with the cool-down.
+    def _stop_key(self, actor: str) -> str:
+        return f"{self._prefix}stop|{actor}"
+
+    async def hold(self, actor: str, hold: Hold, now: datetime) -> None:
+        until_ms = -(-hold.until.timestamp() * 1000 // 1)  # rounded up: never shortened
+        left = int(until_ms) - epoch_ms(now)
+        if left <= 0:
+            return
+        value = f"{int(until_ms)} {hold.distinct}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.set(self._stop_key(actor), value, px=left)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QuotaUnavailable(f"stop store unavailable: {type(exc).__name__}") from exc
+
+    async def held(self, actor: str, now: datetime) -> Hold | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                value = await self._redis.get(self._stop_key(actor))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QuotaUnavailable(f"stop store unavailable: {type(exc).__name__}") from exc
+        if value is None:
+            return None
+        match = _HOLD.fullmatch(value) if isinstance(value, bytes) else None
+        if match is None:
+            raise QuotaUnavailable("stop store: malformed value")
+        until = datetime.fromtimestamp(int(match[1]) / 1000, UTC)
+        return Hold(until, int(match[2])) if until > now else None
+
 
 @dataclass(frozen=True, slots=True)
 class EnumerationVerdict:
@@ -303,9 +354,12 @@ class EnumerationGuard:
         config: EnumerationConfig,
         counter: DistinctCounter | None = None,
         *,
+        stops: SharedStops | None = None,
         retry_shared_after: timedelta = timedelta(seconds=1),
     ) -> None:
         self.config = config
+        # Stops made on other replicas (None: this process alone).
+        self._stops = stops
         self._local = InMemoryDistinct(config.window, max_actors=config.max_actors)
         self._counter: DistinctCounter = counter if counter is not None else self._local
         # After the shared counter failed it is not asked again before this (the callers'
@@ -339,6 +393,9 @@ class EnumerationGuard:
             return _OK
         config = self.config
         state = self._state(actor)
+        held = await self._held_elsewhere(actor, state, now)
+        if held is not None:
+            return held
         window = _window_index(now, config.window)
         if state.level_window != window:
             state.level, state.level_window, state.distinct = Level.NORMAL, window, 0
@@ -356,7 +413,49 @@ class EnumerationGuard:
         held = self.stopped(actor, now)
         if held is not None:
             return held
-        return self._judge(state, now)
+        verdict = self._judge(state, now)
+        if verdict.escalated and verdict.level is Level.STOPPED:
+            await self._share_stop(actor, state, now)
+        return verdict
+
+    async def _held_elsewhere(
+        self, actor: str, state: _Actor, now: datetime
+    ) -> EnumerationVerdict | None:
+        """A stop another replica made and this one has not (its refusal, already audited
+        there), taken over here for the rest of its cool-down."""
+        if self._stops is None or not self._shared_up(now):
+            return None
+        try:
+            hold = await self._stops.held(actor, now)
+        except QuotaUnavailable as exc:
+            self._shared_failed(now, exc)
+            return None
+        if hold is None:
+            return None
+        state.level = Level.STOPPED
+        state.level_window = _window_index(now, self.config.window)
+        state.stopped_until = hold.until
+        state.stopped_at = max(state.stopped_at, hold.distinct)
+        state.distinct = max(state.distinct, hold.distinct)
+        state.tails.clear()
+        state.run = 0
+        return self.stopped(actor, now)
+
+    async def _share_stop(self, actor: str, state: _Actor, now: datetime) -> None:
+        if self._stops is None or state.stopped_until is None or not self._shared_up(now):
+            return
+        try:
+            await self._stops.hold(actor, Hold(state.stopped_until, state.stopped_at), now)
+        except QuotaUnavailable as exc:  # the stop stands here; the others judge alone
+            self._shared_failed(now, exc)
+
+    def _shared_up(self, now: datetime) -> bool:
+        return self._shared_down_until is None or now >= self._shared_down_until
+
+    def _shared_failed(self, now: datetime, exc: QuotaUnavailable) -> None:
+        if self._shared_down_until is None:
+            logger.warning("enumeration.counter.unavailable", error=str(exc))
+        self._shared_down_until = now + self._retry_shared_after
 
     async def _count(self, actor: str, member: str, now: datetime) -> int:
         cap = self._cap

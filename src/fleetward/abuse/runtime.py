@@ -2,7 +2,8 @@
 
 In-process buckets on the embedded default; Redis, shared by every replica, when
 ``redis_url`` is set (with in-process buckets as the ``local_limit`` fallback). The same
-choice holds for the enumeration guard's distinct sets (its other state is per process).
+choice holds for the enumeration guard's distinct sets and stops (its runs and levels are per
+process).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class QuotaRuntime:
             policy,
             GuardedQuotas(store, InMemoryQuotaStore()),
             store,
-            EnumerationGuard(enumeration, distinct),
+            EnumerationGuard(enumeration, distinct, stops=distinct),
         )
 
     async def close(self) -> None:
