@@ -405,6 +405,7 @@ async def test_a_refresh_that_overlaps_a_close_does_not_bring_the_session_back(
     a, b = replicas.a, replicas.b
     credentials = await a.enrol()
     before = await replicas.open_on_b(credentials)
+    await b.refresh_directory()  # B has refreshed before: its entries are in Redis
     taken = b.registry.all_sessions()  # the refresh's view, before the close
     await before.close()
 
@@ -438,3 +439,25 @@ async def test_a_session_the_directory_missed_joins_at_the_next_refresh(
         assert (await a.device(credentials.device_id)).status is DeviceStatus.QUARANTINED
     finally:
         await b.directory.close()
+
+
+async def test_entries_redis_lost_are_written_again_by_the_next_refresh(
+    replicas: Replicas, prefix: str
+) -> None:
+    # Redis restarted empty (or was out of reach until the entries expired): a refresh
+    # that rewrote only the entries still there would leave B's sessions out of the
+    # directory until they reconnect, and a copy of the key on A would go unseen.
+    a, b = replicas.a, replicas.b
+    credentials = await a.enrol()
+    genuine = await replicas.open_on_b(credentials)
+    await b.refresh_directory()
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
+        await redis.delete(*keys)  # as a restarted Redis holds nothing
+    finally:
+        await redis.aclose()
+    await b.refresh_directory()
+    assert await _entries(prefix, credentials.device_id) == {genuine.session_id}
+    await a.open(credentials)
+    assert (await a.device(credentials.device_id)).status is DeviceStatus.QUARANTINED

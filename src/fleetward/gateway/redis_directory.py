@@ -41,9 +41,11 @@ _REFRESH_BATCH: Final = 100
 # A refresh rewrites an entry only while it is there. A refresh takes its sessions before it
 # writes them: a session that ends meanwhile has already left (HDEL), and an unconditional
 # HSET would write it back, a live-looking entry for a session that is over (until the
-# window passes), read as a second device by the next handshake elsewhere.
+# window passes), read as a second device by the next handshake elsewhere. Unless Redis lost
+# this process's entries (ARGV[4] = "1": restarted, flushed, or out of reach until they
+# expired), which its marker key tells: then every session is written again.
 _REFRESH_ENTRY: Final = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+if ARGV[4] == '1' or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
@@ -76,6 +78,9 @@ class RedisSessionDirectory:
             raise ValueError("the liveness window must be positive")
         self.malformed = 0  # values read that were not entries (pruned)
         self._refresh_entry = redis.register_script(_REFRESH_ENTRY)
+        # Written by each complete refresh, expiring with the entries it wrote: missing, it
+        # says they may be gone (a restarted or flushed Redis, an outage past the expiry).
+        self._marker = f"{prefix}@{self.origin}"
 
     @classmethod
     def from_url(cls, url: str, *, liveness_window: timedelta) -> RedisSessionDirectory:
@@ -128,16 +133,21 @@ class RedisSessionDirectory:
 
     async def refresh(self, sessions: Sequence[LiveSession]) -> None:
         """Rewrite the entries of ``sessions`` that are still there (one that has left, or
-        never joined, is not written: see ``_REFRESH_ENTRY``)."""
+        never joined, is not written: see ``_REFRESH_ENTRY``), or all of them when Redis may
+        have lost this process's entries."""
+        if not sessions:
+            return
+        lost = "0" if await self._redis.exists(self._marker) else "1"
         for start in range(0, len(sessions), _REFRESH_BATCH):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for live in sessions[start : start + _REFRESH_BATCH]:
                     await self._refresh_entry(
                         keys=[self._key(live.session.device_id)],
-                        args=[live.session.session_id, self._entry(live), self._ttl_ms],
+                        args=[live.session.session_id, self._entry(live), self._ttl_ms, lost],
                         client=pipe,
                     )
                 await pipe.execute()
+        await self._redis.set(self._marker, 1, px=self._ttl_ms)
 
     async def close(self) -> None:
         await self._redis.aclose()
