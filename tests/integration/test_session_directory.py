@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from conftest import T0, require_service
 from fleetward.app import build_app
+from fleetward.audit.events import EventName
 from fleetward.devices.clones import DEFAULT_LIVENESS_WINDOW
 from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import DeviceIncident, DeviceStatus, IncidentKind, KeyAlgorithm
@@ -461,3 +462,31 @@ async def test_entries_redis_lost_are_written_again_by_the_next_refresh(
     assert await _entries(prefix, credentials.device_id) == {genuine.session_id}
     await a.open(credentials)
     assert (await a.device(credentials.device_id)).status is DeviceStatus.QUARANTINED
+
+
+async def test_a_leave_redis_did_not_answer_is_made_at_the_next_refresh(
+    replicas: Replicas, prefix: str
+) -> None:
+    # The session ended while Redis did not answer: its entry, refreshed a moment before,
+    # looked live for the rest of the window, and the car reconnecting through A after its
+    # clean close was quarantined as its own clone. The next refresh removes it.
+    a, b = replicas.a, replicas.b
+    credentials = await a.enrol()
+    before = await replicas.open_on_b(credentials)
+    reachable = b.directory
+    b.directory = _directory(prefix, url="redis://127.0.0.1:1/0")
+    await before.close()
+
+    async def recorded() -> bool:  # the close is recorded after its leave was tried
+        return bool(await a.audit(EventName.DEVICE_SESSION_CLOSED))
+
+    await _until(recorded)
+    await b.directory.close()
+    b.directory = reachable
+    assert await _entries(prefix, credentials.device_id) == {before.session_id}
+    await b.refresh_directory()
+    assert await _entries(prefix, credentials.device_id) == set()
+    after = await a.open(credentials)
+    assert await after.request(b"x") == b"ack:x"
+    assert (await a.device(credentials.device_id)).status is DeviceStatus.ACTIVE
+    assert await _incidents(a) == []

@@ -82,6 +82,8 @@ WEBSOCKET_PATH: Final = "/gateway/v1/ws"
 # A shared session directory's answer is waited for this long on a handshake (then the clone
 # rules judge with this replica's sessions only).
 DIRECTORY_TIMEOUT_S: Final = 0.5
+# Ended sessions kept for a leave the directory did not answer (beyond: their entries expire).
+_UNLEFT_MAX: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,9 @@ class Gateway:
     # Sessions whose join the directory did not answer: joined by the next refresh (a refresh
     # rewrites only entries that are there, so that it never writes back one that has left).
     _unjoined: dict[str, LiveSession] = field(default_factory=dict, init=False)
+    # Sessions that ended while the directory did not answer: left again by the next refresh
+    # (their entries would look live elsewhere until the liveness window passed).
+    _unleft: dict[str, LiveSession] = field(default_factory=dict, init=False)
     _ca_certificate: x509.Certificate | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -442,8 +447,10 @@ class Gateway:
         try:
             async with asyncio.timeout(DIRECTORY_TIMEOUT_S):
                 await self.directory.leave(live)
-        except Exception as exc:  # its entry goes silent, then expires (gateway/directory.py)
+        except Exception as exc:  # left again at the next refresh (gateway/directory.py)
             logger.warning("gateway.directory_unavailable", stage="leave", error=type(exc).__name__)
+            if len(self._unleft) < _UNLEFT_MAX:  # bounded through a long outage
+                self._unleft[live.session.session_id] = live
 
     async def run_directory_refresh(self) -> None:
         """Write this replica's sessions' last activity to a shared directory every third of
@@ -458,10 +465,16 @@ class Gateway:
                 )
 
     async def refresh_directory(self) -> None:
-        """One refresh: join the sessions whose handshake the directory did not answer, then
-        rewrite the last activity of every session still in it (raises when it cannot)."""
+        """One refresh: leave for the sessions whose end the directory did not answer, join
+        for those whose handshake it did not answer, then rewrite the last activity of every
+        session still in it (raises when it cannot)."""
         if not self.directory.shared:
             return
+        expired = self.platform.clock.now() - 2 * self.config.liveness_window
+        for session_id, live in list(self._unleft.items()):
+            if live.last_activity > expired:  # older entries have expired or been pruned
+                await self.directory.leave(live)
+            self._unleft.pop(session_id, None)
         sessions = self.registry.all_sessions()
         registered = {live.session.session_id for live in sessions}
         for session_id, live in list(self._unjoined.items()):
