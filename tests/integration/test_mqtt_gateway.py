@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
 from fleetward.app import build_app
@@ -60,6 +59,7 @@ from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.models import Vehicle
 from support.factories import FACTORY
 from support.mosquitto import HOST, Broker, puback_reason, start_broker, tls_probe
+from support.serve import served
 from unit.devices.kit import DeviceWorld, build_device_world
 
 
@@ -171,43 +171,35 @@ async def rig(platform: Platform, port: int, directory: Path) -> AsyncIterator[R
                 clock=clock,
             )
         )
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=HOST, port=port, log_config=None, lifespan="on")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not task.done(), "the server stopped during start-up"
-            await asyncio.sleep(0.02)
-        transport = MqttTransport(
-            gateway,
-            broker.gateway_config(
-                crl_file=broker.layout.device_crl, broker_pid_file=broker.layout.pid_file
-            ),
-        )
-        mqtt, crl = transport.consumer, transport.crl
-        assert crl is not None
-        await transport.start()
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await mqtt.connected.wait()
-            async with AsyncExitStack() as devices:
-                yield Rig(
-                    platform,
-                    clock,
-                    world,
-                    gateway,
-                    mqtt,
-                    broker,
-                    crl,
-                    f"http://{HOST}:{port}",
-                    directory,
-                    devices,
-                )
-        finally:
-            await transport.stop()
-            server.should_exit = True
-            await task
-            await gateway.registry.idle()
+        async with served(app, port, HOST) as base:
+            transport = MqttTransport(
+                gateway,
+                broker.gateway_config(
+                    crl_file=broker.layout.device_crl, broker_pid_file=broker.layout.pid_file
+                ),
+            )
+            mqtt, crl = transport.consumer, transport.crl
+            assert crl is not None
+            await transport.start()
+            try:
+                async with asyncio.timeout(WAIT_S):
+                    await mqtt.connected.wait()
+                async with AsyncExitStack() as devices:
+                    yield Rig(
+                        platform,
+                        clock,
+                        world,
+                        gateway,
+                        mqtt,
+                        broker,
+                        crl,
+                        base,
+                        directory,
+                        devices,
+                    )
+            finally:
+                await transport.stop()
+        await gateway.registry.idle()
 
 
 @pytest.fixture

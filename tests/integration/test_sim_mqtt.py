@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from fleetward.app import build_app
@@ -39,6 +38,7 @@ from fleetward.sim.provision import provision_fleet
 from fleetward.sim.runner import FleetMember, FleetReport, FleetRunner, VehicleResult
 from fleetward.telemetry.models import TelemetryMessage
 from support.mosquitto import HOST, Broker, start_broker
+from support.serve import served
 
 
 @pytest.fixture
@@ -86,31 +86,21 @@ async def serving_with_broker(
         crl_pem=crl_pem(signer.sign([], now=clock.now())),
         clock=clock,
     ) as broker:
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=HOST, port=port, log_config=None, lifespan="on")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not task.done(), "the server stopped during start-up"
-            await asyncio.sleep(0.02)
-        transport = MqttTransport(
-            gateway,
-            broker.gateway_config(
-                crl_file=broker.layout.device_crl, broker_pid_file=broker.layout.pid_file
-            ),
-        )
-        await transport.start()
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await transport.consumer.connected.wait()
-            yield Running(
-                platform, broker, transport.consumer, gateway.server_id, f"http://{HOST}:{port}"
+        async with served(app, port, HOST) as base:
+            transport = MqttTransport(
+                gateway,
+                broker.gateway_config(
+                    crl_file=broker.layout.device_crl, broker_pid_file=broker.layout.pid_file
+                ),
             )
-        finally:
-            await transport.stop()
-            server.should_exit = True
-            await task
-            await gateway.registry.idle()
+            await transport.start()
+            try:
+                async with asyncio.timeout(WAIT_S):
+                    await transport.consumer.connected.wait()
+                yield Running(platform, broker, transport.consumer, gateway.server_id, base)
+            finally:
+                await transport.stop()
+        await gateway.registry.idle()
 
 
 async def run_over_mqtt(running: Running, directory: Path) -> FleetReport:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-import uvicorn
 from sqlalchemy import select
 
 from fleetward.app import build_app
@@ -40,6 +39,7 @@ from fleetward.sim.vehicle import SimVehicle
 from fleetward.vehicles.models import Vehicle
 from support.commands import DRIVE, CommandWorld, RunningClock, SimCar
 from support.mosquitto import HOST, START_TIMEOUT_S, Broker, start_broker
+from support.serve import served
 
 WAIT_S = 10.0  # a bound on waiting for an event, never an expectation about speed
 SOFTWARE = "tcu-4.2.0"
@@ -112,70 +112,61 @@ async def mqtt_command_world(
         ) as broker,
         AsyncExitStack() as stack,
     ):
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=HOST, port=port, log_config=None, lifespan="on")
-        )
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not serving.done(), "the server stopped during start-up"
-            await asyncio.sleep(0.02)
-        transport = MqttTransport(
-            gateway,
-            broker.gateway_config(
-                crl_file=broker.layout.device_crl, broker_pid_file=broker.layout.pid_file
-            ),
-        )
-        await transport.start()
-        running: MqttCommandWorld | None = None
-        try:
-            async with asyncio.timeout(WAIT_S):
-                await transport.consumer.connected.wait()
-            base = f"http://{HOST}:{port}"
-            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-                async with platform.unit_of_work() as uow:
-                    users = {u.username: u for u in await uow.session.scalars(select(User))}
-                    tenants = {t.slug: t for t in await uow.session.scalars(select(Tenant))}
-                    vehicles = {v.label: v for v in await uow.session.scalars(select(Vehicle))}
-                order = [label for label, *_rest in VEHICLES]
-                fleet = await provision_fleet(
-                    platform,
-                    http,
-                    max(order.index(label) for label in provision) + 1,
-                    path=directory / "sim-devices.json",
-                )
-                credentials = {d.label: d.credentials for d in fleet.devices}
-                sim = MqttSimTransport(
-                    HOST,
-                    broker.layout.device_port,
-                    server_id=gateway.server_id,
-                    broker_ca=broker.broker_ca,
-                    credentials_dir=directory / "tcu",
-                )
-                cars: dict[str, SimCar] = {}
-                for label in drive:
-                    vehicle = SimVehicle(seed=len(cars) + 1)
-                    vehicle.sleep()  # parked and locked ...
-                    vehicle.wake()  # ... and awake: it reports, and stays parked (DRIVE)
-                    driver = VehicleDriver(
-                        vehicle, credentials[label], sim, DRIVE, clock=platform.clock.now
+        async with served(app, port, HOST) as base:
+            transport = MqttTransport(
+                gateway,
+                broker.gateway_config(
+                    crl_file=broker.layout.device_crl, broker_pid_file=broker.layout.pid_file
+                ),
+            )
+            await transport.start()
+            running: MqttCommandWorld | None = None
+            try:
+                async with asyncio.timeout(WAIT_S):
+                    await transport.consumer.connected.wait()
+                async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                    async with platform.unit_of_work() as uow:
+                        users = {u.username: u for u in await uow.session.scalars(select(User))}
+                        tenants = {t.slug: t for t in await uow.session.scalars(select(Tenant))}
+                        vehicles = {v.label: v for v in await uow.session.scalars(select(Vehicle))}
+                    order = [label for label, *_rest in VEHICLES]
+                    fleet = await provision_fleet(
+                        platform,
+                        http,
+                        max(order.index(label) for label in provision) + 1,
+                        path=directory / "sim-devices.json",
                     )
-                    cars[label] = SimCar(label, driver)
-                world = CommandWorld(platform, app, http, clock, users, tenants, vehicles, cars)
-                running = MqttCommandWorld(
-                    world, broker, gateway, transport.consumer, sim, credentials, stack
-                )
-                for car in cars.values():
-                    car.online()
-                yield running
-        finally:
-            if running is not None:
-                for car in running.world.cars.values():
-                    await car.offline()
-            await stack.aclose()
-            await transport.stop()
-            server.should_exit = True
-            await serving
-            await gateway.registry.idle()
+                    credentials = {d.label: d.credentials for d in fleet.devices}
+                    sim = MqttSimTransport(
+                        HOST,
+                        broker.layout.device_port,
+                        server_id=gateway.server_id,
+                        broker_ca=broker.broker_ca,
+                        credentials_dir=directory / "tcu",
+                    )
+                    cars: dict[str, SimCar] = {}
+                    for label in drive:
+                        vehicle = SimVehicle(seed=len(cars) + 1)
+                        vehicle.sleep()  # parked and locked ...
+                        vehicle.wake()  # ... and awake: it reports, and stays parked (DRIVE)
+                        driver = VehicleDriver(
+                            vehicle, credentials[label], sim, DRIVE, clock=platform.clock.now
+                        )
+                        cars[label] = SimCar(label, driver)
+                    world = CommandWorld(platform, app, http, clock, users, tenants, vehicles, cars)
+                    running = MqttCommandWorld(
+                        world, broker, gateway, transport.consumer, sim, credentials, stack
+                    )
+                    for car in cars.values():
+                        car.online()
+                    yield running
+            finally:
+                if running is not None:
+                    for car in running.world.cars.values():
+                        await car.offline()
+                await stack.aclose()
+                await transport.stop()
+        await gateway.registry.idle()
 
 
 async def publish_reason(

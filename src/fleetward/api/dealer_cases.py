@@ -39,6 +39,7 @@ from fleetward.authz.decision import ResourceKind, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.surfaces import Surface
+from fleetward.services import ServiceContext
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.errors import CaseNotOpen
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase
@@ -121,6 +122,22 @@ async def _assigned_case(
     return case
 
 
+async def _decided_case(
+    request: Request, caller: Caller, case_id: str, ctx: ServiceContext
+) -> DealerCase:
+    """What every case route begins with: the PDP decides (and the audit trail records)
+    dealer:manage_case on the case, and the case must be one of the caller's open cases.
+    Either refusal is the one 404."""
+    await authorize(
+        request,
+        caller,
+        Permission.DEALER_MANAGE_CASE,
+        ResourceRef(ResourceKind.DEALER_CASE, case_id),
+        ctx=ctx,
+    )
+    return await _assigned_case(ctx.session, caller, case_id, ctx.clock.now())
+
+
 router = surface_router(Surface.DEALER)
 _DEALER = Depends(authenticate(Surface.DEALER))
 
@@ -175,14 +192,7 @@ async def list_cases(
 async def read_case(case_id: str, request: Request, caller: Caller = _DEALER) -> DealerCaseView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        await authorize(
-            request,
-            caller,
-            Permission.DEALER_MANAGE_CASE,
-            ResourceRef(ResourceKind.DEALER_CASE, case_id),
-            ctx=ctx,
-        )
-        case = await _assigned_case(ctx.session, caller, case_id, ctx.clock.now())
+        case = await _decided_case(request, caller, case_id, ctx)
         await uow.commit()
     return _view(case)
 
@@ -201,17 +211,8 @@ async def read_case(case_id: str, request: Request, caller: Caller = _DEALER) ->
 async def read_case_vehicle(case_id: str, request: Request, caller: Caller = _DEALER) -> StatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        # The parent first, as on every case route: the PDP decides (and the audit trail
-        # records) dealer:manage_case on the case, and the case must be one of the caller's
-        # open cases. Either refusal is the one 404.
-        await authorize(
-            request,
-            caller,
-            Permission.DEALER_MANAGE_CASE,
-            ResourceRef(ResourceKind.DEALER_CASE, case_id),
-            ctx=ctx,
-        )
-        case = await _assigned_case(ctx.session, caller, case_id, ctx.clock.now())
+        # The parent first, as on every case route.
+        case = await _decided_case(request, caller, case_id, ctx)
         vehicle_id = case.vehicle_id
         await uow.commit()  # the case decision's audit record
     # The vehicle is decided again by the PDP (vehicle:read_status), as on /vehicles/{id}.
@@ -233,14 +234,7 @@ async def close_case(
 ) -> DealerCaseView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        await authorize(
-            request,
-            caller,
-            Permission.DEALER_MANAGE_CASE,
-            ResourceRef(ResourceKind.DEALER_CASE, case_id),
-            ctx=ctx,
-        )
-        case = await _assigned_case(ctx.session, caller, case_id, ctx.clock.now())
+        case = await _decided_case(request, caller, case_id, ctx)
         try:
             await CaseService(ctx).close_dealer_case(
                 case, actor=Actor.user(caller.claims.sub, caller.claims.tenant)

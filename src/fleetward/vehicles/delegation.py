@@ -11,7 +11,7 @@ from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.authz.permissions import DELEGABLE_PERMISSIONS, Permission
 from fleetward.core.ids import new_id
-from fleetward.core.windows import OverlappingWindow, check_window, overlaps
+from fleetward.core.windows import OverlappingWindow, overlaps
 from fleetward.identity.models import User
 from fleetward.services import ServiceContext
 from fleetward.vehicles.errors import (
@@ -60,13 +60,7 @@ class DelegationService:
                 "an owner cannot delegate: " + ", ".join(sorted(p.value for p in wider)),
                 reason="not-delegable",
             )
-        check_window(
-            start,
-            valid_until,
-            now=now,
-            max_length=self._ctx.limits.max_delegation,
-            max_lead=self._ctx.limits.max_delegation_lead,
-        )
+        self._ctx.limits.check_delegation_window(start, valid_until, now=now)
         ownership = await OwnershipService(self._ctx).current(vehicle)
         if ownership is None or ownership.owner_user_id != owner.id:
             raise NotCurrentOwner("only the current owner can delegate this vehicle")

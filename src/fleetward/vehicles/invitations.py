@@ -23,7 +23,6 @@ from fleetward.audit.recorder import Actor, Target
 from fleetward.authz.permissions import DELEGABLE_PERMISSIONS, Permission
 from fleetward.core.errors import NotFound
 from fleetward.core.ids import new_id
-from fleetward.core.windows import check_window
 from fleetward.identity.models import User
 from fleetward.services import ServiceContext
 from fleetward.vehicles.delegation import DelegationService, parse_permissions
@@ -105,13 +104,7 @@ class InvitationService:
         now = self._ctx.clock.now()
         start = valid_from or now
         granted = delegable(permissions)
-        check_window(
-            start,
-            valid_until,
-            now=now,
-            max_length=self._ctx.limits.max_delegation,
-            max_lead=self._ctx.limits.max_delegation_lead,
-        )
+        self._ctx.limits.check_delegation_window(start, valid_until, now=now)
         ownership = await OwnershipService(self._ctx).current(vehicle)
         if ownership is None or ownership.owner_user_id != owner.id:
             raise NotCurrentOwner("only the current owner can invite drivers")
