@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from fleetward.platform import Platform
+from fleetward.store import sqlite_driver
 
 _WAITING = text(
     "SELECT count(*) FROM pg_stat_activity"
@@ -35,4 +37,30 @@ async def settled(platform: Platform, task: asyncio.Task[Any]) -> None:
             await asyncio.sleep(0.005)
 
 
-__all__ = ["settled"]
+class TurnWatch:
+    """Sees a second writer wait for its turn, on either store: on PostgreSQL a transaction
+    waiting for a lock (``settled``), on SQLite a writer waiting at this process's write gate
+    (``store.sqlite_driver``). Set up before the writers start."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._gate_waited = asyncio.Event()
+        enter = sqlite_driver._enter
+
+        async def noticed_enter(gate: asyncio.Lock) -> None:
+            if gate.locked():  # SQLite: a writer waits for this process's write lock
+                self._gate_waited.set()
+            await enter(gate)
+
+        monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+
+    async def waiting(self, platform: Platform, backend: str, task: asyncio.Task[Any]) -> None:
+        """Until ``task`` is done or waits for its turn behind another writer."""
+        if backend == "postgresql":
+            await settled(platform, task)
+            return
+        waited = asyncio.create_task(self._gate_waited.wait())
+        await asyncio.wait({task, waited}, return_when=asyncio.FIRST_COMPLETED)
+        waited.cancel()
+
+
+__all__ = ["TurnWatch", "settled"]

@@ -23,8 +23,7 @@ from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending, verify_lo
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.clock import FrozenClock
 from fleetward.platform import Platform
-from fleetward.store import sqlite_driver
-from support.locks import settled
+from support.locks import TurnWatch
 
 ACTOR = Actor.system("chain-test")
 
@@ -150,8 +149,7 @@ async def test_two_sealers_at_once_take_turns(
     # fail with an IntegrityError.
     await _record(platform, 6)
     first_read, first_goes_on = asyncio.Event(), asyncio.Event()
-    second_waits = asyncio.Event()
-    head, enter_gate = chain._head, sqlite_driver._enter
+    head = chain._head
     heads_read = 0
 
     async def head_then_pause(*args: object, **kwargs: object) -> tuple[int, str]:
@@ -162,23 +160,13 @@ async def test_two_sealers_at_once_take_turns(
             await first_goes_on.wait()
         return await head(*args, **kwargs)  # type: ignore[arg-type]
 
-    async def noticed_enter(gate: asyncio.Lock) -> None:
-        if gate.locked():  # SQLite: a writer waits for this process's write lock
-            second_waits.set()
-        await enter_gate(gate)
-
     monkeypatch.setattr(chain, "_head", head_then_pause)
-    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    turns = TurnWatch(monkeypatch)
     first = asyncio.create_task(seal_pending(platform, lag=timedelta(0)))
     await first_read.wait()
     second = asyncio.create_task(seal_pending(platform, lag=timedelta(0)))
     # Until the second sealer is done, or waits for a lock the first holds.
-    if backend == "postgresql":
-        await settled(platform, second)
-    else:
-        waiting = asyncio.create_task(second_waits.wait())
-        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
+    await turns.waiting(platform, backend, second)
     first_goes_on.set()
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert not [r for r in results if isinstance(r, BaseException)], results

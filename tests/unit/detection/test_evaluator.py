@@ -24,8 +24,7 @@ from fleetward.detection.finding import Finding, Rule
 from fleetward.detection.observed import Observed
 from fleetward.detection.rules import build_rules
 from fleetward.platform import Platform
-from fleetward.store import sqlite_driver
-from support.locks import settled
+from support.locks import TurnWatch
 
 MALLORY = Actor.user("usr_mallory", "ten_consumer")
 
@@ -186,19 +185,14 @@ async def test_replicas_stepping_at_once_take_turns(
     one, two = evaluator(platform), evaluator(platform)
     await one.run_until_idle()
     events = await deny(platform, *(f"veh_{i}" for i in range(5)))
-    one_evaluated, one_goes_on, two_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    evaluate, enter_gate = evaluator_module.evaluate, sqlite_driver._enter
+    one_evaluated, one_goes_on = asyncio.Event(), asyncio.Event()
+    evaluate = evaluator_module.evaluate
 
     def evaluate_then_note(rules: Sequence[Rule], batch: Sequence[Observed]) -> list[Finding]:
         found = evaluate(rules, batch)
         if batch and rules is one.rules:
             one_evaluated.set()
         return found
-
-    async def noticed_enter(gate: asyncio.Lock) -> None:
-        if gate.locked():  # SQLite: a writer waits for this process's write lock
-            two_waits.set()
-        await enter_gate(gate)
 
     apply = evaluator_module.raising.apply
     paused_once = False
@@ -213,16 +207,11 @@ async def test_replicas_stepping_at_once_take_turns(
 
     monkeypatch.setattr(evaluator_module, "evaluate", evaluate_then_note)
     monkeypatch.setattr(evaluator_module.raising, "apply", apply_held_for_one)
-    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    turns = TurnWatch(monkeypatch)
     first = asyncio.create_task(one.step())
     await one_evaluated.wait()
     second = asyncio.create_task(two.step())
-    if backend == "postgresql":
-        await settled(platform, second)
-    else:
-        waiting = asyncio.create_task(two_waits.wait())
-        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
+    await turns.waiting(platform, backend, second)
     one_goes_on.set()
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert results == [5, 1]
@@ -241,8 +230,8 @@ async def test_replicas_starting_at_once_place_one_cursor(
     # cursor's key (an IntegrityError, logged as a failed round) but find the first's cursor
     # (or wait for it) and go on from it.
     one, two = evaluator(platform), evaluator(platform)
-    one_found_none, one_goes_on, two_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    read, enter_gate = cursor.read, sqlite_driver._enter
+    one_found_none, one_goes_on = asyncio.Event(), asyncio.Event()
+    read = cursor.read
 
     async def read_then_pause(*args: object, **kwargs: object) -> cursor.Position | None:
         position = await read(*args, **kwargs)  # type: ignore[arg-type]
@@ -251,22 +240,12 @@ async def test_replicas_starting_at_once_place_one_cursor(
             await one_goes_on.wait()
         return position
 
-    async def noticed_enter(gate: asyncio.Lock) -> None:
-        if gate.locked():  # SQLite: a writer waits for this process's write lock
-            two_waits.set()
-        await enter_gate(gate)
-
     monkeypatch.setattr(cursor, "read", read_then_pause)
-    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    turns = TurnWatch(monkeypatch)
     first = asyncio.create_task(one.step())
     await one_found_none.wait()
     second = asyncio.create_task(two.step())
-    if backend == "postgresql":
-        await settled(platform, second)
-    else:
-        waiting = asyncio.create_task(two_waits.wait())
-        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
+    await turns.waiting(platform, backend, second)
     one_goes_on.set()
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert results == [0, 0]

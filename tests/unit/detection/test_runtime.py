@@ -15,9 +15,8 @@ from fleetward.detection import raising
 from fleetward.detection.config import DetectionConfig
 from fleetward.detection.runtime import DetectionRuntime
 from fleetward.platform import Platform
-from fleetward.store import sqlite_driver
 from fleetward.telemetry.metrics import MetricsSnapshot, SignalWindow
-from support.locks import settled
+from support.locks import TurnWatch
 
 
 def flood(counted: int) -> MetricsSnapshot:
@@ -52,8 +51,8 @@ async def test_replicas_sampling_at_once_count_every_sample(
     )
     await one.evaluator.run_until_idle()  # the cursor detection's writers take turns on
     assert await one.sample_telemetry() == 1
-    one_read, one_goes_on, two_waits = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    apply, enter_gate = raising.apply, sqlite_driver._enter
+    one_read, one_goes_on = asyncio.Event(), asyncio.Event()
+    apply = raising.apply
 
     async def apply_held_before_writing(
         session: AsyncSession, *args: Any, **kwargs: Any
@@ -69,22 +68,12 @@ async def test_replicas_sampling_at_once_count_every_sample(
             session.flush = held_flush  # type: ignore[method-assign]
         return await apply(session, *args, **kwargs)
 
-    async def noticed_enter(gate: asyncio.Lock) -> None:
-        if gate.locked():  # SQLite: a writer waits for this process's write lock
-            two_waits.set()
-        await enter_gate(gate)
-
     monkeypatch.setattr(raising, "apply", apply_held_before_writing)
-    monkeypatch.setattr(sqlite_driver, "_enter", noticed_enter)
+    turns = TurnWatch(monkeypatch)
     first = asyncio.create_task(one.sample_telemetry())
     await one_read.wait()
     second = asyncio.create_task(two.sample_telemetry())
-    if backend == "postgresql":
-        await settled(platform, second)
-    else:
-        waiting = asyncio.create_task(two_waits.wait())
-        await asyncio.wait({second, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
+    await turns.waiting(platform, backend, second)
     one_goes_on.set()
     assert await asyncio.gather(first, second, return_exceptions=True) == [1, 1]
     async with platform.unit_of_work() as uow:
