@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from fleetward.app import build_app
+from fleetward.audit.recorder import Actor
 from fleetward.authz.permissions import Permission
 from fleetward.commands.runtime import commands_of
 from fleetward.core.clock import FrozenClock
@@ -31,6 +32,7 @@ from fleetward.demo.world import VEHICLES, seed_demo_world
 from fleetward.gateway.websocket import gateway_of
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import Tenant, User
+from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.platform import Platform
 from fleetward.sim.driver import DriveConfig, VehicleDriver
 from fleetward.sim.provision import provision_fleet
@@ -186,6 +188,15 @@ class CommandWorld:
 
     async def sweep(self) -> None:
         await commands_of(self.app).dispatcher.sweep()
+
+    async def sign_out_everywhere(self, who: str) -> None:
+        """Every token of ``who`` revoked, as their "sign out everywhere" does."""
+        async with self.platform.services() as (uow, ctx):
+            revocations = RevocationService(ctx, self.platform.identity.revocations)
+            await revocations.revoke_user(
+                self.users[who].id, reason="signed-out-everywhere", actor=Actor.system("t")
+            )
+            await uow.commit()
 
 
 def _surface_of(who: str) -> Surface:

@@ -24,7 +24,6 @@ from fleetward.commands.runtime import commands_of
 from fleetward.core.surfaces import Surface
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Membership, Role
-from fleetward.identity.oauth.revocation import RevocationService
 from fleetward.identity.oauth_models import Client
 from fleetward.platform import Platform
 from fleetward.vehicles.fleets import FleetService
@@ -375,12 +374,7 @@ async def test_a_requester_revoked_before_the_approval_never_reaches_a_car(
     # send them.
     path = await waiting_unlock(world)
     bulk_id = path.split("/")[-2]
-    async with world.platform.services() as (uow, ctx):
-        revocations = RevocationService(ctx, world.platform.identity.revocations)
-        await revocations.revoke_user(
-            world.users["erin"].id, reason="signed-out-everywhere", actor=Actor.system("t")
-        )
-        await uow.commit()
+    await world.sign_out_everywhere("erin")
     world.clock.advance(timedelta(seconds=5))  # the approval comes a little later
     approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
     assert approved.status_code == 200, approved.text
@@ -411,12 +405,7 @@ async def test_a_token_revoked_while_its_bulk_request_waits_creates_nothing(
 
     async def revoked_meanwhile(*args: Any, **kwargs: Any) -> None:
         await original(*args, **kwargs)
-        async with world.platform.services() as (uow, ctx):
-            revocations = RevocationService(ctx, world.platform.identity.revocations)
-            await revocations.revoke_user(
-                world.users["erin"].id, reason="signed-out-everywhere", actor=Actor.system("t")
-            )
-            await uow.commit()
+        await world.sign_out_everywhere("erin")
         world.clock.advance(timedelta(seconds=1))
 
     monkeypatch.setattr(bulk_api, "charge_command_flow", revoked_meanwhile)
@@ -441,12 +430,7 @@ async def test_an_approvers_token_revoked_while_the_approval_waits_approves_noth
     original = bulk_api._approve_once
 
     async def revoked_meanwhile(*args: Any) -> Any:
-        async with world.platform.services() as (uow, ctx):
-            revocations = RevocationService(ctx, world.platform.identity.revocations)
-            await revocations.revoke_user(
-                world.users["olga"].id, reason="signed-out-everywhere", actor=Actor.system("t")
-            )
-            await uow.commit()
+        await world.sign_out_everywhere("olga")
         world.clock.advance(timedelta(seconds=1))
         return await original(*args)
 

@@ -450,12 +450,7 @@ async def test_a_token_revoked_while_its_request_waits_creates_no_job(
 
     async def revoked_meanwhile(*args: Any, **kwargs: Any) -> None:
         await original(*args, **kwargs)
-        async with world.platform.services() as (uow, ctx):
-            revocations = RevocationService(ctx, world.platform.identity.revocations)
-            await revocations.revoke_user(
-                world.users["alice"].id, reason="signed-out-everywhere", actor=Actor.system("t")
-            )
-            await uow.commit()
+        await world.sign_out_everywhere("alice")
         world.clock.advance(timedelta(seconds=1))
 
     monkeypatch.setattr(api_commands, "charge_command_flow", revoked_meanwhile)
@@ -786,12 +781,7 @@ async def test_a_follow_stream_ends_when_the_followers_access_ends(
         if revoked == "delegation":
             await revoke_bob(world)
         else:
-            async with world.platform.services() as (uow, ctx):
-                service = RevocationService(ctx, world.platform.identity.revocations)
-                await service.revoke_user(
-                    world.users["bob"].id, reason="signed-out-everywhere", actor=Actor.system("t")
-                )
-                await uow.commit()
+            await world.sign_out_everywhere("bob")
         revoked_at.append(loop.time())
 
     revoking = asyncio.create_task(revoke())
