@@ -39,6 +39,7 @@ class RedisCommandBus:
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # hints not published (queue full: Redis down or slow)
         self.refused = 0  # messages read that were not hints
+        self.listen_failures = 0  # subscriptions lost or refused (each followed by a retry)
 
     @classmethod
     def from_url(cls, url: str, channel: str) -> RedisCommandBus:
@@ -100,11 +101,15 @@ class RedisCommandBus:
 
     async def _listen_forever(self, on_hint: OnHint) -> None:
         pause = 0.25
+        failing = False  # logged once an outage, not at every retry
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 pause = 0.25
+                if failing:
+                    logger.info("commands.bus_listening_again")
+                failing = False
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None or message.get("type") != "message":
@@ -123,7 +128,10 @@ class RedisCommandBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnect: hints meanwhile are missed (the sweep)
-                logger.warning("commands.bus_listen_failed", error=type(exc).__name__)
+                self.listen_failures += 1
+                if not failing:
+                    logger.warning("commands.bus_listen_failed", error=type(exc).__name__)
+                failing = True
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

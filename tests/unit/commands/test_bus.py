@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from fleetward.commands import redis_bus
 from fleetward.commands.bus import MAX_MESSAGE, Hint, decode, encode, new_origin
 from fleetward.commands.redis_bus import RedisCommandBus
 from fleetward.core.ids import new_id
@@ -60,5 +61,44 @@ async def test_a_bus_whose_redis_is_down_drops_hints_and_never_blocks() -> None:
             await asyncio.sleep(0.02)
         assert bus.dropped == 2
         assert heard == []
+    finally:
+        await bus.stop()
+
+
+class _Said:
+    """A logger that keeps the events it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def warning(self, event: str, **_fields: object) -> None:
+        self.events.append(event)
+
+    def info(self, event: str, **_fields: object) -> None:
+        self.events.append(event)
+
+    def error(self, event: str, **_fields: object) -> None:
+        self.events.append(event)
+
+
+async def test_a_subscription_that_keeps_failing_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis down for a while: the subscriber retries (0.25 s, doubling to 5 s) and said
+    # "listen failed" at every retry, where the operations guide promises once an outage.
+    said = _Said()
+    monkeypatch.setattr(redis_bus, "logger", said)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bus = RedisCommandBus.from_url(f"redis://127.0.0.1:{port}/0", "fw:test:down")
+    await bus.start(lambda _hint: None)
+    try:
+        for _ in range(200):
+            if bus.listen_failures >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert bus.listen_failures >= 3
+        assert said.events.count("commands.bus_listen_failed") == 1
     finally:
         await bus.stop()
