@@ -10,7 +10,10 @@ last attempt's race propagates to the caller.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, CursorResult, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
 
@@ -31,3 +34,21 @@ async def judged_again(
 
 
 __all__ = ["judged_again"]
+
+
+async def written_if(
+    session: AsyncSession, row: Any, still: ColumnElement[bool], **values: Any
+) -> bool:
+    """Write ``values`` to ``row`` only while ``still`` holds in the store: one Core UPDATE on
+    the row's id and the state that was judged (docs/decisions.md, "A state is written only
+    while it is still the state that was judged"). The row is read back either way; True
+    only for the one request whose UPDATE matched (the others wrote nothing)."""
+    model = type(row)
+    result = await session.execute(
+        update(model)
+        .where(model.id == row.id, still)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(row)
+    return isinstance(result, CursorResult) and result.rowcount == 1

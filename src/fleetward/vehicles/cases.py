@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import CursorResult, update
-
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.ids import new_id
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, Tenant, TenantKind, User
 from fleetward.services import ServiceContext
+from fleetward.store.races import written_if
 from fleetward.vehicles.errors import CaseNotOpen, RelationshipRefused
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, SupportCase, Vehicle
 
@@ -76,15 +75,13 @@ class CaseService:
         this one is refused, so a case is closed, and audited as closed, once."""
         if case.status is not CaseStatus.OPEN:
             raise CaseNotOpen("the case is already closed")
-        session = self._ctx.session
-        result = await session.execute(
-            update(DealerCase)
-            .where(DealerCase.id == case.id, DealerCase.status == CaseStatus.OPEN)
-            .values(status=CaseStatus.CLOSED, closed_at=self._ctx.clock.now())
-            .execution_options(synchronize_session=False)
-        )
-        await session.refresh(case)
-        if not isinstance(result, CursorResult) or result.rowcount != 1:
+        if not await written_if(
+            self._ctx.session,
+            case,
+            DealerCase.status == CaseStatus.OPEN,
+            status=CaseStatus.CLOSED,
+            closed_at=self._ctx.clock.now(),
+        ):
             raise CaseNotOpen("the case is already closed")
         self._ctx.audit.record(
             self._ctx.session,
@@ -136,15 +133,13 @@ class CaseService:
         dealer case: a close racing another is refused, and the case is audited closed once."""
         if case.status is not CaseStatus.OPEN:
             raise CaseNotOpen("the case is already closed")
-        session = self._ctx.session
-        result = await session.execute(
-            update(SupportCase)
-            .where(SupportCase.id == case.id, SupportCase.status == CaseStatus.OPEN)
-            .values(status=CaseStatus.CLOSED, closed_at=self._ctx.clock.now())
-            .execution_options(synchronize_session=False)
-        )
-        await session.refresh(case)
-        if not isinstance(result, CursorResult) or result.rowcount != 1:
+        if not await written_if(
+            self._ctx.session,
+            case,
+            SupportCase.status == CaseStatus.OPEN,
+            status=CaseStatus.CLOSED,
+            closed_at=self._ctx.clock.now(),
+        ):
             raise CaseNotOpen("the case is already closed")
         self._ctx.audit.record(
             self._ctx.session,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -14,6 +14,7 @@ from fleetward.core.ids import new_id
 from fleetward.core.windows import OverlappingWindow, overlaps
 from fleetward.identity.models import User
 from fleetward.services import ServiceContext
+from fleetward.store.races import written_if
 from fleetward.vehicles.errors import (
     DelegationTooWide,
     NotCurrentOwner,
@@ -136,14 +137,13 @@ class DelegationService:
         if delegation.revoked_at is not None:
             return False
         session = self._ctx.session
-        result = await session.execute(
-            update(DriverDelegation)
-            .where(DriverDelegation.id == delegation.id, DriverDelegation.revoked_at.is_(None))
-            .values(revoked_at=self._ctx.clock.now(), revoked_reason=reason)
-            .execution_options(synchronize_session=False)
-        )
-        await session.refresh(delegation)
-        if not isinstance(result, CursorResult) or result.rowcount != 1:
+        if not await written_if(
+            session,
+            delegation,
+            DriverDelegation.revoked_at.is_(None),
+            revoked_at=self._ctx.clock.now(),
+            revoked_reason=reason,
+        ):
             return False
         self._ctx.audit.record(
             session,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import EventName
@@ -15,6 +15,7 @@ from fleetward.identity.directory import Directory
 from fleetward.identity.errors import DuplicateName
 from fleetward.identity.models import Role, Tenant, TenantKind, User
 from fleetward.services import ServiceContext
+from fleetward.store.races import written_if
 from fleetward.vehicles.errors import RelationshipRefused
 from fleetward.vehicles.models import (
     FleetGroup,
@@ -201,11 +202,6 @@ class FleetService:
     async def _end(self, model: type[OperatorAssignment] | type[GroupVehicle], row: Any) -> bool:
         """Close an open row now, by a conditional UPDATE (``valid_until IS NULL``): True
         only for the one request whose UPDATE matched; the row is read back either way."""
-        result = await self._ctx.session.execute(
-            update(model)
-            .where(model.id == row.id, model.valid_until.is_(None))
-            .values(valid_until=self._ctx.clock.now())
-            .execution_options(synchronize_session=False)
+        return await written_if(
+            self._ctx.session, row, model.valid_until.is_(None), valid_until=self._ctx.clock.now()
         )
-        await self._ctx.session.refresh(row)
-        return isinstance(result, CursorResult) and result.rowcount == 1
