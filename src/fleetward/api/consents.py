@@ -215,11 +215,12 @@ async def revoke_consent(
                 PartnerConsent.revoked_at.is_(None),
             )
         )
-        if consent is None:
-            raise not_found()
-        await ConsentService(ctx).revoke(
+        # Revoked meanwhile (the owner's other click, a sale that ended the consent): the
+        # same 404 as a consent revoked before, and the earlier revocation stands.
+        if consent is None or not await ConsentService(ctx).revoke(
             consent, actor=Actor.user(caller.claims.sub, caller.claims.tenant)
-        )
+        ):
+            raise not_found()
         await uow.commit()
     return Response(status_code=204)
 

@@ -16,6 +16,7 @@ from fleetward.core.ids import new_id
 from fleetward.core.windows import OverlappingWindow, check_window
 from fleetward.identity.models import Tenant, TenantKind, User
 from fleetward.services import ServiceContext
+from fleetward.store.races import written_if
 from fleetward.vehicles.delegation import parse_permissions
 from fleetward.vehicles.errors import DelegationTooWide, NotCurrentOwner, RelationshipRefused
 from fleetward.vehicles.models import PartnerConsent, Vehicle
@@ -97,11 +98,23 @@ class ConsentService:
                 "this partner already has a consent for this vehicle", reason="consent"
             )
 
-    async def revoke(self, consent: PartnerConsent, *, actor: Actor) -> None:
+    async def revoke(self, consent: PartnerConsent, *, actor: Actor) -> bool:
+        """Revoke ``consent``; False when it was revoked already (revoking twice is a no-op).
+
+        A conditional UPDATE, not a write of the row as it was read: a revocation that
+        committed after this request read the consent (the sale's, which revokes every grant
+        of the seller, or the owner's own second click) is kept as it was, with its time and
+        reason, and is audited once."""
         if consent.revoked_at is not None:
-            return
-        consent.revoked_at = self._ctx.clock.now()
-        consent.revoked_reason = "revoked"
+            return False
+        if not await written_if(
+            self._ctx.session,
+            consent,
+            PartnerConsent.revoked_at.is_(None),
+            revoked_at=self._ctx.clock.now(),
+            revoked_reason="revoked",
+        ):
+            return False
         self._ctx.audit.record(
             self._ctx.session,
             EventName.PARTNER_CONSENT_REVOKED,
@@ -109,3 +122,4 @@ class ConsentService:
             target=Target("partner_consent", consent.id, consent.partner_tenant_id),
         )
         await self._ctx.session.flush()
+        return True

@@ -1,9 +1,9 @@
 """A relation ended twice at once is ended once.
 
-A request reads a delegation, an operator's assignment, a vehicle's group link or a dealer
-case as still in force, and ends it; meanwhile another request (a sale, the same click
-twice, a colleague) ended it and committed. The late request must keep the earlier end as it
-was (its time and its reason) and audit nothing: the end is one fact with one record.
+A request reads a delegation, a partner consent, an operator's assignment, a vehicle's group
+link or a dealer case as still in force, and ends it; meanwhile another request (a sale, the
+same click twice, a colleague) ended it and committed. The late request must keep the earlier
+end as it was (its time and its reason) and audit nothing: the end is one fact with one record.
 
 PostgreSQL only: on SQLite (one writer) the two transactions cannot interleave as below.
 """
@@ -23,6 +23,7 @@ from fleetward.identity.models import Role, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.vehicles.cases import CaseService
+from fleetward.vehicles.consents import ConsentService
 from fleetward.vehicles.delegation import DelegationService
 from fleetward.vehicles.errors import CaseNotOpen
 from fleetward.vehicles.fleets import FleetService
@@ -33,6 +34,7 @@ from fleetward.vehicles.models import (
     FleetGroup,
     GroupVehicle,
     OperatorAssignment,
+    PartnerConsent,
     SupportCase,
     Vehicle,
 )
@@ -86,6 +88,37 @@ async def test_a_driver_revoked_by_a_sale_meanwhile_keeps_the_sales_revocation(
         # The sale's revocation stands: its instant and its reason, one record.
         assert (row.revoked_at, row.revoked_reason) == (sold_at, "transferred")
         assert await _records(check, EventName.DRIVER_REVOKED, delegation.id) == 1
+    assert revoked is False  # nothing was left to revoke (the route answers 404)
+
+
+async def test_a_consent_revoked_by_a_sale_meanwhile_keeps_the_sales_revocation(
+    platform: Platform, ctx: ServiceContext, clock: FrozenClock
+) -> None:
+    seller, buyer, driver, car = await _sold_car(ctx)
+    partner = await WorldFactory(ctx).tenant(TenantKind.PARTNER)
+    _, consent = await WorldFactory(ctx).grants(
+        car, seller, driver, partner, until=clock.now() + timedelta(days=3)
+    )
+    sale = await TransferService(ctx).start(car, seller, actor=FACTORY)
+    await ctx.session.commit()
+    sold_at = clock.now()
+    async with platform.services() as (late_uow, late):
+        # The seller's revocation has read the consent as in force (DELETE .../consents/{id})...
+        stale = await late.session.get(PartnerConsent, consent.id)
+        assert stale is not None and stale.revoked_at is None
+        # ...when the buyer's acceptance ends every grant of the seller, and commits.
+        async with platform.services() as (uow, selling):
+            await TransferService(selling).accept(sale.code, car.vin, buyer, actor=FACTORY)
+            await uow.commit()
+        clock.advance(timedelta(seconds=5))
+        revoked = await ConsentService(late).revoke(stale, actor=FACTORY)
+        await late_uow.commit()
+    async with platform.services() as (_uow, check):
+        row = await check.session.get(PartnerConsent, consent.id)
+        assert row is not None
+        # The sale's revocation stands: its instant and its reason, one record.
+        assert (row.revoked_at, row.revoked_reason) == (sold_at, "transferred")
+        assert await _records(check, EventName.PARTNER_CONSENT_REVOKED, consent.id) == 1
     assert revoked is False  # nothing was left to revoke (the route answers 404)
 
 
