@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
@@ -21,6 +22,7 @@ from fleetward.api.objects import encode_cursor
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
+from fleetward.authz.decision import Obligation
 from fleetward.core.clock import FrozenClock
 from fleetward.core.ids import new_id
 from fleetward.core.surfaces import Surface
@@ -29,7 +31,7 @@ from fleetward.identity.models import Membership, Role, TenantKind
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, SupportCase
 from fleetward.vehicles.ownership import OwnershipService
-from support.api import UNKNOWN_VEHICLE, Api
+from support.api import UNKNOWN_VEHICLE, Api, obliged
 from support.factories import WorldFactory, accepted_message
 from support.snapshot import snapshot
 
@@ -539,3 +541,23 @@ async def test_the_case_vehicle_route_decides_and_audits_the_case(api: Api) -> N
             (api.world.users["harry"].id, "dealer:manage_case", "denied", "dealer:cases:vehicle"),
         ]
     )
+
+
+async def test_an_obligation_the_status_route_cannot_apply_is_a_denial(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The status a support agent or a technician reads is neither minimised nor
+    # pseudonymised: an allow that asks for either (a policy change) must be refused, as
+    # every history route refuses it (docs/authorization.md). vehicle_status ignored the
+    # decision's obligations and answered 200 with the full registry fields.
+    extra = await _seed(api)
+    paths = [
+        ("heidi", S, _fill(extra, "/cases/{heidi_case}/vehicles/{ALICE_1}/status")),
+        ("grace", D, _fill(extra, "/vehicles/{ALICE_1}")),
+    ]
+    for who, surface, path in paths:
+        assert (await api.get(who, surface, path)).status_code == 200, (who, path)
+    obliged(monkeypatch, Obligation.MINIMISE_FIELDS)
+    for who, surface, path in paths:
+        response = await api.get(who, surface, path)
+        assert response.status_code == 404, (who, path, response.text)

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from fleetward.authz.decision import Obligation
 from fleetward.authz.entities import SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.authz.relations.facts import Relations
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
-from support.api import PARTNER_APP, Api
+from support.api import PARTNER_APP, Api, obliged
 from support.factories import accepted_message
 from support.snapshot import snapshot
 
@@ -229,4 +230,22 @@ async def test_a_decision_cut_off_by_its_deadline_is_a_retryable_503(
     async with api.platform.services() as (_, ctx):
         after = await snapshot(ctx.session)
     assert before == after  # not even a decision's record
+    assert (await api.get(PARTNER_APP, P, path)).status_code == 200
+
+
+async def test_an_obligation_the_partner_status_cannot_apply_is_a_denial(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The partner's status view is minimised and nothing else: an allow that asks for more
+    # (a policy change adding pseudonymise to consents) must be refused, as the partner's
+    # trips and charging routes refuse it (docs/authorization.md: a decision carrying an
+    # obligation the route cannot apply is a deny). The status route ignored obligations
+    # and answered 200 with the real vehicle id.
+    alice_1 = api.vehicle_id("ALICE-1")
+    path = f"/vehicles/{alice_1}/status"
+    assert (await api.get(PARTNER_APP, P, path)).status_code == 200
+    obliged(monkeypatch, Obligation.PSEUDONYMISE)
+    response = await api.get(PARTNER_APP, P, path)
+    assert response.status_code == 404, response.text
+    monkeypatch.undo()
     assert (await api.get(PARTNER_APP, P, path)).status_code == 200

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
+import fleetward.api.authorize
 from fleetward.app import build_app
+from fleetward.authz.decision import Decision, Obligation
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
@@ -106,4 +109,19 @@ async def running_api(
         yield Api(world, platform, client)
 
 
-__all__ = ["PARTNER_APP", "UNKNOWN_VEHICLE", "Api", "running_api"]
+def obliged(monkeypatch: pytest.MonkeyPatch, obligation: Obligation) -> None:
+    """Every allow a route asks for from now on carries ``obligation`` as well, as a policy
+    that adds it would: a route that cannot apply it must deny (fail closed)."""
+    decide = fleetward.api.authorize.decide_audited
+
+    async def with_obligation(*args: Any) -> list[Decision]:
+        decisions = await decide(*args)
+        return [
+            replace(d, obligations=d.obligations | {obligation}) if d.allowed else d
+            for d in decisions
+        ]
+
+    monkeypatch.setattr(fleetward.api.authorize, "decide_audited", with_obligation)
+
+
+__all__ = ["PARTNER_APP", "UNKNOWN_VEHICLE", "Api", "obliged", "running_api"]
