@@ -36,7 +36,7 @@ from fleetward.vehicles.records import (
     Trip,
 )
 from support.api import PARTNER_APP, UNKNOWN_VEHICLE, Api
-from support.factories import trip
+from support.factories import accepted_message, trip
 
 M, F, D, P, A = Surface.MOBILE, Surface.FLEET, Surface.DEALER, Surface.PARTNER, Surface.ADMIN
 PAGE_CAP = 3
@@ -606,3 +606,37 @@ async def test_a_bad_cursor_is_refused(
         assert response.status_code == 422, cursor
     admin = await api.get("ken", A, "/diagnostics?cursor=%25%25")
     assert admin.status_code == 422
+
+
+def _fix(latitude: float) -> dict[str, object]:
+    return {
+        "Vehicle.CurrentLocation.Latitude": latitude,
+        "Vehicle.CurrentLocation.Longitude": 11.5,
+        "Vehicle.CurrentLocation.Heading": 90,
+    }
+
+
+async def test_the_last_location_is_bounded_like_location_history(api: Api) -> None:
+    # The current location is the newest point of the location history: a fix the car
+    # reported before the caller's relationship began (where the seller parked it, where the
+    # owner was before the driver's window) is not theirs to see, on /location nor on the
+    # vehicle's detail; one reported since is.
+    car = api.world.vehicles["DAVE-1"]
+    async with api.platform.services() as (_, ctx):
+        sold_at = await ctx.session.scalar(
+            select(Ownership.valid_from).where(
+                Ownership.vehicle_id == car.id,
+                Ownership.owner_user_id == api.world.users["dave"].id,
+            )
+        )
+    assert sold_at is not None
+    await _add(api, accepted_message(car, sold_at - timedelta(minutes=1), _fix(48.1)))
+    detail = f"/vehicles/{car.id}"
+    before = await api.get("dave", M, detail + "/location")
+    assert before.status_code == 200, before.text
+    assert before.json()["latitude"] is None and before.json()["recorded_at"] is None
+    assert "latitude" not in (await api.get("dave", M, detail)).json()["location"]
+    await _add(api, accepted_message(car, _clock(api).now(), _fix(52.5), sequence=2))
+    after = await api.get("dave", M, detail + "/location")
+    assert after.json()["latitude"] == 52.5
+    assert (await api.get("dave", M, detail)).json()["location"]["latitude"] == 52.5

@@ -39,6 +39,7 @@ from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, catalogued
 from fleetward.core.surfaces import Surface
 from fleetward.identity.models import Membership, Role
+from fleetward.services import ServiceContext
 from fleetward.store.reads import read_rows
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.history import history_since
@@ -136,6 +137,20 @@ async def _latest(
         query.order_by(TelemetryMessage.device_time.desc()).limit(1)
     )
     return found
+
+
+async def _latest_fix(
+    ctx: ServiceContext, caller: Caller, vehicle_id: str
+) -> TelemetryMessage | None:
+    """The vehicle's newest message within the caller's window on its location (as
+    :func:`fleetward.vehicles.history.history_since` bounds trips): the current location is
+    the newest point of the location history, and a fix reported before the caller's
+    relationship began (where the seller parked the car, where the owner was before a
+    driver's window opened) is not theirs to see."""
+    since = await history_since(
+        ctx, caller.claims, vehicle_id, permission=Permission.VEHICLE_READ_LOCATION
+    )
+    return None if since is None else await _latest(ctx.session, vehicle_id, since)
 
 
 def _state(message: TelemetryMessage | None) -> StateView | None:
@@ -293,7 +308,9 @@ def _object_routes(surface: Surface) -> APIRouter:
             (location,) = await decide_many(
                 request, caller, Permission.VEHICLE_READ_LOCATION, [resource], ctx=ctx
             )
-            where = _location(await _latest(ctx.session, vehicle.id)) if location.allowed else None
+            where = (
+                _location(await _latest_fix(ctx, caller, vehicle.id)) if location.allowed else None
+            )
             await uow.commit()
         if where is not None:
             # The same current location as GET .../location: it pays the same flow, or this
@@ -349,7 +366,7 @@ def _object_routes(surface: Surface) -> APIRouter:
                 ResourceRef.vehicle(vehicle_id),
                 ctx=ctx,
             )
-            view = _location(await _latest(ctx.session, vehicle_id))
+            view = _location(await _latest_fix(ctx, caller, vehicle_id))
             await uow.commit()
         return view
 
