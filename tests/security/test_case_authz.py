@@ -480,6 +480,47 @@ async def test_a_support_case_on_a_vehicle_ends_with_the_sale_of_that_vehicle(ap
     assert (await api.get("ivan", S, f"/cases/{case.id}/account")).status_code == 200
 
 
+async def test_a_dealer_case_on_a_vehicle_ends_with_the_sale_of_that_vehicle(api: Api) -> None:
+    # The technician servicing the car for its seller never reaches the buyer's car: the
+    # sale closes the car's open case (audited, reason transferred), so the case, the car's
+    # status and the buyer's diagnostics answer 404 and no diagnostics run can be sent.
+    world = api.world
+    case = world.dealer_cases["ALICE-1"].id
+    car = world.vehicles["ALICE-1"].id
+    assert (await api.get("grace", D, f"/cases/{case}")).status_code == 200
+    async with api.platform.services() as (uow, ctx):
+        await OwnershipService(ctx).transfer(
+            world.vehicles["ALICE-1"], world.users["alice"], world.users["carol"], actor=SEED
+        )
+        await uow.commit()
+    for path in (
+        f"/cases/{case}",
+        f"/cases/{case}/vehicle",
+        f"/vehicles/{car}",
+        f"/vehicles/{car}/diagnostics",
+    ):
+        assert (await api.get("grace", D, path)).status_code == 404, path  # the buyer's car
+    assert (await api.get("grace", D, "/cases")).json()["items"] == []
+    run = await api.client.post(
+        f"/dealer/v1/vehicles/{car}/commands/diagnostics_run",
+        json={},
+        headers={**api.headers("grace", D), "idempotency-key": "after-the-sale"},
+    )
+    assert run.status_code == 404, run.text
+    async with api.platform.services() as (_, ctx):
+        stored = await ctx.session.get(DealerCase, case)
+        assert stored is not None and stored.status is CaseStatus.CLOSED
+        reasons = list(
+            await ctx.session.scalars(
+                select(AuditRecord.reason).where(
+                    AuditRecord.name == EventName.DEALER_CASE_CLOSED.value,
+                    AuditRecord.object_id == case,
+                )
+            )
+        )
+    assert reasons == ["transferred"]
+
+
 async def test_an_agent_who_left_support_lists_no_vehicle_of_the_case(api: Api) -> None:
     # The list of a case's vehicles is decided like every other route under the case: an
     # agent whose support role ended (the case not yet reassigned) holds the case link but

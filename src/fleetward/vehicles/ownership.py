@@ -1,7 +1,8 @@
 """Ownership: the first owner, transfers, and who owns a vehicle now.
 
 A transfer ends the seller's ownership and starts the buyer's at the same instant, and ends
-every delegation and partner consent the seller granted: a former owner keeps nothing.
+every delegation and partner consent the seller granted: a former owner keeps nothing. It
+also closes the vehicle's open dealer cases: the dealer serviced the car for the seller.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, Tenant, User
 from fleetward.services import ServiceContext
 from fleetward.vehicles.errors import AlreadyOwned, NotCurrentOwner, RelationshipRefused
-from fleetward.vehicles.models import DriverDelegation, Ownership, PartnerConsent, Vehicle
+from fleetward.vehicles.models import (
+    CaseStatus,
+    DealerCase,
+    DriverDelegation,
+    Ownership,
+    PartnerConsent,
+    Vehicle,
+)
 
 TRANSFERRED = "transferred"
 
@@ -106,6 +114,7 @@ class OwnershipService:
                 reason=TRANSFERRED,
                 details={"vehicle": vehicle.id},
             )
+        await self._close_dealer_cases(vehicle, actor, now)
         ownership = self._begin(
             vehicle,
             buyer,
@@ -115,6 +124,28 @@ class OwnershipService:
         )
         await session.flush()
         return ownership
+
+    async def _close_dealer_cases(self, vehicle: Vehicle, actor: Actor, now: datetime) -> None:
+        """Close the vehicle's open dealer cases: a case was opened to service the car for
+        the seller, and its technicians would otherwise keep reading the buyer's
+        diagnostics and status and running diagnostics on the buyer's car. Each close is
+        audited as a close of its own would be; the buyer brings the car in anew."""
+        session = self._ctx.session
+        cases = await session.execute(
+            update(DealerCase)
+            .where(DealerCase.vehicle_id == vehicle.id, DealerCase.status == CaseStatus.OPEN)
+            .values(status=CaseStatus.CLOSED, closed_at=now)
+            .returning(DealerCase.id, DealerCase.dealer_tenant_id)
+        )
+        for case_id, dealer_id in cases.all():
+            self._ctx.audit.record(
+                session,
+                EventName.DEALER_CASE_CLOSED,
+                actor=actor,
+                target=Target("dealer_case", case_id, dealer_id),
+                reason=TRANSFERRED,
+                details={"vehicle": vehicle.id},
+            )
 
     async def in_good_standing(self, vehicle: Vehicle, owner: User) -> bool:
         """Whether ``owner`` could still act on ``vehicle`` as its owner now: not disabled,

@@ -9,8 +9,8 @@ from their audit records, which are the evidence anyway.
 
 Accepting is one transaction: the pending transfer is closed by a conditional UPDATE (only
 one concurrent accept can win), the ownership moves (the seller's delegations and consents
-end at the same instant, see :class:`OwnershipService`), and the vehicle's pending driver
-invitations are revoked.
+end, and the vehicle's open dealer cases close, at the same instant, see
+:class:`OwnershipService`), and the vehicle's pending driver invitations are revoked.
 """
 
 from __future__ import annotations
