@@ -230,6 +230,32 @@ async def test_the_buyer_never_sees_the_sellers_bookings(api: Api) -> None:
     assert seller.status_code == 404  # the former owner keeps nothing either
 
 
+async def test_the_sellers_open_bookings_end_with_the_sale(api: Api) -> None:
+    # A booking is made in the keeper's name: once the car is sold, nobody who may act on it
+    # can see or cancel the seller's booking (the seller keeps nothing, the buyer never sees
+    # it), so the sale cancels it, audited, and the dealer can no longer confirm a visit
+    # for a car whose booker does not own it ("collect from my home address").
+    requested = await _book(api, "alice", M, "ALICE-1", note="collect from my home address")
+    confirmed = await _book(api, "alice", M, "ALICE-1", days=8)
+    assert (await api.post("grace", D, f"/appointments/{confirmed['id']}/confirm")).is_success
+    _clock(api).advance(timedelta(minutes=1))
+    async with api.platform.services() as (uow, ctx):
+        await OwnershipService(ctx).transfer(
+            api.world.vehicles["ALICE-1"],
+            api.world.users["alice"],
+            api.world.users["mallory"],
+            actor=Actor.system("test"),
+        )
+        await uow.commit()
+    for booked in (requested, confirmed):
+        assert await _status(api, booked["id"]) is AppointmentStatus.CANCELLED
+        assert await _events(api, "vehicle:appointment:cancelled", booked["id"]) == 1
+    late = await api.post("grace", D, f"/appointments/{requested['id']}/confirm")
+    assert late.status_code == 409
+    listed = (await api.get("grace", D, "/appointments")).json()["items"]
+    assert {i["status"] for i in listed} == {"cancelled"}
+
+
 async def test_cancel(api: Api) -> None:
     booked = await _book(api, "alice", M, "ALICE-1")
     path = f"{_base(api, 'ALICE-1')}/{booked['id']}/cancel"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from fleetward.audit.events import EventName
@@ -133,6 +133,39 @@ class AppointmentService:
             appointment.dealer_tenant_id,
             actor,
         )
+
+    async def cancel_open(self, vehicle: Vehicle, *, actor: Actor, reason: str) -> int:
+        """Cancel every open appointment of ``vehicle`` (its keeper changed): each was booked
+        in the former keeper's name, and nobody who may act on the car could see or cancel
+        it any more. One conditional UPDATE (a move racing it finds the status changed);
+        each cancel is audited as the booker's own would be."""
+        now = self._ctx.clock.now()
+        session = self._ctx.session
+        cancelled = await session.execute(
+            update(ServiceAppointment)
+            .where(
+                ServiceAppointment.vehicle_id == vehicle.id,
+                ServiceAppointment.status.in_(OPEN_STATUSES),
+            )
+            .values(status=AppointmentStatus.CANCELLED, updated_at=now)
+            .returning(
+                ServiceAppointment.id,
+                ServiceAppointment.dealer_tenant_id,
+                ServiceAppointment.status,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        rows = cancelled.all()
+        for appointment_id, dealer_id, status in rows:
+            self._ctx.audit.record(
+                session,
+                EventName.APPOINTMENT_CANCELLED,
+                actor=actor,
+                target=Target(_TARGET, appointment_id, vehicle.tenant_id),
+                reason=reason,
+                details={"vehicle": vehicle.id, "dealer": dealer_id, "status": status.value},
+            )
+        return len(rows)
 
     async def with_dealer(self, appointment_id: str, dealer_id: str) -> ServiceAppointment | None:
         """The appointment, only when it is booked with ``dealer_id`` (else as if missing)."""

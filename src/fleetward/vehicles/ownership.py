@@ -2,7 +2,8 @@
 
 A transfer ends the seller's ownership and starts the buyer's at the same instant, and ends
 every delegation and partner consent the seller granted: a former owner keeps nothing. It
-also closes the vehicle's open dealer cases: the dealer serviced the car for the seller.
+also closes the vehicle's open dealer cases (the dealer serviced the car for the seller) and
+cancels its open service appointments (booked in the seller's name).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fleetward.core.ids import new_id
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, Tenant, User
 from fleetward.services import ServiceContext
+from fleetward.vehicles.appointments import AppointmentService
 from fleetward.vehicles.errors import AlreadyOwned, NotCurrentOwner, RelationshipRefused
 from fleetward.vehicles.models import (
     CaseStatus,
@@ -115,6 +117,7 @@ class OwnershipService:
                 details={"vehicle": vehicle.id},
             )
         await self._close_dealer_cases(vehicle, actor, now)
+        await AppointmentService(self._ctx).cancel_open(vehicle, actor=actor, reason=TRANSFERRED)
         ownership = self._begin(
             vehicle,
             buyer,
