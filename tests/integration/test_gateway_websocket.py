@@ -537,6 +537,55 @@ async def test_a_new_network_identity_right_after_the_last_quarantines(server: S
     assert await moved.request(b"x") == b"ack:x"
 
 
+async def _open_forwarded(
+    server: Server, credentials: DeviceCredentials, client: str
+) -> ClientConnection:
+    """A session opened through a reverse proxy on loopback that names ``client``."""
+    websocket = await ws_connect(
+        server.url, compression=None, additional_headers={"X-Forwarded-For": client}
+    )
+    device = _device(credentials, server)
+    challenge = await websocket.recv()
+    assert isinstance(challenge, bytes)
+    await websocket.send(device.respond(challenge, server.clock.now()))
+    welcome = await websocket.recv()
+    assert isinstance(welcome, bytes)
+    device.finish(welcome)
+    return websocket
+
+
+async def test_behind_a_trusted_proxy_the_peer_is_the_client_it_names(
+    platform: Platform, free_port: int
+) -> None:
+    # Threat: in production a TLS terminator sits in front of the gateway, so every device's
+    # TCP peer is the terminator. Taken as the session's peer, the network-change clone rule
+    # compared the terminator with itself and never fired: a copy of the key connecting from
+    # another network right after the genuine device's session went unnoticed.
+    proxied = replace(
+        platform, settings=platform.settings.model_copy(update={"trusted_proxies": ["127.0.0.1"]})
+    )
+    async with serving(proxied, free_port, FAST) as server:
+        credentials = await server.enrol()
+        first = await _open_forwarded(server, credentials, "198.51.100.7")
+        await first.close()
+        async with asyncio.timeout(3):
+            while server.gateway.registry.sessions(credentials.device_id):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        server.clock.advance(timedelta(seconds=5))
+        moved = await _open_forwarded(server, credentials, "203.0.113.9")
+        try:
+            [incident] = await _incidents(server)
+            assert (incident.kind, incident.peer, incident.previous_peer) == (
+                IncidentKind.PEER_CHANGED,
+                "203.0.113.9",
+                "198.51.100.7",
+            )
+            device = await server.device(credentials.device_id)
+            assert device.status is DeviceStatus.QUARANTINED
+        finally:
+            await moved.close()
+
+
 async def test_a_silent_session_is_superseded_not_taken_for_a_clone(server: Server) -> None:
     credentials = await server.enrol()
     stale = await server.open(credentials)

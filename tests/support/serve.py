@@ -14,9 +14,14 @@ import uvicorn
 async def served(app: Any, port: int = 0, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """``app`` served, its lifespan run, until the block ends; yields its base URL (with the
     port the system chose when ``port`` is 0). The server stops after the block's own
-    clean-up, so sessions the block closes close against a running server."""
+    clean-up, so sessions the block closes close against a running server.
+
+    Forwarded headers are left to the app, as ``fleetward serve`` leaves them
+    (``proxy_headers=False``): uvicorn's default would rewrite the peer from loopback."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
+        uvicorn.Config(
+            app, host=host, port=port, log_config=None, lifespan="on", proxy_headers=False
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

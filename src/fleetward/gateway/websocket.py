@@ -32,6 +32,7 @@ from fleetward.catalog.entry import (
     Impact,
     catalogued,
 )
+from fleetward.core.context import current_request
 from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
 from fleetward.devices.admission import (
@@ -183,7 +184,7 @@ class Gateway:
         return self._ca_certificate
 
     async def serve(self, websocket: WebSocket) -> None:
-        peer = websocket.client.host if websocket.client else "unknown"
+        peer = _peer(websocket)
         await websocket.accept()
         try:
             live, welcome = await self._handshake(websocket, peer)
@@ -590,6 +591,16 @@ class Gateway:
 
 
 _RESULT_PREFIX: Final = bytes([RESULT_FIRST_BYTE])
+
+
+def _peer(websocket: WebSocket) -> str:
+    """The device's network address: the one the request-identity middleware resolved through
+    the configured trusted proxies. Behind a TLS terminator the TCP peer is the terminator for
+    every device, and the network-change clone rule would compare it with itself."""
+    context = current_request()
+    if context is not None and context.source_ip is not None:
+        return context.source_ip
+    return websocket.client.host if websocket.client else "unknown"
 
 
 async def _close_replaced(claim: Claim) -> None:
