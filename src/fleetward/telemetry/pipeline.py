@@ -336,6 +336,10 @@ class TelemetryPipeline:
                 )
             )
         except StoreUnavailable:
+            if verdict is not Status.ACCEPTED:
+                # Its refusal stands, as it would unquarantined (no store is involved there):
+                # a retryable answer would tell the TCU it is set apart.
+                raise Rejected(verdict, "quarantined device, not kept (store)") from None
             raise Rejected(
                 Status.STORE_UNAVAILABLE,
                 "quarantine write failed",

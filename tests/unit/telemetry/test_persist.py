@@ -24,9 +24,10 @@ from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.telemetry.persist import BatchWriter, RowCodec, StoreUnavailable, Target
 from fleetward.telemetry.pipeline import TELEMETRY_TARGET, TelemetryConfig
+from fleetward.telemetry.quarantine import REASON_REPEATED
 from fleetward.telemetry.quotas import Rate
 from unit.telemetry.conftest import RigFactory
-from unit.telemetry.kit import Rig
+from unit.telemetry.kit import Rig, payload
 
 GENEROUS = Rate(per_second=1000, burst=1000)
 
@@ -130,6 +131,24 @@ async def test_a_batch_that_does_not_commit_is_never_acknowledged(
     later = dev.reconnect()
     assert (await healthy.send(later, later.frame(sequence=1))).status is Status.ACCEPTED
     assert [r.sequence for r in await healthy.stored()] == [1]
+
+
+async def test_a_quarantined_devices_refusal_stands_when_the_store_is_down(
+    make_rig: RigFactory, empty_engine: AsyncEngine
+) -> None:
+    # Threat: a compromised TCU probes whether it was noticed. A refused frame is answered
+    # with its refusal, store or no store; a quarantined device's refused frame, which is
+    # also kept for investigation, came back store-unavailable when that keeping failed: a
+    # different answer (and a retryable one, for a frame that will never be accepted).
+    broken = await make_rig(engine=empty_engine)
+    trusted, suspect = broken.device(), broken.device()
+    broken.pipeline.stages.quarantine.mark(suspect.session.device_id, REASON_REPEATED)
+    unknown = payload({"Vehicle.Warp": 9.0})
+
+    assert (await broken.send(trusted, trusted.frame(unknown))).status is Status.UNKNOWN_SIGNAL
+    assert (await broken.send(suspect, suspect.frame(unknown))).status is Status.UNKNOWN_SIGNAL
+    # A frame it would accept is not kept either: that one is retried, as for any device.
+    assert (await broken.send(suspect, suspect.frame())).status is Status.STORE_UNAVAILABLE
 
 
 async def test_a_row_the_store_refuses_does_not_sink_its_batch(make_rig: RigFactory) -> None:
