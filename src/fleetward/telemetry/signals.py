@@ -197,11 +197,29 @@ def _names_another(
     return any(own.get(key, value) != value for key, value in pairs)
 
 
+def _object_names_another(payload: bytes, session: DeviceSession) -> bool:
+    """Whether a payload that is not of the payload's shape (an unknown key, signals that are
+    no object...) is still a JSON object with an identity field not the session's own: the
+    name is what matters, and a malformation beside it must not turn an impersonation (one
+    refusal quarantines) into a malformed payload (one point of ten)."""
+    try:
+        pairs = json.loads(payload, object_pairs_hook=list)
+    except (ValueError, RecursionError):
+        return False  # not JSON: it names no one
+    # An object's pairs are tuples; a top-level array (or anything else) holds no field.
+    if not isinstance(pairs, list) or not all(type(pair) is tuple for pair in pairs):
+        return False
+    own = {"vehicle_id": session.vehicle_id, "device_id": session.device_id}
+    return any(key in own and own[key] != value for key, value in pairs)
+
+
 def _refusal(payload: bytes, session: DeviceSession) -> Rejected:
     """Why the fast path refused ``payload``, as precisely as the checks below can tell."""
     try:
         unverified = _UNVERIFIED_DECODER.decode(payload)
     except _UNDECODABLE:
+        if _object_names_another(payload, session):
+            return Rejected(Status.FOREIGN_IDENTITY, "payload names another vehicle or device")
         return Rejected(Status.MALFORMED_PAYLOAD, "not a payload object")
     if _names_another(payload, unverified.vehicle_id, unverified.device_id, session):
         return Rejected(Status.FOREIGN_IDENTITY, "payload names another vehicle or device")

@@ -194,6 +194,17 @@ async def names_another_device_then_null(rig: Rig, dev: Device) -> object:
     return dev.frame(body.encode())
 
 
+async def names_another_vehicle_among_unknown_keys(rig: Rig, dev: Device) -> object:
+    # Any other malformation beside the name (here a key the payload does not have) must not
+    # turn the impersonation into a mere malformed payload, which no one looks at.
+    return dev.frame(payload(vehicle_id=rig.other_vehicle_id, note="mine now"))
+
+
+async def names_another_device_with_bad_signals(rig: Rig, dev: Device) -> object:
+    other = rig.device().session.device_id
+    return dev.frame(json.dumps({"device_id": other, "signals": [SPEED, 1]}).encode())
+
+
 async def device_quota(rig: Rig, dev: Device) -> object:
     for _ in range(4):  # the test burst
         await rig.accept(dev, dev.frame())
@@ -307,6 +318,17 @@ CASES: list[tuple[str, Build, Status]] = [
     # ... and a trailing null does not hide the occurrence naming another.
     ("names-another-vehicle-then-null", names_another_vehicle_then_null, Status.FOREIGN_IDENTITY),
     ("names-another-device-then-null", names_another_device_then_null, Status.FOREIGN_IDENTITY),
+    # ... nor does any other malformation of the payload.
+    (
+        "names-another-vehicle-among-unknown-keys",
+        names_another_vehicle_among_unknown_keys,
+        Status.FOREIGN_IDENTITY,
+    ),
+    (
+        "names-another-device-with-bad-signals",
+        names_another_device_with_bad_signals,
+        Status.FOREIGN_IDENTITY,
+    ),
     # A null names no one, so it is not the session's own: refused like any other name.
     (
         "names-null-vehicle",
