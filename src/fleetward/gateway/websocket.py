@@ -491,9 +491,16 @@ class Gateway:
     async def _refuse(self, websocket: WebSocket, peer: str, failure: HandshakeFailure) -> None:
         # Anyone can make a handshake fail, without any key: past its network's budget a
         # refusal is counted, not written (the close code is the same either way).
-        record, ended = self.refusals.admit(client_network(peer), self.platform.clock.now())
-        await self._record_refusals(failure if record else None, peer, ended)
+        await self.record_refusal(failure, peer=peer, source=client_network(peer))
         await self._close(websocket, failure.close)
+
+    async def record_refusal(self, failure: HandshakeFailure, *, peer: str, source: str) -> None:
+        """Record a refused handshake within ``source``'s budget (a WebSocket peer's network,
+        an MQTT device's broker identity), or count it past the budget; also summarises the
+        windows that are over. Every transport's refusals go through here: a refusal costs
+        the one who causes it little, and each record is an audit write."""
+        record, ended = self.refusals.admit(source, self.platform.clock.now())
+        await self._record_refusals(failure if record else None, peer, ended)
 
     async def flush_refusals(self) -> None:
         """Summarise the refusal windows that are over (the next refusal would, but a flood

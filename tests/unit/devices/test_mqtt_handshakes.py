@@ -74,6 +74,33 @@ async def test_a_flood_of_refused_session_messages_costs_one_write_at_a_time(
     assert await _refusals(platform) == 3
 
 
+async def test_one_devices_refusals_are_recorded_within_a_budget_and_counted(
+    platform: Platform,
+) -> None:
+    # Threat: the flood above, sustained. One write at a time is still one audit record per
+    # store round trip for as long as the device publishes: hundreds a second from one broker
+    # identity, where a WebSocket peer gets 10 a minute recorded (each refusal there costs it
+    # a connection, here nothing). Past the same budget, per device, a refusal is counted;
+    # the device is told its close code either way.
+    config = GatewayConfig(refusals_per_network=3)
+    gateway = Gateway(platform, UnavailableHandler(), NoObserver(), config)
+    published = Published()
+    handshakes = MqttHandshakes(gateway, published, PEER)
+    flooder, neighbour = new_id("dev"), new_id("dev")
+
+    async def refuse(device_id: str) -> None:
+        failure = HandshakeFailure("malformed", CloseCode.PROTOCOL, device_id)
+        await handshakes.refuse(device_id, failure)
+
+    for _ in range(20):
+        await refuse(flooder)
+    await refuse(neighbour)
+
+    assert await _refusals(platform) == 4  # three of the flooder's, the neighbour's
+    assert gateway.refusals.unrecorded == 17
+    assert len(published.messages) == 21  # every refusal still answered
+
+
 class HeldPublish:
     """A broker whose acknowledgements have not come back yet: every publish waits for
     ``release``. Records what was published, and how many publishes per topic were waiting at

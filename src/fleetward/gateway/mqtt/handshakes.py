@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Final
 
-from fleetward.devices.admission import record_refusal
 from fleetward.gateway.handshake import CloseCode, HandshakeFailure, ServerHandshake
 from fleetward.gateway.mqtt import control
 from fleetward.gateway.mqtt.sessions import MqttSession, Publish
@@ -28,6 +28,9 @@ from fleetward.gateway.websocket import Gateway
 from fleetward.observability.logging import get_logger
 
 logger = get_logger(__name__)
+
+# The refusal budget's source for a device over MQTT (a WebSocket's is its network).
+MQTT_SOURCE_PREFIX: Final = "mqtt:"
 
 
 @dataclass(eq=False)
@@ -145,19 +148,14 @@ class MqttHandshakes:
             self._refusing.discard(device_id)
 
     async def _refuse(self, device_id: str, failure: HandshakeFailure) -> None:
-        try:
-            async with self._gateway.platform.unit_of_work() as uow:
-                record_refusal(
-                    self._gateway.platform.audit,
-                    uow.session,
-                    reason=failure.reason,
-                    device_id=failure.device_id or device_id,
-                    peer=self._peer,
-                    close=failure.close.phrase,
-                )
-                await uow.commit()
-        except Exception as exc:  # the refusal stands even if its record cannot be written
-            logger.error("gateway.refusal_not_recorded", error=type(exc).__name__)
+        # Within the gateway's refusal budget, per device (its broker identity is the source):
+        # one at a time was still one audit write per store round trip for as long as the
+        # device publishes. Past the budget the refusal is counted; the device is told alike.
+        if failure.device_id is None:
+            failure = HandshakeFailure(failure.reason, failure.close, device_id)
+        await self._gateway.record_refusal(
+            failure, peer=self._peer, source=f"{MQTT_SOURCE_PREFIX}{device_id}"
+        )
         await self._publish(
             device_topic(device_id, Channel.SESSION_DOWN), control.closed(failure.close)
         )
