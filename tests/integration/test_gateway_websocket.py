@@ -410,6 +410,70 @@ async def test_a_revocation_committed_during_the_handshake_refuses_it(
     assert server.handler.seen == []
 
 
+# No credential sweep during these tests: it would close a claimed session first (4001).
+_NO_SWEEP = replace(FAST, credential_poll=timedelta(minutes=5))
+
+
+def _revoked_after_the_check(
+    server: Server, monkeypatch: pytest.MonkeyPatch, device_id: str
+) -> None:
+    """An admin's revocation commits right after the admission read the device."""
+    check = DeviceAdmission.check
+
+    async def check_then_revoke(admission: DeviceAdmission, **names: str) -> Admitted:
+        admitted = await check(admission, **names)
+        await server.change(lambda lc, d: lc.revoke(d, reason="lost", actor=FACTORY), device_id)
+        return admitted
+
+    monkeypatch.setattr(DeviceAdmission, "check", check_then_revoke)
+
+
+async def test_a_revocation_during_a_rotations_first_handshake_refuses_it(
+    platform: Platform, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same race on the first use of a rotated certificate, which is recorded in the
+    # handshake's own transaction: its activation finds the certificate no longer pending.
+    # That was an unexpected error (1011, "retry"), and the refusal was in no audit record.
+    async with serving(platform, free_port, _NO_SWEEP) as server:
+        credentials = await server.enrol()
+        device_id = credentials.device_id
+        key = generate_key()
+        async with server.platform.services() as (uow, ctx):
+            lifecycle = DeviceLifecycle(ctx)
+            device = await lifecycle.get(device_id)
+            csr = build_csr(key, device_id=device.id, vehicle_id=device.vehicle_id)
+            issued = await lifecycle.rotate(device, csr, server.world.ca, actor=FACTORY)
+            await uow.commit()
+        rotated = credentials.with_certificate(key, issued.certificate_pem)
+        _revoked_after_the_check(server, monkeypatch, device_id)
+        with pytest.raises(HandshakeRefused) as refused:
+            await server.open(rotated)
+        assert refused.value.code == CloseCode.UNAUTHENTICATED
+        assert server.gateway.registry.sessions(device_id) == []
+        [failure] = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+        assert (failure.reason, failure.object_id) == ("certificate-changed", device_id)
+        assert await server.audit(EventName.DEVICE_SESSION_OPENED) == []
+
+
+async def test_a_revocation_during_a_clone_findings_handshake_refuses_it(
+    platform: Platform, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race again, on a handshake that is a clone finding: the quarantine, written in the
+    # handshake's own transaction, finds the device no longer as it was read (revoked).
+    async with serving(platform, free_port, _NO_SWEEP) as server:
+        credentials = await server.enrol()
+        device_id = credentials.device_id
+        genuine = await server.open(credentials)
+        _revoked_after_the_check(server, monkeypatch, device_id)
+        with pytest.raises(HandshakeRefused) as refused:
+            await server.open(credentials)  # concurrent with the genuine session: a finding
+        assert refused.value.code == CloseCode.UNAUTHENTICATED
+        [failure] = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+        assert (failure.reason, failure.object_id) == ("device-changed", device_id)
+        assert await _incidents(server) == []  # rolled back with the handshake
+        assert genuine.close_code is None
+
+
 async def test_a_change_made_by_another_process_closes_the_session(server: Server) -> None:
     credentials = await server.enrol()
     connection = await server.open(credentials)

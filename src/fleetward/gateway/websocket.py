@@ -37,6 +37,7 @@ from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
 from fleetward.devices.admission import (
     AdmissionRefused,
+    Admitted,
     DeviceAdmission,
     SessionClosed,
     SessionLedger,
@@ -51,7 +52,9 @@ from fleetward.devices.clones import (
     CloneResponse,
     CloneRules,
     OtherSession,
+    Suspicion,
 )
+from fleetward.devices.errors import TransitionRefused
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.command_port import RESULT_FIRST_BYTE, CommandPort, NoCommands
 from fleetward.gateway.directory import LocalDirectory, SessionDirectory
@@ -73,6 +76,7 @@ from fleetward.gateway.session import DeviceSession, Transport
 from fleetward.identity.login.limits import client_network
 from fleetward.observability.logging import get_logger
 from fleetward.platform import Platform
+from fleetward.services import ServiceContext
 from fleetward.settings import Settings
 from fleetward.store.busy import is_store_busy
 
@@ -361,23 +365,19 @@ class Gateway:
                         )
                     )
                 else:
-                    if suspicion is not None:
-                        # Recorded and flagged; the sessions go on with their frames set apart.
-                        await CloneResponse(ctx).quarantine(
-                            device,
-                            suspicion,
-                            peer=peer,
-                            certificate_serial=proven.certificate_serial,
-                            session_id=session.session_id,
-                            tenant_id=admitted.tenant_id,
+                    try:
+                        await self._record_in_handshake(
+                            ctx, admitted, suspicion, session, proven, peer, details
                         )
-                    await DeviceAdmission(ctx).opened(
-                        admitted,
-                        session_id=session.session_id,
-                        peer=peer,
-                        software_version=proven.software_version,
-                        details=details,
-                    )
+                    except TransitionRefused as refused:
+                        # The device or the rotated certificate changed since the admission
+                        # read them (revoked, ended): a refusal like any withdrawn
+                        # credential's, audited, never an unexpected error.
+                        raise HandshakeFailure(
+                            refused.reason or "device-changed",
+                            CloseCode.UNAUTHENTICATED,
+                            proven.device_id,
+                        ) from None
                     await uow.commit()
             except BaseException:
                 await self._abandon(live, claim)
@@ -400,6 +400,38 @@ class Gateway:
             self.registry.status_changed(device.id, DeviceStatus.QUARANTINED, suspicion.reason)
         await _close_replaced(claim)
         return live
+
+    @staticmethod
+    async def _record_in_handshake(
+        ctx: ServiceContext,
+        admitted: Admitted,
+        suspicion: Suspicion | None,
+        session: DeviceSession,
+        proven: ProvenDevice,
+        peer: str,
+        details: dict[str, JsonValue],
+    ) -> None:
+        """What the handshake's own transaction writes when the ledger's batch cannot: a
+        clone finding (incident, quarantine) and the first use of a rotated certificate.
+        Raises TransitionRefused when the device or certificate moved since it was read."""
+        device = admitted.device
+        if suspicion is not None:
+            # Recorded and flagged; the sessions go on with their frames set apart.
+            await CloneResponse(ctx).quarantine(
+                device,
+                suspicion,
+                peer=peer,
+                certificate_serial=proven.certificate_serial,
+                session_id=session.session_id,
+                tenant_id=admitted.tenant_id,
+            )
+        await DeviceAdmission(ctx).opened(
+            admitted,
+            session_id=session.session_id,
+            peer=peer,
+            software_version=proven.software_version,
+            details=details,
+        )
 
     def _closer(self, websocket: WebSocket) -> Callable[[CloseCode], Awaitable[None]]:
         async def close(code: CloseCode) -> None:
