@@ -25,6 +25,7 @@ from fleetward.identity.runtime import IdentityRuntime
 from fleetward.services import RelationshipLimits, ServiceContext
 from fleetward.settings import Settings
 from fleetward.store.engine import create_engine, session_factory
+from fleetward.store.group import RowGroup
 from fleetward.store.migrate import current_revision, head_revision
 from fleetward.store.uow import UnitOfWork
 
@@ -42,6 +43,8 @@ class Platform:
     # The policy decision point. Routes bind it to their own session (CedarPdp.bind) so that a
     # decision sees the request's transaction; unbound, it reads in short sessions of its own.
     pdp: CedarPdp
+    # Where read-only requests' records are committed together (``store.group``).
+    group: RowGroup | None = None
 
     @classmethod
     def build(
@@ -76,10 +79,13 @@ class Platform:
             ),
             identity=IdentityRuntime.build(settings, the_clock),
             pdp=pdp,
+            group=RowGroup(sessions),
         )
 
     def unit_of_work(self, *, inline_writes: bool = False, write_lock: bool = False) -> UnitOfWork:
-        return UnitOfWork(self.sessions, inline_writes=inline_writes, write_lock=write_lock)
+        return UnitOfWork(
+            self.sessions, inline_writes=inline_writes, write_lock=write_lock, group=self.group
+        )
 
     @asynccontextmanager
     async def services(
@@ -103,6 +109,8 @@ class Platform:
         return True, "ok"
 
     async def close(self) -> None:
+        if self.group is not None:
+            await self.group.close()
         await self.identity.close()
         await self.engine.dispose()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import DateTime, Enum, MetaData, String
 from sqlalchemy.engine import Dialect
@@ -21,6 +22,25 @@ NAMING_CONVENTION = {
 }
 
 ID_LENGTH = 40
+
+# The text SQLAlchemy's SQLite DATETIME stores (its default storage format), which
+# ``UtcDateTime`` writes without going through that type's processor (see below).
+SQLITE_DATETIME_FORMAT: Final = (
+    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+)
+
+
+def sqlite_utc_text(value: datetime) -> str:
+    """An aware datetime as the naive-UTC text SQLite's DATETIME stores for it (~1 us, against
+    ~10 us through ``process_bind_param`` and the DATETIME processor's format dict)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+    )
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -40,6 +60,26 @@ class UtcDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite with the DATETIME type's default format, one function straight to the
+        stored text (every statement binds times: each row's ``occurred_at``, a job's
+        ``updated_at``); anything but a datetime still goes the documented way, through
+        ``process_bind_param`` and the impl's processor. Elsewhere, that way only.
+        ``tests/unit/store/test_store.py`` compares the two."""
+        standard = super().bind_processor(dialect)
+        impl = self.impl_instance.dialect_impl(dialect)
+        if dialect.name != "sqlite" or getattr(impl, "_storage_format", None) != (
+            SQLITE_DATETIME_FORMAT
+        ):
+            return standard
+
+        def process(value: Any) -> Any:
+            if value.__class__ is datetime:
+                return sqlite_utc_text(value)
+            return standard(value) if standard is not None else value
+
+        return process
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -4,7 +4,8 @@ command job's transitions) that nothing updates once written.
 ``hold(session, table, row)`` keeps a row with its session; the session writes what it holds
 where the ORM would have flushed an object: when it flushes (autoflush before a query,
 an explicit ``flush()``) and when it commits, AFTER its ORM objects (so a row may refer to an
-object added in the same transaction), each table's rows as ONE multi-row Core INSERT. A
+object added in the same transaction), each table's rows as ONE multi-row INSERT
+(``store.rows``: the statement planned once, not rebuilt by Core at every call). A
 rollback, or a session closed without committing, drops them. Inside ``no_autoflush`` they
 wait like any pending object.
 
@@ -30,14 +31,16 @@ the session keeps those rows aside; :func:`orphaned` hands them over, and the un
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Table, event, insert, inspect
+from sqlalchemy import Table, event, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
+
+from fleetward.store.rows import insert_rows
+from fleetward.store.sqlite_driver import OneTripConnection
 
 Row = dict[str, Any]
 
@@ -101,6 +104,44 @@ def _check_plain(mapper: Mapper[Any]) -> None:
         raise TypeError(f"{mapper.class_.__name__} is not one plain table")
 
 
+def take_rows_only(
+    session: AsyncSession,
+) -> tuple[list[tuple[Table, Row]], list[tuple[Table, Row]]] | None:
+    """The rows ``session`` holds, and those of them held with ``keep``, taken from it, when
+    they are ALL its transaction would write: no ORM object new, changed or deleted, no new
+    object held, and nothing written on its connection yet (as the SQLite driver tells; on
+    any other store this answers None). None otherwise: its commit writes them."""
+    sync = session.sync_session
+    info = sync.info
+    rows: dict[Table, list[Row]] | None = info.get(_KEY)
+    if not rows or info.get(_NEW) or sync.new or sync.deleted or sync.dirty:
+        return None
+    if not _wrote_nothing(sync):
+        return None
+    del info[_KEY]
+    kept: list[tuple[Table, Row]] = info.pop(_KEPT, [])
+    return [(table, row) for table, table_rows in rows.items() for row in table_rows], kept
+
+
+def _wrote_nothing(sync: Session) -> bool:
+    transaction = sync.get_transaction()
+    if transaction is None:
+        return True
+    # SQLAlchemy keeps a transaction's connections in this mapping (bind -> connection and
+    # its transaction); read defensively: anything unexpected means "cannot tell".
+    connections = getattr(transaction, "_connections", None)
+    if not isinstance(connections, dict):
+        return False
+    for entry in connections.values():
+        try:
+            dbapi = entry[0].connection.dbapi_connection
+        except Exception:
+            return False
+        if not isinstance(dbapi, OneTripConnection) or not dbapi.wrote_nothing():
+            return False
+    return True
+
+
 def held(session: AsyncSession | Session, table: Table) -> Sequence[Row]:
     """The rows ``session`` holds for ``table``, not yet written."""
     rows: dict[Table, list[Row]] = session.info.get(_KEY, {})
@@ -117,7 +158,7 @@ def write_held(session: Session) -> None:
     if rows:
         connection = session.connection()
         for table, table_rows in rows.items():
-            connection.execute(_insert(table), table_rows)
+            insert_rows(connection, table, table_rows)
 
 
 def _insert_new(session: Session, objects: list[Any]) -> None:
@@ -133,15 +174,10 @@ def _insert_new(session: Session, objects: list[Any]) -> None:
         by_table.setdefault(mapper.local_table, []).append(row)
     connection = session.connection()
     for table, rows in by_table.items():
-        connection.execute(_insert(table), rows)
+        insert_rows(connection, table, rows)
     for obj in objects:
         make_transient_to_detached(obj)  # its attributes as stored: nothing to flush
         session.add(obj)
-
-
-@functools.cache
-def _insert(table: Table) -> Any:
-    return insert(table)  # built once per table
 
 
 class PendingRowsSession(Session):
@@ -183,5 +219,6 @@ __all__ = [
     "hold_new",
     "hold_orphans",
     "orphaned",
+    "take_rows_only",
     "write_held",
 ]

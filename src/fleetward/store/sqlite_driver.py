@@ -378,6 +378,11 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         finally:
             self.inline_lock.release()
 
+    def wrote_nothing(self) -> bool:
+        """Whether the open transaction, if any, has written nothing and holds no lock: no
+        write statement ran or is queued (a SELECT opens no transaction in sqlite3)."""
+        return not self.writing and self._idle()
+
     def close(self) -> None:
         self._end(super().close, closing=True)
 

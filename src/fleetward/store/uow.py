@@ -14,7 +14,8 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fleetward.observability.logging import get_logger
-from fleetward.store.pending import Row, hold_orphans, orphaned
+from fleetward.store.group import RowGroup
+from fleetward.store.pending import Row, hold_orphans, orphaned, take_rows_only
 from fleetward.store.sqlite_driver import INLINE_WRITES
 
 logger = get_logger(__name__)
@@ -29,6 +30,7 @@ class UnitOfWork:
         *,
         inline_writes: bool = False,
         write_lock: bool = False,
+        group: RowGroup | None = None,
     ) -> None:
         """``inline_writes``: on SQLite the transaction's writes after its first run in the
         event loop's thread (``store.sqlite_driver``; other stores ignore it). For short
@@ -38,8 +40,13 @@ class UnitOfWork:
         (``BEGIN IMMEDIATE``, behind this process's other writers): everything it reads, it
         reads as it stands at its commit, since no other writer can commit meanwhile
         (:attr:`serialized`). Other stores ignore it. For short transactions that must decide
-        and write on the same facts (a command's creation and delivery)."""
+        and write on the same facts (a command's creation and delivery).
+
+        ``group``: where a transaction that writes nothing but held rows (a read's decision
+        record) commits them, together with other requests' (``store.group``); and where
+        kept records of a transaction that did not commit are written."""
         self._sessions = sessions
+        self._group = group
         self._inline_writes = inline_writes
         self._write_lock = write_lock
         self._serialized = False
@@ -91,6 +98,9 @@ class UnitOfWork:
         it ended: on SQLite it may have held the write lock). A store that cannot take them
         now is logged, never raised: the request's own outcome stands."""
         try:
+            if self._group is not None:
+                await self._group.commit(rows)
+                return
             async with self._sessions() as session:
                 hold_orphans(session, rows)
                 await session.commit()
@@ -98,7 +108,21 @@ class UnitOfWork:
             logger.error("audit.kept_records_lost", count=len(rows), error=type(exc).__name__)
 
     async def commit(self) -> None:
-        await self.session.commit()
+        session = self.session
+        taken = take_rows_only(session) if self._group is not None else None
+        # Its own (read-only) transaction ends first: the connection goes back to the pool
+        # before waiting for the batch, which needs one (waiters holding them all would
+        # starve it).
+        await session.commit()
+        if taken is not None and self._group is not None:
+            rows, kept = taken
+            try:
+                await self._group.commit(rows)
+            except BaseException:
+                # Not committed: the kept ones are still owed, as after a failed commit
+                # (written in a transaction of their own when this unit of work closes).
+                hold_orphans(session, kept)
+                raise
 
     async def flush(self) -> None:
         await self.session.flush()

@@ -6,11 +6,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as postgresql_dialect
+from sqlalchemy.dialects.sqlite.aiosqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from fleetward.identity.models import Tenant, TenantKind
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
+from fleetward.store.base import UtcDateTime
 from fleetward.store.migrate import current_revision, head_revision, upgrade
 from fleetward.vehicles.models import Ownership
 from support.factories import WorldFactory
@@ -44,6 +47,39 @@ async def test_times_round_trip_as_aware_utc(platform: Platform) -> None:
         assert loaded is not None
         assert loaded.created_at == datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
         assert loaded.created_at.tzinfo == UTC
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 5, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1, 1, 1, 0, 0, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 0, 0, 1, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+        None,
+    ],
+)
+def test_sqlite_times_bind_as_the_documented_way_would(value: datetime | None) -> None:
+    """UtcDateTime's own SQLite processor stores the text that process_bind_param and the
+    DATETIME type's processor store."""
+    dialect = sqlite_dialect()
+    column = UtcDateTime()
+    fast = column.bind_processor(dialect)
+    assert fast is not None
+    naive = column.process_bind_param(value, dialect)
+    standard = column.impl_instance.dialect_impl(dialect).bind_processor(dialect)
+    assert standard is not None
+    assert fast(value) == standard(naive)
+    assert column.bind_processor(postgresql_dialect()) is not fast
+
+
+def test_sqlite_refuses_naive_times_before_storing_them() -> None:
+    fast = UtcDateTime().bind_processor(sqlite_dialect())
+    assert fast is not None
+    with pytest.raises(ValueError, match="naive"):
+        fast(datetime(2026, 5, 1, 12, 0))
+    with pytest.raises(AttributeError):
+        fast("2026-05-01 12:00:00")  # not a datetime: the documented way refuses it too
 
 
 async def test_naive_datetime_is_refused(platform: Platform) -> None:
