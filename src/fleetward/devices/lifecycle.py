@@ -154,6 +154,9 @@ class DeviceLifecycle:
         checked = check_csr(csr_pem, device_id=device.id, vehicle_id=device.vehicle_id)
         provisioning = Provisioning(self._ctx)
         await provisioning.refuse_reused_key(checked)
+        # Still active at the write, and held so until this commits: a revocation committed
+        # since the read would never see (nor revoke, nor list) the certificate issued here.
+        await self._write_status(device, DeviceStatus.ACTIVE, status=DeviceStatus.ACTIVE)
         now = self._ctx.clock.now()
         # A rotation that was never completed is superseded: only the newest stays pending.
         for stale in await self._certificates(device, {CertificateStatus.PENDING}):

@@ -436,3 +436,30 @@ async def test_a_rotation_revoked_before_its_first_use_is_not_activated(
         )
     )
     assert statuses == {CertificateStatus.REVOKED}
+
+
+async def test_a_rotation_is_never_started_on_a_device_revoked_after_it_was_read(
+    world: DeviceWorld,
+) -> None:
+    # An admin's rotation read the device active; another admin's revocation commits before
+    # the rotation writes its certificate: without a check at the write, the ended identity
+    # would hold a pending certificate its revocation never saw (valid for a year, off the CRL
+    # the broker trusts). The rotation is refused and the device keeps only revoked ones.
+    _credentials, device = await world.enrol()
+    await world.ctx.session.commit()
+    await world.ctx.session.refresh(device)
+    assert device.status is DeviceStatus.ACTIVE  # as the rotation read it
+    await _revoked_elsewhere(world, device)
+    csr = build_csr(generate_key(), device_id=device.id, vehicle_id=device.vehicle_id)
+    with pytest.raises(TransitionRefused) as refused:
+        await DeviceLifecycle(world.ctx).rotate(device, csr, world.ca, actor=FACTORY)
+    assert refused.value.reason == "device-changed"
+    device_id = device.id
+    await world.ctx.session.rollback()
+    statuses = set(
+        await world.ctx.session.scalars(
+            select(DeviceCertificate.status).where(DeviceCertificate.device_id == device_id)
+        )
+    )
+    assert statuses == {CertificateStatus.REVOKED}
+    assert await world.events(EventName.DEVICE_ROTATION_STARTED.value, device_id) == []
