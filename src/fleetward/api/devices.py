@@ -47,6 +47,7 @@ from fleetward.catalog.entry import (
 from fleetward.commands.runtime import commands_of
 from fleetward.core.errors import FleetwardError
 from fleetward.core.surfaces import Surface
+from fleetward.devices.admission import record_unrecorded
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.errors import CaseNotFound, NotPlatformAdmin
 from fleetward.devices.lifecycle import DeviceLifecycle
@@ -64,8 +65,10 @@ from fleetward.devices.views import (
     ReplacementView,
     device_view,
 )
+from fleetward.gateway.refusals import Unrecorded
 from fleetward.gateway.websocket import GATEWAY_SURFACE, gateway_of
 from fleetward.identity.directory import Directory
+from fleetward.identity.login.limits import client_network
 from fleetward.identity.models import Role, Tenant, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
@@ -409,7 +412,31 @@ async def enrol(body: EnrolBody, request: Request) -> CertificateView:
             issued = await Provisioning(ctx).enrol(body.token, body.csr, ca)
             await uow.commit()
     except FleetwardError as refused:
-        async with platform.unit_of_work() as uow:
+        await _record_enrolment_refusal(request, platform, refused)
+        raise
+    signer = commands_of(request.app).signer
+    return CertificateView.of(issued, (signer.key_id, signer.public_key_pem))
+
+
+async def _record_enrolment_refusal(
+    request: Request, platform: Platform, refused: FleetwardError
+) -> None:
+    """Anyone can have an enrolment refused, with a made-up token and no credential at all:
+    past its network's budget (the one refused handshakes spend, ``gateway.refusals``) a
+    refusal is counted, not written, so a flood is not a flood of audit writes. The windows
+    the budget hands back are written here, once (``device:handshake:unrecorded``)."""
+    gateway = gateway_of(request.app)
+    ended: list[Unrecorded] = []
+    window_seconds = 0.0
+    record = True  # without a gateway there is no budget: every refusal is recorded
+    if gateway is not None:
+        peer = request.client.host if request.client else None
+        record, ended = gateway.refusals.admit(client_network(peer), platform.clock.now())
+        window_seconds = gateway.config.refusal_window.total_seconds()
+    if not record and not ended:
+        return
+    async with platform.unit_of_work() as uow:
+        if record:
             platform.audit.record(
                 uow.session,
                 EventName.DEVICE_ENROLMENT_REFUSED,
@@ -419,10 +446,17 @@ async def enrol(body: EnrolBody, request: Request) -> CertificateView:
                 reason=refused.reason or refused.code,
                 details={"problem": refused.code},
             )
-            await uow.commit()
-        raise
-    signer = commands_of(request.app).signer
-    return CertificateView.of(issued, (signer.key_id, signer.public_key_pem))
+        for window in ended:
+            record_unrecorded(
+                platform.audit,
+                uow.session,
+                network=window.network,
+                started=window.started,
+                recorded=window.recorded,
+                unrecorded=window.unrecorded,
+                window_seconds=window_seconds,
+            )
+        await uow.commit()
 
 
 router = APIRouter()

@@ -32,7 +32,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.devices.models import Device, DeviceStatus, EnrolmentKind, KeyAlgorithm
 from fleetward.devices.provisioning import Provisioning
 from fleetward.gateway.device_client import build_csr, generate_key
-from fleetward.gateway.websocket import install
+from fleetward.gateway.websocket import gateway_of, install
 from fleetward.identity.acr import Acr
 from fleetward.identity.models import Role, TenantKind, User
 from fleetward.platform import Platform
@@ -383,6 +383,28 @@ async def test_refused_enrolment_is_audited_and_changes_nothing(api: Api) -> Non
         "/gateway/v1/enrol", json={"token": "t", "csr": "c", "device_id": "dev_mine"}
     )
     assert smuggled.status_code == 422  # a device cannot name its own identity
+
+
+async def test_a_flood_of_refused_enrolments_is_counted_not_written(api: Api) -> None:
+    # Threat: anyone can have an enrolment refused, without any credential (a made-up token
+    # will do), and each refusal recorded was an audit write of its own: an unauthenticated
+    # flood of database writes that also buries the real refusals. Past its network's budget
+    # (the one refused handshakes spend) a refusal is counted, and the count is written once
+    # its window is over. The caller's answer is the same either way.
+    gateway = gateway_of(api.app)
+    assert gateway is not None
+    budget = gateway.config.refusals_per_network
+    for _ in range(budget + 5):
+        response = await api.http.post(
+            "/gateway/v1/enrol", json={"token": "fwenrol_" + "x" * 43, "csr": "null"}
+        )
+        assert response.status_code == 401
+        assert response.json()["type"] == "urn:fleetward:problem:enrolment-token-invalid"
+    assert len(await api.events(EventName.DEVICE_ENROLMENT_REFUSED.value)) == budget
+    api.clock.advance(gateway.config.refusal_window)
+    await gateway.flush_refusals()
+    [summary] = await api.events(EventName.DEVICE_HANDSHAKES_UNRECORDED.value)
+    assert (summary.details["recorded"], summary.details["unrecorded"]) == (budget, 5)
 
 
 async def test_a_csr_with_a_key_the_library_cannot_load_is_a_refusal(api: Api) -> None:
