@@ -33,6 +33,7 @@ from fleetward.devices.models import (
     DeviceCertificate,
     DeviceStatus,
 )
+from fleetward.devices.provisioning import on_vehicle
 from fleetward.observability.logging import get_logger
 from fleetward.services import ServiceContext
 from fleetward.store.busy import StoreBusy, is_store_busy
@@ -134,7 +135,7 @@ class DeviceAdmission:
             admitted.certificate.first_used_at = now
         device.last_peer = peer
         device.last_seen_at = now
-        self._ctx.audit.record(
+        record = self._ctx.audit.record(
             self._ctx.session,
             EventName.DEVICE_SESSION_OPENED,
             actor=actor,
@@ -149,6 +150,7 @@ class DeviceAdmission:
                 **details,
             },
         )
+        on_vehicle(record, device.vehicle_id)
         await self._ctx.session.flush()
         return revoked
 
@@ -160,13 +162,14 @@ class DeviceAdmission:
             device.last_seen_at is None or device.last_seen_at < last_activity
         ):
             device.last_seen_at = last_activity
-        self._ctx.audit.record(
+        record = self._ctx.audit.record(
             self._ctx.session,
             EventName.DEVICE_SESSION_CLOSED,
             actor=device_actor(device_id, tenant_id),
             target=Target("device", device_id, tenant_id),
             details={"session": session_id, "close": code},
         )
+        on_vehicle(record, device.vehicle_id if device is not None else None)
         await self._ctx.session.flush()
 
 
@@ -491,6 +494,7 @@ def _apply(
             target=target,
             details={"session": entry.session_id, "close": entry.code},
         )
+    on_vehicle(record, device.vehicle_id if device is not None else None)
     # The event is the handshake's (or the close's), not the batch's: its time and request.
     record["occurred_at"] = entry.at
     request = entry.request

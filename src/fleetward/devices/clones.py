@@ -31,6 +31,7 @@ from fleetward.core.errors import JsonValue
 from fleetward.core.ids import new_id
 from fleetward.devices.lifecycle import QUARANTINABLE, DeviceLifecycle
 from fleetward.devices.models import Device, DeviceIncident, IncidentKind
+from fleetward.devices.provisioning import on_vehicle
 from fleetward.services import ServiceContext
 
 DEFAULT_LIVENESS_WINDOW: Final = timedelta(seconds=30)
@@ -117,7 +118,7 @@ class CloneResponse:
             details=details,
         )
         self._ctx.session.add(incident)
-        self._ctx.audit.record(
+        record = self._ctx.audit.record(
             self._ctx.session,
             EventName.DEVICE_CLONE_DETECTED,
             actor=DETECTOR,
@@ -131,6 +132,7 @@ class CloneResponse:
                 **details,
             },
         )
+        on_vehicle(record, device.vehicle_id)
         if device.status in QUARANTINABLE:
             await DeviceLifecycle(self._ctx).quarantine(
                 device,

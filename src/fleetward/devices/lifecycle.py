@@ -48,6 +48,7 @@ from fleetward.devices.provisioning import (
     EnrolmentGrant,
     IssuedCertificate,
     Provisioning,
+    on_vehicle,
 )
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, User
@@ -405,7 +406,7 @@ class DeviceLifecycle:
         details: dict[str, JsonValue],
     ) -> None:
         vehicle = await self._vehicle(device)
-        self._ctx.audit.record(
+        record = self._ctx.audit.record(
             self._ctx.session,
             event,
             actor=actor,
@@ -413,6 +414,7 @@ class DeviceLifecycle:
             reason=reason,
             details={"vehicle": device.vehicle_id, **details},
         )
+        on_vehicle(record, device.vehicle_id)
         await self._ctx.session.flush()
 
 

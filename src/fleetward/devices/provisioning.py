@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select, update
 
 from fleetward.audit.events import ActorType, EventName
-from fleetward.audit.recorder import Actor, Target
+from fleetward.audit.recorder import Actor, AuditRow, Target
 from fleetward.core.ids import new_id
 from fleetward.devices.ca import DeviceCa
 from fleetward.devices.csr import CheckedRequest, check_csr
@@ -73,6 +73,14 @@ class IssuedCertificate:
     ca_certificate_pem: str
     not_before: datetime
     not_after: datetime
+
+
+def on_vehicle(row: AuditRow, vehicle_id: str | None) -> None:
+    """Name a device record's vehicle in its vehicle column. A device is bound to one vehicle,
+    and the blast radius of a device (or of whoever acted on it) finds the vehicles reached
+    through that column only (``audit.investigate``); the recorder fills it for a vehicle
+    target or a ``vehicle_id`` detail, and device records target the device."""
+    row["vehicle_id"] = vehicle_id
 
 
 def token_digest(token: str) -> str:
@@ -199,7 +207,7 @@ class Provisioning:
         await session.flush()
         issued = await self.issue(device, checked, ca, status=CertificateStatus.ACTIVE)
         vehicle = await session.get(Vehicle, device.vehicle_id)
-        self._ctx.audit.record(
+        provisioned = self._ctx.audit.record(
             session,
             EventName.DEVICE_PROVISIONED,
             actor=Actor(ActorType.DEVICE, device.id),
@@ -212,6 +220,7 @@ class Provisioning:
                 "key_algorithm": checked.algorithm.value,
             },
         )
+        on_vehicle(provisioned, device.vehicle_id)
         await session.flush()
         return issued
 

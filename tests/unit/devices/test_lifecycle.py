@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from fleetward.audit.events import EventName
+from fleetward.audit.investigate import BlastQuery, Subject, blast_radius
 from fleetward.core.clock import FrozenClock
 from fleetward.core.errors import FleetwardError, InvalidInput
+from fleetward.devices.admission import SessionLedger, SessionOpened
 from fleetward.devices.errors import (
     CsrRefused,
     ReplacementRefused,
@@ -463,3 +465,30 @@ async def test_a_rotation_is_never_started_on_a_device_revoked_after_it_was_read
     )
     assert statuses == {CertificateStatus.REVOKED}
     assert await world.events(EventName.DEVICE_ROTATION_STARTED.value, device_id) == []
+
+
+async def test_a_blast_radius_from_a_device_finds_its_vehicle(world: DeviceWorld) -> None:
+    # Threat: a device key is stolen, and the investigator asks what that device reached
+    # (fleetward investigate blast-radius device ...). Its records named the vehicle in their
+    # details only, never in the column the blast radius reads: the answer was no vehicle.
+    _credentials, device = await world.enrol()
+    certificate = (await _certificates(world, device))[0]
+    await world.ctx.session.commit()
+    opened = SessionLedger(world.platform.services).record(
+        SessionOpened(
+            device_id=device.id,
+            certificate_id=certificate.id,
+            serial=certificate.serial,
+            vehicle_id=device.vehicle_id,
+            tenant_id=world.car.tenant_id,
+            status=device.status,
+            session_id="ses_blast",
+            peer="192.0.2.7",
+            software_version="1.0.0",
+            at=world.platform.clock.now(),
+        )
+    )
+    await opened
+    found = await blast_radius(world.ctx.session, BlastQuery(Subject.DEVICE, device.id))
+    assert [v.vehicle_id for v in found.vehicles] == [world.car.id]
+    assert found.vehicles[0].events == 2  # its provisioning and its session
