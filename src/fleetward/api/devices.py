@@ -45,14 +45,14 @@ from fleetward.catalog.entry import (
     catalogued,
 )
 from fleetward.commands.runtime import commands_of
-from fleetward.core.errors import FleetwardError
+from fleetward.core.errors import FleetwardError, JsonValue
 from fleetward.core.surfaces import Surface
 from fleetward.devices.admission import record_unrecorded
 from fleetward.devices.ca import load_device_ca
 from fleetward.devices.errors import CaseNotFound, NotPlatformAdmin
 from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import Device, DeviceStatus
-from fleetward.devices.provisioning import Provisioning
+from fleetward.devices.provisioning import Provisioning, on_vehicle
 from fleetward.devices.views import (
     CertificateView,
     CsrBody,
@@ -412,19 +412,21 @@ async def enrol(body: EnrolBody, request: Request) -> CertificateView:
             issued = await Provisioning(ctx).enrol(body.token, body.csr, ca)
             await uow.commit()
     except FleetwardError as refused:
-        await _record_enrolment_refusal(request, platform, refused)
+        await _record_enrolment_refusal(request, platform, body.token, refused)
         raise
     signer = commands_of(request.app).signer
     return CertificateView.of(issued, (signer.key_id, signer.public_key_pem))
 
 
 async def _record_enrolment_refusal(
-    request: Request, platform: Platform, refused: FleetwardError
+    request: Request, platform: Platform, token: str, refused: FleetwardError
 ) -> None:
     """Anyone can have an enrolment refused, with a made-up token and no credential at all:
     past its network's budget (the one refused handshakes spend, ``gateway.refusals``) a
     refusal is counted, not written, so a flood is not a flood of audit writes. The windows
-    the budget hands back are written here, once (``device:handshake:unrecorded``)."""
+    the budget hands back are written here, once (``device:handshake:unrecorded``). A
+    recorded refusal names the enrolment its token belongs to, if any (a spent token tried
+    again is how a stolen one shows), never the token."""
     gateway = gateway_of(request.app)
     ended: list[Unrecorded] = []
     window_seconds = 0.0
@@ -435,17 +437,9 @@ async def _record_enrolment_refusal(
         window_seconds = gateway.config.refusal_window.total_seconds()
     if not record and not ended:
         return
-    async with platform.unit_of_work() as uow:
+    async with platform.services() as (uow, ctx):
         if record:
-            platform.audit.record(
-                uow.session,
-                EventName.DEVICE_ENROLMENT_REFUSED,
-                actor=Actor.system("gateway:enrolment"),
-                target=Target("device", "unknown"),
-                decision=Decision.DENIED,
-                reason=refused.reason or refused.code,
-                details={"problem": refused.code},
-            )
+            await _record_refused_enrolment(ctx, token, refused)
         for window in ended:
             record_unrecorded(
                 platform.audit,
@@ -457,6 +451,31 @@ async def _record_enrolment_refusal(
                 window_seconds=window_seconds,
             )
         await uow.commit()
+
+
+async def _record_refused_enrolment(
+    ctx: ServiceContext, token: str, refused: FleetwardError
+) -> None:
+    """Against the enrolment's device and vehicle when the token names one (whatever its
+    state), else an unknown device."""
+    enrolment = await Provisioning(ctx).named_by(token)
+    target = Target("device", "unknown")
+    details: dict[str, JsonValue] = {"problem": refused.code}
+    if enrolment is not None:
+        vehicle = await ctx.session.get(Vehicle, enrolment.vehicle_id)
+        tenant_id = vehicle.tenant_id if vehicle is not None else None
+        target = Target("device", enrolment.device_id, tenant_id)
+        details.update(enrolment=enrolment.id, vehicle=enrolment.vehicle_id)
+    row = ctx.audit.record(
+        ctx.session,
+        EventName.DEVICE_ENROLMENT_REFUSED,
+        actor=Actor.system("gateway:enrolment"),
+        target=target,
+        decision=Decision.DENIED,
+        reason=refused.reason or refused.code,
+        details=details,
+    )
+    on_vehicle(row, enrolment.vehicle_id if enrolment is not None else None)
 
 
 router = APIRouter()

@@ -273,6 +273,19 @@ class Provisioning:
             # what makes a shared fleet certificate impossible.
             raise CsrRefused("this key was certified before", reason="key-reused")
 
+    async def named_by(self, token: object) -> DeviceEnrolment | None:
+        """The enrolment ``token`` belongs to, whatever its state (spent, cancelled, expired):
+        what a refused redemption is recorded against. None for a malformed or unknown one."""
+        if (
+            not isinstance(token, str)
+            or not token.startswith(TOKEN_PREFIX)
+            or len(token) > _MAX_TOKEN_LENGTH
+        ):
+            return None
+        return await self._ctx.session.scalar(
+            select(DeviceEnrolment).where(DeviceEnrolment.token_hash == token_digest(token))
+        )
+
     async def _redeemable(self, token: str) -> DeviceEnrolment:
         if (
             not isinstance(token, str)
@@ -281,9 +294,7 @@ class Provisioning:
         ):
             raise EnrolmentTokenInvalid("the enrolment token is malformed", reason="malformed")
         session = self._ctx.session
-        enrolment = await session.scalar(
-            select(DeviceEnrolment).where(DeviceEnrolment.token_hash == token_digest(token))
-        )
+        enrolment = await self.named_by(token)
         if enrolment is None:
             raise EnrolmentTokenInvalid("the enrolment token is not known", reason="unknown")
         if enrolment.used_at is not None:

@@ -385,6 +385,28 @@ async def test_refused_enrolment_is_audited_and_changes_nothing(api: Api) -> Non
     assert smuggled.status_code == 422  # a device cannot name its own identity
 
 
+async def test_a_refused_enrolment_names_the_enrolment_its_token_belongs_to(api: Api) -> None:
+    # Threat: an enrolment token leaks and someone else redeems it first; the genuine TCU's
+    # attempt is then refused as "used". Its record named no enrolment, device or vehicle
+    # ("unknown"), so nothing tied the refusal to the identity the thief obtained.
+    async with api.platform.services() as (uow, ctx):
+        grant = await Provisioning(ctx).create_enrolment(api.world.car, actor=FACTORY)
+        await uow.commit()
+    for _ in range(2):
+        csr = build_csr(generate_key(), device_id=grant.device_id, vehicle_id=grant.vehicle_id)
+        response = await api.http.post("/gateway/v1/enrol", json={"token": grant.token, "csr": csr})
+    assert response.status_code == 401
+    [refused] = await api.events(EventName.DEVICE_ENROLMENT_REFUSED.value)
+    assert refused.reason == "used"
+    assert (refused.object_id, refused.vehicle_id, refused.tenant_id) == (
+        grant.device_id,
+        api.world.car.id,
+        api.world.car.tenant_id,
+    )
+    assert refused.details["enrolment"] == grant.enrolment_id
+    assert grant.token not in str(refused.details)
+
+
 async def test_a_flood_of_refused_enrolments_is_counted_not_written(api: Api) -> None:
     # Threat: anyone can have an enrolment refused, without any credential (a made-up token
     # will do), and each refusal recorded was an audit write of its own: an unauthenticated
