@@ -114,9 +114,17 @@ def _admin_actor(caller: Caller) -> Actor:
 
 
 async def _require_platform_admin(
-    platform: Platform, ctx: ServiceContext, caller: Caller, operation: str, target: str
+    platform: Platform,
+    ctx: ServiceContext,
+    caller: Caller,
+    operation: str,
+    target: str,
+    *,
+    kind: str = "device",
 ) -> None:
-    """A person who is a platform admin of the (operator) tenant the token names, now."""
+    """A person who is a platform admin of the (operator) tenant the token names, now.
+    ``kind``: what ``target`` names (a vehicle for an enrolment: its records are found by
+    vehicle)."""
     claims = caller.claims
     reason: str | None = None
     if claims.sub_type != "user":
@@ -140,7 +148,7 @@ async def _require_platform_admin(
             ctx.session,
             EventName.DEVICE_OPERATION_ALLOWED,
             actor=_admin_actor(caller),
-            target=Target("device", target),
+            target=Target(kind, target),
             details={"operation": operation, "surface": caller.surface.value},
         )
         return
@@ -150,7 +158,7 @@ async def _require_platform_admin(
         ctx.session,
         EventName.DEVICE_OPERATION_DENIED,
         actor=_admin_actor(caller),
-        target=Target("device", target),
+        target=Target(kind, target),
         decision=Decision.DENIED,
         reason=reason,
         details={"operation": operation, "surface": caller.surface.value},
@@ -200,7 +208,7 @@ async def create_enrolment(
 ) -> EnrolmentView:
     platform = _platform(request)
     async with platform.services() as (uow, ctx):
-        await _require_platform_admin(platform, ctx, caller, "enrol", vehicle_id)
+        await _require_platform_admin(platform, ctx, caller, "enrol", vehicle_id, kind="vehicle")
         vehicle = await ctx.session.get(Vehicle, vehicle_id)
         if vehicle is None:
             raise VehicleNotFound("no such vehicle")

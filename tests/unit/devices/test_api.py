@@ -283,6 +283,28 @@ async def test_an_admins_allowed_reads_and_changes_are_audited(api: Api) -> None
     assert all(e.decision.value == "allowed" for e in allowed)
 
 
+async def test_a_decision_on_a_vehicles_enrolment_is_recorded_against_the_vehicle(
+    api: Api,
+) -> None:
+    # Threat: someone who is not a platform admin tries to have a car's identity issued.
+    # The denial named the car's id as a device's, so an investigation of the car (its
+    # records by vehicle) never saw the attempt.
+    car = api.world.car.id
+    headers = _headers("support-agent", api)
+    response = await api.http.post(
+        f"/admin/v1/vehicles/{car}/device-enrolments", json={}, headers=headers
+    )
+    assert response.status_code == 403
+    [denied] = await api.events(EventName.DEVICE_OPERATION_DENIED.value)
+    assert (denied.object_type, denied.object_id, denied.vehicle_id) == ("vehicle", car, car)
+    allowed = await api.http.post(
+        f"/admin/v1/vehicles/{car}/device-enrolments", json={}, headers=api.admin()
+    )
+    assert allowed.status_code == 201, allowed.text
+    [decision] = await api.events(EventName.DEVICE_OPERATION_ALLOWED.value)
+    assert (decision.object_type, decision.vehicle_id) == ("vehicle", car)
+
+
 async def test_admin_body_and_ids_are_checked(api: Api) -> None:
     device_id = await api.device()
     for body in ({"reason": "x", "status": "active"}, {"reason": "Free text!"}, {}):
