@@ -142,14 +142,16 @@ async def _require_platform_admin(
         ):
             reason = "role"
     if reason is None:
-        # An allowed decision is an audit event too (a read changes nothing else to record):
-        # in the route's transaction, committed with what the operation does.
+        # An allowed decision is an audit event too (a read changes nothing else to record),
+        # kept like a denial: an operation refused after it (an attempt to resume a revoked
+        # device, 409) rolls the route's transaction back, and the attempt must still show.
         platform.audit.record(
             ctx.session,
             EventName.DEVICE_OPERATION_ALLOWED,
             actor=_admin_actor(caller),
             target=Target(kind, target),
             details={"operation": operation, "surface": caller.surface.value},
+            keep=True,
         )
         return
     # Kept: the refusal rolls the caller's transaction back, and its unit of work then

@@ -305,6 +305,29 @@ async def test_a_decision_on_a_vehicles_enrolment_is_recorded_against_the_vehicl
     assert (decision.object_type, decision.vehicle_id) == ("vehicle", car)
 
 
+async def test_an_admins_refused_attempt_to_undo_a_revocation_is_still_recorded(
+    api: Api,
+) -> None:
+    # Threat: an admin account (stolen, or its holder) tries to bring a revoked device back.
+    # The attempt is refused (409), and its allowed authorization decision went down with
+    # the refused transaction: no trace of who tried what on which device.
+    device_id = await api.device()
+    revoked = await api.http.post(
+        f"/admin/v1/devices/{device_id}/revoke", json={"reason": "stolen"}, headers=api.admin()
+    )
+    assert revoked.status_code == 200, revoked.text
+    resumed = await api.http.post(
+        f"/admin/v1/devices/{device_id}/resume", json={"reason": "oops"}, headers=api.admin()
+    )
+    assert resumed.status_code == 409
+    assert await api.status(device_id) is DeviceStatus.REVOKED
+    allowed = await api.events(EventName.DEVICE_OPERATION_ALLOWED.value)
+    assert [(e.object_id, e.details["operation"]) for e in allowed] == [
+        (device_id, "revoke"),
+        (device_id, "resume"),
+    ]
+
+
 async def test_admin_body_and_ids_are_checked(api: Api) -> None:
     device_id = await api.device()
     for body in ({"reason": "x", "status": "active"}, {"reason": "Free text!"}, {}):
