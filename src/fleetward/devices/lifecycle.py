@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from cryptography import x509
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -33,7 +34,7 @@ from fleetward.audit.recorder import Actor, Target
 from fleetward.core.errors import InvalidInput, JsonValue
 from fleetward.core.ids import is_id
 from fleetward.devices.ca import DeviceCa
-from fleetward.devices.csr import check_csr
+from fleetward.devices.csr import check_csr, key_algorithm
 from fleetward.devices.errors import DeviceNotFound, ReplacementRefused, TransitionRefused
 from fleetward.devices.models import (
     CertificateStatus,
@@ -194,6 +195,10 @@ class DeviceLifecycle:
                 "the rotated certificate is no longer pending", reason="certificate-changed"
             )
         set_committed_value(certificate, "status", CertificateStatus.ACTIVE)
+        # The identity now holds this key: a rotation may change its type (Ed25519, P-256).
+        algorithm = key_algorithm(x509.load_der_x509_certificate(certificate.der).public_key())
+        if algorithm is not None:
+            device.key_algorithm = algorithm
         replaced = [
             old
             for old in await self._certificates(device, {CertificateStatus.ACTIVE})

@@ -31,6 +31,7 @@ from fleetward.devices.models import (
     DeviceEnrolment,
     DeviceStatus,
     EnrolmentKind,
+    KeyAlgorithm,
 )
 from fleetward.devices.provisioning import Provisioning
 from fleetward.gateway.device_client import DeviceCredentials, build_csr, generate_key
@@ -492,3 +493,21 @@ async def test_a_blast_radius_from_a_device_finds_its_vehicle(world: DeviceWorld
     found = await blast_radius(world.ctx.session, BlastQuery(Subject.DEVICE, device.id))
     assert [v.vehicle_id for v in found.vehicles] == [world.car.id]
     assert found.vehicles[0].events == 2  # its provisioning and its session
+
+
+async def test_a_completed_rotation_to_another_key_type_is_the_devices_key_type(
+    world: DeviceWorld,
+) -> None:
+    # The device identity says which kind of key it holds (the admin's view of it); after a
+    # rotation from an Ed25519 key to a P-256 one it went on naming the key it no longer has.
+    _credentials, device = await world.enrol(algorithm=KeyAlgorithm.ED25519)
+    lifecycle = DeviceLifecycle(world.ctx)
+    csr = build_csr(
+        generate_key(KeyAlgorithm.P256), device_id=device.id, vehicle_id=device.vehicle_id
+    )
+    issued = await lifecycle.rotate(device, csr, world.ca, actor=FACTORY)
+    pending = next(c for c in await _certificates(world, device) if c.serial == issued.serial)
+    await lifecycle.complete_rotation(device, pending, actor=FACTORY)
+    await world.ctx.session.commit()
+    await world.ctx.session.refresh(device)
+    assert device.key_algorithm is KeyAlgorithm.P256
