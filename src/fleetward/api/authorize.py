@@ -9,6 +9,12 @@ right problem.
 
 Fail closed: any error while deciding or recording is a deny (``pdp-error``); relations the
 store could not read in time are a 503 ``store-busy`` with Retry-After (nothing written).
+
+Obligations are applied or refused: a route declares the obligations it applies
+(``applies``, none by default), and an allow carrying any other is a deny
+(``obligation-not-applied``), after the PDP's answer has been recorded as it was given. So a
+policy that attaches an obligation to a permit never widens what a route that ignores it
+returns.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
     AuthzRequest,
     Decision,
+    Obligation,
     Reason,
     ResourceRef,
     audit_decision,
@@ -38,6 +45,7 @@ from fleetward.store.busy import StoreBusy
 logger = get_logger(__name__)
 
 _STEP_UP: Final = StepUp()
+APPLIES_NONE: Final[frozenset[Obligation]] = frozenset()
 
 
 class ObjectNotFound(NotFound):
@@ -67,6 +75,18 @@ def _refusal(decision: Decision, *, object_route: bool) -> Exception:
     if object_route:
         return not_found()
     return NotPermitted("this operation is not permitted to the caller")
+
+
+def as_applied(decision: Decision, applies: frozenset[Obligation]) -> Decision:
+    """The decision a route that applies ``applies`` may act on: an allow carrying any other
+    obligation is a deny (``obligation-not-applied``; policy and version kept for the logs),
+    since the route would otherwise answer it as a plain allow (fail open). One subset test:
+    nothing is read or asked again."""
+    if decision.allowed and not decision.obligations <= applies:
+        return Decision.deny(
+            Reason.OBLIGATION_NOT_APPLIED, decision.policy_version, decision.policy_ids
+        )
+    return decision
 
 
 def _platform(request: Request) -> Platform:
@@ -102,15 +122,18 @@ async def decide_each(
     *,
     ctx: ServiceContext,
     command: Permission | None = None,
+    applies: frozenset[Obligation] = APPLIES_NONE,
 ) -> list[Decision]:
     """Decisions for (action, resource) pairs in one PDP batch (one load of relations), each
     recorded in ``ctx``'s transaction (the route commits it). ``command``: the command a
     ``fleet:bulk_command`` sends. A decision the PDP cannot make denies; one it could not
-    make in time is a retryable 503 (``decide_audited``)."""
+    make in time is a retryable 503 (``decide_audited``). An allow carrying an obligation
+    not in ``applies`` is returned as a deny (:func:`as_applied`)."""
     platform = _platform(request)
     now = platform.clock.now()  # one instant: the asks share their context and relations
     built = [build_request(platform, caller, a, r, command=command, now=now) for a, r in asks]
-    return await decide_audited(platform.pdp, ctx.session, platform.audit, built)
+    decisions = await decide_audited(platform.pdp, ctx.session, platform.audit, built)
+    return [as_applied(d, applies) for d in decisions]
 
 
 async def decide_many(
@@ -121,10 +144,11 @@ async def decide_many(
     *,
     ctx: ServiceContext,
     command: Permission | None = None,
+    applies: frozenset[Obligation] = APPLIES_NONE,
 ) -> list[Decision]:
     """One action on many resources (list filtering): :func:`decide_each`."""
     return await decide_each(
-        request, caller, [(action, r) for r in resources], ctx=ctx, command=command
+        request, caller, [(action, r) for r in resources], ctx=ctx, command=command, applies=applies
     )
 
 
@@ -136,11 +160,14 @@ async def authorize(
     *,
     object_route: bool = True,
     ctx: ServiceContext | None = None,
+    applies: frozenset[Obligation] = APPLIES_NONE,
 ) -> Decision:
     """Decide, audit, and raise on deny. With ``ctx`` the relations are read in the route's
     transaction and the decision is recorded there: the route commits an allow; a denial's
-    record outlives the refusal's rollback (written by the unit of work). Returns the
-    allowed decision (its obligations are the route's to apply)."""
+    record outlives the refusal's rollback (written by the unit of work). ``applies``: the
+    obligations the route applies (none by default); an allow carrying any other is refused
+    like a deny (:func:`as_applied`). Returns the allowed decision, whose obligations the
+    route then applies."""
     platform = _platform(request)
     ask = build_request(platform, caller, action, resource)
     if ctx is not None:
@@ -161,6 +188,7 @@ async def authorize(
         async with platform.unit_of_work() as uow:
             audit_decision(platform.audit, uow.session, ask, decision)
             await uow.commit()
+    decision = as_applied(decision, applies)
     if not decision.allowed:
         raise _refusal(decision, object_route=object_route)
     return decision

@@ -360,6 +360,7 @@ async def admin_list_diagnostics(
             Permission.VEHICLE_DIAGNOSTICS_READ,
             [ResourceRef.vehicle(v) for v in vehicles],
             ctx=ctx,
+            applies=PSEUDONYMISED,
         )
         await uow.commit()
     allowed = {v for v, d in zip(vehicles, decisions, strict=True) if applicable(d, PSEUDONYMISED)}

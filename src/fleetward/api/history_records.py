@@ -106,7 +106,7 @@ async def window(
     """Authorize ``permission`` on the vehicle (404 on a deny, or on an obligation the route
     cannot apply), then the start of the history the caller may see (None: nothing)."""
     resource = ResourceRef.vehicle(vehicle_id)
-    decision = await authorize(request, caller, permission, resource, ctx=ctx)
+    decision = await authorize(request, caller, permission, resource, ctx=ctx, applies=handled)
     if not applicable(decision, handled):
         raise not_found()
     return await history_since(ctx, caller.claims, vehicle_id, permission=permission)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleetward.abuse.policy import Degrade, Flow
 from fleetward.api.auth import Caller, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
-from fleetward.api.history_records import MINIMISED, NONE, applicable
+from fleetward.api.history_records import MINIMISED
 from fleetward.api.objects import (
     Cursor,
     Limit,
@@ -405,17 +405,15 @@ _STATUS: Final = _status_query()
 async def vehicle_status(request: Request, caller: Caller, vehicle_id: str) -> StatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        decision = await authorize(
+        # This view is neither minimised nor pseudonymised: it applies no obligation, so an
+        # allow that asks for either is refused like a deny (fail closed, as everywhere).
+        await authorize(
             request,
             caller,
             Permission.VEHICLE_READ_STATUS,
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
         )
-        if not applicable(decision, NONE):
-            # This view is neither minimised nor pseudonymised: an allow that asks for
-            # either is a denial (fail closed), as on the history routes.
-            raise not_found()
         rows = await read_rows(ctx.session, _STATUS, {"vehicle_id": vehicle_id})
         if not rows:  # the PDP saw it a moment ago
             raise not_found()
@@ -476,15 +474,15 @@ async def partner_read_status(
 ) -> MinimisedStatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        decision = await authorize(
+        # Minimised and nothing else: any other obligation is refused like a deny.
+        await authorize(
             request,
             caller,
             Permission.VEHICLE_READ_STATUS,
             ResourceRef.vehicle(vehicle_id),
             ctx=ctx,
+            applies=MINIMISED,
         )
-        if not applicable(decision, MINIMISED):
-            raise not_found()  # an obligation this view cannot apply: fail closed
         # Only what the car reported within the consent: a state from before the owner
         # consented is not the partner's to see (history is bounded the same way).
         since = await history_since(

@@ -73,6 +73,9 @@ class Reason(StrEnum):
     # Fail closed: the PDP could not decide.
     PDP_ERROR = "pdp-error"
     PDP_TIMEOUT = "pdp-timeout"
+    # Refused by the route helper (api.authorize.as_applied): an allow carrying an obligation
+    # the route does not apply. The PDP's allow is what the audit records.
+    OBLIGATION_NOT_APPLIED = "obligation-not-applied"
 
 
 class Obligation(StrEnum):
