@@ -28,11 +28,13 @@ from fastapi import Request
 from fleetward.api.auth import Caller, StepUp, StepUpRequired, step_up_challenge
 from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
+    APPLIES_NONE,
     AuthzRequest,
     Decision,
     Obligation,
     Reason,
     ResourceRef,
+    as_applied,
     audit_decision,
 )
 from fleetward.authz.permissions import Permission
@@ -45,7 +47,6 @@ from fleetward.store.busy import StoreBusy
 logger = get_logger(__name__)
 
 _STEP_UP: Final = StepUp()
-APPLIES_NONE: Final[frozenset[Obligation]] = frozenset()
 
 
 class ObjectNotFound(NotFound):
@@ -75,18 +76,6 @@ def _refusal(decision: Decision, *, object_route: bool) -> Exception:
     if object_route:
         return not_found()
     return NotPermitted("this operation is not permitted to the caller")
-
-
-def as_applied(decision: Decision, applies: frozenset[Obligation]) -> Decision:
-    """The decision a route that applies ``applies`` may act on: an allow carrying any other
-    obligation is a deny (``obligation-not-applied``; policy and version kept for the logs),
-    since the route would otherwise answer it as a plain allow (fail open). One subset test:
-    nothing is read or asked again."""
-    if decision.allowed and not decision.obligations <= applies:
-        return Decision.deny(
-            Reason.OBLIGATION_NOT_APPLIED, decision.policy_version, decision.policy_ids
-        )
-    return decision
 
 
 def _platform(request: Request) -> Platform:

@@ -73,7 +73,7 @@ class Reason(StrEnum):
     # Fail closed: the PDP could not decide.
     PDP_ERROR = "pdp-error"
     PDP_TIMEOUT = "pdp-timeout"
-    # Refused by the route helper (api.authorize.as_applied): an allow carrying an obligation
+    # Refused by the route helper (as_applied): an allow carrying an obligation
     # the route does not apply. The PDP's allow is what the audit records.
     OBLIGATION_NOT_APPLIED = "obligation-not-applied"
 
@@ -223,6 +223,23 @@ _ACTOR_TYPES: Final = {
     PrincipalKind.PARTNER: ActorType.PARTNER,
     PrincipalKind.WORKLOAD: ActorType.WORKLOAD,
 }
+
+
+# What a route applies when it declares nothing: no obligation (see :func:`as_applied`).
+APPLIES_NONE: Final[frozenset[Obligation]] = frozenset()
+
+
+def as_applied(decision: Decision, applies: frozenset[Obligation]) -> Decision:
+    """The decision a route (or a command re-checked at approval or delivery, which applies
+    none) that applies ``applies`` may act on: an allow carrying any other
+    obligation is a deny (``obligation-not-applied``; policy and version kept for the logs),
+    since the route would otherwise answer it as a plain allow (fail open). One subset test:
+    nothing is read or asked again."""
+    if decision.allowed and not decision.obligations <= applies:
+        return Decision.deny(
+            Reason.OBLIGATION_NOT_APPLIED, decision.policy_version, decision.policy_ids
+        )
+    return decision
 
 
 def audit_decision(

@@ -2,7 +2,8 @@
 
 The person and the token's facts (tenant, scopes, acr) are those stored with the request;
 ``now`` is the moment of asking. Step-up was the request's link and is not asked again
-(``auth_time`` is now). Recorded like any decision, in the caller's transaction.
+(``auth_time`` is now). Recorded like any decision, in the caller's transaction. An allow
+carrying any obligation is a deny (a job applies none), as on the routes.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from datetime import datetime
 
 from fleetward.authz.audited import decide_audited
 from fleetward.authz.decision import (
+    APPLIES_NONE,
     AuthzRequest,
     Decision,
     PrincipalKind,
     PrincipalRef,
     RequestContext,
     ResourceRef,
+    as_applied,
 )
 from fleetward.authz.pdp import CedarPdp
 from fleetward.authz.permissions import Permission
@@ -51,7 +54,8 @@ async def decide_again(
         ),
     )
     (decision,) = await decide_audited(pdp, ctx.session, ctx.audit, [ask])
-    return decision
+    # A job applies no obligation: an allow carrying one is a deny here too (fail closed).
+    return as_applied(decision, APPLIES_NONE)
 
 
 __all__ = ["decide_again"]

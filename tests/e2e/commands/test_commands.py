@@ -19,7 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from fleetward.api import commands as api_commands
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
-from fleetward.authz.decision import Decision, Reason
+from fleetward.authz.decision import Decision, Obligation, Reason
 from fleetward.commands import recheck as recheck_module
 from fleetward.commands.models import CommandJob, JobState
 from fleetward.commands.runtime import commands_of
@@ -266,6 +266,36 @@ async def test_a_grant_revoked_while_the_job_waits_never_reaches_the_vehicle(
     response = await world.command("bob", "ALICE-1", "lock", key="bob-lock")
     assert response.status_code == 202, response.text
     await revoke_bob(world)
+    car.online()
+    final = await world.settle("alice", "ALICE-1", response.json()["id"])
+    assert final["state"] == "rejected"
+    assert final["rejected_link"] == "delivery_recheck"
+    await asyncio.sleep(0.3)
+    assert car.acted() == 0
+
+
+async def test_an_obligation_at_delivery_is_a_denial_there(
+    world: CommandWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job applies no obligation: if the policy in force at delivery attaches one to the
+    # allow (a policy changed while the job waited), the re-check fails closed, as a route
+    # that applies none would.
+    car = world.cars["ALICE-1"]
+    await reported(world, "ALICE-1")
+    await car.offline()
+    response = await world.command("bob", "ALICE-1", "lock", key="bob-lock-obliged")
+    assert response.status_code == 202, response.text
+    decide = recheck_module.decide_audited
+
+    async def obliged(*args: Any) -> list[Decision]:
+        return [
+            dataclasses.replace(d, obligations=d.obligations | {Obligation.MINIMISE_FIELDS})
+            if d.allowed
+            else d
+            for d in await decide(*args)
+        ]
+
+    monkeypatch.setattr(recheck_module, "decide_audited", obliged)
     car.online()
     final = await world.settle("alice", "ALICE-1", response.json()["id"])
     assert final["state"] == "rejected"
