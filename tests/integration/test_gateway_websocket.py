@@ -253,6 +253,16 @@ async def _raw_handshake(s: Server, credentials: DeviceCredentials, answer: Answ
     return received.code if received else None
 
 
+async def test_compression_offered_by_a_client_is_declined(server: Server) -> None:
+    # Frames travel exactly as they were authenticated, and an anonymous peer gets no inflate
+    # buffers: the server never agrees to permessage-deflate (docs/vehicle-protocol.md 4.1).
+    async with ws_connect(server.url, compression="deflate") as websocket:
+        assert websocket.response is not None
+        assert "Sec-WebSocket-Extensions" not in websocket.response.headers
+        assert websocket.protocol.extensions == []
+        assert isinstance(await websocket.recv(), bytes)  # the challenge, uncompressed
+
+
 def _device(credentials: DeviceCredentials, server: Server) -> DeviceHandshake:
     return DeviceHandshake(
         credentials,

@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from fleetward.cli.runtime import server_config
+
 
 @asynccontextmanager
 async def served(app: Any, port: int = 0, host: str = "127.0.0.1") -> AsyncIterator[str]:
@@ -16,13 +18,9 @@ async def served(app: Any, port: int = 0, host: str = "127.0.0.1") -> AsyncItera
     port the system chose when ``port`` is 0). The server stops after the block's own
     clean-up, so sessions the block closes close against a running server.
 
-    Forwarded headers are left to the app, as ``fleetward serve`` leaves them
-    (``proxy_headers=False``): uvicorn's default would rewrite the peer from loopback."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host=host, port=port, log_config=None, lifespan="on", proxy_headers=False
-        )
-    )
+    Served as ``fleetward serve`` serves (``cli.runtime.server_config``): forwarded headers
+    left to the app, no WebSocket compression, the same message cap."""
+    server = uvicorn.Server(server_config(app, host=host, port=port, lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), "the server stopped during start-up"

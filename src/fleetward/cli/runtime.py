@@ -6,6 +6,7 @@ import asyncio
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import typer
 import uvicorn
@@ -129,13 +130,25 @@ def serve_demo(settings: Settings, *, sim: bool) -> None:
 
 
 def _server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    return server_config(app, host=settings.host, port=settings.port)
+
+
+def server_config(
+    app: ASGIApp, *, host: str, port: int, lifespan: Literal["auto", "on", "off"] = "auto"
+) -> uvicorn.Config:
+    """How Fleetward is served (``fleetward serve``, the demo, and the tests' servers)."""
     return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=host,
+        port=port,
+        lifespan=lifespan,
         log_config=None,  # our structlog configuration (with redaction) handles uvicorn's logs
+        # Forwarded headers are the app's to read, from trusted proxies only (api.middleware).
         proxy_headers=False,
         server_header=False,
         # Before the handshake a peer is anonymous: cap what it may send in one message.
         ws_max_size=256 * 1024,
+        # No permessage-deflate (docs/vehicle-protocol.md): frames travel as they were MAC'd,
+        # no compression side channel, and no inflate buffers for anonymous peers.
+        ws_per_message_deflate=False,
     )
