@@ -19,6 +19,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import ActorType, EventName
 from fleetward.audit.recorder import Actor, AuditRow, Target
@@ -250,7 +251,15 @@ class Provisioning:
             der=certificate.public_bytes(serialization.Encoding.DER),
         )
         session.add(row)
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError as error:
+            if "public_key_sha256" not in str(error.orig):
+                raise
+            # Certified meanwhile: a concurrent enrolment or rotation with the same key
+            # committed after refuse_reused_key read. The same refusal, not a 500 (this
+            # transaction is spent; the caller's unit of work rolls it back).
+            raise CsrRefused("this key was certified before", reason="key-reused") from None
         return IssuedCertificate(
             device_id=device.id,
             vehicle_id=device.vehicle_id,

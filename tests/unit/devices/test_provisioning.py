@@ -370,6 +370,21 @@ async def test_refused_and_store_unchanged(
     assert await snapshot(scene.world.ctx.session) == before
 
 
+async def test_a_key_certified_by_a_concurrent_enrolment_is_refused_not_a_500(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two enrolments with one key at once: both read no certificate of it, and the second
+    # to write meets the unique index. That is the same refusal as a key certified before.
+    async def read_before_the_other_committed(self: Provisioning, checked: object) -> None:
+        return None
+
+    monkeypatch.setattr(Provisioning, "refuse_reused_key", read_before_the_other_committed)
+    with pytest.raises(CsrRefused) as raised:
+        await _redeem(_with_key_of_car)(scene)
+    assert raised.value.reason == "key-reused"
+    assert raised.value.status == 422
+
+
 @pytest.mark.parametrize("algorithm", list(KeyAlgorithm))
 async def test_certificate_binds_one_device_to_one_vehicle(
     world: DeviceWorld, algorithm: KeyAlgorithm
