@@ -109,8 +109,9 @@ def take_rows_only(
 ) -> tuple[list[tuple[Table, Row]], list[tuple[Table, Row]]] | None:
     """The rows ``session`` holds, and those of them held with ``keep``, taken from it, when
     they are ALL its transaction would write: no ORM object new, changed or deleted, no new
-    object held, and nothing written on its connection yet (as the SQLite driver tells; on
-    any other store this answers None). None otherwise: its commit writes them."""
+    object held, and nothing written on its connection yet: no statement run at all, or on
+    SQLite none that wrote (its driver tells; on other stores a statement run means "cannot
+    tell"). None otherwise: its commit writes them."""
     sync = session.sync_session
     info = sync.info
     rows: dict[Table, list[Row]] | None = info.get(_KEY)

@@ -110,19 +110,25 @@ class UnitOfWork:
     async def commit(self) -> None:
         session = self.session
         taken = take_rows_only(session) if self._group is not None else None
+        if taken is None or self._group is None:
+            await session.commit()
+            return
+        rows, kept = taken
         # Its own (read-only) transaction ends first: the connection goes back to the pool
         # before waiting for the batch, which needs one (waiters holding them all would
-        # starve it).
-        await session.commit()
-        if taken is not None and self._group is not None:
-            rows, kept = taken
-            try:
-                await self._group.commit(rows)
-            except BaseException:
-                # Not committed: the kept ones are still owed, as after a failed commit
-                # (written in a transaction of their own when this unit of work closes).
-                hold_orphans(session, kept)
-                raise
+        # starve it). If that fails, or the batch does, the kept rows are still owed, as
+        # after any failed commit (written in a transaction of their own when this unit of
+        # work closes). A cancelled wait owes nothing: the batch writes them all the same.
+        try:
+            await session.commit()
+        except BaseException:
+            hold_orphans(session, kept)
+            raise
+        try:
+            await self._group.commit(rows)
+        except Exception:
+            hold_orphans(session, kept)
+            raise
 
     async def flush(self) -> None:
         await self.session.flush()

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from structlog.testing import capture_logs
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
@@ -116,11 +117,14 @@ async def test_a_cancelled_caller_still_has_its_kept_record_written(platform: Pl
             started.set()
             await uow.commit()
 
-    task = asyncio.create_task(cancelled())
-    await started.wait()
-    await asyncio.sleep(0)  # inside commit, waiting for its batch
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await _group(platform).close()
+    with capture_logs() as logs:
+        task = asyncio.create_task(cancelled())
+        await started.wait()
+        await asyncio.sleep(0)  # inside commit, waiting for its batch
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _group(platform).close()
     assert await _count(platform, "group-cancelled") == 1  # once: neither lost nor doubled
+    # ... nor handed over a second time as owed (which its unique id would refuse, logged).
+    assert [log["event"] for log in logs if log["log_level"] == "error"] == []
