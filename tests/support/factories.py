@@ -12,6 +12,7 @@ from fleetward.core.ids import new_id
 from fleetward.core.vin import random_vin
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import ROLES_BY_TENANT_KIND, Role, Tenant, TenantKind, User
+from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.consents import ConsentService
@@ -79,6 +80,17 @@ class WorldFactory:
             actor=FACTORY,
         )
         return delegation, consent
+
+
+async def committed_vehicle(platform: Platform) -> tuple[str, str]:
+    """A consumer tenant and a vehicle of it, committed: (tenant id, vehicle id), for rows
+    that refer to them (foreign keys)."""
+    async with platform.services() as (uow, ctx):
+        world = WorldFactory(ctx)
+        tenant = await world.tenant(TenantKind.CONSUMER)
+        vehicle = await world.vehicle(tenant)
+        await uow.commit()
+    return tenant.id, vehicle.id
 
 
 def trip(vehicle_id: str, at: datetime) -> Trip:

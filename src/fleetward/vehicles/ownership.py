@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import null, select, update
+from sqlalchemy.sql import Executable
 
 from fleetward.audit.events import EventName
 from fleetward.audit.recorder import Actor, Target
@@ -75,7 +76,8 @@ class OwnershipService:
         current.valid_until = now
         current.ended_reason = TRANSFERRED
         await session.flush()  # the partial unique index needs the old row closed first
-        delegations = await session.execute(
+        # Each grant the sale ends is audited as a revocation of its own would be.
+        await self._end_each(
             update(DriverDelegation)
             .where(
                 DriverDelegation.vehicle_id == vehicle.id,
@@ -84,19 +86,13 @@ class OwnershipService:
                 DriverDelegation.valid_until > now,
             )
             .values(revoked_at=now, revoked_reason=TRANSFERRED)
-            .returning(DriverDelegation.id)
+            .returning(DriverDelegation.id, null()),
+            EventName.DRIVER_REVOKED,
+            "delegation",
+            vehicle,
+            actor,
         )
-        # Each grant the sale ends is audited as a revocation of its own would be.
-        for (delegation_id,) in delegations.all():
-            self._ctx.audit.record(
-                session,
-                EventName.DRIVER_REVOKED,
-                actor=actor,
-                target=Target("delegation", delegation_id),
-                reason=TRANSFERRED,
-                details={"vehicle": vehicle.id},
-            )
-        consents = await session.execute(
+        await self._end_each(
             update(PartnerConsent)
             .where(
                 PartnerConsent.vehicle_id == vehicle.id,
@@ -105,18 +101,26 @@ class OwnershipService:
                 PartnerConsent.valid_until > now,
             )
             .values(revoked_at=now, revoked_reason=TRANSFERRED)
-            .returning(PartnerConsent.id, PartnerConsent.partner_tenant_id)
+            .returning(PartnerConsent.id, PartnerConsent.partner_tenant_id),
+            EventName.PARTNER_CONSENT_REVOKED,
+            "partner_consent",
+            vehicle,
+            actor,
         )
-        for consent_id, partner_id in consents.all():
-            self._ctx.audit.record(
-                session,
-                EventName.PARTNER_CONSENT_REVOKED,
-                actor=actor,
-                target=Target("partner_consent", consent_id, partner_id),
-                reason=TRANSFERRED,
-                details={"vehicle": vehicle.id},
-            )
-        await self._close_dealer_cases(vehicle, actor, now)
+        # The dealer serviced the car for the seller: its technicians would otherwise keep
+        # reading the buyer's diagnostics and status and running diagnostics on the buyer's
+        # car. Each close is audited as a close of its own would be; the buyer brings the
+        # car in anew.
+        await self._end_each(
+            update(DealerCase)
+            .where(DealerCase.vehicle_id == vehicle.id, DealerCase.status == CaseStatus.OPEN)
+            .values(status=CaseStatus.CLOSED, closed_at=now)
+            .returning(DealerCase.id, DealerCase.dealer_tenant_id),
+            EventName.DEALER_CASE_CLOSED,
+            "dealer_case",
+            vehicle,
+            actor,
+        )
         await AppointmentService(self._ctx).cancel_open(vehicle, actor=actor, reason=TRANSFERRED)
         ownership = self._begin(
             vehicle,
@@ -128,24 +132,23 @@ class OwnershipService:
         await session.flush()
         return ownership
 
-    async def _close_dealer_cases(self, vehicle: Vehicle, actor: Actor, now: datetime) -> None:
-        """Close the vehicle's open dealer cases: a case was opened to service the car for
-        the seller, and its technicians would otherwise keep reading the buyer's
-        diagnostics and status and running diagnostics on the buyer's car. Each close is
-        audited as a close of its own would be; the buyer brings the car in anew."""
+    async def _end_each(
+        self,
+        ending: Executable,
+        event: EventName,
+        kind: str,
+        vehicle: Vehicle,
+        actor: Actor,
+    ) -> None:
+        """Run ``ending`` (an UPDATE ... RETURNING each ended row's id and tenant) and audit
+        every row it ended, as the sale's doing."""
         session = self._ctx.session
-        cases = await session.execute(
-            update(DealerCase)
-            .where(DealerCase.vehicle_id == vehicle.id, DealerCase.status == CaseStatus.OPEN)
-            .values(status=CaseStatus.CLOSED, closed_at=now)
-            .returning(DealerCase.id, DealerCase.dealer_tenant_id)
-        )
-        for case_id, dealer_id in cases.all():
+        for row_id, tenant_id in (await session.execute(ending)).all():
             self._ctx.audit.record(
                 session,
-                EventName.DEALER_CASE_CLOSED,
+                event,
                 actor=actor,
-                target=Target("dealer_case", case_id, dealer_id),
+                target=Target(kind, row_id, tenant_id),
                 reason=TRANSFERRED,
                 details={"vehicle": vehicle.id},
             )

@@ -16,21 +16,11 @@ from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor, Target
 from fleetward.commands.jobs import SYSTEM, move, start
 from fleetward.commands.models import CommandJob, JobState, JobTransition
-from fleetward.identity.models import TenantKind
 from fleetward.platform import Platform
 from fleetward.store.pending import held, hold, hold_new, hold_orphans, orphaned
-from support.factories import WorldFactory
+from support.factories import committed_vehicle
 
 TRANSITIONS = cast(Table, JobTransition.__table__)
-
-
-async def _job(platform: Platform) -> tuple[str, str]:
-    async with platform.services() as (uow, ctx):
-        world = WorldFactory(ctx)
-        tenant = await world.tenant(TenantKind.CONSUMER)
-        vehicle = await world.vehicle(tenant)
-        await uow.commit()
-    return tenant.id, vehicle.id
 
 
 def _new_job(tenant_id: str, vehicle_id: str, platform: Platform) -> CommandJob:
@@ -61,7 +51,7 @@ def _new_job(tenant_id: str, vehicle_id: str, platform: Platform) -> CommandJob:
 
 
 async def test_transitions_follow_their_job_in_one_insert(platform: Platform) -> None:
-    tenant_id, vehicle_id = await _job(platform)
+    tenant_id, vehicle_id = await committed_vehicle(platform)
     statements: list[str] = []
 
     def seen(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
@@ -94,7 +84,7 @@ async def test_transitions_follow_their_job_in_one_insert(platform: Platform) ->
 
 
 async def test_an_autoflush_writes_them_for_the_next_query(platform: Platform) -> None:
-    tenant_id, vehicle_id = await _job(platform)
+    tenant_id, vehicle_id = await committed_vehicle(platform)
     async with platform.services() as (uow, ctx):
         job = _new_job(tenant_id, vehicle_id, platform)
         start(ctx.session, ctx.audit, job, at=platform.clock.now(), actor=SYSTEM)
@@ -137,7 +127,7 @@ async def test_a_rollback_drops_them(platform: Platform) -> None:
 async def test_a_new_job_is_inserted_then_tracked_like_a_loaded_one(platform: Platform) -> None:
     # hold_new: one Core INSERT at the flush, then the job is persistent and unchanged, so
     # later changes are flushed as an UPDATE; columns never set are stored (and read) None.
-    tenant_id, vehicle_id = await _job(platform)
+    tenant_id, vehicle_id = await committed_vehicle(platform)
     async with platform.services() as (uow, ctx):
         job = _new_job(tenant_id, vehicle_id, platform)
         now = platform.clock.now()
@@ -157,7 +147,7 @@ async def test_a_new_job_is_inserted_then_tracked_like_a_loaded_one(platform: Pl
 
 
 async def test_a_held_new_job_is_dropped_by_a_rollback(platform: Platform) -> None:
-    tenant_id, vehicle_id = await _job(platform)
+    tenant_id, vehicle_id = await committed_vehicle(platform)
     async with platform.services() as (_uow, ctx):
         job = _new_job(tenant_id, vehicle_id, platform)
         start(ctx.session, ctx.audit, job, at=platform.clock.now(), actor=SYSTEM)

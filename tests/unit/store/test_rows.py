@@ -16,11 +16,10 @@ from fleetward.audit.recorder import Actor, Target
 from fleetward.commands.models import CommandJob, JobState, JobTransition
 from fleetward.core.context import CallerFacts, RequestContext, set_request
 from fleetward.core.ids import new_id
-from fleetward.identity.models import TenantKind
 from fleetward.platform import Platform
 from fleetward.store.pending import held
 from fleetward.store.rows import insert_rows, plan_for
-from support.factories import WorldFactory
+from support.factories import committed_vehicle
 
 AUDIT = cast(Table, AuditRecord.__table__)
 JOBS = cast(Table, CommandJob.__table__)
@@ -57,16 +56,6 @@ def _audit_rows(platform: Platform, source_ip: str | None) -> list[dict[str, Any
     finally:
         set_request(None)
     return [dict(row) for row in held(session, AUDIT)]
-
-
-async def _owner(platform: Platform) -> tuple[str, str]:
-    """A tenant and a vehicle for jobs to refer to (foreign keys)."""
-    async with platform.services() as (uow, ctx):
-        world = WorldFactory(ctx)
-        tenant = await world.tenant(TenantKind.CONSUMER)
-        vehicle = await world.vehicle(tenant)
-        await uow.commit()
-    return tenant.id, vehicle.id
 
 
 def _job_rows(platform: Platform, tenant_id: str, vehicle_id: str) -> list[dict[str, Any]]:
@@ -115,7 +104,7 @@ async def _stored(
 @pytest.mark.parametrize("table", ["audit", "audit-no-ip", "jobs"])
 async def test_a_plan_stores_what_core_stores(platform: Platform, table: str) -> None:
     if table == "jobs":
-        tenant_id, vehicle_id = await _owner(platform)
+        tenant_id, vehicle_id = await committed_vehicle(platform)
         target, make = JOBS, lambda: _job_rows(platform, tenant_id, vehicle_id)
     else:
         target = AUDIT
