@@ -54,6 +54,7 @@ from fleetward.devices.provisioning import (
 from fleetward.identity.directory import Directory
 from fleetward.identity.models import Role, User
 from fleetward.services import ServiceContext
+from fleetward.store.races import written_if
 from fleetward.vehicles.models import CaseStatus, CaseTechnician, DealerCase, Vehicle
 
 _REASON: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
@@ -161,8 +162,17 @@ class DeviceLifecycle:
         await self._write_status(device, DeviceStatus.ACTIVE, status=DeviceStatus.ACTIVE)
         now = self._ctx.clock.now()
         # A rotation that was never completed is superseded: only the newest stays pending.
+        # Only while it is still pending: a handshake that used it since this read (its first
+        # use, which activates it and revokes the old one) made it the device's certificate.
         for stale in await self._certificates(device, {CertificateStatus.PENDING}):
-            _revoke_certificate(stale, now, "rotation-superseded")
+            await written_if(
+                self._ctx.session,
+                stale,
+                DeviceCertificate.status == CertificateStatus.PENDING,
+                status=CertificateStatus.REVOKED,
+                revoked_at=now,
+                revoked_reason="rotation-superseded",
+            )
         issued = await provisioning.issue(device, checked, ca, status=CertificateStatus.PENDING)
         await self._audit(
             EventName.DEVICE_ROTATION_STARTED,

@@ -468,6 +468,54 @@ async def test_a_rotation_is_never_started_on_a_device_revoked_after_it_was_read
     assert await world.events(EventName.DEVICE_ROTATION_STARTED.value, device_id) == []
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_rotation_never_revokes_a_certificate_a_handshake_activated_meanwhile(
+    world: DeviceWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second rotation read the first one's certificate as pending; the device's handshake
+    # uses it for the first time (activating it, revoking the old one) and commits before the
+    # rotation writes. The rotation must not revoke it: the device would hold no usable
+    # certificate. PostgreSQL only: on SQLite the rotation holds the write lock from its
+    # device check on, so the handshake cannot commit in between.
+    _credentials, device = await world.enrol()
+    lifecycle = DeviceLifecycle(world.ctx)
+    csr = build_csr(generate_key(), device_id=device.id, vehicle_id=device.vehicle_id)
+    first = await lifecycle.rotate(device, csr, world.ca, actor=FACTORY)
+    await world.ctx.session.commit()
+    read_pending = DeviceLifecycle._certificates
+
+    async def handshake_meanwhile(
+        self: DeviceLifecycle, judged: Device, statuses: set[CertificateStatus]
+    ) -> list[DeviceCertificate]:
+        read = await read_pending(self, judged, statuses)
+        if statuses == {CertificateStatus.PENDING}:
+            async with world.platform.services() as (uow, ctx):
+                fresh = await ctx.session.get(Device, judged.id)
+                pending = await ctx.session.scalar(
+                    select(DeviceCertificate).where(DeviceCertificate.serial == first.serial)
+                )
+                assert fresh is not None and pending is not None
+                await DeviceLifecycle(ctx).complete_rotation(fresh, pending, actor=FACTORY)
+                await uow.commit()
+        return read
+
+    monkeypatch.setattr(DeviceLifecycle, "_certificates", handshake_meanwhile)
+    csr = build_csr(generate_key(), device_id=device.id, vehicle_id=device.vehicle_id)
+    second = await lifecycle.rotate(device, csr, world.ca, actor=FACTORY)
+    await world.ctx.session.commit()
+    statuses = {
+        serial: status
+        for serial, status in await world.ctx.session.execute(
+            select(DeviceCertificate.serial, DeviceCertificate.status).where(
+                DeviceCertificate.device_id == device.id
+            )
+        )
+    }
+    assert statuses.pop(first.serial) is CertificateStatus.ACTIVE  # what the device now uses
+    assert statuses.pop(second.serial) is CertificateStatus.PENDING
+    assert list(statuses.values()) == [CertificateStatus.REVOKED]  # the enrolment's, rotated
+
+
 async def test_a_blast_radius_from_a_device_finds_its_vehicle(world: DeviceWorld) -> None:
     # Threat: a device key is stolen, and the investigator asks what that device reached
     # (fleetward investigate blast-radius device ...). Its records named the vehicle in their
