@@ -1,11 +1,11 @@
 """Service appointments: a vehicle's keeper books a slot with a dealer, may cancel it while it
-is open, and the dealer confirms it.
+is open, and the dealer confirms it. Once its time has come it no longer changes.
 
 Authorization is the caller's (the route asks the PDP for ``vehicle:book_service`` on the
 vehicle, or ``dealer:manage_case`` on the dealer's own tenant); this service holds the rules
 of the thing itself: the dealer is a dealer, the date is ahead and not too far, the note is
-short and printable, and only open appointments change state. Every refusal changes nothing;
-every change is audited in the same transaction.
+short and printable, and only open appointments whose time is still ahead change state.
+Every refusal changes nothing; every change is audited in the same transaction.
 """
 
 from __future__ import annotations
@@ -107,11 +107,12 @@ class AppointmentService:
     async def cancel(
         self, appointment: ServiceAppointment, *, tenant_id: str, actor: Actor
     ) -> ServiceAppointment:
-        """Cancel a requested or confirmed appointment (409 for any other)."""
+        """Cancel a requested or confirmed appointment still ahead (409 for any other)."""
         if appointment.status not in OPEN_STATUSES:
             raise AppointmentStateConflict(
                 "only a requested or confirmed appointment can be cancelled", reason="status"
             )
+        self._refuse_past(appointment)
         return await self._move(
             appointment,
             AppointmentStatus.CANCELLED,
@@ -121,11 +122,12 @@ class AppointmentService:
         )
 
     async def confirm(self, appointment: ServiceAppointment, *, actor: Actor) -> ServiceAppointment:
-        """The dealer confirms a requested appointment (409 for any other)."""
+        """The dealer confirms a requested appointment still ahead (409 for any other)."""
         if appointment.status is not AppointmentStatus.REQUESTED:
             raise AppointmentStateConflict(
                 "only a requested appointment can be confirmed", reason="status"
             )
+        self._refuse_past(appointment)
         return await self._move(
             appointment,
             AppointmentStatus.CONFIRMED,
@@ -176,6 +178,15 @@ class AppointmentService:
             )
         )
         return found
+
+    def _refuse_past(self, appointment: ServiceAppointment) -> None:
+        """Once its time has come, an appointment is what it was then: the visit happened or
+        did not. Confirming it would promise a slot that is gone, cancelling it would record
+        a missed visit as cancelled (409 ``past``, nothing changed)."""
+        if appointment.scheduled_for <= self._ctx.clock.now():
+            raise AppointmentStateConflict(
+                "the appointment's time has passed; it can no longer change", reason="past"
+            )
 
     async def _move(
         self,

@@ -25,6 +25,7 @@ from fleetward.vehicles.appointments import (
 )
 from fleetward.vehicles.records import AppointmentStatus, ServiceAppointment
 from fleetward.vehicles.registry import VehicleRegistry
+from support.snapshot import snapshot
 
 ACTOR = Actor.system("test")
 
@@ -163,6 +164,36 @@ async def test_state_machine(world: ServiceContext) -> None:
         await service.cancel(done, tenant_id=vehicle.tenant_id, actor=ACTOR)
     assert await _count(ctx, AuditRecord, name="vehicle:appointment:confirmed") == 1
     assert await _count(ctx, AuditRecord, name="vehicle:appointment:cancelled") == 1
+
+
+@pytest.mark.parametrize("move", ["confirm-requested", "cancel-requested", "cancel-confirmed"])
+async def test_an_appointment_whose_time_has_passed_no_longer_changes(
+    world: ServiceContext, clock: FrozenClock, move: str
+) -> None:
+    # Once its slot has come, the visit happened or did not: a confirmation after the fact
+    # promises a slot that is gone, a cancellation would rewrite a missed visit as cancelled.
+    ctx = world
+    service = AppointmentService(ctx)
+    vehicle = await VehicleRegistry(ctx).by_label("ALICE-1")
+    appointment = await _book(ctx, scheduled_for=ctx.clock.now() + timedelta(hours=2))
+    if move == "cancel-confirmed":
+        await service.confirm(appointment, actor=ACTOR)
+    await ctx.session.commit()
+    await ctx.session.refresh(appointment)
+    clock.advance(timedelta(hours=2))  # the slot itself: no longer ahead
+    before = await snapshot(ctx.session)
+    attempt = (
+        service.confirm(appointment, actor=ACTOR)
+        if move == "confirm-requested"
+        else service.cancel(appointment, tenant_id=vehicle.tenant_id, actor=ACTOR)
+    )
+    with pytest.raises(AppointmentStateConflict) as refused:
+        await attempt
+    assert refused.value.reason == "past"
+    problem = refused.value.to_problem()
+    assert (problem["status"], problem["type"]) == (409, AppointmentStateConflict.problem_type())
+    await ctx.session.rollback()
+    assert await snapshot(ctx.session) == before
 
 
 async def test_with_dealer_hides_other_dealers_appointments(world: ServiceContext) -> None:
