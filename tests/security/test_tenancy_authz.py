@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from fleetward.core.surfaces import Surface
 from fleetward.identity.models import Tenant
+from fleetward.identity.oauth_models import Client
+from fleetward.store.base import Base
 from support.api import PARTNER_APP, Api
 
 A = Surface.ADMIN
@@ -54,6 +56,35 @@ async def test_function_table(api: Api) -> None:
             wrong.append(f"{who} {method} {path}: {response.status_code} ({why})")
     assert not wrong, "\n".join(wrong)
     assert await _slugs(api) == before
+
+
+async def test_an_empty_client_registry_refuses_the_function_all_the_same(api: Api) -> None:
+    # Whether the caller may administer client registrations does not depend on whether any
+    # exists: with none registered, the engineer and the support agent are still a 403 (not
+    # an empty 200 list, nor a 404 that a platform admin would get), and judy still the
+    # empty list and the 404.
+    async with api.platform.services() as (uow, ctx):
+        for model in Base.metadata.sorted_tables[::-1]:
+            if any(fk.column.table.name == "oauth_clients" for fk in model.foreign_keys):
+                await ctx.session.execute(model.delete())
+        await ctx.session.execute(delete(Client))
+        await uow.commit()
+    rows = [
+        ("ken", "/clients", 403),
+        ("ken", "/clients/no-such-client", 403),
+        ("heidi", "/clients", 403),
+        ("heidi", f"/clients/{PARTNER_APP}", 403),
+        ("alice", "/clients", 403),
+        ("judy", f"/clients/{PARTNER_APP}", 404),
+    ]
+    wrong = []
+    for who, path, status in rows:
+        response = await api.get(who, A, path)
+        if response.status_code != status:
+            wrong.append(f"{who} GET {path}: {response.status_code}, not {status}")
+    assert not wrong, "\n".join(wrong)
+    listed = await api.get("judy", A, "/clients")
+    assert listed.status_code == 200 and listed.json()["items"] == []
 
 
 async def test_platform_admin_gets_nothing_from_vehicle_routes(api: Api) -> None:

@@ -3,8 +3,9 @@
 ``admin:manage_tenants`` is asked on tenants and ``admin:manage_clients`` on client
 registrations (policy ``platform-admin``), the way the PDP builds those resources
 (:mod:`fleetward.authz.entities`). Both are functions: the caller's standing is asked first
-on a resource that exists (their own tenant; the registry's first registration), so anyone
-who may never use them (an engineer, a support agent) is refused with 403 whatever the id;
+on a resource that exists (their own tenant; the platform, whether or not any registration
+does), so anyone who may never use them (an engineer, a support agent) is refused with 403
+whatever the id and whatever the store holds;
 then each object is asked about again, and an unknown client is a 404. Lists are
 keyset-paginated and every row is decided.
 
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, StringConstraints
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
@@ -37,7 +38,7 @@ from fleetward.api.objects import (
 )
 from fleetward.api.routing import surface_router
 from fleetward.audit.recorder import Actor
-from fleetward.authz.decision import ResourceKind, ResourceRef
+from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.errors import InvalidInput
@@ -50,6 +51,7 @@ from fleetward.services import ServiceContext
 OWNER: Final = "identity-team"
 TENANTS: Final = Permission.ADMIN_MANAGE_TENANTS
 CLIENTS: Final = Permission.ADMIN_MANAGE_CLIENTS
+PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
 
 Slug = Annotated[
     str, StringConstraints(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -159,14 +161,10 @@ async def _require_tenants(request: Request, caller: Caller, ctx: ServiceContext
     await authorize(request, caller, TENANTS, mine, object_route=False, ctx=ctx)
 
 
-async def _require_clients(request: Request, caller: Caller, ctx: ServiceContext) -> bool:
-    """The client-administration function, asked on the registry's first registration (a
-    resource that exists). False when the registry is empty: there is nothing to show."""
-    anchor = await ctx.session.scalar(select(func.min(Client.id)))
-    if anchor is None:
-        return False
-    await authorize(request, caller, CLIENTS, _client_ref(anchor), object_route=False, ctx=ctx)
-    return True
+async def _require_clients(request: Request, caller: Caller, ctx: ServiceContext) -> None:
+    """The client-administration function, asked on the platform (it exists): whether the
+    caller may use it never depends on whether the registry holds a registration."""
+    await authorize(request, caller, CLIENTS, PLATFORM, object_route=False, ctx=ctx)
 
 
 # ----------------------------------------------------------------------------- tenants
@@ -236,8 +234,7 @@ async def list_clients(
     size = page_size(platform, limit)
     after = decode_cursor(cursor)
     async with platform.services() as (uow, ctx):
-        if not await _require_clients(request, caller, ctx):
-            return Page[ClientView](items=[], next_cursor=None)
+        await _require_clients(request, caller, ctx)
         query = select(Client)
         if after is not None:
             query = query.where(Client.id > after)
@@ -256,8 +253,7 @@ async def list_clients(
 async def read_client(client_id: str, request: Request, caller: Caller = admin) -> ClientView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        if not await _require_clients(request, caller, ctx):
-            raise not_found()  # an empty registry holds no such client
+        await _require_clients(request, caller, ctx)
         # In this transaction (it holds the function check's record): a denial is committed
         # with it, then refused.
         (decision,) = await decide_many(request, caller, CLIENTS, [_client_ref(client_id)], ctx=ctx)
