@@ -41,6 +41,7 @@ class RowGroup:
         self._sessions = sessions
         self._waiting: list[tuple[Rows, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Transactions written and rows in them (their ratio is what grouping saves).
         self.batches = 0
         self.rows = 0
@@ -49,24 +50,40 @@ class RowGroup:
         """Return once ``rows`` are committed; raise what their transaction raised. A caller
         cancelled meanwhile stops waiting; its rows are written all the same."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        waiter.add_done_callback(_retrieved)
+        if self._loop is not loop:
+            self._adopt(loop)
+        waiter = _waiter(loop)
         self._waiting.append((rows, waiter))
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._drain(), name="fleetward-row-group")
         await asyncio.shield(waiter)
 
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A platform used from a new event loop (a command-line tool running ``asyncio.run``
+        again): the rows the old loop left unwritten are still owed, to be written with the
+        next batch; their waiters went with their loop."""
+        self._waiting = [(rows, _waiter(loop)) for rows, _ in self._waiting]
+        self._writer = None
+        self._loop = loop
+
     async def close(self) -> None:
         """Wait until what was handed over is written (the store is about to close)."""
         writer = self._writer
-        if writer is not None and not writer.done():
+        if writer is not None and not writer.done() and writer.get_loop() is _running():
             await asyncio.shield(writer)
 
     async def _drain(self) -> None:
         # Everything handed over while a batch was being written is the next batch.
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            await self._write_batch(batch)
+            try:
+                await self._write_batch(batch)
+            except asyncio.CancelledError:
+                # The loop is going away (asyncio.run ending): what this batch had not
+                # settled is owed again. Its transaction may have committed just before:
+                # written again, the records' unique ids refuse the copies.
+                self._waiting[:0] = [entry for entry in batch if not entry[1].done()]
+                raise
 
     async def _write_batch(self, batch: list[tuple[Rows, asyncio.Future[None]]]) -> None:
         try:
@@ -103,6 +120,16 @@ def _insert_all(
 ) -> None:
     for (table, _keys), rows in grouped.items():
         insert_rows(connection, table, rows)
+
+
+def _running() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+def _waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    waiter: asyncio.Future[None] = loop.create_future()
+    waiter.add_done_callback(_retrieved)
+    return waiter
 
 
 def _retrieved(waiter: asyncio.Future[None]) -> None:

@@ -4,19 +4,28 @@ committed together, each caller returning once its own are in the store."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import cast
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.testing import capture_logs
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
-from fleetward.audit.recorder import Actor, Target
+from fleetward.audit.recorder import Actor, AuditRecorder, Target, pending
+from fleetward.core.clock import SystemClock
 from fleetward.identity.models import Tenant, TenantKind
 from fleetward.platform import Platform
+from fleetward.store.engine import create_engine, session_factory
 from fleetward.store.group import RowGroup
+from fleetward.store.migrate import upgrade
 from support.factories import WorldFactory
+from support.stores import sqlite_url
+
+AUDIT = cast(Table, AuditRecord.__table__)
 
 
 def _group(platform: Platform) -> RowGroup:
@@ -128,3 +137,40 @@ async def test_a_cancelled_caller_still_has_its_kept_record_written(platform: Pl
     assert await _count(platform, "group-cancelled") == 1  # once: neither lost nor doubled
     # ... nor handed over a second time as owed (which its unique id would refuse, logged).
     assert [log["event"] for log in logs if log["log_level"] == "error"] == []
+
+
+def test_rows_a_finished_event_loop_left_are_written_from_the_next(tmp_path: Path) -> None:
+    # A command-line tool runs asyncio.run more than once with one platform: a commit whose
+    # loop ended before its batch was written leaves its rows owed, and the next loop's
+    # first commit writes them with its own (not a wait on the dead loop's futures).
+    engine = create_engine(sqlite_url(tmp_path / "store.db"))
+    group = RowGroup(session_factory(engine))
+
+    def row(actor: str) -> tuple[Table, dict[str, object]]:
+        held = AsyncSession()
+        AuditRecorder(SystemClock()).record(
+            held,
+            EventName.AUTHZ_DECISION_MADE,
+            actor=Actor.system(actor),
+            target=Target("vehicle", "veh_group"),
+        )
+        return AUDIT, dict(pending(held)[0])
+
+    async def first() -> None:
+        await upgrade(engine)
+        asyncio.get_running_loop().create_task(group.commit([row("loop-one")]))
+        await asyncio.sleep(0)  # handed over; the loop ends before its writer runs
+        await engine.dispose()
+
+    async def second() -> list[str]:
+        await asyncio.wait_for(group.commit([row("loop-two")]), timeout=10)
+        async with engine.connect() as connection:
+            found = await connection.execute(
+                select(AuditRecord.actor_id).where(AuditRecord.actor_id.like("loop-%"))
+            )
+            actors = sorted(found.scalars())
+        await engine.dispose()
+        return actors
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == ["loop-one", "loop-two"]
