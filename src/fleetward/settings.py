@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     gateway_refusals_per_network: Annotated[int, Field(ge=1, le=10_000)] = 10
     gateway_refusal_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
     gateway_refusal_networks: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    # Sessions one device identity may open (successful handshakes, either transport): a
+    # burst, then one more every refill seconds; past it a handshake is refused (4429) before
+    # any store write (gateway/churn.py). Identities tracked at once per process (the least
+    # recently seen beyond are forgotten, i.e. start again with a full burst).
+    gateway_handshake_burst: Annotated[int, Field(ge=1, le=10_000)] = 10
+    gateway_handshake_refill_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+    gateway_handshake_devices: Annotated[int, Field(ge=1, le=10_000_000)] = 200_000
     # The longest one message to a vehicle may take to write (replies, commands, the close
     # frame): a TCU that stops reading fills the buffers and its session is then closed
     # (4007 send-timeout) instead of holding its sends, and every close of it, for ever.

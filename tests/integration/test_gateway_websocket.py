@@ -825,6 +825,26 @@ def test_the_gateway_limits_are_settings(platform: Platform) -> None:
         Settings(gateway_refusals_per_network=0)
 
 
+def test_the_session_opening_budget_is_settings(platform: Platform) -> None:
+    defaults = GatewayConfig.from_settings(platform.settings)
+    assert (defaults.handshake_burst, defaults.handshake_refill) == (10, timedelta(minutes=1))
+    settings = platform.settings.model_copy(
+        update={
+            "gateway_handshake_burst": 4,
+            "gateway_handshake_refill_seconds": 30,
+            "gateway_handshake_devices": 1000,
+        }
+    )
+    config = GatewayConfig.from_settings(settings)
+    assert (config.handshake_burst, config.handshake_refill, config.handshake_devices) == (
+        4,
+        timedelta(seconds=30),
+        1000,
+    )
+    with pytest.raises(ValueError, match="gateway_handshake_burst"):
+        Settings(gateway_handshake_burst=0)
+
+
 async def test_one_identity_cannot_hold_more_than_a_few_sessions(server: Server) -> None:
     # Threat: a stolen device key opens session after session. The clone finding quarantines
     # the device but keeps its sessions open (the copy is not told), so nothing bounded how
@@ -916,3 +936,103 @@ async def _send_unread(websocket: ClientConnection) -> None:
     with contextlib.suppress(ConnectionClosed):
         for _ in range(200):
             await websocket.send(bytes(60_000))
+
+
+# --------------------------------------------------------------------------- session churn
+
+
+async def _cycle(server: Server, credentials: DeviceCredentials) -> None:
+    """One session opened, used and closed cleanly, its end seen by the gateway."""
+    connection = await server.open(credentials)
+    assert await connection.request(b"x") == b"ack:x"
+    await connection.close()
+    for _ in range(200):
+        if not server.gateway.registry.sessions(credentials.device_id):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the session did not end")
+
+
+async def _opened(server: Server, device_id: str) -> int:
+    return sum(
+        r.object_id == device_id for r in await server.audit(EventName.DEVICE_SESSION_OPENED)
+    )
+
+
+async def test_a_device_opening_sessions_in_a_loop_is_refused_past_its_budget(
+    server: Server,
+) -> None:
+    # Threat: a stolen key (or a TCU in a loop) opens and closes sessions without end: each
+    # cycle was two store writes with their audit records, and superseded the genuine car's
+    # session; nothing bounded it. Now past a burst of openings a device's handshakes are
+    # refused with 4429 before the store is touched, the breach is recorded once, and the
+    # device gets in again as its budget refills.
+    config = server.gateway.config
+    credentials = await server.enrol()
+    for _ in range(config.handshake_burst):
+        await _cycle(server, credentials)
+    seen_before = (await server.device(credentials.device_id)).last_seen_at
+    for _ in range(3):
+        with pytest.raises(HandshakeRefused) as refused:
+            await server.open(credentials)
+        assert refused.value.code == CloseCode.TOO_MANY_HANDSHAKES
+        assert refused.value.reason == CloseCode.TOO_MANY_HANDSHAKES.phrase
+    # Nothing of a session was written: no opening, no last-seen, no session registered.
+    assert await _opened(server, credentials.device_id) == config.handshake_burst
+    assert (await server.device(credentials.device_id)).last_seen_at == seen_before
+    assert server.gateway.registry.sessions(credentials.device_id) == []
+    # The refusals go through the refusal budget like any other; the breach is one event.
+    failures = await server.audit(EventName.DEVICE_HANDSHAKE_FAILED)
+    assert [(f.reason, f.object_id) for f in failures] == [
+        ("session-churn", credentials.device_id)
+    ] * 3
+    [breach] = await server.audit(EventName.DEVICE_SESSION_CHURN)
+    assert (breach.object_type, breach.object_id) == ("device", credentials.device_id)
+    assert breach.details["transport"] == Transport.WEBSOCKET.value
+    assert breach.details["burst"] == config.handshake_burst
+    assert 0 < breach.details["retry_after_seconds"] <= config.handshake_refill.total_seconds()
+    # Another device is not affected by this one's loop.
+    other = await server.enrol(server.world.other_car.id)
+    await _cycle(server, other)
+    # Once the budget refills, the device opens a session again (one: it is still looping).
+    server.clock.advance(config.handshake_refill)
+    await _cycle(server, credentials)
+    with pytest.raises(HandshakeRefused) as refused:
+        await server.open(credentials)
+    assert refused.value.code == CloseCode.TOO_MANY_HANDSHAKES
+    assert await _opened(server, credentials.device_id) == config.handshake_burst + 1
+    # A new breach (after an opening) is recorded again, once.
+    assert len(await server.audit(EventName.DEVICE_SESSION_CHURN)) == 2
+
+
+async def test_a_genuine_car_reconnecting_after_drops_is_never_refused(server: Server) -> None:
+    # The limit must not catch a TCU that follows the protocol: a storm of quick reconnects
+    # after a network drop, then a session every few minutes (tunnels, ignition cycles).
+    credentials = await server.enrol()
+    for _ in range(5):
+        await _cycle(server, credentials)
+    for _ in range(12):
+        server.clock.advance(timedelta(minutes=2))
+        await _cycle(server, credentials)
+    server.clock.advance(timedelta(minutes=1))
+    for _ in range(5):
+        await _cycle(server, credentials)
+    assert await server.audit(EventName.DEVICE_HANDSHAKE_FAILED) == []
+    assert await server.audit(EventName.DEVICE_SESSION_CHURN) == []
+
+
+async def test_a_handshake_refused_for_another_reason_does_not_spend_the_budget(
+    server: Server,
+) -> None:
+    # Only sessions that open count: a device told to retry (the store busy, its sessions at
+    # the cap) is not then locked out for having retried.
+    credentials = await server.enrol()
+    first = await server.open(credentials)
+    await server.open(credentials)  # the concurrent-session finding: still open
+    for _ in range(server.gateway.config.handshake_burst + 2):
+        with pytest.raises(HandshakeRefused) as refused:
+            await server.open(credentials)
+        assert refused.value.code == CloseCode.TRY_AGAIN_LATER
+    await first.close()
+    server.clock.advance(timedelta(seconds=31))  # the other session is presumed dead
+    await _cycle(server, credentials)

@@ -88,6 +88,8 @@ class EventName(StrEnum):
     DEVICE_SESSION_OPENED = "device:session:opened"
     DEVICE_SESSION_SUPERSEDED = "device:session:superseded"
     DEVICE_SESSION_CLOSED = "device:session:closed"
+    # A device refused for opening sessions too often (gateway/churn.py): once per breach.
+    DEVICE_SESSION_CHURN = "device:session:churn"
     # Remote commands (commands/): one event per job transition, named by the state entered.
     COMMAND_REQUESTED = "vehicle:command:requested"
     COMMAND_AUTHORIZED = "vehicle:command:authorized"

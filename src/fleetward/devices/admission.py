@@ -195,6 +195,37 @@ def record_refusal(
     )
 
 
+def record_churn(
+    audit: AuditRecorder,
+    session: AsyncSession,
+    *,
+    device_id: str,
+    peer: str,
+    transport: str,
+    burst: int,
+    refill_seconds: float,
+    retry_after_seconds: float,
+) -> None:
+    """A device proven by its key refused for opening sessions faster than its budget
+    (``gateway.churn``): recorded once per breach, the refusals themselves within the refusal
+    budget. A device in a loop: a TCU fault, or a copy of its key superseding its sessions."""
+    audit.record(
+        session,
+        EventName.DEVICE_SESSION_CHURN,
+        actor=device_actor(device_id),
+        target=Target("device", device_id),
+        decision=Decision.DENIED,
+        reason="session-churn",
+        details={
+            "peer": peer,
+            "transport": transport,
+            "burst": burst,
+            "refill_seconds": refill_seconds,
+            "retry_after_seconds": retry_after_seconds,
+        },
+    )
+
+
 def record_unrecorded(
     audit: AuditRecorder,
     session: AsyncSession,

@@ -81,6 +81,9 @@ class CloseCode(IntEnum):
     TIMEOUT = 4408  # the handshake did not complete in time
     TOO_LARGE = 4413
     CLOCK_SKEW = 4425  # the device's clock is outside the accepted window: fix it, retry
+    # The device opened sessions faster than its budget (a burst, then one a minute by
+    # default): nothing was recorded but the refusal; retry after the refill (gateway/churn.py).
+    TOO_MANY_HANDSHAKES = 4429
     INTERNAL = 1011
     # The session cannot be taken now: the store could not record it (contention), or the
     # device already holds as many live sessions as allowed. Nothing was recorded and the

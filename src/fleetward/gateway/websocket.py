@@ -1,11 +1,12 @@
 """The WebSocket transport: ``/gateway/v1/ws``, the embedded default served by ``fleetward serve``.
 
 Per connection: send CHALLENGE, read RESPONSE within the handshake timeout, verify it
-(:class:`ServerHandshake`), admit the device against the store, take a place in the session
-registry, judge the clone rules (a finding quarantines the device: recorded, flagged, the
-pipeline told; the sessions go on), record the session, send WELCOME; then hand each binary
-frame to the :class:`FrameHandler` and send its reply. Identity comes only from this handshake:
-nothing a frame says can change who the session belongs to.
+(:class:`ServerHandshake`), spend one of the device's session openings (``gateway.churn``:
+4429 past its budget, before any store write), admit the device against the store, take a
+place in the session registry, judge the clone rules (a finding quarantines the device:
+recorded, flagged, the pipeline told; the sessions go on), record the session, send WELCOME;
+then hand each binary frame to the :class:`FrameHandler` and send its reply. Identity comes
+only from this handshake: nothing a frame says can change who the session belongs to.
 
 Every refusal closes with a :class:`CloseCode` and is audited with its precise reason. No
 exception escapes to the server (whose log would carry its text): an unexpected one closes the
@@ -43,6 +44,7 @@ from fleetward.devices.admission import (
     SessionLedger,
     SessionOpened,
     StoreCredentialCheck,
+    record_churn,
     record_refusal,
     record_unrecorded,
 )
@@ -56,6 +58,7 @@ from fleetward.devices.clones import (
 )
 from fleetward.devices.errors import TransitionRefused
 from fleetward.devices.models import DeviceStatus
+from fleetward.gateway.churn import HandshakeRate
 from fleetward.gateway.command_port import RESULT_FIRST_BYTE, CommandPort, NoCommands
 from fleetward.gateway.directory import LocalDirectory, SessionDirectory
 from fleetward.gateway.handler import (
@@ -119,6 +122,11 @@ class GatewayConfig:
     refusal_networks: int = 4096
     # How often windows that are over are summarised when no new refusal does it.
     refusal_flush: timedelta = timedelta(seconds=10)
+    # Sessions one device may open: a burst, then one per refill; past it a handshake is
+    # refused with 4429 before any store write (gateway.churn). Devices tracked at once.
+    handshake_burst: int = 10
+    handshake_refill: timedelta = timedelta(seconds=60)
+    handshake_devices: int = 200_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayConfig:
@@ -129,6 +137,9 @@ class GatewayConfig:
             refusals_per_network=settings.gateway_refusals_per_network,
             refusal_window=timedelta(seconds=settings.gateway_refusal_window_seconds),
             refusal_networks=settings.gateway_refusal_networks,
+            handshake_burst=settings.gateway_handshake_burst,
+            handshake_refill=timedelta(seconds=settings.gateway_handshake_refill_seconds),
+            handshake_devices=settings.gateway_handshake_devices,
         )
 
 
@@ -144,6 +155,8 @@ class Gateway:
     ledger: SessionLedger = field(init=False)
     # Which refused handshakes are recorded one by one (per source network, bounded).
     refusals: RefusalBudget = field(init=False)
+    # How often each device may open a session (per device, bounded).
+    handshakes: HandshakeRate = field(init=False)
     # The command service, once the composition root wires it in.
     commands: CommandPort = field(default_factory=NoCommands, init=False)
     # Other replicas' sessions, for the clone rules and the session cap (gateway/directory.py).
@@ -172,6 +185,11 @@ class Gateway:
             per_network=self.config.refusals_per_network,
             window=self.config.refusal_window,
             networks=self.config.refusal_networks,
+        )
+        self.handshakes = HandshakeRate(
+            burst=self.config.handshake_burst,
+            refill=self.config.handshake_refill,
+            devices=self.config.handshake_devices,
         )
 
     @property
@@ -260,7 +278,53 @@ class Gateway:
         closer: Callable[[CloseCode], Awaitable[None]],
     ) -> LiveSession:
         """Admit a proven device against the store, register its session, judge the clone
-        rules and record the opening (shared by every transport; raises HandshakeFailure)."""
+        rules and record the opening (shared by every transport; raises HandshakeFailure).
+
+        First, before the store is read or written, the device's opening budget
+        (``gateway.churn``): past it the handshake is refused with 4429, and the first such
+        refusal since the device's last opening is recorded as ``device:session:churn``. A
+        handshake refused after that check gives its opening back: only sessions count."""
+        verdict = self.handshakes.take(proven.device_id, self.platform.clock.now())
+        if not verdict.allowed:
+            if verdict.first:
+                await self._record_churn(proven.device_id, peer, transport, verdict.retry_after)
+            raise HandshakeFailure("session-churn", CloseCode.TOO_MANY_HANDSHAKES, proven.device_id)
+        try:
+            return await self._admit_guarded(proven, peer=peer, transport=transport, closer=closer)
+        except BaseException:
+            self.handshakes.give_back(proven.device_id)
+            raise
+
+    async def _record_churn(
+        self, device_id: str, peer: str, transport: Transport, retry_after: timedelta
+    ) -> None:
+        """The breach of a device's opening budget, once per breach: a device in a loop (a
+        stolen key, a TCU bug) for operations to see, whatever the refusal budget records."""
+        config = self.config
+        try:
+            async with self.platform.unit_of_work() as uow:
+                record_churn(
+                    self.platform.audit,
+                    uow.session,
+                    device_id=device_id,
+                    peer=peer,
+                    transport=transport.value,
+                    burst=config.handshake_burst,
+                    refill_seconds=config.handshake_refill.total_seconds(),
+                    retry_after_seconds=retry_after.total_seconds(),
+                )
+                await uow.commit()
+        except Exception as exc:  # the refusal stands even if its record cannot be written
+            logger.error("gateway.churn_not_recorded", error=type(exc).__name__)
+
+    async def _admit_guarded(
+        self,
+        proven: ProvenDevice,
+        *,
+        peer: str,
+        transport: Transport,
+        closer: Callable[[CloseCode], Awaitable[None]],
+    ) -> LiveSession:
         try:
             return await self._admit(proven, peer=peer, transport=transport, closer=closer)
         except HandshakeFailure:

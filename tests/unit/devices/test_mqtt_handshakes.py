@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.core.clock import FrozenClock
 from fleetward.core.ids import new_id
-from fleetward.gateway.device_client import DeviceHandshake
+from fleetward.gateway.device_client import DeviceCredentials, DeviceHandshake
 from fleetward.gateway.handler import NoObserver, UnavailableHandler
-from fleetward.gateway.handshake import CloseCode, HandshakeFailure
+from fleetward.gateway.handshake import CloseCode, HandshakeFailure, MessageType
+from fleetward.gateway.mqtt import control
 from fleetward.gateway.mqtt.handshakes import MqttHandshakes
 from fleetward.gateway.mqtt.sessions import MqttSession
 from fleetward.gateway.mqtt.topics import Channel, device_topic
@@ -205,4 +208,75 @@ async def test_a_flood_of_byes_queues_one_end_of_session(platform: Platform) -> 
         await handshakes.stop()
         if session.live is not None:
             gateway.registry.release(session.live)
+        await gateway.registry.idle()
+
+
+async def _events(platform: Platform, name: EventName, device_id: str) -> list[AuditRecord]:
+    async with platform.unit_of_work() as uow:
+        rows = await uow.session.scalars(
+            select(AuditRecord)
+            .where(AuditRecord.name == name.value, AuditRecord.object_id == device_id)
+            .order_by(AuditRecord.seq)
+        )
+        return list(rows)
+
+
+async def test_a_device_opening_sessions_in_a_loop_over_mqtt_is_refused_past_its_budget(
+    platform: Platform, clock: FrozenClock
+) -> None:
+    # Threat: over MQTT a device opens session after session with HELLO and RESPONSE on one
+    # broker connection, not even a new TCP connection each: every opening was a store write
+    # and an audit record, and superseded the device's session. Past its budget (3 here) a
+    # handshake is refused with CLOSED(4429) before the store is touched, the breach is
+    # recorded once, and the device gets in again as the budget refills.
+    async with platform.services() as (uow, ctx):
+        world = await build_device_world(platform, ctx)
+        looping, _ = await world.enrol()
+        other, _ = await world.enrol(world.other_car)
+        await uow.commit()
+    config = GatewayConfig(handshake_burst=3, handshake_refill=timedelta(seconds=60))
+    gateway = Gateway(platform, UnavailableHandler(), NoObserver(), config)
+    published = Published()
+    handshakes = MqttHandshakes(gateway, published, PEER)
+
+    async def cycle(credentials: DeviceCredentials) -> bytes:
+        """HELLO, RESPONSE, and the session ended at once; what the gateway answered."""
+        device_id = credentials.device_id
+        down = device_topic(device_id, Channel.SESSION_DOWN)
+        await handshakes.hello(device_id)
+        challenge = [payload for topic, payload in published.messages if topic == down][-1]
+        response = DeviceHandshake(
+            credentials,
+            server_id=gateway.server_id,
+            software_version="tcu-4.2.0",
+            vehicle_config="cfg-eu-2026a",
+        ).respond(challenge, clock.now())
+        session = MqttSession(gateway, device_id, published, 8)
+        opened = await handshakes.response(device_id, response, session)
+        if session.live is not None:
+            gateway.registry.release(session.live)
+        answer = [payload for topic, payload in published.messages if topic == down][-1]
+        assert opened == (answer[0] == MessageType.WELCOME)
+        return answer
+
+    try:
+        for _ in range(3):
+            assert (await cycle(looping))[0] == MessageType.WELCOME
+        for _ in range(3):
+            refused = control.Closed.decode(await cycle(looping))
+            assert refused == control.Closed(CloseCode.TOO_MANY_HANDSHAKES, "")
+        opened = await _events(platform, EventName.DEVICE_SESSION_OPENED, looping.device_id)
+        assert len(opened) == 3  # nothing written for the refused ones
+        failures = await _events(platform, EventName.DEVICE_HANDSHAKE_FAILED, looping.device_id)
+        assert [f.reason for f in failures] == ["session-churn"] * 3
+        [breach] = await _events(platform, EventName.DEVICE_SESSION_CHURN, looping.device_id)
+        assert breach.details["transport"] == "mqtt"
+        # Another device is not affected.
+        assert (await cycle(other))[0] == MessageType.WELCOME
+        # After the refill the looping device opens one session, then is refused again.
+        clock.advance(timedelta(seconds=60))
+        assert (await cycle(looping))[0] == MessageType.WELCOME
+        assert control.Closed.decode(await cycle(looping)).code == CloseCode.TOO_MANY_HANDSHAKES
+    finally:
+        await handshakes.stop()
         await gateway.registry.idle()
