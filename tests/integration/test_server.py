@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
+from fleetward.cli.runtime import server_config
 from support.server import fleetward_env, run_cli, running
 
 
@@ -43,3 +47,33 @@ def test_invalid_settings_stop_the_command(tmp_path: Path, free_port: int) -> No
     assert result.returncode == 2
     assert "FLEETWARD_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_stop_is_bounded_by_the_graceful_timeout() -> None:
+    # A connection that never closes (a request that never answers) does not keep a stopping
+    # server: past the graceful timeout its work is cancelled and the server shuts down.
+    hanging = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = (await receive())["type"]
+                await send({"type": f"{message}.complete"})  # startup, then shutdown
+                if message == "lifespan.shutdown":
+                    return
+        hanging.set()
+        await asyncio.Event().wait()  # never answers
+
+    config = server_config(app, host="127.0.0.1", port=0, lifespan="on", graceful_shutdown_s=1)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "the server stopped during start-up"
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    async with httpx.AsyncClient() as client:
+        request = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/"))
+        await asyncio.wait_for(hanging.wait(), timeout=10)
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout=10)  # without the bound: waits for ever
+        request.cancel()
