@@ -203,6 +203,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _handshake_budget_fits(self) -> Settings:
+        # The budget is a quota token bucket (abuse.bucket): a full refill within a day.
+        if self.gateway_handshake_burst * self.gateway_handshake_refill_seconds > 86_400:
+            raise ValueError(
+                "need gateway_handshake_burst * gateway_handshake_refill_seconds <= 86400"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _mqtt_complete(self) -> Settings:
         if self.mqtt_broker_host is not None and None in (
             self.mqtt_server_ca,

@@ -63,6 +63,14 @@ def test_toml_file_with_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         ({"FLEETWARD_HOST": " "}, "FLEETWARD_HOST"),
         # MQTT is TLS with client certificates or nothing: a broker host alone is refused.
         ({"FLEETWARD_MQTT_BROKER_HOST": "127.0.0.1"}, "mqtt_client_certificate"),
+        # The session-opening budget is a quota token bucket: a full refill within a day.
+        (
+            {
+                "FLEETWARD_GATEWAY_HANDSHAKE_BURST": "10",
+                "FLEETWARD_GATEWAY_HANDSHAKE_REFILL_SECONDS": "86400",
+            },
+            "gateway_handshake_burst",
+        ),
     ],
 )
 def test_invalid_settings_stop_start(

@@ -3,7 +3,8 @@
 A session's opening and closing are store writes and audit records, and a new session
 supersedes the device's silent one; nothing bounded how often a device (a stolen key, a TCU
 in a loop) could open one, over WebSocket or, without even a new connection, over MQTT. So
-each device identity has a token bucket: ``burst`` openings at once, refilled by one every
+each device identity has a token bucket (the quotas' own arithmetic, ``abuse.bucket``):
+``burst`` openings at once, refilled by one every
 ``refill`` (defaults 10 and 60 s: a reconnect storm after a network drop is a few openings,
 an ignition cycle or a tunnel one each; a TCU that follows ``docs/vehicle-protocol.md`` never
 comes near). A handshake that finds the bucket empty is refused before the store is touched
@@ -30,11 +31,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from fleetward.abuse.bucket import ceil_div, refilled
+from fleetward.abuse.quotas import Limit
+
 
 @dataclass(slots=True)
 class _Bucket:
-    credit: float
-    at: datetime
+    # abuse.bucket's state: credit in the limit's integer units as of at_ms.
+    credit: int
+    at_ms: int
     breached: bool = False
 
 
@@ -58,6 +63,10 @@ class HandshakeRate:
             raise ValueError("a handshake rate needs a positive burst, refill and size")
         self.burst = burst
         self.refill = refill
+        # The quotas' token bucket (abuse.bucket): ``burst`` openings per ``burst`` refills,
+        # one opening costing one refill's worth of credit (its window in ms).
+        self._limit = Limit("gateway-handshakes", burst, refill * burst)
+        self._cost = self._limit.window_ms
         self._devices = devices
         # Least recently seen first.
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -70,34 +79,33 @@ class HandshakeRate:
     def take(self, device_id: str, now: datetime) -> Verdict:
         """Take one opening from ``device_id``'s budget at ``now``, or refuse."""
         bucket = self._current(device_id, now)
-        if bucket.credit >= 1:
-            bucket.credit -= 1
+        if bucket.credit >= self._cost:
+            bucket.credit -= self._cost
             bucket.breached = False
             return ALLOWED
         first = not bucket.breached
         bucket.breached = True
         self.refused += 1
-        wait = self.refill * (1 - bucket.credit)
+        wait_ms = ceil_div(self._cost - bucket.credit, self._limit.capacity)
         # Whole seconds, rounded up: what a device is told to wait is never too short.
-        seconds = -(-wait // timedelta(seconds=1))
-        return Verdict(False, timedelta(seconds=seconds), first)
+        return Verdict(False, timedelta(seconds=ceil_div(wait_ms, 1000)), first)
 
     def give_back(self, device_id: str) -> None:
         """A handshake that took an opening and did not open a session returns it."""
         bucket = self._buckets.get(device_id)
         if bucket is not None:
-            bucket.credit = min(float(self.burst), bucket.credit + 1)
+            bucket.credit = min(self._limit.full_credit, bucket.credit + self._cost)
 
     def _current(self, device_id: str, now: datetime) -> _Bucket:
+        now_ms = int(now.timestamp() * 1000)
         bucket = self._buckets.get(device_id)
         if bucket is None:
             while len(self._buckets) >= self._devices:
                 self._buckets.popitem(last=False)
-            bucket = self._buckets[device_id] = _Bucket(float(self.burst), now)
+            credit, at_ms = refilled(None, self._limit, now_ms)
+            bucket = self._buckets[device_id] = _Bucket(credit, at_ms)
             return bucket
         self._buckets.move_to_end(device_id)
-        if now > bucket.at:  # a clock that went back refills nothing
-            earned = (now - bucket.at) / self.refill
-            bucket.credit = min(float(self.burst), bucket.credit + earned)
-            bucket.at = now
+        # A clock that went back refills nothing (abuse.bucket keeps the later time).
+        bucket.credit, bucket.at_ms = refilled((bucket.credit, bucket.at_ms), self._limit, now_ms)
         return bucket
