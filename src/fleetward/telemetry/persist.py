@@ -29,7 +29,7 @@ import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -40,7 +40,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleetward.observability.logging import get_logger
-from fleetward.store.base import UtcDateTime
+from fleetward.store.base import SqliteUtcText, UtcDateTime
 from fleetward.store.engine import sqlite_pragma
 
 _log = get_logger("fleetward.telemetry.persist")
@@ -221,31 +221,6 @@ class BatchWriter:
 Encoder = Callable[[Any], Any]
 
 
-class _SqliteTime:
-    """UTC datetime -> the exact text SQLAlchemy's SQLite DATETIME stores for UtcDateTime
-    (naive UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``). One per column of a codec: the text up to
-    the second is kept for the last second seen, since a batch's times fall within a few
-    seconds (~0.5 us a value instead of ~1.3 us for ``isoformat``)."""
-
-    __slots__ = ("_second", "_text")
-
-    def __init__(self) -> None:
-        self._second: tuple[int, ...] = ()
-        self._text = ""
-
-    def __call__(self, value: datetime) -> str:
-        if value.tzinfo is not UTC:
-            if value.tzinfo is None:
-                raise ValueError("naive datetime given to a UTC column")
-            value = value.astimezone(UTC)
-        second = (value.year, value.month, value.day, value.hour, value.minute, value.second)
-        if second != self._second:
-            self._second = second
-            year, month, day, hour, minute, whole = second
-            self._text = f"{year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{whole:02d}"
-        return f"{self._text}.{value.microsecond:06d}"
-
-
 def _aware_time(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
@@ -287,7 +262,7 @@ class RowCodec:
 def _encoder(column_type: object, dialect: str) -> Encoder | None:
     # Order matters: UtcDateTime and JSON first, then the plain types the driver takes as is.
     if isinstance(column_type, UtcDateTime):
-        return _SqliteTime() if dialect == "sqlite" else _aware_time
+        return SqliteUtcText() if dialect == "sqlite" else _aware_time
     if isinstance(column_type, JSON):
         return _json_text
     if isinstance(column_type, String | BigInteger | Boolean | LargeBinary):
