@@ -42,6 +42,7 @@ from fleetward.devices.models import (
 )
 from fleetward.devices.names import DEVICE_ID_PREFIX
 from fleetward.services import ServiceContext
+from fleetward.store.constraints import violates_unique
 from fleetward.vehicles.models import CaseStatus, DealerCase, Vehicle
 
 DEFAULT_ENROLMENT_LIFETIME: Final = timedelta(hours=24)
@@ -254,7 +255,7 @@ class Provisioning:
         try:
             await session.flush()
         except IntegrityError as error:
-            if "public_key_sha256" not in str(error.orig):
+            if not violates_unique(error, DeviceCertificate.__table__.c.public_key_sha256):
                 raise
             # Certified meanwhile: a concurrent enrolment or rotation with the same key
             # committed after refuse_reused_key read. The same refusal, not a 500 (this
