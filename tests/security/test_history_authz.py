@@ -27,7 +27,8 @@ from fleetward.core.surfaces import Surface
 from fleetward.settings import Settings
 from fleetward.vehicles.consents import ConsentService
 from fleetward.vehicles.delegation import DelegationService
-from fleetward.vehicles.models import Ownership, PartnerConsent
+from fleetward.vehicles.fleets import FleetService
+from fleetward.vehicles.models import FleetGroup, GroupVehicle, Ownership, PartnerConsent
 from fleetward.vehicles.records import (
     ChargerKind,
     ChargingSession,
@@ -443,6 +444,38 @@ async def test_fleet_and_partner_windows(api: Api, records: Records) -> None:
     stored = await _ids(api, ChargingSession, "ALICE-1")
     assert records.charging["ALICE-1"] in partner
     assert partner < stored  # the session that predates the consent is not shown
+
+
+async def test_an_operator_sees_a_moved_vehicle_only_since_it_joined_their_group(
+    api: Api, records: Records
+) -> None:
+    """ACME-S1 moves from the south group to frank's north group: frank sees its trips from
+    the move on, none of its time in the south group; the fleet admin sees them all."""
+    clock = _clock(api)
+    clock.advance(timedelta(minutes=5))
+    async with api.platform.services() as (uow, ctx):
+        car = api.world.vehicles["ACME-S1"]
+        groups = {g.name: g for g in await ctx.session.scalars(select(FleetGroup))}
+        link = await ctx.session.scalar(
+            select(GroupVehicle).where(
+                GroupVehicle.vehicle_id == car.id, GroupVehicle.valid_until.is_(None)
+            )
+        )
+        assert link is not None and link.group_id == groups["south"].id
+        fleets = FleetService(ctx)
+        erin = Actor.user(api.world.users["erin"].id)
+        assert await fleets.remove_from_group(groups["south"], link, actor=erin)
+        await fleets.add_to_group(groups["north"], car, actor=erin)
+        await uow.commit()
+    clock.advance(timedelta(minutes=5))
+    later = trip(api.vehicle_id("ACME-S1"), clock.now())
+    await _add(api, later)
+    path = T.format(v=api.vehicle_id("ACME-S1"))
+    assert {i["id"] for i in await _all(api, "frank", F, path)} == {later.id}
+    earlier = await api.get("frank", F, f"{path}/{records.trips['ACME-S1']}")
+    assert earlier.status_code == 404
+    admin = {i["id"] for i in await _all(api, "erin", F, path)}
+    assert admin == {records.trips["ACME-S1"], later.id}
 
 
 async def test_coordinates_follow_read_location(api: Api, records: Records) -> None:

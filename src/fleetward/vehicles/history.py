@@ -3,10 +3,12 @@ appointments).
 
 A vehicle's history belongs to whoever had it at the time: the buyer of a used car never
 sees the seller's trips, a driver sees only what happened since their delegation began, a
-fleet sees only what happened since the vehicle joined it, a partner only since the owner's
-consent. :func:`history_since` answers with the start of the caller's relationship in force
-now, which routes apply in the SQL ``WHERE`` (``recorded_at >= since``); ``None`` means the
-caller has no relationship that reaches any history, and must be shown nothing.
+fleet's admin only since the vehicle joined the fleet, a fleet operator only since it joined
+a group they are assigned to (a van moved from another depot's group brings none of that
+depot's trips), a partner only since the owner's consent. :func:`history_since` answers with
+the start of the caller's relationship in force now, which routes apply in the SQL ``WHERE``
+(``recorded_at >= since``); ``None`` means the caller has no relationship that reaches any
+history, and must be shown nothing.
 
 It is a bound applied AFTER the PDP allowed the request, never a grant: a relationship found
 here that the PDP did not accept changes nothing, because the route was refused first.
@@ -16,12 +18,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from fleetward.authz.permissions import Permission
-from fleetward.identity.models import Membership
+from fleetward.identity.models import Membership, Role
 from fleetward.identity.tokens import AccessTokenClaims
 from fleetward.services import ServiceContext
 from fleetward.vehicles.models import (
@@ -29,7 +31,10 @@ from fleetward.vehicles.models import (
     CaseTechnician,
     DealerCase,
     DriverDelegation,
+    FleetGroup,
     FleetVehicle,
+    GroupVehicle,
+    OperatorAssignment,
     Ownership,
     PartnerConsent,
     Vehicle,
@@ -53,31 +58,36 @@ async def history_since(
     if claims.sub_type != "user":
         # An application acting for itself: a partner's consent for its tenant.
         return await _consent_start(session, claims.tenant, vehicle_id, now, permission)
-    if not await _member(session, claims, now):
+    roles = await _roles(session, claims, now)
+    if not roles:
         # Defence in depth (the PDP refuses such a token first): a person reaches history
         # only through the tenant they are a member of now.
         return None
     starts = [
         await _ownership_start(session, claims, vehicle_id, now),
         await _delegation_start(session, claims, vehicle_id, now, permission),
-        await _fleet_start(session, claims.tenant, vehicle_id, now),
+        await _fleet_start(session, claims, vehicle_id, now, roles),
         await _dealer_start(session, claims, vehicle_id, now),
     ]
     found = [s for s in starts if s is not None]
     return min(found) if found else None
 
 
-async def _member(session: AsyncSession, claims: AccessTokenClaims, now: datetime) -> bool:
-    found = await session.scalar(
-        select(Membership.id)
-        .where(
+async def _roles(
+    session: AsyncSession, claims: AccessTokenClaims, now: datetime
+) -> frozenset[Role]:
+    """The caller's roles in force in the token's tenant (none: not a member now)."""
+    found = await session.scalars(
+        select(Membership.role).where(
             Membership.user_id == claims.sub,
             Membership.tenant_id == claims.tenant,
             _in_force(Membership.valid_from, Membership.valid_until, now),
         )
-        .limit(1)
     )
-    return found is not None
+    return frozenset(found)
+
+
+_FLEET_ROLES = frozenset({Role.FLEET_ADMIN, Role.FLEET_OPERATOR})
 
 
 def _in_force(
@@ -132,16 +142,41 @@ async def _delegation_start(
 
 
 async def _fleet_start(
-    session: AsyncSession, tenant_id: str, vehicle_id: str, now: datetime
+    session: AsyncSession,
+    claims: AccessTokenClaims,
+    vehicle_id: str,
+    now: datetime,
+    roles: frozenset[Role],
 ) -> datetime | None:
-    found: datetime | None = await session.scalar(
+    """A fleet admin: since the vehicle joined the fleet. A fleet operator: since it joined a
+    group they are assigned to now (the earliest such link in force), and never before its
+    current stay in the fleet began."""
+    if not roles & _FLEET_ROLES:
+        return None
+    joined: datetime | None = await session.scalar(
         select(FleetVehicle.valid_from).where(
             FleetVehicle.vehicle_id == vehicle_id,
-            FleetVehicle.tenant_id == tenant_id,
+            FleetVehicle.tenant_id == claims.tenant,
             _in_force(FleetVehicle.valid_from, FleetVehicle.valid_until, now),
         )
     )
-    return found
+    if joined is None or Role.FLEET_ADMIN in roles:
+        return joined
+    grouped: datetime | None = await session.scalar(
+        select(func.min(GroupVehicle.valid_from))
+        .join(FleetGroup, FleetGroup.id == GroupVehicle.group_id)
+        .join(OperatorAssignment, OperatorAssignment.group_id == GroupVehicle.group_id)
+        .where(
+            GroupVehicle.vehicle_id == vehicle_id,
+            FleetGroup.tenant_id == claims.tenant,
+            OperatorAssignment.user_id == claims.sub,
+            _in_force(GroupVehicle.valid_from, GroupVehicle.valid_until, now),
+            _in_force(OperatorAssignment.valid_from, OperatorAssignment.valid_until, now),
+        )
+    )
+    if grouped is None:
+        return None
+    return max(joined, grouped)
 
 
 async def _custody_start(session: AsyncSession, vehicle_id: str, now: datetime) -> datetime | None:
