@@ -30,11 +30,13 @@ What verify reports, in chain order (the first one is where tampering starts):
 - ``seal-altered``: a link that does not follow from the previous one under the key;
 - ``inserted``: a record below the sealed horizon that has no seal.
 
-Limits, stated: a record committed later than the lag after the sealer moved past its seq, or
-one dated on a day before the newest day already sealed (a backdated record: a record is dated
-when it is made, so only a transaction open across midnight does this honestly), is sealed at
-the end of its day's chain with ``late = true`` (listed by verify for review; the flag is
-part of the keyed link, so clearing it is ``seal-altered``); the
+Limits, stated: a record committed later than the lag after the sealer moved past its seq
+(found in the ranges the sealer noted as empty when it passed them, however late:
+audit/gaps.py), or one dated on a day before the newest day already sealed (a backdated
+record: a record is dated when it is made, so only a transaction open across midnight does
+this honestly), is sealed at the end of its day's chain with ``late = true`` (listed by
+verify for review; the flag is part of the keyed link, so clearing it is ``seal-altered``);
+one found ``LATE_WINDOW`` or more seqs behind the sealer also raises an alert; the
 end of each chain (its head) is printed by verify, and deleting the newest records together
 with their seals is only seen by comparing heads with a copy kept elsewhere.
 """
@@ -53,10 +55,12 @@ from typing import Any, Final
 from sqlalchemy import Row, and_, func, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetward.audit import gaps
 from fleetward.audit.models import AuditRecord, AuditSeal, source_key_of
 
 CHAIN_KEY_PURPOSE: Final = "fleetward/audit-chain/v1"
-# How far below the sealed horizon the sealer looks for records that committed late.
+# A record found this many seqs or more below the sealed horizon (committed that far behind
+# the sealer) is sealed late and raises an alert (audit/operations.py).
 LATE_WINDOW: Final = 10_000
 _PAGE: Final = 5_000
 # The sealers' PostgreSQL advisory lock (one 64-bit key for the whole store; the text is the
@@ -165,6 +169,8 @@ class ChainKey:
 class SealResult:
     sealed: int
     late: int
+    # Event ids of records found the late window or more behind the sealer (alerted).
+    overdue: tuple[str, ...] = ()
 
 
 async def seal(
@@ -175,29 +181,35 @@ async def seal(
     lag: timedelta,
     limit: int = 10_000,
     late_window: int = LATE_WINDOW,
+    gap_grace: timedelta = gaps.GAP_GRACE,
 ) -> SealResult:
     """Chain up to ``limit`` committed records older than ``lag``, in seq order, in the
-    caller's transaction (commit it to publish the seals). Records up to ``late_window``
-    below the sealed horizon are looked for too (each look reads that many records: a pass of
-    several batches looks once).
+    caller's transaction (commit it to publish the seals). Records that committed after the
+    sealer moved past their seq are found first, whatever their age, in the ranges it noted
+    then (audit/gaps.py); those ``late_window`` or more seqs behind are ``overdue``.
 
     Sealers take turns: on PostgreSQL this takes the sealers' advisory lock for the caller's
     transaction before reading anything; on SQLite the caller's transaction must hold the
     write lock from its start (``UnitOfWork(write_lock=True)``, as :func:`seal_pending`
     does), else a concurrent sealer may read the same head and one of the two fails."""
     await lock_sealers(session)
+    snapshot = await gaps.oldest_running(session)  # before the gaps' records are read
     horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
     newest_day: str = await session.scalar(select(func.max(AuditSeal.partition))) or ""
     cutoff = now - lag
-    candidates = (
-        await session.execute(
-            _UNSEALED.where(AuditRecord.seq > horizon - late_window)
+    candidates = await gaps.late_records(session, _UNSEALED, horizon, limit)
+    if len(candidates) < limit:  # every record the ranges hold was read: some may go
+        await gaps.retire(session, snapshot, now=now, grace=gap_grace)
+        fresh = await session.execute(
+            _UNSEALED.where(AuditRecord.seq > horizon)
             .order_by(AuditRecord.seq)
-            .limit(limit)
+            .limit(limit - len(candidates))
         )
-    ).all()
+        candidates.extend(fresh.all())
     heads: dict[str, tuple[int, str]] = {}
     seals: list[dict[str, Any]] = []
+    above: list[int] = []
+    overdue: list[str] = []
     sealed = late = 0
     for record in candidates:
         if record.seq >= horizon and record.occurred_at > cutoff:
@@ -205,6 +217,10 @@ async def seal(
         partition = partition_of(record.occurred_at)
         is_late = record.seq < horizon or partition < newest_day
         newest_day = max(newest_day, partition)
+        if record.seq > horizon:
+            above.append(record.seq)
+        elif record.seq <= horizon - late_window:
+            overdue.append(record.id)
         if partition not in heads:
             heads[partition] = await _head(session, key, partition)
         position, prev = heads[partition]
@@ -229,7 +245,9 @@ async def seal(
     if seals:
         # One multi-row INSERT of plain rows: an ORM object per seal cost half the sealing.
         await session.execute(insert(AuditSeal), seals)
-    return SealResult(sealed, late)
+    # The seqs this batch moved past without a record: a late commit is looked for there.
+    await gaps.note(session, gaps.missing(horizon, above), now)
+    return SealResult(sealed, late, tuple(overdue))
 
 
 async def lock_sealers(session: AsyncSession) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetward.audit.alerts import AlertSeverity
 from fleetward.audit.chain import (
     CHAIN_KEY_PURPOSE,
     LATE_WINDOW,
@@ -22,6 +24,7 @@ from fleetward.audit.chain import (
     verify,
 )
 from fleetward.audit.events import EventName
+from fleetward.audit.gaps import GAP_GRACE
 from fleetward.audit.investigate import (
     BlastQuery,
     BlastRadius,
@@ -31,6 +34,9 @@ from fleetward.audit.investigate import (
 )
 from fleetward.audit.models import AuditRecord, AuditSeal
 from fleetward.audit.recorder import Actor, Target
+from fleetward.detection import raising
+from fleetward.detection.config import EvaluatorConfig
+from fleetward.detection.finding import Finding, dedup_key
 from fleetward.platform import Platform
 from fleetward.services import ServiceContext
 
@@ -42,6 +48,7 @@ DEFAULT_LAG = timedelta(seconds=30)
 # this size holds the loop for ~7 ms; each costs ~1-2 ms more (its queries and commit).
 BACKGROUND_BATCH = 100
 _EXPORT_PAGE = 5_000
+LATE_RECORD_RULE: Final = "audit-late-record"
 
 
 def chain_key(platform: Platform) -> ChainKey:
@@ -49,35 +56,71 @@ def chain_key(platform: Platform) -> ChainKey:
 
 
 async def seal_pending(
-    platform: Platform, *, lag: timedelta = DEFAULT_LAG, batch: int = 10_000
+    platform: Platform,
+    *,
+    lag: timedelta = DEFAULT_LAG,
+    batch: int = 10_000,
+    late_window: int = LATE_WINDOW,
+    gap_grace: timedelta = GAP_GRACE,
 ) -> SealResult:
     """Seal everything committed and older than ``lag``, one committed batch of at most
-    ``batch`` records at a time (other tasks run between two batches)."""
+    ``batch`` records at a time (other tasks run between two batches). Records found
+    ``late_window`` or more seqs behind the sealer raise the ``audit-late-record`` alert, in
+    the batch that seals them."""
     key = chain_key(platform)
     total = late = 0
-    look_below = True
+    overdue: list[str] = []
     while True:
         # write_lock: on SQLite the batch reads the chain's head holding the write lock, so
         # two sealers (replicas, a cron job) take turns (PostgreSQL: seal() takes a lock).
         async with platform.unit_of_work(write_lock=True) as uow:
+            now = platform.clock.now()
             result = await seal(
                 uow.session,
                 key,
-                now=platform.clock.now(),
+                now=now,
                 lag=lag,
                 limit=batch,
-                # Late records come first (in seq order): the pass's first batch looks for
-                # them, and the next one again only if this one was all late records. The
-                # others start at the horizon the batch before them left (a record that
-                # commits late meanwhile is the next pass's).
-                late_window=LATE_WINDOW if look_below else 0,
+                late_window=late_window,
+                gap_grace=gap_grace,
             )
+            if result.overdue:
+                await _alert_overdue(uow.session, platform, result.overdue, late_window, now)
             await uow.commit()
-        look_below = result.late >= batch
         total += result.sealed
         late += result.late
+        overdue.extend(result.overdue)
         if result.sealed < batch:
-            return SealResult(total, late)
+            return SealResult(total, late, tuple(overdue))
+
+
+async def _alert_overdue(
+    session: AsyncSession,
+    platform: Platform,
+    event_ids: Sequence[str],
+    late_window: int,
+    now: datetime,
+) -> None:
+    """One alert a day (its count: the batches that found some), the records as evidence:
+    a record this late is a transaction open far too long, or one written around the
+    recorder; either way someone should look at it."""
+    finding = Finding(
+        rule=LATE_RECORD_RULE,
+        severity=AlertSeverity.HIGH,
+        dedup_key=dedup_key(LATE_RECORD_RULE, "audit_events", now),
+        subject_type="audit_log",
+        subject_id="audit_events",
+        tenant_id=None,
+        summary=(
+            f"{len(event_ids)} audit record(s) committed {late_window} or more records "
+            "behind the sealer (sealed late)"
+        ),
+        evidence=tuple(event_ids),
+        at=now,
+    )
+    await raising.apply(
+        session, platform.audit, [finding], evidence_cap=EvaluatorConfig().evidence_cap
+    )
 
 
 async def verify_log(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fleetward.audit import alerts as _alert_models  # noqa: F401
+from fleetward.audit import gaps as _audit_gap_models  # noqa: F401
 from fleetward.audit import models as _audit_models  # noqa: F401
 from fleetward.commands import models as _command_models  # noqa: F401
 from fleetward.detection import cursor as _detection_models  # noqa: F401

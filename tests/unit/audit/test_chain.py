@@ -5,25 +5,36 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, event, inspect, select, update
+from sqlalchemy import delete, event, inspect, select, text, update
 
-from fleetward.audit import chain
+from fleetward.audit import chain, gaps
+from fleetward.audit.alerts import Alert, AlertSeverity
 from fleetward.audit.chain import (
     DERIVED_COLUMNS,
     HASHED_COLUMNS,
+    LATE_WINDOW,
     ProblemKind,
     partition_of,
     record_hash,
 )
 from fleetward.audit.events import ActorType, Decision, EventName
 from fleetward.audit.models import AuditRecord, AuditSeal
-from fleetward.audit.operations import BACKGROUND_BATCH, seal_pending, verify_log
+from fleetward.audit.operations import (
+    BACKGROUND_BATCH,
+    LATE_RECORD_RULE,
+    seal_pending,
+    verify_log,
+)
 from fleetward.audit.recorder import Actor, Target
 from fleetward.core.clock import FrozenClock
 from fleetward.platform import Platform
+from fleetward.store.engine import create_engine
+from fleetward.store.migrate import upgrade
 from support.locks import TurnWatch
+from support.stores import sqlite_url
 
 ACTOR = Actor.system("chain-test")
 
@@ -354,3 +365,150 @@ async def test_an_ordinary_seal_marked_late_still_verifies_and_is_listed(
     report = await verify_log(platform)
     assert report.ok, report.problems
     assert report.late == [seqs[2]]
+
+
+async def _move(platform: Platform, moves: dict[int, int]) -> None:
+    async with platform.unit_of_work() as uow:
+        for old, new in moves.items():
+            await uow.session.execute(
+                update(AuditRecord).where(AuditRecord.seq == old).values(seq=new)
+            )
+        await uow.commit()
+
+
+async def _late_alerts(platform: Platform) -> list[Alert]:
+    async with platform.unit_of_work() as uow:
+        return list(await uow.session.scalars(select(Alert).where(Alert.rule == LATE_RECORD_RULE)))
+
+
+async def test_a_record_committed_beyond_the_late_window_is_sealed_and_alerted(
+    platform: Platform,
+) -> None:
+    # A record whose seq is far below the sealed horizon when it commits (a long transaction
+    # on a busy platform) was outside every later seal's view: unsealed for ever, silently.
+    # The window is lowered to 5 here instead of writing 10,000 records; two records are
+    # kept out of the sealer's sight (moved away) as if uncommitted, then put back.
+    seqs = await _record(platform, 8)
+    far, near = seqs[1], seqs[6]
+    await _move(platform, {far: far - 10**6, near: near - 10**6})
+    assert (await seal_pending(platform, lag=timedelta(0), late_window=5)).sealed == 6
+    await _move(platform, {far - 10**6: far})  # commits 6 seqs behind the sealer's horizon
+    result = await seal_pending(platform, lag=timedelta(0), late_window=5)
+    async with platform.unit_of_work() as uow:
+        far_id = await uow.session.scalar(select(AuditRecord.id).where(AuditRecord.seq == far))
+    assert (result.sealed, result.late, result.overdue) == (1, 1, (far_id,))
+    [alert] = await _late_alerts(platform)
+    assert alert.evidence == [far_id] and alert.severity is AlertSeverity.HIGH
+    await seal_pending(platform, lag=timedelta(0), late_window=5)  # the alert's own record
+    # Within the window a late record is listed for review, not alerted.
+    await _move(platform, {near - 10**6: near})
+    result = await seal_pending(platform, lag=timedelta(0), late_window=5)
+    assert (result.sealed, result.late, result.overdue) == (1, 1, ())
+    [alert] = await _late_alerts(platform)
+    assert alert.count == 1
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert report.late == [far, near]
+
+
+async def test_late_records_in_many_gaps_are_all_found_page_by_page(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The noted ranges are read a page at a time, and a batch stops at its limit: late
+    # records in every range are sealed, in seq order, by the batches of one pass.
+    monkeypatch.setattr(gaps, "RANGES_PAGE", 2)
+    seqs = await _record(platform, 8)
+    hidden = seqs[1:7:2]
+    await _move(platform, {seq: seq - 10**6 for seq in hidden})
+    await seal_pending(platform, lag=timedelta(0))
+    async with platform.unit_of_work() as uow:
+        assert len(await gaps.live(uow.session)) == 3
+    await _move(platform, {seq - 10**6: seq for seq in hidden})
+    result = await seal_pending(platform, lag=timedelta(0), batch=2)
+    assert (result.sealed, result.late) == (3, 3)
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert report.late == hidden
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_transaction_open_past_the_window_and_the_grace_is_still_sealed(
+    platform: Platform, clock: FrozenClock
+) -> None:
+    # The real thing on PostgreSQL: a record takes its seq, its transaction stays open while
+    # later records commit and are sealed, long past the gap's grace; when it commits at
+    # last, the sealer finds it (the gap waited for its transaction) and alerts.
+    async with platform.services() as (held_uow, held_ctx):
+        held = held_ctx.audit.record(
+            held_ctx.session,
+            EventName.VEHICLE_REGISTERED,
+            actor=ACTOR,
+            target=Target("vehicle", "veh_held"),
+            details={},
+        )
+        await held_uow.session.flush()  # the INSERT: its seq is drawn now
+        later = await _record(platform, 6)
+        assert (await seal_pending(platform, lag=timedelta(0), late_window=3)).sealed == 6
+        for _ in range(3):  # the grace passes, the gap gets its xid bound, and stays
+            clock.advance(gaps.GAP_GRACE * 2)
+            await seal_pending(platform, lag=timedelta(0), late_window=3)
+        async with platform.unit_of_work() as uow:
+            assert await gaps.live(uow.session)
+        await held_uow.commit()
+    result = await seal_pending(platform, lag=timedelta(0), late_window=3)
+    assert result.late == 1 and result.overdue == (held["id"],)
+    report = await verify_log(platform)
+    assert report.ok, report.problems
+    assert len(report.late) == 1 and report.late[0] < later[0]
+    [alert] = await _late_alerts(platform)
+    assert alert.evidence == [held["id"]]
+
+
+async def test_a_gap_no_transaction_can_fill_is_given_up(
+    platform: Platform, clock: FrozenClock, backend: str
+) -> None:
+    # A rolled-back insert leaves its seq empty for good: the sealer stops looking there
+    # once nothing can still fill it. SQLite: after the grace (no writer is ever in flight
+    # while the sealer holds the write lock). PostgreSQL: past the grace the gap gets the
+    # next xid as its bound, and goes once the oldest running xid has reached it (decided
+    # here on given snapshots: the server's is shared with whatever else runs on it).
+    first, second = await _record(platform, 2)
+    await _move(platform, {second: first + 5})
+    await seal_pending(platform, lag=timedelta(0))
+    async with platform.unit_of_work() as uow:
+        assert await gaps.live(uow.session) == [(first + 1, first + 4)]
+    clock.advance(gaps.GAP_GRACE)
+    await seal_pending(platform, lag=timedelta(0))
+    async with platform.unit_of_work() as uow:
+        bound = await uow.session.scalar(select(gaps.AuditSealGap.xid_bound))
+        if backend == "sqlite":
+            assert await gaps.live(uow.session) == [] and bound is None
+            return
+        assert bound is not None
+        for xmin, kept in ((bound - 1, True), (bound, False)):
+            await gaps.retire(
+                uow.session, (xmin, bound + 10), now=clock.now(), grace=gaps.GAP_GRACE
+            )
+            assert bool(await gaps.live(uow.session)) is kept
+
+
+async def test_the_upgrade_keeps_looking_where_the_old_window_did(tmp_path: Path) -> None:
+    # A store sealed by the window-looking sealer: the range it would still have looked in
+    # is noted once, so a late record it could have found is not lost by the upgrade.
+    engine = create_engine(sqlite_url(tmp_path / "before.db"))
+    try:
+        await upgrade(engine, "0016")
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_seals (event_seq, event_id, partition, position,"
+                    " prev_hash, record_hash, chain_hash, sealed_at, late) VALUES (20000,"
+                    " 'evt_1', '2026-12-01', 0, 'p', 'r', 'c', '2026-12-01 00:00:00', 0)"
+                )
+            )
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            ranges = (await connection.execute(text("SELECT low, high FROM audit_seal_gaps"))).all()
+    finally:
+        await engine.dispose()
+    assert [tuple(r) for r in ranges] == [(20000 - LATE_WINDOW + 1, 19999)]
