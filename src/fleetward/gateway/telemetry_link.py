@@ -8,6 +8,7 @@ from fleetward.devices.status import StoreDeviceStatus
 from fleetward.gateway.registry import SessionRegistry
 from fleetward.platform import Platform
 from fleetward.telemetry.pipeline import TelemetryPipeline
+from fleetward.telemetry.shared_scores import RedisScores
 
 
 class PipelineObserver:
@@ -53,7 +54,18 @@ class TelemetryLink:
     def __init__(self, platform: Platform) -> None:
         self._status = StoreDeviceStatus(platform)
         self._reporting = RegistryReportingStatus(self._status)
-        self.pipeline = TelemetryPipeline.build(platform.engine, platform.clock, self._reporting)
+        redis_url = platform.settings.redis_url
+        # Replicas share a Redis: a device's refused frames add up across them (quarantine).
+        self.pipeline = TelemetryPipeline.build(
+            platform.engine,
+            platform.clock,
+            self._reporting,
+            shared_scores=(
+                RedisScores.from_url(redis_url.get_secret_value())
+                if redis_url is not None
+                else None
+            ),
+        )
         self.observer = PipelineObserver(self.pipeline)
 
     def attach(self, registry: SessionRegistry) -> None:

@@ -60,6 +60,7 @@ from fleetward.telemetry.quotas import (
     QuotaGate,
     Rate,
 )
+from fleetward.telemetry.shared_scores import SharedScores
 from fleetward.telemetry.signals import SIGNAL_PATHS, checked_signals, validate_payload
 
 _log = get_logger("fleetward.telemetry")
@@ -139,7 +140,10 @@ class TelemetryPipeline:
         quotas: QuotaGate | None = None,
         already_quarantined: Iterable[str] = (),
         monotonic: Monotonic = time.monotonic,
+        shared_scores: SharedScores | None = None,
     ) -> TelemetryPipeline:
+        """``shared_scores`` (replicas, owned: closed by :meth:`stop`): quarantine scores
+        added up across replicas, on the wall ``clock`` they share."""
         config = config or TelemetryConfig()
         metrics = TelemetryMetrics(SIGNAL_PATHS, monotonic=monotonic)
         writer = BatchWriter(
@@ -168,6 +172,8 @@ class TelemetryPipeline:
                 already_quarantined=already_quarantined,
                 monotonic=monotonic,
                 keep_rate=config.device_rate,
+                shared=shared_scores,
+                wall_ms=lambda: int(clock.now().timestamp() * 1000),
             ),
             quarantine_sink=StoreQuarantineSink(writer),
             metrics=metrics,
@@ -184,6 +190,7 @@ class TelemetryPipeline:
     async def stop(self) -> None:
         """Write what was accepted so far (acks still pending are released), then stop."""
         await self._writer.stop()
+        await self._quarantine.close()
 
     def end_session(self, session_id: str) -> None:
         """The transport closed the session: drop its keys and counters for good."""

@@ -3,8 +3,15 @@
 :class:`QuarantinePolicy` scores each device's refused frames over a sliding window (weights
 below); at the threshold the device is quarantined in this process at once and reported
 through :class:`DeviceStatusPort` (the devices capability owns the device's status flag and
-its audit event). From then on every authentic, fresh frame of the device goes to a
-:class:`QuarantineSink` with the verdict it would have had, never to ``telemetry_messages``.
+its audit event). With replicas (``redis_url``) the score is also shared
+(:mod:`fleetward.telemetry.shared_scores`): frames refused on every replica add up, and the
+replica whose frame reaches the threshold decides. Each process keeps its own score as well,
+so a Redis error never makes a device harder to quarantine than one process alone would.
+Other replicas learn of the quarantine from the device's status flag (their gateway's
+credential sweep, or the admission of the device's next session there).
+
+Once it is, every authentic, fresh frame of the device goes to a :class:`QuarantineSink`
+with the verdict it would have had, never to ``telemetry_messages``.
 
 The device is not told: its replies are the ones an unquarantined device would get (``accepted``
 means "durably stored", which holds for the quarantine table too), so a compromised TCU gets
@@ -28,10 +35,12 @@ from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import QuarantinedMessage
 from fleetward.telemetry.persist import BatchWriter, Target
 from fleetward.telemetry.quotas import DEFAULT_DEVICE_RATE, Rate, TokenBucket
+from fleetward.telemetry.shared_scores import ScoresUnavailable, SharedScores
 
 _log = get_logger("fleetward.telemetry.quarantine")
 
 Monotonic = Callable[[], float]
+WallMs = Callable[[], int]
 
 # Stable reasons handed to the device status port.
 REASON_REPEATED = "telemetry-repeated-rejections"
@@ -41,6 +50,8 @@ DEFAULT_THRESHOLD = 10
 # A slow devices capability must not hold a frame's reply for long; the call is retried.
 STATUS_PORT_TIMEOUT_S = 2.0
 DEFAULT_WINDOW = timedelta(seconds=60)
+# A Redis outage is logged at most this often (every refused frame would otherwise log).
+SHARED_WARNING_INTERVAL_S = 60.0
 
 # How suspicious each refusal is. A payload naming another vehicle is an impersonation
 # attempt: one is enough. Forged tags and replays weigh more than sloppy data. Quota
@@ -140,6 +151,8 @@ class QuarantinePolicy:
         already_quarantined: Iterable[str] = (),
         monotonic: Monotonic = time.monotonic,
         keep_rate: Rate = DEFAULT_DEVICE_RATE,
+        shared: SharedScores | None = None,
+        wall_ms: WallMs = lambda: time.time_ns() // 1_000_000,  # the shared scores' clock
     ) -> None:
         if threshold < 1 or window <= timedelta(0):
             raise ValueError("threshold and window must be positive")
@@ -155,6 +168,11 @@ class QuarantinePolicy:
         # Device id -> reason. Seeded by the composition root from the devices' status flags.
         self._quarantined: dict[str, str] = dict.fromkeys(already_quarantined, REASON_REPEATED)
         self._unreported: set[str] = set()
+        # Scores shared by replicas (owned: closed by close()), on the wall clock they share.
+        self._shared = shared
+        self._wall_ms = wall_ms
+        self._shared_warned_at: float | None = None
+        self._forgetting: set[asyncio.Task[None]] = set()
 
     def reason(self, device_id: str) -> str | None:
         """Why the device is quarantined, or None."""
@@ -171,6 +189,8 @@ class QuarantinePolicy:
         self._scores.pop(device_id, None)
         self._unreported.discard(device_id)
         self._kept.pop(device_id, None)
+        if self._shared is not None:
+            self._forget_shared(device_id)
 
     def keeps_refused(self, device_id: str) -> bool:
         """Whether a refused frame of a quarantined device is kept for investigation: at most
@@ -191,12 +211,10 @@ class QuarantinePolicy:
         """Count a refused frame; quarantine the device when its score reaches the threshold."""
         weight = min(WEIGHTS.get(status, 0), self._threshold)
         if weight and device_id not in self._quarantined:
-            now = self._now()
-            events = self._scores.setdefault(device_id, deque())
-            events.append((now, weight))
-            while events and events[0][0] <= now - self._window:
-                events.popleft()
-            if sum(w for _t, w in events) >= self._threshold:
+            crossed = self._score_here(device_id, weight)
+            if not crossed and self._shared is not None:
+                crossed = await self._score_shared(self._shared, device_id, weight)
+            if crossed and device_id not in self._quarantined:
                 reason = (
                     REASON_FOREIGN_IDENTITY
                     if status is Status.FOREIGN_IDENTITY
@@ -207,6 +225,64 @@ class QuarantinePolicy:
                 self._unreported.add(device_id)
                 _log.warning("device quarantined", device_id=device_id, reason=reason)
         await self.report(device_id)
+
+    def _score_here(self, device_id: str, weight: int) -> bool:
+        """Add to this process's score; whether it reached the threshold."""
+        now = self._now()
+        events = self._scores.setdefault(device_id, deque())
+        events.append((now, weight))
+        while events and events[0][0] <= now - self._window:
+            events.popleft()
+        return sum(w for _t, w in events) >= self._threshold
+
+    async def _score_shared(self, shared: SharedScores, device_id: str, weight: int) -> bool:
+        """Add to the replicas' score; whether this frame reached the threshold there. On a
+        Redis error, False: the decision rests on this process's score (already counted)."""
+        try:
+            return await shared.add(
+                device_id,
+                weight,
+                now_ms=self._wall_ms(),
+                threshold=self._threshold,
+                window_ms=int(self._window * 1000),
+            )
+        except ScoresUnavailable as exc:
+            self._warn_unshared(exc)
+            return False
+
+    def _forget_shared(self, device_id: str) -> None:
+        """A released device starts from nothing on every replica too (in the background:
+        release() is called synchronously from the gateway)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop, no connection to use; the score expires within a window
+        task = loop.create_task(self._forget(device_id))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+
+    async def _forget(self, device_id: str) -> None:
+        if self._shared is None:
+            return
+        try:
+            await self._shared.forget(device_id)
+        except ScoresUnavailable as exc:  # the score expires within a window
+            self._warn_unshared(exc)
+
+    def _warn_unshared(self, exc: ScoresUnavailable) -> None:
+        now = self._now()
+        last = self._shared_warned_at
+        if last is None or now - last >= SHARED_WARNING_INTERVAL_S:
+            self._shared_warned_at = now
+            # The exception's type and message only: never the URL (it may hold a password).
+            _log.warning("quarantine scores not shared, scoring in this process", error=str(exc))
+
+    async def close(self) -> None:
+        """Finish the pending releases and close the shared scores."""
+        if self._forgetting:
+            await asyncio.gather(*self._forgetting, return_exceptions=True)
+        if self._shared is not None:
+            await self._shared.close()
 
     async def report(self, device_id: str) -> None:
         """Tell the devices capability, retrying on the device's next frame if that failed
