@@ -52,6 +52,7 @@ class Dimension(StrEnum):
     USER = "user"
     CLIENT = "client"
     VEHICLE = "vehicle"
+    DEVICE = "device"  # a device identity (the telemetry quotas, telemetry/leased_quotas.py)
     TENANT = "tenant"
     COMMAND = "command"  # per command type and actor
     FLOW = "flow"  # per sensitive flow (unlock attempts, transfers, ...) and actor

@@ -3,11 +3,15 @@ gateway tells it when sessions end and when devices are quarantined or released.
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
+from fleetward.abuse.redis_store import DEFAULT_TIMEOUT, RedisQuotaStore
+from fleetward.abuse.telemetry_leases import PREFIX, LeasedQuotas
 from fleetward.devices.models import DeviceStatus
 from fleetward.devices.status import StoreDeviceStatus
 from fleetward.gateway.registry import SessionRegistry
 from fleetward.platform import Platform
-from fleetward.telemetry.pipeline import TelemetryPipeline
+from fleetward.telemetry.pipeline import TelemetryConfig, TelemetryPipeline
 from fleetward.telemetry.shared_scores import RedisScores
 
 
@@ -48,23 +52,38 @@ class RegistryReportingStatus:
             self.registry.status_changed(device_id, DeviceStatus.QUARANTINED, reason)
 
 
+def _shared_quotas(url: str, platform: Platform, config: TelemetryConfig) -> LeasedQuotas:
+    timeout = DEFAULT_TIMEOUT.total_seconds()
+    redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return LeasedQuotas(
+        RedisQuotaStore(redis, prefix=PREFIX),
+        platform.clock,
+        device=config.device_rate,
+        fleet=config.fleet_rate,
+    )
+
+
 class TelemetryLink:
     """Builds the pipeline for a platform; started and stopped by the app's lifespan."""
 
     def __init__(self, platform: Platform) -> None:
         self._status = StoreDeviceStatus(platform)
         self._reporting = RegistryReportingStatus(self._status)
-        redis_url = platform.settings.redis_url
-        # Replicas share a Redis: a device's refused frames add up across them (quarantine).
+        # Replicas share a Redis: a device's refused frames add up across them (quarantine),
+        # and a device or a fleet has one quota however its connections are spread.
+        url = platform.settings.redis_url
+        config = TelemetryConfig()
         self.pipeline = TelemetryPipeline.build(
             platform.engine,
             platform.clock,
             self._reporting,
-            shared_scores=(
-                RedisScores.from_url(redis_url.get_secret_value())
-                if redis_url is not None
+            config=config,
+            quotas=(
+                _shared_quotas(url.get_secret_value(), platform, config)
+                if url is not None
                 else None
             ),
+            shared_scores=RedisScores.from_url(url.get_secret_value()) if url is not None else None,
         )
         self.observer = PipelineObserver(self.pipeline)
 

@@ -32,6 +32,7 @@ from fleetward.telemetry.freshness import (
     DriftReport,
     FreshnessGuard,
 )
+from fleetward.telemetry.leasing import LEASE_SCOPE, Leasing
 from fleetward.telemetry.limits import DEFAULT_MAX_FRAME_BYTES, SizeLimit
 from fleetward.telemetry.metrics import MetricsSnapshot, TelemetryMetrics
 from fleetward.telemetry.ordering import DEFAULT_REMEMBERED, Seen, SequenceTracker
@@ -58,6 +59,7 @@ from fleetward.telemetry.quotas import (
     InProcessQuotas,
     Monotonic,
     QuotaGate,
+    QuotaVerdict,
     Rate,
 )
 from fleetward.telemetry.shared_scores import SharedScores
@@ -122,6 +124,8 @@ class TelemetryPipeline:
         self._freshness = stages.freshness
         self._ordering = stages.ordering
         self._quotas = stages.quotas
+        # A shared gate (replicas) may ask the frame to wait for its lease (leasing.py).
+        self._leasing = stages.quotas if isinstance(stages.quotas, Leasing) else None
         self._writer = stages.writer
         self._quarantine = stages.quarantine
         self._metrics = stages.metrics
@@ -143,7 +147,9 @@ class TelemetryPipeline:
         shared_scores: SharedScores | None = None,
     ) -> TelemetryPipeline:
         """``shared_scores`` (replicas, owned: closed by :meth:`stop`): quarantine scores
-        added up across replicas, on the wall ``clock`` they share."""
+        added up across replicas, on the wall ``clock`` they share. ``quotas``: the gate (a
+        :class:`~fleetward.telemetry.leasing.Leasing` one is owned too); by default
+        in-process buckets at the config's rates."""
         config = config or TelemetryConfig()
         metrics = TelemetryMetrics(SIGNAL_PATHS, monotonic=monotonic)
         writer = BatchWriter(
@@ -191,6 +197,8 @@ class TelemetryPipeline:
         """Write what was accepted so far (acks still pending are released), then stop."""
         await self._writer.stop()
         await self._quarantine.close()
+        if self._leasing is not None:
+            await self._leasing.close()
 
     def end_session(self, session_id: str) -> None:
         """The transport closed the session: drop its keys and counters for good."""
@@ -256,22 +264,32 @@ class TelemetryPipeline:
             return True
         return False
 
-    def _admit(self, session: DeviceSession) -> None:
-        """Spend one frame of the device's (and the fleet's) quota, or refuse the frame."""
+    def _admit(self, session: DeviceSession) -> bool:
+        """Spend one frame of the device's (and the fleet's) quota, or refuse the frame;
+        False: a shared gate has no lease for it yet (then await :meth:`_admit_leased`)."""
+        admission = self._quotas.admit(session)
+        if admission.admitted:
+            return True
+        if admission.scope == LEASE_SCOPE and self._leasing is not None:
+            return False
+        raise _quota_refusal(admission)
+
+    async def _admit_leased(self, session: DeviceSession) -> None:
+        """Wait for the lease the shared gate lacked, then ask once more (off the hot path:
+        a frame waits only when its device or fleet has no usable lease in this process)."""
+        if self._leasing is not None:
+            await self._leasing.lease(session)
         admission = self._quotas.admit(session)
         if not admission.admitted:
-            raise Rejected(
-                Status.QUOTA_EXCEEDED,
-                f"{admission.scope} quota",
-                retry_after_ms=admission.retry_after_ms,
-            )
+            raise _quota_refusal(admission)
 
     async def _accept(self, session: DeviceSession, frame: VerifiedFrame, now: datetime) -> Status:
         device_id, sequence = session.device_id, frame.sequence
         if await self._duplicate(device_id, sequence):
             return Status.DUPLICATE
         signals, values = checked_signals(frame.payload, session)
-        self._admit(session)
+        if not self._admit(session):
+            await self._admit_leased(session)
         write = self._writer.submit(
             TELEMETRY_TARGET,
             {
@@ -319,7 +337,8 @@ class TelemetryPipeline:
         except Rejected as rejection:
             verdict = rejection.status
         if verdict is Status.ACCEPTED:
-            self._admit(session)
+            if not self._admit(session):
+                await self._admit_leased(session)
         elif not self._quarantine.keeps_refused(session.device_id):
             # Answered as it would be unquarantined (a refusal spends no quota); not kept.
             raise Rejected(verdict, "quarantined device, beyond what is kept")
@@ -367,6 +386,12 @@ class TelemetryPipeline:
             if len(self._macs) >= self._max_live:
                 self.end_session(self._macs.oldest())
         return self._macs.get(session)
+
+
+def _quota_refusal(admission: QuotaVerdict) -> Rejected:
+    return Rejected(
+        Status.QUOTA_EXCEEDED, f"{admission.scope} quota", retry_after_ms=admission.retry_after_ms
+    )
 
 
 def _check_provenance(session: DeviceSession) -> None:

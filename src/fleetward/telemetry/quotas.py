@@ -7,7 +7,8 @@ a refusal tells the device when to try again. Quota refusals do not count toward
 quarantine: a store-and-forward backlog draining fast is not an attack.
 
 :class:`QuotaGate` is the seam; :class:`InProcessQuotas` holds the buckets in this process
-(one gateway process). A Redis implementation shares them across gateway processes.
+(one gateway process, the default). With replicas (``redis_url``),
+:class:`~fleetward.abuse.telemetry_leases.LeasedQuotas` shares them through Redis by lease.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ ADMITTED = QuotaVerdict(admitted=True)
 
 class QuotaGate(Protocol):
     """Implementations are safe to call from one event loop; ``admit`` either takes ``cost``
-    from both buckets or from neither, and never blocks: it runs for every frame, so a shared
+    from both buckets or from neither, and never blocks: it runs for every frame, so the shared
     (Redis) implementation leases tokens in batches in the background and admits from its
-    lease, rather than making a network round trip per message."""
+    lease, rather than making a network round trip per message (a frame that finds no lease
+    is answered ``PENDING`` and the pipeline awaits one: telemetry/leasing.py)."""
 
     def admit(self, session: DeviceSession, cost: int = 1) -> QuotaVerdict: ...
 
