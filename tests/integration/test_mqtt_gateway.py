@@ -13,7 +13,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,7 @@ from fleetward.core.surfaces import Surface
 from fleetward.devices.ca import DeviceCa
 from fleetward.devices.crl import CrlSigner, crl_pem
 from fleetward.devices.lifecycle import DeviceLifecycle
+from fleetward.devices.models import Device, DeviceIncident, DeviceStatus, IncidentKind
 from fleetward.devices.provisioning import Provisioning
 from fleetward.gateway.device_client import (
     DeviceCredentials,
@@ -580,6 +581,72 @@ async def test_a_new_session_ends_the_one_it_replaces(mqtt_rig: Rig) -> None:
     # The newest session is the device's: its frames are judged and answered.
     reply = open_reply(device.session_key, await device.request(mqtt_rig.frame(device, 1)))
     assert reply.status is Status.ACCEPTED
+
+
+async def test_a_copy_taking_over_a_quiet_mqtt_session_is_found_when_the_car_speaks(
+    mqtt_rig: Rig,
+) -> None:
+    # Threat: a copy of the device key, as on the WebSocket. Over MQTT both holders of the
+    # key share the device's topics: the copy's handshake superseded the parked car's session
+    # (quiet past the liveness window, within its idle timeout), and the car's next frame went
+    # to the copy's session, refused as a bad tag, with nothing recorded. Now the superseded
+    # session is watched until its idle deadline: a frame under its key shows its car alive.
+    credentials, tls = await mqtt_rig.enrol()
+    device_id = credentials.device_id
+    car = await mqtt_rig.session(credentials, tls)
+    reply = open_reply(car.session_key, await car.request(mqtt_rig.frame(car, 1)))
+    assert reply.status is Status.ACCEPTED
+    car_session, car_key = car.session_id, car.session_key
+    mqtt_rig.clock.advance(timedelta(seconds=31))  # parked: quiet past the liveness window
+    # The copy, on the device's topics (the same broker connection here: a second one with
+    # the device's client id would replace it at the broker).
+    await car.open_session(
+        credentials,
+        server_id=mqtt_rig.gateway.server_id,
+        software_version=SOFTWARE,
+        vehicle_config=CONFIG,
+        now=mqtt_rig.clock.now,
+    )
+    copy_session, copy_key = car.session_id, car.session_key
+    now_ms = int(mqtt_rig.clock.now().timestamp() * 1000)
+    copied = seal(copy_key, SPEED, counter=1, sequence=2, device_time_ms=now_ms)
+    # The newest session is judged as a car's back after a drop would be: nothing found.
+    assert open_reply(copy_key, await car.request(copied)).status is Status.ACCEPTED
+    async with mqtt_rig.platform.unit_of_work() as uow:
+        assert list(await uow.session.scalars(select(DeviceIncident))) == []
+    await car.send(seal(car_key, SPEED, counter=2, sequence=3, device_time_ms=now_ms))
+    incidents: list[DeviceIncident] = []
+    for _ in range(int(WAIT_S / 0.05)):
+        async with mqtt_rig.platform.unit_of_work() as uow:
+            incidents = list(await uow.session.scalars(select(DeviceIncident)))
+        if incidents:
+            break
+        await asyncio.sleep(0.05)
+    [incident] = incidents
+    assert (incident.device_id, incident.kind) == (device_id, IncidentKind.CONCURRENT_SESSION)
+    assert incident.details == {
+        "session": car_session,
+        "other_sessions": [copy_session],
+        "finding": "superseded-session-heard",
+    }
+    [detected] = await mqtt_rig.audit(EventName.DEVICE_CLONE_DETECTED)
+    assert detected.object_id == device_id
+    async with mqtt_rig.platform.unit_of_work() as uow:
+        device = await uow.session.get(Device, device_id)
+        assert device is not None and device.status is DeviceStatus.QUARANTINED
+    for _ in range(int(WAIT_S / 0.05)):  # the close is recorded after the worker ended
+        closes = await mqtt_rig.audit(EventName.DEVICE_SESSION_CLOSED)
+        if closes:
+            break
+        await asyncio.sleep(0.05)
+    assert [(c.details["session"], c.details["close"]) for c in closes] == [
+        (car_session, CloseCode.SUPERSEDED.phrase)
+    ]
+    # The frame that gave the car away was never judged; the copy's session goes on.
+    assert [row.sequence for row in await mqtt_rig.rows()] == [1, 2]
+    assert [s.session.session_id for s in mqtt_rig.gateway.registry.sessions(device_id)] == [
+        copy_session
+    ]
 
 
 async def test_a_device_cannot_take_over_another_clients_connection(mqtt_rig: Rig) -> None:

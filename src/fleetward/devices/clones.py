@@ -9,9 +9,18 @@ Two rules, both judged when a new session of a device is admitted:
   one, and the device was heard from on the old one within the liveness window.
 
 A session that has been silent for longer than the window is not evidence of a clone: it is
-presumed dead and superseded by the new one. The rules never look at anything the device
-says about itself. On a finding, the incident is recorded (``device_incidents`` and the audit
-log) and the device is quarantined, in the transaction that admits the session. Quarantine
+presumed dead and superseded by the new one. Presumed only: a parked car may stay quiet for
+up to its idle timeout (120 s). So the superseded session is kept open under watch until its
+idle deadline, and a message on it before then is a third finding, judged later:
+
+* superseded session heard: the superseded session's TCU was alive, so the new session was
+  opened by another holder of the key (recorded as a concurrent session, ``finding``
+  ``superseded-session-heard``; :meth:`CloneRules.superseded_heard`). That session is then
+  closed (4004: the newer one holds its place); the others go on as below.
+
+The rules never look at anything the device says about itself. On a finding, the incident is
+recorded (``device_incidents`` and the audit log) and the device is quarantined, in the
+transaction that admits the session (for the third, in its own transaction). Quarantine
 does not disconnect: the sessions go on, the pipeline sets their frames apart and keeps them
 for investigation, and neither copy is told. An operator then decides: resume (a false
 positive), or revoke and re-enrol (the key was copied). A device already quarantined gets
@@ -52,6 +61,8 @@ class Suspicion:
     kind: IncidentKind
     previous_peer: str | None
     other_sessions: tuple[str, ...]
+    # Which rule found it, when the kind alone does not say (recorded in the details).
+    finding: str | None = None
 
     @property
     def reason(self) -> str:
@@ -90,6 +101,20 @@ class CloneRules:
             return Suspicion(IncidentKind.PEER_CHANGED, last_peer, ())
         return None
 
+    @staticmethod
+    def superseded_heard(superseded_by: OtherSession) -> Suspicion:
+        """A session superseded as silent was heard from again, after ``superseded_by`` took
+        its place: two holders of the key were connected at once."""
+        return Suspicion(
+            IncidentKind.CONCURRENT_SESSION,
+            superseded_by.peer,
+            (superseded_by.session_id,),
+            SUPERSEDED_SESSION_HEARD,
+        )
+
+
+SUPERSEDED_SESSION_HEARD: Final = "superseded-session-heard"
+
 
 class CloneResponse:
     def __init__(self, ctx: ServiceContext) -> None:
@@ -107,6 +132,8 @@ class CloneResponse:
     ) -> DeviceIncident:
         other: list[JsonValue] = list(suspicion.other_sessions)
         details: dict[str, JsonValue] = {"session": session_id, "other_sessions": other}
+        if suspicion.finding is not None:
+            details["finding"] = suspicion.finding
         incident = DeviceIncident(
             id=new_id("din"),
             device_id=device.id,

@@ -68,7 +68,12 @@ class LiveSession:
     :meth:`send`, its wait behind the session's other sends included. A send that takes
     longer means the device does not read what it is sent (a WebSocket peer that stopped
     reading fills the server's buffers, and a write then waits for them to drain, for ever):
-    the session is closed (``SEND_TIMEOUT``) and the send reports False."""
+    the session is closed (``SEND_TIMEOUT``) and the send reports False.
+
+    ``superseded_by`` is set when a newer session of the device superseded this silent one
+    and the transport keeps it open under watch until its idle deadline: a message on it
+    before then means its TCU was alive, a copy of the key took it over (the transport hands
+    it to :meth:`Gateway.superseded_heard`, never to the pipeline)."""
 
     session: DeviceSession
     last_activity: datetime
@@ -79,6 +84,7 @@ class LiveSession:
     # change): each one cost an audited write; past a small budget the session ends.
     refused_results: int = 0
     send_timeout: float | None = None
+    superseded_by: OtherSession | None = None
     _sending: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     # Sends begun and not finished. A healthy WebSocket write finishes without yielding to
     # the event loop, so another task that sees one pending sees a session whose writes wait.
@@ -115,6 +121,12 @@ class LiveSession:
         finally:
             self._pending -= 1
         return True
+
+    @property
+    def idle_code(self) -> CloseCode:
+        """How the session ends when nothing arrived within the idle timeout: a superseded
+        one was not heard from again (its TCU was gone), an open one idled."""
+        return CloseCode.IDLE if self.superseded_by is None else CloseCode.SUPERSEDED
 
     def other(self) -> OtherSession:
         return OtherSession(self.session.session_id, self.session.peer, self.last_activity)
@@ -180,6 +192,9 @@ class SessionRegistry:
         # released elsewhere (the CLI, another replica) meanwhile is released by the active
         # admission of its next session here. Only devices ever quarantined: small.
         self._set_apart: set[str] = set()
+        # Sessions superseded while silent and kept open under watch (session id -> session):
+        # never commandable nor counted, but closed with their device (close_device).
+        self._watched: dict[str, LiveSession] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._failed_checks = 0
@@ -257,8 +272,17 @@ class SessionRegistry:
         self._ensure_watcher()
         return Claim(live, silent, handed_over)
 
+    def watch(self, old: LiveSession, by: LiveSession) -> None:
+        """``old``, taken out by a claim as silent, was superseded by ``by`` and stays open
+        under watch (see :attr:`LiveSession.superseded_by`) until it ends (:meth:`release`)."""
+        old.superseded_by = by.other()
+        if old.closed_with is None:
+            self._watched[old.session.session_id] = old
+
     def release(self, live: LiveSession) -> None:
         """Forget ``live`` (idempotent)."""
+        if self._watched.get(live.session.session_id) is live:
+            del self._watched[live.session.session_id]
         device_id = live.session.device_id
         sessions = self._by_device.get(device_id)
         if sessions is None or sessions.get(live.session.session_id) is not live:
@@ -325,13 +349,14 @@ class SessionRegistry:
             await self.close_device(device_id, code)
 
     async def close_device(self, device_id: str, code: CloseCode) -> int:
-        """Close every session of ``device_id``; returns how many were closed."""
+        """Close every session of ``device_id``, those under watch too; returns how many."""
         sessions = self.sessions(device_id)
-        for live in sessions:
+        watched = [w for w in self._watched.values() if w.session.device_id == device_id]
+        for live in sessions + watched:
             self.release(live)
-        for live in sessions:
+        for live in sessions + watched:
             await live.close(code)
-        return len(sessions)
+        return len(sessions) + len(watched)
 
     async def idle(self) -> None:
         """Wait until the watcher has stopped (no session is live)."""

@@ -5,8 +5,11 @@ Per connection: send CHALLENGE, read RESPONSE within the handshake timeout, veri
 4429 past its budget, before any store write), admit the device against the store, take a
 place in the session registry, judge the clone rules (a finding quarantines the device:
 recorded, flagged, the pipeline told; the sessions go on), record the session, send WELCOME;
-then hand each binary frame to the :class:`FrameHandler` and send its reply. Identity comes
-only from this handshake: nothing a frame says can change who the session belongs to.
+then hand each binary frame to the :class:`FrameHandler` and send its reply. A session the
+new one superseded as silent stays open under watch until its idle deadline: a message on it
+first is a clone finding (:meth:`Gateway.superseded_heard`, docs/vehicle-protocol.md 4.8).
+Identity comes only from this handshake: nothing a frame says can change who the session
+belongs to.
 
 Every refusal closes with a :class:`CloseCode` and is audited with its precise reason. No
 exception escapes to the server (whose log would carry its text): an unexpected one closes the
@@ -57,6 +60,7 @@ from fleetward.devices.clones import (
     Suspicion,
 )
 from fleetward.devices.errors import TransitionRefused
+from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.churn import HandshakeRate
 from fleetward.gateway.command_port import RESULT_FIRST_BYTE, CommandPort, NoCommands
@@ -462,8 +466,53 @@ class Gateway:
                 raise
         if suspicion is not None:
             self.registry.status_changed(device.id, DeviceStatus.QUARANTINED, suspicion.reason)
-        await _close_replaced(claim)
+        await self._supersede(claim, live)
         return live
+
+    async def _supersede(self, claim: Claim, new: LiveSession) -> None:
+        """The admitted ``new`` session takes the place of the claim's others: those of a
+        rotated-away certificate are closed (4005); the silent ones stay open under watch
+        until their idle deadline (``LiveSession.superseded_by``), then are closed (4004),
+        unless heard from first (:meth:`superseded_heard`). A car whose link dropped never
+        speaks on its old connection again; a live one that was only quiet does."""
+        for old in claim.silent:
+            self.registry.watch(old, new)
+        for old in claim.handed_over:
+            await old.close(CloseCode.ROTATED)
+
+    async def superseded_heard(self, live: LiveSession) -> None:
+        """A message arrived on ``live`` after a newer session superseded it as silent: its
+        TCU was alive, so another holder of the key opened the newer one. Recorded through the
+        clone response (incident, ``device:clone:detected``, quarantine where the clone
+        policy quarantines: an active device), then ``live`` is closed (4004); the message is
+        never judged. Every transport calls this; a record that cannot be written is logged
+        and the session is closed all the same."""
+        superseded_by = live.superseded_by
+        if superseded_by is None:
+            raise ValueError("only a superseded session is heard from again")
+        session = live.session
+        suspicion = CloneRules.superseded_heard(superseded_by)
+        try:
+            async with self.platform.services() as (uow, ctx):
+                device = await DeviceLifecycle(ctx).get(session.device_id)
+                await CloneResponse(ctx).quarantine(
+                    device,
+                    suspicion,
+                    peer=session.peer,
+                    certificate_serial=session.certificate_serial,
+                    session_id=session.session_id,
+                    tenant_id=session.tenant_id,
+                )
+                status = device.status
+                await uow.commit()
+        except Exception as exc:
+            logger.error("gateway.clone_not_recorded", error=type(exc).__name__)
+        else:
+            if status is DeviceStatus.QUARANTINED:
+                # The sessions that go on (the newer one) have their frames set apart.
+                self.registry.status_changed(session.device_id, status, suspicion.reason)
+        finally:
+            await live.close(CloseCode.SUPERSEDED)
 
     @staticmethod
     async def _record_in_handshake(
@@ -650,9 +699,14 @@ class Gateway:
                 async with asyncio.timeout(config.idle_timeout.total_seconds()):
                     message = await websocket.receive()
             except TimeoutError:
-                await live.close(CloseCode.IDLE)
+                await live.close(live.idle_code)
                 return
             if message["type"] == "websocket.disconnect" or live.closed_with is not None:
+                if live.superseded_by is not None:
+                    await live.close(CloseCode.SUPERSEDED)  # recorded as what ended it
+                return
+            if live.superseded_by is not None:
+                await self.superseded_heard(live)
                 return
             frame = message.get("bytes")
             if not isinstance(frame, bytes):

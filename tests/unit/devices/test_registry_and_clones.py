@@ -158,6 +158,35 @@ async def test_a_silent_session_is_superseded(
     await registry.idle()
 
 
+async def test_a_superseded_session_under_watch_is_closed_with_its_device(
+    registry: SessionRegistry, clock: FrozenClock
+) -> None:
+    # A silent session superseded is kept open under watch (its TCU may be a parked car that
+    # speaks again): out of the registry's count and commands, but a revocation must still
+    # reach it, or a revoked device's connection would stay open until its idle deadline.
+    first, first_closed = _live(clock, "ses_1")
+    registry.claim(first, status=ACTIVE)
+    clock.advance(WINDOW + timedelta(seconds=1))
+    second, second_closed = _live(clock, "ses_2")
+    claim = registry.claim(second, status=ACTIVE)
+    registry.watch(claim.silent[0], second)
+    assert first.superseded_by == second.other() and first.idle_code is CloseCode.SUPERSEDED
+    assert second.idle_code is CloseCode.IDLE
+    assert registry.sessions("dev_a") == [second]
+    assert await registry.close_device("dev_a", CloseCode.REVOKED) == 2
+    assert first_closed.codes == [CloseCode.REVOKED] and second_closed.codes == [CloseCode.REVOKED]
+    # Once ended (released), a watched session is forgotten.
+    third, third_closed = _live(clock, "ses_3")
+    registry.claim(third, status=ACTIVE)
+    clock.advance(WINDOW + timedelta(seconds=1))
+    fourth, _ = _live(clock, "ses_4")
+    registry.watch(registry.claim(fourth, status=ACTIVE).silent[0], fourth)
+    registry.release(third)
+    assert await registry.close_device("dev_a", CloseCode.REVOKED) == 1
+    assert third_closed.codes == []
+    await registry.idle()
+
+
 async def test_rotation_hands_over_instead_of_conflicting(
     registry: SessionRegistry, clock: FrozenClock
 ) -> None:

@@ -52,6 +52,8 @@ class MqttGateway:
         self.peer = f"mqtt:{config.host}"
         self._handshakes = MqttHandshakes(gateway, self._publish, self.peer)
         self._sessions: dict[str, MqttSession] = {}
+        # Per device, the session its newest one superseded as silent, while under watch.
+        self._watched: dict[str, MqttSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -70,7 +72,7 @@ class MqttGateway:
 
     async def stop(self) -> None:
         """End every session (devices are told 1011: retry), then disconnect."""
-        for session in list(self._sessions.values()):
+        for session in [*self._sessions.values(), *self._watched.values()]:
             if session.live is not None:
                 await session.live.close(CloseCode.INTERNAL)
         await self._handshakes.stop()
@@ -138,7 +140,14 @@ class MqttGateway:
         self.received[(device_id, channel)] += 1
         if channel is Channel.TELEMETRY:
             # Telemetry frames and command results (first byte 0x03), in the order the device
-            # published them: the session's worker tells them apart, as on a WebSocket.
+            # published them: the session's worker tells them apart, as on a WebSocket. A
+            # frame under the key of the session the newest one superseded is that session's
+            # (its TCU is alive: the gateway's clone response), never the newest's.
+            watched = self._watched.get(device_id)
+            if watched is not None and watched.sealed_by(payload):
+                if not watched.offer(payload):
+                    self.dropped_frames += 1
+                return
             session = self._sessions.get(device_id)
             if session is None or not session.offer(payload):
                 self.dropped_frames += 1
@@ -176,7 +185,15 @@ class MqttGateway:
         previous = self._sessions.get(device_id)
         self._sessions[device_id] = session
         self._spawn(self._serve(session))
-        if previous is not None and previous.live is not None:
+        replaced = previous.live if previous is not None else None
+        if previous is not None and replaced is not None and replaced.superseded_by is not None:
+            # Superseded as silent: kept under watch until its idle deadline (one per device;
+            # an earlier one under watch is closed), told nothing until then.
+            earlier = self._watched.get(device_id)
+            self._watched[device_id] = previous
+            if earlier is not None and earlier.live is not None:
+                await earlier.live.close(CloseCode.SUPERSEDED)
+        elif previous is not None and previous.live is not None:
             # Only a device's newest session is reachable here (its topics are routed to it):
             # the one it replaces would linger, unreachable, until its idle timeout, and one
             # broker connection could hold any number of sessions.
@@ -189,6 +206,8 @@ class MqttGateway:
         finally:
             if self._sessions.get(session.device_id) is session:
                 del self._sessions[session.device_id]
+            if self._watched.get(session.device_id) is session:
+                del self._watched[session.device_id]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)

@@ -29,6 +29,8 @@ from fleetward.gateway.mqtt.topics import Channel, device_topic
 from fleetward.gateway.registry import LiveSession
 from fleetward.gateway.websocket import Gateway
 from fleetward.observability.logging import get_logger
+from fleetward.telemetry.envelope import SessionMacs
+from fleetward.telemetry.errors import Rejected
 
 logger = get_logger(__name__)
 
@@ -71,6 +73,7 @@ class MqttSession:
         self._results = 0  # results queued
         self._ending = False  # the end marker is queued (at most once)
         self.live: LiveSession | None = None
+        self._macs: SessionMacs | None = None
 
     @property
     def session_id(self) -> str:
@@ -113,6 +116,19 @@ class MqttSession:
         self._queue.put_nowait(frame)
         return True
 
+    def sealed_by(self, frame: bytes) -> bool:
+        """Whether ``frame`` is a telemetry frame whose tag verifies under this session's key
+        (over MQTT a device's sessions share its topics: this tells whose frame it is)."""
+        if self.live is None:
+            return False
+        if self._macs is None:
+            self._macs = SessionMacs(self.live.session.session_key)
+        try:
+            self._macs.open(frame)
+        except Rejected:
+            return False
+        return True
+
     def end_by_device(self) -> None:
         """A BYE: the device ends the session (recorded as closed by the device)."""
         self._end()
@@ -134,9 +150,14 @@ class MqttSession:
                     async with asyncio.timeout(config.idle_timeout.total_seconds()):
                         item = await self._queue.get()
                 except TimeoutError:
-                    await live.close(CloseCode.IDLE)
+                    await live.close(live.idle_code)
                     return
                 if isinstance(item, _Stop) or live.closed_with is not None:
+                    return
+                if live.superseded_by is not None:
+                    # Only a frame under this session's own key is queued here once it was
+                    # superseded (MqttGateway routes it): its TCU is alive.
+                    await gateway.superseded_heard(live)
                     return
                 result = item[:1] == _RESULT_PREFIX
                 if result:
