@@ -54,6 +54,7 @@ from fleetward.identity.acr import Acr
 from fleetward.platform import Platform
 from fleetward.settings import Settings
 from fleetward.store.busy import StoreBusy
+from support.command_push import CommandBeforeReply, signed_command
 from support.factories import FACTORY
 from support.gateway import CONFIG, FAST, SOFTWARE, Server, serving
 
@@ -107,6 +108,23 @@ async def test_valid_handshake_opens_a_session_whose_identity_comes_from_it(
     assert server.handler.statuses == []  # an active device: nothing to report
     assert server.gateway.registry.sessions(credentials.device_id) == []
     assert (await server.device(credentials.device_id)).last_peer == "127.0.0.1"
+
+
+async def test_a_command_pushed_while_a_frame_awaits_its_reply_is_kept_for_receive(
+    server: Server,
+) -> None:
+    # The platform delivers a job whenever it has one, also between a frame and its reply.
+    # request() returned the next message whatever it was: the COMMAND came back as the
+    # frame's reply, and the reply later from receive() as if it were a command.
+    credentials = await server.enrol()
+    connection = await server.open(credentials)
+    command = signed_command(credentials.vehicle_id, server.clock.now())
+    gateway = server.gateway
+    gateway.handler = CommandBeforeReply(gateway.handler, gateway.registry, command)
+    assert await connection.request(b"frame-1") == b"ack:frame-1"
+    assert await connection.request(b"frame-2") == b"ack:frame-2"
+    # Both commands wait for receive, in the order they came.
+    assert [await connection.receive(), await connection.receive()] == [command, command]
 
 
 async def test_each_session_gets_a_fresh_key(server: Server) -> None:

@@ -58,6 +58,7 @@ from fleetward.telemetry.envelope import open_reply, seal
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import TelemetryMessage
 from fleetward.vehicles.models import Vehicle
+from support.command_push import CommandBeforeReply, signed_command
 from support.factories import FACTORY
 from support.mosquitto import HOST, Broker, puback_reason, start_broker, tls_probe
 from support.serve import served
@@ -495,6 +496,29 @@ async def test_the_pipeline_refuses_over_mqtt_as_over_websocket(
     refused = open_reply(device.session_key, await device.request(make(mqtt_rig, device)))
     assert refused.status is status
     assert [row.sequence for row in await mqtt_rig.rows()] == [1]  # nothing else stored
+
+
+async def test_a_command_pushed_while_a_frame_awaits_its_reply_is_kept_for_receive(
+    mqtt_rig: Rig,
+) -> None:
+    # The platform delivers a job whenever it has one, also between a telemetry frame and its
+    # reply. request() returned the next message whatever it was: the COMMAND came back as
+    # the frame's reply, and the reply later from receive() as if it were a command.
+    credentials, tls = await mqtt_rig.enrol()
+    device = await mqtt_rig.session(credentials, tls)
+    command = signed_command(credentials.vehicle_id, mqtt_rig.clock.now())
+    gateway = mqtt_rig.gateway
+    gateway.handler = CommandBeforeReply(gateway.handler, gateway.registry, command)
+    async with asyncio.timeout(WAIT_S):
+        first = open_reply(device.session_key, await device.request(mqtt_rig.frame(device, 1)))
+        second = open_reply(device.session_key, await device.request(mqtt_rig.frame(device, 2)))
+        # Both commands wait for receive, in the order they came.
+        assert [await device.receive(), await device.receive()] == [command, command]
+    assert [(r.status, r.counter) for r in (first, second)] == [
+        (Status.ACCEPTED, 1),
+        (Status.ACCEPTED, 2),
+    ]
+    assert [row.sequence for row in await mqtt_rig.rows()] == [1, 2]
 
 
 # --------------------------------------------------------------------------- revocation

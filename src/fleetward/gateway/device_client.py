@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fleetward.devices.models import KeyAlgorithm
 from fleetward.devices.names import device_subject, expected_names
+from fleetward.gateway.device_inbox import DeviceInbox
 from fleetward.gateway.handshake import (
     NONCE_BYTES,
     Challenge,
@@ -258,14 +259,27 @@ class DeviceConnection:
         self.welcome = welcome
         self.session_id = welcome.session_id
         self.session_key = keys.session_key
+        self._inbox = DeviceInbox()
 
     async def send(self, frame: bytes) -> None:
+        """A telemetry frame, or a command RESULT (which gets no reply)."""
         try:
             await self._websocket.send(frame)
         except ConnectionClosed as closed:
             raise _session_closed(closed) from None
 
     async def receive(self) -> bytes:
+        """The next reply or COMMAND frame, in arrival order (those a :meth:`request` passed
+        over first); SessionClosed once the session ended."""
+        return await self._inbox.next(self._arrive)
+
+    async def request(self, frame: bytes) -> bytes:
+        """Send a telemetry frame and return its reply; a COMMAND (or a reply to an earlier
+        frame) arriving meanwhile is kept for :meth:`receive`."""
+        await self.send(frame)
+        return await self._inbox.reply_to(frame, self.session_key, self._arrive)
+
+    async def _arrive(self) -> bytes:
         try:
             message = await self._websocket.recv()
         except ConnectionClosed as closed:
@@ -273,10 +287,6 @@ class DeviceConnection:
         if isinstance(message, str):
             raise SessionClosed(None, "unexpected text frame")
         return message
-
-    async def request(self, frame: bytes) -> bytes:
-        await self.send(frame)
-        return await self.receive()
 
     async def wait_closed(self) -> int | None:
         """Wait for the server to end the session; its close code."""

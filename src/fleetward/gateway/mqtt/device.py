@@ -9,8 +9,10 @@ on ``replies``; a CLOSED naming its session ends it.
 
 Commands: COMMAND frames (first byte 0x02) arrive on the device's ``commands`` topic and are
 returned by :meth:`MqttDeviceConnection.receive` together with the replies, in arrival order,
-as a WebSocket's ``receive`` returns both; the device answers with a RESULT frame (0x03) sent
-like a frame (:meth:`MqttDeviceConnection.send`, on ``telemetry``), which gets no reply.
+as a WebSocket's ``receive`` returns both (a command arriving while
+:meth:`MqttDeviceConnection.request` awaits its reply is kept for ``receive``); the device
+answers with a RESULT frame (0x03) sent like a frame (:meth:`MqttDeviceConnection.send`, on
+``telemetry``), which gets no reply.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fleetward.gateway.device_client import (
     HandshakeRefused,
     SessionClosed,
 )
+from fleetward.gateway.device_inbox import DeviceInbox
 from fleetward.gateway.handshake import MessageType, Welcome
 from fleetward.gateway.mqtt import control
 from fleetward.gateway.mqtt.control import Closed, ControlType
@@ -84,6 +87,8 @@ class MqttDeviceConnection:
         # What the session receives (replies and commands, in arrival order), then the
         # session's end (its CLOSED, or the broker connection lost).
         self._inbound: asyncio.Queue[bytes | SessionClosed] = asyncio.Queue()
+        # What a request passed over (commands, replies to earlier frames), for receive.
+        self._inbox = DeviceInbox()
         # Messages on any topic other than this device's own downward ones: the broker's ACL
         # delivers none (tests assert it stays empty). Never handed to the session.
         self.unexpected: asyncio.Queue[bytes] = asyncio.Queue()
@@ -116,7 +121,8 @@ class MqttDeviceConnection:
             vehicle_config=vehicle_config,
         )
         up = device_topic(self.device_id, Channel.SESSION_UP)
-        self._inbound = asyncio.Queue()  # nothing of an earlier session reaches this one
+        # Nothing of an earlier session reaches this one.
+        self._inbound, self._inbox = asyncio.Queue(), DeviceInbox()
         await self.publish(up, control.HELLO)
         challenge = await self._handshake_message(MessageType.CHALLENGE)
         await self.publish(up, handshake.respond(challenge, now()))
@@ -135,15 +141,19 @@ class MqttDeviceConnection:
         await self.publish(device_topic(self.device_id, Channel.TELEMETRY), frame)
 
     async def request(self, frame: bytes) -> bytes:
-        """Send a frame and wait for its reply; SessionClosed when the gateway ends the
-        session first."""
+        """Send a telemetry frame and wait for its reply; a COMMAND (or a reply to an earlier
+        frame) arriving meanwhile is kept for :meth:`receive`. SessionClosed when the gateway
+        ends the session first."""
         await self.send(frame)
-        return await self.receive()
+        return await self._inbox.reply_to(frame, self.session_key, self._arrive)
 
     async def receive(self) -> bytes:
-        """The next reply or COMMAND frame, in arrival order; SessionClosed once the session
-        ended (a CLOSED naming it, or the broker connection lost). Safe to cancel: nothing
-        is lost."""
+        """The next reply or COMMAND frame, in arrival order (those a :meth:`request` passed
+        over first); SessionClosed once the session ended (a CLOSED naming it, or the broker
+        connection lost). Safe to cancel: nothing is lost."""
+        return await self._inbox.next(self._arrive)
+
+    async def _arrive(self) -> bytes:
         item = await self._inbound.get()
         if isinstance(item, SessionClosed):
             self._inbound.put_nowait(item)  # every later receive fails the same way
