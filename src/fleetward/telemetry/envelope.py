@@ -10,7 +10,9 @@ canonicalisation to get wrong on either side. Replies are fixed 62-byte frames t
 way under ``REPLY_LABEL``; the two labels keep a reply from ever verifying as a frame.
 
 Nothing in a frame is interpreted before its tag verified, except the version byte (so a
-device speaking another version is told so) and the length. This module also holds the
+device speaking another version is told so) and the length. An authentic frame's counter is
+consumed (stage 3) before its other header fields are judged (:func:`check_header`): a replay
+of an authentic but malformed frame is refused as a replay. This module also holds the
 device-side reference (:func:`seal`, :func:`open_reply`) used by the simulator and the tests.
 """
 
@@ -48,7 +50,8 @@ MAX_SEQUENCE = 2**63 - 1
 
 
 class VerifiedFrame(NamedTuple):
-    """A frame whose tag verified under the session key: its fields are the device's own.
+    """A frame whose tag verified under the session key: its fields are the device's own,
+    and its counter is not 0. Its flags and sequence are judged by :func:`check_header`.
 
     (A named tuple: built once per frame on the hot path, where a frozen dataclass costs a
     microsecond more.)"""
@@ -56,8 +59,12 @@ class VerifiedFrame(NamedTuple):
     counter: int
     sequence: int
     device_time_ms: int
-    store_and_forward: bool
+    flags: int
     payload: bytes
+
+    @property
+    def store_and_forward(self) -> bool:
+        return bool(self.flags & FLAG_STORE_AND_FORWARD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,9 @@ class SessionMacs:
         return key is self.key or hmac.compare_digest(self.key, key)
 
     def open(self, frame: bytes) -> VerifiedFrame:
-        """Verify ``frame`` and return its fields, or reject it."""
+        """Verify ``frame`` and return its fields, or reject it. A counter of 0 is refused
+        here (it can never be fresh: there is nothing to consume); the other header fields
+        are judged by :func:`check_header`, once the counter is consumed."""
         if len(frame) < MIN_FRAME_BYTES:
             raise Rejected(Status.MALFORMED_FRAME, "shorter than the smallest frame")
         if frame[0] != VERSION:
@@ -119,18 +128,10 @@ class SessionMacs:
         if not hmac.compare_digest(self._frame.tag(view[:-TAG_BYTES]), view[-TAG_BYTES:]):
             raise Rejected(Status.BAD_MAC, "tag does not verify")
         _version, flags, counter, sequence, device_time_ms = HEADER.unpack_from(frame)
-        if flags & ~_KNOWN_FLAGS:
-            raise Rejected(Status.MALFORMED_FRAME, "unknown flags")
         if counter == 0:
             raise Rejected(Status.MALFORMED_FRAME, "counter 0")
-        if not 1 <= sequence <= MAX_SEQUENCE:
-            raise Rejected(Status.MALFORMED_FRAME, "sequence out of range")
         return VerifiedFrame(
-            counter,
-            sequence,
-            device_time_ms,
-            bool(flags & FLAG_STORE_AND_FORWARD),
-            frame[HEADER.size : -TAG_BYTES],
+            counter, sequence, device_time_ms, flags, frame[HEADER.size : -TAG_BYTES]
         )
 
     def reply(
@@ -144,6 +145,14 @@ class SessionMacs:
     ) -> bytes:
         body = REPLY.pack(VERSION, status, counter, sequence, server_time_ms, retry_after_ms)
         return body + self._reply.tag(body)
+
+
+def check_header(frame: VerifiedFrame) -> None:
+    """Refuse an authentic frame whose flags or sequence the format does not allow."""
+    if frame.flags & ~_KNOWN_FLAGS:
+        raise Rejected(Status.MALFORMED_FRAME, "unknown flags")
+    if not 1 <= frame.sequence <= MAX_SEQUENCE:
+        raise Rejected(Status.MALFORMED_FRAME, "sequence out of range")
 
 
 class MacCache:

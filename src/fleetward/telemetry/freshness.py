@@ -1,8 +1,10 @@
 """Stage 3: freshness. The counter rises strictly within a session; the device's timestamp is
 judged against the server's clock, which alone decides validity.
 
-* counter: each authentic frame consumes its counter, even if a later stage refuses it, so
-  a frame can never be played twice in a session (replay) and a counter can never be reused
+* counter: each authentic frame consumes its counter before anything else in it is judged,
+  its other header fields included (:func:`~fleetward.telemetry.envelope.check_header`, run
+  here for that reason), so a frame can never be played twice in a session (a replay is
+  refused as one, whatever else is wrong with the frame) and a counter can never be reused
   for different content. Gaps are allowed (a lost frame must not wedge the session).
 * live message: ``|device time - server time| <= skew``, else ``clock-drift``. A TCU that
   held a message longer than the skew sends it flagged store-and-forward.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fleetward.gateway.session import DeviceSession
-from fleetward.telemetry.envelope import VerifiedFrame
+from fleetward.telemetry.envelope import VerifiedFrame, check_header
 from fleetward.telemetry.errors import Rejected, Status
 
 DEFAULT_SKEW = timedelta(seconds=30)
@@ -61,10 +63,13 @@ class FreshnessGuard:
         self._last_counter: dict[str, int] = {}
 
     def check(self, session: DeviceSession, frame: VerifiedFrame, now_ms: int) -> None:
+        """Spend the frame's counter (or refuse it: a replay, a counter reused), then judge
+        its other header fields, then its time."""
         last = self._last_counter.get(session.session_id, 0)
         if frame.counter <= last:
             raise Rejected(Status.STALE_COUNTER, "counter not above the last one seen")
         self._last_counter[session.session_id] = frame.counter
+        check_header(frame)
 
         drift = frame.device_time_ms - now_ms
         if drift > self._skew_ms or (not frame.store_and_forward and drift < -self._skew_ms):

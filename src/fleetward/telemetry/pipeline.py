@@ -1,7 +1,8 @@
 """The ingest pipeline: every frame from a device session passes the stages in order and gets
 exactly one reply, an ack only after its durable write.
 
-    size -> envelope (tag) -> freshness (counter, time) -> duplicates -> schema -> quotas
+    size -> envelope (tag) -> freshness (counter, header fields, time) -> duplicates
+         -> schema -> quotas
          -> persist (batched) -> ack
 
 Identity comes only from the :class:`DeviceSession`; the payload can name no one else and
@@ -235,11 +236,13 @@ class TelemetryPipeline:
         except Rejected as rejection:
             self._metrics.refused(rejection.status, session.device_id)
             await self._quarantine.record(session.device_id, rejection.status)
-            # Fields of a frame whose tag did not verify are never echoed.
+            # Fields of a frame whose tag did not verify, or whose header is malformed, are
+            # never echoed.
+            echoed = verified if rejection.status is not Status.MALFORMED_FRAME else None
             return macs.reply(
                 rejection.status,
-                counter=verified.counter if verified else 0,
-                sequence=verified.sequence if verified else 0,
+                counter=echoed.counter if echoed else 0,
+                sequence=echoed.sequence if echoed else 0,
                 server_time_ms=now_ms,
                 retry_after_ms=rejection.retry_after_ms,
             )

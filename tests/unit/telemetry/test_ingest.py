@@ -178,6 +178,51 @@ async def test_counter_is_consumed_by_an_authentic_refused_frame(rig: Rig) -> No
     assert await rig.stored() == []
 
 
+# Authentic frames whose header the format does not allow (the tag verified).
+MALFORMED_HEADERS: list[tuple[str, dict[str, int]]] = [
+    ("unknown-flags", {"flags": 0x02}),
+    ("sequence-zero", {"sequence": 0}),
+    ("sequence-beyond-int64", {"sequence": 2**63}),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "fields"), MALFORMED_HEADERS, ids=[c[0] for c in MALFORMED_HEADERS]
+)
+async def test_an_authentic_malformed_frame_consumes_its_counter(
+    rig: Rig, case: str, fields: dict[str, int]
+) -> None:
+    # Threat: a relay (a broker, a proxy) replays an authentic frame the platform refused as
+    # malformed. Its counter was judged after its header, so it stayed unspent: every replay
+    # was answered malformed-frame as the original was (never stale-counter, as a replay
+    # is), and the counter stayed free for other content.
+    dev = rig.device()
+    frame = dev.frame(counter=3, **fields)
+    refused = await rig.send(dev, frame)
+    # A malformed header is never echoed.
+    assert (refused.status, refused.counter, refused.sequence) == (Status.MALFORMED_FRAME, 0, 0)
+
+    replayed = await rig.send(dev, frame)
+    assert (replayed.status, replayed.counter) == (Status.STALE_COUNTER, 3)
+    reused = await rig.send(dev, dev.frame(counter=3))
+    assert reused.status is Status.STALE_COUNTER
+    assert await rig.stored() == []
+    await rig.accept(dev, dev.frame(counter=4))
+
+
+async def test_a_frame_with_counter_zero_has_no_counter_to_consume(rig: Rig) -> None:
+    # Counter 0 is never fresh, so it spends nothing: its replays are answered as it was (a
+    # replay adds nothing the device could not send itself), and the session's next counter
+    # is still free.
+    dev = rig.device()
+    frame = dev.frame(counter=0)
+    for _ in range(2):
+        reply = await rig.send(dev, frame)
+        assert (reply.status, reply.counter, reply.sequence) == (Status.MALFORMED_FRAME, 0, 0)
+    await rig.accept(dev, dev.frame(counter=1))
+    assert [row.sequence for row in await rig.stored()] == [2]
+
+
 async def test_counters_are_per_session(rig: Rig) -> None:
     dev = rig.device()
     await rig.accept(dev, dev.frame())
