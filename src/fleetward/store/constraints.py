@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from sqlalchemy import Column, Index, UniqueConstraint
-from sqlalchemy.sql.elements import KeyedColumnElement
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import KeyedColumnElement
 
 _SQLITE_UNIQUE: Final = "UNIQUE constraint failed: "
 
