@@ -22,16 +22,23 @@ A range is given up (deleted) only when no transaction can still fill it:
 
 The snapshot (its xmin) is read before the records in the ranges are, so a range deleted in
 a batch had every record it will ever hold visible to that batch.
+
+The detection evaluator follows the log by seq too and holds its ranges in its cursor row
+(detection/cursor.py): :class:`Gap`, :func:`fill` and :func:`settle` are the same ranges and
+the same rule for ranges held in memory.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Integer,
     Row,
     Select,
@@ -108,10 +115,7 @@ async def late_records(
             break
         found.extend(
             await session.execute(
-                unsealed.where(
-                    or_(*(AuditRecord.seq.between(low, high) for low, high in ranges)),
-                    AuditRecord.seq < below,
-                )
+                unsealed.where(within(ranges), AuditRecord.seq < below)
                 .order_by(AuditRecord.seq)
                 .limit(limit - len(found))
             )
@@ -120,6 +124,12 @@ async def late_records(
             break
         after = ranges[-1].low
     return found
+
+
+def within(ranges: Iterable[tuple[int, int]]) -> ColumnElement[bool]:
+    """Records whose seq is in one of ``ranges`` (inclusive): one index range scan each. Ask
+    for at most ``RANGES_PAGE`` ranges at a time."""
+    return or_(*(AuditRecord.seq.between(low, high) for low, high in ranges))
 
 
 async def oldest_running(session: AsyncSession) -> tuple[int, int] | None:
@@ -159,3 +169,66 @@ async def live(session: AsyncSession) -> list[tuple[int, int]]:
         select(AuditSealGap.low, AuditSealGap.high).order_by(AuditSealGap.low)
     )
     return [(low, high) for low, high in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A noted range held in memory: seqs ``low``..``high`` (inclusive) had no committed
+    record when the reader passed them at ``seen_at``; ``xid_bound`` as in the table."""
+
+    low: int
+    high: int
+    seen_at: datetime
+    xid_bound: int | None = None
+
+
+def opened(ranges: Iterable[tuple[int, int]], now: datetime) -> list[Gap]:
+    return [Gap(low, high, now) for low, high in ranges]
+
+
+def covers(held: Sequence[Gap], seq: int) -> bool:
+    """Whether ``seq`` is in one of ``held`` (sorted by ``low``, disjoint)."""
+    at = bisect_right(held, seq, key=lambda gap: gap.low) - 1
+    return at >= 0 and seq <= held[at].high
+
+
+def fill(held: Sequence[Gap], seqs: Iterable[int]) -> list[Gap]:
+    """``held`` (sorted, disjoint) without ``seqs``: a range is split around each seq found
+    in it (what is left of it keeps its age and bound)."""
+    found = sorted(set(seqs))
+    kept: list[Gap] = []
+    at = 0
+    for gap in held:
+        low = gap.low
+        while at < len(found) and found[at] < gap.low:
+            at += 1
+        while at < len(found) and found[at] <= gap.high:
+            if found[at] > low:
+                kept.append(replace(gap, low=low, high=found[at] - 1))
+            low = found[at] + 1
+            at += 1
+        if low <= gap.high:
+            kept.append(replace(gap, low=low))
+    return kept
+
+
+def settle(
+    held: Sequence[Gap],
+    snapshot: tuple[int, int] | None,
+    *,
+    now: datetime,
+    grace: timedelta,
+) -> list[Gap]:
+    """The ranges of ``held`` some transaction may still fill, by :func:`retire`'s rule (the
+    snapshot read before the ranges' records were, all of them)."""
+    due = now - grace
+    if snapshot is None:
+        return [gap for gap in held if gap.seen_at > due]
+    xmin, xmax = snapshot
+    kept: list[Gap] = []
+    for gap in held:
+        if gap.xid_bound is None:
+            kept.append(replace(gap, xid_bound=xmax) if gap.seen_at <= due else gap)
+        elif gap.xid_bound > xmin:
+            kept.append(gap)
+    return kept

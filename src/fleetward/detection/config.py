@@ -141,8 +141,9 @@ class EvaluatorConfig:
     batch_size: int = 500
     # Evidence ids kept per alert (the first ones and the newest ones).
     evidence_cap: int = 50
-    # A seq skipped by a batch (a transaction still open on PostgreSQL) is looked for again
-    # until this long after it was first missed; a rolled-back insert leaves a gap for good.
+    # A seq range skipped by a batch is looked in on every step; past this grace it is
+    # given up once no transaction can fill it (PostgreSQL: every transaction older than
+    # its xid bound ended; SQLite: writers are serialized, nothing is in flight). audit/gaps.py.
     gap_grace: timedelta = 5 * MINUTE
     # At start, rules are warmed with at most this many events before the cursor.
     warmup_events: int = 100_000

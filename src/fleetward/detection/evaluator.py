@@ -1,9 +1,10 @@
 """The evaluator: follows the audit log by ``seq`` and feeds every rule, one batch per step.
 
-A step is one transaction: lock the cursor, read the next events (and any late ones that
-filled an earlier gap), let the rules observe them, apply their findings to alerts, move the
-cursor. Alerts and cursor commit together, so a crash or restart replays nothing that was
-applied and skips nothing that was not.
+A step is one transaction: lock the cursor, read the next events (and any late ones found in
+the seq ranges it moved past empty: detection/cursor.py, audit/gaps.py), let the rules
+observe them, apply their findings to alerts, move the cursor. Alerts and cursor commit
+together, so a crash or restart replays nothing that was applied and skips nothing that was
+not.
 
 Replicas take turns: the step's transaction locks the cursor row on PostgreSQL (``SELECT ...
 FOR UPDATE``) and begins holding the store's write lock on SQLite (``BEGIN IMMEDIATE``: SQLite
@@ -25,12 +26,12 @@ investigation, not alerts (a freshly seeded store would otherwise alert on its o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetward.audit import gaps
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import AuditRecorder
 from fleetward.core.clock import Clock
@@ -81,10 +82,10 @@ class Evaluator:
         self._make_rules = rules
         self._config = config
         self._rules: Sequence[Rule] = ()
-        # The cursor position the rules' memory corresponds to (its seq, and the seqs below
+        # The cursor position the rules' memory corresponds to (its seq, and the ranges below
         # it still pending then, which the rules have not seen); None: rebuild before use.
         self._warm_at: int | None = None
-        self._warm_pending: frozenset[int] = frozenset()
+        self._warm_pending: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def rules(self) -> Sequence[Rule]:
@@ -133,68 +134,44 @@ class Evaluator:
             return 0
         if not self._warm_for(position):
             await self._warm(session, position, self._warm_at)
-        records = list(
-            await session.scalars(
-                select(AuditRecord)
-                .where(AuditRecord.seq > position.seq)
-                .order_by(AuditRecord.seq)
-                .limit(self._config.batch_size)
-            )
-        )
-        late: list[AuditRecord] = []
-        if position.pending:
-            late = list(
+        limit = self._config.batch_size
+        snapshot = await gaps.oldest_running(session)  # before the ranges' records are read
+        late = await _in_ranges(session, [(g.low, g.high) for g in position.pending], limit)
+        pending = gaps.fill(position.pending, (r.seq for r in late))
+        records: list[AuditRecord] = []
+        if len(late) < limit:  # every record the ranges hold was read: some may go
+            pending = gaps.settle(pending, snapshot, now=now, grace=self._config.gap_grace)
+            records = list(
                 await session.scalars(
                     select(AuditRecord)
-                    .where(AuditRecord.seq.in_(list(position.pending)))
+                    .where(AuditRecord.seq > position.seq)
                     .order_by(AuditRecord.seq)
+                    .limit(limit - len(late))
                 )
             )
+            records = _within_bound(position.seq, records, room=cursor.PENDING_MAX - len(pending))
+        pending.extend(gaps.opened(gaps.missing(position.seq, (r.seq for r in records)), now))
+        new = cursor.Position(records[-1].seq if records else position.seq, tuple(pending))
         if not records and not late:
-            moved = self._expire(position, now)
-            if moved.pending != position.pending:  # gaps given up: never seen, never to be
-                stored = await cursor.move(session, position, moved, now)
-                self._warm_pending = frozenset(stored.pending)
+            if new.pending != position.pending:  # ranges bound or given up: nothing to evaluate
+                await cursor.move(session, position, new, now)
+                self._warm_pending = new.ranges
             return 0
         events = [Observed.of(r) for r in (*late, *records)]
         findings = evaluate(self._rules, events)
         await raising.apply(session, self._audit, findings, evidence_cap=self._config.evidence_cap)
-        new = self._advance(position, late, records, now)
-        stored = await cursor.move(session, position, new, now)
+        await cursor.move(session, position, new, now)
         await session.flush()
-        self._warm_at, self._warm_pending = stored.seq, frozenset(stored.pending)
+        self._warm_at, self._warm_pending = new.seq, new.ranges
         if findings:
             _log.info("detection findings", events=len(events), findings=len(findings))
         return len(events)
-
-    def _advance(
-        self,
-        position: cursor.Position,
-        late: Sequence[AuditRecord],
-        records: Sequence[AuditRecord],
-        now: datetime,
-    ) -> cursor.Position:
-        pending = dict(position.pending)
-        for record in late:
-            pending.pop(record.seq, None)
-        expected = position.seq + 1
-        for record in records:
-            for missing in range(expected, record.seq):
-                pending[missing] = now
-            expected = record.seq + 1
-        top = records[-1].seq if records else position.seq
-        return self._expire(cursor.Position(top, pending), now)
-
-    def _expire(self, position: cursor.Position, now: datetime) -> cursor.Position:
-        horizon = now - self._config.gap_grace
-        kept = {seq: at for seq, at in position.pending.items() if at >= horizon}
-        return cursor.Position(position.seq, kept)
 
     def _warm_for(self, position: cursor.Position) -> bool:
         """Whether the rules have seen what the cursor says was evaluated: the same seq, and
         the same gaps still pending (another replica may have evaluated a late commit that
         filled one without moving the seq)."""
-        return self._warm_at == position.seq and self._warm_pending == position.pending.keys()
+        return self._warm_at == position.seq and self._warm_pending == position.ranges
 
     async def _warm(
         self, session: AsyncSession, position: cursor.Position, warm_at: int | None
@@ -206,13 +183,13 @@ class Evaluator:
         floor = max(0, position.seq - self._config.warmup_events)
         if warm_at is not None and floor <= warm_at <= position.seq:
             rules, after = self._rules, warm_at
-            # Late commits evaluated since (no longer pending, below what the rules saw).
-            filled = [seq for seq in self._warm_pending - position.pending.keys() if seq <= after]
-            if filled:
-                late = await session.scalars(
-                    select(AuditRecord).where(AuditRecord.seq.in_(filled)).order_by(AuditRecord.seq)
-                )
-                evaluate(rules, [Observed.of(r) for r in late])
+            # Late commits evaluated since: in the ranges pending then (all below what the
+            # rules saw), no longer pending now.
+            was = sorted(self._warm_pending - position.ranges)
+            late = await _in_ranges(session, was, limit=None)
+            evaluate(
+                rules, [Observed.of(r) for r in late if not gaps.covers(position.pending, r.seq)]
+            )
         else:
             rules, after = self._make_rules(), floor
         while True:
@@ -228,7 +205,39 @@ class Evaluator:
                 break
             after = page[-1].seq
             # Records still pending were never evaluated: they will be, once, when found.
-            events = [Observed.of(r) for r in page if r.seq not in position.pending]
+            events = [Observed.of(r) for r in page if not gaps.covers(position.pending, r.seq)]
             evaluate(rules, events)
         self._rules, self._warm_at = rules, position.seq
-        self._warm_pending = frozenset(position.pending)
+        self._warm_pending = position.ranges
+
+
+async def _in_ranges(
+    session: AsyncSession, ranges: Sequence[tuple[int, int]], limit: int | None
+) -> list[AuditRecord]:
+    """Up to ``limit`` (None: all) records in ``ranges`` (sorted, disjoint), in seq order,
+    asked for ``RANGES_PAGE`` ranges at a time."""
+    found: list[AuditRecord] = []
+    for start in range(0, len(ranges), gaps.RANGES_PAGE):
+        query = select(AuditRecord).where(gaps.within(ranges[start : start + gaps.RANGES_PAGE]))
+        if limit is not None:
+            query = query.limit(limit - len(found))
+        found.extend(await session.scalars(query.order_by(AuditRecord.seq)))
+        if limit is not None and len(found) >= limit:
+            break
+    return found
+
+
+def _within_bound(after: int, records: list[AuditRecord], room: int) -> list[AuditRecord]:
+    """The first of ``records`` (seqs above ``after``, ascending) that open at most ``room``
+    new ranges: the cursor never moves past a range it could not hold, it waits for some
+    to be filled or given up (and says so)."""
+    ranges = gaps.missing(after, (r.seq for r in records))
+    if len(ranges) <= room:
+        return records
+    stop = ranges[max(room, 0)][0]  # the first range it cannot hold
+    _log.warning(
+        "detection waits: too many missing seq ranges pending",
+        limit=cursor.PENDING_MAX,
+        before_seq=stop,
+    )
+    return [r for r in records if r.seq < stop]
