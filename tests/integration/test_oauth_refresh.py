@@ -197,3 +197,22 @@ async def test_expired_refresh_token_is_refused(world: OAuthWorld) -> None:
     assert (await refresh(world, CONSOLE, first["refresh_token"])).json()[
         "error"
     ] == "invalid_grant"
+
+
+async def test_a_refresh_that_would_mint_no_scope_spends_nothing(world: OAuthWorld) -> None:
+    # A scope of blanks names no scope: it passes as a "subset" of the grant's scopes, yet no
+    # token could carry it. Refused before the refresh token is spent, or the client is left
+    # with a spent token and no new one (and its next refresh revokes the family as reuse).
+    first = await code_flow(world, "erin", CONSOLE, scope=READ)
+    data = {
+        "grant_type": "refresh_token",
+        "refresh_token": first["refresh_token"],
+        "scope": " ",
+        **world.auth(CONSOLE),
+    }
+    refused = await world.token(data)
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_scope")
+    assert (await _row(world, first["refresh_token"])).used_at is None
+    again = await refresh(world, CONSOLE, first["refresh_token"])
+    assert again.status_code == 200, again.text
+    await world.claims(again.json()["access_token"], Surface.FLEET)

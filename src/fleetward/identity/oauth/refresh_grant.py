@@ -5,7 +5,8 @@ client presenting it gets ``invalid_grant`` and nothing rotates) and that a narr
 a subset (judged only after the token's state, so reuse is detected whatever scope is asked
 for). Added here: every use rotates (the old token is spent by a conditional UPDATE, so
 of two concurrent refreshes exactly one wins); presenting a spent token, or losing that race,
-revokes the whole family; revoked and expired tokens are refused; a public client's token
+revokes the whole family; revoked and expired tokens are refused, and so is a request that
+would mint no scope (before anything is spent); a public client's token
 only works with a DPoP proof of the key it is bound to; and the person must still hold the
 membership the grant was made in.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from authlib.oauth2.rfc6749.errors import InvalidGrantError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidScopeError
 from authlib.oauth2.rfc6749.grants import RefreshTokenGrant
 from sqlalchemy import select, update
 
@@ -70,6 +71,13 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]  # authlib is untyp
         if row.expires_at <= self.exchange.now:
             raise InvalidGrantError(description="The refresh token expired.")
         self._validate_token_scope(record)
+        # What the minter will put in the token (the requested scope, else the grant's, that
+        # the client still holds) must not be nothing: found out there, after the token was
+        # spent, the refusal would leave the client with no refresh token at all. A scope of
+        # blanks passes Authlib's subset check while naming nothing.
+        requested = set((self.request.payload.scope or row.scope).split())
+        if requested.isdisjoint(client.scopes):
+            raise InvalidScopeError()
         self.request.refresh_token = record
         check_same_surface(self.request.payload.datalist.get("resource", []), Surface(row.surface))
         require_dpop_binding(self.exchange, self.request.client, row.dpop_jkt)
