@@ -216,3 +216,32 @@ async def test_a_refresh_that_would_mint_no_scope_spends_nothing(world: OAuthWor
     again = await refresh(world, CONSOLE, first["refresh_token"])
     assert again.status_code == 200, again.text
     await world.claims(again.json()["access_token"], Surface.FLEET)
+
+
+async def test_a_refused_dpop_proof_at_the_token_endpoint_is_audited(world: OAuthWorld) -> None:
+    # A replayed proof is what a thief holding a captured request looks like: it is refused
+    # before the grant is looked at, and that refusal is recorded like every other one at the
+    # token endpoint (the proof's own reason in the details, never the proof or the token).
+    key = ECKey.generate_key("P-256")
+    first = await code_flow(world, "alice", MOBILE, scope=READ, dpop_key=key)
+    proof = world.dpop(key)
+    data = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+    good = await world.token({**data, "client_id": MOBILE}, {"DPoP": proof})
+    assert good.status_code == 200, good.text
+    stolen = {**data, "refresh_token": good.json()["refresh_token"], "client_id": MOBILE}
+    replayed = await world.token(stolen, {"DPoP": proof})
+    assert replayed.json()["error"] == "invalid_dpop_proof"
+    async with world.platform.unit_of_work() as uow:
+        events = list(
+            await uow.session.scalars(
+                select(AuditRecord).where(AuditRecord.name == "oauth:token:refused")
+            )
+        )
+    assert [(e.object_id, e.reason) for e in events] == [(MOBILE, "invalid_dpop_proof")]
+    details = events[0].details
+    assert details["dpop"] == "replayed"
+    assert details["grant_type"] == "refresh_token"
+    text = repr(details)
+    assert proof not in text and stolen["refresh_token"] not in text
+    # Nothing else changed: the presented refresh token is still unspent.
+    assert (await _row(world, stolen["refresh_token"])).used_at is None

@@ -3,8 +3,9 @@
 Each reads and checks the form first (size, media type, no repeated parameters), verifies a
 DPoP proof if one is sent (token endpoint), pre-validates a presented access token
 (revocation, introspection), then hands the request to Authlib (see :mod:`.running`).
-Refusals at the token endpoint are audited with the client id and the OAuth error code;
-the request's secrets never are.
+Refusals at the token endpoint are audited with the client id and the OAuth error code (a
+DPoP proof refused before Authlib runs too, with the proof's reason); the request's secrets
+never are.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import Response
 
 from fleetward.audit.events import Decision, EventName
 from fleetward.audit.recorder import Actor, Target
+from fleetward.core.errors import JsonValue
 from fleetward.identity.oauth.clients import valid_client_id
 from fleetward.identity.oauth.exchange import AuditNote, Exchange
 from fleetward.identity.oauth.http import (
@@ -82,17 +84,35 @@ async def _run(
     return to_starlette(response)
 
 
-def _refusal(oauth_request: FleetwardRequest, error: str) -> AuditNote:
+def _refusal(oauth_request: FleetwardRequest, error: str, *, dpop: str | None = None) -> AuditNote:
     claimed: Any = oauth_request.payload.data.get("client_id")
     client_id = claimed if valid_client_id(claimed) else "unidentified"
+    details: dict[str, JsonValue] = {
+        "grant_type": str(oauth_request.payload.data.get("grant_type", ""))[:64]
+    }
+    if dpop is not None:
+        details["dpop"] = dpop  # the proof's stable refusal reason
     return AuditNote(
         EventName.OAUTH_TOKEN_REFUSED,
         actor=Actor.system("oauth-token-endpoint"),
         target=Target("oauth_client", client_id),
         decision=Decision.DENIED,
         reason=error,
-        details={"grant_type": str(oauth_request.payload.data.get("grant_type", ""))[:64]},
+        details=details,
     )
+
+
+async def _dpop_refused(
+    platform: Platform, oauth_request: FleetwardRequest, description: str, reason: str
+) -> Response:
+    """A proof refused before Authlib runs is a token endpoint refusal too (a replayed proof
+    is what a captured request looks like): audited, with the proof's stable reason only."""
+    exchange = new_exchange(platform)
+    exchange.note(_refusal(oauth_request, "invalid_dpop_proof", dpop=reason))
+    async with platform.services() as (uow, ctx):
+        await settle(platform, ctx, exchange)
+        await uow.commit()
+    return json_error("invalid_dpop_proof", description)
 
 
 async def token(platform: Platform, request: Request) -> Response:
@@ -102,7 +122,9 @@ async def token(platform: Platform, request: Request) -> Response:
     exchange = new_exchange(platform)
     proofs = request.headers.getlist("dpop")
     if len(proofs) > 1:
-        return json_error("invalid_dpop_proof", "Send at most one DPoP proof.")
+        return await _dpop_refused(
+            platform, oauth_request, "Send at most one DPoP proof.", "several-proofs"
+        )
     if proofs:
         try:
             exchange.dpop_jkt = await platform.identity.dpop.verify(
@@ -112,8 +134,10 @@ async def token(platform: Platform, request: Request) -> Response:
                 access_token=None,
                 expected_jkt=None,
             )
-        except InvalidDpopProof:
-            return json_error("invalid_dpop_proof", "The DPoP proof is not valid.")
+        except InvalidDpopProof as invalid:
+            return await _dpop_refused(
+                platform, oauth_request, "The DPoP proof is not valid.", invalid.reason or "invalid"
+            )
     return await _run(
         platform,
         exchange,
