@@ -15,6 +15,7 @@ from joserfc.jwk import ECKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fleetward.audit.models import AuditRecord
 from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr, Amr
@@ -497,6 +498,30 @@ async def test_consent_post_is_csrf_protected(world: OAuthWorld) -> None:
         )
         assert response.status_code == 403, response.text
         assert "location" not in response.headers
+
+
+async def test_a_forged_consent_decision_is_audited(world: OAuthWorld) -> None:
+    # A consent decision the server refuses as forged is a security decision like a denied
+    # consent: it leaves an oauth:consent:denied event (reason request-forgery), and nothing else.
+    erin = await login(world, "erin")
+    page = await authorize(world, erin, authorization_params(CONSOLE, Pkce.generate(), scope=READ))
+    from unit.identity.oauth.kit import consent_fields
+
+    request_string = consent_fields(page)["request"]
+    data = {"request": request_string, "csrf_token": "1.forged", "decision": "approve"}
+    response = await world.http.post("/oauth/authorize", data=data, headers=erin)
+    assert response.status_code == 403, response.text
+    async with world.platform.unit_of_work() as uow:
+        events = list(
+            await uow.session.scalars(
+                select(AuditRecord).where(AuditRecord.name.like("oauth:consent:%"))
+            )
+        )
+        consents = list(await uow.session.scalars(select(ConsentGrant)))
+    refused = [(e.name, e.object_id, e.reason) for e in events]
+    assert refused == [("oauth:consent:denied", CONSOLE, "request-forgery")]
+    assert events[0].actor_id == world.users["erin"].id
+    assert consents == []
 
 
 LOGIN_REDIRECTS = [

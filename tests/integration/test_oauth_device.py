@@ -162,6 +162,28 @@ async def test_forged_device_decision_is_refused(world: OAuthWorld) -> None:
     assert (await _poll(world, started["device_code"])).json()["error"] == "authorization_pending"
 
 
+async def test_a_forged_device_decision_is_audited(world: OAuthWorld) -> None:
+    # Approving someone's device by a forged post is what device-flow phishing tries: the
+    # refusal is recorded against the person and the device request, with its reason.
+    started = await _start(world)
+    cookie = await login(world, "alice")
+    body = {"user_code": str(started["user_code"]), "csrf_token": "1.forged", "decision": "approve"}
+    response = await world.http.post(
+        "/oauth/device", content=urlencode(body), headers={**cookie, **FORM}
+    )
+    assert response.status_code == 403
+    async with world.platform.unit_of_work() as uow:
+        events = list(
+            await uow.session.scalars(
+                select(AuditRecord).where(AuditRecord.name == EventName.OAUTH_DEVICE_DENIED)
+            )
+        )
+        row = await uow.session.scalar(select(DeviceAuthorization))
+    assert row is not None and row.status is DeviceAuthorizationStatus.PENDING
+    assert [(e.object_id, e.reason) for e in events] == [(row.id, "request-forgery")]
+    assert events[0].actor_id == world.users["alice"].id
+
+
 def _draws(monkeypatch: pytest.MonkeyPatch, *codes: str) -> None:
     """Authlib's user code generator, answering ``codes`` in turn (the last one forever)."""
     answers = iter(codes)

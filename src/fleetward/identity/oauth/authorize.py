@@ -7,7 +7,8 @@ Order of checks, each failing closed:
    URI is trusted are shown as a page; after, they go back to the client (RFC 6749 4.1.2.1).
 2. A login session strong and fresh enough (``acr_values``, the surface's floor,
    ``max_age``), else a redirect to the login page, which comes back here when done.
-3. On POST, the CSRF token: bound to this login session and this exact request.
+3. On POST, the CSRF token: bound to this login session and this exact request (a refused
+   one is audited as a denied consent, reason ``request-forgery``).
 4. The tenant: exactly one active membership of the kind the surface needs, else
    ``access_denied``.
 5. Consent: remembered consent covering every requested scope skips the screen; otherwise
@@ -117,6 +118,7 @@ class AuthorizationStep:
             binding=binding,
             now=self.exchange.now,
         ):
+            self._note_denied(login, client, "request-forgery")
             return message_page(_TITLE, "request_forgery", status=403)
         if facts.surface is None:
             raise RuntimeError("the grant did not resolve a surface")

@@ -6,8 +6,10 @@ an unknown code and someone else's used code answer the same. Every lookup is co
 against the signed-in person and their network before it runs, and given back when the code
 was a pending one (RFC 8628 section 5.1: wrong codes are guesses; the counters and their
 blocks are the login throttle's, ``identity.login.limits``). The POST carries a CSRF token
-bound to the login session and to that one device request. Approving records who approved,
-in which tenant, and the login's acr/amr/auth_time, which the polling client's tokens carry.
+bound to the login session and to that one device request; a refused one is audited
+(``oauth:device:denied``, reason ``request-forgery``) and changes nothing. Approving records
+who approved, in which tenant, and the login's acr/amr/auth_time, which the polling client's
+tokens carry.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ class DevicePage:
             binding=row.id,
             now=self.exchange.now,
         ):
+            self._note(
+                EventName.OAUTH_DEVICE_DENIED,
+                row,
+                login.user_id,
+                Decision.DENIED,
+                reason="request-forgery",
+            )
             return message_page(_TITLE, "request_forgery", status=403)
         client = load_client(self.exchange.session, row.client_id)
         tenant = (
@@ -174,7 +183,13 @@ class DevicePage:
         )
 
     def _note(
-        self, name: EventName, row: DeviceAuthorization, user_id: str, decision: Decision
+        self,
+        name: EventName,
+        row: DeviceAuthorization,
+        user_id: str,
+        decision: Decision,
+        *,
+        reason: str | None = None,
     ) -> None:
         self.exchange.note(
             AuditNote(
@@ -182,6 +197,7 @@ class DevicePage:
                 actor=Actor.user(user_id, row.tenant_id),
                 target=Target("device_authorization", row.id, row.tenant_id),
                 decision=decision,
+                reason=reason,
                 details={"client_id": row.client_id},
             )
         )
