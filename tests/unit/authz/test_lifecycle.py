@@ -205,6 +205,38 @@ async def test_a_technician_rehired_does_not_get_an_old_case_back(world: World) 
     assert (await world.ask("grace", diagnostics, "ALICE-1")).allowed
 
 
+async def test_a_support_agent_rehired_does_not_get_an_old_case_back(world: World) -> None:
+    # The same for a support agent: a case assigned in an ended membership (left open when
+    # the agent left the team) stays ended when the operator takes them on again; it would
+    # otherwise reopen a customer's account and cars to someone no longer on the case.
+    ops = world.tenants["fleetward-ops"]
+    directory = Directory(world.ctx)
+    sara = await directory.create_user("sara", "Sara", ops, password_hash=None, actor=SEEDER)
+    now = world.clock.now()
+    await directory.grant_membership(
+        sara, ops, Role.SUPPORT_AGENT, valid_until=now + timedelta(days=30), actor=SEEDER
+    )
+    world.users["sara"] = sara
+    await CaseService(world.ctx).open_support_case(
+        sara, world.users["alice"], "cannot pair the app", actor=SEEDER
+    )
+    asked = {"tenant_slug": "fleetward-ops"}
+    questions = (
+        (Permission.SUPPORT_READ_ACCOUNT, "account:alice"),
+        (Permission.SUPPORT_READ_VEHICLE, "ALICE-1"),
+        (STATUS, "ALICE-1"),
+    )
+    for permission, target in questions:
+        assert (await world.ask("sara", permission, target, **asked)).allowed, permission
+    world.clock.advance(timedelta(days=60))
+    await directory.grant_membership(sara, ops, Role.SUPPORT_AGENT, actor=SEEDER)
+    for permission, target in questions:
+        decision = await world.ask("sara", permission, target, **asked)
+        assert (decision.allowed, decision.reason) == (False, Reason.UNASSIGNED), permission
+    # heidi, on her case since her one membership began, keeps it.
+    assert (await world.ask("heidi", Permission.SUPPORT_READ_ACCOUNT, "account:alice")).allowed
+
+
 async def test_support_case_closure(world: World) -> None:
     assert (await world.ask("heidi", Permission.SUPPORT_READ_ACCOUNT, "account:alice")).allowed
     await CaseService(world.ctx).close_support_case(world.support_cases["heidi"], actor=SEEDER)

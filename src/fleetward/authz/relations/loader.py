@@ -330,6 +330,7 @@ class Loader:
                 SupportCase.subject_user_id,
                 SupportCase.vehicle_id,
                 SupportCase.status,
+                SupportCase.opened_at,
             ).where(
                 SupportCase.agent_user_id == p.ref.id,
                 or_(
@@ -338,21 +339,25 @@ class Loader:
                 ),
             ),
         )
+        # A case is assigned to its agent when it is opened: one opened before the agent's
+        # current, unbroken hold of the role was theirs under an ended membership.
+        since = p.tenure_start(Role.SUPPORT_AGENT, self.now)
         mine: set[str] = set()
         by_vehicle: dict[str, set[str]] = {}
         by_account: dict[str, set[str]] = {}
         lapsed: dict[str, Reason] = {}
-        for case_id, subject, vid, status in rows:
+        for case_id, subject, vid, status, opened_at in rows:
             # A case covers its account, and its vehicle if it names one, else every vehicle
             # the account owns now; a named vehicle only while the account owns it (a sale
             # ends the case's reach to the buyer's car, as it ends the seller's own).
             now_owned = owned.get(subject, [])
             covered = now_owned if vid is None else [v for v in now_owned if v == vid]
             covered = [v for v in covered if v in self.vehicles]
-            if status is not CaseStatus.OPEN:
-                lapsed.update(dict.fromkeys(covered, Reason.CASE_CLOSED))
+            if status is not CaseStatus.OPEN or opened_at < since:
+                why = Reason.CASE_CLOSED if status is not CaseStatus.OPEN else Reason.UNASSIGNED
+                lapsed.update(dict.fromkeys(covered, why))
                 if subject in accounts:
-                    self._note(ResourceKind.ACCOUNT, subject, Reason.CASE_CLOSED)
+                    self._note(ResourceKind.ACCOUNT, subject, why)
                 continue
             mine.add(case_id)
             for v in covered:
