@@ -24,16 +24,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from fleetward.api.auth import Caller, StepUp, authenticate
+from fleetward.api.authorize import ObjectNotFound, authorize
 from fleetward.api.routing import CataloguedRoute
 from fleetward.audit.events import Decision, EventName
 from fleetward.audit.recorder import Actor, Target
-from fleetward.authz.decision import (
-    AuthzRequest,
-    ResourceKind,
-    ResourceRef,
-    audit_decision,
-)
-from fleetward.authz.entities import SessionRelations
+from fleetward.authz.decision import ResourceKind, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import (
     AUTHENTICATED,
@@ -364,19 +359,14 @@ async def replace_tcu(
 ) -> ReplacementView:
     platform = _platform(request)
     async with platform.services() as (uow, ctx):
-        authz = AuthzRequest.from_claims(
-            caller.claims,
-            Surface.DEALER,
-            Permission.DEALER_MANAGE_CASE,
-            ResourceRef(ResourceKind.DEALER_CASE, case_id),
-            now=ctx.clock.now(),
-        )
-        # The platform's one policy, validated at start-up, reading this transaction.
-        decision = await platform.pdp.bind(SessionRelations(ctx.session)).decide(authz)
-        audit_decision(platform.audit, ctx.session, authz, decision)
-        if not decision.allowed:
-            await uow.commit()  # the denial's record
-            raise CaseNotFound("no such case")
+        # The route helper, as every route: fails closed, refuses an allow carrying an
+        # obligation (none is applied here), answers a decision cut off by its deadline with
+        # a retryable 503, and keeps a denial's record through the refusal's rollback.
+        case_ref = ResourceRef(ResourceKind.DEALER_CASE, case_id)
+        try:
+            await authorize(request, caller, Permission.DEALER_MANAGE_CASE, case_ref, ctx=ctx)
+        except ObjectNotFound:
+            raise CaseNotFound("no such case") from None
         case = await ctx.session.get(DealerCase, case_id)
         technician = await ctx.session.get(User, caller.claims.sub)
         if case is None or technician is None:  # the PDP saw both a moment ago

@@ -24,6 +24,8 @@ from fleetward.api import devices as devices_api
 from fleetward.app import build_app
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
+from fleetward.authz.decision import Obligation
+from fleetward.authz.entities import Relations, SessionRelations
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import AUTHENTICATED
 from fleetward.catalog.inventory import inventory
@@ -38,6 +40,7 @@ from fleetward.identity.models import Role, TenantKind, User
 from fleetward.platform import Platform
 from fleetward.vehicles.cases import CaseService
 from fleetward.vehicles.models import DealerCase
+from support.api import obliged
 from support.factories import FACTORY, WorldFactory
 from support.http import client_for
 from unit.devices.kit import DeviceWorld, build_device_world
@@ -414,6 +417,44 @@ async def test_tcu_replacement_without_an_open_case_is_refused(api: Api) -> None
     )
     assert response.status_code == 404
     assert await api.status(old) is DeviceStatus.ACTIVE
+
+
+async def test_tcu_replacement_refuses_an_allow_carrying_an_obligation(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The route asked the PDP itself and acted on any allow: a policy attaching an obligation
+    # to dealer-case-manage (which nothing here applies) would still have revoked the car's
+    # TCU (fail open). It asks through the route helper now, which refuses such an allow.
+    old = await api.device()
+    obliged(monkeypatch, Obligation.MINIMISE_FIELDS)
+    response = await api.http.post(
+        f"/dealer/v1/cases/{api.world.case.id}/tcu-replacement", json={}, headers=api.technician()
+    )
+    assert response.status_code == 404, response.text
+    assert response.json()["type"] == "urn:fleetward:problem:case-not-found"
+    assert await api.status(old) is DeviceStatus.ACTIVE
+    assert await api.events(EventName.DEVICE_TCU_REPLACED.value) == []
+
+
+async def test_tcu_replacement_cut_off_by_the_pdp_deadline_is_store_busy(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A decision the PDP could not make in time says nothing about the case: the technician
+    # is told to retry (503), not that their case does not exist, and nothing is recorded
+    # from a transaction whose read was cut off.
+    old = await api.device()
+
+    async def cut_off(*_args: object) -> Relations:
+        raise TimeoutError  # what the PDP's deadline raises inside the relations' read
+
+    monkeypatch.setattr(SessionRelations, "relations", cut_off)
+    response = await api.http.post(
+        f"/dealer/v1/cases/{api.world.case.id}/tcu-replacement", json={}, headers=api.technician()
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["type"] == "urn:fleetward:problem:store-busy"
+    assert await api.status(old) is DeviceStatus.ACTIVE
+    assert await api.events("authz:decision:made") == []
 
 
 async def test_refused_enrolment_is_audited_and_changes_nothing(api: Api) -> None:
