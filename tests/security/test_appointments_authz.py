@@ -20,7 +20,9 @@ from fleetward.core.clock import FrozenClock
 from fleetward.core.surfaces import Surface
 from fleetward.identity.acr import Acr
 from fleetward.identity.directory import Directory
-from fleetward.identity.models import Role, TenantKind
+from fleetward.identity.models import Role, TenantKind, User
+from fleetward.vehicles.appointments import OPEN_STATUSES, AppointmentService
+from fleetward.vehicles.models import Vehicle
 from fleetward.vehicles.ownership import OwnershipService
 from fleetward.vehicles.records import AppointmentStatus, ServiceAppointment
 from support.api import PARTNER_APP, Api
@@ -254,6 +256,46 @@ async def test_the_sellers_open_bookings_end_with_the_sale(api: Api) -> None:
     assert late.status_code == 409
     listed = (await api.get("grace", D, "/appointments")).json()["items"]
     assert {i["status"] for i in listed} == {"cancelled"}
+
+
+# PostgreSQL only: on SQLite (one writer) the sale cannot commit while the booking's
+# transaction holds the write lock (it waits, and the request is a 503 store-busy).
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_booking_racing_the_sale_does_not_survive_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The seller books; the sale completes (another transaction) after the booking was
+    # authorized and before it was written, so the sale's cancellation of the seller's open
+    # bookings did not see it. It would stand on the buyer's car, booked in the seller's
+    # name ("collect from my home address"), for the dealer to confirm, and nobody who may
+    # act on the car could see or cancel it. The booking is asked again under the
+    # ownership's lock once written: refused like any booking the caller may not make.
+    book = AppointmentService.book
+
+    async def sold_meanwhile(service: AppointmentService, *args: Any, **kwargs: Any) -> Any:
+        async with api.platform.services() as (uow, ctx):
+            vehicle = await ctx.session.get(Vehicle, api.vehicle_id("ALICE-1"))
+            seller = await ctx.session.get(User, api.world.users["alice"].id)
+            buyer = await ctx.session.get(User, api.world.users["mallory"].id)
+            assert vehicle is not None and seller is not None and buyer is not None
+            await OwnershipService(ctx).transfer(vehicle, seller, buyer, actor=Actor.system("t"))
+            await uow.commit()
+        return await book(service, *args, **kwargs)
+
+    monkeypatch.setattr(AppointmentService, "book", sold_meanwhile)
+    response = await api.post(
+        "alice", M, _base(api, "ALICE-1"), _body(api, note="collect from my home address")
+    )
+    assert response.status_code == 404, response.text
+    async with api.platform.services() as (_, ctx):
+        standing = await ctx.session.scalars(
+            select(ServiceAppointment.id).where(
+                ServiceAppointment.vehicle_id == api.vehicle_id("ALICE-1"),
+                ServiceAppointment.status.in_(OPEN_STATUSES),
+            )
+        )
+        assert list(standing) == []
+    assert (await api.get("grace", D, "/appointments")).json()["items"] == []
 
 
 async def test_cancel(api: Api) -> None:

@@ -44,6 +44,7 @@ from fleetward.services import ServiceContext
 from fleetward.vehicles.appointments import MAX_NOTE, AppointmentService
 from fleetward.vehicles.history import history_since
 from fleetward.vehicles.models import Vehicle
+from fleetward.vehicles.ownership import OwnershipService
 from fleetward.vehicles.records import ServiceAppointment
 
 OWNER: Final = "vehicles-team"
@@ -170,6 +171,12 @@ def _vehicle_routes(surface: Surface) -> APIRouter:
                 booked_by=caller.claims.sub,
                 actor=_actor(caller),
             )
+            # Asked again once written, under the ownership's lock: a sale that completed
+            # after the first decision cancelled the seller's open bookings without seeing
+            # this one, which would stand on the buyer's car in the seller's name; a sale
+            # that commits later waits for this booking, and then cancels it.
+            await OwnershipService(ctx).locked(vehicle)
+            await _vehicle(request, caller, vehicle_id, ctx)
             await uow.commit()
         return _view(appointment, caller)
 

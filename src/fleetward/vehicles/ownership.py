@@ -175,6 +175,13 @@ class OwnershipService:
         open_row = await self._open(vehicle, lock=True)
         return open_row is not None and open_row.owner_user_id == owner.id
 
+    async def locked(self, vehicle: Vehicle) -> Ownership | None:
+        """The vehicle's open ownership (None: no owner), its row locked as by
+        :meth:`held_by`. For a write made on a decision about the vehicle by someone other
+        than its owner as well (a driver's or a fleet's booking): asked again after this, the
+        decision sees a sale that committed before, and a sale that commits later waits."""
+        return await self._open(vehicle, lock=True)
+
     async def _open(self, vehicle: Vehicle, *, lock: bool = False) -> Ownership | None:
         query = select(Ownership).where(
             Ownership.vehicle_id == vehicle.id, Ownership.valid_until.is_(None)
