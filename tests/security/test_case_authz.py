@@ -191,6 +191,31 @@ async def test_policy_table(api: Api) -> None:
     assert not changed
 
 
+async def test_an_agent_walking_vehicle_ids_under_their_case_is_on_the_record(api: Api) -> None:
+    # An agent trying vehicle ids under their own open case (a customer's car bought
+    # elsewhere, an unknown id) was refused by the case's coverage alone, before the PDP was
+    # asked: 404 with no decision recorded, so the walk never reached the audit trail the
+    # vehicle-walk detection (vin-enumeration) reads. Each refusal is a recorded denial on
+    # the vehicle now; the answer is the same 404.
+    extra = await _seed(api)
+    walked = {"DAVE-1": "no-relationship", "unknown": "unknown-resource"}
+    case = extra.ids["heidi-case"]
+    for label in walked:
+        path = f"/cases/{case}/vehicles/{extra.ids[label]}/status"
+        assert (await api.get("heidi", S, path)).status_code == 404, label
+    async with api.platform.services() as (_, ctx):
+        rows = await ctx.session.scalars(
+            select(AuditRecord).where(
+                AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value,
+                AuditRecord.actor_id == api.world.users["heidi"].id,
+                AuditRecord.object_type == "vehicle",
+                AuditRecord.object_id.in_([extra.ids[label] for label in walked]),
+            )
+        )
+        recorded = {(r.object_id, r.decision.value, r.reason) for r in rows}
+    assert recorded == {(extra.ids[label], "denied", why) for label, why in walked.items()}
+
+
 async def test_lists_are_the_callers_open_cases(api: Api) -> None:
     extra = await _seed(api)
     expected = {

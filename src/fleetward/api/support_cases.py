@@ -3,8 +3,9 @@
 An agent reaches customer data only through an open case assigned to them: every route but
 the list is under ``/cases/{case_id}``, the case is loaded with ``agent = caller`` in the
 query (another agent's case is the same 404 as an unknown id), and everything under it is
-limited in the query to the case's account and vehicles before the PDP decides it
-(``support:read_account``, ``support:read_vehicle``, ``vehicle:read_status``). There is no
+limited in the query to the case's account and vehicles and decided by the PDP
+(``support:read_account``, ``support:read_vehicle``, ``vehicle:read_status``); a vehicle
+named in the path is decided first, so a refused id is on the record. There is no
 search: an agent cannot look up an account or a vehicle outside their cases. Location is
 never returned here (the PDP forbids it to operator staff, and no view has a field for it).
 Tokens must come from a multi-factor sign-in.
@@ -315,6 +316,16 @@ async def read_case_vehicle_status(
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         case = await _my_case(ctx.session, caller, case_id)
+        # The vehicle decided (and recorded) before the case's reach is looked at: an agent
+        # trying vehicle ids under their own case leaves a denial on each, which is what the
+        # vehicle-walk detection reads, not a 404 the audit trail never saw.
+        await authorize(
+            request,
+            caller,
+            Permission.SUPPORT_READ_VEHICLE,
+            ResourceRef.vehicle(vehicle_id),
+            ctx=ctx,
+        )
         # The child with its parent: a vehicle outside this case is the same 404, even when
         # the agent has another case that covers it.
         covered = await ctx.session.scalar(
@@ -324,13 +335,6 @@ async def read_case_vehicle_status(
         )
         if covered is None:
             raise not_found()
-        await authorize(
-            request,
-            caller,
-            Permission.SUPPORT_READ_VEHICLE,
-            ResourceRef.vehicle(covered),
-            ctx=ctx,
-        )
         await uow.commit()
     # And vehicle:read_status, decided and rendered as on every other status route.
     return await vehicle_status(request, caller, covered)
