@@ -22,6 +22,7 @@ from fleetward.core.errors import Conflict, InvalidInput, NotFound
 from fleetward.core.ids import new_id
 from fleetward.ota.models import CampaignStatus, OtaCampaign
 from fleetward.services import ServiceContext
+from fleetward.store.constraints import violates_unique
 from fleetward.vehicles.models import Vehicle
 
 _S = CampaignStatus
@@ -100,7 +101,10 @@ class CampaignService:
         )
         try:
             await session.flush()
-        except IntegrityError:  # a concurrent create took the name after the check above
+        except IntegrityError as error:
+            if not violates_unique(error, OtaCampaign.__table__.c.name):
+                raise  # any other integrity failure is not a duplicate name
+            # A concurrent create took the name after the check above.
             raise DuplicateCampaign("a campaign of that name exists", reason="name") from None
         return campaign
 

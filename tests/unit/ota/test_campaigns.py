@@ -7,6 +7,7 @@ from itertools import product
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
@@ -125,6 +126,36 @@ async def test_a_duplicate_name_is_refused(ctx: ServiceContext) -> None:
         await service.create(_spec(to_version="9.9.9"), creator_id=creator, actor=actor)
     count = len((await ctx.session.scalars(select(OtaCampaign))).all())
     assert count == 1
+
+
+async def test_a_name_taken_by_a_concurrent_create_is_a_duplicate(ctx: ServiceContext) -> None:
+    """The name is free when checked, taken when written (another request committed it in
+    between): the unique index refuses the row, and that is the duplicate answer."""
+    creator, actor = await _engineer(ctx)
+    service = CampaignService(ctx)
+    first = await service.create(_spec(), creator_id=creator, actor=actor)
+    first.name = "renamed-for-the-check"  # the check looks for the name in the store ...
+    await ctx.session.flush()
+    real_scalar = ctx.session.scalar
+
+    async def name_looks_free(statement: object, *args: object, **kwargs: object) -> object:
+        first.name = "hauler-2.1"  # ... and the row takes it back before the new one is written
+        await ctx.session.flush()
+        return None
+
+    ctx.session.scalar = name_looks_free  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DuplicateCampaign):
+            await service.create(_spec(to_version="9.9.9"), creator_id=creator, actor=actor)
+    finally:
+        ctx.session.scalar = real_scalar  # type: ignore[method-assign]
+
+
+async def test_another_integrity_failure_is_not_called_a_duplicate(ctx: ServiceContext) -> None:
+    # A creator that is no user breaks the foreign key, not the name's uniqueness.
+    _creator, actor = await _engineer(ctx)
+    with pytest.raises(IntegrityError):
+        await CampaignService(ctx).create(_spec(), creator_id="usr_nobody", actor=actor)
 
 
 async def test_a_campaign_to_the_same_version_is_refused(ctx: ServiceContext) -> None:
