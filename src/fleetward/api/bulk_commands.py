@@ -115,6 +115,18 @@ def _refusal(decisions: Sequence[Decision], *, on_vehicles: bool) -> Exception:
     return NotPermitted("this bulk command is not permitted to the caller", reason=reasons[0])
 
 
+def _group_not_theirs(group_id: str | None, on_fleet: Decision) -> bool:
+    """A group id in the body that names a group the caller has no relationship with (another
+    fleet's, or one of their fleet they are not assigned to): the same 404 as an unknown group
+    id, whatever else the request got wrong, so a group id is no oracle for which groups exist
+    and whose they are (an id in a body is checked like an id in a path)."""
+    return (
+        group_id is not None
+        and not on_fleet.allowed
+        and link_of(on_fleet.reason) is Link.RELATIONSHIP
+    )
+
+
 async def _bulk_target(ctx: ServiceContext, caller: Caller, group_id: str | None) -> ResourceRef:
     if group_id is None:
         return ResourceRef(ResourceKind.TENANT, caller.claims.tenant)
@@ -278,7 +290,7 @@ async def _create_once(
         refused = [d for d in (on_fleet, *each) if not d.allowed]
         if len(tenants) != len(ids) or not in_group or refused:
             await uow.commit()  # the decisions' audit records
-            if refused:
+            if refused and not _group_not_theirs(body.group_id, on_fleet):
                 raise _refusal(refused, on_vehicles=on_fleet.allowed)
             raise not_found()
         answer = await runtime.quotas.charge(grant, spec, list(ids))

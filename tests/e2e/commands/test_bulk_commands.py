@@ -163,6 +163,30 @@ async def test_an_operator_commands_only_their_group(world: CommandWorld) -> Non
     assert await bulks(world) == 1
 
 
+async def test_a_group_not_theirs_answers_as_an_unknown_group(world: CommandWorld) -> None:
+    # A group id in the body is checked like an id in a path: another fleet's group, or a
+    # group of their own fleet an operator is not assigned to, answers exactly what an id no
+    # group has gets (it was a 403 naming "tenant-mismatch" or "no-relationship": an oracle
+    # for which group ids exist and whose they are), with or without a fresh step-up, and
+    # nothing is created.
+    ids = {name: gid for gid, name in await groups(world)}
+    unknown = "grp_" + "0" * 26
+    stale = {"auth_age": timedelta(minutes=10)}
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("erin", ids["main"], {}),  # a fleet admin, another fleet's group
+        ("erin", ids["main"], stale),  # ... without step-up: not a step-up challenge either
+        ("frank", ids["main"], {}),  # an operator, another fleet's group
+        ("frank", ids["south"], {}),  # an operator, a group of his fleet not assigned to him
+    ]
+    for n, (who, group, token) in enumerate(cases):
+        theirs = await bulk(world, who, "lock", ["ACME-N1"], group=group, key=f"g-{n}", **token)
+        nobody = await bulk(world, who, "lock", ["ACME-N1"], group=unknown, key=f"u-{n}", **token)
+        assert nobody.status_code == 404, nobody.text
+        assert (theirs.status_code, theirs.json()) == (404, nobody.json()), (who, group, token)
+    assert await bulks(world) == 0
+    assert world.cars["ACME-N1"].acted() == 0
+
+
 async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
     world: CommandWorld,
 ) -> None:
