@@ -5,6 +5,7 @@ back to show that nothing changed.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,9 @@ from fleetward.platform import Platform
 from fleetward.settings import Settings
 from fleetward.vehicles.handover_models import DriverInvitation, HandoverStatus
 from fleetward.vehicles.models import DriverDelegation, Ownership
+from fleetward.vehicles.transfers import MAX_VIN_FAILURES, TransferService
 from support.api import PARTNER_APP, Api
+from support.locks import TurnWatch
 from support.snapshot import snapshot
 
 M, P, D = Surface.MOBILE, Surface.PARTNER, Surface.DEALER
@@ -386,6 +389,50 @@ async def test_five_wrong_vins_revoke_the_transfer(api: Api) -> None:
     assert (await api.get("mallory", M, f"/vehicles/{alice_1}")).status_code == 404
     # The seller can start a new one.
     assert (await api.post("alice", M, f"/vehicles/{alice_1}/transfers")).status_code == 201
+
+
+async def test_a_right_vin_sent_beside_the_fifth_wrong_one_is_refused(
+    api: Api, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Five wrong VINs end the transfer however they are sent. A leaked code with guesses
+    # sent at once: each guess was judged in one transaction and its refusal counted in
+    # another, so guesses judged before the fifth refusal was counted were judged past the
+    # limit (a burst of N guesses got N, and a right one among them took the car). Here the
+    # right VIN arrives while the fifth wrong one is judged and not yet counted: it must
+    # wait for that count, find the transfer revoked, and get the wrong code's 404.
+    alice_1 = api.vehicle_id("ALICE-1")
+    transfer = await _start(api)
+    wrong = {"code": transfer["code"], "vin": api.world.vehicles["MALLORY-1"].vin}
+    right = {"code": transfer["code"], "vin": api.world.vehicles["ALICE-1"].vin}
+    for attempt in range(MAX_VIN_FAILURES - 1):
+        response = await api.post("mallory", M, "/transfers/accept", wrong)
+        assert response.status_code == 422, attempt
+    fifth_judged, fifth_goes_on = asyncio.Event(), asyncio.Event()
+    refuse_vin = TransferService.refuse_vin
+
+    async def counted_after_a_pause(self: TransferService, *args: Any, **kwargs: Any) -> bool:
+        fifth_judged.set()
+        await fifth_goes_on.wait()
+        return await refuse_vin(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransferService, "refuse_vin", counted_after_a_pause)
+    turns = TurnWatch(monkeypatch)
+    fifth = asyncio.create_task(api.post("mallory", M, "/transfers/accept", wrong))
+    await fifth_judged.wait()
+    # The attacker's second account, with the right VIN.
+    sixth = asyncio.create_task(api.post("dave", M, "/transfers/accept", right))
+    # Until the sixth is done, or waits for its turn behind the fifth.
+    await turns.waiting(api.platform, backend, sixth)
+    fifth_goes_on.set()
+    fifth_answer, sixth_answer = await asyncio.gather(fifth, sixth)
+    assert fifth_answer.status_code == 422, fifth_answer.text
+    assert sixth_answer.status_code == 404, sixth_answer.text
+    refused = await _count(
+        api, AuditRecord, AuditRecord.name == EventName.OWNERSHIP_TRANSFER_REFUSED.value
+    )
+    assert refused == MAX_VIN_FAILURES
+    assert (await api.get("alice", M, f"/vehicles/{alice_1}")).status_code == 200
+    assert (await api.get("dave", M, f"/vehicles/{alice_1}")).status_code == 404
 
 
 async def test_cancel_and_wrong_parent(api: Api) -> None:

@@ -3,8 +3,9 @@
 The seller starts a transfer (``vehicle:transfer``: owner only, never a driver or a dealer,
 and a recent multi-factor sign-in) and receives a one-time code for the buyer; the seller may
 withdraw it. The buyer accepts with the code, the VIN read off the car and a recent
-multi-factor sign-in. A wrong code is 404; a right code with a wrong VIN is 422, audited in a
-transaction of its own, and the fifth such refusal revokes the transfer. There is no dealer
+multi-factor sign-in. A wrong code is 404; a right code with a wrong VIN is 422, audited
+before the answer, and the fifth such refusal revokes the transfer (accepts of one transfer
+are judged one at a time, so guesses sent at once are counted too). There is no dealer
 route: a dealer can never reassign an owner.
 """
 
@@ -134,23 +135,24 @@ async def accept_transfer(
     body: TransferAcceptBody, request: Request, caller: Caller = _stepped_up
 ) -> OwnershipView:
     await watch_vin(request, caller, body.vin)
-    platform = platform_of(request)
-    try:
-        async with platform.services() as (uow, ctx):
-            buyer = await consumer_of(ctx, caller)
-            ownership = await TransferService(ctx).accept(
-                body.code, body.vin, buyer, actor=actor_of(caller)
-            )
-            await uow.commit()
-    except VinMismatch as refused:
-        # The request's transaction is gone; the refusal (and, at the limit, the transfer's
-        # revocation) is recorded in one of its own before the 422 is answered.
-        async with platform.services() as (uow, ctx):
-            await TransferService(ctx).refuse_vin(
+    # One accept of a transfer at a time, each judged after the last one's refusal was
+    # counted: the transfer's row is locked from its read (PostgreSQL), the store's write
+    # lock held from the start (SQLite). Otherwise VINs sent at once were all judged before
+    # any of their refusals was counted, and five wrong VINs did not end the transfer.
+    async with platform_of(request).services(write_lock=True) as (uow, ctx):
+        buyer = await consumer_of(ctx, caller)
+        transfers = TransferService(ctx)
+        try:
+            ownership = await transfers.accept(body.code, body.vin, buyer, actor=actor_of(caller))
+        except VinMismatch as refused:
+            # Nothing was written before the VIN was judged: the refusal (and, at the
+            # limit, the transfer's revocation) is committed, the lock let go, then the 422.
+            await transfers.refuse_vin(
                 refused.transfer_id, caller.claims.sub, actor=actor_of(caller)
             )
             await uow.commit()
-        raise
+            raise
+        await uow.commit()
     return OwnershipView(vehicle_id=ownership.vehicle_id, owner_since=ownership.valid_from)
 
 

@@ -5,7 +5,9 @@ recent multi-factor sign-in (the route demands it). A wrong code is the same ans
 transfer at all. A right code with a wrong VIN is refused and audited
 (``OWNERSHIP_TRANSFER_REFUSED``); after :data:`MAX_VIN_FAILURES` such refusals the transfer
 is revoked, so a leaked code cannot be paired with guessed VINs. The refusals are counted
-from their audit records, which are the evidence anyway.
+from their audit records, which are the evidence anyway; an accept locks the transfer from
+its read and records its refusal before it commits, so accepts sent at once are judged one
+after another, each after the last one's refusal was counted.
 
 Accepting is one transaction: the pending transfer is closed by a conditional UPDATE (only
 one concurrent accept can win), the ownership moves (the seller's delegations and consents
@@ -53,8 +55,9 @@ class TransferPending(Conflict):
 
 
 class VinMismatch(InvalidInput):
-    """The code was right and the VIN was not. Carries the transfer so the refusal can be
-    recorded in a transaction of its own (the request's is rolled back)."""
+    """The code was right and the VIN was not (nothing was written yet). Carries the
+    transfer so the caller records the refusal (:meth:`TransferService.refuse_vin`) in the
+    same transaction, before it lets the transfer's lock go."""
 
     code = "vin-mismatch"
     title = "The VIN does not match"
@@ -142,8 +145,13 @@ class TransferService:
     async def accept(self, code: str, vin: str, buyer: User, *, actor: Actor) -> Ownership:
         now = self._ctx.clock.now()
         session = self._ctx.session
+        # Locked until this transaction ends (PostgreSQL; the route holds SQLite's write
+        # lock): a concurrent accept of the same transfer waits, then reads it as this one
+        # left it, its VIN refusal counted (the caller records it before committing).
         transfer = await session.scalar(
-            select(OwnershipTransfer).where(OwnershipTransfer.code_hash == code_digest(code))
+            select(OwnershipTransfer)
+            .where(OwnershipTransfer.code_hash == code_digest(code))
+            .with_for_update()
         )
         if transfer is None or not _open(transfer, now):
             raise invalid_code()
@@ -174,8 +182,8 @@ class TransferService:
         return owned
 
     async def refuse_vin(self, transfer_id: str, buyer_id: str, *, actor: Actor) -> bool:
-        """Record one wrong-VIN attempt (in its own transaction, which the caller commits);
-        revoke the transfer at the limit. True when this attempt revoked it."""
+        """Record one wrong-VIN attempt (in the transaction that judged it, which the caller
+        commits); revoke the transfer at the limit. True when this attempt revoked it."""
         now = self._ctx.clock.now()
         session = self._ctx.session
         # Lock the transfer so concurrent refusals are counted one after another.
