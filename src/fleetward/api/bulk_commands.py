@@ -406,6 +406,9 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
             await uow.commit()
             raise _refusal([decision], on_vehicles=False)
         if bulk.requested_by == caller.claims.sub:
+            # The four-eyes rule held: a security decision, audited (the bulk keeps waiting).
+            bulks.refuse_approval(ctx, bulk, caller.claims.sub, "second-approver-required")
+            await uow.commit()
             raise NotPermitted(
                 "a second fleet admin must approve it", reason="second-approver-required"
             )

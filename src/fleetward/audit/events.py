@@ -107,6 +107,8 @@ class EventName(StrEnum):
     COMMAND_RESULT_REFUSED = "vehicle:command:result_refused"
     BULK_COMMAND_REQUESTED = "fleet:bulk_command:requested"
     BULK_COMMAND_APPROVED = "fleet:bulk_command:approved"
+    # An approval refused by the four-eyes rule (the requester's own); the bulk keeps waiting.
+    BULK_COMMAND_APPROVAL_REFUSED = "fleet:bulk_command:approval_refused"
     BULK_COMMAND_REJECTED = "fleet:bulk_command:rejected"
     BULK_COMMAND_DISPATCHED = "fleet:bulk_command:dispatched"
     # Abuse limits (abuse/): a refusal for quota, an enumeration pattern, a raised quota used.

@@ -237,6 +237,19 @@ def approve(ctx: ServiceContext, bulk: CommandBulk, approver: str, now: datetime
     _record(ctx, bulk, EventName.BULK_COMMAND_APPROVED, Actor.user(approver, bulk.tenant_id))
 
 
+def refuse_approval(ctx: ServiceContext, bulk: CommandBulk, by: str, reason: str) -> None:
+    """An approval refused for who asked (the requester's own: the four-eyes rule held),
+    audited as the denial it is; the bulk itself is unchanged and keeps waiting."""
+    _record(
+        ctx,
+        bulk,
+        EventName.BULK_COMMAND_APPROVAL_REFUSED,
+        Actor.user(by, bulk.tenant_id),
+        denied=True,
+        reason=reason,
+    )
+
+
 def reject(ctx: ServiceContext, bulk: CommandBulk, by: str, reason: str) -> None:
     bulk.state = BulkState.REJECTED if reason != "approval-expired" else BulkState.EXPIRED
     bulk.decided_reason = reason
@@ -251,6 +264,7 @@ def _record(
     extra: dict[str, JsonValue] | None = None,
     *,
     denied: bool = False,
+    reason: str | None = None,
 ) -> None:
     vehicles: Sequence[str] = bulk.vehicle_ids
     ctx.audit.record(
@@ -259,7 +273,7 @@ def _record(
         actor=actor,
         target=Target("bulk_command", bulk.id, bulk.tenant_id),
         decision=AuditVerdict.DENIED if denied else AuditVerdict.ALLOWED,
-        reason=bulk.decided_reason,
+        reason=reason or bulk.decided_reason,
         details={
             "command": bulk.command,
             "vehicles": len(vehicles),

@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import func, select
 
 from fleetward.api import bulk_commands as bulk_api
+from fleetward.audit.events import EventName
+from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
 from fleetward.commands import bulk as bulk_service
 from fleetward.commands.models import CommandBulk, CommandJob, JobState
@@ -242,6 +244,39 @@ async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWor
     assert all(world.cars[x].vehicle.state.locked is False for x in CARS)
     again = await world.http.post(path, headers=fleet_auth(world, "olga"))
     assert again.status_code == 422 and again.json()["reason"] == "dispatched"
+
+
+async def test_a_requester_approving_their_own_bulk_is_refused_and_audited(
+    world: CommandWorld,
+) -> None:
+    # The four-eyes rule holding is a security decision like any other: a requester (or a
+    # stolen session of hers) trying to approve her own large bulk unlock is refused, and
+    # the refusal is in the audit trail, naming who tried, the bulk and the rule; the bulk
+    # keeps waiting with no job. (It left no record: only the PDP's allow of her
+    # fleet:bulk_command, as if nothing had been refused.)
+    approval_above_one(world)
+    asked = await bulk(world, "erin", "unlock", list(CARS))
+    bulk_id = asked.json()["id"]
+    own = await world.http.post(
+        f"/fleet/v1/bulk-commands/{bulk_id}/approve", headers=fleet_auth(world, "erin")
+    )
+    assert own.status_code == 403 and own.json()["reason"] == "second-approver-required"
+    async with world.platform.unit_of_work() as uow:
+        refused = list(
+            await uow.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name == EventName.BULK_COMMAND_APPROVAL_REFUSED.value
+                )
+            )
+        )
+        waiting = await uow.session.get(CommandBulk, bulk_id)
+    assert [(r.actor_id, r.object_type, r.object_id, r.decision, r.reason) for r in refused] == [
+        (world.users["erin"].id, "bulk_command", bulk_id, "denied", "second-approver-required")
+    ]
+    assert waiting is not None and waiting.state.value == "awaiting_approval"
+    assert waiting.approved_by is None
+    assert await jobs_of(world, bulk_id) == 0
+    assert all(world.cars[x].acted() == 0 for x in CARS)
 
 
 async def test_an_approval_after_its_window_is_refused(world: CommandWorld) -> None:
