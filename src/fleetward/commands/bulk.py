@@ -11,7 +11,8 @@ threshold, one job per vehicle is created with the requester's grant and a chain
 up to the region are the bulk decision's. An approval first decides again whether the
 requester may still send the bulk (:func:`requester_still_may`), then charges every
 vehicle's command limit again (:func:`charge_at_approval`). Each job then meets its own
-vehicle-state and conflict links, and the delivery re-check like any other.
+vehicle-state and conflict links, and the delivery re-check, which asks
+:func:`requester_still_may` as well as the car's own question.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from fleetward.authz.decision import (
 )
 from fleetward.authz.permissions import Permission
 from fleetward.commands import jobs
+from fleetward.commands.bulk import requester_still_may
 from fleetward.commands.bus import CommandBus, Hint, SingleReplica
 from fleetward.commands.chain import Link
 from fleetward.commands.confirm import confirm_effects
@@ -414,8 +415,9 @@ class Dispatcher:
     ) -> bool:
         """Does the grant still hold? The same question as at creation, asked now, with the
         token's scopes and tenant, and the token not revoked since (``token_checked``: the
-        creating request's own transaction, whose token was just validated). Step-up was
-        the request's link: it is not asked again."""
+        creating request's own transaction, whose token was just validated). A bulk's job
+        asks the bulk's question too (:func:`_bulk_still_allowed`). Step-up was the
+        request's link: it is not asked again."""
         allowed, reason = False, "unknown-command"
         if not token_checked and await _token_revoked(ctx, job):
             reason = "token-revoked"
@@ -432,6 +434,8 @@ class Dispatcher:
                 now=now,
             )
             allowed, reason = decision.allowed, decision.reason.value
+            if allowed and job.bulk_id is not None:
+                allowed, reason = await self._bulk_still_allowed(ctx, job.bulk_id, now)
         if allowed:
             append_link(job, Link.DELIVERY_RECHECK, True, reason)
             return True
@@ -448,6 +452,20 @@ class Dispatcher:
         )
         job.finished_at = now
         return False
+
+    async def _bulk_still_allowed(
+        self, ctx: ServiceContext, bulk_id: str, now: datetime
+    ) -> tuple[bool, str]:
+        """May the requester still send the bulk this job belongs to (``fleet:bulk_command``
+        for its command, on the fleet or its group), as the approval asks? Each car's own
+        command may still be theirs where the bulk is not: an admin demoted to an operator
+        of the cars' group may immobilise each of them, never all of them in one request
+        (no-bulk-immobilize). No bulk row: refused (fail closed)."""
+        bulk = await ctx.session.get(CommandBulk, bulk_id)
+        if bulk is None:
+            return False, "unknown-bulk"
+        decision = await requester_still_may(ctx, self._platform.pdp, bulk, now)
+        return decision.allowed, decision.reason.value
 
     # ------------------------------------------------------------------ results
 

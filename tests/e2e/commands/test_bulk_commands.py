@@ -562,6 +562,40 @@ async def test_a_requester_demoted_to_an_operator_has_no_bulk_immobilize_approve
     assert await jobs_of(world, asked.json()["id"]) == 0
 
 
+async def test_a_requester_demoted_while_the_jobs_wait_has_no_bulk_immobilize_delivered(
+    world: CommandWorld,
+) -> None:
+    # erin, a fleet admin, immobilises both cars of north in one bulk request (below the
+    # threshold: its jobs are created at once) while the cars are offline; before they
+    # reconnect she becomes an operator of north. Each car's own immobilize is still hers
+    # to send, one at a time, but an operator never immobilises in bulk
+    # (no-bulk-immobilize). The delivery re-check asked only the car's question, so both
+    # cars were immobilised on her behalf; it must ask the bulk's too, as the approval
+    # does: the jobs are rejected at delivery and no car acts.
+    async with world.platform.services() as (uow, ctx):
+        console = await ctx.session.get(Client, CLIENT_OF[Surface.FLEET])
+        assert console is not None
+        console.scopes = [*console.scopes, "vehicle:immobilize"]
+        await uow.commit()
+    north = next(g for g in await groups(world) if g[1] == "north")[0]
+    for label in CARS:
+        await world.cars[label].offline()
+    asked = await bulk(world, "erin", "immobilize", list(CARS), group=north, key="e-imm-now")
+    assert asked.status_code == 202 and asked.json()["state"] == "dispatched", asked.text
+    await demote_erin_to_operator_of(world, north)
+    await second_admin(world)
+    for label in CARS:
+        world.cars[label].online()
+    for job in asked.json()["jobs"]:
+        label = next(x for x in CARS if world.vehicles[x].id == job["vehicle_id"])
+        final = await world.settle("olga", label, job["job_id"], surface=Surface.FLEET)
+        assert final["state"] == "rejected", final
+        assert final["rejected_link"] == "delivery_recheck"
+        recheck = next(c for c in final["chain"] if c["link"] == "delivery_recheck")
+        assert recheck == {"link": "delivery_recheck", "ok": False, "detail": "no-bulk-immobilize"}
+    assert all(world.cars[x].acted() == 0 for x in CARS)
+
+
 async def demote_erin_to_operator_of(world: CommandWorld, group_id: str) -> None:
     """End erin's fleet admin membership now; she becomes an operator of the group."""
     async with world.platform.services() as (uow, ctx):
