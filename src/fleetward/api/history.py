@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from fleetward.api.auth import Caller, authenticate
-from fleetward.api.authorize import NotPermitted, decide_many
+from fleetward.api.authorize import authorize, decide_many
 from fleetward.api.history_jobs import job_routes
 from fleetward.api.history_records import (
     CHARGING,
@@ -60,7 +60,7 @@ from fleetward.api.objects import (
     platform_of,
 )
 from fleetward.api.routing import surface_router
-from fleetward.authz.decision import ResourceRef
+from fleetward.authz.decision import THE_PLATFORM, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, DataClass, catalogued
 from fleetward.core.surfaces import Surface
@@ -329,15 +329,23 @@ _ADMIN = Depends(authenticate(Surface.ADMIN))
 async def admin_list_diagnostics(
     request: Request, caller: Caller = _ADMIN, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[PseudonymousDiagnosticView]:
-    """Each report's vehicle is decided by the PDP (engineers are allowed with the
-    ``pseudonymise`` obligation); reports of vehicles not allowed are left out. The view is
-    pseudonymised whatever the decision says, so a policy change never widens it. A page of
-    which no report is allowed is a 403: the caller may not use this function at all; so is
-    an empty page, decided on the store's first vehicle."""
+    """The function first, asked on the platform (engineers are allowed with the
+    ``pseudonymise`` obligation; anyone else is a recorded 403, whatever the store holds),
+    then each report's vehicle; reports of vehicles not allowed are left out. The view is
+    pseudonymised whatever the decisions say, so a policy change never widens it."""
     platform = platform_of(request)
     size = page_size(platform, limit)
     after = decode_cursor(cursor)
     async with platform.services() as (uow, ctx):
+        await authorize(
+            request,
+            caller,
+            Permission.VEHICLE_DIAGNOSTICS_READ,
+            THE_PLATFORM,
+            object_route=False,
+            ctx=ctx,
+            applies=PSEUDONYMISED,
+        )
         query = select(DiagnosticReport, Vehicle.model).join(
             Vehicle, Vehicle.id == DiagnosticReport.vehicle_id
         )
@@ -348,12 +356,6 @@ async def admin_list_diagnostics(
         ).all()
         rows, more = cut_page([(report, model) for report, model in found], size)
         vehicles = sorted({report.vehicle_id for report, _ in rows})
-        if not vehicles:
-            # An empty page (no reports, or a cursor past the last) answers only whoever may
-            # use the function, asked on a vehicle that exists: the store's first. Without
-            # any vehicle there is no report to show.
-            anchor = await ctx.session.scalar(select(func.min(Vehicle.id)))
-            vehicles = [anchor] if anchor is not None else []
         decisions = await decide_many(
             request,
             caller,
@@ -364,9 +366,6 @@ async def admin_list_diagnostics(
         )
         await uow.commit()
     allowed = {v for v, d in zip(vehicles, decisions, strict=True) if applicable(d, PSEUDONYMISED)}
-    if vehicles and not allowed:
-        # Not an engineer: refuse the function rather than page through ids it may not see.
-        raise NotPermitted("this operation is not permitted to the caller")
     key = pseudonym_key(platform.identity.data_key)
     return Page[PseudonymousDiagnosticView](
         items=[pseudonymous_view(key, r, m) for r, m in rows if r.vehicle_id in allowed],

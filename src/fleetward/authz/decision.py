@@ -122,6 +122,10 @@ class ResourceRef:
         return cls(ResourceKind.VEHICLE, vehicle_id)
 
 
+# The platform itself, the resource a function of no one object is asked on.
+THE_PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """Facts of the request, all taken from a verified token and the platform clock."""

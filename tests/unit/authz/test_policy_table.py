@@ -373,6 +373,23 @@ ROWS: dict[str, list[Case]] = {
             Reason.ENGINEER_DIAGNOSTICS,
             obligation=Obligation.PSEUDONYMISE,
         ),
+        # an engineer uses the function of reading reports across vehicles (on the platform)
+        Case(
+            "ken",
+            DIAG_READ,
+            "platform",
+            Reason.ENGINEER_DIAGNOSTICS,
+            obligation=Obligation.PSEUDONYMISE,
+        ),
+        # BFLA: other staff never use it, whatever the store holds
+        # a platform admin reads diagnostics across vehicles
+        Case("judy", DIAG_READ, "platform", NONE),
+        # a support agent reads diagnostics across vehicles
+        Case("heidi", DIAG_READ, "platform", NONE),
+        # an owner's vehicle permission never reaches every vehicle's reports
+        Case("alice", DIAG_READ, "platform", NONE),
+        # a partner application reads diagnostics across vehicles
+        Case(PARTNER_APP, DIAG_READ, "platform", NONE),
         # No personal data, no location, no commands.
         # an engineer tracks a car
         Case("ken", LOCATION, "ALICE-1", NONE),
