@@ -216,6 +216,46 @@ async def test_an_agent_walking_vehicle_ids_under_their_case_is_on_the_record(ap
     assert recorded == {(extra.ids[label], "denied", why) for label, why in walked.items()}
 
 
+async def test_an_agent_walking_case_ids_is_on_the_record(api: Api) -> None:
+    # An agent trying case ids (another agent's case, an unknown id, a dealer case's id) was
+    # refused by the case query alone, before the PDP was asked: the one 404 with no
+    # decision recorded, so a walk over cases never reached the audit trail detection reads.
+    # Each is a recorded denial on the case now, with the same 404; the agent's own case is a
+    # recorded allow.
+    extra = await _seed(api)
+    walked = {
+        "heidi-case": "no-relationship",
+        "unknown-case": "unknown-resource",
+        "grace-case": "unknown-resource",
+    }
+    suffixes = ("", "/account", "/vehicles", f"/vehicles/{extra.ids['ALICE-1']}/status")
+    for label in walked:
+        for suffix in suffixes:
+            path = f"/cases/{extra.ids[label]}{suffix}"
+            assert (await api.get("ivan", S, path)).status_code == 404, path
+    own = await api.get("heidi", S, f"/cases/{extra.ids['heidi-case']}")
+    assert own.status_code == 200
+    async with api.platform.services() as (_, ctx):
+        rows = list(
+            await ctx.session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value,
+                    AuditRecord.object_type == "support_case",
+                )
+            )
+        )
+    users = api.world.users
+    recorded = sorted((r.actor_id, r.object_id, r.decision.value, r.reason) for r in rows)
+    assert recorded == sorted(
+        [
+            (users["ivan"].id, extra.ids[label], "denied", why)
+            for label, why in walked.items()
+            for _ in suffixes
+        ]
+        + [(users["heidi"].id, extra.ids["heidi-case"], "allowed", "support-case")]
+    )
+
+
 async def test_lists_are_the_callers_open_cases(api: Api) -> None:
     extra = await _seed(api)
     expected = {

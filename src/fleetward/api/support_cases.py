@@ -1,14 +1,15 @@
 """Support cases on the support surface (``/support/v1/cases``).
 
 An agent reaches customer data only through an open case assigned to them: every route but
-the list is under ``/cases/{case_id}``, the case is loaded with ``agent = caller`` in the
-query (another agent's case is the same 404 as an unknown id), and everything under it is
-limited in the query to the case's account and vehicles and decided by the PDP
-(``support:read_account``, ``support:read_vehicle``, ``vehicle:read_status``); a vehicle
-named in the path is decided first, so a refused id is on the record. There is no
-search: an agent cannot look up an account or a vehicle outside their cases. Location is
-never returned here (the PDP forbids it to operator staff, and no view has a field for it).
-Tokens must come from a multi-factor sign-in.
+the list is under ``/cases/{case_id}``, the case is decided by the PDP first (an unknown
+case and another agent's are the same 404, each a recorded denial on the case, so a walk
+over case ids is on the record) and loaded with ``agent = caller`` in the query, and
+everything under it is limited in the query to the case's account and vehicles and decided
+by the PDP (``support:read_account``, ``support:read_vehicle``, ``vehicle:read_status``); a
+vehicle named in the path is decided before the case's reach is read, so a refused id is on
+the record. There is no search: an agent cannot look up an account or a vehicle outside
+their cases. Location is never returned here (the PDP forbids it to operator staff, and no
+view has a field for it). Tokens must come from a multi-factor sign-in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, Final
 from fastapi import Depends, Request
 from pydantic import BaseModel
 from sqlalchemy import exists, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetward.api.auth import Caller, StepUp, authenticate
 from fleetward.api.authorize import authorize, decide_many, not_found
@@ -113,6 +113,10 @@ def _view(case: SupportCase) -> SupportCaseView:
     )
 
 
+def _case(case_id: str) -> ResourceRef:
+    return ResourceRef(ResourceKind.SUPPORT_CASE, case_id)
+
+
 def _account(case: SupportCase) -> ResourceRef:
     return ResourceRef(ResourceKind.ACCOUNT, case.subject_user_id)
 
@@ -135,18 +139,27 @@ def _case_vehicles(case: SupportCase, now: datetime) -> Any:
     return owned
 
 
-async def _my_case(session: AsyncSession, caller: Caller, case_id: str) -> SupportCase:
-    """The case, only if it is open and assigned to the caller; else the one 404."""
+async def _my_case(
+    request: Request,
+    caller: Caller,
+    ctx: ServiceContext,
+    case_id: str,
+    permission: Permission = Permission.SUPPORT_READ_ACCOUNT,
+) -> SupportCase:
+    """The case, only if it is open and assigned to the caller; else the one 404. The case is
+    decided (and recorded) first: an agent walking case ids, unknown or another agent's,
+    leaves a denial on each, as a walk over vehicle ids does."""
+    await authorize(request, caller, permission, _case(case_id), ctx=ctx)
     if caller.claims.sub_type != "user":
         raise not_found()
-    case: SupportCase | None = await session.scalar(
+    case: SupportCase | None = await ctx.session.scalar(
         select(SupportCase).where(
             SupportCase.id == case_id,
             SupportCase.agent_user_id == caller.claims.sub,
             SupportCase.status == CaseStatus.OPEN,
         )
     )
-    if case is None:
+    if case is None:  # the PDP allowed it a moment ago: closed meanwhile
         raise not_found()
     return case
 
@@ -219,7 +232,7 @@ async def list_cases(
 async def read_case(case_id: str, request: Request, caller: Caller = _AGENT) -> SupportCaseView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        case = await _my_case(ctx.session, caller, case_id)
+        case = await _my_case(request, caller, ctx, case_id)
         await authorize(request, caller, Permission.SUPPORT_READ_ACCOUNT, _account(case), ctx=ctx)
         await uow.commit()
     return _view(case)
@@ -237,7 +250,7 @@ async def read_case(case_id: str, request: Request, caller: Caller = _AGENT) -> 
 async def read_account(case_id: str, request: Request, caller: Caller = _AGENT) -> AccountView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        case = await _my_case(ctx.session, caller, case_id)
+        case = await _my_case(request, caller, ctx, case_id)
         await authorize(request, caller, Permission.SUPPORT_READ_ACCOUNT, _account(case), ctx=ctx)
         user = await ctx.session.get(User, case.subject_user_id)
         if user is None:  # the PDP saw it a moment ago
@@ -269,7 +282,7 @@ async def list_case_vehicles(
     size = page_size(platform, limit)
     after = decode_cursor(cursor)
     async with platform.services() as (uow, ctx):
-        case = await _my_case(ctx.session, caller, case_id)
+        case = await _my_case(request, caller, ctx, case_id)
         # The parent decided first, as on every route under the case: an agent who may no
         # longer use it (role ended, account disabled) gets the one 404, never a page of
         # refused rows whose cursor would name the customer's vehicle.
@@ -315,7 +328,7 @@ async def read_case_vehicle_status(
 ) -> StatusView:
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
-        case = await _my_case(ctx.session, caller, case_id)
+        case = await _my_case(request, caller, ctx, case_id, Permission.SUPPORT_READ_VEHICLE)
         # The vehicle decided (and recorded) before the case's reach is looked at: an agent
         # trying vehicle ids under their own case leaves a denial on each, which is what the
         # vehicle-walk detection reads, not a 404 the audit trail never saw.
@@ -356,7 +369,7 @@ async def close_case(
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         # The assigned agent only: the case is loaded with agent = caller.
-        case = await _my_case(ctx.session, caller, case_id)
+        case = await _my_case(request, caller, ctx, case_id)
         await authorize(request, caller, Permission.SUPPORT_READ_ACCOUNT, _account(case), ctx=ctx)
         try:
             await CaseService(ctx).close_support_case(

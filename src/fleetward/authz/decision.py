@@ -99,6 +99,7 @@ class ResourceKind(StrEnum):
     TENANT = "tenant"
     FLEET_GROUP = "fleet_group"
     DEALER_CASE = "dealer_case"
+    SUPPORT_CASE = "support_case"  # asked first on every route under a support case
     CLIENT_REGISTRATION = "client_registration"
     PLATFORM = "platform"  # the platform itself (OTA campaigns)
 

@@ -80,6 +80,8 @@ class World:
             return ResourceRef(ResourceKind.DEALER_CASE, self.dealer_cases[rest].id)
         if kind == "account":
             return ResourceRef(ResourceKind.ACCOUNT, self.users[rest].id)
+        if kind == "support-case":
+            return ResourceRef(ResourceKind.SUPPORT_CASE, self.support_cases[rest].id)
         if kind == "client":
             return ResourceRef(ResourceKind.CLIENT_REGISTRATION, rest)
         raise KeyError(name)

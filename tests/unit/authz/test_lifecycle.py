@@ -242,8 +242,10 @@ async def test_support_case_closure(world: World) -> None:
     await CaseService(world.ctx).close_support_case(world.support_cases["heidi"], actor=SEEDER)
     account = await world.ask("heidi", Permission.SUPPORT_READ_ACCOUNT, "account:alice")
     vehicle = await world.ask("heidi", Permission.SUPPORT_READ_VEHICLE, "ALICE-1")
+    case = await world.ask("heidi", Permission.SUPPORT_READ_ACCOUNT, "support-case:heidi")
     assert (account.allowed, account.reason) == (False, Reason.CASE_CLOSED)
     assert (vehicle.allowed, vehicle.reason) == (False, Reason.CASE_CLOSED)
+    assert (case.allowed, case.reason) == (False, Reason.CASE_CLOSED)
 
 
 async def test_a_support_case_naming_a_vehicle_ends_with_its_sale(world: World) -> None:

@@ -5,7 +5,8 @@ would take minutes); a failure lists every case of the row that answered wrongly
 carries a comment naming the threat or rule it covers. Runs on SQLite and PostgreSQL.
 
 Targets: a vehicle label, ``tenant:<slug>``, ``group:<fleet>/<name>``, ``case:<vehicle
-label>`` (its dealer case), ``account:<user>``, ``client:<client id>``, ``platform``.
+label>`` (its dealer case), ``account:<user>``, ``support-case:<agent>`` (their seeded
+case), ``client:<client id>``, ``platform``.
 """
 
 from __future__ import annotations
@@ -281,6 +282,16 @@ ROWS: dict[str, list[Case]] = {
         Case("heidi", SUPPORT_VEHICLE, "ALICE-1", Reason.SUPPORT_CASE),
         # an agent reads its status
         Case("heidi", STATUS, "ALICE-1", Reason.SUPPORT_CASE),
+        # an agent works under her case (each route under it asks the case first)
+        Case("heidi", ACCOUNT, "support-case:heidi", Reason.SUPPORT_CASE),
+        # ...and reads its vehicles' status under it
+        Case("heidi", SUPPORT_VEHICLE, "support-case:heidi", Reason.SUPPORT_CASE),
+        # BOLA: another agent walks to her case (a recorded denial, not a silent 404)
+        Case("ivan", ACCOUNT, "support-case:heidi", NONE),
+        # a technician reaches a support case
+        Case("grace", ACCOUNT, "support-case:heidi", NONE),
+        # the customer reaches the case about herself
+        Case("alice", ACCOUNT, "support-case:heidi", NONE),
         # Read-only, no location, nothing outside the case (insider threat).
         # an agent locks the car
         Case("heidi", LOCK, "ALICE-1", NONE),

@@ -29,6 +29,7 @@ RESOURCE_TYPES: Final = {
     ResourceKind.TENANT: "Tenant",
     ResourceKind.FLEET_GROUP: "FleetGroup",
     ResourceKind.DEALER_CASE: "DealerCase",
+    ResourceKind.SUPPORT_CASE: "SupportCase",
     ResourceKind.CLIENT_REGISTRATION: "ClientRegistration",
     ResourceKind.PLATFORM: "Platform",
 }

@@ -185,6 +185,11 @@ class Loader:
             stmt = select(DealerCase.id, DealerCase.dealer_tenant_id).where(DealerCase.id.in_(ids))
         elif kind is ResourceKind.ACCOUNT:
             stmt = select(User.id, User.home_tenant_id).where(User.id.in_(ids))
+        elif kind is ResourceKind.SUPPORT_CASE:  # platform staff's: no tenant to isolate
+            rows = await read_rows(
+                self.session, select(SupportCase.id).where(SupportCase.id.in_(ids))
+            )
+            return [(ResourceRef(kind, i), None, None) for (i,) in rows]
         else:  # ResourceKind.CLIENT_REGISTRATION: public clients belong to no tenant
             rows = await read_rows(
                 self.session, select(Client.id, Client.tenant_id).where(Client.id.in_(ids))
@@ -316,12 +321,13 @@ class Loader:
     async def _support_cases(self) -> None:
         p = self.principal
         accounts = self.wanted.get(ResourceKind.ACCOUNT, [])
+        asked_cases = self.wanted.get(ResourceKind.SUPPORT_CASE, [])
         owned: dict[str, list[str]] = {}
         for facts in self.vehicles.values():
             if facts.owner_id is not None:
                 owned.setdefault(facts.owner_id, []).append(facts.id)
         vehicle_ids = list(self.vehicles)
-        if not accounts and not vehicle_ids:
+        if not accounts and not vehicle_ids and not asked_cases:
             return
         rows = await read_rows(
             self.session,
@@ -336,6 +342,7 @@ class Loader:
                 or_(
                     SupportCase.subject_user_id.in_([*accounts, *owned]),
                     SupportCase.vehicle_id.in_(vehicle_ids),
+                    SupportCase.id.in_(asked_cases),
                 ),
             ),
         )
@@ -358,6 +365,8 @@ class Loader:
                 lapsed.update(dict.fromkeys(covered, why))
                 if subject in accounts:
                     self._note(ResourceKind.ACCOUNT, subject, why)
+                if case_id in asked_cases:
+                    self._note(ResourceKind.SUPPORT_CASE, case_id, why)
                 continue
             mine.add(case_id)
             for v in covered:
