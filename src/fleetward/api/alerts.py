@@ -33,7 +33,7 @@ from fleetward.api.routing import surface_router
 from fleetward.audit.alerts import Alert, AlertSeverity, AlertStatus
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
-from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
+from fleetward.authz.decision import THE_PLATFORM
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.surfaces import Surface
@@ -43,7 +43,7 @@ from fleetward.services import ServiceContext
 OWNER: Final = "security-team"
 READ: Final = Permission.ADMIN_READ_ALERTS
 MANAGE: Final = Permission.ADMIN_MANAGE_ALERTS
-PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
+PLATFORM: Final = THE_PLATFORM
 
 RuleId = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
 

@@ -28,7 +28,7 @@ from fleetward.audit.investigate import (
 )
 from fleetward.audit.operations import investigate
 from fleetward.audit.recorder import Actor
-from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
+from fleetward.authz.decision import THE_PLATFORM
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
 from fleetward.catalog.inventory import inventory
@@ -37,7 +37,7 @@ from fleetward.core.surfaces import Surface
 
 OWNER: Final = "security-team"
 PERMISSION: Final = Permission.ADMIN_INVESTIGATE
-PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
+PLATFORM: Final = THE_PLATFORM
 
 Key = Annotated[str, Path(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Cursor = Annotated[str | None, Query(min_length=3, max_length=24, pattern=r"^[0-9]+\.[0-9]+$")]

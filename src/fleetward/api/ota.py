@@ -31,7 +31,7 @@ from fleetward.api.objects import (
 )
 from fleetward.api.routing import surface_router
 from fleetward.audit.recorder import Actor
-from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
+from fleetward.authz.decision import THE_PLATFORM
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.surfaces import Surface
@@ -41,7 +41,7 @@ from fleetward.services import ServiceContext
 
 OWNER: Final = "ota-team"
 PERMISSION: Final = Permission.OTA_MANAGE_CAMPAIGN
-PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
+PLATFORM: Final = THE_PLATFORM
 
 # Printable ASCII without leading or trailing space: names end up in logs and audit records.
 Name = Annotated[

@@ -38,7 +38,7 @@ from fleetward.api.objects import (
 )
 from fleetward.api.routing import surface_router
 from fleetward.audit.recorder import Actor
-from fleetward.authz.decision import PLATFORM_ID, ResourceKind, ResourceRef
+from fleetward.authz.decision import THE_PLATFORM, ResourceKind, ResourceRef
 from fleetward.authz.permissions import Permission
 from fleetward.catalog.entry import CallerType, CatalogEntry, DataClass, Impact, catalogued
 from fleetward.core.errors import InvalidInput
@@ -51,7 +51,7 @@ from fleetward.services import ServiceContext
 OWNER: Final = "identity-team"
 TENANTS: Final = Permission.ADMIN_MANAGE_TENANTS
 CLIENTS: Final = Permission.ADMIN_MANAGE_CLIENTS
-PLATFORM: Final = ResourceRef(ResourceKind.PLATFORM, PLATFORM_ID)
+PLATFORM: Final = THE_PLATFORM
 
 Slug = Annotated[
     str, StringConstraints(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{1,63}$")
