@@ -115,6 +115,16 @@ def _refusal(decisions: Sequence[Decision], *, on_vehicles: bool) -> Exception:
     return NotPermitted("this bulk command is not permitted to the caller", reason=reasons[0])
 
 
+def _bulk_refusal(decision: Decision) -> Exception:
+    """A refused approve or reject of a bulk that exists: the bulk is an object, so every
+    denial but a missing step-up answers the 404 an unknown bulk id gets (a 403 here told a
+    same-fleet operator which bulk ids exist). Step-up is reported only to a caller a permit
+    would otherwise allow (the PDP's slicing), so its challenge is no oracle."""
+    if decision.reason is Reason.STEP_UP_REQUIRED:
+        return _refusal([decision], on_vehicles=False)
+    return not_found()
+
+
 def _group_not_theirs(group_id: str | None, on_fleet: Decision) -> bool:
     """A group id in the body that names a group the caller has no relationship with (another
     fleet's, or one of their fleet they are not assigned to): the same 404 as an unknown group
@@ -335,6 +345,21 @@ async def _may_send(
     return decision
 
 
+async def _may_decide(
+    request: Request, caller: Caller, ctx: ServiceContext, bulk: CommandBulk
+) -> Decision:
+    """The decision an approve asks for: from the requester, whether they may still send
+    their bulk where they asked for it (the fleet, or their group: an operator's own bulk is
+    theirs, and their approval is refused by the four-eyes rule, not hidden); from anyone
+    else, whether they may send its command to the whole fleet (a fleet admin of it)."""
+    if bulk.requested_by != caller.claims.sub:
+        return await _may_send(request, caller, ctx, bulk)
+    (decision,) = await decide_many(
+        request, caller, _BULK, [bulks.asked_on(bulk)], ctx=ctx, command=Permission(bulk.command)
+    )
+    return decision
+
+
 def _still_waiting(bulk: CommandBulk) -> None:
     if bulk.state is not BulkState.AWAITING_APPROVAL:
         raise BulkRejected(f"the bulk command is {bulk.state.value}", reason=bulk.state.value)
@@ -401,10 +426,10 @@ async def _approve_once(bulk_id: str, request: Request, caller: Caller) -> BulkV
     created: list[CommandJob] = []
     async with platform.services() as (uow, ctx):
         bulk = await _visible_bulk(request, caller, ctx, bulk_id)
-        decision = await _may_send(request, caller, ctx, bulk)
+        decision = await _may_decide(request, caller, ctx, bulk)
         if not decision.allowed:
-            await uow.commit()
-            raise _refusal([decision], on_vehicles=False)
+            await uow.commit()  # the denied decision's audit record
+            raise _bulk_refusal(decision)
         if bulk.requested_by == caller.claims.sub:
             # The four-eyes rule held: a security decision, audited (the bulk keeps waiting).
             bulks.refuse_approval(ctx, bulk, caller.claims.sub, "second-approver-required")
@@ -468,8 +493,8 @@ async def _reject_once(bulk_id: str, request: Request, caller: Caller) -> BulkVi
         if bulk.requested_by != caller.claims.sub:
             decision = await _may_send(request, caller, ctx, bulk)
             if not decision.allowed:
-                await uow.commit()
-                raise _refusal([decision], on_vehicles=False)
+                await uow.commit()  # the denied decision's audit record
+                raise _bulk_refusal(decision)
         _still_waiting(bulk)
         bulks.reject(ctx, bulk, caller.claims.sub, "turned-down")
         await uow.commit()

@@ -183,6 +183,13 @@ async def dispatch(
     return created
 
 
+def asked_on(bulk: CommandBulk) -> ResourceRef:
+    """What the bulk was asked on: the group it names, or the whole fleet."""
+    if bulk.group_id is not None:
+        return ResourceRef(ResourceKind.FLEET_GROUP, bulk.group_id)
+    return ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
+
+
 async def requester_still_may(
     ctx: ServiceContext, pdp: CedarPdp, bulk: CommandBulk, now: datetime
 ) -> Decision:
@@ -192,17 +199,12 @@ async def requester_still_may(
     nothing approved, even where each car's own command would still be theirs to send
     (an operator never immobilises in bulk). Step-up was the request's link: it is not
     asked again (as at delivery)."""
-    target = (
-        ResourceRef(ResourceKind.FLEET_GROUP, bulk.group_id)
-        if bulk.group_id is not None
-        else ResourceRef(ResourceKind.TENANT, bulk.tenant_id)
-    )
     return await decide_again(
         ctx,
         pdp,
         user_id=bulk.requested_by,
         permission=Permission.FLEET_BULK_COMMAND,
-        resource=target,
+        resource=asked_on(bulk),
         tenant_id=bulk.tenant_id,
         scopes=bulk.token_scopes,
         acr=bulk.acr,

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fleetward.api import bulk_commands as bulk_api
+from fleetward.audit.events import Decision as AuditVerdict
 from fleetward.audit.events import EventName
 from fleetward.audit.models import AuditRecord
 from fleetward.audit.recorder import Actor
@@ -216,7 +217,8 @@ async def test_a_requester_sees_their_bulk_only_while_they_see_its_cars(
 
 async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWorld) -> None:
     # A large bulk unlock waits: no job, no car acts, the requester cannot approve it
-    # herself, an operator cannot; a second fleet admin with step-up can.
+    # herself, an operator cannot (and hears what an unknown bulk id gets); a second fleet
+    # admin with step-up can.
     approval_above_one(world)
     response = await bulk(world, "erin", "unlock", list(CARS))
     assert response.status_code == 202, response.text
@@ -226,7 +228,8 @@ async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWor
     own = await world.http.post(path, headers=fleet_auth(world, "erin"))
     assert own.status_code == 403 and own.json()["reason"] == "second-approver-required"
     operator = await world.http.post(path, headers=fleet_auth(world, "frank"))
-    assert operator.status_code == 403
+    unknown = await world.http.post(approve_path(UNKNOWN_BULK), headers=fleet_auth(world, "frank"))
+    assert (operator.status_code, without_instance(operator)) == (404, without_instance(unknown))
     await second_admin(world)
     stale = await world.http.post(
         path, headers=fleet_auth(world, "olga", auth_age=timedelta(minutes=10))
@@ -244,6 +247,87 @@ async def test_above_the_threshold_a_second_admin_must_approve(world: CommandWor
     assert all(world.cars[x].vehicle.state.locked is False for x in CARS)
     again = await world.http.post(path, headers=fleet_auth(world, "olga"))
     assert again.status_code == 422 and again.json()["reason"] == "dispatched"
+
+
+async def test_a_bulk_not_theirs_answers_approve_and_reject_as_an_unknown_bulk(
+    world: CommandWorld,
+) -> None:
+    # A bulk id is an object id: someone with no relationship to a waiting bulk (an
+    # operator of its fleet, with or without a fresh step-up; another fleet's admin) who
+    # approves or rejects it hears exactly what an id no bulk has gets (it was a 403 for the
+    # operator: an oracle for which bulk ids exist), the operator's try is still a recorded
+    # denial, and the bulk keeps waiting with no job.
+    approval_above_one(world)
+    asked = await bulk(world, "erin", "unlock", list(CARS))
+    bulk_id = asked.json()["id"]
+    stale = {"auth_age": timedelta(minutes=10)}
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("frank", "approve", {}),  # an operator of the same fleet
+        ("frank", "approve", stale),  # ... without step-up: not a step-up challenge either
+        ("frank", "reject", {}),
+        ("frank", "reject", stale),
+        ("gina", "approve", {}),  # another fleet's admin
+        ("gina", "reject", {}),
+    ]
+    before = await decisions_of(world, "frank", AuditVerdict.DENIED)
+    for who, verb, token in cases:
+        headers = fleet_auth(world, who, **token)
+        theirs = await world.http.post(f"/fleet/v1/bulk-commands/{bulk_id}/{verb}", headers=headers)
+        nobody = await world.http.post(
+            f"/fleet/v1/bulk-commands/{UNKNOWN_BULK}/{verb}", headers=headers
+        )
+        assert nobody.status_code == 404, nobody.text
+        assert (theirs.status_code, without_instance(theirs)) == (
+            404,
+            without_instance(nobody),
+        ), (who, verb, token)
+    assert await decisions_of(world, "frank", AuditVerdict.DENIED) == before + 4
+    async with world.platform.unit_of_work() as uow:
+        waiting = await uow.session.get(CommandBulk, bulk_id)
+    assert waiting is not None and waiting.state.value == "awaiting_approval"
+    assert await jobs_of(world, bulk_id) == 0
+
+
+async def test_an_operator_approving_his_own_group_bulk_meets_the_four_eyes_rule(
+    world: CommandWorld,
+) -> None:
+    # frank's own bulk is his (he reads it): his approval of it is refused by the four-eyes
+    # rule and audited, never answered as if the bulk did not exist nor as a bare 403 of
+    # the whole fleet's bulk command (he is asked on the group he asked it on).
+    bulk_id, _north = await franks_waiting_lock(world, "f-own")
+    own = await world.http.post(approve_path(bulk_id), headers=fleet_auth(world, "frank"))
+    assert own.status_code == 403, own.text
+    assert own.json()["reason"] == "second-approver-required"
+    async with world.platform.unit_of_work() as uow:
+        refused = await uow.session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.name == EventName.BULK_COMMAND_APPROVAL_REFUSED.value)
+        )
+    assert refused == 1
+    assert await jobs_of(world, bulk_id) == 0
+
+
+UNKNOWN_BULK = "blk_" + "0" * 26
+
+
+def without_instance(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    body.pop("instance", None)
+    return body
+
+
+async def decisions_of(world: CommandWorld, who: str, verdict: AuditVerdict) -> int:
+    """How many fleet:bulk_command decisions with this verdict ``who`` got so far."""
+    async with world.platform.unit_of_work() as uow:
+        rows = await uow.session.scalars(
+            select(AuditRecord).where(
+                AuditRecord.name == EventName.AUTHZ_DECISION_MADE.value,
+                AuditRecord.actor_id == world.users[who].id,
+                AuditRecord.decision == verdict,
+            )
+        )
+        return sum(1 for r in rows if r.details.get("permission") == "fleet:bulk_command")
 
 
 async def test_a_requester_approving_their_own_bulk_is_refused_and_audited(
