@@ -348,10 +348,11 @@ async def _may_send(
 async def _may_decide(
     request: Request, caller: Caller, ctx: ServiceContext, bulk: CommandBulk
 ) -> Decision:
-    """The decision an approve asks for: from the requester, whether they may still send
-    their bulk where they asked for it (the fleet, or their group: an operator's own bulk is
-    theirs, and their approval is refused by the four-eyes rule, not hidden); from anyone
-    else, whether they may send its command to the whole fleet (a fleet admin of it)."""
+    """The decision an approve or a reject asks for, recorded: from the requester, whether
+    they may still send their bulk where they asked for it (the fleet, or their group: an
+    operator's own bulk is theirs, and their approval is refused by the four-eyes rule, not
+    hidden; a requester who left the fleet or the group decides nothing more about it); from
+    anyone else, whether they may send its command to the whole fleet (a fleet admin)."""
     if bulk.requested_by != caller.claims.sub:
         return await _may_send(request, caller, ctx, bulk)
     (decision,) = await decide_many(
@@ -490,11 +491,12 @@ async def _reject_once(bulk_id: str, request: Request, caller: Caller) -> BulkVi
     platform = platform_of(request)
     async with platform.services() as (uow, ctx):
         bulk = await _visible_bulk(request, caller, ctx, bulk_id)
-        if bulk.requested_by != caller.claims.sub:
-            decision = await _may_send(request, caller, ctx, bulk)
-            if not decision.allowed:
-                await uow.commit()  # the denied decision's audit record
-                raise _bulk_refusal(decision)
+        # The requester's own turning down is decided too: one whose token outlived their
+        # place in the fleet (or the group) decides nothing about the bulk any more.
+        decision = await _may_decide(request, caller, ctx, bulk)
+        if not decision.allowed:
+            await uow.commit()  # the denied decision's audit record
+            raise _bulk_refusal(decision)
         _still_waiting(bulk)
         bulks.reject(ctx, bulk, caller.claims.sub, "turned-down")
         await uow.commit()

@@ -308,6 +308,54 @@ async def test_an_operator_approving_his_own_group_bulk_meets_the_four_eyes_rule
     assert await jobs_of(world, bulk_id) == 0
 
 
+async def test_a_requester_rejects_only_while_they_hold_the_relationship(
+    world: CommandWorld,
+) -> None:
+    # Turning a bulk down is a decision about it like an approval: a requester's rejection
+    # was never asked of the PDP (nothing recorded), so erin, after leaving the fleet, and
+    # frank, moved off the group he asked on, could still reject their bulks with tokens
+    # that were still valid. Now each is decided and recorded: refused as an unknown bulk
+    # (the bulks keep waiting), and allowed while the relationship holds.
+    approval_above_one(world)
+    erins = (await bulk(world, "erin", "lock", list(CARS), key="e-left")).json()["id"]
+    franks, north = await franks_waiting_lock(world, "f-left")
+    franks_kept = (
+        await bulk(world, "frank", "lock", list(CARS), group=north, key="f-kept")
+    ).json()["id"]
+    allowed = await decisions_of(world, "frank", AuditVerdict.ALLOWED)
+    kept = await world.http.post(reject_path(franks_kept), headers=fleet_auth(world, "frank"))
+    assert kept.status_code == 200 and kept.json()["state"] == "rejected", kept.text
+    assert await decisions_of(world, "frank", AuditVerdict.ALLOWED) == allowed + 1
+    await leave_fleet(world, "erin")
+    await unassign(world, "frank", north)
+    for who, bulk_id in (("erin", erins), ("frank", franks)):
+        denied = await decisions_of(world, who, AuditVerdict.DENIED)
+        refused = await world.http.post(reject_path(bulk_id), headers=fleet_auth(world, who))
+        nobody = await world.http.post(reject_path(UNKNOWN_BULK), headers=fleet_auth(world, who))
+        assert (refused.status_code, without_instance(refused)) == (
+            404,
+            without_instance(nobody),
+        ), who
+        assert await decisions_of(world, who, AuditVerdict.DENIED) == denied + 1, who
+        async with world.platform.unit_of_work() as uow:
+            waiting = await uow.session.get(CommandBulk, bulk_id)
+        assert waiting is not None and waiting.state.value == "awaiting_approval", who
+
+
+def reject_path(bulk_id: str) -> str:
+    return f"/fleet/v1/bulk-commands/{bulk_id}/reject"
+
+
+async def leave_fleet(world: CommandWorld, who: str) -> None:
+    """End every membership of ``who`` now (their tokens stay valid)."""
+    async with world.platform.services() as (uow, ctx):
+        for membership in await ctx.session.scalars(
+            select(Membership).where(Membership.user_id == world.users[who].id)
+        ):
+            membership.valid_until, membership.ended_reason = ctx.clock.now(), "left"
+        await uow.commit()
+
+
 UNKNOWN_BULK = "blk_" + "0" * 26
 
 
