@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from fleetward.commands.chain import Link
 from fleetward.commands.models import CommandJob, JobTransition
 from fleetward.core.datakey import DataKey
 from fleetward.vehicles.records import ChargingSession, DiagnosticReport, Trip
@@ -23,6 +24,9 @@ from fleetward.vehicles.records import ChargingSession, DiagnosticReport, Trip
 # every pseudonym (a deliberate break of linkability, e.g. per data-retention period).
 PSEUDONYM_PURPOSE: Final = "fleetward:diagnostics-pseudonym:v1"
 _PSEUDONYM_PREFIX: Final = "psv_"
+# What a bulk job's chain shows of its approver to everyone but the approver: the job view
+# never says who else acted (the stored chain and the audit keep the user id).
+APPROVER_SHOWN: Final = "second fleet admin"
 
 
 class TripView(BaseModel):
@@ -226,11 +230,17 @@ def job_detail(job: CommandJob, caller_sub: str, transitions: list[JobTransition
     return JobDetail(
         **job_view(job, caller_sub).model_dump(),
         transitions=[transition_view(t) for t in transitions],
-        chain=[
-            ChainLinkView(link=str(c["link"]), ok=bool(c["ok"]), detail=str(c["detail"]))
-            for c in job.chain or []
-        ],
+        chain=[chain_link_view(c, caller_sub) for c in job.chain or []],
         delivered_at=job.delivered_at,
         result_reason=job.result_reason,
         finished_at=job.finished_at,
     )
+
+
+def chain_link_view(link: dict[str, Any], caller_sub: str) -> ChainLinkView:
+    """One stored link as ``caller_sub`` sees it. The approval link's detail is the approving
+    person's user id (``commands.bulk.prejudged``): shown only to that person."""
+    detail = str(link["detail"])
+    if link["link"] == Link.APPROVAL.value and detail != caller_sub:
+        detail = APPROVER_SHOWN
+    return ChainLinkView(link=str(link["link"]), ok=bool(link["ok"]), detail=detail)

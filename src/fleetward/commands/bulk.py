@@ -132,7 +132,9 @@ def grant_of(bulk: CommandBulk) -> Grant:
 
 
 def prejudged(reason: str, approved_by: str | None) -> Chain:
-    """The links a bulk decision establishes for each of its jobs."""
+    """The links a bulk decision establishes for each of its jobs. The approval link's
+    detail is the approver's user id, for the store and the audit: job views show it to the
+    approver alone (``api.history_views.chain_link_view``)."""
     chain = Chain()
     chain.ok(Link.CLIENT, "bulk request")
     for link in PDP_LINKS:

@@ -342,6 +342,37 @@ async def test_a_requester_rejects_only_while_they_hold_the_relationship(
         assert waiting is not None and waiting.state.value == "awaiting_approval", who
 
 
+async def test_a_bulk_jobs_chain_names_its_approver_to_the_approver_alone(
+    world: CommandWorld,
+) -> None:
+    # A bulk job's approval link recorded the approver's user id, and every job view showed
+    # it to whoever could see the job (the requester, any admin of the fleet), although a
+    # job view never says who else acted. The requester now reads the role; the approver
+    # still reads her own id; the stored chain and the audit keep it for investigators.
+    path = await waiting_unlock(world)
+    approved = await world.http.post(path, headers=fleet_auth(world, "olga"))
+    assert approved.status_code == 200, approved.text
+    olga = world.users["olga"].id
+    for job in approved.json()["jobs"]:
+        label = next(x for x in CARS if world.vehicles[x].id == job["vehicle_id"])
+        seen = await world.settle("erin", label, job["job_id"], surface=Surface.FLEET)
+        assert seen["state"] == "confirmed", seen
+        approval = [c for c in seen["chain"] if c["link"] == "approval"]
+        assert approval == [{"link": "approval", "ok": True, "detail": "second fleet admin"}]
+        assert olga not in str(seen)
+        own = await world.job("olga", label, job["job_id"], surface=Surface.FLEET)
+        assert [c["detail"] for c in own["chain"] if c["link"] == "approval"] == [olga]
+        async with world.platform.unit_of_work() as uow:
+            stored = await uow.session.get(CommandJob, job["job_id"])
+        assert stored is not None and stored.chain is not None
+        assert {"link": "approval", "ok": True, "detail": olga} in stored.chain
+    async with world.platform.unit_of_work() as uow:
+        (record,) = await uow.session.scalars(
+            select(AuditRecord).where(AuditRecord.name == EventName.BULK_COMMAND_APPROVED.value)
+        )
+    assert record.details["approved_by"] == olga
+
+
 def reject_path(bulk_id: str) -> str:
     return f"/fleet/v1/bulk-commands/{bulk_id}/reject"
 
