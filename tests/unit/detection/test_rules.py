@@ -78,6 +78,25 @@ CASES: dict[str, Case] = {
         lambda: [denied(f"veh_{i}", "unknown-resource")(i) for i in range(6)],
         1,
     ),
+    # A support agent walking case ids not assigned to them.
+    "enumeration: five distinct support cases": Case(
+        "vin-enumeration",
+        lambda: [denied(f"sup_{i}", object_type="support_case")(i) for i in range(5)],
+        1,
+    ),
+    # Each kind is counted on its own: three vehicles and two cases are no walk of either.
+    "enumeration: vehicles and cases apart": Case(
+        "vin-enumeration",
+        lambda: [denied(f"veh_{i}")(i) for i in range(3)]
+        + [denied(f"sup_{i}", object_type="support_case")(i) for i in range(2)],
+        0,
+    ),
+    # Other kinds of objects are not walked this way (a fleet group refused is quiet here).
+    "enumeration: other kinds are quiet": Case(
+        "vin-enumeration",
+        lambda: [denied(f"grp_{i}", object_type="fleet_group")(i) for i in range(6)],
+        0,
+    ),
     # Normal: one stale bookmark refused again and again is one vehicle, not a walk.
     "enumeration: same vehicle repeatedly is quiet": Case(
         "vin-enumeration", lambda: many(30, denied("veh_sold")), 0

@@ -33,6 +33,9 @@ NOT_FOUND_REASONS: Final = CROSS_TENANT_REASONS | {
     Reason.FORMER_OWNER.value,
 }
 DECISION: Final = EventName.AUTHZ_DECISION_MADE.value
+# The objects whose ids are walked: vehicles (anyone), and support cases (an agent trying
+# cases not assigned to them). Each kind is counted on its own.
+WALKED: Final = frozenset({"vehicle", "support_case"})
 
 
 class CrossTenantAccess(BaseRule):
@@ -63,11 +66,11 @@ class CrossTenantAccess(BaseRule):
 
 
 class VinEnumeration(BaseRule):
-    """One actor walking vehicle ids: many distinct vehicles refused as not-found, not-theirs
-    or another tenant's in a window (each request looks harmless; the spread does not), plus
-    what the abuse limits report (``abuse:enumeration:suspected`` / ``stopped``, which also see
-    sequential VIN serials at low rates). The remote-start-any-VIN class of flaw is found
-    exactly this way."""
+    """One actor walking vehicle ids (or support case ids: :data:`WALKED`): many distinct
+    objects of one kind refused as not-found, not-theirs or another tenant's in a window (each
+    request looks harmless; the spread does not), plus what the abuse limits report
+    (``abuse:enumeration:suspected`` / ``stopped``, which also see sequential VIN serials at
+    low rates). The remote-start-any-VIN class of flaw is found exactly this way."""
 
     id = "vin-enumeration"
     severity = AlertSeverity.HIGH
@@ -93,14 +96,16 @@ class VinEnumeration(BaseRule):
             return (self._finding(event, summary),)
         if not event.denied or event.reason not in NOT_FOUND_REASONS:
             return ()
-        if event.object_type != "vehicle":
+        kind = event.object_type
+        if kind not in WALKED:
             return ()
-        entries = self._window.add(event.actor, event.at, event.id, event.object_id)
-        vehicles = len(distinct(entries))
-        if vehicles < self._config.distinct_vehicles:
+        entries = self._window.add(f"{event.actor}|{kind}", event.at, event.id, event.object_id)
+        walked = len(distinct(entries))
+        if walked < self._config.distinct_vehicles:
             return ()
+        named = "vehicles" if kind == "vehicle" else "support cases"
         summary = (
-            f"{event.actor} was refused {vehicles} distinct vehicles (not found or not "
+            f"{event.actor} was refused {walked} distinct {named} (not found or not "
             f"theirs) in {describe(self._config.window)}"
         )
         return (self._finding(event, summary, [e.event_id for e in entries]),)
