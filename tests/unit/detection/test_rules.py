@@ -87,8 +87,10 @@ CASES: dict[str, Case] = {
     # Each kind is counted on its own: three vehicles and two cases are no walk of either.
     "enumeration: vehicles and cases apart": Case(
         "vin-enumeration",
-        lambda: [denied(f"veh_{i}")(i) for i in range(3)]
-        + [denied(f"sup_{i}", object_type="support_case")(i) for i in range(2)],
+        lambda: (
+            [denied(f"veh_{i}")(i) for i in range(3)]
+            + [denied(f"sup_{i}", object_type="support_case")(i) for i in range(2)]
+        ),
         0,
     ),
     # Other kinds of objects are not walked this way (a fleet group refused is quiet here).
