@@ -19,19 +19,17 @@ Any error, timeout or malformed reply raises :class:`QuotaUnavailable`: never an
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from fleetward.abuse.quotas import Charge, QuotaVerdict, check_request, epoch_ms
 from fleetward.abuse.store import QuotaUnavailable
+from fleetward.core.redis_scripts import DEFAULT_TIMEOUT, ScriptStore
 
 DEFAULT_PREFIX: Final = "fw:quota:"
-DEFAULT_TIMEOUT: Final = timedelta(milliseconds=250)
 
 # The arithmetic of fleetward.abuse.bucket, step for step, on the same integers (all below
 # 2**53, exact in Lua's doubles). Numbers are passed to redis.call as numbers, never
@@ -100,9 +98,12 @@ return {1, tightest, least, 0, reset, 1}
 """
 
 
-class RedisQuotaStore:
+class RedisQuotaStore(ScriptStore):
     """A :class:`~fleetward.abuse.store.QuotaStore` in Redis. Safe for concurrent use: each
     call is one atomic script. ``timeout`` bounds each call (out of time = unavailable)."""
+
+    what = "quota store"
+    unavailable = QuotaUnavailable
 
     def __init__(
         self,
@@ -111,35 +112,18 @@ class RedisQuotaStore:
         prefix: str = DEFAULT_PREFIX,
         timeout: timedelta = DEFAULT_TIMEOUT,
     ) -> None:
-        if not prefix:
-            raise ValueError("a key prefix is required (quota keys share the database)")
-        self._redis = redis
-        self._prefix = prefix
-        self._timeout = timeout.total_seconds()
-        self._consume = redis.register_script(_CONSUME)
-        self._closed = False
+        super().__init__(redis, _CONSUME, prefix=prefix, timeout=timeout)
 
     async def consume(self, charges: Sequence[Charge], cost: int, *, now: datetime) -> QuotaVerdict:
         check_request(charges, cost)
-        if self._closed:
-            # redis-py would quietly open a new connection; a closed store answers nothing.
-            raise QuotaUnavailable("quota store closed")
+        self._refuse_if_closed()
         keys = [self._prefix + charge.key for charge in charges]
         args: list[int] = [epoch_ms(now)]
         for charge in charges:
             limit = charge.limit
             args += (limit.capacity, limit.window_ms, charge.cost_for(cost))
-        try:
-            async with asyncio.timeout(self._timeout):
-                reply = await self._consume(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise QuotaUnavailable(f"quota store unavailable: {type(exc).__name__}") from exc
+        reply = await self._call(self._script(keys=keys, args=args))
         return _verdict(reply, charges)
-
-    async def close(self) -> None:
-        """Refuse every later call and release the connections."""
-        self._closed = True
-        await self._redis.aclose()
 
 
 def _verdict(reply: object, charges: Sequence[Charge]) -> QuotaVerdict:

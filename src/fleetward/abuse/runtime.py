@@ -13,14 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from redis.asyncio import Redis
-
 from fleetward.abuse.enumeration import EnumerationConfig, EnumerationGuard, RedisDistinct
 from fleetward.abuse.guard import GuardedQuotas
 from fleetward.abuse.memory import InMemoryQuotaStore
 from fleetward.abuse.notices import Notices
 from fleetward.abuse.policy import QuotaPolicy
-from fleetward.abuse.redis_store import DEFAULT_TIMEOUT, RedisQuotaStore
+from fleetward.abuse.redis_store import RedisQuotaStore
+from fleetward.core.redis_scripts import connect
 from fleetward.settings import Settings
 
 
@@ -46,12 +45,7 @@ class QuotaRuntime:
             return cls(
                 policy, GuardedQuotas(InMemoryQuotaStore()), None, EnumerationGuard(enumeration)
             )
-        timeout = DEFAULT_TIMEOUT.total_seconds()
-        redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
+        redis = connect(settings.redis_url.get_secret_value())
         store = RedisQuotaStore(redis)
         distinct = RedisDistinct(redis, enumeration.window)
         return cls(

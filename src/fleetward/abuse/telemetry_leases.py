@@ -40,7 +40,7 @@ from fleetward.abuse.redis_store import RedisQuotaStore
 from fleetward.abuse.store import QuotaUnavailable
 from fleetward.core.clock import Clock
 from fleetward.gateway.session import DeviceSession
-from fleetward.observability.logging import get_logger
+from fleetward.observability.logging import EveryInterval, get_logger
 from fleetward.telemetry.leasing import PENDING
 from fleetward.telemetry.quotas import (
     ADMITTED,
@@ -61,7 +61,6 @@ BATCH_DIVISOR: Final = 40
 TTL_DIVISOR: Final = 10
 # After a failed draw the process counts alone this long before asking Redis again.
 DEGRADED_S: Final = 1.0
-WARNING_INTERVAL_S: Final = 60.0
 DEFAULT_MAX_LEASES: Final = 100_000
 
 
@@ -131,7 +130,7 @@ class LeasedQuotas:
         self._leases: OrderedDict[tuple[Dimension, str], _Lease] = OrderedDict()
         self._drawing: dict[tuple[Dimension, str], asyncio.Task[None]] = {}
         self._degraded_until = float("-inf")
-        self._warned_at: float | None = None
+        self._unshared = EveryInterval()  # a Redis outage is logged at most once a minute
 
     def admit(self, session: DeviceSession, cost: int = 1) -> QuotaVerdict:
         now = self._now()
@@ -212,7 +211,6 @@ class LeasedQuotas:
     def _degrade(self, exc: QuotaUnavailable) -> None:
         now = self._now()
         self._degraded_until = now + DEGRADED_S
-        if self._warned_at is None or now - self._warned_at >= WARNING_INTERVAL_S:
-            self._warned_at = now
+        if self._unshared.due(now):
             # The store's message names the error type only, never the URL.
             _log.warning("telemetry quotas not shared, counting in this process", error=str(exc))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from fleetward.abuse.redis_store import DEFAULT_TIMEOUT, RedisQuotaStore
+from fleetward.abuse.redis_store import RedisQuotaStore
 from fleetward.abuse.telemetry_leases import PREFIX, LeasedQuotas
+from fleetward.core.redis_scripts import connect
 from fleetward.devices.models import DeviceStatus
 from fleetward.devices.status import StoreDeviceStatus
 from fleetward.gateway.registry import SessionRegistry
@@ -52,9 +53,7 @@ class RegistryReportingStatus:
             self.registry.status_changed(device_id, DeviceStatus.QUARANTINED, reason)
 
 
-def _shared_quotas(url: str, platform: Platform, config: TelemetryConfig) -> LeasedQuotas:
-    timeout = DEFAULT_TIMEOUT.total_seconds()
-    redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+def _shared_quotas(redis: Redis, platform: Platform, config: TelemetryConfig) -> LeasedQuotas:
     return LeasedQuotas(
         RedisQuotaStore(redis, prefix=PREFIX),
         platform.clock,
@@ -71,19 +70,18 @@ class TelemetryLink:
         self._reporting = RegistryReportingStatus(self._status)
         # Replicas share a Redis: a device's refused frames add up across them (quarantine),
         # and a device or a fleet has one quota however its connections are spread.
+        # One client for both (each closes it when the pipeline stops: closing twice is
+        # harmless).
         url = platform.settings.redis_url
+        redis = connect(url.get_secret_value()) if url is not None else None
         config = TelemetryConfig()
         self.pipeline = TelemetryPipeline.build(
             platform.engine,
             platform.clock,
             self._reporting,
             config=config,
-            quotas=(
-                _shared_quotas(url.get_secret_value(), platform, config)
-                if url is not None
-                else None
-            ),
-            shared_scores=RedisScores.from_url(url.get_secret_value()) if url is not None else None,
+            quotas=_shared_quotas(redis, platform, config) if redis is not None else None,
+            shared_scores=RedisScores(redis) if redis is not None else None,
         )
         self.observer = PipelineObserver(self.pipeline)
 

@@ -134,6 +134,24 @@ def configure_logging(
         sqlalchemy.setLevel(logging.WARNING)
 
 
+class EveryInterval:
+    """Whether a repeated message is due again: at most once per ``interval_s`` of the
+    caller's monotonic clock (an outage met by every frame would otherwise log every frame).
+    One event loop."""
+
+    __slots__ = ("_at", "_interval")
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval = interval_s
+        self._at: float | None = None
+
+    def due(self, now: float) -> bool:
+        if self._at is not None and now - self._at < self._interval:
+            return False
+        self._at = now
+        return True
+
+
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger named *name* (usually ``__name__``); cheap, safe at import time."""
     return structlog.stdlib.get_logger(name)

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from fleetward.core.ids import new_id
-from fleetward.observability.logging import get_logger
+from fleetward.observability.logging import EveryInterval, get_logger
 from fleetward.telemetry.errors import Status
 from fleetward.telemetry.models import QuarantinedMessage
 from fleetward.telemetry.persist import BatchWriter, Target
@@ -50,8 +50,6 @@ DEFAULT_THRESHOLD = 10
 # A slow devices capability must not hold a frame's reply for long; the call is retried.
 STATUS_PORT_TIMEOUT_S = 2.0
 DEFAULT_WINDOW = timedelta(seconds=60)
-# A Redis outage is logged at most this often (every refused frame would otherwise log).
-SHARED_WARNING_INTERVAL_S = 60.0
 
 # How suspicious each refusal is. A payload naming another vehicle is an impersonation
 # attempt: one is enough. Forged tags and replays weigh more than sloppy data. Quota
@@ -171,7 +169,7 @@ class QuarantinePolicy:
         # Scores shared by replicas (owned: closed by close()), on the wall clock they share.
         self._shared = shared
         self._wall_ms = wall_ms
-        self._shared_warned_at: float | None = None
+        self._unshared = EveryInterval()  # a Redis outage is logged at most once a minute
         self._forgetting: set[asyncio.Task[None]] = set()
 
     def reason(self, device_id: str) -> str | None:
@@ -270,10 +268,7 @@ class QuarantinePolicy:
             self._warn_unshared(exc)
 
     def _warn_unshared(self, exc: ScoresUnavailable) -> None:
-        now = self._now()
-        last = self._shared_warned_at
-        if last is None or now - last >= SHARED_WARNING_INTERVAL_S:
-            self._shared_warned_at = now
+        if self._unshared.due(self._now()):
             # The exception's type and message only: never the URL (it may hold a password).
             _log.warning("quarantine scores not shared, scoring in this process", error=str(exc))
 

@@ -19,18 +19,16 @@ policy then decides on its own process's score (never more lenient than without 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import secrets
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from fleetward.core.redis_scripts import DEFAULT_TIMEOUT, ScriptStore
 
 DEFAULT_PREFIX: Final = "fw:tq:score:"
-DEFAULT_TIMEOUT: Final = timedelta(milliseconds=250)
 
 # KEYS[1]: the device's score. ARGV: now (ms), cutoff (ms: entries at or before it are out
 # of the window, as in the in-process policy), window (ms, the key's lifetime), threshold,
@@ -77,9 +75,12 @@ class SharedScores(Protocol):
     async def close(self) -> None: ...
 
 
-class RedisScores:
+class RedisScores(ScriptStore):
     """:class:`SharedScores` in Redis. ``timeout`` bounds each call: a frame's reply waits
     for it, so a hanging Redis costs each refused frame at most that long."""
+
+    what = "shared scores"
+    unavailable = ScoresUnavailable
 
     def __init__(
         self,
@@ -88,30 +89,17 @@ class RedisScores:
         prefix: str = DEFAULT_PREFIX,
         timeout: timedelta = DEFAULT_TIMEOUT,
     ) -> None:
-        if not prefix:
-            raise ValueError("a key prefix is required (score keys share the database)")
-        self._redis = redis
-        self._prefix = prefix
-        self._timeout = timeout.total_seconds()
-        self._add = redis.register_script(_ADD)
+        super().__init__(redis, _ADD, prefix=prefix, timeout=timeout)
         # Members must be unique per frame: this process's random tag and a counter.
         self._tag = secrets.token_hex(6)
         self._calls = itertools.count()
-        self._closed = False
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisScores:
-        timeout = DEFAULT_TIMEOUT.total_seconds()
-        redis = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(redis)
 
     async def add(
         self, device_id: str, weight: int, *, now_ms: int, threshold: int, window_ms: int
     ) -> bool:
         if not 1 <= weight <= threshold or window_ms < 1:
             raise ValueError("a weight is between 1 and the threshold; a window is positive")
-        if self._closed:
-            raise ScoresUnavailable("shared scores closed")
+        self._refuse_if_closed()
         args = (
             str(now_ms),
             str(now_ms - window_ms),
@@ -120,24 +108,11 @@ class RedisScores:
             str(weight),
             f"{self._tag}{next(self._calls)}",
         )
-        reply = await self._call(self._add(keys=[self._prefix + device_id], args=args))
+        reply = await self._call(self._script(keys=[self._prefix + device_id], args=args))
         if reply not in (0, 1) or type(reply) is not int:
             raise ScoresUnavailable("shared scores: malformed reply")
         return reply == 1
 
     async def forget(self, device_id: str) -> None:
-        if self._closed:
-            raise ScoresUnavailable("shared scores closed")
+        self._refuse_if_closed()
         await self._call(self._redis.delete(self._prefix + device_id))
-
-    async def close(self) -> None:
-        """Refuse every later call and release the connections."""
-        self._closed = True
-        await self._redis.aclose()
-
-    async def _call(self, call: Awaitable[object]) -> object:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise ScoresUnavailable(f"shared scores unavailable: {type(exc).__name__}") from exc
