@@ -197,9 +197,10 @@ async def seal(
     horizon = await session.scalar(select(func.max(AuditSeal.event_seq))) or 0
     newest_day: str = await session.scalar(select(func.max(AuditSeal.partition))) or ""
     cutoff = now - lag
-    candidates = await gaps.late_records(session, _UNSEALED, horizon, limit)
+    candidates, noted = await gaps.late_records(session, _UNSEALED, horizon, limit)
     if len(candidates) < limit:  # every record the ranges hold was read: some may go
-        await gaps.retire(session, snapshot, now=now, grace=gap_grace)
+        if noted:  # most batches find none: no statement to give nothing up
+            await gaps.retire(session, snapshot, now=now, grace=gap_grace)
         fresh = await session.execute(
             _UNSEALED.where(AuditRecord.seq > horizon)
             .order_by(AuditRecord.seq)

@@ -99,12 +99,14 @@ async def note(session: AsyncSession, ranges: Sequence[tuple[int, int]], now: da
 
 async def late_records(
     session: AsyncSession, unsealed: Select[Any], below: int, limit: int
-) -> list[Row[Any]]:
+) -> tuple[list[Row[Any]], bool]:
     """Up to ``limit`` rows of ``unsealed`` (a query of unsealed records) in the noted ranges
-    and below ``below``, in seq order. The ranges are read a page at a time and the records
-    asked for by their seq ranges (index range scans: a join ordered by seq could walk the
-    whole log in seq order instead)."""
+    and below ``below``, in seq order, and whether any range is noted at all (none: nothing
+    to :func:`retire`). The ranges are read a page at a time and the records asked for by
+    their seq ranges (index range scans: a join ordered by seq could walk the whole log in
+    seq order instead)."""
     found: list[Row[Any]] = []
+    noted = False
     after: int | None = None
     while len(found) < limit:
         query = select(AuditSealGap.low, AuditSealGap.high).order_by(AuditSealGap.low)
@@ -113,6 +115,7 @@ async def late_records(
         ranges = (await session.execute(query.limit(RANGES_PAGE))).all()
         if not ranges:
             break
+        noted = True
         found.extend(
             await session.execute(
                 unsealed.where(within(ranges), AuditRecord.seq < below)
@@ -123,7 +126,7 @@ async def late_records(
         if len(ranges) < RANGES_PAGE:
             break
         after = ranges[-1].low
-    return found
+    return found, noted
 
 
 def within(ranges: Iterable[tuple[int, int]]) -> ColumnElement[bool]:
