@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleetward.core.ids import is_id
 from fleetward.gateway.device_client import DevicePrivateKey, sign
+from fleetward.gateway.frames import COMMAND_FIRST_BYTE, RESULT_FIRST_BYTE
 from fleetward.gateway.handshake import verify_signature
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
 ParameterValue = bool | int | float | str
 DevicePublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
-COMMAND_TYPE: Final = 0x02
-RESULT_TYPE: Final = 0x03
+COMMAND_TYPE: Final = COMMAND_FIRST_BYTE
+RESULT_TYPE: Final = RESULT_FIRST_BYTE
 VERSION: Final = 0x01
 COMMAND_CONTEXT: Final = b"fleetward-command-v1\x00"
 RESULT_CONTEXT: Final = b"fleetward-command-result-v1\x00"

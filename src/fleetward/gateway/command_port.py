@@ -9,12 +9,9 @@ pipeline.
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Protocol
 
 from fleetward.gateway.registry import LiveSession
-
-# The first byte of a command result frame (docs/vehicle-protocol.md, section 6).
-RESULT_FIRST_BYTE: Final = 0x03
 
 
 class CommandPort(Protocol):

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
 
+from fleetward.gateway.frames import COMMAND_FIRST_BYTE
 from fleetward.telemetry.envelope import HEADER, VERSION, open_reply
 
-# The first byte of a COMMAND frame (``fleetward.commands.envelope.COMMAND_TYPE``).
-COMMAND_FIRST_BYTE: Final = 0x02
 _COUNTER = slice(2, 10)  # a telemetry frame's counter (docs/telemetry-format.md 1)
 
 Arrive = Callable[[], Awaitable[bytes]]

@@ -63,8 +63,9 @@ from fleetward.devices.errors import TransitionRefused
 from fleetward.devices.lifecycle import DeviceLifecycle
 from fleetward.devices.models import DeviceStatus
 from fleetward.gateway.churn import HandshakeRate
-from fleetward.gateway.command_port import RESULT_FIRST_BYTE, CommandPort, NoCommands
+from fleetward.gateway.command_port import CommandPort, NoCommands
 from fleetward.gateway.directory import LocalDirectory, SessionDirectory
+from fleetward.gateway.frames import RESULT_FIRST_BYTE
 from fleetward.gateway.handler import (
     FrameHandler,
     NoObserver,

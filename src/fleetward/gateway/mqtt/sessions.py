@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from fleetward.gateway.command_port import RESULT_FIRST_BYTE
+from fleetward.gateway.frames import RESULT_FIRST_BYTE
 from fleetward.gateway.handshake import CloseCode
 from fleetward.gateway.mqtt import control
 from fleetward.gateway.mqtt.topics import Channel, device_topic
